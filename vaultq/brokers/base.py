@@ -1,0 +1,243 @@
+"""The broker protocol: the few async operations producers and workers need.
+
+A broker stores opaque, already sealed envelope bytes and sealed result bytes; it
+never sees plaintext and never decides whether a job may run. Its job is delivery:
+at-least-once with leases, delayed delivery, retries, dead letters, results with a
+TTL, a memory of finished job ids (for replay rejection), cancellation markers, and
+statistics.
+
+Semantics every implementation keeps (the conformance suite in
+``tests/test_broker_contract.py`` checks each one against every broker):
+
+* **Queues and namespaces.** A broker is created for one namespace (the app name);
+  all its keys/rows are scoped by namespace and queue.
+* **Enqueue.** ``enqueue`` makes a job deliverable at once, or at ``not_before`` (a
+  Unix time in seconds) when given. Enqueue never drops or trims existing jobs.
+* **Fetch and leases.** ``fetch`` returns at most ``count`` deliveries, leased to
+  ``consumer`` for ``lease`` seconds. A delivery whose lease runs out without being
+  settled or extended (its worker died) is delivered again to any consumer, with
+  ``redelivered=True``. Fetch also promotes due delayed jobs before reading, and
+  blocks up to ``block`` seconds when nothing is ready (not a busy poll).
+* **One run per job id at a time.** Fetch claims the *job id* together with the lease.
+  An entry whose job id is already claimed by a live lease (a duplicate written
+  into the queue while the original runs) is not returned; it stays pending and is
+  looked at again after the lease.
+* **Flags.** Each delivery says whether its job id is remembered as finished
+  (``completed``) and whether a cancel was requested (``cancel_requested``); the
+  worker decides what to do with them.
+* **Settle.** Each :data:`Settlement` is applied atomically (one Lua script, or one
+  SQLite transaction): the result write, the finished-id memory and the ack/retry/
+  dead-letter happen together or not at all, so a crash never leaves a finished
+  job deliverable. ``settle`` accepts a batch so the worker can pipeline.
+  Settling releases the job-id claim.
+* **Results** are sealed bytes stored under the job id with a TTL. ``wait_result``
+  blocks (a blocking read, not a poll) until the result exists or the timeout passes.
+* **Finished-id memory.** ``remember_until`` (Unix seconds) says how long a finished id
+  must be remembered; a broker may keep it longer (rounding up to the hour) but
+  never shorter.
+* **Cancellation.** ``cancel`` leaves a marker (kept at least ``ttl`` seconds) that
+  fetch reports as ``cancel_requested`` and ``cancelled`` reports for running jobs.
+
+Times are Unix seconds as ``float`` throughout. Broker exceptions are mapped to
+:class:`vaultq.errors.BrokerError` / :class:`~vaultq.errors.BrokerUnavailable` at
+this boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+__all__ = [
+    "Ack",
+    "Broker",
+    "CancelState",
+    "DeadLetter",
+    "Delivery",
+    "EnqueueItem",
+    "Release",
+    "Retry",
+    "Bury",
+    "QueueStats",
+    "Settlement",
+]
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One leased delivery of a job to a worker."""
+
+    queue: str
+    job_id: str
+    """The id the broker stored beside the envelope. Unauthenticated: the worker checks it
+    against the sealed header."""
+    envelope: bytes
+    attempt: int
+    """1 on the first delivery; ``Retry`` increments it. Redelivery after a crash does not."""
+    tag: str
+    """The broker's handle for this delivery (stream entry id, row id)."""
+    redelivered: bool = False
+    completed: bool = False
+    cancel_requested: bool = False
+    enqueued_at: float = 0.0
+
+
+class EnqueueItem(msgspec.Struct, frozen=True):
+    queue: str
+    job_id: str
+    envelope: bytes
+    not_before: float | None = None
+
+
+class Ack(msgspec.Struct, frozen=True, tag="ack"):
+    """The attempt finished (succeeded, or ended for good without a dead letter)."""
+
+    delivery: Delivery
+    result: bytes | None
+    result_ttl: float
+    remember_until: float
+
+
+class Retry(msgspec.Struct, frozen=True, tag="retry"):
+    """Deliver the job again at ``not_before`` with ``attempt + 1``."""
+
+    delivery: Delivery
+    not_before: float
+
+
+class Release(msgspec.Struct, frozen=True, tag="release"):
+    """Hand the job back unchanged (worker shutdown): same attempt, deliverable at
+    ``not_before``. Not a retry and not a failure."""
+
+    delivery: Delivery
+    not_before: float
+
+
+class Bury(msgspec.Struct, frozen=True, tag="bury"):
+    """Dead-letter the job: never delivered again.
+
+    ``reason`` is a short code (``failed``, ``denied``, ``rejected:bad_signature``,
+    ``expired``, ``cancelled``, ``timed_out``, ``replayed``...), ``detail`` a safe
+    one-line message (never payload values). ``result`` (sealed outcome) is written when
+    given. ``remember_until`` of ``None`` skips the finished-id memory (used when the
+    envelope could not be authenticated, so its id means nothing).
+    """
+
+    delivery: Delivery
+    reason: str
+    detail: str
+    result: bytes | None
+    result_ttl: float
+    remember_until: float | None
+
+
+Settlement = Ack | Retry | Release | Bury
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    queue: str
+    job_id: str
+    reason: str
+    detail: str
+    attempt: int
+    at: float
+    tag: str
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    queue: str
+    ready: int
+    """Deliverable now and not leased."""
+    delayed: int
+    """Waiting for their not-before time (includes retries in backoff)."""
+    running: int
+    """Leased to a consumer and not settled."""
+    dead: int
+
+
+class CancelState(enum.StrEnum):
+    REQUESTED = "requested"
+    """A marker is set: a queued job will not start, a running one is cancelled."""
+    FINISHED = "finished"
+    """The job already finished; nothing was changed."""
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """What vaultq needs from a broker. See the module docstring for the semantics."""
+
+    @property
+    def url(self) -> str:
+        """The broker URL with any password masked; safe to log."""
+        ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def shared(self) -> bool:
+        """True for brokers other processes or hosts can reach (Redis): they refuse to
+        run without explicit keys. False for the embedded broker."""
+        ...
+
+    def clone(self) -> Broker:
+        """A new, unconnected broker with the same settings (one per event loop)."""
+        ...
+
+    async def connect(self) -> None:
+        """Open connections/schema. Idempotent. Raises BrokerUnavailable."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def enqueue(self, items: Sequence[EnqueueItem]) -> None:
+        """Enqueue a batch (pipelined); all of it or an exception."""
+        ...
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        count: int,
+        *,
+        consumer: str,
+        lease: float,
+        block: float,
+    ) -> list[Delivery]:
+        """Up to ``count`` leased deliveries from ``queues`` (earlier queues first)."""
+        ...
+
+    async def extend(self, deliveries: Sequence[Delivery], *, consumer: str, lease: float) -> None:
+        """Push the lease (and the job-id claim) of running deliveries ``lease`` seconds out."""
+        ...
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        """Apply each settlement atomically; the batch may be pipelined."""
+        ...
+
+    async def get_result(self, queue: str, job_id: str) -> bytes | None: ...
+
+    async def wait_result(self, queue: str, job_id: str, timeout: float) -> bytes | None:
+        """Block until the result exists (return it) or ``timeout`` passes (return None)."""
+        ...
+
+    async def is_running(self, queue: str, job_id: str) -> bool:
+        """True while some consumer holds the job-id claim."""
+        ...
+
+    async def cancel(self, queue: str, job_id: str, *, ttl: float) -> CancelState: ...
+
+    async def cancelled(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        """Which of ``job_ids`` have a cancel marker (polled by workers for running jobs)."""
+        ...
+
+    async def stats(self, queue: str) -> QueueStats: ...
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Newest first."""
+        ...
+
+    async def purge_dead(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        ...

@@ -1,0 +1,231 @@
+"""The vaultq error tree.
+
+Every error vaultq raises on purpose derives from :class:`VaultqError`, and every
+message says what to do next. No message, ``repr`` or log line built here contains a
+payload value, plaintext, a principal's attributes or key bytes.
+
+::
+
+    VaultqError
+    ├── ConfigurationError           bad settings, broker URL, app lookup
+    │   └── TaskDefinitionError      a task cannot be registered as written
+    ├── KeyringError                 a keyring cannot be loaded, saved or used
+    │   └── InsecureKeyFile          key file readable by group or others
+    ├── PayloadError                 wrong payload type, field or value shape
+    ├── AuthorizationDenied          a policy said no (at enqueue)
+    ├── EnvelopeError                an envelope failed to open: the job is REJECTED
+    │   ├── EnvelopeTooLarge
+    │   ├── UnsupportedVersion
+    │   ├── MalformedEnvelope
+    │   ├── WrongDestination         sealed for another app, queue or job id
+    │   ├── UnknownTask
+    │   ├── EnvelopeExpired
+    │   ├── EnvelopeNotYetValid
+    │   ├── UntrustedSigner
+    │   ├── BadSignature
+    │   ├── UnknownKey
+    │   ├── DecryptionFailed
+    │   └── Replayed
+    ├── BrokerError                  the broker failed or is unreachable
+    │   └── BrokerUnavailable
+    └── JobError                     a job ended without a result (from handle.result())
+        ├── JobFailed
+        ├── JobDenied
+        ├── JobTimedOut
+        ├── JobRejected
+        ├── JobExpired
+        ├── JobCancelled
+        └── ResultUnavailable        no result stored (store_result=False or TTL passed)
+
+Waiting for a result longer than asked raises the builtin :class:`TimeoutError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthorizationDenied",
+    "BadSignature",
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DecryptionFailed",
+    "EnvelopeError",
+    "EnvelopeExpired",
+    "EnvelopeNotYetValid",
+    "EnvelopeTooLarge",
+    "InsecureKeyFile",
+    "JobCancelled",
+    "JobDenied",
+    "JobError",
+    "JobExpired",
+    "JobFailed",
+    "JobRejected",
+    "JobTimedOut",
+    "KeyringError",
+    "MalformedEnvelope",
+    "PayloadError",
+    "Replayed",
+    "ResultUnavailable",
+    "TaskDefinitionError",
+    "UnknownKey",
+    "UnknownTask",
+    "UnsupportedVersion",
+    "UntrustedSigner",
+    "VaultqError",
+    "WrongDestination",
+]
+
+
+class VaultqError(Exception):
+    """Root of every error vaultq raises on purpose."""
+
+
+class ConfigurationError(VaultqError):
+    """Settings, broker URL or app lookup are wrong; the message names the setting."""
+
+
+class TaskDefinitionError(ConfigurationError):
+    """A task function cannot be registered as written (annotations, name, options)."""
+
+
+class KeyringError(VaultqError):
+    """A keyring cannot be loaded, parsed, saved or used for the asked operation."""
+
+
+class InsecureKeyFile(KeyringError):
+    """A key file is readable by group or others; ``chmod 600`` it."""
+
+
+class PayloadError(VaultqError):
+    """A payload or result does not match its declared type.
+
+    ``field`` is the JSON path of the offending field (``$.order_id``) when known.
+    The message never contains the value itself.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AuthorizationDenied(VaultqError):
+    """A policy refused the job at enqueue; nothing was enqueued."""
+
+    def __init__(self, message: str, *, task: str = "", policy: str = "") -> None:
+        super().__init__(message)
+        self.task = task
+        self.policy = policy
+
+
+class EnvelopeError(VaultqError):
+    """An envelope failed to open. The job is REJECTED: never run, never retried.
+
+    ``reason`` is a short stable code used in dead letters and audit lines.
+    """
+
+    reason = "rejected"
+
+
+class EnvelopeTooLarge(EnvelopeError):
+    reason = "too_large"
+
+
+class UnsupportedVersion(EnvelopeError):
+    reason = "unsupported_version"
+
+
+class MalformedEnvelope(EnvelopeError):
+    reason = "malformed"
+
+
+class WrongDestination(EnvelopeError):
+    reason = "wrong_destination"
+
+
+class UnknownTask(EnvelopeError):
+    reason = "unknown_task"
+
+
+class EnvelopeExpired(EnvelopeError):
+    reason = "expired"
+
+
+class EnvelopeNotYetValid(EnvelopeError):
+    reason = "not_yet_valid"
+
+
+class UntrustedSigner(EnvelopeError):
+    reason = "untrusted_signer"
+
+
+class BadSignature(EnvelopeError):
+    reason = "bad_signature"
+
+
+class UnknownKey(EnvelopeError):
+    reason = "unknown_key"
+
+
+class DecryptionFailed(EnvelopeError):
+    reason = "decryption_failed"
+
+
+class Replayed(EnvelopeError):
+    reason = "replayed"
+
+
+class BrokerError(VaultqError):
+    """The broker returned an error; the message says which operation failed."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached; check the URL, the network and credentials."""
+
+
+class JobError(VaultqError):
+    """A job ended without a result. ``job_id`` names it; ``status`` is its final state."""
+
+    status = "failed"
+
+    def __init__(self, message: str, *, job_id: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.reason = reason
+
+
+class JobFailed(JobError):
+    """The task raised on its last attempt. ``error_type`` is the exception's class path."""
+
+    status = "failed"
+
+    def __init__(
+        self, message: str, *, job_id: str = "", reason: str = "", error_type: str = ""
+    ) -> None:
+        super().__init__(message, job_id=job_id, reason=reason)
+        self.error_type = error_type
+
+
+class JobDenied(JobError):
+    status = "denied"
+
+
+class JobTimedOut(JobError):
+    status = "timed_out"
+
+
+class JobRejected(JobError):
+    status = "rejected"
+
+
+class JobExpired(JobError):
+    status = "expired"
+
+
+class JobCancelled(JobError):
+    status = "cancelled"
+
+
+class ResultUnavailable(JobError):
+    """The job finished but no result is stored (``store_result=False`` or the TTL passed)."""
+
+    status = "unknown"
