@@ -1,5 +1,123 @@
-"""vaultq: a small, hardened job queue (public names are re-exported here)."""
+"""vaultq: a small, hardened job queue.
+
+Typed ``msgspec`` payloads, sealed (encrypted and signed) before they leave the
+producer, authorized by a policy before they run, bounded by deadlines enforced with
+anyio cancel scopes. See README.md and docs/.
+"""
 
 from __future__ import annotations
 
-from vaultq.errors import *  # noqa: F403 - the error tree is public
+from vaultq.app import App
+from vaultq.errors import (
+    AuthorizationDenied,
+    BadSignature,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    DecryptionFailed,
+    EnvelopeError,
+    EnvelopeExpired,
+    EnvelopeNotYetValid,
+    EnvelopeTooLarge,
+    InsecureKeyFile,
+    JobCancelled,
+    JobDenied,
+    JobError,
+    JobExpired,
+    JobFailed,
+    JobRejected,
+    JobTimedOut,
+    KeyringError,
+    MalformedEnvelope,
+    PayloadError,
+    Replayed,
+    ResultUnavailable,
+    TaskDefinitionError,
+    UnknownKey,
+    UnknownTask,
+    UnsupportedVersion,
+    UntrustedSigner,
+    VaultqError,
+    WrongDestination,
+)
+from vaultq.jobs import JobContext, JobHandle, JobStatus, current_job
+from vaultq.keyring import Keyring
+from vaultq.payload import Secret
+from vaultq.policy import (
+    Decision,
+    Policy,
+    PolicyRequest,
+    all_of,
+    allow_all,
+    allow_signers,
+    any_of,
+    deny_all,
+    require_any_permission,
+    require_any_role,
+    require_authenticated,
+    require_permission,
+    require_role,
+    rule,
+)
+from vaultq.principal import Principal
+from vaultq.tasks import Task, TaskOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AuthorizationDenied",
+    "BadSignature",
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "Decision",
+    "DecryptionFailed",
+    "EnvelopeError",
+    "EnvelopeExpired",
+    "EnvelopeNotYetValid",
+    "EnvelopeTooLarge",
+    "InsecureKeyFile",
+    "JobCancelled",
+    "JobContext",
+    "JobDenied",
+    "JobError",
+    "JobExpired",
+    "JobFailed",
+    "JobHandle",
+    "JobRejected",
+    "JobStatus",
+    "JobTimedOut",
+    "Keyring",
+    "KeyringError",
+    "MalformedEnvelope",
+    "PayloadError",
+    "Policy",
+    "PolicyRequest",
+    "Principal",
+    "Replayed",
+    "ResultUnavailable",
+    "Secret",
+    "Task",
+    "TaskDefinitionError",
+    "TaskOptions",
+    "UnknownKey",
+    "UnknownTask",
+    "UnsupportedVersion",
+    "UntrustedSigner",
+    "VaultqError",
+    "WrongDestination",
+    "__version__",
+    "all_of",
+    "allow_all",
+    "allow_signers",
+    "any_of",
+    "current_job",
+    "deny_all",
+    "require_any_permission",
+    "require_any_role",
+    "require_authenticated",
+    "require_permission",
+    "require_role",
+    "rule",
+]

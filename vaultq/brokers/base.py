@@ -54,14 +54,14 @@ import msgspec
 __all__ = [
     "Ack",
     "Broker",
+    "Bury",
     "CancelState",
     "DeadLetter",
     "Delivery",
     "EnqueueItem",
+    "QueueStats",
     "Release",
     "Retry",
-    "Bury",
-    "QueueStats",
     "Settlement",
 ]
 

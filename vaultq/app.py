@@ -1,0 +1,521 @@
+"""``App``: the task registry, keyring and broker wiring of one application."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
+
+import msgspec
+
+from vaultq import config
+from vaultq._loop import LoopThread
+from vaultq.brokers import broker_from_url
+from vaultq.brokers.base import Broker, CancelState, EnqueueItem
+from vaultq.envelope import JobMeta, ResultBody, new_job_id, open_result, seal_job
+from vaultq.errors import (
+    AuthorizationDenied,
+    ConfigurationError,
+    KeyringError,
+    PayloadError,
+    TaskDefinitionError,
+)
+from vaultq.jobs import JobHandle, JobStatus
+from vaultq.keyring import Keyring
+from vaultq.policy import Policy, PolicyRequest, allow_all, evaluate
+from vaultq.principal import Principal
+from vaultq.tasks import Isolation, Task, TaskOptions
+
+__all__ = ["App"]
+
+log = logging.getLogger("vaultq")
+
+P = TypeVar("P", bound=msgspec.Struct)
+R = TypeVar("R")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _LoopBroker:
+    __slots__ = ("broker", "connected", "lock")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.connected = False
+        self.lock = asyncio.Lock()
+
+
+class _TaskDecorator(Generic[P, R]):
+    """What ``@app.task(...)`` returns: applied to the function, it registers the task."""
+
+    def __init__(self, register: Callable[[Callable[..., Any]], Task[Any, Any]]) -> None:
+        self._register = register
+
+    @overload
+    def __call__(self, fn: Callable[[P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[[P], R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
+        return self._register(fn)
+
+
+class App:
+    """One application: its tasks, keys and broker.
+
+    ``broker``: a URL (``redis://…``, ``rediss://…``, ``unix://…``, ``sqlite:///…``) or a
+    Broker instance. When None, ``$VAULTQ_BROKER`` is used, else the embedded
+    ``sqlite:///vaultq.db`` in the working directory.
+
+    ``keyring``: when None, ``$VAULTQ_KEYS`` is used; with the embedded broker and no
+    keys anywhere, a 0600 key file is generated beside the database on first use. A shared
+    broker (Redis) refuses to run without explicit keys.
+
+    Options (defaults in :mod:`vaultq.config`): ``default_policy`` (allow_all: any job
+    sealed by a trusted signer may run; ``vaultq check --deploy`` flags tasks relying on
+    it), ``queue``, ``clock_skew``, ``max_envelope_size``, ``policy_timeout``, ``lease``,
+    ``result_ttl``, and task defaults ``timeout``, ``retries``, ``expires``, ``backoff``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: str | Broker | None = None,
+        keyring: Keyring | None = None,
+        default_policy: Policy = allow_all,
+        queue: str = config.DEFAULT_QUEUE,
+        clock_skew: float = config.DEFAULT_CLOCK_SKEW,
+        max_envelope_size: int = config.DEFAULT_MAX_ENVELOPE_SIZE,
+        policy_timeout: float = config.DEFAULT_POLICY_TIMEOUT,
+        lease: float = config.DEFAULT_LEASE,
+        result_ttl: float = config.DEFAULT_RESULT_TTL,
+        timeout: float = config.DEFAULT_TIMEOUT,
+        retries: int = config.DEFAULT_RETRIES,
+        expires: float = config.DEFAULT_EXPIRES,
+        backoff: float = config.DEFAULT_BACKOFF,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigurationError(
+                f"app name {name!r} is not valid: use 1-64 letters, digits, '.', '-' or '_'"
+            )
+        self.name = name
+        if broker is None:
+            broker = os.environ.get("VAULTQ_BROKER") or config.DEFAULT_BROKER_URL
+        self._broker_template: Broker = (
+            broker_from_url(broker, namespace=name) if isinstance(broker, str) else broker
+        )
+        self._template_taken = False
+        self._keyring = keyring
+        self._keyring_lock = threading.Lock()
+        self.keyring_source = "given" if keyring is not None else ""
+        self.default_policy = default_policy
+        self.default_queue = queue
+        self.clock_skew = clock_skew
+        self.max_envelope_size = max_envelope_size
+        self.policy_timeout = policy_timeout
+        self.lease = lease
+        self._defaults = TaskOptions(
+            queue=queue,
+            timeout=timeout,
+            retries=retries,
+            expires=expires,
+            backoff=backoff,
+            result_ttl=result_ttl,
+        )
+        self._defaults.validate(f"{name} defaults")
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBroker] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loop_thread = LoopThread(f"vaultq-{name}-sync")
+        self.around_async: list[Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]] = []
+        """Wrappers around each async task call (integrations: Django ORM hygiene...)."""
+        self.around_sync: list[Callable[[Callable[[], Any]], Any]] = []
+        """Wrappers around each sync task call, run in the task's own thread."""
+        self.import_spec: str | None = None
+        """``module:attr`` the worker loaded this app from (used by process isolation)."""
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, broker={self.broker_url!r}, tasks={len(self._tasks)})"
+
+    # -- registry ---------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """Registered tasks by name (a copy)."""
+        return dict(self._tasks)
+
+    def get_task(self, name: str) -> Task[Any, Any] | None:
+        return self._tasks.get(name)
+
+    def task(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_timeout: float | None = None,
+        expires: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
+        retry_on_timeout: bool = False,
+        policy: Policy | None = None,
+        store_result: bool = True,
+        result_ttl: float | None = None,
+        isolation: Isolation = "none",
+    ) -> Any:
+        """Register a task: ``@app.task`` or ``@app.task(timeout=30, retries=3, policy=…)``.
+
+        The function takes one argument annotated with a ``msgspec.Struct`` subclass (the
+        payload) and annotates its return type (anything msgspec encodes, or None). It may
+        be ``async def`` or plain (run in a worker thread). The name defaults to
+        ``module.qualname``; the worker finds tasks only through this registry.
+        Options and their defaults: see :class:`vaultq.tasks.TaskOptions`.
+
+        Raises ``TaskDefinitionError`` for bad annotations, options or a taken name.
+        """
+        d = self._defaults
+        options = TaskOptions(
+            queue=queue or d.queue,
+            timeout=d.timeout if timeout is None else timeout,
+            max_timeout=max_timeout,
+            expires=d.expires if expires is None else expires,
+            retries=d.retries if retries is None else retries,
+            backoff=d.backoff if backoff is None else backoff,
+            max_backoff=d.max_backoff if max_backoff is None else max_backoff,
+            retry_on_timeout=retry_on_timeout,
+            store_result=store_result,
+            result_ttl=d.result_ttl if result_ttl is None else result_ttl,
+            isolation=isolation,
+        )
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if not isinstance(task_name, str) or not task_name or len(task_name) > 200:
+                raise TaskDefinitionError("task names are non-empty strings of at most 200 chars")
+            if "<locals>" in task_name and name is None:
+                raise TaskDefinitionError(
+                    f"task {task_name!r} is defined inside a function: give it a stable "
+                    "name with @app.task(name='...')"
+                )
+            if task_name in self._tasks:
+                raise TaskDefinitionError(
+                    f"task name {task_name!r} is already registered in app {self.name!r}; "
+                    "pick another with @app.task(name='...')"
+                )
+            options.validate(task_name)
+            new = Task(self, func, name=task_name, options=options, policy=policy)
+            self._tasks[task_name] = new
+            return new
+
+        if fn is not None:
+            return register(fn)
+        return _TaskDecorator(register)
+
+    # -- keys and broker --------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        return self._broker_template.url
+
+    @property
+    def shared_broker(self) -> bool:
+        return self._broker_template.shared
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keyring, resolved on first use (see the class docstring)."""
+        if self._keyring is None:
+            with self._keyring_lock:
+                if self._keyring is None:
+                    self._keyring = self._resolve_keyring()
+        return self._keyring
+
+    def _resolve_keyring(self) -> Keyring:
+        if os.environ.get("VAULTQ_KEYS"):
+            self.keyring_source = "$VAULTQ_KEYS"
+            return Keyring.from_env("VAULTQ_KEYS")
+        if self._broker_template.shared:
+            raise ConfigurationError(
+                f"app {self.name!r} uses a shared broker ({self.broker_url}) and has no keys. "
+                "Run `vaultq keys generate --out vaultq.keys`, then set VAULTQ_KEYS=@vaultq.keys "
+                "(or pass keyring=Keyring.from_file(...)) on producers and workers alike"
+            )
+        path = _embedded_key_path(self._broker_template)
+        return self._load_or_create_keyfile(path)
+
+    def _load_or_create_keyfile(self, path: Path) -> Keyring:
+        self.keyring_source = str(path)
+        if path.exists():
+            return Keyring.from_file(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Keyring.generate()
+        # Write a private temp file, then link it into place: link fails if another
+        # process won the race, and then everyone uses the winner's keys.
+        fd, tmp = tempfile.mkstemp(prefix=".vaultq-keys-", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(fresh.to_json())
+            try:
+                os.link(tmp, path)
+                log.warning(
+                    "generated a new keyring for the embedded broker at %s (mode 0600); "
+                    "keep it with the database, and set VAULTQ_KEYS for shared brokers",
+                    path,
+                )
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        try:
+            return Keyring.from_file(path)
+        except KeyringError:
+            raise
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the key file {path}: {exc.strerror}") from exc
+
+    def set_broker(self, broker: str | Broker) -> None:
+        """Replace the broker before first use (``vaultq worker --broker URL``)."""
+        if self._template_taken:
+            raise ConfigurationError("set_broker() must be called before the app is used")
+        self._broker_template = (
+            broker_from_url(broker, namespace=self.name) if isinstance(broker, str) else broker
+        )
+
+    def _broker_for_new_loop(self) -> Broker:
+        # The first event loop gets the configured instance; every other loop (the sync
+        # facade's thread, a second asyncio.run) gets its own clone, since connections are
+        # bound to the loop that opened them.
+        if not self._template_taken:
+            self._template_taken = True
+            return self._broker_template
+        return self._broker_template.clone()
+
+    async def broker(self) -> Broker:
+        """The broker for the running event loop, connected (one per loop)."""
+        loop = asyncio.get_running_loop()
+        entry = self._brokers.get(loop)
+        if entry is None:
+            entry = _LoopBroker(self._broker_for_new_loop())
+            self._brokers[loop] = entry
+        if not entry.connected:
+            async with entry.lock:
+                if not entry.connected:
+                    await entry.broker.connect()
+                    entry.connected = True
+        return entry.broker
+
+    async def aclose(self) -> None:
+        """Close the broker of the running loop."""
+        loop = asyncio.get_running_loop()
+        entry = self._brokers.pop(loop, None)
+        if entry is not None and entry.connected:
+            await entry.broker.close()
+
+    def close(self) -> None:
+        """Close the sync facade's loop and its broker connections."""
+        if self._loop_thread is not None:
+            try:
+                self._run_sync(self.aclose)
+            finally:
+                self._loop_thread.stop()
+
+    def _run_sync(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        return self._loop_thread.run(fn, *args, **kwargs)
+
+    # -- producing ----------------------------------------------------------------------
+
+    async def _enqueue(
+        self,
+        task: Task[P, R],
+        payloads: Sequence[P],
+        *,
+        principal: Principal | None,
+        delay: float | None,
+        at: datetime | float | None,
+        queue: str | None,
+        job_ids: Sequence[str] | None,
+        timeout: float | None,
+    ) -> list[JobHandle[R]]:
+        if principal is not None and not isinstance(principal, Principal):
+            raise PayloadError("principal must be a vaultq.Principal (or None)")
+        if timeout is not None and not 0 < timeout <= task.options.timeout_ceiling:
+            raise ConfigurationError(
+                f"timeout={timeout} for task {task.name!r} must be > 0 and at most its "
+                f"max_timeout ({task.options.timeout_ceiling}); raise max_timeout on the task"
+            )
+        now = time.time()
+        not_before = _not_before(now, delay, at)
+        keyring = self.keyring
+        signer_id = keyring.signer_id or ""
+        if not keyring.can_sign:
+            raise ConfigurationError(
+                "this keyring is verify-only (made by `vaultq keys public`) and cannot "
+                "enqueue; producers need the full keyring"
+            )
+        target = queue or task.queue
+        meta = JobMeta(timeout=timeout) if timeout is not None else JobMeta()
+        policy = task.policy or self.default_policy
+        items: list[EnqueueItem] = []
+        for i, payload in enumerate(payloads):
+            if not isinstance(payload, task.payload_type):
+                raise PayloadError(
+                    f"task {task.name!r} takes a {task.payload_type.__name__} payload, "
+                    f"got {type(payload).__name__}"
+                )
+            job_id = job_ids[i] if job_ids is not None else new_job_id(now)
+            decision = await evaluate(
+                policy,
+                PolicyRequest(
+                    principal=principal,
+                    payload=payload,
+                    task=task.name,
+                    signer_id=signer_id,
+                    attempt=0,
+                    job_id=job_id,
+                    stage="enqueue",
+                ),
+                timeout=self.policy_timeout,
+            )
+            if not decision.allowed:
+                raise AuthorizationDenied(
+                    f"policy {decision.policy} denied task {task.name!r} for principal "
+                    f"{principal.id if principal else '(none)'} ({decision.reason}); "
+                    "nothing was enqueued",
+                    task=task.name,
+                    policy=decision.policy,
+                )
+            envelope = seal_job(
+                keyring,
+                job_id=job_id,
+                app=self.name,
+                task=task.name,
+                queue=target,
+                payload=task.payload_codec.encode(payload),
+                principal=principal,
+                meta=meta,
+                issued_at=now,
+                not_before=not_before,
+                expires_at=not_before + task.options.expires,
+            )
+            items.append(
+                EnqueueItem(
+                    queue=target,
+                    job_id=job_id,
+                    envelope=envelope,
+                    not_before=not_before if not_before > now else None,
+                )
+            )
+        broker = await self.broker()
+        await broker.enqueue(items)
+        decode = task.result_codec.decode
+        return [
+            JobHandle(self, item.job_id, queue=target, task_name=task.name, decode=decode)
+            for item in items
+        ]
+
+    # -- results ------------------------------------------------------------------------
+
+    def job(self, job_id: str, *, queue: str | None = None) -> JobHandle[Any]:
+        """A handle for a job enqueued elsewhere (its result decodes untyped unless the
+        task is registered here)."""
+        return JobHandle(self, job_id, queue=queue or self.default_queue)
+
+    async def _get_outcome(self, queue: str, job_id: str) -> ResultBody | None:
+        broker = await self.broker()
+        data = await broker.get_result(queue, job_id)
+        if data is None:
+            return None
+        return self._open_result(data, job_id)
+
+    def _open_result(self, data: bytes, job_id: str) -> ResultBody:
+        return open_result(
+            data, self.keyring, app=self.name, job_id=job_id, max_size=self.max_envelope_size
+        )
+
+    async def _wait_outcome(self, queue: str, job_id: str, timeout: float | None) -> ResultBody:
+        broker = await self.broker()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 30.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            data = await broker.wait_result(queue, job_id, min(left, 30.0))
+            if data is not None:
+                return self._open_result(data, job_id)
+        raise TimeoutError(f"job {job_id} has not finished within {timeout} s")
+
+    async def _job_status(self, queue: str, job_id: str) -> JobStatus:
+        body = await self._get_outcome(queue, job_id)
+        if body is not None:
+            try:
+                return JobStatus(body.status)
+            except ValueError:
+                return JobStatus.FAILED
+        broker = await self.broker()
+        if await broker.is_running(queue, job_id):
+            return JobStatus.RUNNING
+        return JobStatus.PENDING
+
+    def _result_decoder(self, body: ResultBody, task_name: str | None) -> Callable[[bytes], Any]:
+        task = self._tasks.get(task_name) if task_name else None
+        if task is not None:
+            return task.result_codec.decode
+        return msgspec.json.decode
+
+    async def cancel(self, job_id: str, *, queue: str | None = None) -> CancelState:
+        """Cancel a job by id (see ``JobHandle.cancel``). Without ``queue``, the marker is
+        set on every queue this app's tasks use."""
+        broker = await self.broker()
+        queues = (
+            [queue]
+            if queue
+            else sorted({t.queue for t in self._tasks.values()} | {self.default_queue})
+        )
+        states = [
+            await broker.cancel(q, job_id, ttl=self._defaults.expires + self.clock_skew)
+            for q in queues
+        ]
+        if CancelState.FINISHED in states:
+            return CancelState.FINISHED
+        return CancelState.REQUESTED
+
+    def cancel_sync(self, job_id: str, *, queue: str | None = None) -> CancelState:
+        return self._run_sync(self.cancel, job_id, queue=queue)
+
+
+def _not_before(now: float, delay: float | None, at: datetime | float | None) -> float:
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay= or at=, not both")
+    if delay is not None:
+        if delay < 0:
+            raise ConfigurationError("delay must be >= 0 seconds")
+        return now + delay
+    if at is None:
+        return now
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ConfigurationError("at= needs a timezone-aware datetime (e.g. datetime.now(UTC))")
+        return max(now, at.timestamp())
+    return max(now, float(at))
+
+
+def _embedded_key_path(broker: Broker) -> Path:
+    db = getattr(broker, "path", None)
+    if db is None:
+        return Path.cwd() / "vaultq.keys"
+    db_path = Path(db)
+    return db_path.with_name(db_path.stem + ".keys")

@@ -1,0 +1,196 @@
+"""Job handles (the producer's view of one job), job statuses and the running job's context."""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from vaultq.errors import (
+    ConfigurationError,
+    JobCancelled,
+    JobDenied,
+    JobError,
+    JobExpired,
+    JobFailed,
+    JobRejected,
+    JobTimedOut,
+    ResultUnavailable,
+)
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+    from vaultq.brokers.base import CancelState
+    from vaultq.envelope import ResultBody
+    from vaultq.principal import Principal
+
+__all__ = ["JobContext", "JobHandle", "JobStatus", "current_job"]
+
+R = TypeVar("R")
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is. Final states are everything but PENDING and RUNNING."""
+
+    PENDING = "pending"
+    """Queued, delayed, waiting for a retry, or unknown to the broker."""
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    DENIED = "denied"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+_ERRORS: dict[str, type[JobError]] = {
+    JobStatus.FAILED: JobFailed,
+    JobStatus.TIMED_OUT: JobTimedOut,
+    JobStatus.DENIED: JobDenied,
+    JobStatus.REJECTED: JobRejected,
+    JobStatus.EXPIRED: JobExpired,
+    JobStatus.CANCELLED: JobCancelled,
+}
+
+
+def outcome_error(job_id: str, body: ResultBody) -> JobError:
+    """The exception ``handle.result()`` raises for a job that did not succeed.
+
+    The message carries the job id, status, reason code and error class only: the task's
+    own exception text stays in ``.detail`` (it may quote payload values).
+    """
+    status = body.status
+    cls = _ERRORS.get(status, JobFailed)
+    what = f"job {job_id} ended {status}"
+    if body.error_type:
+        what += f" ({body.error_type})"
+    if body.attempts:
+        what += f" after {body.attempts} attempt(s)"
+    err: JobError
+    if cls is JobFailed:
+        err = JobFailed(what, job_id=job_id, reason=status, error_type=body.error_type or "")
+    else:
+        err = cls(what, job_id=job_id, reason=body.error_type or status)
+    err.detail = body.error or ""  # type: ignore[attr-defined]
+    return err
+
+
+class JobHandle(Generic[R]):
+    """The producer's handle on one enqueued job. Rebuild one with ``app.job(job_id)``."""
+
+    __slots__ = ("_app", "_decode", "id", "queue", "task_name")
+
+    def __init__(
+        self,
+        app: App,
+        job_id: str,
+        *,
+        queue: str,
+        task_name: str | None = None,
+        decode: Callable[[bytes], R] | None = None,
+    ) -> None:
+        self._app = app
+        self.id = job_id
+        self.queue = queue
+        self.task_name = task_name
+        self._decode = decode
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id!r}, queue={self.queue!r}, task={self.task_name!r})"
+
+    async def outcome(self) -> ResultBody | None:
+        """The opened result record, or None while the job has not finished."""
+        return await self._app._get_outcome(self.queue, self.id)
+
+    async def status(self) -> JobStatus:
+        return await self._app._job_status(self.queue, self.id)
+
+    async def result(self, timeout: float | None = 30.0) -> R:
+        """Wait for the job to finish and return its typed result.
+
+        Raises ``JobFailed``/``JobDenied``/``JobTimedOut``/``JobRejected``/``JobExpired``/
+        ``JobCancelled`` when it did not succeed, ``ResultUnavailable`` when it finished
+        without a stored result, and ``TimeoutError`` when it has not finished in time.
+        """
+        body = await self._app._wait_outcome(self.queue, self.id, timeout)
+        return self._value(body)
+
+    async def cancel(self) -> CancelState:
+        """Ask for the job to be cancelled: a queued job never starts, a running one is
+        cancelled at its next await. Returns FINISHED (a no-op) for a finished job."""
+        return await self._app.cancel(self.id, queue=self.queue)
+
+    def status_sync(self) -> JobStatus:
+        return self._app._run_sync(self.status)
+
+    def result_sync(self, timeout: float | None = 30.0) -> R:
+        body = self._app._run_sync(self._app._wait_outcome, self.queue, self.id, timeout)
+        return self._value(body)
+
+    def cancel_sync(self) -> CancelState:
+        return self._app._run_sync(self.cancel)
+
+    def _value(self, body: ResultBody) -> R:
+        if body.status != JobStatus.SUCCEEDED:
+            raise outcome_error(self.id, body)
+        if body.value is None:
+            raise ResultUnavailable(
+                f"job {self.id} succeeded but stored no value (store_result=False)",
+                job_id=self.id,
+            )
+        decode = self._decode
+        if decode is None:
+            decode = self._app._result_decoder(body, self.task_name)
+        return decode(bytes(body.value))
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a running task may know about its own job (``vaultq.current_job()``)."""
+
+    job_id: str
+    task: str
+    queue: str
+    attempt: int
+    principal: Principal | None
+    signer_id: str
+    deadline: float
+    """Wall-clock Unix time at which this attempt is cancelled."""
+    max_attempts: int
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (0 when past). Pass it on to I/O timeouts."""
+        return max(0.0, self.deadline - time.time())
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("vaultq_current_job")
+
+
+def current_job() -> JobContext:
+    """The running job's context. Raises ConfigurationError outside a job."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise ConfigurationError(
+            "vaultq.current_job() was called outside a running job; call it from task code"
+        ) from None
+
+
+def _set_current(ctx: JobContext) -> contextvars.Token[JobContext]:
+    return _current.set(ctx)
+
+
+def _reset_current(token: contextvars.Token[JobContext]) -> None:
+    _current.reset(token)
+
+
+def _noop(*_: Any) -> None:
+    return None

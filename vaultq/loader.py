@@ -1,0 +1,54 @@
+"""Find the user's ``App`` from a ``module[:attr]`` spec given on the command line.
+
+This is the only place vaultq imports by name, and the name always comes from the
+operator (CLI argument or settings), never from a message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from vaultq.app import App
+from vaultq.errors import ConfigurationError
+
+__all__ = ["load_app"]
+
+
+def load_app(spec: str) -> App:
+    """Import ``module`` (the working directory is on ``sys.path``, as for ``python -m``)
+    and return ``module.attr``, or the single ``App`` the module defines."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ConfigurationError("give the module that defines your App, e.g. `myapp.jobs`")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigurationError(
+                f"cannot import {module_name!r}: no such module. Run from the directory "
+                "that contains it, or put it on PYTHONPATH"
+            ) from exc
+        raise
+    if attr:
+        app = getattr(module, attr, None)
+        if not isinstance(app, App):
+            raise ConfigurationError(f"{module_name}:{attr} is not a vaultq.App")
+    else:
+        found = {name: v for name, v in vars(module).items() if isinstance(v, App)}
+        unique = {id(v): (name, v) for name, v in found.items()}
+        if not unique:
+            raise ConfigurationError(
+                f"module {module_name!r} defines no vaultq.App; point at one with "
+                f"`{module_name}:name`"
+            )
+        if len(unique) > 1:
+            names = ", ".join(sorted(f"{module_name}:{n}" for n, _ in unique.values()))
+            raise ConfigurationError(f"module {module_name!r} has several Apps; pick one: {names}")
+        attr, app = next(iter(unique.values()))
+    app.import_spec = f"{module_name}:{attr}"
+    return app

@@ -1,0 +1,536 @@
+"""The fate of one delivery: open → checks → decode → authorize → run under a deadline.
+
+The order is fixed and every step before ``run`` fails closed. Nothing here calls the
+broker: the result is a :data:`Settlement` that the worker applies (batched, shielded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from vaultq.brokers.base import Ack, Bury, Delivery, Release, Retry, Settlement
+from vaultq.envelope import Header, OpenedJob, ResultBody, open_job, seal_result
+from vaultq.errors import (
+    EnvelopeError,
+    EnvelopeExpired,
+    EnvelopeNotYetValid,
+    PayloadError,
+    VaultqError,
+)
+from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
+from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+    from vaultq.runtime.isolation import ProcessPool
+    from vaultq.tasks import Task
+
+__all__ = ["AttemptTimedOut", "Executor", "JobSlot", "Stop", "TaskRaised"]
+
+log = logging.getLogger("vaultq.worker")
+audit = logging.getLogger(AUDIT_LOGGER)
+
+_MAX_ERROR_TEXT = 2000
+
+
+class Stop:
+    """Why a running attempt's scope was cancelled from outside."""
+
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(slots=True)
+class JobSlot:
+    """A delivery in flight; the worker keeps one per running job."""
+
+    delivery: Delivery
+    scope: anyio.CancelScope | None = None
+    stop: str | None = None
+    started: float = field(default_factory=time.time)
+
+    def request_stop(self, why: str) -> None:
+        if self.stop is None:
+            self.stop = why
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class AttemptTimedOut(Exception):
+    """The attempt hit its deadline."""
+
+
+class TaskRaised(Exception):
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(error_type)
+        self.error_type = error_type
+        self.message = message
+
+
+class ThreadGuard:
+    """Counts sync attempts abandoned at their deadline whose threads still run."""
+
+    def __init__(self, limit: int, tokens: int) -> None:
+        self.limit = limit
+        self.limiter = anyio.CapacityLimiter(tokens)
+        self._lock = threading.Lock()
+        self.abandoned = 0
+
+    @property
+    def full(self) -> bool:
+        return self.abandoned >= self.limit
+
+    async def run(self, fn: Callable[[], Any], label: str) -> Any:
+        state = {"done": False, "abandoned": False}
+
+        def call() -> Any:
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    state["done"] = True
+                    if state["abandoned"]:
+                        self.abandoned -= 1
+                        log.info("abandoned thread of %s has finished", label)
+
+        try:
+            return await anyio.to_thread.run_sync(
+                call, abandon_on_cancel=True, limiter=self.limiter
+            )
+        except anyio.get_cancelled_exc_class():
+            with self._lock:
+                if not state["done"]:
+                    state["abandoned"] = True
+                    self.abandoned += 1
+                    log.warning(
+                        "sync attempt of %s passed its deadline; its thread keeps running "
+                        "(abandoned threads: %d of at most %d). Use isolation='process' for "
+                        "code that must stop",
+                        label,
+                        self.abandoned,
+                        self.limit,
+                    )
+            raise
+
+
+class Executor:
+    """Runs deliveries for one worker process."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        worker_id: str,
+        max_abandoned_threads: int,
+        thread_tokens: int,
+        process_pool: ProcessPool | None = None,
+    ) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.threads = ThreadGuard(max_abandoned_threads, thread_tokens)
+        self.process_pool = process_pool
+        self._tasks = app.tasks
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _result(self, header: Header, body: ResultBody) -> bytes:
+        return seal_result(self.app.keyring, header, body, now=time.time())
+
+    def _remember_until(self, header: Header) -> float:
+        return header.expires_at / 1000 + self.app.clock_skew
+
+    def _finish(
+        self,
+        delivery: Delivery,
+        header: Header,
+        status: JobStatus,
+        *,
+        task: Task[Any, Any] | None,
+        started: float | None,
+        value: bytes | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> Settlement:
+        body = ResultBody(
+            status=status.value,
+            value=msgspec.Raw(value) if value is not None else None,
+            error_type=error_type,
+            error=error[:_MAX_ERROR_TEXT] if error else None,
+            attempts=delivery.attempt,
+            started_at=started,
+            finished_at=time.time(),
+            worker_id=self.worker_id,
+        )
+        store = task is None or task.options.store_result or status != JobStatus.SUCCEEDED
+        result = self._result(header, body) if store else None
+        ttl = task.options.result_ttl if task else self.app._defaults.result_ttl
+        remember = self._remember_until(header)
+        if status == JobStatus.SUCCEEDED:
+            return Ack(delivery=delivery, result=result, result_ttl=ttl, remember_until=remember)
+        return Bury(
+            delivery=delivery,
+            reason=reason or status.value,
+            detail=f"{status.value}: {error_type}" if error_type else status.value,
+            result=result,
+            result_ttl=ttl,
+            remember_until=remember,
+        )
+
+    def _reject(self, delivery: Delivery, exc: EnvelopeError | PayloadError) -> Settlement:
+        reason = exc.reason if isinstance(exc, EnvelopeError) else "payload"
+        audit.warning(
+            "job %s rejected on queue %s: %s (attempt %d)",
+            delivery.job_id,
+            delivery.queue,
+            reason,
+            delivery.attempt,
+            extra={
+                "vaultq": {
+                    "job_id": delivery.job_id,
+                    "queue": delivery.queue,
+                    "decision": "rejected",
+                    "reason": reason,
+                }
+            },
+        )
+        # The envelope did not authenticate, so its id is remembered for nothing and the
+        # REJECTED record is sealed under the broker-given id only to wake a waiting
+        # producer. A replayed envelope must not overwrite the original's result.
+        result = None
+        if reason != "replayed":
+            header = Header(
+                version=1,
+                job_id=delivery.job_id,
+                app=self.app.name,
+                task="",
+                queue=delivery.queue,
+                issued_at=int(time.time() * 1000),
+                not_before=0,
+                expires_at=0,
+                key_id="",
+                signer_id="",
+            )
+            body = ResultBody(
+                status=JobStatus.REJECTED.value,
+                error_type=f"vaultq.{type(exc).__name__}",
+                error=reason,
+                attempts=delivery.attempt,
+                finished_at=time.time(),
+                worker_id=self.worker_id,
+            )
+            result = self._result(header, body)
+        return Bury(
+            delivery=delivery,
+            reason=f"rejected:{reason}",
+            detail=f"envelope rejected: {reason}",
+            result=result,
+            result_ttl=self.app._defaults.result_ttl,
+            remember_until=None,
+        )
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def open(self, delivery: Delivery, now: float) -> OpenedJob | Settlement:
+        """Open and check the envelope; a Settlement when the job must not run."""
+        app = self.app
+        try:
+            return open_job(
+                delivery.envelope,
+                app.keyring,
+                app=app.name,
+                tasks=self._tasks,
+                now=now,
+                queue=delivery.queue,
+                job_id=delivery.job_id,
+                skew=app.clock_skew,
+                max_size=app.max_envelope_size,
+            )
+        except (EnvelopeExpired, EnvelopeNotYetValid) as exc:
+            # Only an authentic envelope earns EXPIRED (or a wait): check everything but time.
+            try:
+                opened = open_job(
+                    delivery.envelope,
+                    app.keyring,
+                    app=app.name,
+                    tasks=self._tasks,
+                    now=now,
+                    queue=delivery.queue,
+                    job_id=delivery.job_id,
+                    skew=math.inf,
+                    max_size=app.max_envelope_size,
+                )
+            except EnvelopeError as inner:
+                return self._reject(delivery, inner)
+            if isinstance(exc, EnvelopeNotYetValid):
+                # The producer's clock runs ahead of ours by more than the skew: wait.
+                return Release(delivery=delivery, not_before=opened.header.not_before / 1000)
+            audit.warning(
+                "job %s expired before it could start (task %s, attempt %d)",
+                delivery.job_id,
+                opened.header.task,
+                delivery.attempt,
+                extra={"vaultq": {"job_id": delivery.job_id, "decision": "expired"}},
+            )
+            return self._finish(
+                delivery,
+                opened.header,
+                JobStatus.EXPIRED,
+                task=self._tasks.get(opened.header.task),
+                started=None,
+            )
+        except EnvelopeError as exc:
+            return self._reject(delivery, exc)
+
+    async def run(self, slot: JobSlot) -> Settlement:
+        """Everything that happens to one delivery; never raises (but cancellation)."""
+        delivery = slot.delivery
+        now = time.time()
+        opened = self.open(delivery, now)
+        if not isinstance(opened, OpenedJob):
+            return opened
+        header, body = opened.header, opened.body
+        task = self._tasks[header.task]
+
+        if delivery.completed:
+            if delivery.redelivered:
+                # Settled before a crash and delivered again: not an attack; ack quietly.
+                return Ack(delivery=delivery, result=None, result_ttl=1, remember_until=0)
+            from vaultq.errors import Replayed
+
+            return self._reject(delivery, Replayed("this job id has already run"))
+        if delivery.cancel_requested or slot.stop == Stop.CANCELLED:
+            return self._finish(delivery, header, JobStatus.CANCELLED, task=task, started=None)
+        if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
+            return self._finish(delivery, header, JobStatus.EXPIRED, task=task, started=None)
+
+        try:
+            payload = task.payload_codec.decode(bytes(body.payload))
+        except PayloadError as exc:
+            return self._reject(delivery, exc)
+
+        decision = await evaluate(
+            task.policy or self.app.default_policy,
+            PolicyRequest(
+                principal=body.principal,
+                payload=payload,
+                task=task.name,
+                signer_id=header.signer_id,
+                attempt=delivery.attempt,
+                job_id=header.job_id,
+                stage="run",
+            ),
+            timeout=self.app.policy_timeout,
+        )
+        if not decision.allowed:
+            return self._finish(
+                delivery,
+                header,
+                JobStatus.DENIED,
+                task=task,
+                started=None,
+                error_type="vaultq.AuthorizationDenied",
+                error=f"denied by {decision.policy} ({decision.reason})",
+                reason="denied",
+            )
+
+        if not task.is_async and task.options.isolation == "none" and self.threads.full:
+            log.warning(
+                "not starting sync job %s: %d abandoned threads still run; handing it back",
+                header.job_id,
+                self.threads.abandoned,
+            )
+            return Release(delivery=delivery, not_before=time.time() + 5.0)
+
+        return await self._attempt(slot, task, opened, payload)
+
+    async def _attempt(
+        self, slot: JobSlot, task: Task[Any, Any], opened: OpenedJob, payload: Any
+    ) -> Settlement:
+        delivery = slot.delivery
+        header, body = opened.header, opened.body
+        timeout = task.options.timeout
+        if body.meta.timeout is not None:
+            timeout = min(body.meta.timeout, task.options.timeout_ceiling)
+        started = time.time()
+        ctx = JobContext(
+            job_id=header.job_id,
+            task=task.name,
+            queue=header.queue,
+            attempt=delivery.attempt,
+            principal=body.principal,
+            signer_id=header.signer_id,
+            deadline=started + timeout,
+            max_attempts=task.max_attempts,
+        )
+        value: bytes | None = None
+        failure: tuple[str, str] | None = None
+        timed_out = False
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            slot.scope = scope
+            if slot.stop is not None:
+                scope.cancel()
+            try:
+                value = await self._call(task, payload, ctx, opened, timeout)
+            except AttemptTimedOut:
+                timed_out = True
+            except TaskRaised as exc:
+                failure = (exc.error_type, exc.message)
+            except Exception as exc:
+                failure = (_type_path(exc), _safe_text(exc))
+        slot.scope = None
+        if scope.cancelled_caught:
+            if slot.stop == Stop.SHUTDOWN:
+                log.info("job %s handed back at shutdown", header.job_id)
+                return Release(delivery=delivery, not_before=time.time())
+            if slot.stop == Stop.CANCELLED:
+                return self._finish(
+                    delivery, header, JobStatus.CANCELLED, task=task, started=started
+                )
+            timed_out = True
+
+        if timed_out:
+            log.warning(
+                "job %s (%s) timed out after %.3f s on attempt %d",
+                header.job_id,
+                task.name,
+                time.time() - started,
+                delivery.attempt,
+            )
+            if task.options.retry_on_timeout and delivery.attempt < task.max_attempts:
+                return self._retry(delivery, task)
+            return self._finish(
+                delivery,
+                header,
+                JobStatus.TIMED_OUT,
+                task=task,
+                started=started,
+                error_type="TimeoutError",
+                error=f"attempt exceeded its {timeout:g} s deadline",
+                reason="timed_out",
+            )
+        if failure is not None:
+            error_type, message = failure
+            log.warning(
+                "job %s (%s) raised %s on attempt %d of %d",
+                header.job_id,
+                task.name,
+                error_type,
+                delivery.attempt,
+                task.max_attempts,
+            )
+            if delivery.attempt < task.max_attempts:
+                return self._retry(delivery, task)
+            return self._finish(
+                delivery,
+                header,
+                JobStatus.FAILED,
+                task=task,
+                started=started,
+                error_type=error_type,
+                error=message,
+                reason="failed",
+            )
+        return self._finish(
+            delivery, header, JobStatus.SUCCEEDED, task=task, started=started, value=value
+        )
+
+    def _retry(self, delivery: Delivery, task: Task[Any, Any]) -> Settlement:
+        cap = min(task.options.max_backoff, task.options.backoff * 2 ** (delivery.attempt - 1))
+        return Retry(delivery=delivery, not_before=time.time() + random.uniform(0, cap))
+
+    async def _call(
+        self,
+        task: Task[Any, Any],
+        payload: Any,
+        ctx: JobContext,
+        opened: OpenedJob,
+        timeout: float,
+    ) -> bytes | None:
+        """Run the task function once and encode its result; raises on failure."""
+        if task.options.isolation == "process":
+            if self.process_pool is None:
+                raise TaskRaised(
+                    "vaultq.ConfigurationError", "process isolation is not available here"
+                )
+            return await self.process_pool.run(task, opened, ctx, timeout)
+        token = _set_current(ctx)
+        try:
+            if task.is_async:
+                result = await self._call_async(task, payload)
+            else:
+                result = await self._call_sync(task, payload, ctx)
+        finally:
+            _reset_current(token)
+        if task.result_type is None and result is not None:
+            raise TaskRaised(
+                "vaultq.PayloadError", f"task returned {type(result).__name__}, declared None"
+            )
+        try:
+            return task.result_codec.encode(result)
+        except PayloadError as exc:
+            raise TaskRaised("vaultq.PayloadError", str(exc)) from None
+
+    async def _call_async(self, task: Task[Any, Any], payload: Any) -> Any:
+        async def call() -> Any:
+            return await task.fn(payload)
+
+        wrapped: Callable[[], Any] = call
+        for wrap in self.app.around_async:
+            wrapped = _bind_async(wrap, wrapped)
+        return await wrapped()
+
+    async def _call_sync(self, task: Task[Any, Any], payload: Any, ctx: JobContext) -> Any:
+        def call() -> Any:
+            token = _set_current(ctx)
+            try:
+                return task.fn(payload)
+            finally:
+                _reset_current(token)
+
+        wrapped: Callable[[], Any] = call
+        for wrap in self.app.around_sync:
+            wrapped = _bind_sync(wrap, wrapped)
+        return await self.threads.run(wrapped, f"{task.name}[{ctx.job_id}]")
+
+
+def _bind_async(wrap: Callable[[Callable[[], Any]], Any], inner: Callable[[], Any]) -> Any:
+    async def call() -> Any:
+        return await wrap(inner)
+
+    return call
+
+
+def _bind_sync(wrap: Callable[[Callable[[], Any]], Any], inner: Callable[[], Any]) -> Any:
+    def call() -> Any:
+        return wrap(inner)
+
+    return call
+
+
+def _type_path(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _safe_text(exc: BaseException) -> str:
+    """The exception's own message: stored only inside the sealed result, never logged."""
+    if isinstance(exc, VaultqError):
+        return str(exc)
+    try:
+        return str(exc)[:_MAX_ERROR_TEXT]
+    except Exception:
+        return type(exc).__name__

@@ -1,0 +1,324 @@
+"""One worker process: fetch within capacity, run, settle in batches, keep leases, drain.
+
+Layout (one anyio task group)::
+
+    fetch loop ──(memory stream, capacity-bounded)──> N consumers ──> settler (batches)
+    lease keeper: extends leases of every delivery not yet settled
+    cancel watcher: cancels the scopes of running jobs that were cancelled by id
+
+The fetch loop never asks for more than the free capacity (no prefetch hoarding): a
+delivery counts against capacity from fetch until its settlement is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from vaultq import config
+from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
+from vaultq.errors import BrokerError
+from vaultq.runtime.execute import Executor, JobSlot, Stop
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+    from vaultq.runtime.isolation import ProcessPool
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("vaultq.worker")
+
+_SETTLE_BATCH = 256
+_INTERNAL_ERROR_ATTEMPTS = 5
+
+
+class Worker:
+    """Runs jobs of ``app`` from ``queues`` with at most ``concurrency`` at once.
+
+    ``grace``: seconds running jobs get to finish after a stop request before they are
+    cancelled and handed back to the broker (not lost, not dead-lettered).
+    ``lease``: seconds a delivery stays leased without renewal (default: the app's).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = config.DEFAULT_CONCURRENCY,
+        grace: float = config.DEFAULT_GRACE,
+        lease: float | None = None,
+        block: float = 1.0,
+        max_abandoned_threads: int = config.DEFAULT_MAX_ABANDONED_THREADS,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.app = app
+        self.queues = list(queues) if queues else _queues_of(app)
+        self.concurrency = concurrency
+        self.grace = grace
+        self.lease = app.lease if lease is None else lease
+        self.block = block
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._max_abandoned = max_abandoned_threads
+        self._slots: dict[str, JobSlot] = {}
+        self._stopping: anyio.Event | None = None
+        self._capacity = anyio.Event()
+        self.processed = 0
+        self._pool: ProcessPool | None = None
+
+    def describe(self) -> str:
+        """The one start line: app, broker (password masked), queues, concurrency, tasks,
+        signer mode."""
+        keyring = self.app.keyring
+        mode = keyring.signing_algorithm or "verify-only"
+        signer = keyring.signer_id or "-"
+        return (
+            f"vaultq worker {self.name}: app={self.app.name} broker={self.app.broker_url} "
+            f"queues={','.join(self.queues)} concurrency={self.concurrency} "
+            f"tasks={len(self.app.tasks)} signing={mode} signer={signer} "
+            f"keys={self.app.keyring_source or 'given'}"
+        )
+
+    def stop(self) -> None:
+        """Stop fetching; running jobs get ``grace`` seconds, then are handed back."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def stop_now(self) -> None:
+        """Stop fetching and hand running jobs back at once (a second Ctrl-C)."""
+        self.stop()
+        for slot in list(self._slots.values()):
+            slot.request_stop(Stop.SHUTDOWN)
+
+    @property
+    def running(self) -> int:
+        """Deliveries fetched and not yet settled."""
+        return len(self._slots)
+
+    async def run(self, *, started: anyio.Event | None = None) -> None:
+        """Run until :meth:`stop` is called (or the surrounding scope is cancelled)."""
+        self._stopping = anyio.Event()
+        broker = await self.app.broker()
+        self._pool = self._make_pool()
+        executor = Executor(
+            self.app,
+            worker_id=self.name,
+            max_abandoned_threads=self._max_abandoned,
+            thread_tokens=self.concurrency + self._max_abandoned,
+            process_pool=self._pool,
+        )
+        send, recv = anyio.create_memory_object_stream[JobSlot](self.concurrency)
+        settle_send, settle_recv = anyio.create_memory_object_stream[tuple[JobSlot, Settlement]](
+            math.inf
+        )
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._lease_keeper, broker)
+                outer.start_soon(self._cancel_watcher, broker)
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(self._settler, broker, settle_recv)
+                    async with anyio.create_task_group() as consumers:
+                        for _ in range(self.concurrency):
+                            consumers.start_soon(
+                                self._consume, executor, recv.clone(), settle_send.clone()
+                            )
+                        recv.close()
+                        settle_send.close()
+                        if started is not None:
+                            started.set()
+                        await self._fetch_loop(broker, send)
+                        outer.start_soon(self._grace_timer)
+                # every consumer is done and every settlement handed to the settler
+                outer.cancel_scope.cancel()
+        finally:
+            if self._pool is not None:
+                await self._pool.aclose()
+        log.info("worker %s stopped after %d jobs", self.name, self.processed)
+
+    def _make_pool(self) -> ProcessPool | None:
+        if not any(t.options.isolation == "process" for t in self.app.tasks.values()):
+            return None
+        from vaultq.runtime.isolation import ProcessPool
+
+        return ProcessPool(self.app, size=max(1, min(self.concurrency, os.cpu_count() or 1)))
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def _fetch_loop(self, broker: Broker, send: MemoryObjectSendStream[JobSlot]) -> None:
+        assert self._stopping is not None
+        failures = 0
+        async with send:
+            while not self._stopping.is_set():
+                free = self.concurrency - len(self._slots)
+                if free <= 0:
+                    with anyio.move_on_after(1.0):
+                        await self._capacity.wait()
+                    self._capacity = anyio.Event()
+                    continue
+                try:
+                    deliveries = await broker.fetch(
+                        self.queues,
+                        free,
+                        consumer=self.name,
+                        lease=self.lease,
+                        block=self.block,
+                    )
+                    failures = 0
+                except BrokerError as exc:
+                    failures += 1
+                    pause = min(5.0, 0.1 * 2**failures)
+                    log.warning("fetch failed (%s); retrying in %.1f s", type(exc).__name__, pause)
+                    with anyio.move_on_after(pause):
+                        await self._stopping.wait()
+                    continue
+                for delivery in deliveries:
+                    slot = JobSlot(delivery)
+                    self._slots[delivery.tag] = slot
+                    await send.send(slot)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _consume(
+        self,
+        executor: Executor,
+        recv: MemoryObjectReceiveStream[JobSlot],
+        settle: MemoryObjectSendStream[tuple[JobSlot, Settlement]],
+    ) -> None:
+        assert self._stopping is not None
+        async with recv, settle:
+            async for slot in recv:
+                settlement: Settlement
+                if self._stopping.is_set():
+                    settlement = Release(delivery=slot.delivery, not_before=time.time())
+                else:
+                    try:
+                        settlement = await executor.run(slot)
+                    except Exception:
+                        # A bug in vaultq itself must not take the worker down, nor loop
+                        # forever on one poison delivery.
+                        log.exception("internal error running job %s", slot.delivery.job_id)
+                        settlement = _internal_error(slot)
+                with anyio.CancelScope(shield=True):
+                    await settle.send((slot, settlement))
+
+    async def _grace_timer(self) -> None:
+        if self._slots:
+            log.info(
+                "stopping: %d job(s) running, %.1f s grace before handing them back",
+                len(self._slots),
+                self.grace,
+            )
+        await anyio.sleep(self.grace)
+        for slot in list(self._slots.values()):
+            slot.request_stop(Stop.SHUTDOWN)
+
+    # -- settling ----------------------------------------------------------------------------
+
+    async def _settler(
+        self, broker: Broker, recv: MemoryObjectReceiveStream[tuple[JobSlot, Settlement]]
+    ) -> None:
+        async with recv:
+            while True:
+                try:
+                    batch = [await recv.receive()]
+                except anyio.EndOfStream:
+                    return
+                while len(batch) < _SETTLE_BATCH:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                with anyio.CancelScope(shield=True):
+                    await self._apply(broker, [s for _, s in batch])
+                for slot, _ in batch:
+                    self._slots.pop(slot.delivery.tag, None)
+                self.processed += len(batch)
+                self._capacity.set()
+
+    async def _apply(self, broker: Broker, settlements: list[Settlement]) -> None:
+        """Write settlements, retrying while the broker is away. Once stopping, give up
+        after the grace period: unsettled leases expire and the jobs are delivered again."""
+        assert self._stopping is not None
+        failures = 0
+        given_up_at: float | None = None
+        while True:
+            try:
+                await broker.settle(settlements)
+                return
+            except BrokerError as exc:
+                failures += 1
+                if self._stopping.is_set():
+                    given_up_at = given_up_at or time.monotonic() + self.grace
+                    if time.monotonic() > given_up_at:
+                        log.error(
+                            "could not settle %d job(s) before exit; they will be "
+                            "delivered again after their lease",
+                            len(settlements),
+                        )
+                        return
+                pause = min(5.0, 0.1 * 2**failures)
+                log.warning("settle failed (%s); retrying in %.1f s", type(exc).__name__, pause)
+                await anyio.sleep(pause)
+
+    # -- leases and cancellation ---------------------------------------------------------------
+
+    async def _lease_keeper(self, broker: Broker) -> None:
+        period = max(0.05, self.lease / 3)
+        while True:
+            await anyio.sleep(period)
+            deliveries = [s.delivery for s in self._slots.values()]
+            if not deliveries:
+                continue
+            try:
+                await broker.extend(deliveries, consumer=self.name, lease=self.lease)
+            except BrokerError as exc:
+                log.warning("lease extension failed (%s)", type(exc).__name__)
+
+    async def _cancel_watcher(self, broker: Broker) -> None:
+        while True:
+            await anyio.sleep(0.5)
+            by_queue: dict[str, list[str]] = {}
+            for slot in self._slots.values():
+                by_queue.setdefault(slot.delivery.queue, []).append(slot.delivery.job_id)
+            for queue, ids in by_queue.items():
+                try:
+                    cancelled = await broker.cancelled(queue, ids)
+                except BrokerError as exc:
+                    log.warning("cancel check failed (%s)", type(exc).__name__)
+                    continue
+                if not cancelled:
+                    continue
+                for slot in list(self._slots.values()):
+                    if slot.delivery.job_id in cancelled and slot.stop is None:
+                        log.info("cancelling running job %s on request", slot.delivery.job_id)
+                        slot.request_stop(Stop.CANCELLED)
+
+
+def _internal_error(slot: JobSlot) -> Settlement:
+    delivery = slot.delivery
+    if delivery.attempt < _INTERNAL_ERROR_ATTEMPTS:
+        return Retry(delivery=delivery, not_before=time.time() + 5.0)
+    return Bury(
+        delivery=delivery,
+        reason="internal_error",
+        detail="vaultq failed to run this job repeatedly; see the worker log",
+        result=None,
+        result_ttl=1.0,
+        remember_until=None,
+    )
+
+
+def _queues_of(app: App) -> list[str]:
+    queues = {t.queue for t in app.tasks.values()} | {app.default_queue}
+    return sorted(queues, key=lambda q: (q != app.default_queue, q))

@@ -1,0 +1,262 @@
+"""Task definitions: a typed function plus the options that bound its runs."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import msgspec
+
+from vaultq import config
+from vaultq.errors import TaskDefinitionError
+from vaultq.payload import Codec, check_encodable
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+    from vaultq.jobs import JobHandle
+    from vaultq.policy import Policy
+    from vaultq.principal import Principal
+
+__all__ = ["Isolation", "Task", "TaskOptions"]
+
+P = TypeVar("P", bound=msgspec.Struct)
+R = TypeVar("R")
+
+Isolation = Literal["none", "process"]
+
+
+class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-task limits. Every default lives in :mod:`vaultq.config`.
+
+    - ``timeout``: seconds one attempt may run (cancel scope); default 300.
+    - ``max_timeout``: ceiling for a per-enqueue ``timeout=`` override; default = ``timeout``.
+    - ``expires``: seconds after its not-before time by which an attempt must start;
+      later attempts (retries included) end EXPIRED. Default 24 h.
+    - ``retries``: retries after the first attempt; default 3.
+    - ``backoff``/``max_backoff``: exponential backoff base and cap, full jitter.
+    - ``retry_on_timeout``: retry a TIMED_OUT attempt (default False: a timed-out attempt
+      may have had side effects; opt in when the task is idempotent).
+    - ``store_result``: seal and store the return value; default True.
+    - ``result_ttl``: seconds results are kept; default 24 h.
+    - ``isolation``: ``"process"`` runs each attempt in a child process that is killed at
+      the deadline (hard time limit); default ``"none"``.
+    """
+
+    queue: str = config.DEFAULT_QUEUE
+    timeout: float = config.DEFAULT_TIMEOUT
+    max_timeout: float | None = None
+    expires: float = config.DEFAULT_EXPIRES
+    retries: int = config.DEFAULT_RETRIES
+    backoff: float = config.DEFAULT_BACKOFF
+    max_backoff: float = config.DEFAULT_MAX_BACKOFF
+    retry_on_timeout: bool = False
+    store_result: bool = True
+    result_ttl: float = config.DEFAULT_RESULT_TTL
+    isolation: Isolation = "none"
+
+    @property
+    def timeout_ceiling(self) -> float:
+        return self.timeout if self.max_timeout is None else self.max_timeout
+
+    def validate(self, name: str) -> None:
+        def bad(what: str) -> TaskDefinitionError:
+            return TaskDefinitionError(f"task {name!r}: {what}")
+
+        if not self.queue or not self.queue.replace("-", "").replace("_", "").isalnum():
+            raise bad("queue must be a non-empty name of letters, digits, '-' and '_'")
+        if not self.timeout > 0:
+            raise bad("timeout must be > 0 seconds")
+        if self.max_timeout is not None and self.max_timeout < self.timeout:
+            raise bad("max_timeout must be >= timeout")
+        if not self.expires > 0:
+            raise bad("expires must be > 0 seconds")
+        if self.retries < 0:
+            raise bad("retries must be >= 0")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise bad("backoff and max_backoff must be >= 0")
+        if not self.result_ttl > 0:
+            raise bad("result_ttl must be > 0 seconds")
+        if self.isolation not in ("none", "process"):
+            raise bad("isolation must be 'none' or 'process'")
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call ``await task.enqueue(payload)`` to run it on a worker."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[[P], Awaitable[R]] | Callable[[P], R],
+        *,
+        name: str,
+        options: TaskOptions,
+        policy: Policy | None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.policy = policy
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.payload_type, self.result_type = _signature_types(fn, name)
+        self.payload_codec: Codec[P] = Codec(self.payload_type)
+        self.result_codec: Codec[R] = Codec(self.result_type)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, queue={self.options.queue!r})"
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue
+
+    @property
+    def max_attempts(self) -> int:
+        return self.options.retries + 1
+
+    def __call__(self, payload: P) -> Awaitable[R] | R:
+        """Call the function directly, in this process (for tests and composition)."""
+        return self.fn(payload)
+
+    async def enqueue(
+        self,
+        payload: P,
+        *,
+        principal: Principal | None = None,
+        delay: float | None = None,
+        at: datetime | float | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+        timeout: float | None = None,
+    ) -> JobHandle[R]:
+        """Seal ``payload`` and put it on the broker; returns a handle at once.
+
+        ``delay`` (seconds) or ``at`` (datetime or Unix time) defer the job. ``timeout``
+        overrides the per-attempt timeout up to the task's ``max_timeout``.
+
+        Raises ``PayloadError`` (wrong payload type), ``AuthorizationDenied`` (the policy
+        refused ``principal``), ``BrokerError``.
+        """
+        handles = await self.app._enqueue(
+            self,
+            [payload],
+            principal=principal,
+            delay=delay,
+            at=at,
+            queue=queue,
+            job_ids=None if job_id is None else [job_id],
+            timeout=timeout,
+        )
+        return handles[0]
+
+    async def enqueue_many(
+        self,
+        payloads: Iterable[P],
+        *,
+        principal: Principal | None = None,
+        delay: float | None = None,
+        at: datetime | float | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+    ) -> list[JobHandle[R]]:
+        """Enqueue many payloads in one pipelined broker call (all or nothing)."""
+        return await self.app._enqueue(
+            self,
+            list(payloads),
+            principal=principal,
+            delay=delay,
+            at=at,
+            queue=queue,
+            job_ids=None,
+            timeout=timeout,
+        )
+
+    def enqueue_sync(
+        self,
+        payload: P,
+        *,
+        principal: Principal | None = None,
+        delay: float | None = None,
+        at: datetime | float | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+        timeout: float | None = None,
+    ) -> JobHandle[R]:
+        """``enqueue`` for sync code (Django views, scripts, threads).
+
+        Works with or without an event loop running in the calling thread; all sync calls
+        of an app share one background event loop and its broker connections.
+        """
+        return self.app._run_sync(
+            self.enqueue,
+            payload,
+            principal=principal,
+            delay=delay,
+            at=at,
+            queue=queue,
+            job_id=job_id,
+            timeout=timeout,
+        )
+
+    def enqueue_many_sync(
+        self,
+        payloads: Iterable[P],
+        *,
+        principal: Principal | None = None,
+        delay: float | None = None,
+        queue: str | None = None,
+    ) -> list[JobHandle[R]]:
+        return self.app._run_sync(
+            self.enqueue_many, list(payloads), principal=principal, delay=delay, queue=queue
+        )
+
+
+def _signature_types(fn: Callable[..., Any], name: str) -> tuple[Any, Any]:
+    """(payload type, result type) from ``fn``'s annotations, checked for msgspec."""
+    if not callable(fn):
+        raise TaskDefinitionError(f"task {name!r}: expected a function, got {type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except (NameError, TypeError, ValueError) as exc:
+        raise TaskDefinitionError(
+            f"task {name!r}: its annotations cannot be resolved ({type(exc).__name__}); "
+            "define the payload type at module level"
+        ) from exc
+    params = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required_rest = [
+        p
+        for p in list(sig.parameters.values())[1:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if not params or required_rest:
+        raise TaskDefinitionError(
+            f"task {name!r}: a task takes exactly one argument, its payload: "
+            "`def task(job: MyPayload) -> Result`"
+        )
+    first = params[0]
+    payload_type = hints.get(first.name)
+    if payload_type is None:
+        raise TaskDefinitionError(
+            f"task {name!r}: annotate the payload parameter {first.name!r} with a "
+            "msgspec.Struct subclass"
+        )
+    if not (isinstance(payload_type, type) and issubclass(payload_type, msgspec.Struct)):
+        raise TaskDefinitionError(
+            f"task {name!r}: the payload annotation must be a msgspec.Struct subclass, "
+            f"not {payload_type!r}"
+        )
+    if "return" not in hints:
+        raise TaskDefinitionError(
+            f"task {name!r}: annotate the return type (use `-> None` when it returns nothing)"
+        )
+    result_type = hints["return"]
+    if result_type is type(None):
+        result_type = None
+    check_encodable(payload_type)
+    check_encodable(result_type)
+    return payload_type, result_type
