@@ -429,10 +429,23 @@ class App:
 
     # -- results ------------------------------------------------------------------------
 
-    def job(self, job_id: str, *, queue: str | None = None) -> JobHandle[Any]:
-        """A handle for a job enqueued elsewhere (its result decodes untyped unless the
-        task is registered here)."""
-        return JobHandle(self, job_id, queue=queue or self.default_queue)
+    def job(
+        self, job_id: str, *, queue: str | None = None, task: Task[Any, Any] | str | None = None
+    ) -> JobHandle[Any]:
+        """A handle for a job enqueued elsewhere. Give ``task`` (a Task or its name) to get
+        its result typed; without it the result decodes as plain JSON values."""
+        found = self._tasks.get(task) if isinstance(task, str) else task
+        if isinstance(task, str) and found is None:
+            raise ConfigurationError(f"no task {task!r} in app {self.name!r}")
+        if found is None:
+            return JobHandle(self, job_id, queue=queue or self.default_queue)
+        return JobHandle(
+            self,
+            job_id,
+            queue=queue or found.queue,
+            task_name=found.name,
+            decode=found.result_codec.decode,
+        )
 
     async def _get_outcome(self, queue: str, job_id: str) -> ResultBody | None:
         broker = await self.broker()

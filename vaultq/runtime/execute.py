@@ -477,9 +477,13 @@ class Executor:
                 "vaultq.PayloadError", f"task returned {type(result).__name__}, declared None"
             )
         try:
-            return task.result_codec.encode(result)
+            encoded = task.result_codec.encode(result)
+            if not _plainly_typed(result, task.result_type):
+                # msgspec encodes without checking types: prove the value decodes as declared.
+                task.result_codec.decode(encoded)
         except PayloadError as exc:
-            raise TaskRaised("vaultq.PayloadError", str(exc)) from None
+            raise TaskRaised("vaultq.PayloadError", f"the task's return value: {exc}") from None
+        return encoded
 
     async def _call_async(self, task: Task[Any, Any], payload: Any) -> Any:
         async def call() -> Any:
@@ -516,6 +520,14 @@ def _bind_sync(wrap: Callable[[Callable[[], Any]], Any], inner: Callable[[], Any
         return wrap(inner)
 
     return call
+
+
+def _plainly_typed(value: Any, declared: Any) -> bool:
+    """Cheap check for the common scalar cases; Structs and containers are decoded instead,
+    since their fields are not type-checked at construction."""
+    if declared is None:
+        return value is None
+    return declared in (int, str, float, bytes) and type(value) is declared
 
 
 def _type_path(exc: BaseException) -> str:

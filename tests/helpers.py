@@ -1,0 +1,90 @@
+"""Helpers shared by the worker tests: apps on a real broker, an in-process worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import vaultq
+from vaultq.runtime.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def broker_url(kind: str, tmp_path: Path, redis_url: str | None) -> str:
+    """A broker URL of ``kind`` ("sqlite" or "redis") private to one test."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/vaultq.db"
+    assert redis_url is not None
+    return redis_url
+
+
+def make_app(
+    name: str, url: str, keyring: vaultq.Keyring | None = None, **options: Any
+) -> vaultq.App:
+    return vaultq.App(name, broker=url, keyring=keyring or vaultq.Keyring.generate(), **options)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(app: vaultq.App, **options: Any) -> AsyncIterator[Worker]:
+    """Run an in-process worker for the duration of the block, then drain it."""
+    options.setdefault("concurrency", 4)
+    options.setdefault("grace", 5.0)
+    options.setdefault("block", 0.2)
+    worker = Worker(app, **options)
+    async with anyio.create_task_group() as tg:
+        started = anyio.Event()
+        tg.start_soon(lambda: worker.run(started=started))
+        await started.wait()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env.update(extra or {})
+    return env
+
+
+def start_worker_process(
+    spec: str, env: Mapping[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m vaultq worker SPEC ARGS`` in a subprocess (stderr to a log file)."""
+    log = open(Path(cwd or ROOT) / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "vaultq", "worker", spec, *args],
+        env=dict(env),
+        cwd=str(cwd or ROOT),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@contextlib.contextmanager
+def worker_processes(
+    spec: str, env: Mapping[str, str], count: int, *args: str, cwd: Path | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [start_worker_process(spec, env, *args, cwd=cwd) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -1,0 +1,344 @@
+"""The worker in-process, against both real brokers: run, retry, dead-letter, reject, delay."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+import redis
+
+import vaultq
+from helpers import broker_url, make_app, running_worker
+from vaultq.brokers.base import Bury, EnqueueItem
+from vaultq.jobs import JobStatus
+
+pytestmark = pytest.mark.anyio
+
+KINDS = ["sqlite", "redis"]
+
+
+class Order(msgspec.Struct, frozen=True):
+    order_id: int
+    note: str
+    card: vaultq.Secret[str]
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    order_id: int
+    total_cents: int
+
+
+@pytest.fixture(params=KINDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return broker_url("sqlite", tmp_path, None)
+
+
+def new_app(url: str, unique_name: str, **options: Any) -> vaultq.App:
+    return make_app(unique_name, url, **options)
+
+
+async def test_typed_round_trip_and_status(url: str, unique_name: str) -> None:
+    app = new_app(url, unique_name)
+    seen: list[Order] = []
+
+    @app.task(name="orders.charge")
+    async def charge(job: Order) -> Receipt:
+        seen.append(job)
+        return Receipt(order_id=job.order_id, total_cents=len(job.card.reveal()))
+
+    async with running_worker(app):
+        handle = await charge.enqueue(
+            Order(order_id=7, note="n", card=vaultq.Secret("tok_123")),
+            principal=vaultq.Principal("user:1"),
+        )
+        receipt = await handle.result(timeout=10)
+    assert receipt == Receipt(order_id=7, total_cents=7)
+    assert type(receipt) is Receipt
+    assert isinstance(seen[0].card, vaultq.Secret)
+    assert await handle.status() == JobStatus.SUCCEEDED
+    # a rebuilt handle reads the same result
+    again = await app.job(handle.id, task=charge).result(timeout=5)
+    assert again == receipt
+    assert await app.job(handle.id).result(timeout=5) == {"order_id": 7, "total_cents": 7}
+    await app.aclose()
+
+
+async def test_sync_task_and_enqueue_many(url: str, unique_name: str) -> None:
+    app = new_app(url, unique_name)
+    threads: set[str] = set()
+
+    @app.task(name="orders.total")
+    def total(job: Order) -> int:
+        threads.add(threading.current_thread().name)
+        return job.order_id * 10
+
+    async with running_worker(app, concurrency=8):
+        handles = await total.enqueue_many(
+            Order(order_id=i, note="", card=vaultq.Secret("x")) for i in range(50)
+        )
+        results = [await h.result(timeout=20) for h in handles]
+    assert results == [i * 10 for i in range(50)]
+    assert threading.current_thread().name not in threads
+    await app.aclose()
+
+
+async def test_retries_follow_backoff_then_dead_letter(url: str, unique_name: str) -> None:
+    app = new_app(url, unique_name)
+    attempts: list[tuple[int, float]] = []
+
+    @app.task(name="orders.flaky", retries=2, backoff=0.2, max_backoff=0.2)
+    async def flaky(job: Order) -> None:
+        attempts.append((vaultq.current_job().attempt, time.monotonic()))
+        raise ValueError(f"card {job.card.reveal()} declined")
+
+    async with running_worker(app):
+        handle = await flaky.enqueue(Order(order_id=1, note="", card=vaultq.Secret("s3cr3t")))
+        with pytest.raises(vaultq.JobFailed) as info:
+            await handle.result(timeout=15)
+    assert [a for a, _ in attempts] == [1, 2, 3]
+    # full jitter: each wait is within [0, cap] plus scheduling slack
+    gaps = [b - a for (_, a), (_, b) in zip(attempts, attempts[1:], strict=False)]
+    assert all(gap < 0.2 + 1.5 for gap in gaps)
+    assert info.value.error_type == "ValueError"
+    assert "s3cr3t" not in str(info.value)
+    assert info.value.detail == "card s3cr3t declined"  # type: ignore[attr-defined]
+    broker = await app.broker()
+    dead = await broker.dead_letters("default")
+    assert [(d.job_id, d.reason, d.attempt) for d in dead] == [(handle.id, "failed", 3)]
+    assert await handle.status() == JobStatus.FAILED
+    await app.aclose()
+
+
+async def test_tampered_bytes_are_rejected_and_worker_goes_on(url: str, unique_name: str) -> None:
+    app = new_app(url, unique_name)
+    ran: list[int] = []
+
+    @app.task(name="orders.run")
+    async def run(job: Order) -> int:
+        ran.append(job.order_id)
+        return job.order_id
+
+    # Seal a real job, take it out of the queue, flip one byte, and write it back raw.
+    victim = await run.enqueue(Order(order_id=1, note="", card=vaultq.Secret("x")))
+    broker = await app.broker()
+    (stolen,) = await broker.fetch(["default"], 1, consumer="thief", lease=30, block=1)
+    await broker.settle(
+        [
+            Bury(
+                delivery=stolen,
+                reason="test",
+                detail="",
+                result=None,
+                result_ttl=1,
+                remember_until=None,
+            )
+        ]
+    )
+    await broker.purge_dead("default")
+    envelope = bytearray(stolen.envelope)
+    envelope[-5] ^= 0x01
+    await broker.enqueue([EnqueueItem(queue="default", job_id=victim.id, envelope=bytes(envelope))])
+    # and a copy under another id: the header no longer matches where it was put
+    await broker.enqueue([EnqueueItem(queue="default", job_id="0" * 32, envelope=stolen.envelope)])
+    async with running_worker(app):
+        with pytest.raises(vaultq.JobRejected):
+            await victim.result(timeout=10)
+        with pytest.raises(vaultq.JobRejected):
+            await app.job("0" * 32).result(timeout=10)
+        later = await run.enqueue(Order(order_id=2, note="", card=vaultq.Secret("x")))
+        assert await later.result(timeout=10) == 2
+    assert ran == [2]
+    dead = {d.job_id: d.reason for d in await broker.dead_letters("default")}
+    assert dead == {victim.id: "rejected:bad_signature", "0" * 32: "rejected:wrong_destination"}
+    await app.aclose()
+
+
+async def test_delayed_jobs_never_run_early(url: str, unique_name: str) -> None:
+    app = new_app(url, unique_name)
+    started: dict[int, float] = {}
+
+    @app.task(name="orders.later")
+    async def later(job: Order) -> None:
+        started[job.order_id] = time.time()
+
+    async with running_worker(app):
+        t0 = time.time()
+        h1 = await later.enqueue(Order(order_id=1, note="", card=vaultq.Secret("x")), delay=1.0)
+        h2 = await later.enqueue(Order(order_id=2, note="", card=vaultq.Secret("x")), at=t0 + 0.5)
+        await h1.result(timeout=10)
+        await h2.result(timeout=10)
+    assert started[1] >= t0 + 1.0
+    assert started[2] >= t0 + 0.5
+    await app.aclose()
+
+
+async def test_nothing_readable_in_the_broker(url: str, unique_name: str, tmp_path: Path) -> None:
+    app = new_app(url, unique_name)
+    marker, who, out = "PAYLOAD-MARKER-81f2", "PRINCIPAL-MARKER-c3d9", "RESULT-MARKER-77aa"
+
+    @app.task(name="orders.note")
+    async def note(job: Order) -> str:
+        return out + job.note[:0]
+
+    @app.task(name="orders.fail", retries=0)
+    async def fail(job: Order) -> str:
+        raise RuntimeError(job.note)
+
+    async with running_worker(app):
+        h = await note.enqueue(
+            Order(order_id=1, note=marker, card=vaultq.Secret(marker)),
+            principal=vaultq.Principal(who, attrs={"email": who}),
+        )
+        assert await h.result(timeout=10) == out
+        f = await fail.enqueue(Order(order_id=2, note=marker, card=vaultq.Secret("x")))
+        with pytest.raises(vaultq.JobFailed):
+            await f.result(timeout=10)
+        pending = await note.enqueue(
+            Order(order_id=3, note=marker, card=vaultq.Secret(marker)), delay=60
+        )
+        assert pending.id
+    blob = _dump_broker(url)
+    for needle in (marker, who, out):
+        assert needle.encode() not in blob
+    await app.aclose()
+
+
+def _dump_broker(url: str) -> bytes:
+    if url.startswith("sqlite:///"):
+        con = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            return "\n".join(con.iterdump()).encode() + b"".join(
+                bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode()
+                for table in [
+                    r[0] for r in con.execute("select name from sqlite_master where type='table'")
+                ]
+                for row in con.execute(f"select * from {table}")  # noqa: S608 - test code
+                for v in row
+            )
+        finally:
+            con.close()
+    client = redis.Redis.from_url(url)
+    parts: list[bytes] = []
+    try:
+        for key in client.scan_iter(count=1000):
+            parts.append(key)
+            kind = client.type(key)
+            if kind == b"string":
+                parts.append(client.get(key) or b"")
+            elif kind == b"stream":
+                for _, fields in client.xrange(key):
+                    parts.extend(k + v for k, v in fields.items())
+            elif kind == b"zset":
+                parts.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
+            elif kind == b"set":
+                parts.extend(client.smembers(key))
+            elif kind == b"hash":
+                parts.extend(k + v for k, v in client.hgetall(key).items())
+            elif kind == b"list":
+                parts.extend(client.lrange(key, 0, -1))
+    finally:
+        client.close()
+    return b"\n".join(parts)
+
+
+async def test_worker_survives_garbage_results_and_blocking(url: str, unique_name: str) -> None:
+    app = new_app(url, unique_name)
+
+    @app.task(name="orders.garbage", retries=0)
+    async def garbage(job: Order) -> int:
+        return "not an int"  # type: ignore[return-value]
+
+    @app.task(name="orders.ok")
+    async def ok(job: Order) -> int:
+        return job.order_id
+
+    async with running_worker(app):
+        g = await garbage.enqueue(Order(order_id=1, note="", card=vaultq.Secret("x")))
+        with pytest.raises(vaultq.JobFailed) as info:
+            await g.result(timeout=10)
+        assert info.value.error_type == "vaultq.PayloadError"
+        assert await (await ok.enqueue(Order(2, "", vaultq.Secret("x")))).result(timeout=10) == 2
+    await app.aclose()
+
+
+def test_enqueue_sync_without_and_with_a_running_loop(tmp_path: Path, unique_name: str) -> None:
+    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+
+    @app.task(name="orders.sync")
+    async def sync_job(job: Order) -> int:
+        return job.order_id + 1
+
+    handles = [sync_job.enqueue_sync(Order(i, "", vaultq.Secret("x"))) for i in range(3)]
+
+    async def inside_a_loop() -> str:
+        # a sync call made from code that runs inside an event loop (e.g. an async view)
+        return sync_job.enqueue_sync(Order(9, "", vaultq.Secret("x"))).id
+
+    handles.append(app.job(anyio.run(inside_a_loop)))
+
+    async def work() -> list[int]:
+        async with running_worker(app):
+            return [await app.job(h.id).result(timeout=10) for h in handles]
+
+    assert anyio.run(work) == [1, 2, 3, 10]
+    assert handles[0].result_sync(timeout=5) == 1
+    assert handles[0].status_sync() == JobStatus.SUCCEEDED
+    app.close()
+
+
+async def test_enqueue_refuses_wrong_payload_type(tmp_path: Path, unique_name: str) -> None:
+    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+
+    @app.task(name="orders.typed")
+    async def typed(job: Order) -> None:
+        return None
+
+    with pytest.raises(vaultq.PayloadError, match="Order payload"):
+        await typed.enqueue(Receipt(order_id=1, total_cents=2))  # type: ignore[arg-type]
+    with pytest.raises(vaultq.ConfigurationError, match="max_timeout"):
+        await typed.enqueue(Order(1, "", vaultq.Secret("x")), timeout=10_000)
+    await app.aclose()
+
+
+async def test_redis_needs_explicit_keys(
+    redis_url: str, unique_name: str, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("VAULTQ_KEYS", raising=False)
+    app = vaultq.App(unique_name, broker=redis_url)
+
+    @app.task(name="t.x")
+    async def x(job: Order) -> None:
+        return None
+
+    with pytest.raises(vaultq.ConfigurationError, match="vaultq keys generate"):
+        await x.enqueue(Order(1, "", vaultq.Secret("x")))
+
+
+async def test_embedded_broker_generates_private_keyfile(
+    tmp_path: Path, unique_name: str, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("VAULTQ_KEYS", raising=False)
+    app = vaultq.App(unique_name, broker=f"sqlite:///{tmp_path}/jobs.db")
+
+    @app.task(name="t.y")
+    async def y(job: Order) -> int:
+        return 1
+
+    with caplog.at_level(logging.WARNING, logger="vaultq"):
+        await y.enqueue(Order(1, "", vaultq.Secret("x")))
+    keyfile = tmp_path / "jobs.keys"
+    assert keyfile.stat().st_mode & 0o777 == 0o600
+    assert "generated a new keyring" in caplog.text
+    # a second app on the same database reuses the same keys
+    again = vaultq.App(unique_name, broker=f"sqlite:///{tmp_path}/jobs.db")
+    assert again.keyring.signer_id == app.keyring.signer_id
+    await app.aclose()
