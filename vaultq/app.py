@@ -54,7 +54,7 @@ class _LoopBroker:
         self.lock = asyncio.Lock()
 
 
-class _TaskDecorator(Generic[P, R]):
+class _TaskDecorator:
     """What ``@app.task(...)`` returns: applied to the function, it registers the task."""
 
     def __init__(self, register: Callable[[Callable[..., Any]], Task[Any, Any]]) -> None:
@@ -157,9 +157,14 @@ class App:
     def get_task(self, name: str) -> Task[Any, Any] | None:
         return self._tasks.get(name)
 
+    @overload
+    def task(self, fn: Callable[[P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[[P], R], /) -> Task[P, R]: ...
+    @overload
     def task(
         self,
-        fn: Any = None,
+        fn: None = None,
         /,
         *,
         name: str | None = None,
@@ -175,7 +180,26 @@ class App:
         store_result: bool = True,
         result_ttl: float | None = None,
         isolation: Isolation = "none",
-    ) -> Any:
+    ) -> _TaskDecorator: ...
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_timeout: float | None = None,
+        expires: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
+        retry_on_timeout: bool = False,
+        policy: Policy | None = None,
+        store_result: bool = True,
+        result_ttl: float | None = None,
+        isolation: Isolation = "none",
+    ) -> Task[Any, Any] | _TaskDecorator:
         """Register a task: ``@app.task`` or ``@app.task(timeout=30, retries=3, policy=…)``.
 
         The function takes one argument annotated with a ``msgspec.Struct`` subclass (the

@@ -6,6 +6,8 @@ broker: the result is a :data:`Settlement` that the worker applies (batched, shi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import random
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import msgspec
 
 from vaultq.brokers.base import Ack, Bury, Delivery, Release, Retry, Settlement
@@ -91,36 +95,63 @@ class ThreadGuard:
         return self.abandoned >= self.limit
 
     async def run(self, fn: Callable[[], Any], label: str) -> Any:
-        state = {"done": False, "abandoned": False}
+        """Call ``fn`` in a thread of its own and wait for it; on cancellation, abandon it.
 
-        def call() -> Any:
+        The thread is a daemon thread, not one of anyio's worker threads: an abandoned
+        attempt (``time.sleep(3600)``) must not keep the worker process alive at exit,
+        since the interpreter joins every non-daemon thread before it exits.
+        """
+        state = {"done": False, "abandoned": False}
+        outcome: list[tuple[bool, Any]] = []
+        finished = anyio.Event()
+        token = anyio.lowlevel.current_token()
+
+        def call() -> None:
             try:
-                return fn()
+                outcome.append((True, fn()))
+            except BaseException as exc:  # handed to the awaiting task, as to_thread does
+                outcome.append((False, exc))
             finally:
                 with self._lock:
                     state["done"] = True
-                    if state["abandoned"]:
+                    abandoned = state["abandoned"]
+                    if abandoned:
                         self.abandoned -= 1
-                        log.info("abandoned thread of %s has finished", label)
+                if abandoned:
+                    log.info("abandoned thread of %s has finished", label)
+                else:
+                    # RuntimeError: the event loop is gone, so nobody is waiting any more.
+                    with contextlib.suppress(RuntimeError):
+                        anyio.from_thread.run_sync(finished.set, token=token)
 
-        try:
-            return await anyio.to_thread.run_sync(
-                call, abandon_on_cancel=True, limiter=self.limiter
+        async with self.limiter:
+            thread = threading.Thread(
+                target=contextvars.copy_context().run,
+                args=(call,),
+                name=f"vaultq-sync {label}",
+                daemon=True,
             )
-        except anyio.get_cancelled_exc_class():
-            with self._lock:
-                if not state["done"]:
-                    state["abandoned"] = True
-                    self.abandoned += 1
-                    log.warning(
-                        "sync attempt of %s passed its deadline; its thread keeps running "
-                        "(abandoned threads: %d of at most %d). Use isolation='process' for "
-                        "code that must stop",
-                        label,
-                        self.abandoned,
-                        self.limit,
-                    )
-            raise
+            thread.start()
+            try:
+                await finished.wait()
+            except anyio.get_cancelled_exc_class():
+                with self._lock:
+                    if not state["done"]:
+                        state["abandoned"] = True
+                        self.abandoned += 1
+                        log.warning(
+                            "sync attempt of %s was stopped (deadline or cancel); its thread "
+                            "keeps running (abandoned threads: %d of at most %d). Use "
+                            "isolation='process' for code that must stop",
+                            label,
+                            self.abandoned,
+                            self.limit,
+                        )
+                raise
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
 
 
 class Executor:
@@ -463,7 +494,15 @@ class Executor:
                 raise TaskRaised(
                     "vaultq.ConfigurationError", "process isolation is not available here"
                 )
-            return await self.process_pool.run(task, opened, ctx, timeout)
+            encoded: bytes = await self.process_pool.run(task, opened, ctx, timeout)
+            if task.result_type is not None:
+                try:
+                    task.result_codec.decode(encoded)
+                except PayloadError as exc:
+                    raise TaskRaised(
+                        "vaultq.PayloadError", f"the task's return value: {exc}"
+                    ) from None
+            return encoded
         token = _set_current(ctx)
         try:
             if task.is_async:

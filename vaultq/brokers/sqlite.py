@@ -1,0 +1,949 @@
+"""The embedded broker: one SQLite file in WAL mode for the worker processes of one host.
+
+Every operation runs in an anyio worker thread (the event loop never blocks) on the
+instance's own ``sqlite3`` connection, one thread at a time. Every read-modify-write is
+one ``BEGIN IMMEDIATE`` transaction: SQLite lets one writer in at a time across all
+processes, so two workers can never lease the same row, and a settlement (result,
+finished-id memory, ack/retry/dead letter) commits whole or not at all.
+
+How the protocol maps onto rows (see ``docs/sqlite.md`` for the full schema):
+
+* a job is a row of ``vaultq_jobs``; ``not_before`` is the time it may next be fetched.
+  Fetch leases a row by setting ``lease_owner``/``lease_until`` and moving
+  ``not_before`` to ``lease_until``, so "ready" is always just ``not_before <= now``
+  (one index range) and an expired lease makes the row ready again (redelivered);
+* the job-id claim is a row of ``vaultq_claims`` owned by the leased job row; a
+  duplicate whose id is claimed by another live row is not returned, its
+  ``not_before`` moves to the end of that claim, and it is looked at again then;
+* delayed jobs and retries are rows with a future ``not_before``.
+
+SQLite has no blocking read across processes. ``fetch(block=...)`` and ``wait_result``
+therefore wake at once on changes made through the same broker instance (anyio events)
+and otherwise poll with a backoff from 10 ms to 200 ms, never past the next due delayed
+job; ``wait_result`` skips the query while ``PRAGMA data_version`` says no other
+connection committed anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from vaultq.brokers.base import (
+    Ack,
+    Bury,
+    CancelState,
+    DeadLetter,
+    Delivery,
+    EnqueueItem,
+    QueueStats,
+    Release,
+    Retry,
+    Settlement,
+)
+from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
+
+__all__ = ["SCHEMA_VERSION", "SqliteBroker"]
+
+logger = logging.getLogger("vaultq.brokers.sqlite")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 10.0
+"""Seconds a transaction waits for another process's write lock before giving up."""
+CLEANUP_INTERVAL = 30.0
+"""Seconds between opportunistic deletes of expired results, ids, claims and markers."""
+CLEANUP_BATCH = 500
+POLL_MIN = 0.01
+POLL_MAX = 0.2
+MIN_LEASE = 0.001
+MEMORY = ":memory:"
+SYNCHRONOUS = ("full", "normal")
+
+# Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
+_SCHEMA_V1 = (
+    """CREATE TABLE vaultq_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        not_before REAL NOT NULL,
+        enqueued_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        deliveries INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX vaultq_jobs_fetch ON vaultq_jobs (namespace, queue, not_before, id)",
+    """CREATE TABLE vaultq_claims (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        row_id INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_claims_until ON vaultq_claims (until)",
+    """CREATE TABLE vaultq_results (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_results_expires ON vaultq_results (expires_at)",
+    """CREATE TABLE vaultq_finished (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_finished_until ON vaultq_finished (until)",
+    """CREATE TABLE vaultq_cancels (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_cancels_until ON vaultq_cancels (until)",
+    """CREATE TABLE vaultq_dead (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at REAL NOT NULL,
+        envelope BLOB
+    )""",
+    "CREATE INDEX vaultq_dead_queue ON vaultq_dead (namespace, queue, id)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+
+_CLEANUP = (
+    "DELETE FROM vaultq_results WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_results WHERE expires_at <= ? LIMIT ?)",
+    "DELETE FROM vaultq_finished WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_finished WHERE until <= ? LIMIT ?)",
+    "DELETE FROM vaultq_cancels WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_cancels WHERE until <= ? LIMIT ?)",
+    "DELETE FROM vaultq_claims WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_claims WHERE until <= ? LIMIT ?)",
+)
+
+_SELECT_READY = (
+    "SELECT id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries FROM vaultq_jobs "
+    "WHERE namespace = ? AND queue = ? AND not_before <= ? ORDER BY not_before, id LIMIT ?"
+)
+_NEXT_DUE = "SELECT MIN(not_before) FROM vaultq_jobs WHERE namespace = ? AND queue = ?"
+# Take the claim unless another delivery holds it with a live lease (the upsert's WHERE).
+_CLAIM = (
+    "INSERT INTO vaultq_claims (namespace, queue, job_id, row_id, tag, consumer, until) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
+    "row_id = excluded.row_id, tag = excluded.tag, consumer = excluded.consumer, "
+    "until = excluded.until WHERE vaultq_claims.tag = excluded.tag OR vaultq_claims.until <= ?"
+)
+_LIVE_CLAIM = (
+    "SELECT row_id, until FROM vaultq_claims "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+_UNCLAIM = "DELETE FROM vaultq_claims WHERE namespace = ? AND queue = ? AND job_id = ? AND tag = ?"
+_IS_FINISHED = (
+    "SELECT 1 FROM vaultq_finished WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+_IS_CANCELLED = (
+    "SELECT 1 FROM vaultq_cancels WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+_HAS_RESULT = (
+    "SELECT 1 FROM vaultq_results "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
+)
+_GET_RESULT = (
+    "SELECT data FROM vaultq_results "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
+)
+_PUT_RESULT = (
+    "INSERT INTO vaultq_results (namespace, queue, job_id, data, expires_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
+    "data = excluded.data, expires_at = excluded.expires_at"
+)
+# Never shorten a memory or a marker that is already there.
+_REMEMBER = (
+    "INSERT INTO vaultq_finished (namespace, queue, job_id, until) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (namespace, queue, job_id) DO UPDATE SET until = MAX(until, excluded.until)"
+)
+_MARK_CANCEL = (
+    "INSERT INTO vaultq_cancels (namespace, queue, job_id, until) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (namespace, queue, job_id) DO UPDATE SET until = MAX(until, excluded.until)"
+)
+_DELETE_JOB = "DELETE FROM vaultq_jobs WHERE id = ? AND namespace = ? AND job_id = ?"
+# Only while this delivery still holds the lease: a stale retry/release changes nothing.
+_REQUEUE_JOB = (
+    "UPDATE vaultq_jobs SET attempt = ?, not_before = ?, lease_owner = NULL, lease_until = NULL "
+    "WHERE id = ? AND deliveries = ? AND namespace = ? AND job_id = ?"
+)
+
+
+class _Database:
+    """One sqlite3 connection and the lock that keeps it to one thread at a time."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+
+class _MemoryHolder:
+    """The single connection a ``:memory:`` broker and its clones share (tests only)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.db: _Database | None = None
+        self.users = 0
+
+
+class SqliteBroker:
+    """The embedded broker: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``.
+
+    ``sqlite:///:memory:`` keeps everything in one in-memory connection shared by the
+    broker and its clones (tests only). Query options: ``synchronous=full|normal``
+    (default ``full``) and ``busy_timeout=<seconds>`` (default 10).
+
+    Raises ConfigurationError for a malformed URL.
+    """
+
+    def __init__(self, url: str, *, namespace: str) -> None:
+        self._url = url
+        self._namespace = namespace
+        self._path, self._synchronous, self._busy_timeout = _parse_url(url)
+        self._memory = _MemoryHolder() if self._path is None else None
+        self._db: _Database | None = None
+        self._state_lock = threading.Lock()
+        self._last_cleanup = 0.0
+        # Loop-bound helpers, rebuilt when the broker is first used in another event loop.
+        self._loop_token: object | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._work_event: anyio.Event | None = None
+        self._result_waiters: dict[tuple[str, str], list[anyio.Event]] = {}
+
+    def __repr__(self) -> str:
+        return f"SqliteBroker(url={self._url!r}, namespace={self._namespace!r})"
+
+    @property
+    def url(self) -> str:
+        """The URL as given; it holds no secret."""
+        return self._url
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    @property
+    def path(self) -> Path | None:
+        """Absolute path of the database file, or None for ``:memory:``."""
+        return self._path
+
+    def clone(self) -> SqliteBroker:
+        twin = SqliteBroker(self._url, namespace=self._namespace)
+        # A memory database exists only inside its one connection: clones must share it.
+        twin._memory = self._memory
+        return twin
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _loop_state(self) -> anyio.CapacityLimiter:
+        token = anyio.lowlevel.current_token()
+        if self._limiter is None or token != self._loop_token:
+            self._loop_token = token
+            self._limiter = anyio.CapacityLimiter(1)
+            self._work_event = None
+            self._result_waiters = {}
+        return self._limiter
+
+    async def _run(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the connection in a worker thread; map sqlite3 errors."""
+        limiter = self._loop_state()
+
+        def call() -> T:
+            db = self._open_sync()
+            with db.lock:
+                try:
+                    return fn(db.conn)
+                except sqlite3.Error as exc:
+                    raise _map_error(op, exc) from exc
+
+        # Not abandoned on cancel: a transaction that started is finished first, so a
+        # cancelled caller never leaves a half-applied settlement behind.
+        return await anyio.to_thread.run_sync(call, limiter=limiter)
+
+    def _open_sync(self) -> _Database:
+        with self._state_lock:
+            if self._db is not None:
+                return self._db
+            if self._path is not None:
+                self._db = _Database(self._connect_sync(str(self._path)))
+            elif self._memory is not None:
+                with self._memory.lock:
+                    if self._memory.db is None:
+                        self._memory.db = _Database(self._connect_sync(MEMORY))
+                    self._memory.users += 1
+                    self._db = self._memory.db
+            else:  # pragma: no cover - the constructor sets one of the two
+                raise BrokerError("SQLite broker has neither a path nor a memory database")
+            return self._db
+
+    def _connect_sync(self, target: str) -> sqlite3.Connection:
+        if target != MEMORY:
+            _prepare_file(Path(target))
+        try:
+            conn = sqlite3.connect(
+                target,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # guarded by _Database.lock instead
+            )
+        except sqlite3.Error as exc:
+            raise _map_error("connect", exc) from exc
+        try:
+            if target != MEMORY:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    logger.warning(
+                        "SQLite broker: journal_mode is %s, not wal, for %s; "
+                        "concurrent workers will block each other",
+                        mode,
+                        target,
+                    )
+            # FULL by default: a power cut cannot lose a committed enqueue or ack.
+            conn.execute(
+                "PRAGMA synchronous=FULL"
+                if self._synchronous == "full"
+                else "PRAGMA synchronous=NORMAL"
+            )
+            _migrate(conn)
+            _cleanup(conn, time.time())
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _map_error("connect", exc) from exc
+            raise
+        self._last_cleanup = time.time()
+        return conn
+
+    def _maybe_cleanup(self, conn: sqlite3.Connection, now: float) -> None:
+        if now - self._last_cleanup < CLEANUP_INTERVAL:
+            return
+        self._last_cleanup = now
+        if _cleanup(conn, now):
+            # A backlog remains: come back on the next fetch rather than in 30 s.
+            self._last_cleanup = 0.0
+
+    def _notify_work(self) -> None:
+        if self._work_event is not None:
+            self._work_event.set()
+            self._work_event = None
+
+    def _notify_results(self, keys: Sequence[tuple[str, str]]) -> None:
+        for key in keys:
+            for event in self._result_waiters.pop(key, ()):
+                event.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Create the file (mode 0600), open it, migrate the schema. Idempotent."""
+        await self._run("connect", lambda conn: None)
+
+    async def close(self) -> None:
+        db = self._db
+        if db is None:
+            return
+        await anyio.to_thread.run_sync(self._close_sync, limiter=self._loop_state())
+
+    def _close_sync(self) -> None:
+        with self._state_lock:
+            db, self._db = self._db, None
+            if db is None:
+                return
+            if self._memory is not None:
+                with self._memory.lock:
+                    self._memory.users -= 1
+                    if self._memory.users > 0:
+                        return
+                    self._memory.db = None
+            with db.lock:
+                db.conn.close()
+
+    # -- producer side ----------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[EnqueueItem]) -> None:
+        if not items:
+            return
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            rows = [
+                (
+                    ns,
+                    item.queue,
+                    item.job_id,
+                    item.envelope,
+                    now if item.not_before is None else item.not_before,
+                    now,
+                )
+                for item in items
+            ]
+            with _immediate(conn):
+                conn.executemany(
+                    "INSERT INTO vaultq_jobs "
+                    "(namespace, queue, job_id, envelope, not_before, enqueued_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._run("enqueue", work)
+        self._notify_work()
+
+    # -- worker side ------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        count: int,
+        *,
+        consumer: str,
+        lease: float,
+        block: float,
+    ) -> list[Delivery]:
+        if count <= 0 or not queues:
+            return []
+        queues = list(queues)
+        self._loop_state()  # before taking the event: it must belong to this loop
+        deadline = anyio.current_time() + max(block, 0.0)
+        delay = POLL_MIN
+        while True:
+            # Take the event before looking, so an enqueue in between is not missed.
+            if self._work_event is None:
+                self._work_event = anyio.Event()
+            event = self._work_event
+            deliveries, next_due = await self._run(
+                "fetch", partial(self._fetch_sync, queues, count, consumer, lease)
+            )
+            if deliveries:
+                return deliveries
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return []
+            pause = min(delay, remaining)
+            if next_due is not None:
+                pause = min(pause, max(next_due - time.time(), POLL_MIN / 10))
+            with anyio.move_on_after(pause):
+                await event.wait()
+            delay = min(delay * 2, POLL_MAX)
+
+    def _fetch_sync(
+        self,
+        queues: list[str],
+        count: int,
+        consumer: str,
+        lease: float,
+        conn: sqlite3.Connection,
+    ) -> tuple[list[Delivery], float | None]:
+        ns = self._namespace
+        now = time.time()
+        self._maybe_cleanup(conn, now)
+        # A plain read first: idle workers poll without taking the write lock.
+        next_due = _next_due(conn, ns, queues)
+        if next_due is None or next_due > now:
+            return [], next_due
+        out: list[Delivery] = []
+        with _immediate(conn):
+            now = time.time()
+            lease_until = now + max(lease, MIN_LEASE)
+            for queue in queues:
+                while len(out) < count:
+                    rows = conn.execute(_SELECT_READY, (ns, queue, now, count - len(out)))
+                    batch = rows.fetchall()
+                    if not batch:
+                        break
+                    # Every row below leaves the ready range (leased or pushed past a
+                    # live claim), so this loop ends.
+                    for row in batch:
+                        delivery = _lease_row(conn, ns, queue, row, consumer, now, lease_until)
+                        if delivery is not None:
+                            out.append(delivery)
+            due_after = None if out else _next_due(conn, ns, queues)
+        return out, due_after
+
+    async def extend(self, deliveries: Sequence[Delivery], *, consumer: str, lease: float) -> None:
+        if not deliveries:
+            return
+        ns = self._namespace
+        rows = [(_parse_tag(d), d) for d in deliveries]
+
+        def work(conn: sqlite3.Connection) -> int:
+            lost = 0
+            with _immediate(conn):
+                now = time.time()
+                until = now + max(lease, MIN_LEASE)
+                for (row_id, seq), d in rows:
+                    # Only the delivery that holds the lease (the row was not delivered
+                    # again since) may push it out; one whose lease ran out unnoticed
+                    # takes it back.
+                    cur = conn.execute(
+                        "UPDATE vaultq_jobs SET lease_owner = ?, lease_until = ?, not_before = ? "
+                        "WHERE id = ? AND deliveries = ? AND namespace = ? AND job_id = ?",
+                        (consumer, until, until, row_id, seq, ns, d.job_id),
+                    )
+                    if cur.rowcount:
+                        conn.execute(
+                            _CLAIM, (ns, d.queue, d.job_id, row_id, d.tag, consumer, until, now)
+                        )
+                    else:
+                        lost += 1
+            return lost
+
+        lost = await self._run("extend", work)
+        if lost:
+            logger.warning("%s leases could not be extended: another delivery holds them", lost)
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        ns = self._namespace
+        ops = [(_parse_tag(s.delivery), s) for s in settlements]
+
+        def work(conn: sqlite3.Connection) -> None:
+            # One transaction for the batch: one fsync, and each settlement is atomic.
+            with _immediate(conn):
+                now = time.time()
+                for (row_id, seq), s in ops:
+                    _settle_one(conn, ns, row_id, seq, s, now)
+
+        await self._run("settle", work)
+        self._notify_results(
+            [
+                (s.delivery.queue, s.delivery.job_id)
+                for s in settlements
+                if isinstance(s, Ack | Bury)
+            ]
+        )
+        if any(isinstance(s, Retry | Release) for s in settlements):
+            self._notify_work()
+
+    # -- results ----------------------------------------------------------------------
+
+    async def get_result(self, queue: str, job_id: str) -> bytes | None:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(_GET_RESULT, (ns, queue, job_id, time.time())).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run("get_result", work)
+
+    async def wait_result(self, queue: str, job_id: str, timeout: float) -> bytes | None:
+        deadline = anyio.current_time() + max(timeout, 0.0)
+        key = (queue, job_id)
+        delay = POLL_MIN
+        seen: int | None = None  # data_version at this waiter's last look; None: look now
+        while True:
+            self._loop_state()
+            event = anyio.Event()
+            self._result_waiters.setdefault(key, []).append(event)
+            try:
+                data, seen = await self._run(
+                    "wait_result", partial(self._peek_result_sync, queue, job_id, seen)
+                )
+                if data is not None:
+                    return data
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    return None
+                with anyio.move_on_after(min(delay, remaining)):
+                    await event.wait()
+            finally:
+                waiters = self._result_waiters.get(key)
+                if waiters is not None and event in waiters:
+                    waiters.remove(event)
+                    if not waiters:
+                        del self._result_waiters[key]
+            if event.is_set():
+                # A settle through this instance: look even though data_version (which
+                # counts other connections' commits only) may not have moved.
+                seen = None
+            delay = min(delay * 2, POLL_MAX)
+
+    def _peek_result_sync(
+        self, queue: str, job_id: str, seen: int | None, conn: sqlite3.Connection
+    ) -> tuple[bytes | None, int | None]:
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        # Clones of a memory broker share one connection, so data_version cannot see
+        # their commits: always look there.
+        if version == seen and self._memory is None:
+            return None, version
+        row = conn.execute(_GET_RESULT, (self._namespace, queue, job_id, time.time())).fetchone()
+        return (None if row is None else bytes(row[0])), version
+
+    # -- job state --------------------------------------------------------------------
+
+    async def is_running(self, queue: str, job_id: str) -> bool:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(_LIVE_CLAIM, (ns, queue, job_id, time.time())).fetchone()
+            return row is not None
+
+        return await self._run("is_running", work)
+
+    async def cancel(self, queue: str, job_id: str, *, ttl: float) -> CancelState:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> CancelState:
+            with _immediate(conn):
+                now = time.time()
+                key = (ns, queue, job_id, now)
+                if (
+                    conn.execute(_IS_FINISHED, key).fetchone() is not None
+                    or conn.execute(_HAS_RESULT, key).fetchone() is not None
+                ):
+                    return CancelState.FINISHED
+                conn.execute(_MARK_CANCEL, (ns, queue, job_id, now + max(ttl, 0.0)))
+                return CancelState.REQUESTED
+
+        return await self._run("cancel", work)
+
+    async def cancelled(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        ns = self._namespace
+        ids = list(job_ids)
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            now = time.time()
+            return {
+                job_id
+                for job_id in ids
+                if conn.execute(_IS_CANCELLED, (ns, queue, job_id, now)).fetchone() is not None
+            }
+
+        return await self._run("cancelled", work)
+
+    async def stats(self, queue: str) -> QueueStats:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> QueueStats:
+            conn.execute("BEGIN")  # one snapshot for the four counts
+            try:
+                now = time.time()
+                ready, delayed, running = conn.execute(
+                    "SELECT "
+                    "COALESCE(SUM(not_before <= ?1), 0), "
+                    "COALESCE(SUM(not_before > ?1 AND lease_owner IS NULL), 0), "
+                    "COALESCE(SUM(not_before > ?1 AND lease_owner IS NOT NULL), 0) "
+                    "FROM vaultq_jobs WHERE namespace = ?2 AND queue = ?3",
+                    (now, ns, queue),
+                ).fetchone()
+                (dead,) = conn.execute(
+                    "SELECT COUNT(*) FROM vaultq_dead WHERE namespace = ? AND queue = ?",
+                    (ns, queue),
+                ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+            return QueueStats(queue=queue, ready=ready, delayed=delayed, running=running, dead=dead)
+
+        return await self._run("stats", work)
+
+    # -- dead letters -----------------------------------------------------------------
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT id, job_id, reason, detail, attempt, at FROM vaultq_dead "
+                "WHERE namespace = ? AND queue = ? ORDER BY id DESC LIMIT ?",
+                (ns, queue, max(limit, 0)),
+            ).fetchall()
+            return [
+                DeadLetter(
+                    queue=queue,
+                    job_id=job_id,
+                    reason=reason,
+                    detail=detail,
+                    attempt=attempt,
+                    at=at,
+                    tag=str(row_id),
+                )
+                for row_id, job_id, reason, detail, attempt, at in rows
+            ]
+
+        return await self._run("dead_letters", work)
+
+    async def purge_dead(self, queue: str) -> int:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> int:
+            with _immediate(conn):
+                cur = conn.execute(
+                    "DELETE FROM vaultq_dead WHERE namespace = ? AND queue = ?", (ns, queue)
+                )
+                return int(cur.rowcount)
+
+        return await self._run("purge_dead", work)
+
+
+# -- helpers (run in worker threads, inside the connection lock) ------------------------
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction: takes SQLite's single write lock up front (no upgrade races)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # Also after a failed COMMIT (I/O error), which can leave the transaction open.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _next_due(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> float | None:
+    times = [conn.execute(_NEXT_DUE, (ns, queue)).fetchone()[0] for queue in queues]
+    known = [float(t) for t in times if t is not None]
+    return min(known) if known else None
+
+
+def _lease_row(
+    conn: sqlite3.Connection,
+    ns: str,
+    queue: str,
+    row: tuple[int, str, bytes, int, float, str | None, int],
+    consumer: str,
+    now: float,
+    lease_until: float,
+) -> Delivery | None:
+    row_id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries = row
+    claim = conn.execute(_LIVE_CLAIM, (ns, queue, job_id, now)).fetchone()
+    if claim is not None and claim[0] != row_id:
+        # A duplicate of a job id that runs elsewhere: look at it again after that lease.
+        conn.execute("UPDATE vaultq_jobs SET not_before = ? WHERE id = ?", (claim[1], row_id))
+        return None
+    # The tag names this lease (row id and delivery number), so a settle or extend from
+    # an earlier delivery of the same row is recognised as stale.
+    tag = f"{row_id}.{deliveries + 1}"
+    conn.execute(
+        "UPDATE vaultq_jobs SET lease_owner = ?, lease_until = ?, not_before = ?, "
+        "deliveries = ? WHERE id = ?",
+        (consumer, lease_until, lease_until, deliveries + 1, row_id),
+    )
+    # The upsert cannot be refused here: any live claim would have matched above.
+    conn.execute(_CLAIM, (ns, queue, job_id, row_id, tag, consumer, lease_until, now))
+    key = (ns, queue, job_id, now)
+    return Delivery(
+        queue=queue,
+        job_id=job_id,
+        envelope=bytes(envelope),
+        attempt=attempt,
+        tag=tag,
+        # A lease owner on a ready row means the last lease ran out unsettled.
+        redelivered=lease_owner is not None,
+        completed=conn.execute(_IS_FINISHED, key).fetchone() is not None,
+        cancel_requested=conn.execute(_IS_CANCELLED, key).fetchone() is not None,
+        enqueued_at=enqueued_at,
+    )
+
+
+def _settle_one(
+    conn: sqlite3.Connection, ns: str, row_id: int, seq: int, s: Settlement, now: float
+) -> None:
+    d = s.delivery
+    if isinstance(s, Retry | Release):
+        attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
+        conn.execute(_REQUEUE_JOB, (attempt, s.not_before, row_id, seq, ns, d.job_id))
+        conn.execute(_UNCLAIM, (ns, d.queue, d.job_id, d.tag))
+        return
+    # Ack and Bury remove the row even from a stale delivery: the job did end, and
+    # running it again would be worse than cutting short a redelivery.
+    if s.result is not None:
+        conn.execute(_PUT_RESULT, (ns, d.queue, d.job_id, s.result, now + s.result_ttl))
+    if s.remember_until is not None:
+        conn.execute(_REMEMBER, (ns, d.queue, d.job_id, s.remember_until))
+    deleted = conn.execute(_DELETE_JOB, (row_id, ns, d.job_id)).rowcount
+    conn.execute(_UNCLAIM, (ns, d.queue, d.job_id, d.tag))
+    if isinstance(s, Bury) and deleted:
+        # Only the settlement that removed the row writes the dead letter, so a repeated
+        # Bury (a retried batch whose commit did land) does not bury twice.
+        conn.execute(
+            "INSERT INTO vaultq_dead "
+            "(namespace, queue, job_id, reason, detail, attempt, at, envelope) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ns, d.queue, d.job_id, s.reason, s.detail, d.attempt, now, d.envelope),
+        )
+
+
+def _cleanup(conn: sqlite3.Connection, now: float) -> bool:
+    """Delete a bounded batch of expired rows per table; True when a backlog remains."""
+    backlog = False
+    with _immediate(conn):
+        for statement in _CLEANUP:
+            if conn.execute(statement, (now, CLEANUP_BATCH)).rowcount >= CLEANUP_BATCH:
+                backlog = True
+    return backlog
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    with _immediate(conn):
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS vaultq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        row = conn.execute("SELECT value FROM vaultq_meta WHERE key = 'schema_version'").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise BrokerError(
+                f"the SQLite database has vaultq schema version {version}, newer than this "
+                f"vaultq understands ({SCHEMA_VERSION}); upgrade vaultq on this host or "
+                "point it at another database file"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(
+                "INSERT OR REPLACE INTO vaultq_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            logger.info("SQLite broker: schema migrated from %s to %s", version, SCHEMA_VERSION)
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the directory and the database file (0600: it holds sealed envelopes)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise BrokerUnavailable(
+            f"cannot create or open the SQLite database {path}: {exc.strerror}; "
+            "check that the directory is writable by this user"
+        ) from exc
+    if mode & 0o077:
+        logger.warning(
+            "SQLite broker: %s is readable by group or others (mode %o); run chmod 600 on it",
+            path,
+            mode,
+        )
+
+
+def _parse_tag(delivery: Delivery) -> tuple[int, int]:
+    """``"<row id>.<delivery number>"`` -> both numbers."""
+    row_id, _, seq = delivery.tag.partition(".")
+    try:
+        return int(row_id), int(seq)
+    except ValueError:
+        raise BrokerError(
+            "delivery tag is not a SQLite row id; settle deliveries with the broker "
+            "that fetched them"
+        ) from None
+
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+    }
+)
+
+
+def _map_error(op: str, exc: sqlite3.Error) -> BrokerError:
+    """One place to turn sqlite3 errors into the vaultq tree (messages carry no values)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return BrokerUnavailable(
+            f"SQLite broker: {op} waited longer than busy_timeout for the database lock; "
+            "another process holds a long write transaction: look for a stuck process or "
+            "an open sqlite3 shell, keep the file off network filesystems, raise "
+            "?busy_timeout=, or move to Redis for this load"
+        )
+    if primary in _UNAVAILABLE_CODES:
+        return BrokerUnavailable(
+            f"SQLite broker: {op} failed ({exc}); check that the database file and its "
+            "directory exist, are writable by this user, and the disk is not full"
+        )
+    return BrokerError(
+        f"SQLite broker: {op} failed ({type(exc).__name__}: {exc}); if the file is "
+        "damaged, stop the workers and restore it or start with a new file"
+    )
+
+
+def _parse_url(url: str) -> tuple[Path | None, str, float]:
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite" or parts.netloc:
+        raise ConfigurationError(
+            "SQLite broker URL must look like sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db or sqlite:///:memory:"
+        )
+    # urlsplit keeps the slash after the empty host: strip exactly that one.
+    raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not raw:
+        raise ConfigurationError(
+            "SQLite broker URL names no file: use sqlite:///vaultq.db or sqlite:////abs/path.db"
+        )
+    synchronous = "full"
+    busy_timeout = DEFAULT_BUSY_TIMEOUT
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "synchronous" and value.lower() in SYNCHRONOUS:
+            synchronous = value.lower()
+        elif name == "busy_timeout":
+            try:
+                busy_timeout = float(value)
+            except ValueError:
+                busy_timeout = -1.0
+            if not busy_timeout > 0:
+                raise ConfigurationError(
+                    "SQLite broker URL: busy_timeout must be a positive number of seconds"
+                )
+        else:
+            raise ConfigurationError(
+                f"SQLite broker URL: unsupported option {name!r}; "
+                "known options are synchronous=full|normal and busy_timeout=<seconds>"
+            )
+    path = None if raw == MEMORY else Path(os.path.abspath(raw))
+    return path, synchronous, busy_timeout
