@@ -13,9 +13,9 @@ import anyio
 import msgspec
 import pytest
 import redis
+from helpers import broker_url, make_app, running_worker
 
 import vaultq
-from helpers import broker_url, make_app, running_worker
 from vaultq.brokers.base import Bury, EnqueueItem
 from vaultq.jobs import JobStatus
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import ROOT, worker_env, worker_processes
 
 import vaultq
-from helpers import ROOT, worker_env, worker_processes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -208,6 +208,18 @@ def cmd_dead(args: argparse.Namespace) -> int:
     return anyio.run(go)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from vaultq.checks import check_app
+
+    app = _app(args.app, args.broker)
+    findings = check_app(app, deploy=args.deploy)
+    for finding in findings:
+        print(finding)
+    errors = sum(1 for f in findings if f.level == "error")
+    print(f"{len(findings)} finding(s), {errors} error(s) for app {app.name}")
+    return 1 if errors else 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -292,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--queue", default=config.DEFAULT_QUEUE, help="queue (default 'default')")
     d.add_argument("--limit", type=int, default=50, help="rows to list (50)")
     d.set_defaults(func=cmd_dead)
+
+    k = sub.add_parser(
+        "check",
+        help="look for unsafe configuration",
+        description="Check keys, broker URL and policies. --deploy adds production checks: "
+        "plaintext Redis off this host, tasks relying on the default policy. Exit 1 on errors.",
+    )
+    common(k)
+    k.add_argument("--deploy", action="store_true", help="also run the production checks")
+    k.set_defaults(func=cmd_check)
 
     _add_optional_commands(sub)
     return parser

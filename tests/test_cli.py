@@ -1,0 +1,121 @@
+"""The `vaultq` command line: help texts, app loading, status, dead letters, check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, worker_env
+
+import vaultq
+import vaultq.config
+from vaultq.cli import build_parser, main
+from vaultq.loader import load_app
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vaultq", *args],
+        env=env or worker_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_explains_every_command() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("worker", "enqueue", "cancel", "status", "dead", "keys", "check"):
+        assert command in out.stdout
+    assert "VAULTQ_BROKER" in out.stdout and "VAULTQ_KEYS" in out.stdout
+    worker = run("worker", "--help").stdout
+    for flag in ("--queues", "--concurrency", "--processes", "--broker", "--grace", "--log-level"):
+        assert flag in worker
+    assert "default 10" in worker
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: vaultq" in capsys.readouterr().out
+
+
+def test_loader_finds_the_single_app_or_asks() -> None:
+    app = load_app("cli_apps")
+    assert app.name == "cli-good"
+    assert app.import_spec == "cli_apps:good"
+    assert load_app("cli_apps:good") is app
+    with pytest.raises(vaultq.ConfigurationError, match="cli_two_apps:first, cli_two_apps:second"):
+        load_app("cli_two_apps")
+    with pytest.raises(vaultq.ConfigurationError, match="not a vaultq.App"):
+        load_app("cli_apps:Ping")
+    with pytest.raises(vaultq.ConfigurationError, match="no such module"):
+        load_app("no_such_module_anywhere")
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    out = run("worker", "no_such_module_anywhere", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("vaultq: error: cannot import 'no_such_module_anywhere'")
+    assert "Traceback" not in out.stderr
+
+
+def test_enqueue_unknown_task_lists_the_known_ones(tmp_path: Path) -> None:
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db"})
+    out = run("enqueue", "cli_apps", "nope", "{}", env=env)
+    assert out.returncode == 2
+    assert "cli.open, cli.ping" in out.stderr
+
+
+def test_status_dead_and_cancel_on_the_embedded_broker(tmp_path: Path) -> None:
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db"})
+    enq = run("enqueue", "cli_apps", "cli.open", '{"n": 1}', "--delay", "60", env=env)
+    assert enq.returncode == 0, enq.stderr
+    job_id = enq.stdout.strip()
+    status = run("status", "cli_apps", env=env)
+    assert status.returncode == 0
+    assert "default" in status.stdout and "delayed" in status.stdout
+    row = [line for line in status.stdout.splitlines() if line.startswith("default")][0]
+    assert row.split()[1:] == ["0", "1", "0", "0"]
+    cancel = run("cancel", job_id, "--app", "cli_apps", env=env)
+    assert cancel.returncode == 0
+    assert "cancel requested" in cancel.stdout
+    dead = run("dead", "list", "cli_apps", env=env)
+    assert "no dead letters" in dead.stdout
+
+
+def test_enqueue_denied_by_policy_at_once(tmp_path: Path) -> None:
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db"})
+    out = run("enqueue", "cli_apps", "cli.ping", '{"n": 1}', env=env)
+    assert out.returncode == 2
+    assert "denied" in out.stderr and "nothing was enqueued" in out.stderr
+    ok = run("enqueue", "cli_apps", "cli.ping", '{"n": 1}', "--principal", "user:1", env=env)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_check_deploy_flags_unsafe_settings(tmp_path: Path) -> None:
+    keys = tmp_path / "vaultq.keys"
+    vaultq.Keyring.generate().save(keys)
+    env = worker_env({"VAULTQ_BROKER": "redis://10.1.2.3:6379/0", "VAULTQ_KEYS": f"@{keys}"})
+    out = run("check", "cli_apps", "--deploy", env=env)
+    assert out.returncode == 1
+    assert "VQ202" in out.stdout and "rediss://" in out.stdout
+    assert "VQ401 task cli.open has no explicit policy" in out.stdout.replace(":", "")
+    assert "cli.ping" not in out.stdout
+    keys.chmod(0o644)
+    out = run("check", "cli_apps", env=env)
+    assert "VQ102" in out.stdout
+    keys.chmod(0o600)
+    fine = run("check", "cli_apps", env=worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db"}))
+    assert fine.returncode == 0, fine.stdout
+
+
+def test_parser_defaults_match_config() -> None:
+    args = build_parser().parse_args(["worker", "x"])
+    assert args.concurrency == vaultq.config.DEFAULT_CONCURRENCY
+    assert args.grace == vaultq.config.DEFAULT_GRACE

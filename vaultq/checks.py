@@ -1,0 +1,121 @@
+"""``vaultq check [--deploy]``: find configuration that is unsafe before it is deployed."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from vaultq.app import App
+from vaultq.errors import VaultqError
+from vaultq.policy import AllowAll
+
+__all__ = ["Finding", "check_app"]
+
+Level = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level.upper()} {self.code}: {self.message}"
+
+
+def check_app(app: App, *, deploy: bool = False) -> list[Finding]:
+    """Findings for ``app``. With ``deploy``, also what is fine on a laptop but not in
+    production (plaintext Redis off this host, tasks relying on the default policy)."""
+    found: list[Finding] = []
+    found += _keys(app)
+    found += _broker(app, deploy)
+    if deploy:
+        found += _policies(app)
+    if not app.tasks:
+        found.append(Finding("warning", "VQ301", "the app has no tasks registered"))
+    return found
+
+
+def _keys(app: App) -> list[Finding]:
+    out: list[Finding] = []
+    env = os.environ.get("VAULTQ_KEYS", "")
+    if env.startswith("@"):
+        path = Path(env[1:])
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return [Finding("error", "VQ101", f"VAULTQ_KEYS names {path}, which cannot be read")]
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            out.append(
+                Finding("error", "VQ102", f"key file {path} is readable by others: chmod 600 it")
+            )
+    try:
+        keyring = app.keyring
+    except VaultqError as exc:
+        return [*out, Finding("error", "VQ100", str(exc))]
+    if not keyring.can_sign:
+        out.append(
+            Finding(
+                "warning",
+                "VQ103",
+                "verify-only keyring: this process can run jobs but not enqueue them",
+            )
+        )
+    return out
+
+
+def _broker(app: App, deploy: bool) -> list[Finding]:
+    url = app.broker_url
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if deploy:
+            return [
+                Finding(
+                    "warning",
+                    "VQ201",
+                    "the embedded SQLite broker serves one host; use Redis for several",
+                )
+            ]
+        return []
+    if deploy and parts.scheme == "redis" and not _loopback(parts.hostname or ""):
+        return [
+            Finding(
+                "error",
+                "VQ202",
+                f"plaintext redis:// to {parts.hostname}: use rediss:// (TLS) off this host; "
+                "envelopes are sealed, but credentials and metadata are not",
+            )
+        ]
+    if deploy and parts.scheme in ("redis", "rediss") and parts.password is None:
+        return [Finding("warning", "VQ203", "the Redis URL has no password/ACL user; set one")]
+    return []
+
+
+def _policies(app: App) -> list[Finding]:
+    out: list[Finding] = []
+    for name, task in sorted(app.tasks.items()):
+        if task.policy is None:
+            default = "allow_all" if isinstance(app.default_policy, AllowAll) else "the default"
+            out.append(
+                Finding(
+                    "warning",
+                    "VQ401",
+                    f"task {name} has no explicit policy and relies on {default}",
+                )
+            )
+    return out
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
