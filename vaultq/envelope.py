@@ -1,19 +1,51 @@
 """Envelope v1: seal and open jobs and results. Pure functions, no I/O.
 
-STUB: the security-core helper fills this in. The names and signatures below are the
-contract other modules code against.
+Byte layout (``docs/envelope.md`` is the full specification)::
+
+    b"VQ" 0x01 || msgpack [header: bin, nonce: bin(12), ciphertext: bin, signature: bin]
+
+``header`` holds the msgpack encoding of :class:`Header` (an array); those exact bytes are
+the AES-256-GCM associated data and are covered by the signature over
+``domain || header || nonce || ciphertext`` (domain ``b"vaultq/v1/job\\0"`` or
+``b"vaultq/v1/result\\0"``). The signing algorithm comes from the receiver's keyring entry
+for ``signer_id``, never from the message.
+
+:func:`open_job` checks, in this order, stopping at the first failure: size, version
+tag, container and header shape, destination (app, queue, job id), task registered,
+time window, signer trusted and signature valid, key id known and decryption, body shape.
+The replay check and the strict typed payload decode are the caller's next steps.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Container
 
 import msgspec
+from cryptography.exceptions import InvalidTag
 
+from vaultq.errors import (
+    BadSignature,
+    DecryptionFailed,
+    EnvelopeExpired,
+    EnvelopeNotYetValid,
+    EnvelopeTooLarge,
+    KeyringError,
+    MalformedEnvelope,
+    UnknownKey,
+    UnknownTask,
+    UnsupportedVersion,
+    UntrustedSigner,
+    WrongDestination,
+)
 from vaultq.keyring import Keyring
 from vaultq.principal import Principal
 
 __all__ = [
+    "JOB_DOMAIN",
+    "MAGIC",
+    "RESULT_DOMAIN",
     "Header",
     "JobBody",
     "JobMeta",
@@ -22,11 +54,17 @@ __all__ = [
     "new_job_id",
     "open_job",
     "open_result",
+    "peek_header",
     "seal_job",
     "seal_result",
 ]
 
 VERSION = 1
+MAGIC = b"VQ\x01"
+"""Version tag: ``b"VQ"`` followed by the format version byte."""
+JOB_DOMAIN = b"vaultq/v1/job\x00"
+RESULT_DOMAIN = b"vaultq/v1/result\x00"
+NONCE_SIZE = 12
 
 
 class Header(msgspec.Struct, array_like=True, frozen=True):
@@ -71,8 +109,46 @@ class ResultBody(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown
     worker_id: str | None = None
 
 
+class _ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Decode-side twin of ResultBody: msgspec cannot decode ``Raw | None`` as raw JSON
+    (the union only accepts null), so ``value`` is decoded as ``Raw`` (empty = absent)."""
+
+    status: str
+    value: msgspec.Raw = msgspec.Raw()
+    error_type: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+
+
+class _Container(msgspec.Struct, array_like=True, frozen=True):
+    header: bytes
+    nonce: bytes
+    ciphertext: bytes
+    signature: bytes
+
+
+# Built once: these encoders/decoders hold no per-call state, and building them per call
+# would dominate the cost of sealing a small job.
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_container_decode = msgspec.msgpack.Decoder(_Container).decode
+_header_decode = msgspec.msgpack.Decoder(Header).decode
+# Deterministic order (sets and dicts sorted) so equal inputs seal to equal plaintexts;
+# the test vectors rely on it.
+_body_encode = msgspec.json.Encoder(order="deterministic").encode
+_job_body_decode = msgspec.json.Decoder(JobBody).decode
+_result_body_decode = msgspec.json.Decoder(_ResultWire).decode
+
+_TIMESTAMP_MASK = (1 << 48) - 1
+
+
 def new_job_id(now: float | None = None) -> str:
-    raise NotImplementedError
+    """A time-ordered 128-bit id: 48-bit milliseconds since the epoch then 80 random bits,
+    as 32 lowercase hex characters (ids sort by creation time to the millisecond)."""
+    ms = int((time.time() if now is None else now) * 1000) & _TIMESTAMP_MASK
+    return (ms.to_bytes(6, "big") + os.urandom(10)).hex()
 
 
 def seal_job(
@@ -89,7 +165,142 @@ def seal_job(
     not_before: float,
     expires_at: float,
 ) -> bytes:
-    raise NotImplementedError
+    """Seal a job: ``payload`` is the task codec's JSON; times are seconds since the epoch.
+
+    Raises ``KeyringError`` when ``keyring`` is verify-only.
+    """
+    header = _job_header(keyring, job_id, app, task, queue, issued_at, not_before, expires_at)
+    plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
+    return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(NONCE_SIZE))
+
+
+def _seal_job(
+    keyring: Keyring,
+    *,
+    job_id: str,
+    app: str,
+    task: str,
+    queue: str,
+    payload: bytes,
+    principal: Principal | None,
+    meta: JobMeta,
+    issued_at: float,
+    not_before: float,
+    expires_at: float,
+    nonce: bytes,
+) -> bytes:
+    """``seal_job`` with an explicit nonce: for test vectors only (never reuse a nonce)."""
+    header = _job_header(keyring, job_id, app, task, queue, issued_at, not_before, expires_at)
+    plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
+    return _seal(keyring, JOB_DOMAIN, header, plaintext, nonce)
+
+
+def _job_header(
+    keyring: Keyring,
+    job_id: str,
+    app: str,
+    task: str,
+    queue: str,
+    issued_at: float,
+    not_before: float,
+    expires_at: float,
+) -> Header:
+    signer_id = keyring.signer_id
+    if signer_id is None:
+        raise KeyringError(
+            "this keyring is verify-only and cannot seal jobs; producers need the full keyring"
+        )
+    # Header times are integer milliseconds since the epoch.
+    return Header(
+        VERSION,
+        job_id,
+        app,
+        task,
+        queue,
+        round(issued_at * 1000),
+        round(not_before * 1000),
+        round(expires_at * 1000),
+        keyring.active_key_id,
+        signer_id,
+    )
+
+
+def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
+    header_bytes = _msgpack_encode(header)
+    ciphertext = keyring.active_cipher().encrypt(nonce, plaintext, header_bytes)
+    signature = (
+        keyring.sign(b"".join((domain, header_bytes, nonce, ciphertext)))
+        if header.signer_id
+        else b""
+    )
+    return MAGIC + _msgpack_encode((header_bytes, nonce, ciphertext, signature))
+
+
+def _parse(data: bytes, max_size: int) -> tuple[Header, _Container]:
+    """Size, version tag, container and header shape: the unauthenticated checks."""
+    # Size first: nothing larger than the limit is parsed, let alone decrypted.
+    if len(data) > max_size:
+        raise EnvelopeTooLarge(
+            f"envelope is larger than the {max_size}-byte limit; "
+            "raise max_envelope_size if jobs this large are expected"
+        )
+    if data[:3] != MAGIC:
+        if data[:2] == b"VQ" and len(data) > 2:
+            raise UnsupportedVersion(
+                f"envelope format version {data[2]} is not supported (this vaultq reads "
+                f"version {VERSION}); upgrade the worker"
+            )
+        raise UnsupportedVersion("not a vaultq envelope: the VQ version tag is missing")
+    try:
+        container = _container_decode(memoryview(data)[3:])
+        header = _header_decode(container.header)
+    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
+        raise MalformedEnvelope("envelope container or header is malformed") from None
+    if header.version != VERSION:
+        raise UnsupportedVersion("envelope header version does not match its version tag")
+    if len(container.nonce) != NONCE_SIZE:
+        raise MalformedEnvelope("envelope nonce must be 12 bytes")
+    return header, container
+
+
+def peek_header(data: bytes, *, max_size: int = 1024 * 1024) -> Header:
+    """The header of an envelope WITHOUT authenticating it: for logs and dead letters
+    only, never for decisions. Raises the same errors as the first checks of ``open_job``."""
+    return _parse(data, max_size)[0]
+
+
+def _authenticate(
+    keyring: Keyring, domain: bytes, header: Header, box: _Container, *, unsigned_ok: bool
+) -> None:
+    signer = header.signer_id
+    if not signer:
+        # Results from verify-only (split-trust) workers carry no signature: the AEAD tag
+        # under a key only keyring holders have authenticates them.
+        if not unsigned_ok:
+            raise UntrustedSigner("job envelopes must be signed; this one names no signer")
+        if box.signature:
+            raise MalformedEnvelope("an unsigned envelope must have an empty signature")
+        return
+    verify = keyring.verifier(signer)
+    if verify is None:
+        raise UntrustedSigner(
+            "envelope signer is not trusted by this keyring; add its verify key if it should be"
+        )
+    if not verify(b"".join((domain, box.header, box.nonce, box.ciphertext)), box.signature):
+        raise BadSignature("envelope signature is invalid")
+
+
+def _decrypt(keyring: Keyring, header: Header, box: _Container) -> bytes:
+    aead = keyring.cipher(header.key_id)
+    if aead is None:
+        raise UnknownKey(
+            "envelope encryption key id is not in this keyring (rotated out?); "
+            "keep old keys until their envelopes have expired"
+        )
+    try:
+        return aead.decrypt(box.nonce, box.ciphertext, box.header)
+    except InvalidTag:
+        raise DecryptionFailed("envelope decryption failed") from None
 
 
 def open_job(
@@ -104,14 +315,87 @@ def open_job(
     skew: float = 60.0,
     max_size: int = 1024 * 1024,
 ) -> OpenedJob:
-    raise NotImplementedError
+    """Open a job envelope, raising the ``EnvelopeError`` subclass of the first failed
+    check (see the module docstring for the order). ``now`` and ``skew`` are seconds.
+
+    The caller then checks replay and decodes ``body.payload`` with the task's codec.
+    """
+    header, box = _parse(data, max_size)
+    if (
+        header.app != app
+        or (queue is not None and header.queue != queue)
+        or (job_id is not None and header.job_id != job_id)
+    ):
+        raise WrongDestination("envelope was sealed for another app, queue or job id")
+    if header.task not in tasks:
+        raise UnknownTask("envelope names a task this worker has not registered")
+    now_ms = round(now * 1000)
+    # Float on purpose: skew=math.inf (check everything but time) must work, and the
+    # checks are written so that a NaN skew fails closed.
+    latest = now_ms + skew * 1000.0
+    earliest = now_ms - skew * 1000.0
+    if not (header.not_before <= latest and header.issued_at <= latest):
+        raise EnvelopeNotYetValid("envelope is not valid yet (delayed job, or clocks disagree)")
+    if not earliest <= header.expires_at:
+        raise EnvelopeExpired("envelope expired before the job could start")
+    _authenticate(keyring, JOB_DOMAIN, header, box, unsigned_ok=False)
+    plaintext = _decrypt(keyring, header, box)
+    try:
+        body = _job_body_decode(plaintext)
+    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
+        raise MalformedEnvelope("job body is malformed") from None
+    return OpenedJob(header, body)
 
 
 def seal_result(keyring: Keyring, header: Header, body: ResultBody, *, now: float) -> bytes:
-    raise NotImplementedError
+    """Seal a job's result. ``header`` is the opened job's header; the result header keeps
+    its job id, app, task, queue and expiry and takes its own issue time and keys.
+
+    A verify-only keyring (split trust) seals AEAD-only: signer id ``""``, no signature.
+    """
+    return _seal_result(keyring, header, body, now=now, nonce=os.urandom(NONCE_SIZE))
+
+
+def _seal_result(
+    keyring: Keyring, header: Header, body: ResultBody, *, now: float, nonce: bytes
+) -> bytes:
+    now_ms = round(now * 1000)
+    result_header = Header(
+        VERSION,
+        header.job_id,
+        header.app,
+        header.task,
+        header.queue,
+        now_ms,
+        now_ms,
+        header.expires_at,
+        keyring.active_key_id,
+        keyring.signer_id or "",
+    )
+    return _seal(keyring, RESULT_DOMAIN, result_header, _body_encode(body), nonce)
 
 
 def open_result(
     data: bytes, keyring: Keyring, *, app: str, job_id: str, max_size: int = 1024 * 1024
 ) -> ResultBody:
-    raise NotImplementedError
+    """Open a result envelope for ``job_id``. Accepts a trusted signer with a valid
+    signature, or signer id ``""`` (AEAD-only, from a verify-only worker)."""
+    header, box = _parse(data, max_size)
+    if header.app != app or header.job_id != job_id:
+        raise WrongDestination("result envelope belongs to another app or job")
+    _authenticate(keyring, RESULT_DOMAIN, header, box, unsigned_ok=True)
+    plaintext = _decrypt(keyring, header, box)
+    try:
+        wire = _result_body_decode(plaintext)
+    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
+        raise MalformedEnvelope("result body is malformed") from None
+    return ResultBody(
+        status=wire.status,
+        value=wire.value if len(wire.value) else None,
+        error_type=wire.error_type,
+        error=wire.error,
+        attempts=wire.attempts,
+        started_at=wire.started_at,
+        finished_at=wire.finished_at,
+        worker_id=wire.worker_id,
+    )

@@ -1,16 +1,46 @@
 """Typed payload codecs (msgspec JSON, strict) and ``Secret[T]``.
 
-STUB: the security-core helper fills this in. The names and signatures below are the
-contract other modules code against.
+A :class:`Codec` is built once per type (each task holds its own; there is no module-level
+cache) and turns values into JSON bytes and back. Decoding is strict:
+
+- wrong types, missing fields and values that break a constraint raise ``PayloadError``
+  naming the field path (``$.order_id``) and the problem, never the value;
+- unknown fields are rejected in every msgspec ``Struct`` at any depth (through lists,
+  dicts, tuples, unions, ``Optional`` and ``Secret``), unless the Struct opts in with a
+  class attribute ``__vaultq_allow_unknown_fields__ = True``. Structs declared with
+  ``forbid_unknown_fields=True`` cost nothing extra; for the others the codec runs a
+  second, cheap "shape" pass (fields parsed as ``msgspec.Raw``) that only looks for
+  unknown keys. Dataclasses, TypedDicts and recursive references follow msgspec's own
+  rules (unknown keys ignored).
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+import dataclasses
+import datetime
+import decimal
+import enum
+import hmac
+import re
+import types
+import typing
+import uuid
+from collections import abc
+from collections.abc import Callable
+from typing import Any, Generic, NoReturn, TypeVar, overload
+
+import msgspec
+
+from vaultq.errors import PayloadError, TaskDefinitionError
 
 T = TypeVar("T")
 
-__all__ = ["Codec", "Secret", "check_encodable"]
+__all__ = ["ALLOW_UNKNOWN_FIELDS", "Codec", "Secret", "check_encodable"]
+
+ALLOW_UNKNOWN_FIELDS = "__vaultq_allow_unknown_fields__"
+"""Name of the class attribute a Struct sets to ``True`` to accept unknown fields."""
+
+_MASK = "Secret('***')"
 
 
 class Secret(Generic[T]):
@@ -18,6 +48,8 @@ class Secret(Generic[T]):
 
     Encodes to the plain inner value inside the (encrypted) JSON, decodes back to
     ``Secret``; equality is by value (constant time for str/bytes); ``.reveal()`` returns it.
+    Pickling and copying through ``__reduce__`` are refused so the value cannot leak
+    through a pickle stream.
     """
 
     __slots__ = ("_value",)
@@ -26,7 +58,339 @@ class Secret(Generic[T]):
         self._value = value
 
     def reveal(self) -> T:
+        """The wrapped value. Call it at the last moment, and never log the result."""
         return self._value
+
+    def __repr__(self) -> str:
+        return _MASK
+
+    __str__ = __repr__
+
+    def __format__(self, format_spec: str) -> str:
+        return format(_MASK, format_spec)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        a, b = self._value, other._value
+        # compare_digest keeps the comparison time independent of where values differ.
+        if isinstance(a, str) and isinstance(b, str):
+            return hmac.compare_digest(a.encode(), b.encode())
+        if isinstance(a, bytes | bytearray) and isinstance(b, bytes | bytearray):
+            return hmac.compare_digest(a, b)
+        return bool(a == b)
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Secret values cannot be pickled; reveal() and handle the value on purpose")
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        self.__reduce__()
+
+    def __copy__(self) -> Secret[T]:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret[T]:
+        return self
+
+
+# --- error messages -------------------------------------------------------------------
+# msgspec messages sometimes quote the offending value ("Invalid enum value 'xyz'"). Only
+# messages from a known list are kept; anything else (including messages raised by a
+# Struct's own __post_init__, which may quote anything) becomes "Invalid value".
+
+_PATH_SPLIT = " - at `"
+_KEEP_EXACT = frozenset(
+    {
+        "Input data was truncated",
+        "Invalid RFC3339 encoded datetime",
+        "Invalid RFC3339 encoded date",
+        "Invalid RFC3339 encoded time",
+        "Invalid ISO8601 duration",
+        "Invalid UUID",
+        "Invalid decimal string",
+        "Invalid base64 encoded string",
+        "Number out of range",
+        "Duration is out of range",
+        "Timezone offsets must be within +/- 24 hours",
+    }
+)
+# "Expected `int`, got `str`", "Expected `int` >= 0", "Expected `str` matching regex '^a'":
+# the type, the input's kind and constraints from the schema, never the value.
+_EXPECTED = re.compile(r"Expected `[^`]{1,60}`.{0,160}")
+_MISSING = re.compile(r"Object missing required field `[^`]{1,100}`")
+_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`", re.DOTALL)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def _safe_problem(message: str) -> tuple[str, str]:
+    """``(problem, field)``: the rewritten problem, and the unknown field's name if any."""
+    if message in _KEEP_EXACT:
+        return message, ""
+    if message.startswith("JSON is malformed"):
+        return "JSON is malformed", ""
+    if message.startswith("Invalid enum value"):
+        return "Invalid enum value", ""
+    if _EXPECTED.fullmatch(message) or _MISSING.fullmatch(message):
+        return message, ""
+    unknown = _UNKNOWN.fullmatch(message)
+    if unknown is not None:
+        # The name comes from the input: keep it only if it looks like a field name.
+        name = unknown.group(1)
+        if _SAFE_NAME.fullmatch(name):
+            return "unknown field (not declared by the Struct)", name
+        return "Object contains an unknown field", ""
+    return "Invalid value", ""
+
+
+def split_error(exc: BaseException) -> tuple[str, str]:
+    """``(path, problem)`` of a msgspec error, the problem rewritten to never quote a value."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "$", "invalid UTF-8 text"
+    message = str(exc)
+    problem, sep, rest = message.rpartition(_PATH_SPLIT)
+    path = "$"
+    if sep and rest.endswith("`"):
+        path, message = rest[:-1], problem
+    safe, field = _safe_problem(message)
+    if field:
+        path = f"{path}.{field}"
+    return path, safe
+
+
+def _payload_error(exc: BaseException, what: str) -> PayloadError:
+    path, problem = split_error(exc)
+    return PayloadError(f"{what} does not match its type at {path}: {problem}", field=path)
+
+
+# --- Secret hooks ---------------------------------------------------------------------
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Secret):
+        return obj._value
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
+
+
+def _secret_inner(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    return args[0] if args else Any
+
+
+def _dec_hook(tp: Any, obj: Any) -> Any:
+    if tp is Secret or typing.get_origin(tp) is Secret:
+        try:
+            value = msgspec.convert(obj, _secret_inner(tp), strict=True, dec_hook=_dec_hook)
+        except msgspec.ValidationError as exc:
+            # msgspec adds the outer field path; the inner message must not quote the value.
+            raise ValueError(split_error(exc)[1]) from None
+        return Secret(value)
+    raise NotImplementedError(f"Decoding type {getattr(tp, '__name__', 'unknown')} is unsupported")
+
+
+_FAST_INNER = frozenset({str, int, bool})
+
+
+class _SecretDecoder:
+    """The decoder's dec_hook, one per Codec: remembers each ``Secret[T]``'s inner type and
+    skips ``msgspec.convert`` when JSON already produced exactly ``T`` (str, int, bool)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self) -> None:
+        self._inner: dict[Any, Any] = {}
+
+    def __call__(self, tp: Any, obj: Any) -> Any:
+        inner = self._inner.get(tp)
+        if inner is None:
+            if not (tp is Secret or typing.get_origin(tp) is Secret):
+                return _dec_hook(tp, obj)
+            inner = self._inner[tp] = _secret_inner(tp)
+        if inner in _FAST_INNER and type(obj) is inner:
+            return Secret(obj)
+        return _dec_hook(tp, obj)
+
+
+# --- type walking ---------------------------------------------------------------------
+
+_LEAVES: tuple[type, ...] = (
+    bool,
+    int,
+    float,
+    str,
+    bytes,
+    bytearray,
+    memoryview,
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+    enum.Enum,
+    msgspec.Raw,
+    msgspec.UnsetType,
+    msgspec.msgpack.Ext,
+)
+_CONTAINERS = frozenset(
+    {list, set, frozenset, tuple, dict, typing.Union, types.UnionType}
+    | {abc.Sequence, abc.MutableSequence, abc.Set, abc.MutableSet}
+    | {abc.Mapping, abc.MutableMapping}
+)
+
+
+def _is_struct(tp: Any) -> bool:
+    origin = typing.get_origin(tp) or tp
+    return isinstance(origin, type) and issubclass(origin, msgspec.Struct)
+
+
+def _check_type(tp: Any, seen: set[Any]) -> None:
+    """Reject custom classes msgspec would hand to a dec_hook, except ``Secret``."""
+    if tp is None or tp is type(None) or tp is Any or tp is object:
+        return
+    if isinstance(tp, typing.NewType):
+        _check_type(tp.__supertype__, seen)
+        return
+    if isinstance(tp, TypeVar):
+        return
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        _check_type(typing.get_args(tp)[0], seen)
+        return
+    if tp is Secret or origin is Secret:
+        _check_type(_secret_inner(tp), seen)
+        return
+    if origin is typing.Literal:
+        return
+    if origin in _CONTAINERS:
+        for arg in typing.get_args(tp):
+            if arg is not Ellipsis:
+                _check_type(arg, seen)
+        return
+    if tp in seen:
+        return
+    seen.add(tp)
+    if _is_struct(tp):
+        for field in msgspec.structs.fields(tp):
+            _check_type(field.type, seen)
+        return
+    cls = origin or tp
+    if isinstance(cls, type) and (
+        dataclasses.is_dataclass(cls)
+        or typing.is_typeddict(cls)
+        or (issubclass(cls, tuple) and hasattr(cls, "_fields"))
+    ):
+        for hint in typing.get_type_hints(cls).values():
+            _check_type(hint, seen)
+        return
+    if isinstance(cls, type) and issubclass(cls, _LEAVES):
+        return
+    if isinstance(cls, type) and hasattr(cls, "__attrs_attrs__"):
+        return
+    raise TaskDefinitionError(
+        f"msgspec cannot encode or decode the type {getattr(cls, '__name__', cls)!s}; "
+        "use a msgspec.Struct, a builtin type, or wrap sensitive values in vaultq.Secret"
+    )
+
+
+def check_encodable(tp: Any) -> None:
+    """Raise ``TaskDefinitionError`` when msgspec cannot encode/decode ``tp``.
+
+    ``Secret[T]`` is accepted wherever ``T`` is.
+    """
+    try:
+        _check_type(tp, set())
+        msgspec.json.Decoder(tp, dec_hook=_dec_hook)
+        msgspec.json.Encoder(enc_hook=_enc_hook)
+    except TaskDefinitionError:
+        raise
+    except (TypeError, ValueError, NameError) as exc:
+        raise TaskDefinitionError(
+            f"msgspec cannot use this type for a payload or result ({exc}); "
+            "see https://jcristharif.com/msgspec/supported-types.html"
+        ) from None
+
+
+class _ShapeBuilder:
+    """Builds the "shape" type used to find unknown fields in Structs that do not forbid
+    them themselves. Leaves become ``msgspec.Raw`` (skipped, not parsed); returns ``None``
+    when no Struct below ``tp`` needs the check."""
+
+    def __init__(self) -> None:
+        self._done: dict[Any, Any] = {}
+        self._busy: set[Any] = set()
+
+    def build(self, tp: Any) -> Any | None:
+        if isinstance(tp, typing.NewType):
+            return self.build(tp.__supertype__)
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            return self.build(typing.get_args(tp)[0])
+        if tp is Secret or origin is Secret:
+            return self.build(_secret_inner(tp))
+        if origin in (typing.Union, types.UnionType):
+            return self._union(typing.get_args(tp))
+        if origin in (list, set, frozenset) or (origin is tuple and _is_var_tuple(tp)):
+            item = self.build(typing.get_args(tp)[0])
+            return None if item is None else list[item]  # type: ignore[valid-type]
+        if origin is tuple:
+            items = [self.build(arg) for arg in typing.get_args(tp)]
+            if all(item is None for item in items):
+                return None
+            return tuple[tuple(msgspec.Raw if i is None else i for i in items)]  # type: ignore[misc]
+        if origin is dict:
+            key, value = typing.get_args(tp)
+            shape = self.build(value)
+            return None if shape is None else dict[key, shape]  # type: ignore[valid-type]
+        if _is_struct(tp):
+            return self._struct(tp)
+        return None
+
+    def _union(self, members: tuple[Any, ...]) -> Any | None:
+        shapes = [self.build(m) for m in members]
+        if all(s is None for s in shapes):
+            return None
+        # Raw cannot sit in a union: keep the original type of members without Structs.
+        kept = tuple(m if s is None else s for m, s in zip(members, shapes, strict=True))
+        return typing.Union[kept]  # noqa: UP007
+
+    def _struct(self, tp: Any) -> Any | None:
+        if tp in self._done:
+            return self._done[tp]
+        if tp in self._busy:
+            return None  # recursive reference: checked at the first level only
+        self._busy.add(tp)
+        cls = typing.get_origin(tp) or tp
+        config = cls.__struct_config__
+        fields = msgspec.structs.fields(tp)
+        shapes = [self.build(f.type) for f in fields]
+        self._busy.discard(tp)
+        allow = getattr(cls, ALLOW_UNKNOWN_FIELDS, False) is True
+        strict_self = config.forbid_unknown_fields or allow or config.array_like
+        if strict_self and all(s is None for s in shapes):
+            self._done[tp] = None
+            return None
+        shape = msgspec.defstruct(
+            f"_Shape{cls.__name__}",
+            [
+                (f"f{i}", msgspec.Raw if s is None else s, msgspec.UNSET)
+                for i, s in enumerate(shapes)
+            ],
+            rename={f"f{i}": f.encode_name for i, f in enumerate(fields)},
+            forbid_unknown_fields=not allow,
+            tag=config.tag,
+            tag_field=config.tag_field,
+            array_like=config.array_like,
+        )
+        self._done[tp] = shape
+        return shape
+
+
+def _is_var_tuple(tp: Any) -> bool:
+    args = typing.get_args(tp)
+    return len(args) == 2 and args[1] is Ellipsis
 
 
 class Codec(Generic[T]):
@@ -34,18 +398,65 @@ class Codec(Generic[T]):
 
     ``decode`` is strict and raises ``PayloadError`` naming the field, never the value.
     ``encode`` raises ``PayloadError`` for values that cannot be encoded.
+    Raises ``TaskDefinitionError`` at construction when msgspec cannot handle ``tp``.
     """
 
+    __slots__ = ("_decode", "_encode", "_shape", "type")
+
+    @overload
+    def __init__(self: Codec[None], tp: None) -> None: ...
+    @overload
+    def __init__(self: Codec[T], tp: type[T]) -> None: ...
+    @overload
+    def __init__(self, tp: Any) -> None: ...
+
     def __init__(self, tp: Any) -> None:
+        check_encodable(tp)
         self.type = tp
+        self._encode: Callable[[Any], bytes] = msgspec.json.Encoder(enc_hook=_enc_hook).encode
+        self._decode: Callable[[Any], Any] = msgspec.json.Decoder(
+            tp, strict=True, dec_hook=_SecretDecoder()
+        ).decode
+        shape = _ShapeBuilder().build(tp)
+        self._shape: Callable[[Any], Any] | None = (
+            None if shape is None else msgspec.json.Decoder(shape).decode
+        )
+
+    def __repr__(self) -> str:
+        return f"Codec({getattr(self.type, '__name__', self.type)!s})"
 
     def encode(self, value: T) -> bytes:
-        raise NotImplementedError
+        try:
+            return self._encode(value)
+        except (
+            msgspec.EncodeError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            NotImplementedError,
+        ) as exc:
+            raise PayloadError(
+                f"cannot encode a value of type {type(value).__name__}: {_safe_encode_problem(exc)}"
+            ) from None
 
-    def decode(self, data: bytes) -> T:
-        raise NotImplementedError
+    def decode(self, data: bytes | bytearray | memoryview | msgspec.Raw) -> T:
+        try:
+            value: T = self._decode(data)
+            if self._shape is not None:
+                self._shape(data)
+        except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
+            raise _payload_error(exc, "payload") from None
+        return value
 
 
-def check_encodable(tp: Any) -> None:
-    """Raise ``TaskDefinitionError`` when msgspec cannot encode/decode ``tp``."""
-    raise NotImplementedError
+_ENC_UNSUPPORTED = re.compile(r"Encoding objects of type [A-Za-z0-9_.]{1,100} is unsupported")
+
+
+def _safe_encode_problem(exc: BaseException) -> str:
+    message = str(exc)
+    if _ENC_UNSUPPORTED.fullmatch(message) or message in {
+        "Integer value out of range",
+        "Only dicts with str-like or number-like keys are supported",
+    }:
+        return message
+    return "a value cannot be encoded as JSON"

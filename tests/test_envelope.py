@@ -1,0 +1,846 @@
+"""Envelope v1: round trips, every tampering rejected, check order, test vectors."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import json
+import math
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vaultq import envelope
+from vaultq.envelope import (
+    JOB_DOMAIN,
+    MAGIC,
+    RESULT_DOMAIN,
+    Header,
+    JobMeta,
+    ResultBody,
+    _seal,
+    _seal_job,
+    _seal_result,
+    new_job_id,
+    open_job,
+    open_result,
+    peek_header,
+    seal_job,
+    seal_result,
+)
+from vaultq.errors import (
+    BadSignature,
+    DecryptionFailed,
+    EnvelopeError,
+    EnvelopeExpired,
+    EnvelopeNotYetValid,
+    EnvelopeTooLarge,
+    KeyringError,
+    MalformedEnvelope,
+    UnknownKey,
+    UnknownTask,
+    UnsupportedVersion,
+    UntrustedSigner,
+    WrongDestination,
+)
+from vaultq.keyring import Keyring
+from vaultq.payload import Codec, Secret
+from vaultq.principal import Principal
+
+NOW = 1_700_000_000.0
+HOUR = 3600.0
+TASKS = frozenset({"refund", "ship"})
+VECTORS = Path(__file__).parent / "vectors" / "envelope_v1.json"
+
+HMAC = Keyring.generate(signing="hmac-sha256")
+ED = Keyring.generate(signing="ed25519")
+
+
+def seal(
+    keyring: Keyring = HMAC,
+    *,
+    payload: bytes = b'{"order_id":7}',
+    principal: Principal | None = None,
+    app: str = "shop",
+    task: str = "refund",
+    queue: str = "default",
+    job_id: str | None = None,
+    issued_at: float = NOW,
+    not_before: float | None = None,
+    expires_at: float | None = None,
+    meta: JobMeta | None = None,
+) -> bytes:
+    return seal_job(
+        keyring,
+        job_id=job_id or new_job_id(issued_at),
+        app=app,
+        task=task,
+        queue=queue,
+        payload=payload,
+        principal=principal,
+        meta=meta or JobMeta(),
+        issued_at=issued_at,
+        not_before=issued_at if not_before is None else not_before,
+        expires_at=issued_at + HOUR if expires_at is None else expires_at,
+    )
+
+
+def open_(data: bytes, keyring: Keyring = HMAC, **kw: Any) -> envelope.OpenedJob:
+    kw.setdefault("app", "shop")
+    kw.setdefault("tasks", TASKS)
+    kw.setdefault("now", NOW)
+    return open_job(data, keyring, **kw)
+
+
+def split(data: bytes) -> list[bytes]:
+    """[header, nonce, ciphertext, signature] of an envelope."""
+    parts: list[bytes] = msgspec.msgpack.decode(data[3:])
+    return parts
+
+
+def join(parts: list[bytes]) -> bytes:
+    return MAGIC + msgspec.msgpack.encode(parts)
+
+
+def reheader(data: bytes, **changes: Any) -> bytes:
+    """The envelope with header fields changed and everything else kept."""
+    parts = split(data)
+    header = msgspec.msgpack.decode(parts[0], type=Header)
+    parts[0] = msgspec.msgpack.encode(msgspec.structs.replace(header, **changes))
+    return join(parts)
+
+
+# --- round trips ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_round_trip(keyring: Keyring) -> None:
+    principal = Principal(
+        "user:42", roles=frozenset({"staff"}), permissions=frozenset({"orders.refund"})
+    )
+    meta = JobMeta(parent_id="p" * 32, trace={"traceparent": "00-ab"}, timeout=5.0)
+    job_id = new_job_id(NOW)
+    data = seal(keyring, principal=principal, meta=meta, job_id=job_id, queue="q1")
+    opened = open_(data, keyring, queue="q1", job_id=job_id)
+    h = opened.header
+    assert (h.version, h.job_id, h.app, h.task, h.queue) == (1, job_id, "shop", "refund", "q1")
+    assert (h.issued_at, h.not_before, h.expires_at) == (
+        1_700_000_000_000,
+        1_700_000_000_000,
+        1_700_003_600_000,
+    )
+    assert h.key_id == keyring.active_key_id
+    assert h.signer_id == keyring.signer_id
+    assert bytes(opened.body.payload) == b'{"order_id":7}'
+    assert opened.body.principal == principal
+    assert opened.body.meta == meta
+
+
+def test_seal_is_randomized() -> None:
+    job_id = new_job_id(NOW)
+    a, b = seal(job_id=job_id), seal(job_id=job_id)
+    assert a != b
+    assert split(a)[1] != split(b)[1]  # fresh nonce each time
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Address(msgspec.Struct, forbid_unknown_fields=True):
+    city: str
+    pin: Secret[int]
+
+
+class Kind(msgspec.Struct, tag=True):
+    n: int
+
+
+class Everything(msgspec.Struct):
+    i: int
+    f: float
+    s: str
+    b: bool
+    raw: bytes
+    none: None
+    when: datetime.datetime
+    day: datetime.date
+    at: datetime.time
+    span: datetime.timedelta
+    uid: uuid.UUID
+    dec: decimal.Decimal
+    color: Color
+    level: Level
+    lit: Literal["a", "b"]
+    items: list[int]
+    tags: set[str]
+    frozen: frozenset[int]
+    pair: tuple[int, str]
+    var: tuple[int, ...]
+    mapping: dict[str, float]
+    int_keys: dict[int, str]
+    opt: int | None
+    union: int | str
+    nested: Address
+    nested_list: list[Address]
+    tagged: Kind
+    secret: Secret[str]
+    secret_bytes: Secret[bytes]
+    secrets: list[Secret[str]]
+    big: int
+
+
+EVERYTHING = Everything(
+    i=-5,
+    f=1.5,
+    s="héllo",
+    b=True,
+    raw=b"\x00\xff",
+    none=None,
+    when=datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC),
+    day=datetime.date(2024, 5, 1),
+    at=datetime.time(8, 15),
+    span=datetime.timedelta(seconds=90),
+    uid=uuid.UUID(int=12345),
+    dec=decimal.Decimal("12.50"),
+    color=Color.BLUE,
+    level=Level.HIGH,
+    lit="b",
+    items=[1, 2, 3],
+    tags={"x", "y"},
+    frozen=frozenset({4, 5}),
+    pair=(1, "one"),
+    var=(1, 2, 3),
+    mapping={"a": 0.25},
+    int_keys={1: "one"},
+    opt=None,
+    union="text",
+    nested=Address("Oslo", Secret(1234)),
+    nested_list=[Address("Rome", Secret(1))],
+    tagged=Kind(3),
+    secret=Secret("tok_live"),
+    secret_bytes=Secret(b"\x01\x02"),
+    secrets=[Secret("a"), Secret("b")],
+    big=2**70,
+)
+
+
+def _types(value: Any) -> Any:
+    """A structure of exact types, to compare beyond ``==``."""
+    if isinstance(value, msgspec.Struct):
+        return (type(value), {f: _types(getattr(value, f)) for f in value.__struct_fields__})
+    if isinstance(value, Secret):
+        return (Secret, _types(value.reveal()))
+    if isinstance(value, list | tuple):
+        return (type(value), [_types(v) for v in value])
+    if isinstance(value, set | frozenset):
+        return (type(value), sorted(map(repr, value)))
+    if isinstance(value, dict):
+        return (dict, {_types(k): _types(v) for k, v in value.items()})
+    return (type(value), value)
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_every_field_kind_round_trips_through_seal_and_codec(keyring: Keyring) -> None:
+    codec: Codec[Everything] = Codec(Everything)
+    data = seal(keyring, payload=codec.encode(EVERYTHING))
+    back = codec.decode(open_(data, keyring).body.payload)
+    assert back == EVERYTHING
+    assert _types(back) == _types(EVERYTHING)
+    assert back.secret.reveal() == "tok_live"
+    assert back.nested.pin.reveal() == 1234
+
+
+@pytest.mark.parametrize(
+    ("tp", "value"),
+    [
+        (None, None),
+        (int, 3),
+        (str, "x"),
+        (list[int], [1, 2]),
+        (dict[str, int], {"a": 1}),
+        (datetime.datetime, datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)),
+        (Color, Color.RED),
+        (Secret[str], Secret("s")),
+        (Address | None, Address("x", Secret(1))),
+    ],
+)
+def test_non_struct_types_round_trip(tp: Any, value: Any) -> None:
+    codec: Codec[Any] = Codec(tp)
+    back = codec.decode(open_(seal(payload=codec.encode(value))).body.payload)
+    assert back == value
+    assert type(back) is type(value)
+
+
+# --- tampering: every bit, every truncation -------------------------------------------
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_every_single_bit_flip_is_rejected(keyring: Keyring) -> None:
+    data = seal(keyring, principal=Principal("u"))
+    for index in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[index // 8] ^= 1 << (index % 8)
+        with pytest.raises(EnvelopeError):
+            open_(bytes(flipped), keyring)
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_every_truncation_is_rejected(keyring: Keyring) -> None:
+    data = seal(keyring)
+    for length in range(len(data)):
+        with pytest.raises(EnvelopeError):
+            open_(data[:length], keyring)
+    with pytest.raises(MalformedEnvelope):
+        open_(data + b"\x00", keyring)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    payload=st.binary(min_size=0, max_size=300).map(lambda b: json.dumps(b.hex()).encode()),
+    data=st.data(),
+    alg=st.sampled_from(["hmac", "ed25519"]),
+)
+def test_bit_flips_and_truncations_property(payload: bytes, data: st.DataObject, alg: str) -> None:
+    keyring = HMAC if alg == "hmac" else ED
+    sealed = seal(keyring, payload=payload)
+    bit = data.draw(st.integers(0, len(sealed) * 8 - 1))
+    flipped = bytearray(sealed)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(EnvelopeError):
+        open_(bytes(flipped), keyring)
+    cut = data.draw(st.integers(0, len(sealed) - 1))
+    with pytest.raises(EnvelopeError):
+        open_(sealed[:cut], keyring)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    field=st.sampled_from(["app", "task", "queue", "job_id"]),
+    value=st.text(min_size=1, max_size=20),
+)
+def test_sealed_for_one_destination_never_opens_for_another(field: str, value: str) -> None:
+    sealed = seal(app="shop", task="refund", queue="default", job_id="0" * 32)
+    original = {"app": "shop", "task": "refund", "queue": "default", "job_id": "0" * 32}
+    if value == original[field]:
+        value += "x"
+    expect: dict[str, Any] = {"app": "shop", "queue": "default", "job_id": "0" * 32}
+    expect["tasks"] = TASKS
+    if field == "task":
+        expect["tasks"] = frozenset({value})
+        error: type[EnvelopeError] = UnknownTask
+    else:
+        expect[field] = value
+        error = WrongDestination
+    # Opening with other expectations fails ...
+    with pytest.raises(error):
+        open_(sealed, **expect)
+    # ... and so does rewriting the header to match them: the header is signed and is the AAD.
+    forged = reheader(sealed, **{field: value})
+    with pytest.raises(BadSignature):
+        open_(forged, **expect)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"expires_at": 1_700_999_999_000},
+        {"not_before": 1_699_000_000_000},
+        {"key_id": HMAC.active_key_id},  # same value: re-encoding alone must keep it valid
+    ],
+)
+def test_header_changes(changes: dict[str, Any]) -> None:
+    sealed = seal()
+    rewritten = reheader(sealed, **changes)
+    if rewritten == sealed:
+        assert open_(rewritten).header.key_id == HMAC.active_key_id
+    else:
+        with pytest.raises(BadSignature):
+            open_(rewritten)
+
+
+def test_signer_id_swapped_to_another_trusted_signer_fails() -> None:
+    rotated = HMAC.rotate()  # trusts both the old and the new signer
+    sealed = seal(HMAC)
+    forged = reheader(sealed, signer_id=rotated.signer_id)
+    with pytest.raises(BadSignature):
+        open_(forged, rotated)
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_swapping_bodies_between_envelopes_fails(keyring: Keyring) -> None:
+    a = split(seal(keyring, payload=b'{"a":1}'))
+    b = split(seal(keyring, payload=b'{"b":2}'))
+    with pytest.raises(BadSignature):
+        open_(join([a[0], b[1], b[2], a[3]]), keyring)
+    with pytest.raises(BadSignature):
+        open_(join([a[0], b[1], b[2], b[3]]), keyring)
+    with pytest.raises(BadSignature):
+        open_(join([a[0], a[1], b[2], a[3]]), keyring)
+
+
+def test_signature_by_untrusted_key_fails() -> None:
+    doc = HMAC.to_dict()
+    # Same encryption key, different signing key under a new id: decryptable, not trusted.
+    other = Keyring.generate()
+    doc_other = other.to_dict()
+    doc_other["encryption"] = doc["encryption"]
+    attacker = Keyring.from_dict(doc_other)
+    with pytest.raises(UntrustedSigner):
+        open_(seal(attacker), HMAC)
+
+
+def test_signature_by_other_key_under_trusted_id_fails() -> None:
+    doc = Keyring.generate().to_dict()
+    victim = HMAC.to_dict()
+    doc["encryption"] = victim["encryption"]
+    sid = HMAC.signer_id
+    assert sid is not None
+    doc["signing"] = {"active": sid, "keys": {sid: doc["signing"]["keys"].popitem()[1]}}
+    impostor = Keyring.from_dict(doc)
+    with pytest.raises(BadSignature):
+        open_(seal(impostor), HMAC)
+
+
+def test_ed25519_signature_checked_with_receivers_algorithm() -> None:
+    # An hmac "signature" computed with the ed25519 public key as secret must not pass.
+    public = ED.public()
+    sealed = split(seal(ED))
+    pub_key = public.to_dict()["verify"][ED.signer_id]["key"]
+    import base64
+    import hmac as hmac_mod
+
+    secret = base64.urlsafe_b64decode(pub_key + "=")
+    sealed[3] = hmac_mod.digest(secret, JOB_DOMAIN + sealed[0] + sealed[1] + sealed[2], "sha256")
+    with pytest.raises(BadSignature):
+        open_(join(sealed), public)
+
+
+def test_rotated_out_key_fails_with_unknown_key() -> None:
+    old_job = seal(HMAC)
+    rotated = HMAC.rotate()
+    assert open_(old_job, rotated).header.key_id == HMAC.active_key_id  # rotation keeps it
+    doc = rotated.to_dict()
+    del doc["encryption"]["keys"][HMAC.active_key_id]
+    pruned = Keyring.from_dict(doc)
+    assert pruned.trusts(HMAC.signer_id or "")
+    with pytest.raises(UnknownKey):
+        open_(old_job, pruned)
+
+
+def test_wrong_encryption_key_under_known_id_fails_decryption() -> None:
+    doc = HMAC.to_dict()
+    other = Keyring.generate().to_dict()
+    doc["encryption"]["keys"][HMAC.active_key_id] = other["encryption"]["keys"].popitem()[1]
+    with pytest.raises(DecryptionFailed):
+        open_(seal(HMAC), Keyring.from_dict(doc))
+
+
+def test_oversized_envelope_refused_before_any_parsing_or_decryption(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def spy(name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            raise AssertionError(f"{name} called")
+
+        return fail
+
+    monkeypatch.setattr(Keyring, "cipher", spy("cipher"))
+    monkeypatch.setattr(Keyring, "verifier", spy("verifier"))
+    monkeypatch.setattr(envelope, "_container_decode", spy("container"))
+    monkeypatch.setattr(envelope, "_header_decode", spy("header"))
+    data = seal(payload=json.dumps("x" * 5000).encode())
+    with pytest.raises(EnvelopeTooLarge):
+        open_(data, max_size=4096)
+    with pytest.raises(EnvelopeTooLarge):
+        open_result(data, HMAC, app="shop", job_id="x", max_size=4096)
+    assert calls == []
+
+
+def test_size_limit_is_inclusive() -> None:
+    data = seal()
+    assert open_(data, max_size=len(data)).header.app == "shop"
+    with pytest.raises(EnvelopeTooLarge):
+        open_(data, max_size=len(data) - 1)
+
+
+def test_time_window_with_skew() -> None:
+    skew = 60.0
+    data = seal(issued_at=NOW, not_before=NOW + 600, expires_at=NOW + 3600)
+    with pytest.raises(EnvelopeNotYetValid):
+        open_(data, now=NOW)  # delayed job before its time
+    with pytest.raises(EnvelopeNotYetValid):
+        open_(data, now=NOW + 600 - skew - 0.001)
+    assert open_(data, now=NOW + 600 - skew).header.not_before == round((NOW + 600) * 1000)
+    assert open_(data, now=NOW + 3600 + skew).header.app == "shop"
+    with pytest.raises(EnvelopeExpired):
+        open_(data, now=NOW + 3600 + skew + 0.001)
+    with pytest.raises(EnvelopeExpired):
+        open_(data, now=NOW + 3600 + 10, skew=0)
+
+
+def test_infinite_skew_skips_time_and_nan_fails_closed() -> None:
+    data = seal(issued_at=NOW, not_before=NOW + 600, expires_at=NOW + 3600)
+    assert open_(data, now=NOW - 1e6, skew=math.inf).header.app == "shop"
+    assert open_(data, now=NOW + 1e6, skew=math.inf).header.app == "shop"
+    with pytest.raises(EnvelopeError):
+        open_(data, now=NOW + 700, skew=math.nan)
+
+
+def test_issued_in_the_future_is_not_yet_valid() -> None:
+    data = seal(issued_at=NOW + 3600, not_before=NOW, expires_at=NOW + 7200)
+    with pytest.raises(EnvelopeNotYetValid):
+        open_(data, now=NOW)
+
+
+@settings(max_examples=50, deadline=None)
+@given(offset=st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))
+def test_time_window_property(offset: float) -> None:
+    data = seal(issued_at=NOW, not_before=NOW, expires_at=NOW + HOUR)
+    now = NOW + offset
+    now_ms, skew_ms = round(now * 1000), 60_000
+    inside = now_ms + skew_ms >= round(NOW * 1000) and now_ms - skew_ms <= round(
+        (NOW + HOUR) * 1000
+    )
+    if inside:
+        assert open_(data, now=now).header.app == "shop"
+    else:
+        with pytest.raises((EnvelopeExpired, EnvelopeNotYetValid)):
+            open_(data, now=now)
+
+
+MARKERS = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=8, max_size=40
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(marker=MARKERS, alg=st.sampled_from(["hmac", "ed25519"]))
+def test_plaintext_never_appears_in_sealed_bytes(marker: str, alg: str) -> None:
+    keyring = HMAC if alg == "hmac" else ED
+    payload = msgspec.json.encode({"note": marker})
+    principal = Principal(
+        f"user:{marker}",
+        roles=frozenset({marker}),
+        permissions=frozenset({marker}),
+        attrs={"tenant": marker},
+    )
+    data = seal(keyring, payload=payload, principal=principal)
+    for needle in (marker.encode(), json.dumps(marker).encode(), payload):
+        assert needle not in data
+    opened = open_(data, keyring)
+    assert bytes(opened.body.payload) == payload
+    assert opened.body.principal == principal
+
+
+def test_fixed_marker_not_in_sealed_bytes() -> None:
+    marker = "PLAINTEXT-MARKER-4242"
+    data = seal(
+        payload=json.dumps({"card": marker}).encode(), principal=Principal(f"user:{marker}")
+    )
+    assert marker.encode() not in data
+    assert b"user:" not in data
+
+
+# --- version, container and check order -----------------------------------------------
+
+
+def test_version_tag() -> None:
+    data = seal()
+    with pytest.raises(UnsupportedVersion, match="version 2"):
+        open_(b"VQ\x02" + data[3:])
+    with pytest.raises(UnsupportedVersion, match="not a vaultq envelope"):
+        open_(b"XX" + data[2:])
+    with pytest.raises(UnsupportedVersion):
+        open_(b"")
+    with pytest.raises(UnsupportedVersion):
+        open_(reheader(data, version=2))
+
+
+def test_malformed_container_and_header() -> None:
+    with pytest.raises(MalformedEnvelope):
+        open_(MAGIC + msgspec.msgpack.encode([b"a", b"b", b"c"]))
+    with pytest.raises(MalformedEnvelope):
+        open_(MAGIC + msgspec.msgpack.encode(["a", b"b", b"c", b"d"]))
+    with pytest.raises(MalformedEnvelope):
+        open_(MAGIC + msgspec.msgpack.encode([b"\x90", b"b" * 12, b"c", b"d"]))
+    parts = split(seal())
+    parts[1] = parts[1][:11]
+    with pytest.raises(MalformedEnvelope, match="nonce"):
+        open_(join(parts))
+
+
+def test_check_order_stops_at_first_failure() -> None:
+    expired_elsewhere = seal(app="other", expires_at=NOW - 10 * HOUR)
+    with pytest.raises(WrongDestination):  # destination before time
+        open_(expired_elsewhere)
+    unknown_and_expired = seal(task="nope", expires_at=NOW - 10 * HOUR)
+    with pytest.raises(UnknownTask):  # task before time
+        open_(unknown_and_expired)
+    expired_bad_sig = reheader(seal(expires_at=NOW - 10 * HOUR), queue="default")
+    parts = split(expired_bad_sig)
+    parts[3] = bytes(32)
+    with pytest.raises(EnvelopeExpired):  # time before signature
+        open_(join(parts))
+    untrusted = Keyring.generate()
+    with pytest.raises(UntrustedSigner):  # signer before key id
+        open_(seal(untrusted), HMAC)
+
+
+def test_unsigned_job_is_refused() -> None:
+    header = Header(1, "0" * 32, "shop", "refund", "default", 0, 0, 2**50, HMAC.active_key_id, "")
+    data = _seal(HMAC, JOB_DOMAIN, header, b'{"payload":1}', bytes(12))
+    with pytest.raises(UntrustedSigner):
+        open_(data)
+
+
+def test_malformed_body_after_authentication() -> None:
+    assert HMAC.signer_id is not None
+    header = Header(
+        1, "0" * 32, "shop", "refund", "default", 0, 0, 2**50, HMAC.active_key_id, HMAC.signer_id
+    )
+    data = _seal(HMAC, JOB_DOMAIN, header, b'{"payload":1,"extra":2}', bytes(12))
+    with pytest.raises(MalformedEnvelope, match="body"):
+        open_(data)
+
+
+def test_verify_only_keyring_cannot_seal_jobs() -> None:
+    with pytest.raises(KeyringError, match="verify-only"):
+        seal(ED.public())
+
+
+def test_peek_header_is_unauthenticated_but_shaped() -> None:
+    data = seal(job_id="a" * 32)
+    assert peek_header(data).job_id == "a" * 32
+    with pytest.raises(EnvelopeTooLarge):
+        peek_header(data, max_size=10)
+
+
+def test_error_messages_are_fixed_and_leak_nothing() -> None:
+    data = seal(payload=b'{"secret":"hunter2"}', principal=Principal("user:hunter2"))
+    parts = split(data)
+    parts[2] = bytes(len(parts[2]))
+    errors: list[EnvelopeError] = []
+    cases: list[tuple[bytes, dict[str, Any]]] = [
+        (join(parts), {}),
+        (data, {"app": "hunter2app"}),
+        (data, {"now": NOW + 10 * HOUR}),
+        (seal(Keyring.generate()), {}),
+    ]
+    for bad, kw in cases:
+        with pytest.raises(EnvelopeError) as info:
+            open_(bad, **kw)
+        errors.append(info.value)
+    for exc in errors:
+        assert "hunter2" not in str(exc)
+        assert exc.__cause__ is None
+        assert exc.__suppress_context__ or exc.__context__ is None
+
+
+# --- job ids -------------------------------------------------------------------------
+
+
+def test_new_job_id_format_and_order() -> None:
+    ids = [new_job_id(NOW + i / 1000) for i in range(50)]
+    for job_id in ids:
+        assert re.fullmatch(r"[0-9a-f]{32}", job_id)
+    assert ids == sorted(ids)
+    assert int(ids[0][:12], 16) == round(NOW * 1000)
+    assert len(set(new_job_id(NOW) for _ in range(1000))) == 1000
+    assert re.fullmatch(r"[0-9a-f]{32}", new_job_id())
+
+
+# --- results -------------------------------------------------------------------------
+
+
+def _result(value: bytes | None = b'"receipt"') -> ResultBody:
+    return ResultBody(
+        status="succeeded",
+        value=None if value is None else msgspec.Raw(value),
+        attempts=2,
+        started_at=NOW,
+        finished_at=NOW + 1,
+        worker_id="w1",
+    )
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_result_round_trip(keyring: Keyring) -> None:
+    job = open_(seal(keyring, job_id="b" * 32), keyring)
+    data = seal_result(keyring, job.header, _result(), now=NOW + 2)
+    body = open_result(data, keyring, app="shop", job_id="b" * 32)
+    assert body.status == "succeeded"
+    assert body.value is not None
+    assert bytes(body.value) == b'"receipt"'
+    assert (body.attempts, body.worker_id, body.finished_at) == (2, "w1", NOW + 1)
+    header = peek_header(data)
+    assert header.issued_at == round((NOW + 2) * 1000)
+    assert header.signer_id == keyring.signer_id
+
+
+def test_result_without_value_and_with_null_value() -> None:
+    job = open_(seal(job_id="c" * 32))
+    empty = open_result(
+        seal_result(HMAC, job.header, _result(None), now=NOW), HMAC, app="shop", job_id="c" * 32
+    )
+    assert empty.value is None
+    null = open_result(
+        seal_result(HMAC, job.header, _result(b"null"), now=NOW), HMAC, app="shop", job_id="c" * 32
+    )
+    assert null.value is not None
+    assert bytes(null.value) == b"null"
+
+
+def test_result_destination_and_domain_separation() -> None:
+    job_data = seal(job_id="d" * 32)
+    job = open_(job_data)
+    data = seal_result(HMAC, job.header, _result(), now=NOW)
+    with pytest.raises(WrongDestination):
+        open_result(data, HMAC, app="shop", job_id="e" * 32)
+    with pytest.raises(WrongDestination):
+        open_result(data, HMAC, app="other", job_id="d" * 32)
+    # A job envelope is not a result, and a result is not a job (different signed domain).
+    with pytest.raises(BadSignature):
+        open_result(job_data, HMAC, app="shop", job_id="d" * 32)
+    with pytest.raises(BadSignature):
+        open_(data)
+
+
+@pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
+def test_every_bit_flip_of_a_result_is_rejected(keyring: Keyring) -> None:
+    job = open_(seal(keyring, job_id="f" * 32), keyring)
+    data = seal_result(keyring, job.header, _result(), now=NOW)
+    for index in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[index // 8] ^= 1 << (index % 8)
+        with pytest.raises(EnvelopeError):
+            open_result(bytes(flipped), keyring, app="shop", job_id="f" * 32)
+
+
+def test_split_trust_aead_only_results() -> None:
+    worker = ED.public()
+    job = open_(seal(ED, job_id="1" * 32), worker)  # verify-only worker opens the job
+    data = seal_result(worker, job.header, _result(), now=NOW)
+    assert peek_header(data).signer_id == ""
+    assert split(data)[3] == b""
+    assert open_result(data, ED, app="shop", job_id="1" * 32).status == "succeeded"
+    # Unsigned, so any bit flip must be caught by the AEAD (or the shape checks).
+    for index in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[index // 8] ^= 1 << (index % 8)
+        with pytest.raises(EnvelopeError):
+            open_result(bytes(flipped), ED, app="shop", job_id="1" * 32)
+    # Removing the signature of a signed result does not make it an AEAD-only one.
+    signed = split(seal_result(ED, job.header, _result(), now=NOW))
+    stripped = reheader(join([signed[0], signed[1], signed[2], b""]), signer_id="")
+    with pytest.raises(DecryptionFailed):
+        open_result(stripped, ED, app="shop", job_id="1" * 32)
+    # An unsigned result must not carry a signature.
+    parts = split(data)
+    parts[3] = b"x"
+    with pytest.raises(MalformedEnvelope):
+        open_result(join(parts), ED, app="shop", job_id="1" * 32)
+
+
+def test_result_from_untrusted_signer_fails() -> None:
+    job = open_(seal(job_id="2" * 32))
+    doc = Keyring.generate().to_dict()
+    doc["encryption"] = HMAC.to_dict()["encryption"]
+    other = Keyring.from_dict(doc)
+    data = seal_result(other, job.header, _result(), now=NOW)
+    with pytest.raises(UntrustedSigner):
+        open_result(data, HMAC, app="shop", job_id="2" * 32)
+
+
+# --- test vectors ----------------------------------------------------------------------
+
+
+def _vectors() -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = json.loads(VECTORS.read_text())["vectors"]
+    return loaded
+
+
+def test_vector_domains() -> None:
+    domains = json.loads(VECTORS.read_text())["domains_hex"]
+    assert bytes.fromhex(domains["job"]) == JOB_DOMAIN == b"vaultq/v1/job\x00"
+    assert bytes.fromhex(domains["result"]) == RESULT_DOMAIN == b"vaultq/v1/result\x00"
+
+
+@pytest.mark.parametrize("vector", _vectors(), ids=lambda v: v["name"])
+def test_vectors(vector: dict[str, Any]) -> None:
+    keyring = Keyring.from_dict(vector["keyring"])
+    job = vector["job"]
+    expected = bytes.fromhex(vector["envelope"])
+    parts = vector["envelope_parts"]
+    assert split(expected)[0].hex() == parts["header"]
+    assert split(expected)[2].hex() == parts["ciphertext"]
+    assert split(expected)[3].hex() == parts["signature"]
+    if keyring.can_sign:
+        p = job["principal"]
+        sealed = _seal_job(
+            keyring,
+            job_id=job["job_id"],
+            app=job["app"],
+            task=job["task"],
+            queue=job["queue"],
+            payload=job["payload"].encode(),
+            principal=Principal(p["id"], roles=p["roles"], permissions=p["permissions"]),
+            meta=JobMeta(**job["meta"]),
+            issued_at=job["issued_at_ms"] / 1000,
+            not_before=job["not_before_ms"] / 1000,
+            expires_at=job["expires_at_ms"] / 1000,
+            nonce=bytes.fromhex(job["nonce"]),
+        )
+        assert sealed.hex() == vector["envelope"]
+    opened = open_job(
+        expected, keyring, app=job["app"], tasks={job["task"]}, now=job["issued_at_ms"] / 1000
+    )
+    assert opened.header == Header(
+        1,
+        job["job_id"],
+        job["app"],
+        job["task"],
+        job["queue"],
+        job["issued_at_ms"],
+        job["not_before_ms"],
+        job["expires_at_ms"],
+        "k00000001",
+        "s00000001",
+    )
+    assert bytes(opened.body.payload).decode() == job["payload"]
+    assert msgspec.json.encode(opened.body).decode() == parts["plaintext"]
+
+    result = vector["result"]
+    sealed_result = _seal_result(
+        keyring,
+        opened.header,
+        ResultBody(
+            status=result["body"]["status"],
+            value=msgspec.Raw(result["body"]["value"].encode()),
+            attempts=result["body"]["attempts"],
+        ),
+        now=result["now_ms"] / 1000,
+        nonce=bytes.fromhex(result["nonce"]),
+    )
+    assert sealed_result.hex() == vector["result_envelope"]
+    body = open_result(sealed_result, keyring, app=job["app"], job_id=job["job_id"])
+    assert body.status == result["body"]["status"]
+    assert body.value is not None
+    assert bytes(body.value).decode() == result["body"]["value"]
+    assert split(sealed_result)[3].hex() == vector["result_parts"]["signature"]
