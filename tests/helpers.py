@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -61,7 +62,9 @@ def start_worker_process(
     spec: str, env: Mapping[str, str], *args: str, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """``python -m vaultq worker SPEC ARGS`` in a subprocess (stderr to a log file)."""
-    log = open(Path(cwd or ROOT) / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    logs = Path(tempfile.gettempdir()) / "vaultq-test-logs"
+    logs.mkdir(exist_ok=True)
+    log = open(logs / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "vaultq", "worker", spec, *args],
         env=dict(env),

@@ -1,0 +1,116 @@
+"""Shared fixtures: the anyio backend and a private redis-server for the test session.
+
+The machine's own Redis (127.0.0.1:6379) is never used: the session starts its own
+``redis-server`` (from PATH, or ``$VAULTQ_TEST_REDIS_SERVER``) on a free loopback port,
+without persistence, in a temporary directory, and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start a private redis-server; yields its URL (db 0)."""
+    binary = os.environ.get("VAULTQ_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if not binary:
+        pytest.fail(
+            "redis-server not found on PATH: install it (apt-get install -y redis-server) "
+            "or set VAULTQ_TEST_REDIS_SERVER to the binary"
+        )
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = workdir / "redis.log"
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    pytest.fail(f"private redis-server did not start on port {port}:\n{tail}")
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: str) -> str:
+    """URL of the session's private redis-server (``redis://127.0.0.1:<port>/0``)."""
+    return redis_server
+
+
+@pytest.fixture
+def redis_clean(redis_url: str) -> Iterator[str]:
+    """The private server's URL, flushed before the test (never touches another server)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    yield redis_url
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name for a namespace or queue, so tests never see each other's keys."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Anything using the private server gets the ``redis`` marker, so ``-m "not redis"``
+    # runs the rest without redis-server installed.
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)

@@ -1,0 +1,562 @@
+"""The broker conformance suite: every semantic of ``vaultq/brokers/base.py``, run
+against every broker (Redis on the session's private server, and the embedded SQLite
+broker)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from vaultq.brokers.base import (
+    Ack,
+    Broker,
+    Bury,
+    CancelState,
+    Delivery,
+    EnqueueItem,
+    QueueStats,
+    Release,
+    Retry,
+)
+
+pytestmark = pytest.mark.anyio
+
+LEASE = 0.5
+Q = "jobs"
+
+
+def _sqlite_available() -> bool:
+    try:
+        from vaultq.brokers.sqlite import SqliteBroker  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BROKERS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param(
+        "sqlite",
+        marks=pytest.mark.skipif(
+            not _sqlite_available(), reason="sqlite broker not implemented yet"
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=BROKERS)
+def make_broker(
+    request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
+) -> Callable[[str], Broker]:
+    """Builds an unconnected broker of the parametrised kind; the argument is a suffix
+    for this test's namespace (one store, several namespaces)."""
+    if request.param == "redis":
+        from vaultq.brokers.redis import RedisBroker
+
+        url = request.getfixturevalue("redis_url")
+        return lambda suffix: RedisBroker(url, namespace=unique_name + suffix)
+
+    from vaultq.brokers.sqlite import SqliteBroker
+
+    db = f"sqlite:///{tmp_path}/b.db"
+    return lambda suffix: SqliteBroker(db, namespace=unique_name + suffix)
+
+
+@pytest.fixture
+async def broker(make_broker: Callable[[str], Broker], anyio_backend: str) -> AsyncIterator[Broker]:
+    made = make_broker("")
+    await made.connect()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def other(broker: Broker) -> AsyncIterator[Broker]:
+    """A second connection to the same broker (another worker process)."""
+    second = broker.clone()
+    await second.connect()
+    try:
+        yield second
+    finally:
+        await second.close()
+
+
+def item(
+    job_id: str, envelope: bytes = b"env", *, queue: str = Q, at: float | None = None
+) -> EnqueueItem:
+    return EnqueueItem(queue=queue, job_id=job_id, envelope=envelope, not_before=at)
+
+
+async def fetch(
+    b: Broker,
+    count: int = 10,
+    *,
+    consumer: str = "c1",
+    queues: Sequence[str] = (Q,),
+    block: float = 0.0,
+    lease: float = LEASE,
+) -> list[Delivery]:
+    return await b.fetch(list(queues), count, consumer=consumer, lease=lease, block=block)
+
+
+async def fetch_until(
+    b: Broker, n: int, *, consumer: str = "c1", timeout: float = 5.0, lease: float = LEASE
+) -> list[Delivery]:
+    got: list[Delivery] = []
+    with anyio.fail_after(timeout):
+        while len(got) < n:
+            got += await fetch(b, n - len(got), consumer=consumer, block=0.5, lease=lease)
+    return got
+
+
+def ack(d: Delivery, result: bytes | None = b"ok", remember: float = 3600.0) -> Ack:
+    return Ack(d, result=result, result_ttl=60.0, remember_until=time.time() + remember)
+
+
+# -- enqueue and fetch -------------------------------------------------------------------
+
+
+async def test_round_trip_keeps_bytes_and_fields(broker: Broker) -> None:
+    envelope = bytes(range(256)) * 3
+    before = time.time()
+    await broker.enqueue([item("job-1", envelope)])
+    (d,) = await fetch(broker)
+    assert (d.queue, d.job_id, d.envelope, d.attempt) == (Q, "job-1", envelope, 1)
+    assert not d.redelivered and not d.completed and not d.cancel_requested
+    assert before - 1 <= d.enqueued_at <= time.time() + 1
+    assert d.tag
+    assert await fetch(broker) == []
+
+
+async def test_fetch_respects_count(broker: Broker) -> None:
+    await broker.enqueue([item(f"j{i}") for i in range(5)])
+    first = await fetch(broker, 2)
+    second = await fetch(broker, 2)
+    third = await fetch(broker, 2)
+    assert [len(first), len(second), len(third)] == [2, 2, 1]
+    ids = [d.job_id for d in first + second + third]
+    assert sorted(ids) == [f"j{i}" for i in range(5)]
+    assert await fetch(broker, 0) == []
+
+
+async def test_enqueue_batch_over_queues(broker: Broker) -> None:
+    await broker.enqueue([item("a", queue="one"), item("b", queue="two")])
+    assert [d.job_id for d in await fetch(broker, queues=["one"])] == ["a"]
+    assert [d.job_id for d in await fetch(broker, queues=["two"])] == ["b"]
+
+
+async def test_not_before_delays_delivery(broker: Broker) -> None:
+    await broker.enqueue([item("later", at=time.time() + 0.8)])
+    assert await fetch(broker) == []
+    assert (await broker.stats(Q)).delayed == 1
+    start = time.monotonic()
+    got = await fetch(broker, block=3.0)
+    waited = time.monotonic() - start
+    assert [d.job_id for d in got] == ["later"]
+    assert 0.4 < waited < 2.5
+    assert got[0].attempt == 1
+
+
+async def test_not_before_in_the_past_is_ready(broker: Broker) -> None:
+    await broker.enqueue([item("now", at=time.time() - 5)])
+    assert [d.job_id for d in await fetch(broker)] == ["now"]
+
+
+async def test_fetch_blocks_then_returns_empty(broker: Broker) -> None:
+    start = time.monotonic()
+    assert await fetch(broker, block=0.6) == []
+    assert 0.5 <= time.monotonic() - start < 2.0
+
+
+async def test_blocked_fetch_wakes_on_enqueue(broker: Broker, other: Broker) -> None:
+    got: list[Delivery] = []
+    start = time.monotonic()
+
+    async def waiter() -> None:
+        got.extend(await fetch(broker, block=5.0))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.3)
+        await other.enqueue([item("wake")])
+    assert [d.job_id for d in got] == ["wake"]
+    assert time.monotonic() - start < 2.0
+
+
+async def test_multiple_queues_earlier_first(broker: Broker) -> None:
+    await broker.enqueue([item(f"low{i}", queue="low") for i in range(3)])
+    await broker.enqueue([item(f"high{i}", queue="high") for i in range(2)])
+    got = await fetch(broker, 3, queues=["high", "low"])
+    assert [d.queue for d in got] == ["high", "high", "low"]
+    assert {d.job_id for d in got[:2]} == {"high0", "high1"}
+    rest = await fetch(broker, 10, queues=["high", "low"])
+    assert sorted(d.job_id for d in got[2:] + rest) == ["low0", "low1", "low2"]
+
+
+# -- leases ------------------------------------------------------------------------------
+
+
+async def test_expired_lease_is_redelivered_to_another_consumer(
+    broker: Broker, other: Broker
+) -> None:
+    await broker.enqueue([item("crash", b"payload")])
+    (first,) = await fetch(broker, consumer="dead-worker")
+    assert await fetch(other, consumer="c2") == []
+    await anyio.sleep(LEASE + 0.2)
+    (again,) = await fetch_until(other, 1, consumer="c2")
+    assert again.job_id == "crash"
+    assert again.envelope == b"payload"
+    assert again.redelivered
+    assert again.attempt == 1  # a crash is not a retry
+    await other.settle([ack(again)])
+    assert await other.get_result(Q, "crash") == b"ok"
+
+
+async def test_extend_keeps_the_lease(broker: Broker, other: Broker) -> None:
+    await broker.enqueue([item("long")])
+    (d,) = await fetch(broker, consumer="c1")
+    for _ in range(4):
+        await anyio.sleep(LEASE * 0.6)
+        await broker.extend([d], consumer="c1", lease=LEASE)
+        assert await fetch(other, consumer="c2") == []
+        assert await broker.is_running(Q, "long")
+    await anyio.sleep(LEASE + 0.2)
+    (again,) = await fetch_until(other, 1, consumer="c2")
+    assert again.job_id == "long" and again.redelivered
+
+
+async def test_duplicate_job_id_not_delivered_while_claimed(broker: Broker, other: Broker) -> None:
+    await broker.enqueue([item("dup", b"first")])
+    (d,) = await fetch(broker, consumer="c1")
+    await broker.enqueue([item("dup", b"second")])
+    assert await fetch(broker, consumer="c1") == []
+    assert await fetch(other, consumer="c2") == []
+    await anyio.sleep(LEASE * 0.6)
+    await broker.extend([d], consumer="c1", lease=LEASE)
+    await anyio.sleep(LEASE * 0.6)
+    # The duplicate's first look-over has passed, but the original still holds the id.
+    assert await fetch(other, consumer="c2") == []
+    await broker.settle([ack(d)])
+    (dup,) = await fetch_until(other, 1, consumer="c2", timeout=5.0)
+    assert dup.job_id == "dup" and dup.envelope == b"second"
+    assert dup.completed  # the worker acks it quietly
+
+
+async def test_is_running_follows_the_claim(broker: Broker) -> None:
+    await broker.enqueue([item("r")])
+    assert not await broker.is_running(Q, "r")
+    (d,) = await fetch(broker)
+    assert await broker.is_running(Q, "r")
+    await broker.settle([ack(d)])
+    assert not await broker.is_running(Q, "r")
+
+
+# -- settle ------------------------------------------------------------------------------
+
+
+async def test_ack_stores_result_and_remembers_id(broker: Broker) -> None:
+    await broker.enqueue([item("done")])
+    (d,) = await fetch(broker)
+    await broker.settle([ack(d, b"\x00sealed-result\xff")])
+    assert await broker.get_result(Q, "done") == b"\x00sealed-result\xff"
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running, stats.dead) == (0, 0, 0, 0)
+    assert await fetch(broker) == []
+    await broker.enqueue([item("done")])  # a replay of the same id
+    (replay,) = await fetch(broker)
+    assert replay.completed
+
+
+async def test_ack_without_result(broker: Broker) -> None:
+    await broker.enqueue([item("nores")])
+    (d,) = await fetch(broker)
+    await broker.settle([ack(d, None)])
+    assert await broker.get_result(Q, "nores") is None
+    await broker.enqueue([item("nores")])
+    (replay,) = await fetch(broker)
+    assert replay.completed
+
+
+async def test_retry_increments_attempt_and_delays(broker: Broker) -> None:
+    await broker.enqueue([item("flaky", b"same")])
+    (d,) = await fetch(broker)
+    await broker.settle([Retry(d, not_before=time.time() + 0.8)])
+    assert not await broker.is_running(Q, "flaky")
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running) == (0, 1, 0)
+    assert await fetch(broker) == []
+    (again,) = await fetch_until(broker, 1)
+    assert (again.job_id, again.attempt, again.envelope) == ("flaky", 2, b"same")
+    assert not again.completed
+    await broker.settle([Retry(again, not_before=time.time())])
+    (third,) = await fetch_until(broker, 1)
+    assert third.attempt == 3
+
+
+async def test_release_keeps_attempt(broker: Broker) -> None:
+    await broker.enqueue([item("handed-back")])
+    (d,) = await fetch(broker)
+    await broker.settle([Release(d, not_before=time.time() + 0.5)])
+    assert await fetch(broker) == []
+    (again,) = await fetch_until(broker, 1)
+    assert again.attempt == 1
+    assert again.job_id == "handed-back"
+
+
+async def test_bury_dead_letters_and_never_delivers_again(broker: Broker) -> None:
+    await broker.enqueue([item("bad", b"sealed")])
+    (d,) = await fetch(broker)
+    before = time.time()
+    await broker.settle(
+        [
+            Bury(
+                d,
+                reason="rejected:bad_signature",
+                detail="signature check failed",
+                result=b"outcome",
+                result_ttl=60.0,
+                remember_until=time.time() + 3600,
+            )
+        ]
+    )
+    (letter,) = await broker.dead_letters(Q)
+    assert (letter.queue, letter.job_id, letter.reason, letter.detail, letter.attempt) == (
+        Q,
+        "bad",
+        "rejected:bad_signature",
+        "signature check failed",
+        1,
+    )
+    assert before - 1 <= letter.at <= time.time() + 1
+    assert letter.tag
+    assert await broker.get_result(Q, "bad") == b"outcome"
+    assert not await broker.is_running(Q, "bad")
+    await anyio.sleep(LEASE + 0.1)
+    assert await fetch(broker, block=0.3) == []
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.running, stats.dead) == (0, 0, 1)
+    await broker.enqueue([item("bad")])
+    (replay,) = await fetch(broker)
+    assert replay.completed
+
+
+async def test_bury_without_memory_or_result(broker: Broker) -> None:
+    await broker.enqueue([item("forged")])
+    (d,) = await fetch(broker)
+    await broker.settle(
+        [Bury(d, "rejected:malformed", "bad", result=None, result_ttl=60, remember_until=None)]
+    )
+    assert await broker.get_result(Q, "forged") is None
+    await broker.enqueue([item("forged")])
+    (again,) = await fetch(broker)
+    assert not again.completed
+
+
+async def test_dead_letters_newest_first_and_purge(broker: Broker) -> None:
+    await broker.enqueue([item(f"d{i}") for i in range(3)])
+    for _ in range(3):
+        (d,) = await fetch(broker, 1)
+        await broker.settle([Bury(d, "failed", d.job_id, None, 60, None)])
+        await anyio.sleep(0.01)
+    letters = await broker.dead_letters(Q)
+    assert [x.detail for x in letters] == ["d2", "d1", "d0"]
+    assert [x.job_id for x in await broker.dead_letters(Q, limit=2)] == ["d2", "d1"]
+    assert await broker.purge_dead(Q) == 3
+    assert await broker.dead_letters(Q) == []
+    assert (await broker.stats(Q)).dead == 0
+    assert await broker.purge_dead(Q) == 0
+
+
+async def test_settle_batch(broker: Broker) -> None:
+    await broker.enqueue([item(f"b{i}") for i in range(4)])
+    ds = sorted(await fetch(broker, 4), key=lambda d: d.job_id)
+    now = time.time()
+    await broker.settle(
+        [
+            ack(ds[0]),
+            Retry(ds[1], now + 30),
+            Release(ds[2], now + 30),
+            Bury(ds[3], "failed", "x", None, 60, now + 60),
+        ]
+    )
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running, stats.dead) == (0, 2, 0, 1)
+    assert await broker.get_result(Q, "b0") == b"ok"
+
+
+async def test_late_settle_of_a_lost_lease_changes_nothing(broker: Broker, other: Broker) -> None:
+    await broker.enqueue([item("lost")])
+    (stale,) = await fetch(broker, consumer="slow")
+    await anyio.sleep(LEASE + 0.2)
+    (fresh,) = await fetch_until(other, 1, consumer="c2")
+    await other.settle([ack(fresh, b"fresh")])
+    # The slow worker wakes up and settles its stale delivery.
+    await broker.settle([Retry(stale, time.time())])
+    assert await fetch(other, consumer="c2", block=0.3) == []
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running) == (0, 0, 0)
+    assert await broker.get_result(Q, "lost") == b"fresh"
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+async def test_wait_result_blocks_until_settled(broker: Broker, other: Broker) -> None:
+    await broker.enqueue([item("w")])
+    (d,) = await fetch(broker)
+    got: list[bytes | None] = []
+    start = time.monotonic()
+
+    async def waiter() -> None:
+        got.append(await other.wait_result(Q, "w", timeout=5.0))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        tg.start_soon(waiter)
+        await anyio.sleep(0.3)
+        assert got == []
+        await broker.settle([ack(d, b"answer")])
+    assert got == [b"answer", b"answer"]
+    assert time.monotonic() - start < 2.0
+    # Present results come back at once.
+    start = time.monotonic()
+    assert await broker.wait_result(Q, "w", timeout=5.0) == b"answer"
+    assert time.monotonic() - start < 0.5
+
+
+async def test_wait_result_times_out_with_none(broker: Broker) -> None:
+    start = time.monotonic()
+    assert await broker.wait_result(Q, "never", timeout=0.4) is None
+    assert 0.3 <= time.monotonic() - start < 1.5
+    assert await broker.get_result(Q, "never") is None
+
+
+async def test_result_expires(broker: Broker) -> None:
+    await broker.enqueue([item("short")])
+    (d,) = await fetch(broker)
+    await broker.settle([Ack(d, b"r", result_ttl=0.3, remember_until=time.time() + 60)])
+    assert await broker.get_result(Q, "short") == b"r"
+    await anyio.sleep(0.5)
+    assert await broker.get_result(Q, "short") is None
+
+
+# -- cancellation ------------------------------------------------------------------------
+
+
+async def test_cancel_queued_job(broker: Broker) -> None:
+    await broker.enqueue([item("c")])
+    assert await broker.cancel(Q, "c", ttl=60) is CancelState.REQUESTED
+    (d,) = await fetch(broker)
+    assert d.cancel_requested
+
+
+async def test_cancel_running_job(broker: Broker) -> None:
+    await broker.enqueue([item("run"), item("other")])
+    ds = await fetch(broker)
+    assert not any(d.cancel_requested for d in ds)
+    assert await broker.cancelled(Q, ["run", "other"]) == set()
+    assert await broker.cancel(Q, "run", ttl=60) is CancelState.REQUESTED
+    assert await broker.cancelled(Q, ["run", "other", "unknown"]) == {"run"}
+    assert await broker.cancelled(Q, []) == set()
+
+
+async def test_cancel_after_finish(broker: Broker) -> None:
+    await broker.enqueue([item("fin"), item("fin2")])
+    ds = {d.job_id: d for d in await fetch(broker)}
+    await broker.settle([ack(ds["fin"]), ack(ds["fin2"], None)])
+    assert await broker.cancel(Q, "fin", ttl=60) is CancelState.FINISHED
+    assert await broker.cancel(Q, "fin2", ttl=60) is CancelState.FINISHED
+    assert await broker.cancelled(Q, ["fin", "fin2"]) == set()
+
+
+async def test_cancel_marker_expires(broker: Broker) -> None:
+    assert await broker.cancel(Q, "soon", ttl=0.3) is CancelState.REQUESTED
+    assert await broker.cancelled(Q, ["soon"]) == {"soon"}
+    await anyio.sleep(0.5)
+    assert await broker.cancelled(Q, ["soon"]) == set()
+
+
+# -- stats and misc ----------------------------------------------------------------------
+
+
+async def test_stats_counts(broker: Broker) -> None:
+    assert await broker.stats(Q) == QueueStats(Q, 0, 0, 0, 0)
+    now = time.time()
+    await broker.enqueue([item(f"s{i}") for i in range(4)] + [item("later", at=now + 60)])
+    stats = await broker.stats(Q)
+    assert (stats.queue, stats.ready, stats.delayed, stats.running, stats.dead) == (
+        Q,
+        4,
+        1,
+        0,
+        0,
+    )
+    ds = await fetch(broker, 2)
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running, stats.dead) == (2, 1, 2, 0)
+    await broker.settle([Bury(ds[0], "failed", "", None, 60, None), ack(ds[1])])
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running, stats.dead) == (2, 1, 0, 1)
+
+
+async def test_namespaces_are_isolated(
+    broker: Broker, make_broker: Callable[[str], Broker]
+) -> None:
+    await broker.enqueue([item("mine")])
+    foreign = make_broker("-other")
+    await foreign.connect()
+    try:
+        assert await fetch(foreign) == []
+        assert (await foreign.stats(Q)).ready == 0
+        await foreign.enqueue([item("theirs")])
+    finally:
+        await foreign.close()
+    assert [d.job_id for d in await fetch(broker)] == ["mine"]
+
+
+async def test_broker_properties(broker: Broker) -> None:
+    assert isinstance(broker, Broker)
+    assert broker.namespace
+    assert isinstance(broker.url, str) and broker.url
+    clone = broker.clone()
+    assert clone is not broker
+    assert clone.namespace == broker.namespace and clone.url == broker.url
+    await broker.connect()  # idempotent
+
+
+async def test_concurrent_promoters_never_double_deliver(broker: Broker) -> None:
+    n, workers = 200, 4
+    due = time.time() + 0.3
+    await broker.enqueue([item(f"p{i:03d}", at=due) for i in range(n)])
+    seen: Counter[str] = Counter()
+    clones = [broker.clone() for _ in range(workers)]
+    for c in clones:
+        await c.connect()
+
+    async def work(b: Broker, name: str) -> None:
+        while sum(seen.values()) < n:
+            got = await b.fetch([Q], 25, consumer=name, lease=10.0, block=0.2)
+            for d in got:
+                seen[d.job_id] += 1
+            if got:
+                await b.settle([ack(d) for d in got])
+
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i, c in enumerate(clones):
+                    tg.start_soon(work, c, f"w{i}")
+    finally:
+        for c in clones:
+            await c.close()
+    assert len(seen) == n
+    assert set(seen.values()) == {1}
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running) == (0, 0, 0)

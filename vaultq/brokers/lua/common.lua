@@ -1,0 +1,99 @@
+-- Shared helpers, prepended to every vaultq script after the generated key header
+-- (P, GROUP, STREAM, DELAYED, ... are defined there, from vaultq/brokers/redis.py).
+-- Every key a script touches starts with P, the queue's prefix, so all of them share
+-- the queue's hash tag and live in one Redis Cluster slot.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Look a field up in a flat stream-entry field array {k1, v1, k2, v2, ...}.
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then
+      return fields[i + 1]
+    end
+  end
+  return nil
+end
+
+local function starts_with(s, prefix)
+  return string.sub(s, 1, #prefix) == prefix
+end
+
+-- The claim value is "<tag> <consumer>"; only the delivery holding the tag may extend
+-- or release it, so a late settle from a lost lease cannot free someone else's claim.
+local function claim_owned(job_id, tag)
+  local v = redis.call('GET', CLAIM .. job_id)
+  return v and starts_with(v, tag .. ' ')
+end
+
+local function release_claim(job_id, tag)
+  if claim_owned(job_id, tag) then
+    redis.call('DEL', CLAIM .. job_id)
+  end
+end
+
+-- A result is a one-element list: waiters block on BLMOVE key key (a rotation that
+-- hands the element back at once, so it consumes nothing and every waiter is served),
+-- and the RPUSH here wakes all of them. A list costs ~100 bytes plus the result; a
+-- one-entry stream would preallocate a 4 KiB node.
+local function store_result(job_id, data, ttl_ms)
+  local key = RESULT .. job_id
+  redis.call('DEL', key)
+  redis.call('RPUSH', key, data)
+  redis.call('PEXPIRE', key, math.max(1, ttl_ms))
+end
+
+-- Finished ids live in one set per hour of their remember-until time; the set expires
+-- by itself an hour after that hour ends. DONE indexes the live hours so a lookup only
+-- touches sets that still exist.
+local function remember(job_id, until_s)
+  local hour = math.floor(until_s / 3600)
+  local key = DONE .. ':' .. hour
+  redis.call('SADD', key, job_id)
+  redis.call('EXPIREAT', key, (hour + 2) * 3600)
+  redis.call('ZADD', DONE, hour, hour)
+  local now_hour = math.floor(now_ms() / 3600000)
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', '(' .. (now_hour - 1))
+  local last = redis.call('ZRANGE', DONE, -1, -1)
+  if last[1] then
+    redis.call('EXPIREAT', DONE, (tonumber(last[1]) + 2) * 3600)
+  end
+end
+
+-- For each id in ids, true when it is remembered as finished.
+local function finished_flags(ids)
+  local flags = {}
+  for i = 1, #ids do
+    flags[i] = false
+  end
+  if #ids == 0 then
+    return flags
+  end
+  local now_hour = math.floor(now_ms() / 3600000)
+  local hours = redis.call('ZRANGEBYSCORE', DONE, now_hour - 1, '+inf')
+  for _, hour in ipairs(hours) do
+    local hits = redis.call('SMISMEMBER', DONE .. ':' .. hour, unpack(ids))
+    for i = 1, #ids do
+      if hits[i] == 1 then
+        flags[i] = true
+      end
+    end
+  end
+  return flags
+end
+
+-- A delayed job is a member "<job id>|<attempt>|<enqueued at>|<unique>" of DELAYED
+-- (score = not-before, Unix seconds) plus its envelope in the hash DELAYED_DATA under
+-- the same member. The job id may itself contain '|', so parse from the right.
+local function add_delayed(job_id, attempt, enqueued_at, unique, not_before, envelope)
+  local member = job_id .. '|' .. attempt .. '|' .. enqueued_at .. '|' .. unique
+  redis.call('ZADD', DELAYED, not_before, member)
+  redis.call('HSET', DELAYED_DATA, member, envelope)
+end
+
+local function parse_delayed(member)
+  return string.match(member, '^(.*)|([^|]*)|([^|]*)|([^|]*)$')
+end

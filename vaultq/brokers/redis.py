@@ -1,0 +1,621 @@
+"""The Redis broker: one stream per queue with a consumer group, for many hosts.
+
+How the protocol maps onto Redis (``docs/redis.md`` has the full key layout):
+
+* a job is a stream entry (fields ``id``, ``env``, ``att``, ``at``) of the queue's
+  stream, read by the consumer group ``vaultq``; settling removes it (XACK + XDEL), so
+  the stream only ever holds jobs that are waiting or running;
+* fetch runs one Lua script per queue that promotes due delayed jobs, reclaims entries
+  whose lease ran out (XAUTOCLAIM), reads new ones (XREADGROUP), claims each job id
+  (SET NX PX) and reports the finished/cancel flags: one round trip for a whole batch;
+* delayed jobs and retries wait in a sorted set scored by their not-before time;
+* results are one-element lists, so ``wait_result`` is a blocking BLMOVE;
+* finished ids are remembered in one set per expiry hour that Redis expires itself.
+
+Every key of a queue shares the hash tag ``{<namespace>:<queue>}``, so a queue lives in
+one Redis Cluster slot and every script only touches keys of that slot. All key names
+are built by :class:`QueueKeys` (the Lua scripts get the same names through a header
+generated from it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from vaultq.brokers.base import (
+    Ack,
+    Bury,
+    CancelState,
+    DeadLetter,
+    Delivery,
+    EnqueueItem,
+    QueueStats,
+    Release,
+    Retry,
+    Settlement,
+)
+from vaultq.config import mask_url
+from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
+
+__all__ = ["GROUP", "QueueKeys", "RedisBroker"]
+
+logger = logging.getLogger("vaultq.brokers.redis")
+
+GROUP: Final = "vaultq"
+"""Name of the consumer group every queue stream is read through."""
+
+_PROMOTE_LIMIT: Final = 500
+"""Delayed jobs promoted per fetch call at most, to bound the time one script runs."""
+_DEFAULT_MAX_CONNECTIONS: Final = 1024
+"""Blocking reads (fetch when idle, wait_result) hold a connection each; connections
+are opened lazily, so a generous ceiling costs nothing until it is used."""
+_URL_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+_SCRIPTS: Final = (
+    "fetch",
+    "extend",
+    "ack",
+    "requeue",
+    "bury",
+    "cancel",
+    "cancelled",
+    "stats",
+    "purge_dead",
+    "forget_consumer",
+)
+
+
+class QueueKeys:
+    """Every Redis key name of one queue, in one place.
+
+    All names start with ``vaultq:{<namespace>:<queue>}:`` so they share a hash tag.
+    """
+
+    STREAM: Final = "stream"
+    DELAYED: Final = "delayed"
+    DELAYED_DATA: Final = "delayed:data"
+    DEAD: Final = "dead"
+    DONE: Final = "done"
+    RECLAIM: Final = "reclaim"
+    RESULT: Final = "result:"
+    CLAIM: Final = "claim:"
+    CANCEL: Final = "cancel:"
+
+    __slots__ = ("prefix", "queue")
+
+    def __init__(self, namespace: str, queue: str) -> None:
+        _check_name("queue", queue)
+        self.queue = queue
+        self.prefix = f"vaultq:{{{namespace}:{queue}}}:"
+
+    @property
+    def stream(self) -> str:
+        return self.prefix + self.STREAM
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set: member ``<job id>|<attempt>|<enqueued at>|<unique>``, score not-before."""
+        return self.prefix + self.DELAYED
+
+    @property
+    def delayed_data(self) -> str:
+        """Hash: delayed member -> sealed envelope."""
+        return self.prefix + self.DELAYED_DATA
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + self.DEAD
+
+    @property
+    def done_index(self) -> str:
+        """Sorted set of the hours that have a finished-id set."""
+        return self.prefix + self.DONE
+
+    def done(self, hour: int) -> str:
+        """Set of ids finished with a remember-until time in ``hour`` (Unix hours)."""
+        return f"{self.prefix}{self.DONE}:{hour}"
+
+    @property
+    def reclaim_cursor(self) -> str:
+        return self.prefix + self.RECLAIM
+
+    def result(self, job_id: str) -> str:
+        return self.prefix + self.RESULT + job_id
+
+    def claim(self, job_id: str) -> str:
+        return self.prefix + self.CLAIM + job_id
+
+    def cancel(self, job_id: str) -> str:
+        return self.prefix + self.CANCEL + job_id
+
+    @classmethod
+    def lua_header(cls) -> str:
+        """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
+        names = {
+            "STREAM": "KEYS[1]",
+            "DELAYED": f"P .. '{cls.DELAYED}'",
+            "DELAYED_DATA": f"P .. '{cls.DELAYED_DATA}'",
+            "DEAD": f"P .. '{cls.DEAD}'",
+            "DONE": f"P .. '{cls.DONE}'",
+            "RECLAIM": f"P .. '{cls.RECLAIM}'",
+            "RESULT": f"P .. '{cls.RESULT}'",
+            "CLAIM": f"P .. '{cls.CLAIM}'",
+            "CANCEL": f"P .. '{cls.CANCEL}'",
+        }
+        lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
+        lines += [f"local {name} = {value}" for name, value in names.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _check_name(what: str, name: str) -> None:
+    # Braces would move the hash tag; ':' in a namespace would let "a"+"b:c" and
+    # "a:b"+"c" share keys; whitespace and control characters make redis-cli painful.
+    bad = set("{}") | ({":"} if what == "namespace" else set())
+    if not name or any(c in bad or c.isspace() or not c.isprintable() for c in name):
+        raise ConfigurationError(
+            f"invalid {what} name {name!r}: use a non-empty name without braces, "
+            f"whitespace{' or colons' if what == 'namespace' else ''}"
+        )
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("vaultq.brokers").joinpath("lua")
+    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
+    body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return QueueKeys.lua_header() + common + body
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _fields(raw: Any) -> dict[str, bytes]:
+    """A stream entry's fields (dict or flat list, depending on the reply parser)."""
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    items = list(raw)
+    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _tag_entry(tag: str) -> str:
+    """The stream entry id inside a delivery tag ``<entry id>/<nonce>``."""
+    return tag.partition("/")[0]
+
+
+def _block_limit(client: aioredis.Redis) -> float:
+    """Longest blocking read that fits in the client's socket timeout (if it has one)."""
+    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    if not socket_timeout:
+        return float("inf")
+    return max(0.05, float(socket_timeout) / 2)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisBroker:
+    """Redis Streams broker (also works with Valkey).
+
+    ``url`` is ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS or
+    ``unix:///path/to/redis.sock``; query options are passed to redis-py
+    (``?socket_timeout=5``, ``?max_connections=200`` ...). Sentinel: build the client
+    yourself (``Sentinel(...).master_for(name)``) and pass ``client_factory`` (used for
+    this broker and each clone) or ``client``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        client: aioredis.Redis | None = None,
+        client_factory: Callable[[], aioredis.Redis] | None = None,
+    ) -> None:
+        scheme = urlsplit(url).scheme.lower()
+        if client is None and client_factory is None and scheme not in _URL_SCHEMES:
+            raise ConfigurationError(
+                f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or unix://; "
+                "for Sentinel pass client_factory=lambda: Sentinel(...).master_for(name)"
+            )
+        _check_name("namespace", namespace)
+        self._raw_url = url
+        self._url = mask_url(url)
+        self._namespace = namespace
+        self._factory = client_factory
+        self._client = client
+        self._owns_client = False
+        self._scripts: dict[str, Any] = {}
+        self._keys: dict[str, QueueKeys] = {}
+        self._consumers: set[tuple[str, str]] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self._url!r}, namespace={self._namespace!r})"
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def clone(self) -> RedisBroker:
+        return RedisBroker(self._raw_url, namespace=self._namespace, client_factory=self._factory)
+
+    def keys(self, queue: str) -> QueueKeys:
+        """The key names of ``queue`` (for tools and tests)."""
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys(self._namespace, queue)
+        return keys
+
+    # -- connection ---------------------------------------------------------------
+
+    def _make_client(self) -> aioredis.Redis:
+        if self._factory is not None:
+            return self._factory()
+        options = {k.lower() for k, _ in parse_qsl(urlsplit(self._raw_url).query)}
+        extra: dict[str, Any] = {}
+        # Defaults that matter for a queue, unless the URL says otherwise.
+        if "max_connections" not in options:
+            extra["max_connections"] = _DEFAULT_MAX_CONNECTIONS
+        if "socket_connect_timeout" not in options:
+            extra["socket_connect_timeout"] = 5.0
+        if "socket_keepalive" not in options:
+            extra["socket_keepalive"] = True
+        try:
+            return aioredis.Redis.from_url(self._raw_url, decode_responses=False, **extra)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"invalid Redis URL {self._url}; use redis://[[user]:password@]host[:port][/db], "
+                "rediss://... or unix:///path/to/socket"
+            ) from exc
+
+    async def connect(self) -> None:
+        await self._ready()
+
+    async def _ready(self) -> aioredis.Redis:
+        client = self._client
+        if client is not None and self._scripts:
+            return client
+        if client is None:
+            client = self._client = self._make_client()
+            self._owns_client = True
+        with self._boundary("connect"):
+            await client.ping()
+            scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
+            # Load them now so the hot path never sees NOSCRIPT (it is still handled
+            # after a server restart).
+            pipe = client.pipeline(transaction=False)
+            for script in scripts.values():
+                pipe.script_load(script.script)
+            await pipe.execute()
+        self._scripts = scripts
+        return client
+
+    async def close(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self._scripts and self._consumers:
+            try:
+                for queue, consumer in sorted(self._consumers):
+                    keys = self.keys(queue)
+                    await self._scripts["forget_consumer"](
+                        keys=[keys.stream], args=[keys.prefix, consumer]
+                    )
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.debug("could not tidy consumers on close: %s", type(exc).__name__)
+        self._consumers.clear()
+        self._scripts = {}
+        if self._owns_client:
+            self._client = None
+            self._owns_client = False
+            await client.aclose()
+
+    @contextlib.contextmanager
+    def _boundary(self, operation: str) -> Iterator[None]:
+        """Map redis-py exceptions to the vaultq error tree."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"Redis at {self._url} is unavailable during {operation} "
+                f"({type(exc).__name__}: {str(exc)[:200]}); check the URL, the network "
+                "and credentials, then retry"
+            ) from exc
+        except redis.exceptions.NoPermissionError as exc:
+            raise BrokerError(
+                f"Redis refused {operation} for this ACL user ({str(exc)[:200]}); grant the "
+                "commands listed under ACLs in docs/redis.md"
+            ) from exc
+        except redis.exceptions.RedisError as exc:
+            raise BrokerError(
+                f"Redis {operation} failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                "check the server (Redis >= 7 or Valkey) and its logs"
+            ) from exc
+
+    async def _run_batch(self, calls: list[tuple[str, QueueKeys, list[Any]]]) -> list[Any]:
+        """Run several scripts in one pipelined round trip.
+
+        Each call is atomic on its own; calls that hit NOSCRIPT (server restarted or
+        flushed its script cache) are run again one by one, which loads the script.
+        """
+        client = await self._ready()
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self._scripts[name].sha, 1, keys.stream, keys.prefix, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                name, keys, args = calls[i]
+                replies[i] = await self._scripts[name](
+                    keys=[keys.stream], args=[keys.prefix, *args]
+                )
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    # -- producer side ---------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[EnqueueItem]) -> None:
+        if not items:
+            return
+        with self._boundary("enqueue"):
+            client = await self._ready()
+            now = time.time()
+            at = f"{now:.6f}"
+            # MULTI/EXEC: the whole batch is written or none of it.
+            pipe = client.pipeline(transaction=True)
+            for item in items:
+                keys = self.keys(item.queue)
+                if item.not_before is None or item.not_before <= now:
+                    pipe.xadd(
+                        keys.stream,
+                        {"id": item.job_id, "env": item.envelope, "att": "1", "at": at},
+                    )
+                else:
+                    member = f"{item.job_id}|1|{at}|{secrets.token_hex(6)}"
+                    pipe.zadd(keys.delayed, {member: item.not_before})
+                    pipe.hset(keys.delayed_data, member, item.envelope)
+            await pipe.execute()
+
+    async def get_result(self, queue: str, job_id: str) -> bytes | None:
+        with self._boundary("get_result"):
+            client = await self._ready()
+            value = await client.lindex(self.keys(queue).result(job_id), 0)
+        return _as_bytes(value)
+
+    async def wait_result(self, queue: str, job_id: str, timeout: float) -> bytes | None:
+        if timeout <= 0:
+            return await self.get_result(queue, job_id)
+        key = self.keys(queue).result(job_id)
+        deadline = time.monotonic() + timeout
+        with self._boundary("wait_result"):
+            client = await self._ready()
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # BLMOVE from the one-element result list to itself returns at once when
+                # the result exists and otherwise blocks until it is written; the rotation
+                # leaves the list (and its TTL) as it was, so every waiter sees it. redis-py
+                # types the timeout as int; the server takes decimal seconds.
+                wait: Any = max(0.01, min(remaining, _block_limit(client)))
+                value = await client.blmove(key, key, wait, "LEFT", "LEFT")
+                if value is not None:
+                    return _as_bytes(value)
+
+    async def is_running(self, queue: str, job_id: str) -> bool:
+        with self._boundary("is_running"):
+            client = await self._ready()
+            return bool(await client.exists(self.keys(queue).claim(job_id)))
+
+    async def cancel(self, queue: str, job_id: str, *, ttl: float) -> CancelState:
+        keys = self.keys(queue)
+        with self._boundary("cancel"):
+            (reply,) = await self._run_batch([("cancel", keys, [job_id, _ms(ttl)])])
+        return CancelState(_text(reply))
+
+    async def cancelled(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        keys = self.keys(queue)
+        with self._boundary("cancelled"):
+            (flags,) = await self._run_batch([("cancelled", keys, list(job_ids))])
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
+
+    # -- worker side -----------------------------------------------------------------
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        count: int,
+        *,
+        consumer: str,
+        lease: float,
+        block: float,
+    ) -> list[Delivery]:
+        if count <= 0 or not queues:
+            return []
+        deadline = time.monotonic() + max(0.0, block)
+        with self._boundary("fetch"):
+            client = await self._ready()
+            while True:
+                out, more, wait_ms, after = await self._fetch_once(queues, count, consumer, lease)
+                remaining = deadline - time.monotonic()
+                if out or remaining <= 0:
+                    return out
+                if more:
+                    continue  # the read was full of duplicates still claimed: read on
+                wait = remaining if wait_ms < 0 else min(remaining, wait_ms / 1000)
+                if wait <= 0.001:
+                    continue
+                if after:
+                    # Wake on the first entry added after what the group has delivered;
+                    # a delayed job falling due ends the wait through ``wait``.
+                    block_ms = _ms(min(wait, _block_limit(client)))
+                    await client.xread(after, count=1, block=block_ms)  # type: ignore[arg-type]
+                else:
+                    await anyio.sleep(min(wait, 0.05))
+
+    async def _fetch_once(
+        self, queues: Sequence[str], count: int, consumer: str, lease: float
+    ) -> tuple[list[Delivery], bool, int, dict[str, str]]:
+        out: list[Delivery] = []
+        more = False
+        wait_ms = -1
+        after: dict[str, str] = {}
+        nonce = secrets.token_hex(6)
+        for queue in queues:
+            want = count - len(out)
+            if want <= 0:
+                break
+            keys = self.keys(queue)
+            self._consumers.add((queue, consumer))
+            reply = await self._scripts["fetch"](
+                keys=[keys.stream],
+                args=[keys.prefix, consumer, want, _ms(lease), nonce, _PROMOTE_LIMIT],
+            )
+            queue_more, queue_wait, last_id, flat = reply
+            more = more or bool(queue_more)
+            if queue_wait >= 0:
+                wait_ms = queue_wait if wait_ms < 0 else min(wait_ms, queue_wait)
+            if last_id:
+                after[keys.stream] = _text(last_id)
+            for i in range(0, len(flat), 8):
+                tag, job_id, envelope, attempt, enqueued_at, redelivered, done, cancel = flat[
+                    i : i + 8
+                ]
+                out.append(
+                    Delivery(
+                        queue=queue,
+                        job_id=_text(job_id),
+                        envelope=bytes(envelope),
+                        attempt=int(attempt),
+                        tag=_text(tag),
+                        redelivered=bool(redelivered),
+                        completed=bool(done),
+                        cancel_requested=bool(cancel),
+                        enqueued_at=float(enqueued_at),
+                    )
+                )
+        if len(after) < len(queues):
+            after = {}  # not idle: some queue gave entries, so no blocking read follows
+        return out, more, wait_ms, after
+
+    async def extend(self, deliveries: Sequence[Delivery], *, consumer: str, lease: float) -> None:
+        if not deliveries:
+            return
+        by_queue: dict[str, list[Any]] = {}
+        for d in deliveries:
+            by_queue.setdefault(d.queue, []).extend((_tag_entry(d.tag), d.tag, d.job_id))
+        calls = [
+            ("extend", self.keys(queue), [consumer, _ms(lease), *args])
+            for queue, args in by_queue.items()
+        ]
+        with self._boundary("extend"):
+            replies = await self._run_batch(calls)
+        lost = len(deliveries) - sum(int(r) for r in replies)
+        if lost:
+            logger.warning("%s leases could not be extended: another delivery holds them", lost)
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        calls = [self._settle_call(s) for s in settlements]
+        with self._boundary("settle"):
+            await self._run_batch(calls)
+
+    def _settle_call(self, s: Settlement) -> tuple[str, QueueKeys, list[Any]]:
+        d = s.delivery
+        keys = self.keys(d.queue)
+        head: list[Any] = [_tag_entry(d.tag), d.tag, d.job_id]
+        if isinstance(s, Ack):
+            has = s.result is not None
+            result = s.result if s.result is not None else b""
+            args = [*head, int(has), result, _ms(s.result_ttl), repr(float(s.remember_until))]
+            return ("ack", keys, args)
+        if isinstance(s, Retry | Release):
+            attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
+            args = [*head, attempt, repr(float(s.not_before)), secrets.token_hex(6)]
+            return ("requeue", keys, args)
+        bury: Bury = s
+        has = bury.result is not None
+        remember = "" if bury.remember_until is None else repr(float(bury.remember_until))
+        args = [
+            *head,
+            d.attempt,
+            bury.reason,
+            bury.detail,
+            int(has),
+            bury.result if bury.result is not None else b"",
+            _ms(bury.result_ttl),
+            remember,
+        ]
+        return ("bury", keys, args)
+
+    # -- inspection --------------------------------------------------------------------
+
+    async def stats(self, queue: str) -> QueueStats:
+        keys = self.keys(queue)
+        with self._boundary("stats"):
+            ((length, pending, delayed, dead),) = await self._run_batch([("stats", keys, [])])
+        return QueueStats(
+            queue=queue,
+            ready=max(0, int(length) - int(pending)),
+            delayed=int(delayed),
+            running=int(pending),
+            dead=int(dead),
+        )
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        with self._boundary("dead_letters"):
+            client = await self._ready()
+            entries = await client.xrevrange(self.keys(queue).dead, count=limit)
+        letters = []
+        for entry_id, raw in entries or []:
+            f = _fields(raw)
+            letters.append(
+                DeadLetter(
+                    queue=queue,
+                    job_id=_text(f.get("id", b"")),
+                    reason=_text(f.get("reason", b"")),
+                    detail=_text(f.get("detail", b"")),
+                    attempt=int(f.get("att", b"0")),
+                    at=float(f.get("at", b"0")),
+                    tag=_text(entry_id),
+                )
+            )
+        return letters
+
+    async def purge_dead(self, queue: str) -> int:
+        keys = self.keys(queue)
+        with self._boundary("purge_dead"):
+            (count,) = await self._run_batch([("purge_dead", keys, [])])
+        return int(count)
