@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import TaskStatus
 
 from vaultq import config
 from vaultq.errors import JobError, VaultqError
@@ -70,15 +71,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         grace=args.grace,
         lease=args.lease,
     )
-    log.info("%s", worker.describe())
     if not app.tasks:
         log.warning("app %s has no tasks registered: is the task module imported?", app.name)
+    app.keyring  # noqa: B018 - resolve keys now: a missing keyring is a clear error, not a traceback
 
     async def serve() -> None:
         async with anyio.create_task_group() as tg:
 
-            async def on_signals() -> None:
+            async def on_signals(*, task_status: TaskStatus[None]) -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    task_status.started()
                     seen = 0
                     async for signum in signals:
                         seen += 1
@@ -93,7 +95,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                             log.info("stopping now: handing running jobs back")
                             worker.stop_now()
 
-            tg.start_soon(on_signals)
+            # Signals are handled before the start line is printed: a supervisor or test
+            # that waits for that line can always stop the worker gracefully.
+            await tg.start(on_signals)
+            log.info("%s", worker.describe())
             await worker.run()
             tg.cancel_scope.cancel()
 
