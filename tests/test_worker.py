@@ -342,3 +342,62 @@ async def test_embedded_broker_generates_private_keyfile(
     again = vaultq.App(unique_name, broker=f"sqlite:///{tmp_path}/jobs.db")
     assert again.keyring.signer_id == app.keyring.signer_id
     await app.aclose()
+
+
+async def test_worker_rides_out_a_redis_restart(tmp_path: Path, unique_name: str) -> None:
+    """Redis goes away while the worker runs and comes back: the worker keeps serving."""
+    import shutil
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+        return proc
+
+    server = start()
+    app = new_app(f"redis://127.0.0.1:{port}/0", unique_name)
+
+    @app.task(name="orders.echo")
+    async def echo(job: Order) -> int:
+        return job.order_id
+
+    try:
+        async with running_worker(app) as worker:
+            assert (
+                await (await echo.enqueue(Order(1, "", vaultq.Secret("x")))).result(timeout=10) == 1
+            )
+            server.terminate()
+            server.wait()
+            await anyio.sleep(1.0)  # the worker's fetches fail meanwhile
+            server = start()
+            handle = None
+            for _ in range(50):  # the producer's own pool reconnects too
+                try:
+                    handle = await echo.enqueue(Order(2, "", vaultq.Secret("x")))
+                    break
+                except vaultq.BrokerUnavailable:
+                    await anyio.sleep(0.1)
+            assert handle is not None
+            assert await handle.result(timeout=20) == 2
+            with anyio.fail_after(5):
+                while worker.processed < 2:  # the settler counts right after its write returns
+                    await anyio.sleep(0.01)
+    finally:
+        server.terminate()
+        server.wait()
+        await app.aclose()

@@ -348,8 +348,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VaultqError as exc:
         print(f"vaultq: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # errors raised inside the worker's task group arrive wrapped
+        matched, rest = group.split(VaultqError)
+        if matched is None or rest is not None:
+            raise
+        for leaf in _leaves(matched):
+            print(f"vaultq: error: {leaf}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -470,7 +470,7 @@ async def evaluate(
     policy: Policy,
     request: PolicyRequest,
     *,
-    timeout: float,  # noqa: ASYNC109 - a budget for the policy, not for our caller
+    timeout: float,
     logger: logging.Logger | None = None,
 ) -> Decision:
     """Run ``policy`` on ``request``, fail closed, and audit the decision.

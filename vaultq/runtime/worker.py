@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from vaultq import config
 from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
-from vaultq.errors import BrokerError
+from vaultq.errors import BrokerError, BrokerUnavailable
 from vaultq.runtime.execute import Executor, JobSlot, Stop
 
 if TYPE_CHECKING:
@@ -109,7 +109,10 @@ class Worker:
     async def run(self, *, started: anyio.Event | None = None) -> None:
         """Run until :meth:`stop` is called (or the surrounding scope is cancelled)."""
         self._stopping = anyio.Event()
-        broker = await self.app.broker()
+        broker = await self._connect()
+        if broker is None:
+            log.info("worker %s stopped before the broker could be reached", self.name)
+            return
         self._pool = self._make_pool()
         executor = Executor(
             self.app,
@@ -145,6 +148,22 @@ class Worker:
             if self._pool is not None:
                 await self._pool.aclose()
         log.info("worker %s stopped after %d jobs", self.name, self.processed)
+
+    async def _connect(self) -> Broker | None:
+        """Connect, waiting out a broker that is not up yet; None when stopped meanwhile."""
+        assert self._stopping is not None
+        failures = 0
+        while True:
+            try:
+                return await self.app.broker()
+            except BrokerUnavailable as exc:
+                failures += 1
+                pause = min(5.0, 0.2 * 2**failures)
+                log.warning("broker unreachable (%s); retrying in %.1f s", exc, pause)
+                with anyio.move_on_after(pause):
+                    await self._stopping.wait()
+                if self._stopping.is_set():
+                    return None
 
     def _make_pool(self) -> ProcessPool | None:
         if not any(t.options.isolation == "process" for t in self.app.tasks.values()):
