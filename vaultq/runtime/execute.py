@@ -478,7 +478,9 @@ class Executor:
 
     def _retry(self, delivery: Delivery, task: Task[Any, Any]) -> Settlement:
         cap = min(task.options.max_backoff, task.options.backoff * 2 ** (delivery.attempt - 1))
-        return Retry(delivery=delivery, not_before=time.time() + random.uniform(0, cap))
+        # Jitter spreads retries; it protects nothing, so a plain PRNG is right here.
+        delay = random.uniform(0, cap)  # nosec B311
+        return Retry(delivery=delivery, not_before=time.time() + delay)
 
     async def _call(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
+import subprocess  # nosec B404
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -88,6 +88,6 @@ def _tend(child: _Child, argv: Sequence[str], now: float) -> None:
         child.next_start = now + pause
     if now < child.next_start:
         return
-    child.proc = subprocess.Popen(list(argv), start_new_session=True)
+    child.proc = subprocess.Popen(list(argv), start_new_session=True)  # nosec
     child.started = now
     log.info("started worker process %d (slot %d)", child.proc.pid, child.index)

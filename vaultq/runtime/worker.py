@@ -90,6 +90,12 @@ class Worker:
             f"keys={self.app.keyring_source or 'given'}"
         )
 
+    @property
+    def _stop(self) -> anyio.Event:
+        if self._stopping is None:
+            raise RuntimeError("the worker is not running")
+        return self._stopping
+
     def stop(self) -> None:
         """Stop fetching; running jobs get ``grace`` seconds, then are handed back."""
         if self._stopping is not None:
@@ -151,7 +157,6 @@ class Worker:
 
     async def _connect(self) -> Broker | None:
         """Connect, waiting out a broker that is not up yet; None when stopped meanwhile."""
-        assert self._stopping is not None
         failures = 0
         while True:
             try:
@@ -161,8 +166,8 @@ class Worker:
                 pause = min(5.0, 0.2 * 2**failures)
                 log.warning("broker unreachable (%s); retrying in %.1f s", exc, pause)
                 with anyio.move_on_after(pause):
-                    await self._stopping.wait()
-                if self._stopping.is_set():
+                    await self._stop.wait()
+                if self._stop.is_set():
                     return None
 
     def _make_pool(self) -> ProcessPool | None:
@@ -175,10 +180,9 @@ class Worker:
     # -- fetching -------------------------------------------------------------------------
 
     async def _fetch_loop(self, broker: Broker, send: MemoryObjectSendStream[JobSlot]) -> None:
-        assert self._stopping is not None
         failures = 0
         async with send:
-            while not self._stopping.is_set():
+            while not self._stop.is_set():
                 free = self.concurrency - len(self._slots)
                 if free <= 0:
                     with anyio.move_on_after(1.0):
@@ -199,7 +203,7 @@ class Worker:
                     pause = min(5.0, 0.1 * 2**failures)
                     log.warning("fetch failed (%s); retrying in %.1f s", type(exc).__name__, pause)
                     with anyio.move_on_after(pause):
-                        await self._stopping.wait()
+                        await self._stop.wait()
                     continue
                 for delivery in deliveries:
                     slot = JobSlot(delivery)
@@ -214,11 +218,10 @@ class Worker:
         recv: MemoryObjectReceiveStream[JobSlot],
         settle: MemoryObjectSendStream[tuple[JobSlot, Settlement]],
     ) -> None:
-        assert self._stopping is not None
         async with recv, settle:
             async for slot in recv:
                 settlement: Settlement
-                if self._stopping.is_set():
+                if self._stop.is_set():
                     settlement = Release(delivery=slot.delivery, not_before=time.time())
                 else:
                     try:
@@ -268,7 +271,6 @@ class Worker:
     async def _apply(self, broker: Broker, settlements: list[Settlement]) -> None:
         """Write settlements, retrying while the broker is away. Once stopping, give up
         after the grace period: unsettled leases expire and the jobs are delivered again."""
-        assert self._stopping is not None
         failures = 0
         given_up_at: float | None = None
         while True:
@@ -277,7 +279,7 @@ class Worker:
                 return
             except BrokerError as exc:
                 failures += 1
-                if self._stopping.is_set():
+                if self._stop.is_set():
                     given_up_at = given_up_at or time.monotonic() + self.grace
                     if time.monotonic() > given_up_at:
                         log.error(
