@@ -42,13 +42,26 @@ def _setup_logging(level: str) -> None:
 def _app(spec: str | None, broker: str | None = None) -> Any:
     from vaultq.loader import load_app
 
-    spec = spec or os.environ.get("VAULTQ_APP")
+    spec = _spec(spec)
     if not spec:
-        raise VaultqError("name the app module: MODULE[:ATTR] (or set VAULTQ_APP)")
+        raise VaultqError(
+            "name the app module: MODULE[:ATTR] (or set VAULTQ_APP, or DJANGO_SETTINGS_MODULE "
+            "for the app configured in settings.VAULTQ)"
+        )
     app = load_app(spec)
     if broker:
         app.set_broker(broker)
     return app
+
+
+def _spec(spec: str | None) -> str | None:
+    if spec:
+        return spec
+    if os.environ.get("VAULTQ_APP"):
+        return os.environ["VAULTQ_APP"]
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return "vaultq.django"
+    return None
 
 
 # -- worker ------------------------------------------------------------------------------
@@ -107,7 +120,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["worker", args.app, "--concurrency", str(args.concurrency), "--grace", str(args.grace)]
+    spec = _spec(args.app)
+    if not spec:
+        raise VaultqError("name the app module: MODULE[:ATTR] (or set VAULTQ_APP)")
+    argv = ["worker", spec, "--concurrency", str(args.concurrency), "--grace", str(args.grace)]
     argv += ["--log-level", args.log_level]
     if args.queues:
         argv += ["--queues", args.queues]
@@ -240,7 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, app_positional: bool = True) -> None:
         if app_positional:
-            p.add_argument("app", metavar="MODULE[:ATTR]", help="module defining your vaultq.App")
+            p.add_argument(
+                "app",
+                metavar="MODULE[:ATTR]",
+                nargs="?",
+                help="module defining your vaultq.App (default: $VAULTQ_APP, or the Django "
+                "settings' app when DJANGO_SETTINGS_MODULE is set)",
+            )
         p.add_argument("--broker", help="broker URL (overrides the app's and $VAULTQ_BROKER)")
         p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
 

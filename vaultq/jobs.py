@@ -7,7 +7,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from vaultq.errors import (
     ConfigurationError,
@@ -165,6 +165,8 @@ class JobContext:
     deadline: float
     """Wall-clock Unix time at which this attempt is cancelled."""
     max_attempts: int
+    worker_id: str = ""
+    """The worker running this attempt (as stored in the job's result)."""
 
     def remaining(self) -> float:
         """Seconds left before the deadline (0 when past). Pass it on to I/O timeouts."""
@@ -190,7 +192,3 @@ def _set_current(ctx: JobContext) -> contextvars.Token[JobContext]:
 
 def _reset_current(token: contextvars.Token[JobContext]) -> None:
     _current.reset(token)
-
-
-def _noop(*_: Any) -> None:
-    return None

@@ -25,6 +25,12 @@ def load_app(spec: str) -> App:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    if module_name == "vaultq.django":
+        # Django integration: django.setup() from DJANGO_SETTINGS_MODULE, then the App
+        # configured in settings.VAULTQ (vaultq.django.apps.load_django_app).
+        from vaultq.django.apps import load_django_app
+
+        return load_django_app(attr)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -180,7 +180,7 @@ class RequireRole(_PolicyBase, frozen=True):
 
     def __call__(self, request: PolicyRequest) -> bool:
         principal = request.principal
-        return principal is not None and principal.roles.issuperset(self.roles)
+        return principal is not None and all(r in principal.roles for r in self.roles)
 
     def _name(self) -> str:
         return f"require_role({_args(self.roles)})"
@@ -202,7 +202,7 @@ class RequirePermission(_PolicyBase, frozen=True):
 
     def __call__(self, request: PolicyRequest) -> bool:
         principal = request.principal
-        return principal is not None and principal.permissions.issuperset(self.permissions)
+        return principal is not None and all(p in principal.permissions for p in self.permissions)
 
     def _name(self) -> str:
         return f"require_permission({_args(self.permissions)})"

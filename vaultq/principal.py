@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import msgspec
 
 __all__ = ["ANONYMOUS_ID", "Principal"]
@@ -18,8 +20,9 @@ class Principal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     id: str
-    roles: frozenset[str] = frozenset()
-    permissions: frozenset[str] = frozenset()
+    # Typed as abstract sets so callers may pass {"a", "b"}; stored as frozensets.
+    roles: AbstractSet[str] = frozenset()
+    permissions: AbstractSet[str] = frozenset()
     attrs: dict[str, str | int | bool] = {}
 
     def __post_init__(self) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import math
+import queue
 import random
 import threading
 import time
@@ -45,6 +47,8 @@ log = logging.getLogger("vaultq.worker")
 audit = logging.getLogger(AUDIT_LOGGER)
 
 _MAX_ERROR_TEXT = 2000
+_IDLE_THREAD_SECONDS = 10.0
+"""An idle sync thread exits after this long without work."""
 
 
 class Stop:
@@ -81,26 +85,64 @@ class TaskRaised(Exception):
         self.message = message
 
 
+class _DaemonThread(threading.Thread):
+    """A reusable thread for sync attempts. A daemon, unlike anyio's worker threads: an
+    abandoned attempt (``time.sleep(3600)``) must not keep the worker process alive at
+    exit, since the interpreter joins every non-daemon thread before it exits."""
+
+    def __init__(self, guard: ThreadGuard) -> None:
+        super().__init__(name="vaultq-sync", daemon=True)
+        self.guard = guard
+        self.work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        while True:
+            try:
+                job = self.work.get(timeout=_IDLE_THREAD_SECONDS)
+            except queue.Empty:
+                if self.guard._retire(self):
+                    return
+                continue  # taken from the idle list just now: its job is on the way
+            job()
+            self.guard._rest(self)
+
+
 class ThreadGuard:
-    """Counts sync attempts abandoned at their deadline whose threads still run."""
+    """Runs sync attempts in reused daemon threads; counts attempts abandoned at their
+    deadline whose threads still run."""
 
     def __init__(self, limit: int, tokens: int) -> None:
         self.limit = limit
         self.limiter = anyio.CapacityLimiter(tokens)
         self._lock = threading.Lock()
+        self._idle: list[_DaemonThread] = []
         self.abandoned = 0
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            thread = self._idle.pop() if self._idle else None
+        if thread is None:
+            thread = _DaemonThread(self)
+            thread.start()
+        thread.work.put(job)
+
+    def _retire(self, thread: _DaemonThread) -> bool:
+        with self._lock:
+            if thread in self._idle:
+                self._idle.remove(thread)
+                return True
+            return False
+
+    def _rest(self, thread: _DaemonThread) -> None:
+        with self._lock:
+            self._idle.append(thread)
 
     @property
     def full(self) -> bool:
         return self.abandoned >= self.limit
 
     async def run(self, fn: Callable[[], Any], label: str) -> Any:
-        """Call ``fn`` in a thread of its own and wait for it; on cancellation, abandon it.
-
-        The thread is a daemon thread, not one of anyio's worker threads: an abandoned
-        attempt (``time.sleep(3600)``) must not keep the worker process alive at exit,
-        since the interpreter joins every non-daemon thread before it exits.
-        """
+        """Call ``fn`` in a daemon thread and wait for it; on cancellation, abandon it."""
         state = {"done": False, "abandoned": False}
         outcome: list[tuple[bool, Any]] = []
         finished = anyio.Event()
@@ -125,13 +167,7 @@ class ThreadGuard:
                         anyio.from_thread.run_sync(finished.set, token=token)
 
         async with self.limiter:
-            thread = threading.Thread(
-                target=contextvars.copy_context().run,
-                args=(call,),
-                name=f"vaultq-sync {label}",
-                daemon=True,
-            )
-            thread.start()
+            self._submit(functools.partial(contextvars.copy_context().run, call))
             try:
                 await finished.wait()
             except anyio.get_cancelled_exc_class():
@@ -403,6 +439,7 @@ class Executor:
             signer_id=header.signer_id,
             deadline=started + timeout,
             max_attempts=task.max_attempts,
+            worker_id=self.worker_id,
         )
         value: bytes | None = None
         failure: tuple[str, str] | None = None

@@ -1,0 +1,67 @@
+"""examples/django_site runs as its README says: migrate, enqueue from views, worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from vqhelpers import HERE
+
+SCRIPT = r"""
+import os, subprocess, sys, time
+import django
+from django.core.management import call_command
+django.setup()
+call_command("migrate", verbosity=0)
+from django.contrib.auth.models import User
+from django.test import Client
+from shop.models import Order
+user = User.objects.create_superuser("admin", password="pw")
+Order.objects.create(customer="ada", amount_cents=500)
+Order.objects.create(customer="ada", amount_cents=700)
+client = Client()
+client.force_login(user)
+assert client.get("/").status_code == 200
+job_page = client.post("/export/", {"min_cents": "600"})["Location"]
+task_page = client.post("/total/", {"customer": "ada"})["Location"]
+worker = subprocess.Popen([sys.executable, "manage.py", "vaultq_worker"])
+try:
+    deadline = time.monotonic() + 60
+    pages = {}
+    while time.monotonic() < deadline and len(pages) < 2:
+        for page in (job_page, task_page):
+            body = client.get(page).content.decode()
+            if "succeeded" in body or "SUCCESSFUL" in body:
+                pages[page] = body
+        time.sleep(0.2)
+    assert "&#x27;rows&#x27;: 1" in pages[job_page], pages
+    assert "user:%d" % user.pk in pages[job_page]
+    assert "result: <code>1200</code>" in pages[task_page], pages
+finally:
+    worker.terminate()
+    worker.wait(30)
+print("EXAMPLE OK")
+"""
+
+
+def test_example_site_end_to_end(tmp_path: Path) -> None:
+    site = tmp_path / "django_site"
+    shutil.copytree(HERE.parents[1] / "examples" / "django_site", site)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VQTEST_", "VAULTQ_", "DJANGO_"))
+    }
+    env.update(DJANGO_SETTINGS_MODULE="site_config.settings", PYTHONPATH=str(site))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=site,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "EXAMPLE OK" in proc.stdout
+    assert (site / "vaultq.keys").stat().st_mode & 0o077 == 0

@@ -1,0 +1,215 @@
+"""Django's Tasks framework (django.tasks on Django 6, the django-tasks backport on 5.2)
+on vaultq: @task + enqueue + a real worker + get_result."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from vqhelpers import queue_stats, wait_for
+
+from vaultq.django import compat
+from vaultq.errors import PayloadError
+
+
+def untyped(x):  # type: ignore[no-untyped-def]
+    return x
+
+
+def star(*values: int) -> int:
+    return sum(values)
+
+
+def sneaky(x: int) -> int:
+    """Registered in this process only: the worker never heard of it."""
+    return x
+
+
+def finished(task: Any, result_id: str, timeout: float = 60) -> Any:
+    def poll() -> Any:
+        result = task.get_result(result_id)
+        return result if result.is_finished else None
+
+    return wait_for(poll, timeout, f"task result {result_id}")
+
+
+@pytest.fixture(scope="module")
+def dj_worker() -> Any:
+    from vqhelpers import Workers
+
+    w = Workers()
+    w.start("--queues", "default,djq", "--concurrency", "4", cli=True)
+    yield w
+    w.stop_all()
+
+
+def signals_for(result_id: str) -> list[tuple[str, str]]:
+    from vqtestapp.models import SignalLog
+
+    return list(
+        SignalLog.objects.filter(result_id=result_id).order_by("pk").values_list("name", "status")
+    )
+
+
+def test_backend_flags() -> None:
+    backend = compat.task_backends["default"]
+    assert type(backend).__name__ == "VaultqBackend"
+    assert backend.supports_defer and backend.supports_async_task
+    assert backend.supports_get_result and not backend.supports_priority
+
+
+def test_enqueue_run_get_result(dj_worker: Any) -> None:
+    import os
+
+    from vqtestapp.tasks import add
+
+    result = add.enqueue(2, b=3)
+    assert result.status == compat.TaskResultStatus.READY
+    assert result.args == [2] and result.kwargs == {"b": 3}
+    assert result.enqueued_at is not None
+    done = finished(add, result.id)
+    assert done.status == compat.TaskResultStatus.SUCCESSFUL
+    assert done.return_value == 5
+    assert done.started_at is not None and done.finished_at >= done.started_at
+    assert done.enqueued_at <= done.started_at
+    assert done.worker_ids and done.attempts == 1
+    assert done.errors == []
+    result.refresh()
+    assert result.return_value == 5
+    # Signals: enqueued here, started/finished in the worker process.
+    log = signals_for(result.id)
+    assert log[0] == ("enqueued", "READY")
+    assert ("started", "RUNNING") in log and ("finished", "SUCCESSFUL") in log
+    from vqtestapp.models import SignalLog
+
+    pids = set(SignalLog.objects.filter(result_id=result.id).values_list("pid", flat=True))
+    assert os.getpid() in pids and len(pids) == 2
+
+
+def test_async_task_and_aget_result(dj_worker: Any) -> None:
+    from vqtestapp.tasks import greet
+
+    async def go() -> Any:
+        result = await greet.aenqueue("ada", times=2)
+        for _ in range(600):
+            got = await greet.aget_result(result.id)
+            if got.is_finished:
+                return got
+            await asyncio.sleep(0.05)
+        raise AssertionError("greet did not finish")
+
+    done = asyncio.run(go())
+    assert done.status == compat.TaskResultStatus.SUCCESSFUL
+    assert done.return_value == "hello ada hello ada"
+
+
+def test_failing_task_errors_carry_class_path_not_values(dj_worker: Any) -> None:
+    from vqtestapp.tasks import boom
+
+    result = boom.enqueue(4242)
+    done = finished(boom, result.id)
+    assert done.status == compat.TaskResultStatus.FAILED
+    (error,) = done.errors
+    assert error.exception_class_path == "vqtestapp.tasks.BoomError"
+    assert error.exception_class.__name__ == "BoomError"
+    assert "in boom" in error.traceback
+    assert "raise BoomError" in error.traceback
+    assert "4242" not in error.traceback  # the value never appears; source lines may
+    with pytest.raises(ValueError, match="failed"):
+        _ = done.return_value
+    assert ("finished", "FAILED") in signals_for(result.id)
+
+
+def test_struct_args_context_and_defer(dj_worker: Any) -> None:
+    from vqtestapp.tasks import Point, norm, with_context
+
+    r1 = norm.enqueue(Point(3, 4))
+    r2 = norm.enqueue({"x": 6, "y": 8})  # converted strictly into Point
+    r3 = with_context.enqueue(x=7)
+    assert finished(norm, r1.id).return_value == 5.0
+    assert finished(norm, r2.id).return_value == 10.0
+    ctx = finished(with_context, r3.id).return_value
+    assert ctx == {"attempt": 1, "id": r3.id, "x": 7}
+
+    from vqtestapp.tasks import add
+
+    when = timezone.now() + timedelta(seconds=1.5)
+    deferred = add.using(run_after=when).enqueue(1)
+    assert add.get_result(deferred.id).status == compat.TaskResultStatus.READY
+    done = finished(add, deferred.id)
+    assert done.return_value == 2
+    assert done.started_at >= when - timedelta(milliseconds=100)
+
+
+def test_wrong_types_raise_at_enqueue() -> None:
+    from vqtestapp.tasks import Point, add, norm
+
+    with pytest.raises(PayloadError, match=r"\$\.a"):
+        add.enqueue("2", 3)
+    with pytest.raises(PayloadError):
+        add.enqueue(1.5)
+    with pytest.raises(PayloadError):
+        add.enqueue(1, c=2)
+    with pytest.raises(PayloadError, match=r"\$\.p\.y"):
+        norm.enqueue({"x": 1, "y": "2"})
+    with pytest.raises(PayloadError):
+        norm.enqueue(Point(1, 2), 3)
+
+
+def test_invalid_task_definitions() -> None:
+    with pytest.raises(compat.InvalidTask, match="annotate parameter 'x'"):
+        compat.task(untyped)
+    with pytest.raises(compat.InvalidTask, match=r"\*args"):
+        compat.task(star)
+    with pytest.raises(compat.InvalidTask, match="priority"):
+        compat.task(priority=5)(sneaky)
+
+
+def test_enqueue_on_commit_option() -> None:
+    from vqtestapp.tasks import add
+
+    later = add.using(run_after=timezone.now() + timedelta(hours=1))
+    base = queue_stats("default").delayed
+    with transaction.atomic():
+        kept = later.enqueue(1)
+        assert queue_stats("default").delayed == base  # nothing before the commit
+    assert queue_stats("default").delayed == base + 1
+    assert add.get_result(kept.id).status == compat.TaskResultStatus.READY
+    with transaction.atomic():
+        later.enqueue(2)
+        transaction.set_rollback(True)
+    assert queue_stats("default").delayed == base + 1  # nothing on rollback
+
+
+def test_unregistered_task_is_rejected_and_unknown_ids(dj_worker: Any) -> None:
+    sneaky_task = compat.task(sneaky)
+    result = sneaky_task.enqueue(1)
+    done = finished(sneaky_task, result.id)
+    assert done.status == compat.TaskResultStatus.FAILED
+    assert done.errors[0].exception_class_path == "vaultq.errors.UnknownTask"
+    with pytest.raises(compat.TaskResultDoesNotExist):
+        sneaky_task.get_result("0" * 32 + "-" + "f" * 10)
+    with pytest.raises(compat.TaskResultDoesNotExist):
+        sneaky_task.get_result("not-an-id")
+
+
+def test_django_view_enqueues_with_acting_principal(dj_worker: Any) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from vqtestapp.tasks import add
+
+    from vaultq.django import get_app
+
+    user = User.objects.create_user("tasks-view-user")
+    client = Client()
+    client.force_login(user)
+    resp = client.get("/add/", {"a": 40, "b": 2})
+    assert resp.status_code == 200
+    result_id = resp.json()["id"]
+    assert finished(add, result_id).return_value == 42
+    job_id = result_id.partition("-")[0]
+    assert get_app().job(job_id).status_sync() == "succeeded"

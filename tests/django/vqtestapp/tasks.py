@@ -1,0 +1,43 @@
+"""Django Tasks of the test app, run by vaultq.django.VaultqBackend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from vaultq.django.compat import task
+
+
+class BoomError(Exception):
+    pass
+
+
+class Point(msgspec.Struct, frozen=True):
+    x: int
+    y: int
+
+
+@task()
+def add(a: int, b: int = 1) -> int:
+    return a + b
+
+
+@task(queue_name="djq")
+async def greet(name: str, times: int) -> str:
+    return " ".join([f"hello {name}"] * times)
+
+
+@task()
+def boom(code: int) -> None:
+    raise BoomError(f"secret-payload-value-{code}")
+
+
+@task()
+def norm(p: Point) -> float:
+    return (p.x**2 + p.y**2) ** 0.5
+
+
+@task(takes_context=True)
+def with_context(context: Any, x: int) -> dict[str, Any]:
+    return {"attempt": context.attempt, "id": context.task_result.id, "x": x}

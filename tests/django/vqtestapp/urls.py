@@ -1,0 +1,9 @@
+from django.urls import path
+
+from vqtestapp import views
+
+urlpatterns = [
+    path("report/", views.create_report),
+    path("areport/", views.acreate_report),
+    path("add/", views.django_add),
+]

@@ -1,0 +1,596 @@
+"""``vaultq.django.VaultqBackend``: vaultq as a backend for Django's Tasks framework.
+
+::
+
+    TASKS = {
+        "default": {
+            "BACKEND": "vaultq.django.VaultqBackend",
+            "QUEUES": ["default", "emails"],
+            "OPTIONS": {
+                "ENQUEUE_ON_COMMIT": True,     # default True
+                "DATABASE": None,              # the alias on_commit watches (default "default")
+                "RETRIES": 0,                  # Django Tasks do not retry by default
+                "TIMEOUT": 300, "EXPIRES": 86400,
+                "POLICY": "shop.policies.STAFF",  # default policy of this backend's tasks
+                "TASKS": {                     # per task, by module path
+                    "shop.tasks.refund": {"POLICY": "shop.policies.REFUND", "TIMEOUT": 30},
+                },
+            },
+        }
+    }
+
+Every Django Task validated by this backend gets an internal vaultq task in the
+configured App (name = the task's module path) whose payload is a msgspec Struct derived
+from the function's annotated parameters: arguments are converted strictly at
+``enqueue()``, sealed, authorized and run like native vaultq jobs. Workers run only
+tasks registered at startup (autodiscovered ``tasks.py``/``jobs.py``); a message naming
+anything else is REJECTED, and nothing is ever imported by a name from a message.
+
+Priorities are not supported (``supports_priority = False``): vaultq queues are FIFO;
+use separate queues for urgent work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import socket
+import traceback
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from asgiref.sync import sync_to_async
+
+from vaultq import config
+from vaultq import errors as vaultq_errors
+from vaultq.django import compat
+from vaultq.envelope import ResultBody, new_job_id
+from vaultq.errors import PayloadError, TaskDefinitionError, VaultqError
+from vaultq.jobs import JobStatus, current_job
+from vaultq.payload import check_encodable
+from vaultq.policy import Policy, ensure_policy
+from vaultq.principal import Principal
+from vaultq.runtime.execute import TaskRaised
+from vaultq.tasks import Task as VaultqTask
+
+__all__ = ["Binding", "VaultqBackend"]
+
+_TRACEBACK_HEAD = "Traceback (most recent call last):\n"
+_MAX_TRACEBACK = 1900
+_ID_TAG = 10
+
+
+class TaskSettings(
+    msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=True
+):
+    policy: str | None = None
+    timeout: float | None = None
+    max_timeout: float | None = None
+    retries: int | None = None
+    expires: float | None = None
+
+
+class BackendOptions(
+    msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=True
+):
+    enqueue_on_commit: bool = True
+    database: str | None = None
+    retries: int = 0
+    timeout: float | None = None
+    expires: float | None = None
+    policy: str | None = None
+    tasks: dict[str, TaskSettings] = {}
+
+
+def _options(alias: str, raw: Any) -> BackendOptions:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return msgspec.convert(dict(raw or {}), BackendOptions, strict=True)
+    except (msgspec.ValidationError, TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS'] is invalid: {exc}") from None
+
+
+def _tag(module_path: str, queue: str) -> str:
+    digest = hashlib.sha256(f"{module_path}\0{queue}".encode()).hexdigest()
+    return digest[:_ID_TAG]
+
+
+def _class_path(cls: type[BaseException]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def safe_traceback(exc: BaseException, *, skip_file: str = __file__) -> str:
+    """A traceback with file, line, function and source line of each frame, and the
+    exception's class, but not its message (which may quote payload values) nor locals."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != skip_file]
+    lines = [_TRACEBACK_HEAD]
+    for frame in frames:
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}\n")
+    tail = f"{_class_path(type(exc))}: (message withheld: it may contain payload values)\n"
+    text = "".join(lines)
+    if len(text) + len(tail) > _MAX_TRACEBACK:
+        text = _TRACEBACK_HEAD + "  ...\n" + text[-(_MAX_TRACEBACK - len(tail) - 40) :]
+    return text + tail
+
+
+def _aware(ts: float | None) -> datetime | None:
+    if ts is None:
+        return None
+    from django.conf import settings
+    from django.utils import timezone
+
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt if settings.USE_TZ else timezone.make_naive(dt)
+
+
+def _job_time(job_id: str) -> float | None:
+    try:
+        return int(job_id[:12], 16) / 1000
+    except ValueError:
+        return None
+
+
+def _worker_label() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(eq=False)
+class Binding:
+    """One Django Task bound to its internal vaultq task."""
+
+    task: Any
+    """The Django Task first validated for this function (``result.task``)."""
+    vaultq_task: VaultqTask[Any, Any]
+    args_type: type[msgspec.Struct]
+    positional_only: tuple[str, ...]
+    params: tuple[str, ...]
+    backend_class: type[Any]
+    signature: inspect.Signature
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def module_path(self) -> str:
+        return str(self.task.module_path)
+
+    # -- producer side ------------------------------------------------------------------
+
+    def convert(self, args: Any, kwargs: Any) -> msgspec.Struct:
+        """Strictly convert a call's args/kwargs into the args Struct (raises PayloadError)."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise PayloadError(
+                f"task {self.module_path!r}: the arguments do not match its signature ({exc})"
+            ) from None
+        try:
+            return msgspec.convert(dict(bound.arguments), self.args_type, strict=True)
+        except msgspec.ValidationError as exc:
+            # msgspec's message names the parameter ($.order_id) and types, not the value.
+            path = str(exc).rpartition(" - at ")[2] or None
+            raise PayloadError(
+                f"task {self.module_path!r}: wrong argument type: {exc}", field=path
+            ) from None
+
+    def tag(self, queue: str) -> str:
+        tag = self.tags.get(queue)
+        if tag is None:
+            tag = self.tags[queue] = _tag(self.module_path, queue)
+        return tag
+
+    # -- worker side --------------------------------------------------------------------
+
+    def _split(self, job: msgspec.Struct) -> tuple[list[Any], dict[str, Any]]:
+        args = [getattr(job, name) for name in self.positional_only]
+        kwargs = {
+            name: getattr(job, name) for name in self.params if name not in self.positional_only
+        }
+        return args, kwargs
+
+    def _running(self) -> Any:
+        ctx = current_job()
+        now = _aware(datetime.now(UTC).timestamp())
+        result = compat.TaskResult(
+            task=self.task,
+            id=f"{ctx.job_id}-{self.tag(ctx.queue)}",
+            status=compat.TaskResultStatus.RUNNING,
+            enqueued_at=_aware(_job_time(ctx.job_id)),
+            started_at=now,
+            finished_at=None,
+            last_attempted_at=now,
+            args=[],
+            kwargs={},
+            backend=self.task.backend,
+            errors=[],
+            worker_ids=[_worker_label()] * max(1, ctx.attempt),
+        )
+        return result
+
+    def _finished(self, result: Any, value: Any, exc: BaseException | None) -> None:
+        object.__setattr__(result, "finished_at", _aware(datetime.now(UTC).timestamp()))
+        if exc is None:
+            object.__setattr__(result, "status", compat.TaskResultStatus.SUCCESSFUL)
+            object.__setattr__(result, "_return_value", msgspec.to_builtins(value))
+        else:
+            object.__setattr__(result, "status", compat.TaskResultStatus.FAILED)
+            result.errors.append(
+                compat.TaskError(
+                    exception_class_path=_class_path(type(exc)), traceback=safe_traceback(exc)
+                )
+            )
+
+    def _call_args(self, result: Any, job: msgspec.Struct) -> tuple[list[Any], dict[str, Any]]:
+        args, kwargs = self._split(job)
+        if self.task.takes_context:
+            args.insert(0, compat.TaskContext(task_result=result))
+        return args, kwargs
+
+    def run_sync(self, job: msgspec.Struct) -> Any:
+        try:
+            result = self._running()
+            compat.task_started.send(sender=self.backend_class, task_result=result)
+            args, kwargs = self._call_args(result, job)
+            try:
+                value = self.task.func(*args, **kwargs)
+            except Exception as exc:
+                self._finished(result, None, exc)
+                compat.task_finished.send(sender=self.backend_class, task_result=result)
+                raise
+            self._finished(result, value, None)
+            compat.task_finished.send(sender=self.backend_class, task_result=result)
+            return value
+        except Exception as exc:
+            raise TaskRaised(_class_path(type(exc)), safe_traceback(exc)) from None
+
+    async def run_async(self, job: msgspec.Struct) -> Any:
+        send_started = sync_to_async(compat.task_started.send)
+        send_finished = sync_to_async(compat.task_finished.send)
+        try:
+            result = self._running()
+            await send_started(sender=self.backend_class, task_result=result)
+            args, kwargs = self._call_args(result, job)
+            try:
+                value = await self.task.func(*args, **kwargs)
+            except Exception as exc:
+                self._finished(result, None, exc)
+                await send_finished(sender=self.backend_class, task_result=result)
+                raise
+            self._finished(result, value, None)
+            await send_finished(sender=self.backend_class, task_result=result)
+            return value
+        except Exception as exc:
+            raise TaskRaised(_class_path(type(exc)), safe_traceback(exc)) from None
+
+
+def _derive_args(
+    func: Callable[..., Any], name: str, takes_context: bool
+) -> tuple[type[msgspec.Struct], tuple[str, ...], tuple[str, ...], inspect.Signature, Any]:
+    invalid = compat.InvalidTask
+    try:
+        sig = inspect.signature(func)
+        hints = typing.get_type_hints(func, include_extras=True)
+    except (NameError, TypeError, ValueError) as exc:
+        raise invalid(
+            f"task {name!r}: its annotations cannot be resolved ({type(exc).__name__}); "
+            "define the argument types at module level"
+        ) from None
+    params = list(sig.parameters.values())
+    if takes_context:
+        params = params[1:]
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    positional_only: list[str] = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise invalid(
+                f"task {name!r}: *args/**kwargs ({p.name}) are not supported by vaultq; "
+                "declare each parameter with its type"
+            )
+        if p.name not in hints:
+            raise invalid(
+                f"task {name!r}: annotate parameter {p.name!r} with a type msgspec "
+                "supports (int, str, list[int], a msgspec.Struct...); vaultq converts "
+                "arguments strictly to it at enqueue"
+            )
+        if p.kind == p.POSITIONAL_ONLY:
+            positional_only.append(p.name)
+        tp = hints[p.name]
+        fields.append((p.name, tp) if p.default is p.empty else (p.name, tp, p.default))
+    try:
+        args_type = msgspec.defstruct(
+            f"{func.__qualname__}_args",
+            fields,
+            kw_only=True,
+            frozen=True,
+            forbid_unknown_fields=True,
+            module=func.__module__,
+        )
+        check_encodable(args_type)
+        result_type: Any = hints.get("return", Any)
+        if result_type is type(None):
+            result_type = None
+        check_encodable(result_type)
+    except (TaskDefinitionError, TypeError, ValueError) as exc:
+        raise invalid(f"task {name!r}: {exc}") from None
+    params_sig = sig.replace(parameters=params)
+    return (
+        args_type,
+        tuple(positional_only),
+        tuple(p.name for p in params),
+        params_sig,
+        result_type,
+    )
+
+
+class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
+    """Django Tasks backend that seals, authorizes and runs tasks with vaultq."""
+
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = False
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.vaultq_options = _options(alias, self.options)
+
+    # -- registration -------------------------------------------------------------------
+
+    @property
+    def _config(self) -> Any:
+        from vaultq.django.apps import get_config
+
+        return get_config()
+
+    def _policy(self, path: str | None, where: str) -> Policy | None:
+        if not path:
+            return None
+        from django.core.exceptions import ImproperlyConfigured
+
+        from vaultq.django.conf import import_from_settings
+
+        try:
+            return ensure_policy(import_from_settings(path, where))
+        except VaultqError as exc:
+            raise ImproperlyConfigured(f"{where}: {exc}") from None
+
+    def validate_task(self, task: Any) -> None:
+        super().validate_task(task)
+        self.binding(task)
+
+    def binding(self, task: Any) -> Binding:
+        """The Binding of ``task``, registering its vaultq task on first sight."""
+        config = self._config
+        path = str(task.module_path)
+        with config._lock:
+            existing: Binding | None = config.bindings.get(path)
+            if existing is not None:
+                if existing.task.func is not task.func:
+                    raise compat.InvalidTask(
+                        f"another task is already registered as {path!r} in vaultq"
+                    )
+                return existing
+            return self._register(config, task, path)
+
+    def _register(self, config: Any, task: Any, path: str) -> Binding:
+        app = config.app
+        opts = self.vaultq_options
+        per_task = opts.tasks.get(path, TaskSettings())
+        args_type, positional_only, params, sig, result_type = _derive_args(
+            task.func, path, task.takes_context
+        )
+        policy = self._policy(
+            per_task.policy, f"TASKS[{self.alias!r}]['OPTIONS']['TASKS'][{path!r}]['POLICY']"
+        ) or self._policy(opts.policy, f"TASKS[{self.alias!r}]['OPTIONS']['POLICY']")
+        holder: dict[str, Binding] = {}
+        runner: Callable[..., Any]
+        if inspect.iscoroutinefunction(task.func):
+
+            async def run_async(job: Any) -> Any:
+                return await holder["b"].run_async(job)
+
+            runner = run_async
+        else:
+
+            def run_sync(job: Any) -> Any:
+                return holder["b"].run_sync(job)
+
+            runner = run_sync
+        runner.__annotations__ = {"job": args_type, "return": result_type}
+        runner.__module__ = task.func.__module__
+        runner.__qualname__ = task.func.__qualname__
+        retries = per_task.retries if per_task.retries is not None else opts.retries
+        timeout = per_task.timeout if per_task.timeout is not None else opts.timeout
+        expires = per_task.expires if per_task.expires is not None else opts.expires
+        try:
+            vaultq_task = app.task(
+                name=path,
+                queue=task.queue_name,
+                timeout=timeout,
+                max_timeout=per_task.max_timeout,
+                retries=retries,
+                expires=expires,
+                policy=policy,
+            )(runner)
+        except TaskDefinitionError as exc:
+            raise compat.InvalidTask(str(exc)) from None
+        binding = Binding(
+            task=task,
+            vaultq_task=vaultq_task,
+            args_type=args_type,
+            positional_only=positional_only,
+            params=params,
+            backend_class=type(self),
+            signature=sig,
+        )
+        holder["b"] = binding
+        config.bindings[path] = binding
+        return binding
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    def _prepare(self, task: Any, args: Any, kwargs: Any) -> tuple[Binding, Any, dict[str, Any]]:
+        self.validate_task(task)
+        binding = self.binding(task)
+        payload = binding.convert(args, kwargs)
+        from vaultq.django.principal import current_principal
+
+        at = task.run_after
+        if at is not None and at.tzinfo is None:
+            from django.utils import timezone
+
+            at = timezone.make_aware(at)
+        return binding, payload, {"principal": current_principal(), "at": at}
+
+    def _new_result(self, task: Any, binding: Binding, job_id: str, args: Any, kwargs: Any) -> Any:
+        return compat.TaskResult(
+            task=task,
+            id=f"{job_id}-{binding.tag(task.queue_name)}",
+            status=compat.TaskResultStatus.READY,
+            enqueued_at=_aware(_job_time(job_id)),
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=msgspec.to_builtins(list(args)),
+            kwargs=msgspec.to_builtins(dict(kwargs)),
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+
+    def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
+        """Convert, authorize and seal now; push to the broker when the transaction on
+        OPTIONS["DATABASE"] commits (ENQUEUE_ON_COMMIT, default) or at once."""
+        from django.db import transaction
+
+        from vaultq.django.enqueue import check_enqueue
+
+        binding, payload, extra = self._prepare(task, args, kwargs)
+        vtask = binding.vaultq_task
+        job_id = new_job_id()
+        result = self._new_result(task, binding, job_id, args, kwargs)
+        principal: Principal | None = extra["principal"]
+
+        def push() -> None:
+            vtask.enqueue_sync(
+                payload, principal=principal, at=extra["at"], queue=task.queue_name, job_id=job_id
+            )
+            compat.task_enqueued.send(type(self), task_result=result)
+
+        using = self.vaultq_options.database
+        if (
+            self.vaultq_options.enqueue_on_commit
+            and transaction.get_connection(using).in_atomic_block
+        ):
+            vtask.app._run_sync(check_enqueue, vtask, payload, principal, job_id)
+            transaction.on_commit(push, using=using)
+        else:
+            push()
+        return result
+
+    async def aenqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
+        """Enqueue at once (async code holds no transaction)."""
+        binding, payload, extra = self._prepare(task, args, kwargs)
+        job_id = new_job_id()
+        result = self._new_result(task, binding, job_id, args, kwargs)
+        await binding.vaultq_task.enqueue(
+            payload,
+            principal=extra["principal"],
+            at=extra["at"],
+            queue=task.queue_name,
+            job_id=job_id,
+        )
+        await sync_to_async(compat.task_enqueued.send)(type(self), task_result=result)
+        return result
+
+    # -- results ------------------------------------------------------------------------
+
+    def _locate(self, result_id: str) -> tuple[Binding, str, str]:
+        job_id, _, tag = str(result_id).partition("-")
+        if len(job_id) == 32 and len(tag) == _ID_TAG:
+            queues = set(self.queues) | {config.DEFAULT_QUEUE}
+            for binding in list(self._config.bindings.values()):
+                for queue in queues | {binding.task.queue_name}:
+                    if binding.tag(queue) == tag:
+                        return binding, job_id, queue
+        raise compat.TaskResultDoesNotExist(f"no task result with id {result_id!r}")
+
+    async def _read(
+        self, binding: Binding, job_id: str, queue: str
+    ) -> tuple[ResultBody | None, bool]:
+        app = binding.vaultq_task.app
+        body = await app.job(job_id, queue=queue).outcome()
+        if body is not None:
+            return body, False
+        broker = await app.broker()
+        return None, await broker.is_running(queue, job_id)
+
+    def get_result(self, result_id: str) -> Any:
+        binding, job_id, queue = self._locate(result_id)
+        body, running = binding.vaultq_task.app._run_sync(self._read, binding, job_id, queue)
+        return self._result(binding, result_id, job_id, body, running)
+
+    async def aget_result(self, result_id: str) -> Any:
+        binding, job_id, queue = self._locate(result_id)
+        body, running = await self._read(binding, job_id, queue)
+        return self._result(binding, result_id, job_id, body, running)
+
+    def _result(
+        self, binding: Binding, result_id: str, job_id: str, body: ResultBody | None, running: bool
+    ) -> Any:
+        status = compat.TaskResultStatus
+        errors: list[Any] = []
+        value: Any = None
+        started = finished = None
+        workers: list[str] = []
+        if body is None:
+            state = status.RUNNING if running else status.READY
+        else:
+            started, finished = _aware(body.started_at), _aware(body.finished_at)
+            if body.worker_id:
+                workers = [body.worker_id] * max(1, body.attempts)
+            if body.status == JobStatus.SUCCEEDED:
+                state = status.SUCCESSFUL
+                if body.value is not None:
+                    value = msgspec.json.decode(bytes(body.value))
+            else:
+                state = status.FAILED
+                errors.append(_task_error(body))
+        result = compat.TaskResult(
+            task=binding.task,
+            id=result_id,
+            status=state,
+            enqueued_at=_aware(_job_time(job_id)),
+            started_at=started,
+            finished_at=finished,
+            last_attempted_at=started,
+            args=[],
+            kwargs={},
+            backend=self.alias,
+            errors=errors,
+            worker_ids=workers,
+        )
+        object.__setattr__(result, "_return_value", value)
+        return result
+
+
+def _task_error(body: ResultBody) -> Any:
+    error_type = body.error_type or f"vaultq.errors.Job{body.status.title().replace('_', '')}"
+    path = error_type if "." in error_type else f"builtins.{error_type}"
+    module, _, name = path.rpartition(".")
+    if module == "vaultq" and isinstance(getattr(vaultq_errors, name, None), type):
+        path = f"vaultq.errors.{name}"  # importable by TaskError.exception_class
+    text = body.error or ""
+    if text.startswith(_TRACEBACK_HEAD):
+        tb = text  # built by Binding.run_*: frames and class, no message
+    elif error_type.startswith("vaultq.") or error_type == "TimeoutError":
+        tb = f"{path}: {text}\n"  # vaultq's own reasons (denied, timed out, rejected...)
+    else:
+        tb = f"{path}: (message withheld: it may contain payload values)\n"
+    return compat.TaskError(exception_class_path=path, traceback=tb)

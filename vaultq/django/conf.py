@@ -1,0 +1,90 @@
+"""``settings.VAULTQ``: parsed once into a frozen struct, with strict types.
+
+Every key is optional::
+
+    VAULTQ = {
+        "APP_NAME": "shop",                      # broker namespace; same on web and workers
+        "BROKER_URL": "redis://127.0.0.1:6379/0",  # default: $VAULTQ_BROKER, else sqlite:///vaultq.db
+        "KEYS_FILE": BASE_DIR / "vaultq.keys",   # a 0600 key file, or
+        "KEYS_ENV": "VAULTQ_KEYS",               # an environment variable (JSON or @/path)
+        "QUEUES": ["default"],                   # queues `manage.py vaultq_worker` consumes
+        "DEFAULT_POLICY": "shop.policies.STAFF_ONLY",  # dotted path, read from settings only
+        "CONCURRENCY": 10,
+        "RESULT_TTL": 86400,
+        "TASK_MODULE": ["jobs", "tasks"],        # autodiscovered in every installed app
+        "PRINCIPAL_MAPPER": "shop.auth.principal_for",
+    }
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from vaultq import config
+
+__all__ = ["VaultqSettings", "import_from_settings", "read_settings"]
+
+
+class VaultqSettings(
+    msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=True
+):
+    """The parsed ``settings.VAULTQ`` (keys are the upper-case field names)."""
+
+    app_name: str = "django"
+    broker_url: str | None = None
+    keys_file: str | None = None
+    keys_env: str = "VAULTQ_KEYS"
+    keys: dict[str, Any] | None = None
+    """An inline keyring (discouraged: secrets in settings; ``check --deploy`` flags it)."""
+    queues: tuple[str, ...] = ()
+    """Queues the worker command consumes; empty = every queue of the registered tasks."""
+    default_queue: str = config.DEFAULT_QUEUE
+    default_policy: str | None = None
+    concurrency: int = config.DEFAULT_CONCURRENCY
+    grace: float = config.DEFAULT_GRACE
+    lease: float = config.DEFAULT_LEASE
+    result_ttl: float = config.DEFAULT_RESULT_TTL
+    timeout: float = config.DEFAULT_TIMEOUT
+    retries: int = config.DEFAULT_RETRIES
+    expires: float = config.DEFAULT_EXPIRES
+    policy_timeout: float = config.DEFAULT_POLICY_TIMEOUT
+    clock_skew: float = config.DEFAULT_CLOCK_SKEW
+    max_envelope_size: int = config.DEFAULT_MAX_ENVELOPE_SIZE
+    task_module: str | tuple[str, ...] = ("jobs", "tasks")
+    principal_mapper: str | None = None
+
+    @property
+    def task_modules(self) -> tuple[str, ...]:
+        if isinstance(self.task_module, str):
+            return (self.task_module,)
+        return self.task_module
+
+
+def read_settings() -> VaultqSettings:
+    """Parse ``settings.VAULTQ``; raises ``ImproperlyConfigured`` naming the bad key."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    raw = getattr(settings, "VAULTQ", None) or {}
+    if not isinstance(raw, dict):
+        raise ImproperlyConfigured("settings.VAULTQ must be a dict")
+    raw = {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}
+    try:
+        return msgspec.convert(raw, VaultqSettings, strict=True)
+    except msgspec.ValidationError as exc:
+        # msgspec names the key ($.CONCURRENCY) and the expected type, never the value.
+        raise ImproperlyConfigured(f"settings.VAULTQ is invalid: {exc}") from None
+
+
+def import_from_settings(path: str, setting: str) -> Any:
+    """Import the object named by a dotted path found in settings (never in a message)."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.utils.module_loading import import_string
+
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{setting}: cannot import {path!r} ({exc})") from exc

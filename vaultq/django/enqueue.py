@@ -1,0 +1,180 @@
+"""Enqueue from views, after the transaction commits.
+
+``enqueue_on_commit`` returns the job id at once; the sealed job reaches the broker only
+when the surrounding transaction commits (``transaction.on_commit``), and never when it
+rolls back. Outside a transaction it is enqueued at once. Type and policy are checked at
+the call, so a view can answer 400/403 before anything is committed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from vaultq.envelope import new_job_id
+from vaultq.errors import AuthorizationDenied, ConfigurationError, PayloadError
+from vaultq.policy import PolicyRequest, evaluate
+from vaultq.principal import Principal
+from vaultq.tasks import Task
+
+__all__ = ["aenqueue_on_commit", "check_enqueue", "enqueue_on_commit"]
+
+
+def _check_call(
+    task: Task[Any, Any],
+    payload: Any,
+    principal: Principal | None,
+    delay: float | None,
+    at: datetime | float | None,
+    timeout: float | None,
+) -> None:
+    if not isinstance(task, Task):
+        raise ConfigurationError("enqueue_on_commit() takes a vaultq task (from @app.task)")
+    if not isinstance(payload, task.payload_type):
+        raise PayloadError(
+            f"task {task.name!r} takes a {task.payload_type.__name__} payload, "
+            f"got {type(payload).__name__}"
+        )
+    if principal is not None and not isinstance(principal, Principal):
+        raise PayloadError("principal must be a vaultq.Principal (or None)")
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay= or at=, not both")
+    if delay is not None and delay < 0:
+        raise ConfigurationError("delay must be >= 0 seconds")
+    if isinstance(at, datetime) and at.tzinfo is None:
+        raise ConfigurationError("at= needs a timezone-aware datetime")
+    if timeout is not None and not 0 < timeout <= task.options.timeout_ceiling:
+        raise ConfigurationError(
+            f"timeout={timeout} for task {task.name!r} must be > 0 and at most its "
+            f"max_timeout ({task.options.timeout_ceiling})"
+        )
+    if not task.app.keyring.can_sign:
+        raise ConfigurationError("this keyring is verify-only and cannot enqueue")
+
+
+async def check_enqueue(
+    task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
+) -> None:
+    """Evaluate the task's policy now, as the core does at enqueue; raise
+    ``AuthorizationDenied`` when it refuses (so nothing is registered on commit)."""
+    app = task.app
+    keyring = app.keyring
+    decision = await evaluate(
+        task.policy or app.default_policy,
+        PolicyRequest(
+            principal=principal,
+            payload=payload,
+            task=task.name,
+            signer_id=keyring.signer_id or "",
+            attempt=0,
+            job_id=job_id,
+            stage="enqueue",
+        ),
+        timeout=app.policy_timeout,
+    )
+    if not decision.allowed:
+        raise AuthorizationDenied(
+            f"policy {decision.policy} denied task {task.name!r} for principal "
+            f"{principal.id if principal else '(none)'} ({decision.reason}); "
+            "nothing was enqueued",
+            task=task.name,
+            policy=decision.policy,
+        )
+
+
+def enqueue_on_commit(
+    task: Task[Any, Any],
+    payload: Any,
+    *,
+    request: Any = None,
+    principal: Principal | None = None,
+    using: str | None = None,
+    delay: float | None = None,
+    at: datetime | float | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    robust: bool = False,
+) -> str:
+    """Enqueue ``payload`` for ``task`` when the current transaction on ``using`` commits.
+
+    The principal is ``principal``, else ``request.user``'s (see
+    :func:`principal_from_request`), else the one set by :func:`acting_as`. Returns the
+    job id at once (``app.job(job_id).status_sync()`` follows it). On rollback nothing is
+    enqueued and the id stays PENDING forever.
+
+    Raises ``PayloadError`` (wrong payload type), ``AuthorizationDenied`` (the policy
+    refused: nothing will be enqueued), ``ConfigurationError``; ``BrokerError`` at
+    commit time (from the committing ``atomic`` block) unless ``robust=True``, in which
+    case a broker failure is logged by Django and the job is lost.
+
+    For sync code (views, signals, management commands). In async views use
+    :func:`aenqueue_on_commit`.
+    """
+    from django.db import transaction
+
+    from vaultq.django.principal import current_principal, principal_from_request
+
+    if principal is None:
+        principal = principal_from_request(request) if request is not None else None
+    if principal is None:
+        principal = current_principal()
+    _check_call(task, payload, principal, delay, at, timeout)
+    job_id = new_job_id()
+    task.app._run_sync(check_enqueue, task, payload, principal, job_id)
+
+    def push() -> None:
+        task.enqueue_sync(
+            payload,
+            principal=principal,
+            delay=delay,
+            at=at,
+            queue=queue,
+            job_id=job_id,
+            timeout=timeout,
+        )
+
+    # Outside an atomic block on_commit runs push() right away.
+    transaction.on_commit(push, using=using, robust=robust)
+    return job_id
+
+
+async def aenqueue_on_commit(
+    task: Task[Any, Any],
+    payload: Any,
+    *,
+    request: Any = None,
+    principal: Principal | None = None,
+    delay: float | None = None,
+    at: datetime | float | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+) -> str:
+    """The async-view twin of :func:`enqueue_on_commit`.
+
+    Async code cannot hold an ``atomic`` block, so the job is enqueued at once (a sync
+    helper run through ``sync_to_async`` inside ``atomic`` should call
+    :func:`enqueue_on_commit` itself). The user comes from ``await request.auser()``.
+    """
+    from vaultq.django.principal import current_principal, principal_from_user
+
+    if principal is None and request is not None:
+        auser = getattr(request, "auser", None)
+        user = await auser() if auser is not None else getattr(request, "user", None)
+        principal = await sync_to_async(principal_from_user)(user)
+    if principal is None:
+        principal = current_principal()
+    _check_call(task, payload, principal, delay, at, timeout)
+    job_id = new_job_id()
+    await check_enqueue(task, payload, principal, job_id)
+    await task.enqueue(
+        payload,
+        principal=principal,
+        delay=delay,
+        at=at,
+        queue=queue,
+        job_id=job_id,
+        timeout=timeout,
+    )
+    return job_id
