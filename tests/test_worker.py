@@ -13,6 +13,7 @@ import anyio
 import msgspec
 import pytest
 import redis
+import redis.asyncio
 from helpers import broker_url, make_app, running_worker
 
 import vaultq
@@ -401,3 +402,41 @@ async def test_worker_rides_out_a_redis_restart(tmp_path: Path, unique_name: str
         server.terminate()
         server.wait()
         await app.aclose()
+
+
+async def test_bytes_written_straight_into_the_redis_stream(
+    redis_url: str, unique_name: str
+) -> None:
+    """An attacker with redis-py: XADD a forged entry and a bit-flipped copy of a real one."""
+    app = new_app(redis_url, unique_name)
+    ran: list[int] = []
+
+    @app.task(name="orders.raw")
+    async def raw(job: Order) -> int:
+        ran.append(job.order_id)
+        return job.order_id
+
+    real = await raw.enqueue(Order(order_id=1, note="", card=vaultq.Secret("x")))
+    stream = f"vaultq:{{{unique_name}:default}}:stream"
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        ((_, entries),) = await client.xread({stream: "0-0"}, count=1)
+        envelope = bytearray(entries[0][1][b"env"])
+        envelope[40] ^= 0x80
+        await client.xadd(stream, {"id": "f" * 32, "env": bytes(envelope), "att": "1", "at": "0"})
+        await client.xadd(stream, {"id": "e" * 32, "env": b"\x93garbage", "att": "1", "at": "0"})
+    finally:
+        await client.aclose()
+    async with running_worker(app):
+        assert await real.result(timeout=10) == 1
+        for bad in ("f" * 32, "e" * 32):
+            with pytest.raises(vaultq.JobRejected):
+                await app.job(bad).result(timeout=10)
+        after = await raw.enqueue(Order(order_id=2, note="", card=vaultq.Secret("x")))
+        assert await after.result(timeout=10) == 2
+    assert ran == [1, 2]
+    broker = await app.broker()
+    reasons = {d.job_id: d.reason for d in await broker.dead_letters("default")}
+    assert reasons["e" * 32] in ("rejected:unsupported_version", "rejected:malformed")
+    assert reasons["f" * 32].startswith("rejected:")
+    await app.aclose()
