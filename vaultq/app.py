@@ -384,7 +384,6 @@ class App:
         now = time.time()
         not_before = _not_before(now, delay, at)
         keyring = self.keyring
-        signer_id = keyring.signer_id or ""
         if not keyring.can_sign:
             raise ConfigurationError(
                 "this keyring is verify-only (made by `vaultq keys public`) and cannot "
@@ -392,7 +391,6 @@ class App:
             )
         target = queue or task.queue
         meta = JobMeta(timeout=timeout) if timeout is not None else JobMeta()
-        policy = task.policy or self.default_policy
         items: list[EnqueueItem] = []
         for i, payload in enumerate(payloads):
             if not isinstance(payload, task.payload_type):
@@ -401,27 +399,7 @@ class App:
                     f"got {type(payload).__name__}"
                 )
             job_id = job_ids[i] if job_ids is not None else new_job_id(now)
-            decision = await evaluate(
-                policy,
-                PolicyRequest(
-                    principal=principal,
-                    payload=payload,
-                    task=task.name,
-                    signer_id=signer_id,
-                    attempt=0,
-                    job_id=job_id,
-                    stage="enqueue",
-                ),
-                timeout=self.policy_timeout,
-            )
-            if not decision.allowed:
-                raise AuthorizationDenied(
-                    f"policy {decision.policy} denied task {task.name!r} for principal "
-                    f"{principal.id if principal else '(none)'} ({decision.reason}); "
-                    "nothing was enqueued",
-                    task=task.name,
-                    policy=decision.policy,
-                )
+            await self.authorize_enqueue(task, payload, principal, job_id)
             envelope = seal_job(
                 keyring,
                 job_id=job_id,
@@ -450,6 +428,34 @@ class App:
             JobHandle(self, item.job_id, queue=target, task_name=task.name, decode=decode)
             for item in items
         ]
+
+    async def authorize_enqueue(
+        self, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
+    ) -> None:
+        """Evaluate ``task``'s policy for an enqueue (audited); raise ``AuthorizationDenied``
+        when it refuses. ``enqueue`` calls this; integrations that enqueue later (on
+        transaction commit) call it up front so the caller still hears "no" at once."""
+        decision = await evaluate(
+            task.policy or self.default_policy,
+            PolicyRequest(
+                principal=principal,
+                payload=payload,
+                task=task.name,
+                signer_id=self.keyring.signer_id or "",
+                attempt=0,
+                job_id=job_id,
+                stage="enqueue",
+            ),
+            timeout=self.policy_timeout,
+        )
+        if not decision.allowed:
+            raise AuthorizationDenied(
+                f"policy {decision.policy} denied task {task.name!r} for principal "
+                f"{principal.id if principal else '(none)'} ({decision.reason}); "
+                "nothing was enqueued",
+                task=task.name,
+                policy=decision.policy,
+            )
 
     # -- results ------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from vaultq.envelope import new_job_id
-from vaultq.errors import AuthorizationDenied, ConfigurationError, PayloadError
-from vaultq.policy import PolicyRequest, evaluate
+from vaultq.errors import ConfigurationError, PayloadError
 from vaultq.principal import Principal
 from vaultq.tasks import Task
 
@@ -59,29 +58,7 @@ async def check_enqueue(
 ) -> None:
     """Evaluate the task's policy now, as the core does at enqueue; raise
     ``AuthorizationDenied`` when it refuses (so nothing is registered on commit)."""
-    app = task.app
-    keyring = app.keyring
-    decision = await evaluate(
-        task.policy or app.default_policy,
-        PolicyRequest(
-            principal=principal,
-            payload=payload,
-            task=task.name,
-            signer_id=keyring.signer_id or "",
-            attempt=0,
-            job_id=job_id,
-            stage="enqueue",
-        ),
-        timeout=app.policy_timeout,
-    )
-    if not decision.allowed:
-        raise AuthorizationDenied(
-            f"policy {decision.policy} denied task {task.name!r} for principal "
-            f"{principal.id if principal else '(none)'} ({decision.reason}); "
-            "nothing was enqueued",
-            task=task.name,
-            policy=decision.policy,
-        )
+    await task.app.authorize_enqueue(task, payload, principal, job_id)
 
 
 def enqueue_on_commit(
