@@ -119,3 +119,21 @@ def test_parser_defaults_match_config() -> None:
     args = build_parser().parse_args(["worker", "x"])
     assert args.concurrency == vaultq.config.DEFAULT_CONCURRENCY
     assert args.grace == vaultq.config.DEFAULT_GRACE
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--concurrency", "0", "at least 1"),
+        ("--concurrency", "ten", "not a whole number"),
+        ("--processes", "-2", "at least 1"),
+        ("--grace", "-1", "seconds >= 0"),
+        ("--lease", "0", "more than 0 seconds"),
+        ("--grace", "nan", "seconds >= 0"),
+    ],
+)
+def test_worker_flags_are_validated(flag: str, value: str, says: str) -> None:
+    out = run("worker", "cli_apps", f"{flag}={value}")
+    assert out.returncode == 2
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr

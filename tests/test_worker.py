@@ -66,6 +66,8 @@ async def test_typed_round_trip_and_status(url: str, unique_name: str) -> None:
     assert type(receipt) is Receipt
     assert isinstance(seen[0].card, vaultq.Secret)
     assert await handle.status() == JobStatus.SUCCEEDED
+    # a finished job's result is there even with no time to wait
+    assert await handle.result(timeout=0) == receipt
     # a rebuilt handle reads the same result
     again = await app.job(handle.id, task=charge).result(timeout=5)
     assert again == receipt
@@ -294,6 +296,24 @@ def test_enqueue_sync_without_and_with_a_running_loop(tmp_path: Path, unique_nam
     assert handles[0].result_sync(timeout=5) == 1
     assert handles[0].status_sync() == JobStatus.SUCCEEDED
     app.close()
+
+
+async def test_result_timeout_on_an_unfinished_job(tmp_path: Path, unique_name: str) -> None:
+    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+
+    @app.task(name="orders.never")
+    async def never(job: Order) -> None:
+        return None
+
+    handle = await never.enqueue(Order(1, "", vaultq.Secret("x")))
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=handle.id):
+        await handle.result(timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 3
+    with pytest.raises(TimeoutError):
+        await handle.result(timeout=0)
+    assert await handle.status() == JobStatus.PENDING
+    await app.aclose()
 
 
 async def test_enqueue_refuses_wrong_payload_type(tmp_path: Path, unique_name: str) -> None:

@@ -491,15 +491,15 @@ class App:
 
     async def _wait_outcome(self, queue: str, job_id: str, timeout: float | None) -> ResultBody:
         broker = await self.broker()
+        data = await broker.get_result(queue, job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        while data is None:
+            # Block in slices so `timeout=None` never asks the broker to block forever.
             left = 30.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                break
+                raise TimeoutError(f"job {job_id} has not finished within {timeout} s")
             data = await broker.wait_result(queue, job_id, min(left, 30.0))
-            if data is not None:
-                return self._open_result(data, job_id)
-        raise TimeoutError(f"job {job_id} has not finished within {timeout} s")
+        return self._open_result(data, job_id)
 
     async def _job_status(self, queue: str, job_id: str) -> JobStatus:
         body = await self._get_outcome(queue, job_id)

@@ -31,6 +31,33 @@ docs: docs/ in the vaultq repository (README.md to start)
 """
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -276,20 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--queues", help="comma-separated queues, earlier first (default: all)")
     w.add_argument(
         "--concurrency",
-        type=int,
+        type=_positive_int,
         default=config.DEFAULT_CONCURRENCY,
         help=f"jobs at once per process (default {config.DEFAULT_CONCURRENCY})",
     )
-    w.add_argument("--processes", type=int, default=1, help="supervised worker processes")
+    w.add_argument(
+        "--processes", type=_positive_int, default=1, help="supervised worker processes (1)"
+    )
     w.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=config.DEFAULT_GRACE,
         help=f"seconds to let running jobs finish at shutdown (default {config.DEFAULT_GRACE:g})",
     )
     w.add_argument(
         "--lease",
-        type=float,
+        type=_positive_seconds,
         default=None,
         help="seconds a job stays leased without renewal; a dead worker's jobs come back "
         f"after it (default {config.DEFAULT_LEASE:g})",
@@ -305,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.add_argument("task", help="task name (full, or the function name if unique)")
     e.add_argument("payload", help="payload as JSON, e.g. '{\"order_id\": 7}'")
-    e.add_argument("--delay", type=float, default=None, help="seconds before the job may run")
+    e.add_argument("--delay", type=_seconds, default=None, help="seconds before the job may run")
     e.add_argument("--wait", action="store_true", help="wait for and print the result")
-    e.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (60)")
+    e.add_argument("--timeout", type=_seconds, default=60.0, help="seconds --wait waits (60)")
     e.add_argument("--principal", help="principal id the job runs for")
     e.add_argument("--role", action="append", help="principal role (repeatable)")
     e.add_argument("--permission", action="append", help="principal permission (repeatable)")
@@ -329,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["list", "purge"])
     common(d)
     d.add_argument("--queue", default=config.DEFAULT_QUEUE, help="queue (default 'default')")
-    d.add_argument("--limit", type=int, default=50, help="rows to list (50)")
+    d.add_argument("--limit", type=_positive_int, default=50, help="rows to list (50)")
     d.set_defaults(func=cmd_dead)
 
     k = sub.add_parser(
