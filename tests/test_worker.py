@@ -460,3 +460,40 @@ async def test_bytes_written_straight_into_the_redis_stream(
     assert reasons["e" * 32] in ("rejected:unsupported_version", "rejected:malformed")
     assert reasons["f" * 32].startswith("rejected:")
     await app.aclose()
+
+
+def test_enqueue_sync_reuses_connections(redis_url: str, unique_name: str) -> None:
+    """Sync producers (views, threads) share the app's loop and its Redis pool."""
+    app = new_app(redis_url, unique_name)
+
+    @app.task(name="orders.pooled")
+    async def pooled(job: Order) -> None:
+        return None
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        before = len(client.client_list())
+        pooled.enqueue_sync(Order(0, "", vaultq.Secret("x")))
+        after_first = len(client.client_list())
+        errors: list[BaseException] = []
+
+        def produce(start: int) -> None:
+            try:
+                for i in range(start, start + 25):
+                    pooled.enqueue_sync(Order(i, "", vaultq.Secret("x")))
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(k * 100,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        after_all = len(client.client_list())
+    finally:
+        client.close()
+    assert after_first - before <= 2
+    # 100 more enqueues from 4 threads: a handful of pooled connections, not 100
+    assert after_all - after_first <= 4
+    app.close()
