@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 
 from vaultq import config
 from vaultq.errors import JobError, VaultqError
+from vaultq.policy import _safe_id
 
 __all__ = ["main"]
 
@@ -180,7 +181,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
     app = _app(args.app, args.broker)
     task = _find_task(app, args.task)
-    payload = task.payload_codec.decode(args.payload.encode())
+    # fsencode gives back the bytes the shell passed (invalid UTF-8 included), so bad
+    # text is a PayloadError like any other, not a UnicodeEncodeError traceback.
+    payload = task.payload_codec.decode(os.fsencode(args.payload))
     principal = None
     if args.principal:
         principal = Principal(
@@ -199,10 +202,19 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         except JobError as exc:
             print(f"vaultq: {exc}", file=sys.stderr)
             return 1
-        print(msgspec.json.encode(value).decode())
+        print(msgspec.json.encode(value, enc_hook=_masked).decode())
         return 0
 
     return anyio.run(go)
+
+
+def _masked(obj: Any) -> Any:
+    """``--wait`` prints results; a ``Secret`` in one prints masked, never revealed."""
+    from vaultq.payload import Secret
+
+    if isinstance(obj, Secret):
+        return repr(obj)
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -250,7 +262,12 @@ def cmd_dead(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no dead letters in queue {args.queue}")
         for d in rows:
-            print(f"{d.job_id}  attempt={d.attempt}  reason={d.reason}  {d.detail}")
+            # Every field was read from the broker, where an attacker may have written
+            # it: escape control characters so nothing can drive the operator's terminal.
+            print(
+                f"{_safe_id(str(d.job_id))}  attempt={_safe_id(str(d.attempt))}  "
+                f"reason={_safe_id(str(d.reason))}  {_safe_id(str(d.detail))}"
+            )
         return 0
 
     return anyio.run(go)

@@ -342,7 +342,7 @@ def open_job(
     plaintext = _decrypt(keyring, header, box)
     try:
         body = _job_body_decode(plaintext)
-    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
+    except (msgspec.DecodeError, ValueError, RecursionError):  # invalid UTF-8, nesting
         raise MalformedEnvelope("job body is malformed") from None
     return OpenedJob(header, body)
 
@@ -387,7 +387,7 @@ def open_result(
     plaintext = _decrypt(keyring, header, box)
     try:
         wire = _result_body_decode(plaintext)
-    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
+    except (msgspec.DecodeError, ValueError, RecursionError):  # invalid UTF-8, nesting
         raise MalformedEnvelope("result body is malformed") from None
     return ResultBody(
         status=wire.status,

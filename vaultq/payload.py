@@ -446,6 +446,11 @@ class Codec(Generic[T]):
                 self._shape(data)
         except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
             raise _payload_error(exc, "payload") from None
+        except RecursionError:
+            # msgspec raises it for deeply nested input (``[[[[...``): bad input, not a bug.
+            raise PayloadError(
+                "payload does not match its type at $: JSON nested too deeply", field="$"
+            ) from None
         return value
 
 

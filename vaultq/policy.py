@@ -506,6 +506,12 @@ async def evaluate(
         except Exception as exc:
             # The message may quote payload values: keep only the class name.
             error = type(exc).__name__
+        except BaseException as exc:
+            # SystemExit or a custom BaseException from policy code denies too (fail
+            # closed) instead of escaping into the worker; cancellation passes through.
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            error = type(exc).__name__
         else:
             if isinstance(result, bool):
                 allowed = result

@@ -195,6 +195,22 @@ def _as_bytes(value: Any) -> bytes | None:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+def _attempt(value: Any, *, least: int = 1) -> int:
+    """An entry's attempt count. Fields are written by whoever can write to Redis: a
+    value that is not a sane integer must not crash the worker (or ``vaultq dead list``)."""
+    try:
+        return max(least, int(value))
+    except (TypeError, ValueError):
+        return least
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _tag_entry(tag: str) -> str:
     """The stream entry id inside a delivery tag ``<entry id>/<nonce>``."""
     return tag.partition("/")[0]
@@ -515,12 +531,12 @@ class RedisBroker:
                         queue=queue,
                         job_id=_text(job_id),
                         envelope=bytes(envelope),
-                        attempt=int(attempt),
+                        attempt=_attempt(attempt),
                         tag=_text(tag),
                         redelivered=bool(redelivered),
                         completed=bool(done),
                         cancel_requested=bool(cancel),
-                        enqueued_at=float(enqueued_at),
+                        enqueued_at=_number(enqueued_at),
                     )
                 )
         if len(after) < len(queues):
@@ -607,8 +623,8 @@ class RedisBroker:
                     job_id=_text(f.get("id", b"")),
                     reason=_text(f.get("reason", b"")),
                     detail=_text(f.get("detail", b"")),
-                    attempt=int(f.get("att", b"0")),
-                    at=float(f.get("at", b"0")),
+                    attempt=_attempt(f.get("att", b"0"), least=0),
+                    at=_number(f.get("at", b"0")),
                     tag=_text(entry_id),
                 )
             )

@@ -742,6 +742,18 @@ def _next_due(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> float
     return min(known) if known else None
 
 
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _as_int(value: object, *, least: int) -> int:
+    return max(least, value) if type(value) is int else least
+
+
 def _lease_row(
     conn: sqlite3.Connection,
     ns: str,
@@ -752,6 +764,17 @@ def _lease_row(
     lease_until: float,
 ) -> Delivery | None:
     row_id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries = row
+    # Whoever can write the database file can store any type in any column (SQLite is
+    # dynamically typed): coerce, so a crafted row is rejected as a job instead of
+    # crashing the worker with a TypeError.
+    if not isinstance(job_id, str):
+        # Settling matches the row by job id too: store the text the delivery carries.
+        job_id = _as_text(job_id)
+        conn.execute("UPDATE vaultq_jobs SET job_id = ? WHERE id = ?", (job_id, row_id))
+    attempt = _as_int(attempt, least=1)
+    deliveries = _as_int(deliveries, least=0)
+    enqueued_at = enqueued_at if isinstance(enqueued_at, int | float) else 0.0
+    envelope = envelope if isinstance(envelope, bytes) else _as_text(envelope).encode()
     claim = conn.execute(_LIVE_CLAIM, (ns, queue, job_id, now)).fetchone()
     if claim is not None and claim[0] != row_id:
         # A duplicate of a job id that runs elsewhere: look at it again after that lease.

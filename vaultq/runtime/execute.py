@@ -34,7 +34,7 @@ from vaultq.errors import (
     VaultqError,
 )
 from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
-from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
+from vaultq.policy import AUDIT_LOGGER, PolicyRequest, _safe_id, evaluate
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -256,15 +256,18 @@ class Executor:
 
     def _reject(self, delivery: Delivery, exc: EnvelopeError | PayloadError) -> Settlement:
         reason = exc.reason if isinstance(exc, EnvelopeError) else "payload"
+        # The broker-given id is unauthenticated: escape and cap it so a crafted id
+        # cannot forge audit lines or flood the log.
+        job_id = _safe_id(delivery.job_id)
         audit.warning(
             "job %s rejected on queue %s: %s (attempt %d)",
-            delivery.job_id,
+            job_id,
             delivery.queue,
             reason,
             delivery.attempt,
             extra={
                 "vaultq": {
-                    "job_id": delivery.job_id,
+                    "job_id": job_id,
                     "queue": delivery.queue,
                     "decision": "rejected",
                     "reason": reason,
@@ -273,9 +276,10 @@ class Executor:
         )
         # The envelope did not authenticate, so its id is remembered for nothing and the
         # REJECTED record is sealed under the broker-given id only to wake a waiting
-        # producer. A replayed envelope must not overwrite the original's result.
+        # producer. A replayed envelope must not overwrite the original's result, nor may
+        # junk written under a finished job's id replace its outcome with a REJECTED one.
         result = None
-        if reason != "replayed":
+        if reason != "replayed" and not delivery.completed:
             header = Header(
                 version=1,
                 job_id=delivery.job_id,
@@ -456,6 +460,13 @@ class Executor:
                 failure = (exc.error_type, exc.message)
             except Exception as exc:
                 failure = (_type_path(exc), _safe_text(exc))
+            except BaseException as exc:
+                # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
+                # BaseException is the task failing, not the worker stopping: it must not
+                # crash the worker, nor print its message. Cancellation passes through.
+                if _is_cancellation(exc):
+                    raise
+                failure = (_type_path(exc), _safe_text(exc))
         slot.scope = None
         if scope.cancelled_caught:
             if slot.stop == Stop.SHUTDOWN:
@@ -606,6 +617,13 @@ def _plainly_typed(value: Any, declared: Any) -> bool:
     if declared is None:
         return value is None
     return declared in (int, str, float, bytes) and type(value) is declared
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(cancelled) is not None
+    return isinstance(exc, cancelled)
 
 
 def _type_path(exc: BaseException) -> str:
