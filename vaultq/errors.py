@@ -214,6 +214,10 @@ class JobTimedOut(JobError):
 
 
 class JobRejected(JobError):
+    """A delivery under this job id failed to open (REJECTED). The id a rejected delivery
+    carried is not authenticated, so this is not proof that the job never ran: don't
+    re-enqueue blindly on it (see docs/security.md)."""
+
     status = "rejected"
 
 
