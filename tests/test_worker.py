@@ -497,3 +497,24 @@ def test_enqueue_sync_reuses_connections(redis_url: str, unique_name: str) -> No
     # 100 more enqueues from 4 threads: a handful of pooled connections, not 100
     assert after_all - after_first <= 4
     app.close()
+
+
+async def test_size_limits_are_enforced_at_both_ends(tmp_path: Path, unique_name: str) -> None:
+    app = new_app(broker_url("sqlite", tmp_path, None), unique_name, max_envelope_size=4096)
+
+    @app.task(name="orders.big", retries=0)
+    async def big(job: Order) -> str:
+        return "x" * job.order_id
+
+    with pytest.raises(vaultq.PayloadError, match="max_envelope_size"):
+        await big.enqueue(Order(1, "y" * 5000, vaultq.Secret("x")))
+    async with running_worker(app):
+        assert (
+            await (await big.enqueue(Order(10, "", vaultq.Secret("x")))).result(timeout=10)
+            == "x" * 10
+        )
+        with pytest.raises(vaultq.JobFailed) as info:
+            await (await big.enqueue(Order(5000, "", vaultq.Secret("x")))).result(timeout=10)
+    assert info.value.error_type == "vaultq.PayloadError"
+    assert "too large" in info.value.detail  # type: ignore[attr-defined]
+    await app.aclose()

@@ -413,6 +413,14 @@ class App:
                 not_before=not_before,
                 expires_at=not_before + task.options.expires,
             )
+            if len(envelope) > self.max_envelope_size:
+                # Workers refuse it before parsing; say so now instead of dead-lettering later.
+                raise PayloadError(
+                    f"the sealed job for task {task.name!r} is {len(envelope)} bytes, over "
+                    f"the app's max_envelope_size ({self.max_envelope_size}); send a "
+                    "reference (a key or URL) instead of the data, or raise the limit on "
+                    "producers and workers alike"
+                )
             items.append(
                 EnqueueItem(
                     queue=target,

@@ -47,6 +47,8 @@ log = logging.getLogger("vaultq.worker")
 audit = logging.getLogger(AUDIT_LOGGER)
 
 _MAX_ERROR_TEXT = 2000
+_RESULT_OVERHEAD = 1024
+"""Room left for the sealed result's header, metadata and signature."""
 _IDLE_THREAD_SECONDS = 10.0
 """An idle sync thread exits after this long without work."""
 
@@ -530,6 +532,15 @@ class Executor:
         delay = random.uniform(0, cap)  # nosec B311
         return Retry(delivery=delivery, not_before=time.time() + delay)
 
+    def _fits(self, encoded: bytes) -> bytes:
+        if len(encoded) > self.app.max_envelope_size - _RESULT_OVERHEAD:
+            raise TaskRaised(
+                "vaultq.PayloadError",
+                f"the task's return value is {len(encoded)} bytes, too large for the app's "
+                f"max_envelope_size ({self.app.max_envelope_size}); return a reference instead",
+            )
+        return encoded
+
     async def _call(
         self,
         task: Task[Any, Any],
@@ -552,7 +563,7 @@ class Executor:
                     raise TaskRaised(
                         "vaultq.PayloadError", f"the task's return value: {exc}"
                     ) from None
-            return encoded
+            return self._fits(encoded)
         token = _set_current(ctx)
         try:
             if task.is_async:
@@ -572,7 +583,7 @@ class Executor:
                 task.result_codec.decode(encoded)
         except PayloadError as exc:
             raise TaskRaised("vaultq.PayloadError", f"the task's return value: {exc}") from None
-        return encoded
+        return self._fits(encoded)
 
     async def _call_async(self, task: Task[Any, Any], payload: Any) -> Any:
         async def call() -> Any:
