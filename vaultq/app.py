@@ -552,16 +552,28 @@ def _not_before(now: float, delay: float | None, at: datetime | float | None) ->
     if delay is not None and at is not None:
         raise ConfigurationError("give either delay= or at=, not both")
     if delay is not None:
-        if delay < 0:
-            raise ConfigurationError("delay must be >= 0 seconds")
+        if not 0 <= delay < _MAX_DEFER:
+            raise ConfigurationError(
+                f"delay must be a number of seconds >= 0 and below {_MAX_DEFER:.0f} (~100 years)"
+            )
         return now + delay
     if at is None:
         return now
     if isinstance(at, datetime):
         if at.tzinfo is None:
             raise ConfigurationError("at= needs a timezone-aware datetime (e.g. datetime.now(UTC))")
-        return max(now, at.timestamp())
-    return max(now, float(at))
+        when = at.timestamp()
+    else:
+        when = float(at)
+    # NaN, infinity or an absurd year would fail deep in the envelope encoder instead.
+    if not when < now + _MAX_DEFER:
+        raise ConfigurationError(
+            "at= must be a finite time within ~100 years (a datetime or Unix seconds)"
+        )
+    return max(now, when)
+
+
+_MAX_DEFER = 100 * 365 * 86400.0
 
 
 def _embedded_key_path(broker: Broker) -> Path:

@@ -59,6 +59,15 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return text.upper()
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -99,6 +108,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes > 1:
         from vaultq.runtime.supervisor import supervise
 
+        # Load the app and its keys once here: a typo in the module name or missing keys
+        # is one clear error and exit 2, not N children crash-looping under the supervisor.
+        _app(args.app, args.broker).keyring  # noqa: B018
         child = [sys.executable, "-m", "vaultq", *_worker_argv(args), "--processes", "1"]
         return supervise(child, args.processes, grace=args.grace)
     app = _app(args.app, args.broker)
@@ -308,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "settings' app when DJANGO_SETTINGS_MODULE is set)",
             )
         p.add_argument("--broker", help="broker URL (overrides the app's and $VAULTQ_BROKER)")
-        p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+        p.add_argument(
+            "--log-level",
+            type=_log_level,
+            default="INFO",
+            help="DEBUG, INFO, WARNING, ERROR (default INFO)",
+        )
 
     w = sub.add_parser(
         "worker",

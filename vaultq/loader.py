@@ -34,12 +34,19 @@ def load_app(spec: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        # The module itself (or a package on its path) is missing, versus a module it
+        # imports: `shop_jobs` importing a missing `shop` is a dependency problem.
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise ConfigurationError(
                 f"cannot import {module_name!r}: no such module. Run from the directory "
                 "that contains it, or put it on PYTHONPATH"
             ) from exc
-        raise
+        if not exc.name:
+            raise
+        raise ConfigurationError(
+            f"cannot import {module_name!r}: it imports {exc.name!r}, which is not installed "
+            "here. Install it in this environment (or fix the import), then start again"
+        ) from exc
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, App):

@@ -216,9 +216,17 @@ def _tag_entry(tag: str) -> str:
     return tag.partition("/")[0]
 
 
+_REDIS_PY_DEFAULT_SOCKET_TIMEOUT = 5.0
+"""What redis-py >= 8 uses when the URL sets no ``socket_timeout`` (earlier: none)."""
+
+
 def _block_limit(client: aioredis.Redis) -> float:
     """Longest blocking read that fits in the client's socket timeout (if it has one)."""
-    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    kwargs = client.connection_pool.connection_kwargs
+    # redis-py >= 8 gives connections a 5 s socket timeout without listing it in the pool's
+    # kwargs: an absent key must not be read as "no timeout", or every blocking read
+    # longer than 5 s (result(timeout=10), --wait) fails with a read timeout.
+    socket_timeout = kwargs.get("socket_timeout", _REDIS_PY_DEFAULT_SOCKET_TIMEOUT)
     if not socket_timeout:
         return float("inf")
     return max(0.05, float(socket_timeout) / 2)

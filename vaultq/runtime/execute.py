@@ -241,8 +241,11 @@ class Executor:
             finished_at=time.time(),
             worker_id=self.worker_id,
         )
-        store = task is None or task.options.store_result or status != JobStatus.SUCCEEDED
-        result = self._result(header, body) if store else None
+        if task is not None and not task.options.store_result and status == JobStatus.SUCCEEDED:
+            # store_result=False keeps the value out of the broker, not the outcome: without
+            # a record, result() would wait until its timeout and status() stay PENDING.
+            body = msgspec.structs.replace(body, value=None)
+        result = self._result(header, body)
         ttl = task.options.result_ttl if task else self.app._defaults.result_ttl
         remember = self._remember_until(header)
         if status == JobStatus.SUCCEEDED:
