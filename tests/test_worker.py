@@ -518,3 +518,29 @@ async def test_size_limits_are_enforced_at_both_ends(tmp_path: Path, unique_name
     assert info.value.error_type == "vaultq.PayloadError"
     assert "too large" in info.value.detail  # type: ignore[attr-defined]
     await app.aclose()
+
+
+async def test_custom_job_ids_are_validated(tmp_path: Path, unique_name: str) -> None:
+    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+
+    @app.task(name="orders.ided")
+    async def ided(job: Order) -> int:
+        return job.order_id
+
+    for bad in ("", "../etc", "x" * 129, "-lead", "sp ace", "new\nline"):
+        with pytest.raises(vaultq.ConfigurationError, match="job_id"):
+            await ided.enqueue(Order(1, "", vaultq.Secret("x")), job_id=bad)
+    async with running_worker(app):
+        handle = await ided.enqueue(Order(3, "", vaultq.Secret("x")), job_id="order-3:refund")
+        assert handle.id == "order-3:refund"
+        assert await handle.result(timeout=10) == 3
+        # the same id again is a replay: refused, and the first result stands
+        again = await ided.enqueue(Order(4, "", vaultq.Secret("x")), job_id="order-3:refund")
+        broker = await app.broker()
+        with anyio.fail_after(10):
+            while not await broker.dead_letters("default"):
+                await anyio.sleep(0.05)
+        assert await again.result(timeout=1) == 3
+    (dead,) = await broker.dead_letters("default")
+    assert dead.reason == "rejected:replayed"
+    await app.aclose()

@@ -43,6 +43,7 @@ P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
 class _LoopBroker:
@@ -398,7 +399,15 @@ class App:
                     f"task {task.name!r} takes a {task.payload_type.__name__} payload, "
                     f"got {type(payload).__name__}"
                 )
-            job_id = job_ids[i] if job_ids is not None else new_job_id(now)
+            if job_ids is None:
+                job_id = new_job_id(now)
+            else:
+                job_id = job_ids[i]
+                if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+                    raise ConfigurationError(
+                        "job_id must be 1-128 letters, digits, '_', '.', ':' or '-', starting "
+                        "with a letter or digit (or leave it out for a fresh id)"
+                    )
             await self.authorize_enqueue(task, payload, principal, job_id)
             envelope = seal_job(
                 keyring,

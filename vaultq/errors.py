@@ -35,7 +35,7 @@ payload value, plaintext, a principal's attributes or key bytes.
         ├── JobRejected
         ├── JobExpired
         ├── JobCancelled
-        └── ResultUnavailable        no result stored (store_result=False or TTL passed)
+        └── ResultUnavailable        succeeded, value not stored (store_result=False)
 
 Waiting for a result longer than asked raises the builtin :class:`TimeoutError`.
 """
@@ -230,6 +230,9 @@ class JobCancelled(JobError):
 
 
 class ResultUnavailable(JobError):
-    """The job finished but no result is stored (``store_result=False`` or the TTL passed)."""
+    """The job succeeded but its value was not stored (``store_result=False``).
+
+    Once ``result_ttl`` has passed, a job's outcome is gone from the broker: its status
+    reads PENDING again and waiting for it ends in ``TimeoutError``."""
 
     status = "unknown"

@@ -134,7 +134,9 @@ class Task(Generic[P, R]):
         """Seal ``payload`` and put it on the broker; returns a handle at once.
 
         ``delay`` (seconds) or ``at`` (datetime or Unix time) defer the job. ``timeout``
-        overrides the per-attempt timeout up to the task's ``max_timeout``.
+        overrides the per-attempt timeout up to the task's ``max_timeout``. ``job_id``
+        (default: a new time-ordered id) must be unique: 1-128 letters, digits, ``_.:-``;
+        an id that already ran is refused by the worker as a replay while remembered.
 
         Raises ``PayloadError`` (wrong payload type), ``AuthorizationDenied`` (the policy
         refused ``principal``), ``BrokerError``.
@@ -206,10 +208,19 @@ class Task(Generic[P, R]):
         *,
         principal: Principal | None = None,
         delay: float | None = None,
+        at: datetime | float | None = None,
         queue: str | None = None,
+        timeout: float | None = None,
     ) -> list[JobHandle[R]]:
+        """``enqueue_many`` for sync code."""
         return self.app._run_sync(
-            self.enqueue_many, list(payloads), principal=principal, delay=delay, queue=queue
+            self.enqueue_many,
+            list(payloads),
+            principal=principal,
+            delay=delay,
+            at=at,
+            queue=queue,
+            timeout=timeout,
         )
 
 
