@@ -24,7 +24,8 @@ from huey import RedisHuey, SqliteHuey, signals
 from huey.registry import Message
 from huey.serializer import Serializer
 
-POLL_MIN, POLL_MAX, POLL_FACTOR = 0.01, 0.2, 2.0
+# vaultq's SQLite polling schedule (vaultq/brokers/sqlite.py), for a like-for-like latency.
+POLL_MIN, POLL_MAX, POLL_FACTOR = 0.002, 0.1, 1.25
 
 
 class JSONSerializer(Serializer):

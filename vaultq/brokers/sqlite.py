@@ -19,7 +19,7 @@ How the protocol maps onto rows (see ``docs/sqlite.md`` for the full schema):
 
 SQLite has no blocking read across processes. ``fetch(block=...)`` and ``wait_result``
 therefore wake at once on changes made through the same broker instance (anyio events)
-and otherwise poll with a backoff from 10 ms to 200 ms, never past the next due delayed
+and otherwise poll with a gentle backoff from 2 ms to 100 ms, never past the next due delayed
 job; ``wait_result`` skips the query while ``PRAGMA data_version`` says no other
 connection committed anything.
 """
@@ -69,8 +69,10 @@ DEFAULT_BUSY_TIMEOUT = 10.0
 CLEANUP_INTERVAL = 30.0
 """Seconds between opportunistic deletes of expired results, ids, claims and markers."""
 CLEANUP_BATCH = 500
-POLL_MIN = 0.01
-POLL_MAX = 0.2
+POLL_MIN = 0.002
+POLL_MAX = 0.1
+POLL_GROWTH = 1.25
+"""Slow growth: a job that finishes a few ms after the wait began is seen within ~1 ms."""
 MIN_LEASE = 0.001
 MEMORY = ":memory:"
 SYNCHRONOUS = ("full", "normal")
@@ -465,7 +467,7 @@ class SqliteBroker:
                 pause = min(pause, max(next_due - time.time(), POLL_MIN / 10))
             with anyio.move_on_after(pause):
                 await event.wait()
-            delay = min(delay * 2, POLL_MAX)
+            delay = min(delay * POLL_GROWTH, POLL_MAX)
 
     def _fetch_sync(
         self,
@@ -598,7 +600,7 @@ class SqliteBroker:
                 # A settle through this instance: look even though data_version (which
                 # counts other connections' commits only) may not have moved.
                 seen = None
-            delay = min(delay * 2, POLL_MAX)
+            delay = min(delay * POLL_GROWTH, POLL_MAX)
 
     def _peek_result_sync(
         self, queue: str, job_id: str, seen: int | None, conn: sqlite3.Connection
