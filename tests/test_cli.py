@@ -137,3 +137,13 @@ def test_worker_flags_are_validated(flag: str, value: str, says: str) -> None:
     assert out.returncode == 2
     assert says in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["dead", "list"], ["cancel", "0" * 32, "--app"]])
+def test_read_only_commands_do_not_create_a_database(command: list[str], tmp_path: Path) -> None:
+    db = tmp_path / "typo" / "vaultq.db"
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{db}"})
+    out = run(*command, "cli_apps", env=env)
+    assert out.returncode == 2
+    assert "no vaultq database at" in out.stderr
+    assert not db.parent.exists()

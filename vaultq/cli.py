@@ -177,6 +177,17 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 # -- producing and inspecting ----------------------------------------------------------------
 
 
+def _existing_broker(app: Any) -> Any:
+    """For read-only commands: refuse to create an empty embedded database on a typo."""
+    path = getattr(app._broker_template, "path", None)
+    if path is not None and not path.exists():
+        raise VaultqError(
+            f"no vaultq database at {path}: check --broker / VAULTQ_BROKER and the "
+            "working directory (this command does not create one)"
+        )
+    return app
+
+
 def _find_task(app: Any, name: str) -> Any:
     task = app.get_task(name)
     if task is not None:
@@ -230,7 +241,7 @@ def _masked(obj: Any) -> Any:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    app = _app(args.app, args.broker)
+    app = _existing_broker(_app(args.app, args.broker))
 
     async def go() -> str:
         return str(await app.cancel(args.job_id, queue=args.queue))
@@ -244,7 +255,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    app = _app(args.app, args.broker)
+    app = _existing_broker(_app(args.app, args.broker))
     from vaultq.runtime.worker import _queues_of
 
     queues = [q for q in (args.queues or "").split(",") if q] or _queues_of(app)
@@ -262,7 +273,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    app = _app(args.app, args.broker)
+    app = _existing_broker(_app(args.app, args.broker))
 
     async def go() -> int:
         broker = await app.broker()
