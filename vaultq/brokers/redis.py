@@ -412,6 +412,14 @@ class RedisBroker:
             client = await self._ready()
             now = time.time()
             at = f"{now:.6f}"
+            first = items[0]
+            if len(items) == 1 and (first.not_before is None or first.not_before <= now):
+                # One XADD is atomic by itself: skip MULTI/EXEC on the common path.
+                await client.xadd(
+                    self.keys(first.queue).stream,
+                    {"id": first.job_id, "env": first.envelope, "att": "1", "at": at},
+                )
+                return
             # MULTI/EXEC: the whole batch is written or none of it.
             pipe = client.pipeline(transaction=True)
             for item in items:
