@@ -581,7 +581,17 @@ def test_cli_dead_list_escapes_what_the_broker_holds(
 ) -> None:
     """Dead letters are read from the broker, where an attacker may have written escape
     sequences; ``vaultq dead list`` printed them raw to the operator's terminal."""
-    done = _cli("status", "sec_cli_app", env=cli_env, cwd=tmp_path)  # creates the schema
+    # enqueueing creates the database and its schema
+    done = _cli(
+        "enqueue",
+        "sec_cli_app",
+        "sec.echo",
+        '{"n": 1, "token": "t"}',
+        "--delay",
+        "600",
+        env=cli_env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     con = sqlite3.connect(tmp_path / "vaultq.db")
     con.execute(
