@@ -76,6 +76,7 @@ class Worker:
         self._capacity = anyio.Event()
         self.processed = 0
         self._pool: ProcessPool | None = None
+        self._last_warned: dict[str, float] = {}
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
@@ -292,6 +293,12 @@ class Worker:
                 log.warning("settle failed (%s); retrying in %.1f s", type(exc).__name__, pause)
                 await anyio.sleep(pause)
 
+    def _warn_now_and_then(self, kind: str, message: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warned.get(kind, -_QUIET_FOR) >= _QUIET_FOR:
+            self._last_warned[kind] = now
+            log.warning(message, type(exc).__name__)
+
     # -- leases and cancellation ---------------------------------------------------------------
 
     async def _lease_keeper(self, broker: Broker) -> None:
@@ -304,7 +311,7 @@ class Worker:
             try:
                 await broker.extend(deliveries, consumer=self.name, lease=self.lease)
             except BrokerError as exc:
-                log.warning("lease extension failed (%s)", type(exc).__name__)
+                self._warn_now_and_then("lease", "lease extension failed (%s)", exc)
 
     async def _cancel_watcher(self, broker: Broker) -> None:
         while True:
@@ -316,7 +323,7 @@ class Worker:
                 try:
                     cancelled = await broker.cancelled(queue, ids)
                 except BrokerError as exc:
-                    log.warning("cancel check failed (%s)", type(exc).__name__)
+                    self._warn_now_and_then("cancel", "cancel check failed (%s)", exc)
                     continue
                 if not cancelled:
                     continue
@@ -324,6 +331,11 @@ class Worker:
                     if slot.delivery.job_id in cancelled and slot.stop is None:
                         log.info("cancelling running job %s on request", slot.delivery.job_id)
                         slot.request_stop(Stop.CANCELLED)
+
+
+_QUIET_FOR = 30.0
+"""Seconds between two warnings of the same periodic failure (a broker outage would
+otherwise log the lease keeper and cancel watcher every few hundred ms)."""
 
 
 def _internal_error(slot: JobSlot) -> Settlement:
