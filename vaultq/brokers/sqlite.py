@@ -43,6 +43,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from vaultq.brokers import sqlite_sql as sql
 from vaultq.brokers.base import (
     Ack,
     Bury,
@@ -55,6 +56,7 @@ from vaultq.brokers.base import (
     Retry,
     Settlement,
 )
+from vaultq.brokers.sqlite_sql import SCHEMA_VERSION
 from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "SqliteBroker"]
@@ -63,7 +65,6 @@ logger = logging.getLogger("vaultq.brokers.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 10.0
 """Seconds a transaction waits for another process's write lock before giving up."""
 CLEANUP_INTERVAL = 30.0
@@ -76,136 +77,6 @@ POLL_GROWTH = 1.25
 MIN_LEASE = 0.001
 MEMORY = ":memory:"
 SYNCHRONOUS = ("full", "normal")
-
-# Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
-_SCHEMA_V1 = (
-    """CREATE TABLE vaultq_jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        namespace TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        envelope BLOB NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 1,
-        not_before REAL NOT NULL,
-        enqueued_at REAL NOT NULL,
-        lease_owner TEXT,
-        lease_until REAL,
-        deliveries INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX vaultq_jobs_fetch ON vaultq_jobs (namespace, queue, not_before, id)",
-    """CREATE TABLE vaultq_claims (
-        namespace TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        row_id INTEGER NOT NULL,
-        tag TEXT NOT NULL,
-        consumer TEXT NOT NULL,
-        until REAL NOT NULL,
-        PRIMARY KEY (namespace, queue, job_id)
-    )""",
-    "CREATE INDEX vaultq_claims_until ON vaultq_claims (until)",
-    """CREATE TABLE vaultq_results (
-        namespace TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        data BLOB NOT NULL,
-        expires_at REAL NOT NULL,
-        PRIMARY KEY (namespace, queue, job_id)
-    )""",
-    "CREATE INDEX vaultq_results_expires ON vaultq_results (expires_at)",
-    """CREATE TABLE vaultq_finished (
-        namespace TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        until REAL NOT NULL,
-        PRIMARY KEY (namespace, queue, job_id)
-    )""",
-    "CREATE INDEX vaultq_finished_until ON vaultq_finished (until)",
-    """CREATE TABLE vaultq_cancels (
-        namespace TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        until REAL NOT NULL,
-        PRIMARY KEY (namespace, queue, job_id)
-    )""",
-    "CREATE INDEX vaultq_cancels_until ON vaultq_cancels (until)",
-    """CREATE TABLE vaultq_dead (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        namespace TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        at REAL NOT NULL,
-        envelope BLOB
-    )""",
-    "CREATE INDEX vaultq_dead_queue ON vaultq_dead (namespace, queue, id)",
-)
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
-
-_CLEANUP = (
-    "DELETE FROM vaultq_results WHERE rowid IN "
-    "(SELECT rowid FROM vaultq_results WHERE expires_at <= ? LIMIT ?)",
-    "DELETE FROM vaultq_finished WHERE rowid IN "
-    "(SELECT rowid FROM vaultq_finished WHERE until <= ? LIMIT ?)",
-    "DELETE FROM vaultq_cancels WHERE rowid IN "
-    "(SELECT rowid FROM vaultq_cancels WHERE until <= ? LIMIT ?)",
-    "DELETE FROM vaultq_claims WHERE rowid IN "
-    "(SELECT rowid FROM vaultq_claims WHERE until <= ? LIMIT ?)",
-)
-
-_SELECT_READY = (
-    "SELECT id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries FROM vaultq_jobs "
-    "WHERE namespace = ? AND queue = ? AND not_before <= ? ORDER BY not_before, id LIMIT ?"
-)
-_NEXT_DUE = "SELECT MIN(not_before) FROM vaultq_jobs WHERE namespace = ? AND queue = ?"
-# Take the claim unless another delivery holds it with a live lease (the upsert's WHERE).
-_CLAIM = (
-    "INSERT INTO vaultq_claims (namespace, queue, job_id, row_id, tag, consumer, until) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
-    "row_id = excluded.row_id, tag = excluded.tag, consumer = excluded.consumer, "
-    "until = excluded.until WHERE vaultq_claims.tag = excluded.tag OR vaultq_claims.until <= ?"
-)
-_LIVE_CLAIM = (
-    "SELECT row_id, until FROM vaultq_claims "
-    "WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
-)
-_UNCLAIM = "DELETE FROM vaultq_claims WHERE namespace = ? AND queue = ? AND job_id = ? AND tag = ?"
-_IS_FINISHED = (
-    "SELECT 1 FROM vaultq_finished WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
-)
-_IS_CANCELLED = (
-    "SELECT 1 FROM vaultq_cancels WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
-)
-_HAS_RESULT = (
-    "SELECT 1 FROM vaultq_results "
-    "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
-)
-_GET_RESULT = (
-    "SELECT data FROM vaultq_results "
-    "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
-)
-_PUT_RESULT = (
-    "INSERT INTO vaultq_results (namespace, queue, job_id, data, expires_at) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
-    "data = excluded.data, expires_at = excluded.expires_at"
-)
-# Never shorten a memory or a marker that is already there.
-_REMEMBER = (
-    "INSERT INTO vaultq_finished (namespace, queue, job_id, until) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (namespace, queue, job_id) DO UPDATE SET until = MAX(until, excluded.until)"
-)
-_MARK_CANCEL = (
-    "INSERT INTO vaultq_cancels (namespace, queue, job_id, until) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (namespace, queue, job_id) DO UPDATE SET until = MAX(until, excluded.until)"
-)
-_DELETE_JOB = "DELETE FROM vaultq_jobs WHERE id = ? AND namespace = ? AND job_id = ?"
-# Only while this delivery still holds the lease: a stale retry/release changes nothing.
-_REQUEUE_JOB = (
-    "UPDATE vaultq_jobs SET attempt = ?, not_before = ?, lease_owner = NULL, lease_until = NULL "
-    "WHERE id = ? AND deliveries = ? AND namespace = ? AND job_id = ?"
-)
 
 
 class _Database:
@@ -490,7 +361,7 @@ class SqliteBroker:
             lease_until = now + max(lease, MIN_LEASE)
             for queue in queues:
                 while len(out) < count:
-                    rows = conn.execute(_SELECT_READY, (ns, queue, now, count - len(out)))
+                    rows = conn.execute(sql.SELECT_READY, (ns, queue, now, count - len(out)))
                     batch = rows.fetchall()
                     if not batch:
                         break
@@ -525,7 +396,7 @@ class SqliteBroker:
                     )
                     if cur.rowcount:
                         conn.execute(
-                            _CLAIM, (ns, d.queue, d.job_id, row_id, d.tag, consumer, until, now)
+                            sql.CLAIM, (ns, d.queue, d.job_id, row_id, d.tag, consumer, until, now)
                         )
                     else:
                         lost += 1
@@ -565,7 +436,7 @@ class SqliteBroker:
         ns = self._namespace
 
         def work(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(_GET_RESULT, (ns, queue, job_id, time.time())).fetchone()
+            row = conn.execute(sql.GET_RESULT, (ns, queue, job_id, time.time())).fetchone()
             return None if row is None else bytes(row[0])
 
         return await self._run("get_result", work)
@@ -610,7 +481,7 @@ class SqliteBroker:
         # their commits: always look there.
         if version == seen and self._memory is None:
             return None, version
-        row = conn.execute(_GET_RESULT, (self._namespace, queue, job_id, time.time())).fetchone()
+        row = conn.execute(sql.GET_RESULT, (self._namespace, queue, job_id, time.time())).fetchone()
         return (None if row is None else bytes(row[0])), version
 
     # -- job state --------------------------------------------------------------------
@@ -619,7 +490,7 @@ class SqliteBroker:
         ns = self._namespace
 
         def work(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(_LIVE_CLAIM, (ns, queue, job_id, time.time())).fetchone()
+            row = conn.execute(sql.LIVE_CLAIM, (ns, queue, job_id, time.time())).fetchone()
             return row is not None
 
         return await self._run("is_running", work)
@@ -632,11 +503,11 @@ class SqliteBroker:
                 now = time.time()
                 key = (ns, queue, job_id, now)
                 if (
-                    conn.execute(_IS_FINISHED, key).fetchone() is not None
-                    or conn.execute(_HAS_RESULT, key).fetchone() is not None
+                    conn.execute(sql.IS_FINISHED, key).fetchone() is not None
+                    or conn.execute(sql.HAS_RESULT, key).fetchone() is not None
                 ):
                     return CancelState.FINISHED
-                conn.execute(_MARK_CANCEL, (ns, queue, job_id, now + max(ttl, 0.0)))
+                conn.execute(sql.MARK_CANCEL, (ns, queue, job_id, now + max(ttl, 0.0)))
                 return CancelState.REQUESTED
 
         return await self._run("cancel", work)
@@ -652,7 +523,7 @@ class SqliteBroker:
             return {
                 job_id
                 for job_id in ids
-                if conn.execute(_IS_CANCELLED, (ns, queue, job_id, now)).fetchone() is not None
+                if conn.execute(sql.IS_CANCELLED, (ns, queue, job_id, now)).fetchone() is not None
             }
 
         return await self._run("cancelled", work)
@@ -739,7 +610,7 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _next_due(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> float | None:
-    times = [conn.execute(_NEXT_DUE, (ns, queue)).fetchone()[0] for queue in queues]
+    times = [conn.execute(sql.NEXT_DUE, (ns, queue)).fetchone()[0] for queue in queues]
     known = [float(t) for t in times if t is not None]
     return min(known) if known else None
 
@@ -777,7 +648,7 @@ def _lease_row(
     deliveries = _as_int(deliveries, least=0)
     enqueued_at = enqueued_at if isinstance(enqueued_at, int | float) else 0.0
     envelope = envelope if isinstance(envelope, bytes) else _as_text(envelope).encode()
-    claim = conn.execute(_LIVE_CLAIM, (ns, queue, job_id, now)).fetchone()
+    claim = conn.execute(sql.LIVE_CLAIM, (ns, queue, job_id, now)).fetchone()
     if claim is not None and claim[0] != row_id:
         # A duplicate of a job id that runs elsewhere: look at it again after that lease.
         conn.execute("UPDATE vaultq_jobs SET not_before = ? WHERE id = ?", (claim[1], row_id))
@@ -791,7 +662,7 @@ def _lease_row(
         (consumer, lease_until, lease_until, deliveries + 1, row_id),
     )
     # The upsert cannot be refused here: any live claim would have matched above.
-    conn.execute(_CLAIM, (ns, queue, job_id, row_id, tag, consumer, lease_until, now))
+    conn.execute(sql.CLAIM, (ns, queue, job_id, row_id, tag, consumer, lease_until, now))
     key = (ns, queue, job_id, now)
     return Delivery(
         queue=queue,
@@ -801,8 +672,8 @@ def _lease_row(
         tag=tag,
         # A lease owner on a ready row means the last lease ran out unsettled.
         redelivered=lease_owner is not None,
-        completed=conn.execute(_IS_FINISHED, key).fetchone() is not None,
-        cancel_requested=conn.execute(_IS_CANCELLED, key).fetchone() is not None,
+        completed=conn.execute(sql.IS_FINISHED, key).fetchone() is not None,
+        cancel_requested=conn.execute(sql.IS_CANCELLED, key).fetchone() is not None,
         enqueued_at=enqueued_at,
     )
 
@@ -813,17 +684,17 @@ def _settle_one(
     d = s.delivery
     if isinstance(s, Retry | Release):
         attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
-        conn.execute(_REQUEUE_JOB, (attempt, s.not_before, row_id, seq, ns, d.job_id))
-        conn.execute(_UNCLAIM, (ns, d.queue, d.job_id, d.tag))
+        conn.execute(sql.REQUEUE_JOB, (attempt, s.not_before, row_id, seq, ns, d.job_id))
+        conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
         return
     # Ack and Bury remove the row even from a stale delivery: the job did end, and
     # running it again would be worse than cutting short a redelivery.
     if s.result is not None:
-        conn.execute(_PUT_RESULT, (ns, d.queue, d.job_id, s.result, now + s.result_ttl))
+        conn.execute(sql.PUT_RESULT, (ns, d.queue, d.job_id, s.result, now + s.result_ttl))
     if s.remember_until is not None:
-        conn.execute(_REMEMBER, (ns, d.queue, d.job_id, s.remember_until))
-    deleted = conn.execute(_DELETE_JOB, (row_id, ns, d.job_id)).rowcount
-    conn.execute(_UNCLAIM, (ns, d.queue, d.job_id, d.tag))
+        conn.execute(sql.REMEMBER, (ns, d.queue, d.job_id, s.remember_until))
+    deleted = conn.execute(sql.DELETE_JOB, (row_id, ns, d.job_id)).rowcount
+    conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
     if isinstance(s, Bury) and deleted:
         # Only the settlement that removed the row writes the dead letter, so a repeated
         # Bury (a retried batch whose commit did land) does not bury twice.
@@ -839,7 +710,7 @@ def _cleanup(conn: sqlite3.Connection, now: float) -> bool:
     """Delete a bounded batch of expired rows per table; True when a backlog remains."""
     backlog = False
     with _immediate(conn):
-        for statement in _CLEANUP:
+        for statement in sql.CLEANUP:
             if conn.execute(statement, (now, CLEANUP_BATCH)).rowcount >= CLEANUP_BATCH:
                 backlog = True
     return backlog
@@ -859,7 +730,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 "point it at another database file"
             )
         for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step]:
+            for statement in sql.MIGRATIONS[step]:
                 conn.execute(statement)
         if version != SCHEMA_VERSION:
             conn.execute(

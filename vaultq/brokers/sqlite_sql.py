@@ -1,0 +1,158 @@
+"""The SQL of the embedded broker: schema migrations and statements, in one place.
+
+``vaultq/brokers/sqlite.py`` runs them; ``docs/sqlite.md`` explains the schema.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLAIM",
+    "CLEANUP",
+    "DELETE_JOB",
+    "GET_RESULT",
+    "HAS_RESULT",
+    "IS_CANCELLED",
+    "IS_FINISHED",
+    "LIVE_CLAIM",
+    "MARK_CANCEL",
+    "MIGRATIONS",
+    "NEXT_DUE",
+    "PUT_RESULT",
+    "REMEMBER",
+    "REQUEUE_JOB",
+    "SCHEMA_VERSION",
+    "SELECT_READY",
+    "UNCLAIM",
+]
+
+SCHEMA_VERSION = 1
+
+# Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
+SCHEMA_V1 = (
+    """CREATE TABLE vaultq_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        not_before REAL NOT NULL,
+        enqueued_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        deliveries INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX vaultq_jobs_fetch ON vaultq_jobs (namespace, queue, not_before, id)",
+    """CREATE TABLE vaultq_claims (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        row_id INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_claims_until ON vaultq_claims (until)",
+    """CREATE TABLE vaultq_results (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_results_expires ON vaultq_results (expires_at)",
+    """CREATE TABLE vaultq_finished (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_finished_until ON vaultq_finished (until)",
+    """CREATE TABLE vaultq_cancels (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_cancels_until ON vaultq_cancels (until)",
+    """CREATE TABLE vaultq_dead (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at REAL NOT NULL,
+        envelope BLOB
+    )""",
+    "CREATE INDEX vaultq_dead_queue ON vaultq_dead (namespace, queue, id)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1,)
+
+CLEANUP = (
+    "DELETE FROM vaultq_results WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_results WHERE expires_at <= ? LIMIT ?)",
+    "DELETE FROM vaultq_finished WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_finished WHERE until <= ? LIMIT ?)",
+    "DELETE FROM vaultq_cancels WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_cancels WHERE until <= ? LIMIT ?)",
+    "DELETE FROM vaultq_claims WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_claims WHERE until <= ? LIMIT ?)",
+)
+
+SELECT_READY = (
+    "SELECT id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries FROM vaultq_jobs "
+    "WHERE namespace = ? AND queue = ? AND not_before <= ? ORDER BY not_before, id LIMIT ?"
+)
+NEXT_DUE = "SELECT MIN(not_before) FROM vaultq_jobs WHERE namespace = ? AND queue = ?"
+# Take the claim unless another delivery holds it with a live lease (the upsert's WHERE).
+CLAIM = (
+    "INSERT INTO vaultq_claims (namespace, queue, job_id, row_id, tag, consumer, until) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
+    "row_id = excluded.row_id, tag = excluded.tag, consumer = excluded.consumer, "
+    "until = excluded.until WHERE vaultq_claims.tag = excluded.tag OR vaultq_claims.until <= ?"
+)
+LIVE_CLAIM = (
+    "SELECT row_id, until FROM vaultq_claims "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+UNCLAIM = "DELETE FROM vaultq_claims WHERE namespace = ? AND queue = ? AND job_id = ? AND tag = ?"
+IS_FINISHED = (
+    "SELECT 1 FROM vaultq_finished WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+IS_CANCELLED = (
+    "SELECT 1 FROM vaultq_cancels WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+HAS_RESULT = (
+    "SELECT 1 FROM vaultq_results "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
+)
+GET_RESULT = (
+    "SELECT data FROM vaultq_results "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
+)
+PUT_RESULT = (
+    "INSERT INTO vaultq_results (namespace, queue, job_id, data, expires_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
+    "data = excluded.data, expires_at = excluded.expires_at"
+)
+# Never shorten a memory or a marker that is already there.
+REMEMBER = (
+    "INSERT INTO vaultq_finished (namespace, queue, job_id, until) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (namespace, queue, job_id) DO UPDATE SET until = MAX(until, excluded.until)"
+)
+MARK_CANCEL = (
+    "INSERT INTO vaultq_cancels (namespace, queue, job_id, until) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (namespace, queue, job_id) DO UPDATE SET until = MAX(until, excluded.until)"
+)
+DELETE_JOB = "DELETE FROM vaultq_jobs WHERE id = ? AND namespace = ? AND job_id = ?"
+# Only while this delivery still holds the lease: a stale retry/release changes nothing.
+REQUEUE_JOB = (
+    "UPDATE vaultq_jobs SET attempt = ?, not_before = ?, lease_owner = NULL, lease_until = NULL "
+    "WHERE id = ? AND deliveries = ? AND namespace = ? AND job_id = ?"
+)
