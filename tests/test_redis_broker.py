@@ -315,8 +315,11 @@ def test_url_masks_the_password() -> None:
 def test_url_schemes() -> None:
     assert isinstance(broker_from_url("redis://localhost/0", namespace="a"), RedisBroker)
     assert isinstance(broker_from_url("unix:///tmp/redis.sock", namespace="a"), RedisBroker)
-    with pytest.raises(ConfigurationError, match="Sentinel"):
-        RedisBroker("redis+sentinel://h:26379/mymaster", namespace="a")
+    # Cluster and Sentinel URLs are accepted (tests/test_redis_topologies.py runs them).
+    for url in ("redis+sentinel://h:26379/mymaster", "redis+cluster://h1:7000,h2:7001/"):
+        assert isinstance(broker_from_url(url, namespace="a"), RedisBroker)
+    with pytest.raises(ConfigurationError, match="redis\\+sentinel://"):
+        RedisBroker("memcached://h/0", namespace="a")
 
 
 async def test_injected_client_is_used_and_left_open(

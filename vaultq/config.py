@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -50,13 +50,27 @@ stops taking sync jobs until some finish."""
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log)."""
+    """``url`` with any password replaced by ``***`` (safe to log).
+
+    Works on the raw netloc, so multi-host URLs (``redis+cluster://u:pw@h1:1,h2:2/``,
+    ``redis+sentinel://...``) are masked too; ``password``-like query options
+    (``?sentinel_password=``) are masked as well.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name.lower().endswith("password") for name, _ in pairs):
+        query = urlencode(
+            [(n, "***" if n.lower().endswith("password") else v) for n, v in pairs], safe="*/"
+        )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # Rebuilt by hand: urlunsplit drops the "//" of an empty netloc (unix:///path).
+    slashes = "//" if url[len(parts.scheme) + 1 :].startswith("//") else ""
+    masked = f"{parts.scheme}:{slashes}{netloc}{parts.path}"
+    masked += f"?{query}" if query else ""
+    return masked + (f"#{parts.fragment}" if parts.fragment else "")

@@ -34,12 +34,24 @@ __all__ = [
     "broker_from_url",
 ]
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"})
+REDIS_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    }
+)
 SQLITE_SCHEMES = frozenset({"sqlite"})
 
 
 def broker_from_url(url: str, *, namespace: str) -> Broker:
-    """Build the broker for ``url`` (``redis://``, ``rediss://``, ``unix://``, ``sqlite:///``).
+    """Build the broker for ``url``: ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+cluster://``, ``redis+sentinel://`` (and their ``rediss+`` TLS forms) or
+    ``sqlite:///``.
 
     Raises ConfigurationError for an unknown scheme.
     """
@@ -53,6 +65,6 @@ def broker_from_url(url: str, *, namespace: str) -> Broker:
 
         return SqliteBroker(url, namespace=namespace)
     raise ConfigurationError(
-        f"unsupported broker URL scheme {scheme!r}: use redis://, rediss://, unix:// "
-        "or sqlite:///path/to/vaultq.db"
+        f"unsupported broker URL scheme {scheme!r}: use redis://, rediss://, unix://, "
+        "redis+cluster://, redis+sentinel:// or sqlite:///path/to/vaultq.db"
     )

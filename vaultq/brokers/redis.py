@@ -15,7 +15,9 @@ How the protocol maps onto Redis (``docs/redis.md`` has the full key layout):
 Every key of a queue shares the hash tag ``{<namespace>:<queue>}``, so a queue lives in
 one Redis Cluster slot and every script only touches keys of that slot. All key names
 are built by :class:`QueueKeys` (the Lua scripts get the same names through a header
-generated from it).
+generated from it). On a cluster client (``redis+cluster://``) nothing spans two slots:
+an enqueue batch is one MULTI per slot and an idle fetch waits on each slot's streams
+concurrently; Sentinel (``redis+sentinel://``) is a plain client to the current master.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
-from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any, Final, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
 
 from vaultq.brokers.base import (
     Ack,
@@ -60,7 +66,19 @@ _PROMOTE_LIMIT: Final = 500
 _DEFAULT_MAX_CONNECTIONS: Final = 1024
 """Blocking reads (fetch when idle, wait_result) hold a connection each; connections
 are opened lazily, so a generous ceiling costs nothing until it is used."""
-_URL_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+_PLAIN_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+_CLUSTER_SCHEMES: Final = frozenset({"redis+cluster", "rediss+cluster"})
+_SENTINEL_SCHEMES: Final = frozenset({"redis+sentinel", "rediss+sentinel"})
+_URL_SCHEMES: Final = _PLAIN_SCHEMES | _CLUSTER_SCHEMES | _SENTINEL_SCHEMES
+_SENTINEL_PORT: Final = 26379
+_URL_FORMS: Final = (
+    "redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path/to/socket, "
+    "redis+cluster://[[user]:password@]host:port[,host:port...][/?options] or "
+    "redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]"
+)
+
+Client: TypeAlias = "aioredis.Redis | RedisCluster"
+"""A single-node (or Sentinel-managed) client, or a Redis Cluster client."""
 _SCRIPTS: Final = (
     "fetch",
     "extend",
@@ -216,13 +234,19 @@ def _tag_entry(tag: str) -> str:
     return tag.partition("/")[0]
 
 
+_CLUSTER_CALLS: Final = 16
+"""Script calls of one batch in flight at once on a cluster client (no pipelining)."""
+
 _REDIS_PY_DEFAULT_SOCKET_TIMEOUT = 5.0
 """What redis-py >= 8 uses when the URL sets no ``socket_timeout`` (earlier: none)."""
 
 
-def _block_limit(client: aioredis.Redis) -> float:
+def _block_limit(client: Client) -> float:
     """Longest blocking read that fits in the client's socket timeout (if it has one)."""
-    kwargs = client.connection_pool.connection_kwargs
+    if isinstance(client, RedisCluster):
+        kwargs = client.get_connection_kwargs()
+    else:
+        kwargs = client.connection_pool.connection_kwargs
     # redis-py >= 8 gives connections a 5 s socket timeout without listing it in the pool's
     # kwargs: an absent key must not be read as "no timeout", or every blocking read
     # longer than 5 s (result(timeout=10), --wait) fails with a read timeout.
@@ -236,14 +260,120 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _slot_groups(keys: Sequence[str]) -> list[list[str]]:
+    """``keys`` grouped by Redis Cluster hash slot (first-seen order)."""
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key.encode()), []).append(key)
+    return list(groups.values())
+
+
+# -- clients from URLs ---------------------------------------------------------------
+
+
+def _client_from_url(url: str, masked: str) -> tuple[Client, list[aioredis.Redis]]:
+    """The client for ``url``, and helper clients to close with it (Sentinel's)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    options = {k.lower() for k, _ in parse_qsl(parts.query)}
+    extra: dict[str, Any] = {}
+    # Defaults that matter for a queue, unless the URL says otherwise.
+    if "max_connections" not in options:
+        extra["max_connections"] = _DEFAULT_MAX_CONNECTIONS
+    if "socket_connect_timeout" not in options:
+        extra["socket_connect_timeout"] = 5.0
+    if "socket_keepalive" not in options:
+        extra["socket_keepalive"] = True
+    try:
+        if scheme in _PLAIN_SCHEMES:
+            return aioredis.Redis.from_url(url, decode_responses=False, **extra), []
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        tls = scheme.startswith("rediss")
+        if scheme in _CLUSTER_SCHEMES:
+            return _cluster_client(userinfo, hosts, parts.path, parts.query, tls, extra), []
+        return _sentinel_client(userinfo, hosts, parts.path, parts.query, tls, extra)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"invalid Redis URL {masked} ({str(exc)[:200]}); use {_URL_FORMS}"
+        ) from exc
+
+
+def _host_list(hosts: str, default_port: int | None) -> list[tuple[str, int]]:
+    """``h1:p1,h2:p2`` (IPv6 in brackets) as (host, port) pairs."""
+    out: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        if not part.strip():
+            continue
+        parsed = urlsplit("//" + part.strip())
+        port = parsed.port or default_port
+        if not parsed.hostname or port is None:
+            raise ValueError(f"host {part.strip()!r} needs a port")
+        out.append((unquote(parsed.hostname), port))
+    if not out:
+        raise ValueError("no host given")
+    return out
+
+
+def _connect_kwargs(userinfo: str, db: str, query: str, tls: bool) -> dict[str, Any]:
+    """redis-py connection options from the credentials, db and query of a URL (parsed
+    by redis-py itself, so option names and types match ``redis://`` URLs)."""
+    credentials = f"{userinfo}@" if userinfo else ""
+    single = f"{'rediss' if tls else 'redis'}://{credentials}localhost/{db}?{query}"
+    kwargs: dict[str, Any] = dict(parse_url(single))
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _cluster_client(
+    userinfo: str, hosts: str, path: str, query: str, tls: bool, extra: dict[str, Any]
+) -> RedisCluster:
+    kwargs = _connect_kwargs(userinfo, path.strip("/"), query, tls)
+    if kwargs.pop("db", 0):
+        raise ValueError("Redis Cluster has only database 0")
+    nodes = [ClusterNode(host, port) for host, port in _host_list(hosts, None)]
+    # max_connections is per node on a cluster client.
+    return RedisCluster(startup_nodes=nodes, decode_responses=False, **extra, **kwargs)
+
+
+def _sentinel_client(
+    userinfo: str, hosts: str, path: str, query: str, tls: bool, extra: dict[str, Any]
+) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
+    service, _, db = unquote(path.strip("/")).partition("/")
+    if not service:
+        raise ValueError("the path must name the Sentinel service: /service_name[/db]")
+    kwargs = {**extra, **_connect_kwargs(userinfo, db, query, tls)}
+    # Credentials in the URL are the master's; Sentinels with their own ACL user or
+    # password take ?sentinel_username= / ?sentinel_password=. Socket (and, for
+    # rediss+sentinel, TLS) options apply to both.
+    sentinel_kwargs = {
+        k: v for k, v in kwargs.items() if k.startswith("socket_") or (tls and k.startswith("ssl"))
+    }
+    for name in ("username", "password"):
+        value = kwargs.pop(f"sentinel_{name}", None)
+        if value:
+            sentinel_kwargs[name] = value
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        _host_list(hosts, _SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, **kwargs
+    )
+    master: aioredis.Redis = sentinel.master_for(service, redis_class=aioredis.Redis)
+    helpers: list[aioredis.Redis] = list(sentinel.sentinels)
+    return master, helpers
+
+
 class RedisBroker:
     """Redis Streams broker (also works with Valkey).
 
-    ``url`` is ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS or
-    ``unix:///path/to/redis.sock``; query options are passed to redis-py
-    (``?socket_timeout=5``, ``?max_connections=200`` ...). Sentinel: build the client
-    yourself (``Sentinel(...).master_for(name)``) and pass ``client_factory`` (used for
-    this broker and each clone) or ``client``.
+    ``url`` is ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
+    ``unix:///path/to/redis.sock``, ``redis+cluster://[[user]:password@]host:port[,...]``
+    (Redis Cluster, startup nodes; ``rediss+cluster://`` for TLS) or
+    ``redis+sentinel://[[user]:password@]host:port[,...]/service_name[/db]`` (the master
+    of ``service_name`` as reported by these Sentinels; ``rediss+sentinel://`` for TLS).
+    Query options are passed to redis-py (``?socket_timeout=5``, ``?max_connections=200``
+    ...). ``client_factory`` (used for this broker and each clone) or ``client`` hand it a
+    ready-made ``redis.asyncio.Redis`` or ``RedisCluster`` instead.
     """
 
     def __init__(
@@ -251,21 +381,20 @@ class RedisBroker:
         url: str,
         *,
         namespace: str,
-        client: aioredis.Redis | None = None,
-        client_factory: Callable[[], aioredis.Redis] | None = None,
+        client: Client | None = None,
+        client_factory: Callable[[], Client] | None = None,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
         if client is None and client_factory is None and scheme not in _URL_SCHEMES:
-            raise ConfigurationError(
-                f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or unix://; "
-                "for Sentinel pass client_factory=lambda: Sentinel(...).master_for(name)"
-            )
+            raise ConfigurationError(f"unsupported Redis URL scheme {scheme!r}: use {_URL_FORMS}")
         _check_name("namespace", namespace)
         self._raw_url = url
         self._url = mask_url(url)
         self._namespace = namespace
         self._factory = client_factory
         self._client = client
+        self._helpers: list[aioredis.Redis] = []
+        self._cluster = isinstance(client, RedisCluster)
         self._owns_client = False
         self._scripts: dict[str, Any] = {}
         self._keys: dict[str, QueueKeys] = {}
@@ -298,45 +427,35 @@ class RedisBroker:
 
     # -- connection ---------------------------------------------------------------
 
-    def _make_client(self) -> aioredis.Redis:
-        if self._factory is not None:
-            return self._factory()
-        options = {k.lower() for k, _ in parse_qsl(urlsplit(self._raw_url).query)}
-        extra: dict[str, Any] = {}
-        # Defaults that matter for a queue, unless the URL says otherwise.
-        if "max_connections" not in options:
-            extra["max_connections"] = _DEFAULT_MAX_CONNECTIONS
-        if "socket_connect_timeout" not in options:
-            extra["socket_connect_timeout"] = 5.0
-        if "socket_keepalive" not in options:
-            extra["socket_keepalive"] = True
-        try:
-            return aioredis.Redis.from_url(self._raw_url, decode_responses=False, **extra)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"invalid Redis URL {self._url}; use redis://[[user]:password@]host[:port][/db], "
-                "rediss://... or unix:///path/to/socket"
-            ) from exc
-
     async def connect(self) -> None:
         await self._ready()
 
-    async def _ready(self) -> aioredis.Redis:
+    async def _ready(self) -> Client:
         client = self._client
         if client is not None and self._scripts:
             return client
         if client is None:
-            client = self._client = self._make_client()
+            if self._factory is not None:
+                client = self._factory()
+            else:
+                client, self._helpers = _client_from_url(self._raw_url, self._url)
+            self._client = client
+            self._cluster = isinstance(client, RedisCluster)
             self._owns_client = True
         with self._boundary("connect"):
             await client.ping()
             scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
             # Load them now so the hot path never sees NOSCRIPT (it is still handled
-            # after a server restart).
-            pipe = client.pipeline(transaction=False)
-            for script in scripts.values():
-                pipe.script_load(script.script)
-            await pipe.execute()
+            # after a server restart or a failover).
+            if isinstance(client, RedisCluster):
+                # SCRIPT LOAD has no key: the cluster client sends it to every primary.
+                for script in scripts.values():
+                    await client.script_load(script.script)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for script in scripts.values():
+                    pipe.script_load(script.script)
+                await pipe.execute()
         self._scripts = scripts
         return client
 
@@ -358,7 +477,10 @@ class RedisBroker:
         if self._owns_client:
             self._client = None
             self._owns_client = False
+            helpers, self._helpers = self._helpers, []
             await client.aclose()
+            for helper in helpers:
+                await helper.aclose()
 
     @contextlib.contextmanager
     def _boundary(self, operation: str) -> Iterator[None]:
@@ -389,6 +511,8 @@ class RedisBroker:
         flushed its script cache) are run again one by one, which loads the script.
         """
         client = await self._ready()
+        if self._cluster:
+            return await self._run_each(calls)
         pipe = client.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.evalsha(self._scripts[name].sha, 1, keys.stream, keys.prefix, *args)
@@ -401,6 +525,34 @@ class RedisBroker:
                 )
             elif isinstance(reply, Exception):
                 raise reply
+        return replies
+
+    async def _run_each(self, calls: list[tuple[str, QueueKeys, list[Any]]]) -> list[Any]:
+        """``_run_batch`` on a cluster client, which refuses EVALSHA in pipelines: the
+        scripts run as concurrent calls (each routed to its queue's slot by its key).
+        Every call is atomic on its own and touches only its own entries and job ids,
+        so their order does not matter."""
+        if len(calls) == 1:
+            name, keys, args = calls[0]
+            return [await self._scripts[name](keys=[keys.stream], args=[keys.prefix, *args])]
+        replies: list[Any] = [None] * len(calls)
+        errors: list[Exception] = []
+        limiter = anyio.CapacityLimiter(_CLUSTER_CALLS)
+
+        async def run(i: int, name: str, keys: QueueKeys, args: list[Any]) -> None:
+            async with limiter:
+                try:
+                    replies[i] = await self._scripts[name](
+                        keys=[keys.stream], args=[keys.prefix, *args]
+                    )
+                except Exception as exc:  # re-raised below, outside the task group
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i, (name, keys, args) in enumerate(calls):
+                tg.start_soon(run, i, name, keys, args)
+        if errors:
+            raise errors[0]
         return replies
 
     # -- producer side ---------------------------------------------------------------
@@ -420,20 +572,33 @@ class RedisBroker:
                     {"id": first.job_id, "env": first.envelope, "att": "1", "at": at},
                 )
                 return
-            # MULTI/EXEC: the whole batch is written or none of it.
-            pipe = client.pipeline(transaction=True)
+            if not self._cluster:
+                # MULTI/EXEC: the whole batch is written or none of it.
+                await self._write(client.pipeline(transaction=True), items, now, at)
+                return
+            # A cluster transaction cannot span slots: one MULTI/EXEC per slot, so the
+            # batch is atomic per queue (per slot), not as a whole.
+            by_slot: dict[int, list[EnqueueItem]] = {}
             for item in items:
-                keys = self.keys(item.queue)
-                if item.not_before is None or item.not_before <= now:
-                    pipe.xadd(
-                        keys.stream,
-                        {"id": item.job_id, "env": item.envelope, "att": "1", "at": at},
-                    )
-                else:
-                    member = f"{item.job_id}|1|{at}|{secrets.token_hex(6)}"
-                    pipe.zadd(keys.delayed, {member: item.not_before})
-                    pipe.hset(keys.delayed_data, member, item.envelope)
-            await pipe.execute()
+                slot = key_slot(self.keys(item.queue).stream.encode())
+                by_slot.setdefault(slot, []).append(item)
+            for group in by_slot.values():
+                await self._write(client.pipeline(transaction=True), group, now, at)
+
+    async def _write(self, pipe: Any, items: Sequence[EnqueueItem], now: float, at: str) -> None:
+        """Queue the writes of ``items`` on ``pipe`` (a MULTI) and execute it."""
+        for item in items:
+            keys = self.keys(item.queue)
+            if item.not_before is None or item.not_before <= now:
+                pipe.xadd(
+                    keys.stream,
+                    {"id": item.job_id, "env": item.envelope, "att": "1", "at": at},
+                )
+            else:
+                member = f"{item.job_id}|1|{at}|{secrets.token_hex(6)}"
+                pipe.zadd(keys.delayed, {member: item.not_before})
+                pipe.hset(keys.delayed_data, member, item.envelope)
+        await pipe.execute()
 
     async def get_result(self, queue: str, job_id: str) -> bytes | None:
         with self._boundary("get_result"):
@@ -510,9 +675,36 @@ class RedisBroker:
                     # Wake on the first entry added after what the group has delivered;
                     # a delayed job falling due ends the wait through ``wait``.
                     block_ms = _ms(min(wait, _block_limit(client)))
-                    await client.xread(after, count=1, block=block_ms)  # type: ignore[arg-type]
+                    if self._cluster:
+                        await self._wait_slots(client, after, block_ms)
+                    else:
+                        await client.xread(after, count=1, block=block_ms)  # type: ignore[arg-type]
                 else:
                     await anyio.sleep(min(wait, 0.05))
+
+    async def _wait_slots(self, client: Client, after: dict[str, str], block_ms: int) -> None:
+        """The idle wait on a cluster: one XREAD BLOCK per slot (a multi-key XREAD must
+        stay in one slot), concurrently; the first to return ends the others."""
+        groups = _slot_groups(list(after))
+        if len(groups) == 1:
+            await client.xread(after, count=1, block=block_ms)  # type: ignore[arg-type]
+            return
+        errors: list[Exception] = []
+
+        async def wait(streams: dict[str, str], scope: anyio.CancelScope) -> None:
+            try:
+                await client.xread(streams, count=1, block=block_ms)  # type: ignore[arg-type]
+            except Exception as exc:  # re-raised below, outside the task group
+                errors.append(exc)
+            # Cancelling a blocked read makes redis-py drop that connection (it cannot be
+            # reused mid-reply); it is reopened on demand. Only idle wake-ups pay this.
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for group in groups:
+                tg.start_soon(wait, {stream: after[stream] for stream in group}, tg.cancel_scope)
+        if errors:
+            raise errors[0]
 
     async def _fetch_once(
         self, queues: Sequence[str], count: int, consumer: str, lease: float
