@@ -83,18 +83,36 @@ def _broker(app: App, deploy: bool) -> list[Finding]:
                 )
             ]
         return []
-    if deploy and parts.scheme == "redis" and not _loopback(parts.hostname or ""):
+    if not deploy:
+        return []
+    hosts = _hosts(parts.netloc)
+    if parts.scheme in _PLAINTEXT and not all(_loopback(h) for h in hosts):
+        off = ", ".join(h for h in hosts if not _loopback(h))
+        tls = parts.scheme.replace("redis", "rediss", 1)
         return [
             Finding(
                 "error",
                 "VQ202",
-                f"plaintext redis:// to {parts.hostname}: use rediss:// (TLS) off this host; "
+                f"plaintext {parts.scheme}:// to {off}: use {tls}:// (TLS) off this host; "
                 "envelopes are sealed, but credentials and metadata are not",
             )
         ]
-    if deploy and parts.scheme in ("redis", "rediss") and parts.password is None:
+    if parts.scheme in _PLAINTEXT | _TLS and parts.password is None:
         return [Finding("warning", "VQ203", "the Redis URL has no password/ACL user; set one")]
     return []
+
+
+_PLAINTEXT = frozenset({"redis", "redis+cluster", "redis+sentinel"})
+_TLS = frozenset({"rediss", "rediss+cluster", "rediss+sentinel"})
+
+
+def _hosts(netloc: str) -> list[str]:
+    """Host names of a possibly multi-host netloc (``user:pw@h1:p1,h2:p2``)."""
+    hosts = []
+    for part in netloc.rpartition("@")[2].split(","):
+        host = part.rsplit(":", 1)[0] if part.count(":") == 1 or "]" in part else part
+        hosts.append(host.strip("[]"))
+    return [h for h in hosts if h]
 
 
 def _policies(app: App) -> list[Finding]:

@@ -1,0 +1,44 @@
+"""`vaultq check`: findings for broker URLs of every Redis topology (no connection made)."""
+
+from __future__ import annotations
+
+import pytest
+
+import vaultq
+from vaultq.checks import check_app
+
+
+def codes(url: str, deploy: bool = True) -> set[str]:
+    app = vaultq.App("checks", broker=url, keyring=vaultq.Keyring.generate())
+    return {f.code for f in check_app(app, deploy=deploy)}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://10.1.2.3:6379/0",
+        "redis+cluster://127.0.0.1:7000,10.1.2.4:7001/0",
+        "redis+sentinel://10.1.2.5:26379/mymaster",
+    ],
+)
+def test_plaintext_off_host_is_an_error_for_every_topology(url: str) -> None:
+    assert "VQ202" in codes(url)
+    assert "VQ202" not in codes(url, deploy=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/0",
+        "rediss://:pw@cache.example.com:6380/0",
+        "rediss+sentinel://:pw@s1.example.com:26379,s2.example.com:26379/mymaster",
+    ],
+)
+def test_loopback_or_tls_is_fine(url: str) -> None:
+    assert "VQ202" not in codes(url)
+
+
+def test_missing_password_is_a_warning() -> None:
+    assert "VQ203" in codes("rediss://cache.example.com:6380/0")
+    assert "VQ203" not in codes("rediss://:pw@cache.example.com:6380/0")
