@@ -14,7 +14,7 @@ from vaultq.app import App
 from vaultq.errors import VaultqError
 from vaultq.policy import AllowAll
 
-__all__ = ["Finding", "check_app"]
+__all__ = ["Finding", "check_app", "plaintext_off_host"]
 
 Level = Literal["error", "warning"]
 
@@ -85,9 +85,9 @@ def _broker(app: App, deploy: bool) -> list[Finding]:
         return []
     if not deploy:
         return []
-    hosts = _hosts(parts.netloc)
-    if parts.scheme in _PLAINTEXT and not all(_loopback(h) for h in hosts):
-        off = ", ".join(h for h in hosts if not _loopback(h))
+    off_host = plaintext_off_host(url)
+    if off_host:
+        off = ", ".join(off_host)
         tls = parts.scheme.replace("redis", "rediss", 1)
         return [
             Finding(
@@ -104,6 +104,15 @@ def _broker(app: App, deploy: bool) -> list[Finding]:
 
 _PLAINTEXT = frozenset({"redis", "redis+cluster", "redis+sentinel"})
 _TLS = frozenset({"rediss", "rediss+cluster", "rediss+sentinel"})
+
+
+def plaintext_off_host(url: str) -> list[str]:
+    """The hosts a plaintext Redis URL (``redis://``, ``redis+cluster://``,
+    ``redis+sentinel://``) reaches off this machine; empty for TLS, loopback or others."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in _PLAINTEXT:
+        return []
+    return [h for h in _hosts(parts.netloc) if not _loopback(h)]
 
 
 def _hosts(netloc: str) -> list[str]:
@@ -131,7 +140,7 @@ def _policies(app: App) -> list[Finding]:
 
 
 def _loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    if host in ("localhost", "localhost.localdomain", "") or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from vaultq.brokers import REDIS_SCHEMES
+from vaultq.checks import plaintext_off_host
 
 __all__ = [
     "check_broker",
@@ -119,15 +119,6 @@ def check_keys_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
     return []
 
 
-def _loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_broker(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:
         s = _settings()
@@ -154,11 +145,12 @@ def check_broker_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.C
     url = _broker_url(s)
     if not url:
         return []
-    parts = urlsplit(url)
-    if parts.scheme.lower() in ("redis", "redis+sentinel") and not _loopback(parts.hostname or ""):
+    off_host = plaintext_off_host(url)
+    if off_host:
+        parts = urlsplit(url)
         return [
             checks.Warning(
-                f"the broker {parts.scheme}://{parts.hostname} is reached without TLS",
+                f"the broker {parts.scheme}://{','.join(off_host)} is reached without TLS",
                 hint="Use rediss:// for a Redis on another host. Jobs are sealed, but "
                 "the Redis password and queue metadata travel in clear.",
                 id="vaultq.W002",
