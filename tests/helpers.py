@@ -64,14 +64,29 @@ def start_worker_process(
     """``python -m vaultq worker SPEC ARGS`` in a subprocess (stderr to a log file)."""
     logs = Path(tempfile.gettempdir()) / "vaultq-test-logs"
     logs.mkdir(exist_ok=True)
-    log = open(logs / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
+    path = logs / f"worker-{time.monotonic_ns()}.log"
+    log = open(path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
         [sys.executable, "-m", "vaultq", "worker", spec, *args],
         env=dict(env),
         cwd=str(cwd or ROOT),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    proc.log_path = path  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_until_serving(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """Block until every worker process has printed its start line (signals handled,
+    about to fetch)."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        path: Path = proc.log_path  # type: ignore[attr-defined]
+        while b"vaultq worker " not in path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{path.read_text()[-2000:]}")
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -792,14 +792,19 @@ async def test_cleanup_deletes_expired_rows(broker: SqliteBroker) -> None:
 
 CONSUMER = textwrap.dedent(
     """
-    import json, sys, time, anyio
+    import json, pathlib, sys, time, anyio
     from vaultq.brokers.base import Ack
     from vaultq.brokers.sqlite import SqliteBroker
 
-    async def main(url, name, go):
+    async def main(url, name, rendezvous):
         b = SqliteBroker(url, namespace="mp")
         await b.connect()
-        while time.time() < go:
+        # Start together: a fixed wall-clock start is missed when one interpreter is
+        # slow to boot on a loaded machine, and then the other takes every job.
+        here = pathlib.Path(rendezvous)
+        (here / f"{name}.ready").touch()
+        deadline = time.time() + 60
+        while len(list(here.glob("*.ready"))) < 2 and time.time() < deadline:
             await anyio.sleep(0.005)
         seen = []
         idle = 0
@@ -811,7 +816,7 @@ CONSUMER = textwrap.dedent(
         await b.close()
         print(json.dumps(seen))
 
-    anyio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]))
+    anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3])
     """
 )
 
@@ -823,11 +828,12 @@ async def test_two_processes_never_get_the_same_job(tmp_path: Path) -> None:
     jobs = [f"job-{i:03d}" for i in range(500)]
     await b.enqueue([EnqueueItem("q", j, b"e") for j in jobs])
     await b.close()
-    go = time.time() + 1.5  # both start fetching at the same moment
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CONSUMER, url, f"p{i}", str(go)],
+            [sys.executable, "-c", CONSUMER, url, f"p{i}", str(rendezvous)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import ROOT, worker_env, worker_processes
+from helpers import ROOT, wait_until_serving, worker_env, worker_processes
 
 import vaultq
 
@@ -75,8 +75,10 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 async def test_2000_jobs_two_processes_each_once(e2e: ModuleType, env: dict[str, str]) -> None:
     n = 2000
-    handles = await e2e.double.enqueue_many(e2e.Item(n=i) for i in range(n))
     with worker_processes("e2e_app", env, 2, "--concurrency", "20") as procs:
+        # both serving before the jobs arrive, so neither drains them all alone
+        wait_until_serving(procs)
+        handles = await e2e.double.enqueue_many(e2e.Item(n=i) for i in range(n))
         results = [await h.result(timeout=120) for h in handles]
         assert all(p.poll() is None for p in procs)
     assert [r.doubled for r in results] == [2 * i for i in range(n)]
