@@ -147,3 +147,11 @@ def test_read_only_commands_do_not_create_a_database(command: list[str], tmp_pat
     assert out.returncode == 2
     assert "no vaultq database at" in out.stderr
     assert not db.parent.exists()
+
+
+def test_max_abandoned_threads_flag_reaches_the_worker() -> None:
+    args = build_parser().parse_args(["worker", "x", "--max-abandoned-threads", "3"])
+    assert args.max_abandoned_threads == 3
+    assert "--max-abandoned-threads" in run("worker", "--help").stdout
+    out = run("worker", "cli_apps", "--max-abandoned-threads=0")
+    assert out.returncode == 2 and "at least 1" in out.stderr

@@ -123,6 +123,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         grace=args.grace,
         lease=args.lease,
+        max_abandoned_threads=args.max_abandoned_threads,
     )
     if not app.tasks:
         log.warning("app %s has no tasks registered: is the task module imported?", app.name)
@@ -171,6 +172,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--broker", args.broker]
     if args.lease is not None:
         argv += ["--lease", str(args.lease)]
+    argv += ["--max-abandoned-threads", str(args.max_abandoned_threads)]
     return argv
 
 
@@ -367,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a job stays leased without renewal; a dead worker's jobs come back "
         f"after it (default {config.DEFAULT_LEASE:g})",
+    )
+    w.add_argument(
+        "--max-abandoned-threads",
+        type=_positive_int,
+        default=config.DEFAULT_MAX_ABANDONED_THREADS,
+        help="sync jobs past their deadline whose threads still run; beyond this, sync jobs "
+        f"are handed back until some finish (default {config.DEFAULT_MAX_ABANDONED_THREADS})",
     )
     w.set_defaults(func=cmd_worker)
 

@@ -28,6 +28,11 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("--lease", type=float, help="seconds a job stays leased")
         parser.add_argument("--broker", help="broker URL (overrides VAULTQ['BROKER_URL'])")
         parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+        parser.add_argument(
+            "--max-abandoned-threads",
+            type=int,
+            help="sync jobs past their deadline still running before sync jobs are handed back",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from vaultq.cli import main
@@ -54,6 +59,8 @@ class Command(BaseCommand):  # type: ignore[misc]
         ]
         if options["lease"] is not None:
             argv += ["--lease", str(options["lease"])]
+        if options["max_abandoned_threads"] is not None:
+            argv += ["--max-abandoned-threads", str(options["max_abandoned_threads"])]
         if options["broker"]:
             argv += ["--broker", options["broker"]]
         # Worker processes (--processes) and isolated task processes are fresh
