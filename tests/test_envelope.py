@@ -844,3 +844,128 @@ def test_vectors(vector: dict[str, Any]) -> None:
     assert body.value is not None
     assert bytes(body.value).decode() == result["body"]["value"]
     assert split(sealed_result)[3].hex() == vector["result_parts"]["signature"]
+
+
+# --- strict, canonical framing (refusal vectors) -----------------------------------------
+
+REFUSALS = Path(__file__).parent / "vectors" / "envelope_v1_refusals.json"
+
+
+def _refusals() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(REFUSALS.read_text())
+    return loaded
+
+
+@pytest.mark.parametrize("vector", _refusals()["vectors"], ids=lambda v: v["name"])
+def test_refusal_vectors(vector: dict[str, Any]) -> None:
+    doc = _refusals()
+    params = {**doc["open"], **vector["open"]}
+    with pytest.raises(EnvelopeError) as info:
+        open_job(
+            bytes.fromhex(vector["envelope"]),
+            Keyring.from_dict(doc["keyring"]),
+            app=params["app"],
+            tasks=frozenset(params["tasks"]),
+            queue=params["queue"],
+            job_id=params["job_id"],
+            now=params["now_ms"] / 1000,
+            skew=params["skew_s"],
+            max_size=params["max_size"],
+        )
+    assert type(info.value).__name__ == vector["error"]
+    assert info.value.reason == vector["reason"]
+
+
+def test_refusal_vectors_cover_every_reason() -> None:
+    reasons = {v["reason"] for v in _refusals()["vectors"]}
+    codes = {cls.reason for cls in EnvelopeError.__subclasses__()} - {"replayed"}
+    assert reasons == codes
+
+
+def test_refusal_vectors_base_envelope_opens() -> None:
+    # The vectors are the positive job vector with one defect each: without it, it opens.
+    doc = _refusals()
+    base = next(v for v in _vectors() if v["name"] == "job-hmac-sha256")
+    assert base["keyring"] == doc["keyring"]
+    params = doc["open"]
+    opened = open_job(
+        bytes.fromhex(base["envelope"]),
+        Keyring.from_dict(doc["keyring"]),
+        app=params["app"],
+        tasks=frozenset(params["tasks"]),
+        queue=params["queue"],
+        job_id=params["job_id"],
+        now=params["now_ms"] / 1000,
+    )
+    assert opened.header.job_id == params["job_id"]
+
+
+def _bin16(raw: bytes) -> bytes:
+    return b"\xc5" + len(raw).to_bytes(2, "big") + raw
+
+
+def test_attack_extra_container_element_is_refused() -> None:
+    # A broker writer appends an element: no key needed, the signature is untouched.
+    parts = split(seal())
+    smuggled = MAGIC + msgspec.msgpack.encode([*parts, b"smuggled"])
+    with pytest.raises(MalformedEnvelope):
+        open_(smuggled)
+    with pytest.raises(MalformedEnvelope):
+        peek_header(smuggled)
+
+
+def test_attack_extra_header_element_is_refused_even_when_signed() -> None:
+    # Even the holder of the signing key cannot make a header with more than 10 elements.
+    header = msgspec.msgpack.decode(split(seal())[0])
+    header_bytes = msgspec.msgpack.encode([*header, "smuggled"])
+    nonce = bytes(12)
+    ciphertext = HMAC.active_cipher().encrypt(nonce, b'{"payload":1}', header_bytes)
+    signature = HMAC.sign(b"".join((JOB_DOMAIN, header_bytes, nonce, ciphertext)))
+    with pytest.raises(MalformedEnvelope):
+        open_(join([header_bytes, nonce, ciphertext, signature]))
+
+
+def test_attack_reframed_container_is_refused() -> None:
+    # Same four values, non-shortest msgpack framing: one job must have one byte string.
+    data = seal()
+    header, nonce, ciphertext, signature = split(data)
+    variants = [
+        MAGIC
+        + b"\x94"
+        + _bin16(header)
+        + _bin16(nonce)
+        + msgspec.msgpack.encode(ciphertext)
+        + msgspec.msgpack.encode(signature),
+        MAGIC + b"\xdc\x00\x04" + data[4:],
+        MAGIC
+        + b"\x94"
+        + msgspec.msgpack.encode(header)
+        + msgspec.msgpack.encode(nonce)
+        + msgspec.msgpack.encode(ciphertext)
+        + b"\xc6"
+        + (32).to_bytes(4, "big")
+        + signature,
+    ]
+    for variant in variants:
+        assert variant != data
+        with pytest.raises(MalformedEnvelope, match="canonical"):
+            open_(variant)
+    assert open_(data).header.app == "shop"
+
+
+def test_attack_non_shortest_header_ints_and_strs_are_refused_even_when_signed() -> None:
+    values = msgspec.msgpack.decode(split(seal())[0])
+    items = [msgspec.msgpack.encode(v) for v in values]
+    cases = [
+        [b"\xcc\x01", *items[1:]],  # version 1 as uint8
+        [*items[:2], b"\xd9\x04shop", *items[3:]],  # "shop" as str8
+        [*items[:5], b"\xd3" + items[5][1:], *items[6:]],  # uint64 time as int64
+    ]
+    for case in cases:
+        header_bytes = b"\x9a" + b"".join(case)
+        assert msgspec.msgpack.decode(header_bytes) == values  # same values, other bytes
+        nonce = bytes(12)
+        ciphertext = HMAC.active_cipher().encrypt(nonce, b'{"payload":1}', header_bytes)
+        signature = HMAC.sign(b"".join((JOB_DOMAIN, header_bytes, nonce, ciphertext)))
+        with pytest.raises(MalformedEnvelope, match="canonical"):
+            open_(join([header_bytes, nonce, ciphertext, signature]))

@@ -348,3 +348,31 @@ def test_secret_never_shows_value_property(value: Any) -> None:
         assert text.strip() in {"Secret('***')", "[Secret('***')]"}
     codec: Codec[Secret[Any]] = Codec(Secret[type(value)])  # type: ignore[misc]
     assert codec.decode(codec.encode(secret)) == secret
+
+
+class Pair(msgspec.Struct, array_like=True):
+    a: int
+    b: int
+
+
+class LenientPair(msgspec.Struct, array_like=True):
+    __vaultq_allow_unknown_fields__ = True
+    a: int
+    b: int
+
+
+class PairHolder(msgspec.Struct, forbid_unknown_fields=True):
+    pairs: list[Pair]
+
+
+def test_array_like_structs_refuse_extra_elements_unless_they_opt_in() -> None:
+    # Attack: an extra trailing element was silently dropped ([1, 2, "smuggled"] -> Pair(1, 2)).
+    codec: Codec[Pair] = Codec(Pair)
+    assert codec.decode(b"[1,2]") == Pair(1, 2)
+    exc = payload_error(codec, b'[1,2,"smuggled"]')
+    assert "smuggled" not in str(exc)
+    assert "array" in str(exc)
+    nested: Codec[PairHolder] = Codec(PairHolder)
+    # (msgspec reports this one without a path inside the document: "$", not "$.pairs[1]")
+    assert "at most length 2" in str(payload_error(nested, b'{"pairs":[[1,2],[3,4,5]]}'))
+    assert Codec(LenientPair).decode(b'[1,2,"later"]') == LenientPair(1, 2)

@@ -67,7 +67,9 @@ RESULT_DOMAIN = b"vaultq/v1/result\x00"
 NONCE_SIZE = 12
 
 
-class Header(msgspec.Struct, array_like=True, frozen=True):
+# forbid_unknown_fields on the array-like wire structs: an array with more elements than
+# the spec lists is refused, not silently truncated (msgspec's default).
+class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     version: int
     job_id: str
     app: str
@@ -123,7 +125,7 @@ class _ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     worker_id: str | None = None
 
 
-class _Container(msgspec.Struct, array_like=True, frozen=True):
+class _Container(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     header: bytes
     nonce: bytes
     ciphertext: bytes
@@ -251,11 +253,18 @@ def _parse(data: bytes, max_size: int) -> tuple[Header, _Container]:
                 f"version {VERSION}); upgrade the worker"
             )
         raise UnsupportedVersion("not a vaultq envelope: the VQ version tag is missing")
+    framed = memoryview(data)[3:]
     try:
-        container = _container_decode(memoryview(data)[3:])
+        container = _container_decode(framed)
         header = _header_decode(container.header)
     except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
         raise MalformedEnvelope("envelope container or header is malformed") from None
+    # Canonical framing only: msgpack has several encodings of one value (an int as
+    # uint64, a short str as str8, bin16 for 12 bytes). Re-encoding and comparing makes one
+    # job exactly one byte string, so nobody can re-frame a sealed envelope into a
+    # "different" one that still verifies (the container is outside the signature).
+    if _msgpack_encode(header) != container.header or _msgpack_encode(container) != framed:
+        raise MalformedEnvelope("envelope is not canonically encoded (shortest msgpack forms only)")
     if header.version != VERSION:
         raise UnsupportedVersion("envelope header version does not match its version tag")
     if len(container.nonce) != NONCE_SIZE:

@@ -10,8 +10,9 @@ cache) and turns values into JSON bytes and back. Decoding is strict:
   class attribute ``__vaultq_allow_unknown_fields__ = True``. Structs declared with
   ``forbid_unknown_fields=True`` cost nothing extra; for the others the codec runs a
   second, cheap "shape" pass (fields parsed as ``msgspec.Raw``) that only looks for
-  unknown keys. Dataclasses, TypedDicts and recursive references follow msgspec's own
-  rules (unknown keys ignored).
+  unknown keys. For ``array_like=True`` Structs an unknown field is an extra trailing
+  array element: refused the same way, unless the Struct opts in. Dataclasses, TypedDicts
+  and recursive references follow msgspec's own rules (unknown keys ignored).
 """
 
 from __future__ import annotations
@@ -368,7 +369,9 @@ class _ShapeBuilder:
         shapes = [self.build(f.type) for f in fields]
         self._busy.discard(tp)
         allow = getattr(cls, ALLOW_UNKNOWN_FIELDS, False) is True
-        strict_self = config.forbid_unknown_fields or allow or config.array_like
+        # array_like Structs are not exempt: msgspec drops extra trailing array elements
+        # unless forbid_unknown_fields is set, so ``[1, 2, "smuggled"]`` would decode.
+        strict_self = config.forbid_unknown_fields or allow
         if strict_self and all(s is None for s in shapes):
             self._done[tp] = None
             return None

@@ -148,6 +148,254 @@ def main() -> None:
         "vectors": vectors,
     }
     (HERE / "envelope_v1.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_refusals()
+
+
+# --- refusal (negative) vectors ------------------------------------------------------
+# Each one is the positive hmac-sha256 job vector with exactly one defect. Where the defect
+# is inside the signed/encrypted part (header framing, body), the envelope is re-encrypted
+# and re-signed with the vector keyring, so the defect is the only reason to refuse it.
+
+OPEN = {"app": "shop", "tasks": ["refund"], "queue": "default", "job_id": JOB["job_id"]}
+OPEN_NOW_MS = JOB["issued_at_ms"]
+
+
+def mp_bin(raw: bytes, width: int = 0) -> bytes:
+    """msgpack bin with a chosen length width (0 = shortest, 8/16/32 = forced)."""
+    n = len(raw)
+    width = width or (8 if n < 256 else 16 if n < 65536 else 32)
+    tag = {8: b"\xc4", 16: b"\xc5", 32: b"\xc6"}[width]
+    return tag + n.to_bytes(width // 8, "big") + raw
+
+
+def mp_array(items: list[bytes], width: int = 0) -> bytes:
+    n = len(items)
+    if width == 0 and n < 16:
+        head = bytes([0x90 | n])
+    else:
+        head = (
+            (b"\xdc" + n.to_bytes(2, "big"))
+            if width in (0, 16)
+            else (b"\xdd" + n.to_bytes(4, "big"))
+        )
+    return head + b"".join(items)
+
+
+def header_items(header: bytes) -> list[bytes]:
+    """The 10 canonical msgpack items of a header, each re-encoded on its own."""
+    return [msgspec.msgpack.encode(v) for v in msgspec.msgpack.decode(header)]
+
+
+def reseal(keyring: Keyring, header: bytes, plaintext: bytes, nonce: bytes) -> list[bytes]:
+    ciphertext = keyring.active_cipher().encrypt(nonce, plaintext, header)
+    signature = keyring.sign(b"".join((JOB_DOMAIN, header, nonce, ciphertext)))
+    return [header, nonce, ciphertext, signature]
+
+
+def frame(parts: list[bytes], extra: bytes = b"") -> bytes:
+    return b"VQ\x01" + mp_array([mp_bin(p) for p in parts]) + extra
+
+
+def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
+    header, nonce, ciphertext, signature = msgspec.msgpack.decode(job[3:])
+    plaintext = keyring.active_cipher().decrypt(nonce, ciphertext, header)
+    items = header_items(header)
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, error: str, reason: str, data: bytes, **open_: Any) -> None:
+        out.append(
+            {"name": name, "error": error, "reason": reason, "envelope": data.hex(), "open": open_}
+        )
+
+    def with_header(new_items: list[bytes], array_width: int = 0) -> bytes:
+        return frame(reseal(keyring, mp_array(new_items, array_width), plaintext, nonce))
+
+    parts = [header, nonce, ciphertext, signature]
+    # Framing: the container (outside the signature) and the header (inside it).
+    add(
+        "container-extra-element",
+        "MalformedEnvelope",
+        "malformed",
+        b"VQ\x01" + mp_array([mp_bin(p) for p in parts] + [mp_bin(b"")]),
+    )
+    add(
+        "container-missing-element",
+        "MalformedEnvelope",
+        "malformed",
+        b"VQ\x01" + mp_array([mp_bin(p) for p in parts[:3]]),
+    )
+    add("container-trailing-bytes", "MalformedEnvelope", "malformed", frame(parts, b"\x00"))
+    add(
+        "container-array16",
+        "MalformedEnvelope",
+        "malformed",
+        b"VQ\x01" + mp_array([mp_bin(p) for p in parts], 16),
+    )
+    add(
+        "container-nonce-bin16",
+        "MalformedEnvelope",
+        "malformed",
+        b"VQ\x01"
+        + mp_array([mp_bin(header), mp_bin(nonce, 16), mp_bin(ciphertext), mp_bin(signature)]),
+    )
+    add(
+        "container-signature-bin32",
+        "MalformedEnvelope",
+        "malformed",
+        b"VQ\x01"
+        + mp_array([mp_bin(header), mp_bin(nonce), mp_bin(ciphertext), mp_bin(signature, 32)]),
+    )
+    add(
+        "container-str-not-bin",
+        "MalformedEnvelope",
+        "malformed",
+        b"VQ\x01"
+        + mp_array(
+            [
+                mp_bin(header),
+                msgspec.msgpack.encode(nonce.hex()[:12]),
+                mp_bin(ciphertext),
+                mp_bin(signature),
+            ]
+        ),
+    )
+    add(
+        "nonce-11-bytes",
+        "MalformedEnvelope",
+        "malformed",
+        frame([header, nonce[:11], ciphertext, signature]),
+    )
+    add(
+        "header-extra-element",
+        "MalformedEnvelope",
+        "malformed",
+        with_header([*items, msgspec.msgpack.encode(None)]),
+    )
+    add("header-missing-element", "MalformedEnvelope", "malformed", with_header(items[:9]))
+    add("header-array16", "MalformedEnvelope", "malformed", with_header(items, 16))
+    add(
+        "header-version-uint8",
+        "MalformedEnvelope",
+        "malformed",
+        with_header([b"\xcc\x01", *items[1:]]),
+    )
+    add(
+        "header-issued-at-int64",
+        "MalformedEnvelope",
+        "malformed",
+        with_header([*items[:5], b"\xd3" + items[5][1:], *items[6:]]),
+    )
+    add(
+        "header-app-str8",
+        "MalformedEnvelope",
+        "malformed",
+        with_header([*items[:2], b"\xd9\x04shop", *items[3:]]),
+    )
+    add(
+        "header-job-id-str16",
+        "MalformedEnvelope",
+        "malformed",
+        with_header([items[0], b"\xda\x00\x20" + items[1][2:], *items[2:]]),
+    )
+    add(
+        "header-trailing-bytes",
+        "MalformedEnvelope",
+        "malformed",
+        frame(reseal(keyring, header + b"\xc0", plaintext, nonce)),
+    )
+    add(
+        "header-time-as-float",
+        "MalformedEnvelope",
+        "malformed",
+        with_header([*items[:5], msgspec.msgpack.encode(float(JOB["issued_at_ms"])), *items[6:]]),
+    )
+    # Every other refusal reason, once each, in the order of the checks.
+    add("too-large", "EnvelopeTooLarge", "too_large", job, max_size=len(job) - 1)
+    add(
+        "version-tag-2-in-v1-reader",
+        "UnsupportedVersion",
+        "unsupported_version",
+        b"VQ\x09" + job[3:],
+    )
+    add("no-version-tag", "UnsupportedVersion", "unsupported_version", b"XX" + job[2:])
+    add(
+        "header-version-mismatch",
+        "UnsupportedVersion",
+        "unsupported_version",
+        with_header([b"\x02", *items[1:]]),
+    )
+    add("wrong-app", "WrongDestination", "wrong_destination", job, app="other")
+    add("wrong-queue", "WrongDestination", "wrong_destination", job, queue="other")
+    add("wrong-job-id", "WrongDestination", "wrong_destination", job, job_id="0" * 32)
+    add("unregistered-task-name", "UnknownTask", "unknown_task", job, tasks=["specapp.refund"])
+    add(
+        "not-yet-valid",
+        "EnvelopeNotYetValid",
+        "not_yet_valid",
+        job,
+        now_ms=JOB["not_before_ms"] - 60_001,
+    )
+    add("expired", "EnvelopeExpired", "expired", job, now_ms=JOB["expires_at_ms"] + 60_001)
+    untrusted = [*items[:9], msgspec.msgpack.encode("s00000009")]
+    add("untrusted-signer", "UntrustedSigner", "untrusted_signer", with_header(untrusted))
+    add(
+        "unsigned-job",
+        "UntrustedSigner",
+        "untrusted_signer",
+        frame([mp_array([*items[:9], msgspec.msgpack.encode("")]), nonce, ciphertext, b""]),
+    )
+    add(
+        "bad-signature",
+        "BadSignature",
+        "bad_signature",
+        frame([header, nonce, ciphertext, bytes(32)]),
+    )
+    unknown_key = [*items[:8], msgspec.msgpack.encode("k00000009"), items[9]]
+    add("unknown-key", "UnknownKey", "unknown_key", with_header(unknown_key))
+    flipped = bytearray(ciphertext)
+    flipped[0] ^= 1
+    add(
+        "decryption-failed",
+        "DecryptionFailed",
+        "decryption_failed",
+        frame(
+            [
+                header,
+                nonce,
+                bytes(flipped),
+                keyring.sign(b"".join((JOB_DOMAIN, header, nonce, bytes(flipped)))),
+            ]
+        ),
+    )
+    add(
+        "body-unknown-field",
+        "MalformedEnvelope",
+        "malformed",
+        frame(reseal(keyring, header, plaintext[:-1] + b',"extra":1}', nonce)),
+    )
+    add(
+        "body-not-json",
+        "MalformedEnvelope",
+        "malformed",
+        frame(reseal(keyring, header, b"not json", nonce)),
+    )
+    return out
+
+
+def write_refusals() -> None:
+    keyring = Keyring.from_dict(keyring_doc("hmac-sha256"))
+    out = {
+        "comment": (
+            "vaultq envelope v1 refusal vectors; see docs/envelope.md. Open each envelope "
+            "with open_job(app, tasks, queue, job_id, now=now_ms/1000, skew=60, "
+            "max_size=1048576), after applying the vector's 'open' overrides; it must be "
+            "refused with 'error' (reason code 'reason')."
+        ),
+        "keyring": keyring.to_dict(),
+        "open": {**OPEN, "now_ms": OPEN_NOW_MS, "skew_s": 60, "max_size": 1024 * 1024},
+        "vectors": refusals(keyring, seal(keyring)),
+    }
+    (HERE / "envelope_v1_refusals.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
