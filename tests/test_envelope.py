@@ -969,3 +969,39 @@ def test_attack_non_shortest_header_ints_and_strs_are_refused_even_when_signed()
         signature = HMAC.sign(b"".join((JOB_DOMAIN, header_bytes, nonce, ciphertext)))
         with pytest.raises(MalformedEnvelope, match="canonical"):
             open_(join([header_bytes, nonce, ciphertext, signature]))
+
+
+# --- results bound to task, queue and principal ------------------------------------------
+
+
+def test_result_is_bound_to_task_and_queue() -> None:
+    job = open_(seal(job_id="3" * 32, task="ship", queue="q2"))
+    data = seal_result(HMAC, job.header, _result(), now=NOW)
+    assert open_result(data, HMAC, app="shop", job_id="3" * 32, task="ship", queue="q2")
+    # Squatting: a result sealed for task "ship" is not task "refund"'s, nor another queue's.
+    with pytest.raises(WrongDestination):
+        open_result(data, HMAC, app="shop", job_id="3" * 32, task="refund", queue="q2")
+    with pytest.raises(WrongDestination):
+        open_result(data, HMAC, app="shop", job_id="3" * 32, task="ship", queue="default")
+
+
+def test_rejected_record_without_task_opens_only_as_a_valueless_rejection() -> None:
+    # The worker's REJECTED record for an envelope that did not open names no task.
+    no_task = Header(1, "4" * 32, "shop", "", "default", 0, 0, 0, "", "")
+    rejected = ResultBody(status="rejected", error_type="vaultq.BadSignature", error="x")
+    data = seal_result(HMAC, no_task, rejected, now=NOW)
+    body = open_result(data, HMAC, app="shop", job_id="4" * 32, task="refund", queue="default")
+    assert body.status == "rejected"
+    for forged in (_result(), ResultBody(status="rejected", value=msgspec.Raw(b"1"))):
+        data = seal_result(HMAC, no_task, forged, now=NOW)
+        with pytest.raises(WrongDestination):
+            open_result(data, HMAC, app="shop", job_id="4" * 32, task="refund")
+
+
+def test_result_carries_the_principal_id() -> None:
+    job = open_(seal(job_id="5" * 32))
+    body = msgspec.structs.replace(_result(), principal_id="user:42")
+    data = seal_result(HMAC, job.header, body, now=NOW)
+    assert open_result(data, HMAC, app="shop", job_id="5" * 32).principal_id == "user:42"
+    plain = seal_result(HMAC, job.header, _result(), now=NOW)
+    assert open_result(plain, HMAC, app="shop", job_id="5" * 32).principal_id is None

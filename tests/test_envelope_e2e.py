@@ -93,3 +93,72 @@ async def test_reframed_envelopes_never_run(
     assert all(d.reason.startswith("rejected:") for d in dead)
     assert runs == [2]
     await app.aclose()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_job_id_squatting_cannot_capture_another_tasks_result(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    app = make_app(unique_name, _url(kind, tmp_path, request))
+
+    @app.task(name="t.refund")
+    async def refund(job: Order) -> int:
+        return job.n
+
+    @app.task(name="t.squat")
+    async def squat(job: Order) -> int:
+        return -job.n
+
+    # Another producer picks the id the refund caller will look up, for its own task.
+    job_id = "squatted-id-1"
+    await squat.enqueue(Order(7), job_id=job_id)
+    async with running_worker(app):
+        assert await app.job(job_id, task="t.squat").result(timeout=10) == -7
+    with pytest.raises(vaultq.WrongDestination):
+        await app.job(job_id, task=refund).result(timeout=1)
+    with pytest.raises(vaultq.WrongDestination):
+        await app.job(job_id, task=refund).outcome()
+    await app.aclose()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_results_are_read_only_by_their_principal_or_a_policy(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    app = make_app(unique_name, _url(kind, tmp_path, request))
+
+    @app.task(name="t.secret", policy=vaultq.require_authenticated())
+    async def secret(job: Order) -> int:
+        return job.n * 100
+
+    @app.task(name="t.open")
+    async def opened(job: Order) -> int:
+        return job.n
+
+    alice = vaultq.Principal("user:alice")
+    bob = vaultq.Principal("user:bob")
+    staff = vaultq.Principal("user:carol", roles={"staff"})
+    handle = await secret.enqueue(Order(4), principal=alice)
+    anonymous_job = await opened.enqueue(Order(5))
+    async with running_worker(app):
+        assert await handle.result(timeout=10, reader=alice) == 400
+        await anonymous_job.result(timeout=10)
+    # Bob learned the job id (it is in the broker and in logs): he may not read it.
+    for reader in (bob, None, vaultq.Principal.anonymous()):
+        with pytest.raises(vaultq.AuthorizationDenied) as info:
+            await app.job(handle.id, task=secret).result(timeout=1, reader=reader)
+        assert "alice" not in str(info.value)
+        with pytest.raises(vaultq.AuthorizationDenied):
+            await app.job(handle.id, task=secret).outcome(reader=reader)
+    staff_only = vaultq.require_role("staff")
+    with pytest.raises(vaultq.AuthorizationDenied):
+        await handle.result(timeout=1, reader=bob, policy=staff_only)
+    assert await handle.result(timeout=1, reader=staff, policy=staff_only) == 400
+    # A job enqueued without a principal is read without one; a user is not its owner.
+    assert await anonymous_job.result(timeout=1, reader=None) == 5
+    with pytest.raises(vaultq.AuthorizationDenied):
+        await anonymous_job.result(timeout=1, reader=alice)
+    # The sync twin checks the same way.
+    with pytest.raises(vaultq.AuthorizationDenied):
+        await anyio.to_thread.run_sync(lambda: handle.result_sync(timeout=1, reader=bob))
+    await app.aclose()

@@ -494,19 +494,33 @@ class App:
             decode=found.result_codec.decode,
         )
 
-    async def _get_outcome(self, queue: str, job_id: str) -> ResultBody | None:
+    async def _get_outcome(
+        self, queue: str, job_id: str, task: str | None = None
+    ) -> ResultBody | None:
         broker = await self.broker()
         data = await broker.get_result(queue, job_id)
         if data is None:
             return None
-        return self._open_result(data, job_id)
+        return self._open_result(data, job_id, queue, task)
 
-    def _open_result(self, data: bytes, job_id: str) -> ResultBody:
+    def _open_result(
+        self, data: bytes, job_id: str, queue: str, task: str | None = None
+    ) -> ResultBody:
+        # Bound to queue and (when the handle knows it) task: a result another task left
+        # under the same job id is refused, not decoded as this task's (job-id squatting).
         return open_result(
-            data, self.keyring, app=self.name, job_id=job_id, max_size=self.max_envelope_size
+            data,
+            self.keyring,
+            app=self.name,
+            job_id=job_id,
+            task=task,
+            queue=queue,
+            max_size=self.max_envelope_size,
         )
 
-    async def _wait_outcome(self, queue: str, job_id: str, timeout: float | None) -> ResultBody:
+    async def _wait_outcome(
+        self, queue: str, job_id: str, timeout: float | None, task: str | None = None
+    ) -> ResultBody:
         broker = await self.broker()
         data = await broker.get_result(queue, job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -516,7 +530,7 @@ class App:
             if left <= 0:
                 raise TimeoutError(f"job {job_id} has not finished within {timeout} s")
             data = await broker.wait_result(queue, job_id, min(left, 30.0))
-        return self._open_result(data, job_id)
+        return self._open_result(data, job_id, queue, task)
 
     async def _job_status(self, queue: str, job_id: str) -> JobStatus:
         body = await self._get_outcome(queue, job_id)

@@ -109,6 +109,9 @@ class ResultBody(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown
     started_at: float | None = None
     finished_at: float | None = None
     worker_id: str | None = None
+    principal_id: str | None = None
+    """Id of the job's principal (absent for jobs enqueued without one): sealed into the
+    result so a reader can be checked against it (``JobHandle.result(reader=...)``)."""
 
 
 class _ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -123,6 +126,7 @@ class _ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     started_at: float | None = None
     finished_at: float | None = None
     worker_id: str | None = None
+    principal_id: str | None = None
 
 
 class _Container(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -385,19 +389,40 @@ def _seal_result(
 
 
 def open_result(
-    data: bytes, keyring: Keyring, *, app: str, job_id: str, max_size: int = 1024 * 1024
+    data: bytes,
+    keyring: Keyring,
+    *,
+    app: str,
+    job_id: str,
+    task: str | None = None,
+    queue: str | None = None,
+    max_size: int = 1024 * 1024,
 ) -> ResultBody:
     """Open a result envelope for ``job_id``. Accepts a trusted signer with a valid
-    signature, or signer id ``""`` (AEAD-only, from a verify-only worker)."""
+    signature, or signer id ``""`` (AEAD-only, from a verify-only worker).
+
+    Give ``task`` and ``queue`` (the producer knows both) to bind the result to them: a
+    result sealed for another task or queue under the same job id raises
+    ``WrongDestination``. A worker's REJECTED record for an envelope that did not open
+    names no task (``""``); it is accepted for any ``task`` only as a value-less REJECTED
+    outcome.
+    """
     header, box = _parse(data, max_size)
-    if header.app != app or header.job_id != job_id:
-        raise WrongDestination("result envelope belongs to another app or job")
+    if (
+        header.app != app
+        or header.job_id != job_id
+        or (queue is not None and header.queue != queue)
+        or (task is not None and header.task not in (task, ""))
+    ):
+        raise WrongDestination("result envelope belongs to another app, job, task or queue")
     _authenticate(keyring, RESULT_DOMAIN, header, box, unsigned_ok=True)
     plaintext = _decrypt(keyring, header, box)
     try:
         wire = _result_body_decode(plaintext)
     except (msgspec.DecodeError, ValueError, RecursionError):  # invalid UTF-8, nesting
         raise MalformedEnvelope("result body is malformed") from None
+    if task is not None and header.task != task and (wire.status != "rejected" or len(wire.value)):
+        raise WrongDestination("result envelope belongs to another app, job, task or queue")
     return ResultBody(
         status=wire.status,
         value=wire.value if len(wire.value) else None,
@@ -407,4 +432,5 @@ def open_result(
         started_at=wire.started_at,
         finished_at=wire.finished_at,
         worker_id=wire.worker_id,
+        principal_id=wire.principal_id,
     )

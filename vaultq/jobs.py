@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from vaultq.errors import (
+    AuthorizationDenied,
     ConfigurationError,
     JobCancelled,
     JobDenied,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from vaultq.app import App
     from vaultq.brokers.base import CancelState
     from vaultq.envelope import ResultBody
+    from vaultq.policy import Policy
     from vaultq.principal import Principal
 
 __all__ = ["JobContext", "JobHandle", "JobStatus", "current_job"]
@@ -83,8 +85,28 @@ def outcome_error(job_id: str, body: ResultBody) -> JobError:
     return err
 
 
+class _Anyone(enum.Enum):
+    ANYONE = "anyone"
+
+
+_ANYONE = _Anyone.ANYONE
+"""``reader=`` default: no reader check (anyone holding the app and the job id reads)."""
+
+
 class JobHandle(Generic[R]):
-    """The producer's handle on one enqueued job. Rebuild one with ``app.job(job_id)``."""
+    """The producer's handle on one enqueued job. Rebuild one with ``app.job(job_id)``.
+
+    Results are bound to the handle's queue and, when it knows it, its task: a result
+    sealed for another task or queue under the same job id raises ``WrongDestination``.
+
+    Reading a result is a bearer capability unless you say who reads: pass
+    ``reader=principal`` (and optionally ``policy=``) to :meth:`result`, :meth:`outcome`
+    or :meth:`result_sync` and the read is allowed only when the reader is the principal
+    the job was enqueued for (its id is sealed into the result) or the policy allows the
+    reader (``PolicyRequest.stage == "result"``, ``payload`` None); otherwise it raises
+    ``AuthorizationDenied`` before any status, error or value is revealed.
+    ``reader=None`` stands for "no principal": it reads only jobs enqueued without one.
+    """
 
     __slots__ = ("_app", "_decode", "id", "queue", "task_name")
 
@@ -106,21 +128,36 @@ class JobHandle(Generic[R]):
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r}, queue={self.queue!r}, task={self.task_name!r})"
 
-    async def outcome(self) -> ResultBody | None:
-        """The opened result record, or None while the job has not finished."""
-        return await self._app._get_outcome(self.queue, self.id)
+    async def outcome(
+        self, *, reader: Principal | _Anyone | None = _ANYONE, policy: Policy | None = None
+    ) -> ResultBody | None:
+        """The opened result record, or None while the job has not finished.
+        ``reader``/``policy``: see the class docstring."""
+        body = await self._app._get_outcome(self.queue, self.id, self.task_name)
+        if body is not None:
+            await self._check_reader(body, reader, policy)
+        return body
 
     async def status(self) -> JobStatus:
         return await self._app._job_status(self.queue, self.id)
 
-    async def result(self, timeout: float | None = 30.0) -> R:
+    async def result(
+        self,
+        timeout: float | None = 30.0,
+        *,
+        reader: Principal | _Anyone | None = _ANYONE,
+        policy: Policy | None = None,
+    ) -> R:
         """Wait for the job to finish and return its typed result.
 
         Raises ``JobFailed``/``JobDenied``/``JobTimedOut``/``JobRejected``/``JobExpired``/
         ``JobCancelled`` when it did not succeed, ``ResultUnavailable`` when it finished
         without a stored result, and ``TimeoutError`` when it has not finished in time.
+        With ``reader=`` (see the class docstring), ``AuthorizationDenied`` when that
+        reader may not read this job's result.
         """
-        body = await self._app._wait_outcome(self.queue, self.id, timeout)
+        body = await self._app._wait_outcome(self.queue, self.id, timeout, self.task_name)
+        await self._check_reader(body, reader, policy)
         return self._value(body)
 
     async def cancel(self) -> CancelState:
@@ -131,9 +168,61 @@ class JobHandle(Generic[R]):
     def status_sync(self) -> JobStatus:
         return self._app._run_sync(self.status)
 
-    def result_sync(self, timeout: float | None = 30.0) -> R:
-        body = self._app._run_sync(self._app._wait_outcome, self.queue, self.id, timeout)
-        return self._value(body)
+    def result_sync(
+        self,
+        timeout: float | None = 30.0,
+        *,
+        reader: Principal | _Anyone | None = _ANYONE,
+        policy: Policy | None = None,
+    ) -> R:
+        """:meth:`result` for synchronous code (same arguments, same errors)."""
+        return self._app._run_sync(self.result, timeout, reader=reader, policy=policy)
+
+    def outcome_sync(
+        self, *, reader: Principal | _Anyone | None = _ANYONE, policy: Policy | None = None
+    ) -> ResultBody | None:
+        """:meth:`outcome` for synchronous code."""
+        return self._app._run_sync(self.outcome, reader=reader, policy=policy)
+
+    async def _check_reader(
+        self, body: ResultBody, reader: Principal | _Anyone | None, policy: Policy | None
+    ) -> None:
+        if reader is _ANYONE:
+            if policy is not None:
+                raise ConfigurationError("policy= needs reader= (the principal reading)")
+            return
+        # The owner reads; "no principal" (None) matches only a job enqueued without one.
+        if (None if reader is None else reader.id) == body.principal_id:
+            return
+        if policy is not None:
+            from vaultq.policy import PolicyRequest, evaluate
+
+            decision = await evaluate(
+                policy,
+                PolicyRequest(
+                    principal=reader,
+                    payload=None,
+                    task=self.task_name or "",
+                    signer_id="",
+                    attempt=0,
+                    job_id=self.id,
+                    stage="result",
+                ),
+                timeout=self._app.policy_timeout,
+            )
+            if decision.allowed:
+                return
+            denied_by = decision.policy
+        else:
+            denied_by = "owner-only"
+        # No principal ids in the message: the reader's and the owner's stay out of logs.
+        raise AuthorizationDenied(
+            f"reading the result of job {self.id} was denied ({denied_by}): the reader is "
+            "not the principal the job was enqueued for; pass policy= to let other "
+            "readers in",
+            task=self.task_name or "",
+            policy=denied_by,
+        )
 
     def cancel_sync(self) -> CancelState:
         return self._app._run_sync(self.cancel)

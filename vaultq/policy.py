@@ -78,7 +78,9 @@ class PolicyRequest(msgspec.Struct, frozen=True, kw_only=True):
     signer_id: str
     attempt: int
     job_id: str
-    stage: Literal["enqueue", "run"]
+    stage: Literal["enqueue", "run", "result"]
+    """``"result"``: a reader asks for a finished job's result (``JobHandle.result(reader=,
+    policy=)``); ``payload`` is then None."""
 
 
 Policy = Callable[[PolicyRequest], bool | Awaitable[bool]]

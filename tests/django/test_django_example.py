@@ -37,9 +37,16 @@ try:
             if "succeeded" in body or "SUCCESSFUL" in body:
                 pages[page] = body
         time.sleep(0.2)
-    assert "&#x27;rows&#x27;: 1" in pages[job_page], pages
+    assert "rows=1" in pages[job_page], pages  # typed: the handle is bound to export_orders
     assert "user:%d" % user.pk in pages[job_page]
     assert "result: <code>1200</code>" in pages[task_page], pages
+    # Another (non-staff) user who learns the ids reads neither result.
+    other = User.objects.create_user("mallory", password="pw")
+    snoop = Client()
+    snoop.force_login(other)
+    assert snoop.get(job_page).status_code == 403
+    assert snoop.get(task_page).status_code == 403
+    assert b"1200" not in snoop.get(task_page).content
 finally:
     worker.terminate()
     worker.wait(30)

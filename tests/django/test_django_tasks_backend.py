@@ -202,7 +202,8 @@ def test_django_view_enqueues_with_acting_principal(dj_worker: Any) -> None:
     from django.test import Client
     from vqtestapp.tasks import add
 
-    from vaultq.django import get_app
+    from vaultq.django import acting_as, get_app
+    from vaultq.errors import AuthorizationDenied
 
     user = User.objects.create_user("tasks-view-user")
     client = Client()
@@ -210,6 +211,15 @@ def test_django_view_enqueues_with_acting_principal(dj_worker: Any) -> None:
     resp = client.get("/add/", {"a": 40, "b": 2})
     assert resp.status_code == 200
     result_id = resp.json()["id"]
-    assert finished(add, result_id).return_value == 42
+    # Results are read as a principal: the user who enqueued it reads it, nobody else.
+    with acting_as(user):
+        assert finished(add, result_id).return_value == 42
+    with pytest.raises(AuthorizationDenied):
+        add.get_result(result_id)  # no principal
+    with (
+        acting_as(User.objects.create_user("tasks-view-other")),
+        pytest.raises(AuthorizationDenied),
+    ):
+        add.get_result(result_id)
     job_id = result_id.partition("-")[0]
     assert get_app().job(job_id).status_sync() == "succeeded"

@@ -12,6 +12,7 @@
                 "RETRIES": 0,                  # Django Tasks do not retry by default
                 "TIMEOUT": 300, "EXPIRES": 86400,
                 "POLICY": "shop.policies.STAFF",  # default policy of this backend's tasks
+                "RESULT_POLICY": "shop.policies.STAFF",  # who else may read results
                 "TASKS": {                     # per task, by module path
                     "shop.tasks.refund": {"POLICY": "shop.policies.REFUND", "TIMEOUT": 30},
                 },
@@ -26,12 +27,18 @@ from the function's annotated parameters: arguments are converted strictly at
 tasks registered at startup (autodiscovered ``tasks.py``/``jobs.py``); a message naming
 anything else is REJECTED, and nothing is ever imported by a name from a message.
 
+Results are not bearer capabilities: ``get_result()``/``aget_result()`` open a result
+only for the principal the task was enqueued for (``acting_as(request)`` around the call,
+or the running job's principal), or for a reader ``RESULT_POLICY`` allows; anyone else
+gets ``AuthorizationDenied``. A task enqueued without a principal is read without one.
+
 Priorities are not supported (``supports_priority = False``): vaultq queues are FIFO;
 use separate queues for urgent work.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -84,6 +91,7 @@ class BackendOptions(
     timeout: float | None = None
     expires: float | None = None
     policy: str | None = None
+    result_policy: str | None = None
     tasks: dict[str, TaskSettings] = {}
 
 
@@ -521,24 +529,45 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
                         return binding, job_id, queue
         raise compat.TaskResultDoesNotExist(f"no task result with id {result_id!r}")
 
+    @functools.cached_property
+    def _result_policy(self) -> Policy | None:
+        return self._policy(
+            self.vaultq_options.result_policy, f"TASKS[{self.alias!r}]['OPTIONS']['RESULT_POLICY']"
+        )
+
     async def _read(
-        self, binding: Binding, job_id: str, queue: str
+        self, binding: Binding, job_id: str, queue: str, reader: Principal | None
     ) -> tuple[ResultBody | None, bool]:
         app = binding.vaultq_task.app
-        body = await app.job(job_id, queue=queue).outcome()
+        # Only the job's own principal (or a reader RESULT_POLICY allows) opens the result:
+        # a result id alone is not enough.
+        body = await app.job(job_id, queue=queue, task=binding.vaultq_task).outcome(
+            reader=reader, policy=self._result_policy
+        )
         if body is not None:
             return body, False
         broker = await app.broker()
         return None, await broker.is_running(queue, job_id)
 
     def get_result(self, result_id: str) -> Any:
+        """The result of ``result_id``, read as ``current_principal()`` (``acting_as``).
+
+        Raises ``AuthorizationDenied`` when that reader may not read it."""
+        from vaultq.django.principal import current_principal
+
         binding, job_id, queue = self._locate(result_id)
-        body, running = binding.vaultq_task.app._run_sync(self._read, binding, job_id, queue)
+        # Resolved here, in the caller's context: the app's loop thread does not see it.
+        reader = current_principal()
+        body, running = binding.vaultq_task.app._run_sync(
+            self._read, binding, job_id, queue, reader
+        )
         return self._result(binding, result_id, job_id, body, running)
 
     async def aget_result(self, result_id: str) -> Any:
+        from vaultq.django.principal import current_principal
+
         binding, job_id, queue = self._locate(result_id)
-        body, running = await self._read(binding, job_id, queue)
+        body, running = await self._read(binding, job_id, queue, current_principal())
         return self._result(binding, result_id, job_id, body, running)
 
     def _result(

@@ -221,7 +221,7 @@ class Executor:
     def _finish(
         self,
         delivery: Delivery,
-        header: Header,
+        opened: OpenedJob,
         status: JobStatus,
         *,
         task: Task[Any, Any] | None,
@@ -240,7 +240,10 @@ class Executor:
             started_at=started,
             finished_at=time.time(),
             worker_id=self.worker_id,
+            # Sealed into the result so a reader can be checked against the job's principal.
+            principal_id=opened.body.principal.id if opened.body.principal else None,
         )
+        header = opened.header
         if task is not None and not task.options.store_result and status == JobStatus.SUCCEEDED:
             # store_result=False keeps the value out of the broker, not the outcome: without
             # a record, result() would wait until its timeout and status() stay PENDING.
@@ -360,7 +363,7 @@ class Executor:
             )
             return self._finish(
                 delivery,
-                opened.header,
+                opened,
                 JobStatus.EXPIRED,
                 task=self._tasks.get(opened.header.task),
                 started=None,
@@ -386,9 +389,9 @@ class Executor:
 
             return self._reject(delivery, Replayed("this job id has already run"))
         if delivery.cancel_requested or slot.stop == Stop.CANCELLED:
-            return self._finish(delivery, header, JobStatus.CANCELLED, task=task, started=None)
+            return self._finish(delivery, opened, JobStatus.CANCELLED, task=task, started=None)
         if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
-            return self._finish(delivery, header, JobStatus.EXPIRED, task=task, started=None)
+            return self._finish(delivery, opened, JobStatus.EXPIRED, task=task, started=None)
 
         try:
             payload = task.payload_codec.decode(bytes(body.payload))
@@ -411,7 +414,7 @@ class Executor:
         if not decision.allowed:
             return self._finish(
                 delivery,
-                header,
+                opened,
                 JobStatus.DENIED,
                 task=task,
                 started=None,
@@ -479,7 +482,7 @@ class Executor:
                 return Release(delivery=delivery, not_before=time.time())
             if slot.stop == Stop.CANCELLED:
                 return self._finish(
-                    delivery, header, JobStatus.CANCELLED, task=task, started=started
+                    delivery, opened, JobStatus.CANCELLED, task=task, started=started
                 )
             timed_out = True
 
@@ -495,7 +498,7 @@ class Executor:
                 return self._retry(delivery, task)
             return self._finish(
                 delivery,
-                header,
+                opened,
                 JobStatus.TIMED_OUT,
                 task=task,
                 started=started,
@@ -517,7 +520,7 @@ class Executor:
                 return self._retry(delivery, task)
             return self._finish(
                 delivery,
-                header,
+                opened,
                 JobStatus.FAILED,
                 task=task,
                 started=started,
@@ -526,7 +529,7 @@ class Executor:
                 reason="failed",
             )
         return self._finish(
-            delivery, header, JobStatus.SUCCEEDED, task=task, started=started, value=value
+            delivery, opened, JobStatus.SUCCEEDED, task=task, started=started, value=value
         )
 
     def _retry(self, delivery: Delivery, task: Task[Any, Any]) -> Settlement:

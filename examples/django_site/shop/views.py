@@ -10,8 +10,9 @@ from django.views.decorators.http import require_POST
 
 from shop.jobs import ExportRequest, export_orders
 from shop.models import Export
+from shop.policies import READ_ANY_RESULT
 from shop.tasks import order_total
-from vaultq.django import acting_as, enqueue_on_commit, get_app
+from vaultq.django import acting_as, enqueue_on_commit, get_app, principal_from_request
 from vaultq.errors import AuthorizationDenied, JobError
 
 
@@ -46,13 +47,19 @@ def order_total_view(request: Any) -> Any:
 
 @login_required
 def job_status(request: Any, job_id: str) -> Any:
-    handle = get_app().job(job_id)
+    # A job id is not a capability: bind the handle to its task, and read the result only
+    # as the job's own user (or staff, READ_ANY_RESULT).
+    handle = get_app().job(job_id, task=export_orders)
     status = handle.status_sync()
     result: Any = None
     error = ""
     if status.final:
         try:
-            result = handle.result_sync(timeout=1)
+            result = handle.result_sync(
+                timeout=1, reader=principal_from_request(request), policy=READ_ANY_RESULT
+            )
+        except AuthorizationDenied:
+            return HttpResponseForbidden("this is not your job")
         except JobError as exc:
             error = str(exc)
     return render(
@@ -64,7 +71,11 @@ def job_status(request: Any, job_id: str) -> Any:
 
 @login_required
 def task_status(request: Any, result_id: str) -> Any:
-    result = order_total.get_result(result_id)
+    try:
+        with acting_as(request):  # get_result reads as this user (RESULT_POLICY for staff)
+            result = order_total.get_result(result_id)
+    except AuthorizationDenied:
+        return HttpResponseForbidden("this is not your task")
     value = result.return_value if result.status == "SUCCESSFUL" else None
     errors = [e.exception_class_path for e in result.errors]
     return render(

@@ -72,6 +72,8 @@ TASKS = {
         "QUEUES": ["default"],
         "OPTIONS": {
             "TASKS": {"shop.tasks.order_total": {"POLICY": "shop.policies.CAN_VIEW_ORDERS"}},
+            # get_result: a user reads their own tasks' results; staff read any.
+            "RESULT_POLICY": "shop.policies.READ_ANY_RESULT",
         },
     }
 }
