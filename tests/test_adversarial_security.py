@@ -305,6 +305,52 @@ async def test_replayed_and_moved_envelopes_never_run(
     await app.aclose()
 
 
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_a_revoked_stolen_signing_key_forges_nothing(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    """A thief copied the keyring. `vaultq keys rotate` (the old advice) left the stolen
+    signing key trusted, so forged jobs still ran; after `revoke` they are dead-lettered
+    with reason rejected:revoked_key and never run, while honest jobs keep running."""
+    stolen = vaultq.Keyring.generate()
+    assert stolen.signer_id is not None
+    fixed = stolen.revoke(stolen.signer_id).revoke(stolen.active_key_id)
+    app = make_app(unique_name, _url(kind, tmp_path, request), keyring=fixed)
+    runs: list[int] = []
+
+    @app.task(name="t.count")
+    async def count(job: Card) -> int:
+        runs.append(job.n)
+        return job.n
+
+    broker = await app.broker()
+    now = time.time()
+    forged = seal_job(
+        stolen,
+        job_id="f" * 32,
+        app=unique_name,
+        task="t.count",
+        queue="default",
+        payload=Codec(Card).encode(card(666)),
+        principal=vaultq.Principal("admin", roles=frozenset({"admin"})),
+        meta=JobMeta(),
+        issued_at=now,
+        not_before=now,
+        expires_at=now + 600,
+    )
+    await broker.enqueue([EnqueueItem(queue="default", job_id="f" * 32, envelope=forged)])
+    async with running_worker(app):
+        honest = await count.enqueue(card(1))
+        assert await honest.result(timeout=10) == 1
+        with anyio.fail_after(10):
+            while not await broker.dead_letters("default"):
+                await anyio.sleep(0.05)
+    (dead,) = await broker.dead_letters("default")
+    assert (dead.job_id, dead.reason) == ("f" * 32, "rejected:revoked_key")
+    assert runs == [1]
+    await app.aclose()
+
+
 async def _stored_envelope(broker: Any, kind: str, tmp_path: Path, namespace: str) -> bytes:
     """The one queued envelope, read straight from the broker's storage."""
     if kind == "sqlite":

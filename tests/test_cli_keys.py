@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from vaultq.cli_keys import main
-from vaultq.errors import KeyringError
+from vaultq.envelope import JobMeta, open_job, seal_job
+from vaultq.errors import KeyringError, RevokedKey
 from vaultq.keyring import Keyring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +73,62 @@ def test_rotate_refuses_insecure_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["keys", "rotate", str(path)]) == 1
     assert "chmod 600" in capsys.readouterr().err
     assert path.read_text() == before
+
+
+def test_revoke_a_stolen_signing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys revoke FILE KEYID`: the stolen active signing key is replaced, dropped from
+    the file and recorded as revoked; what the thief signs no longer opens."""
+    path = tmp_path / "keys.json"
+    assert main(["keys", "generate", "--signing", "ed25519", "--out", str(path)]) == 0
+    stolen = Keyring.from_file(path)
+    assert stolen.signer_id is not None
+    capsys.readouterr()
+    assert main(["keys", "revoke", str(path), stolen.signer_id]) == 0
+    err = capsys.readouterr().err
+    fixed = Keyring.from_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert fixed.is_revoked(stolen.signer_id)
+    assert fixed.signer_id not in (None, stolen.signer_id)
+    assert fixed.active_key_id == stolen.active_key_id  # only the signing key was named
+    assert f"new active signing key {fixed.signer_id}" in err
+    assert "revoked_key" in err
+    for key in stolen.to_dict()["signing"]["keys"].values():
+        assert key["key"] not in path.read_text()
+        assert key["key"] not in err
+    forged = seal_job(
+        stolen,
+        job_id="f" * 32,
+        app="a",
+        task="t",
+        queue="q",
+        payload=b"{}",
+        principal=None,
+        meta=JobMeta(),
+        issued_at=1.0,
+        not_before=1.0,
+        expires_at=2.0,
+    )
+    for receiver in (fixed, fixed.public()):
+        with pytest.raises(RevokedKey):
+            open_job(forged, receiver, app="a", tasks={"t"}, now=1.0)
+    # the same id again is a no-op; an unknown id is an error that leaves the file alone
+    before = path.read_text()
+    assert main(["keys", "revoke", str(path), stolen.signer_id]) == 0
+    assert path.read_text() == before
+    assert main(["keys", "revoke", str(path), "snothere"]) == 1
+    assert "not in this keyring" in capsys.readouterr().err
+    assert path.read_text() == before
+
+
+def test_revoke_refuses_an_insecure_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "keys.json"
+    keyring = Keyring.generate()
+    keyring.save(path)
+    path.chmod(0o640)
+    assert main(["keys", "revoke", str(path), keyring.active_key_id]) == 1
+    assert "chmod 600" in capsys.readouterr().err
 
 
 def test_public_output_cannot_sign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

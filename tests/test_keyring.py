@@ -9,10 +9,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from vaultq.envelope import JobMeta, ResultBody, open_job, open_result, seal_job, seal_result
-from vaultq.errors import InsecureKeyFile, KeyringError
+from vaultq.errors import InsecureKeyFile, KeyringError, RevokedKey, UntrustedSigner
 from vaultq.keyring import Keyring
 
 NOW = 1_700_000_000.0
@@ -312,3 +313,219 @@ def test_keyring_file_written_by_save_is_private_even_with_loose_umask(tmp_path:
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# --- revocation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["hmac-sha256", "ed25519"])
+def test_revoked_signing_key_cannot_forge_jobs_or_results(alg: Any) -> None:
+    """The attack: a thief holds the signing key (and, with it, every old encryption
+    key). Rotation alone left the stolen key trusted; revocation does not."""
+    stolen = Keyring.generate(signing=alg)
+    assert stolen.signer_id is not None
+    rotated = stolen.rotate()
+    forged = seal(stolen, job_id="f" * 32)
+    assert opens(forged, rotated)  # rotation is not revocation
+    fixed = rotated.revoke(stolen.signer_id)
+    assert fixed.is_revoked(stolen.signer_id)
+    assert stolen.signer_id not in fixed.trusted_signers
+    with pytest.raises(RevokedKey):
+        opens(forged, fixed)
+    job = open_job(seal(fixed, job_id="a" * 32), fixed, app="shop", tasks={"refund"}, now=NOW)
+    forged_result = seal_result(stolen, job.header, ResultBody(status="succeeded"), now=NOW)
+    with pytest.raises(RevokedKey):
+        open_result(forged_result, fixed, app="shop", job_id="a" * 32)
+    # the split-trust worker keyring exported afterwards refuses it too
+    if alg == "ed25519":
+        with pytest.raises(RevokedKey):
+            opens(forged, fixed.public())
+
+
+def test_revoked_encryption_key_refuses_jobs_and_aead_only_results() -> None:
+    """The attack: a thief holds an encryption key. Without a signing key they cannot
+    forge jobs, but they could seal AEAD-only results (signer "") that producers used to
+    accept under any key of the keyring."""
+    full = Keyring.generate(signing="ed25519")
+    thief = full.public()  # what a compromised split-trust worker holds
+    job = open_job(seal(full, job_id="b" * 32), thief, app="shop", tasks={"refund"}, now=NOW)
+    forged = seal_result(thief, job.header, ResultBody(status="succeeded"), now=NOW)
+    assert open_result(forged, full, app="shop", job_id="b" * 32).status == "succeeded"
+    fixed = full.revoke(full.active_key_id)
+    assert fixed.active_key_id != full.active_key_id  # a new active key replaces it
+    assert full.active_key_id not in fixed.key_ids
+    with pytest.raises(RevokedKey):
+        open_result(forged, fixed, app="shop", job_id="b" * 32)
+    with pytest.raises(RevokedKey):  # jobs sealed under it, even properly signed
+        opens(seal(full, job_id="c" * 32), fixed)
+    assert opens(seal(fixed, job_id="d" * 32), fixed.public())
+
+
+def test_unsigned_results_only_under_the_active_key() -> None:
+    """A rotated-out (not yet revoked) key no longer authenticates AEAD-only results."""
+    full = Keyring.generate(signing="ed25519")
+    worker = full.public()
+    job = open_job(seal(full, job_id="e" * 32), worker, app="shop", tasks={"refund"}, now=NOW)
+    old_result = seal_result(worker, job.header, ResultBody(status="succeeded"), now=NOW)
+    rotated = full.rotate()
+    with pytest.raises(UntrustedSigner, match="active encryption key"):
+        open_result(old_result, rotated, app="shop", job_id="e" * 32)
+    new_result = seal_result(rotated.public(), job.header, ResultBody(status="ok"), now=NOW)
+    assert open_result(new_result, rotated, app="shop", job_id="e" * 32).status == "ok"
+    # signed results under an older key still open: the signature authenticates them
+    signed = seal_result(full, job.header, ResultBody(status="signed"), now=NOW)
+    assert open_result(signed, rotated, app="shop", job_id="e" * 32).status == "signed"
+
+
+def test_revoked_id_is_refused_even_if_its_key_is_still_listed() -> None:
+    """Merging an old copy of the file back must not resurrect a revoked key."""
+    old = Keyring.generate().rotate()
+    victim = [k for k in old.key_ids if k != old.active_key_id][0]
+    doc = old.to_dict()
+    doc["revoked"] = [victim]  # material still present under encryption.keys
+    merged = Keyring.from_dict(doc)
+    assert merged.cipher(victim) is None
+    assert victim not in merged.key_ids
+    assert merged.is_revoked(victim)
+    assert opens(seal(old), merged)  # sealed under the active key, which is not revoked
+
+
+def test_revocation_survives_save_load_rotate_and_public(tmp_path: Path) -> None:
+    full = Keyring.generate(signing="ed25519")
+    assert full.signer_id is not None
+    old_signer, old_key = full.signer_id, full.active_key_id
+    revoked = full.revoke(old_signer).revoke(old_key)
+    assert revoked.revoked_ids == tuple(sorted({old_signer, old_key}))
+    assert revoked.signer_id not in (None, old_signer)
+    path = tmp_path / "keys.json"
+    revoked.save(path)
+    text = path.read_text()
+    assert json.loads(text)["revoked"] == sorted([old_signer, old_key])
+    for key in key_material(full):
+        assert key not in text  # the revoked material is gone from the file
+    again = Keyring.from_file(path)
+    assert again.revoked_ids == revoked.revoked_ids
+    assert again.rotate().revoked_ids == revoked.revoked_ids
+    assert again.public().revoked_ids == revoked.revoked_ids
+    assert again.revoke(old_key).to_json() == again.to_json()  # idempotent
+    # files without revocations keep the exact old format
+    assert "revoked" not in Keyring.generate().to_dict()
+
+
+def test_revoke_errors() -> None:
+    keyring = Keyring.generate(signing="ed25519")
+    with pytest.raises(KeyringError, match="not in this keyring"):
+        keyring.revoke("knothere")
+    with pytest.raises(KeyringError, match="key id"):
+        keyring.revoke("bad id!")
+    public = keyring.public()
+    with pytest.raises(KeyringError, match="full keyring"):
+        public.revoke(public.active_key_id)
+    assert keyring.signer_id is not None
+    assert public.revoke(keyring.signer_id).trusted_signers == ()  # workers may distrust now
+    doc = keyring.to_dict()
+    doc["revoked"] = [keyring.active_key_id]
+    with pytest.raises(KeyringError, match="encryption.active names revoked key"):
+        Keyring.from_dict(doc)
+
+
+# --- weaknesses: hmac verify entries, key material in traceback frames -------------------
+
+
+def test_hmac_verify_entries_are_refused() -> None:
+    """The attack: a 'verify-only' keyring holding an hmac secret under verify. Anyone
+    handed that "public" file could sign jobs its holders accept."""
+    hm = Keyring.generate()
+    assert hm.signer_id is not None
+    entry = hm.to_dict()["signing"]["keys"][hm.signer_id]
+    doc = Keyring.generate(signing="ed25519").public().to_dict()
+    doc["verify"]["s-shared"] = entry
+    with pytest.raises(KeyringError, match="hmac-sha256 secret.*cannot be a verify-only entry"):
+        Keyring.from_dict(doc)
+
+
+def _invalid_documents() -> list[tuple[str, dict[str, Any]]]:
+    cases = []
+    for name, mutate in [
+        ("short aes key", lambda d: d["encryption"]["keys"].update({"kbad": "AAAA"})),
+        ("bad base64", lambda d: d["encryption"]["keys"].update({"kbad": "*" * 43})),
+        ("unknown field", lambda d: d.update(extra=1)),
+        ("hmac verify", lambda d: d["verify"].update({"v": d["signing"]["keys"]["sx"]})),
+        ("revoked active", lambda d: d.update(revoked=[d["encryption"]["active"]])),
+        (
+            "short hmac",
+            lambda d: d["signing"]["keys"].update({"sy": {"alg": "hmac-sha256", "key": "AAAA"}}),
+        ),
+    ]:
+        full = Keyring.generate().to_dict()
+        signer = full["signing"]["active"]
+        full["signing"]["keys"]["sx"] = full["signing"]["keys"][signer]
+        mutate(full)
+        cases.append((name, full))
+    return cases
+
+
+def _secrets_of(doc: dict[str, Any]) -> list[str]:
+    found = list(doc["encryption"]["keys"].values())
+    found += [e["key"] for e in doc["signing"]["keys"].values()]
+    found += [e["key"] for e in doc.get("verify", {}).values()]
+    return [k for k in found if len(k) >= 40]
+
+
+def _frames_hold(exc: BaseException, secrets: list[str]) -> list[str]:
+    """Names of locals, in vaultq's frames of ``exc``'s traceback (and of any chained
+    exception's), whose value or repr contains one of ``secrets``."""
+    hits = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        tb = seen.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if "/vaultq/" in frame.f_code.co_filename:
+                for name, value in frame.f_locals.items():
+                    text = value.decode("latin-1") if isinstance(value, bytes) else repr(value)
+                    if any(s in text for s in secrets):
+                        hits.append(f"{frame.f_code.co_name}.{name}")
+            tb = tb.tb_next
+        seen = seen.__cause__ or seen.__context__
+    return hits
+
+
+@pytest.mark.parametrize(("name", "doc"), _invalid_documents(), ids=lambda v: str(v)[:20])
+def test_loader_errors_leave_no_key_material_in_traceback_frames(
+    name: str, doc: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sentry and Django's debug page record the locals of every frame of a traceback;
+    a parse error must not hand them the keyring."""
+    secrets = _secrets_of(doc)
+    assert secrets
+    text = json.dumps(doc)
+    path = tmp_path / "keys.json"
+    path.write_text(text)
+    path.chmod(0o600)
+    monkeypatch.setenv("VQTEST_KEYS_JSON", text)
+    loaders = [
+        lambda: Keyring.from_json(text),
+        lambda: Keyring.from_json(text.encode()),
+        lambda: Keyring.from_dict(doc),
+        lambda: Keyring.from_file(path),
+        lambda: Keyring.from_env("VQTEST_KEYS_JSON"),
+    ]
+    for load in loaders:
+        with pytest.raises(KeyringError) as info:
+            load()
+        assert _frames_hold(info.value, secrets) == [], name
+        assert info.value.__context__ is None
+        for secret in secrets:
+            assert secret not in str(info.value)
+
+
+def test_key_documents_repr_redacts_keys() -> None:
+    from vaultq.keyring import KeyringDoc
+
+    keyring = Keyring.generate(signing="ed25519")
+    doc = msgspec.convert(keyring.to_dict(), KeyringDoc)
+    for key in key_material(keyring):
+        assert key not in repr(doc)
+        assert key not in repr(doc.signing)
+        assert key not in repr(doc.encryption)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import weakref
@@ -25,12 +24,11 @@ from vaultq.envelope import JobMeta, ResultBody, new_job_id, open_result, seal_j
 from vaultq.errors import (
     AuthorizationDenied,
     ConfigurationError,
-    KeyringError,
     PayloadError,
     TaskDefinitionError,
 )
 from vaultq.jobs import JobHandle, JobStatus
-from vaultq.keyring import Keyring
+from vaultq.keyring import Keyring, load_or_create_file
 from vaultq.policy import Policy, PolicyRequest, allow_all, evaluate
 from vaultq.principal import Principal
 from vaultq.tasks import Isolation, Task, TaskOptions
@@ -283,34 +281,14 @@ class App:
 
     def _load_or_create_keyfile(self, path: Path) -> Keyring:
         self.keyring_source = str(path)
-        if path.exists():
-            return Keyring.from_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = Keyring.generate()
-        # Write a private temp file, then link it into place: link fails if another
-        # process won the race, and then everyone uses the winner's keys.
-        fd, tmp = tempfile.mkstemp(prefix=".vaultq-keys-", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(fresh.to_json())
-            try:
-                os.link(tmp, path)
-                log.warning(
-                    "generated a new keyring for the embedded broker at %s (mode 0600); "
-                    "keep it with the database, and set VAULTQ_KEYS for shared brokers",
-                    path,
-                )
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
-        try:
-            return Keyring.from_file(path)
-        except KeyringError:
-            raise
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read the key file {path}: {exc.strerror}") from exc
+        keyring, created = load_or_create_file(path)
+        if created:
+            log.warning(
+                "generated a new keyring for the embedded broker at %s (mode 0600); "
+                "keep it with the database, and set VAULTQ_KEYS for shared brokers",
+                path,
+            )
+        return keyring
 
     def set_broker(self, broker: str | Broker) -> None:
         """Replace the broker before first use (``vaultq worker --broker URL``)."""

@@ -1,4 +1,4 @@
-"""``vaultq keys``: generate, rotate and export (verify-only) keyrings.
+"""``vaultq keys``: generate, rotate, revoke and export (verify-only) keyrings.
 
 Wired into ``vaultq.cli`` by :func:`add_keys_parser`; ``python -m vaultq.cli_keys keys ...``
 runs it standalone.
@@ -15,7 +15,7 @@ from typing import Any
 from vaultq.errors import KeyringError
 from vaultq.keyring import Keyring
 
-__all__ = ["add_keys_parser", "cmd_generate", "cmd_public", "cmd_rotate", "main"]
+__all__ = ["add_keys_parser", "cmd_generate", "cmd_public", "cmd_revoke", "cmd_rotate", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -32,6 +32,20 @@ typical use:
   vaultq keys generate --signing ed25519 --out keys.json
   vaultq keys public keys.json --out worker-keys.json   # ed25519 split trust
   vaultq keys rotate keys.json                     # new active keys, old kept
+  vaultq keys revoke keys.json KEYID               # a stolen key: never trusted again
+"""
+
+REVOKE_HELP = """\
+Stop trusting KEYID for everything: no job or result signed by it, and none
+sealed under it (if it is an encryption key), is opened again by a keyring that
+holds this revocation, whatever other copies of the key say. The key's material
+is dropped from FILE and its id recorded under "revoked". If KEYID is the active
+encryption or signing key, a new one is made active (same algorithm).
+
+Jobs still queued under a revoked key are dead-lettered by workers with reason
+rejected:revoked_key; re-enqueue them from the producer. Deploy FILE (and, for
+ed25519 split trust, `vaultq keys public FILE`) to workers and producers; see
+docs/security.md, "Incident response", for the whole procedure.
 """
 
 PUBLIC_HELP = """\
@@ -89,6 +103,34 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """``vaultq keys revoke FILE KEYID...``: never trust those keys again."""
+    try:
+        old = Keyring.from_file(args.file)
+        new = old
+        for key_id in args.key_ids:
+            new = new.revoke(key_id)
+        if new is not old:
+            new.save(args.file)
+    except KeyringError as exc:
+        print(f"vaultq keys: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    changes = []
+    if new.active_key_id != old.active_key_id:
+        changes.append(f"new active encryption key {new.active_key_id}")
+    if new.signer_id != old.signer_id:
+        changes.append(f"new active signing key {new.signer_id}")
+    print(
+        f"vaultq keys: revoked {', '.join(args.key_ids)} in {args.file}"
+        + (f" ({'; '.join(changes)})" if changes else "")
+        + ". Deploy this file to workers and producers (re-export `vaultq keys public` for "
+        "split-trust workers); jobs queued under a revoked key are dead-lettered with "
+        "reason rejected:revoked_key.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def cmd_public(args: argparse.Namespace) -> int:
     """``vaultq keys public FILE``: the verify-only keyring (ed25519 only)."""
     try:
@@ -109,10 +151,10 @@ def cmd_public(args: argparse.Namespace) -> int:
 
 
 def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``keys`` (with ``generate``, ``rotate``, ``public``) to ``subparsers``."""
+    """Add ``keys`` (with ``generate``, ``rotate``, ``revoke``, ``public``) to ``subparsers``."""
     keys: argparse.ArgumentParser = subparsers.add_parser(
         "keys",
-        help="generate, rotate and export keyrings",
+        help="generate, rotate, revoke and export keyrings",
         description=KEYS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -147,6 +189,16 @@ def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     rot.add_argument("file", metavar="FILE", help="key file to rotate (must be mode 0600)")
     rot.set_defaults(func=cmd_rotate)
+
+    rev = actions.add_parser(
+        "revoke",
+        help="never trust a key again (a stolen key): drop it, record its id as revoked",
+        description=REVOKE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rev.add_argument("file", metavar="FILE", help="key file to change (must be mode 0600)")
+    rev.add_argument("key_ids", metavar="KEYID", nargs="+", help="key id(s) to revoke")
+    rev.set_defaults(func=cmd_revoke)
 
     pub = actions.add_parser(
         "public",

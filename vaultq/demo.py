@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from vaultq.files import private_dir
+
 if TYPE_CHECKING:
     from vaultq._demo_jobs import DemoApp
     from vaultq.jobs import JobHandle
@@ -138,7 +140,7 @@ def run_demo(directory: Path | None = None, *, out: TextIO | None = None) -> Dem
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="vaultq-demo-"))
     directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # it will hold the key file: 0700 whatever the umask
     try:
         return anyio.run(_run, directory, keep, stream)
     finally:

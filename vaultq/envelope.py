@@ -33,6 +33,7 @@ from vaultq.errors import (
     EnvelopeTooLarge,
     KeyringError,
     MalformedEnvelope,
+    RevokedKey,
     UnknownKey,
     UnknownTask,
     UnsupportedVersion,
@@ -286,6 +287,12 @@ def _authenticate(
     keyring: Keyring, domain: bytes, header: Header, box: _Container, *, unsigned_ok: bool
 ) -> None:
     signer = header.signer_id
+    # A revoked key is refused for everything, whoever signed (docs/keys.md, Revocation).
+    if keyring.is_revoked(signer) or keyring.is_revoked(header.key_id):
+        raise RevokedKey(
+            "envelope names a revoked signing or encryption key; it was refused "
+            "(see docs/security.md, incident response)"
+        )
     if not signer:
         # Results from verify-only (split-trust) workers carry no signature: the AEAD tag
         # under a key only keyring holders have authenticates them.
@@ -293,6 +300,13 @@ def _authenticate(
             raise UntrustedSigner("job envelopes must be signed; this one names no signer")
         if box.signature:
             raise MalformedEnvelope("an unsigned envelope must have an empty signature")
+        # Only under the active key: an old key (rotated because it may have leaked)
+        # must not keep authenticating results on its own.
+        if header.key_id != keyring.active_key_id:
+            raise UntrustedSigner(
+                "an unsigned (AEAD-only) result must be sealed under the active encryption "
+                "key; this one is not (deploy the rotated keyring to workers)"
+            )
         return
     verify = keyring.verifier(signer)
     if verify is None:

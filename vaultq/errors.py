@@ -22,6 +22,7 @@ payload value, plaintext, a principal's attributes or key bytes.
     │   ├── EnvelopeExpired
     │   ├── EnvelopeNotYetValid
     │   ├── UntrustedSigner
+    │   ├── RevokedKey           signed or sealed with a revoked key id
     │   ├── BadSignature
     │   ├── UnknownKey
     │   ├── DecryptionFailed
@@ -66,6 +67,7 @@ __all__ = [
     "PayloadError",
     "Replayed",
     "ResultUnavailable",
+    "RevokedKey",
     "TaskDefinitionError",
     "UnknownKey",
     "UnknownTask",
@@ -156,6 +158,13 @@ class EnvelopeNotYetValid(EnvelopeError):
 
 class UntrustedSigner(EnvelopeError):
     reason = "untrusted_signer"
+
+
+class RevokedKey(EnvelopeError):
+    """The envelope names a signing or encryption key id the keyring has revoked
+    (``Keyring.revoke``, ``vaultq keys revoke``): refused whatever its signature."""
+
+    reason = "revoked_key"
 
 
 class BadSignature(EnvelopeError):

@@ -4,6 +4,12 @@ A keyring is immutable: :meth:`Keyring.rotate` and :meth:`Keyring.public` return
 ones. Key objects (``AESGCM``, ed25519 keys, HMAC closures) are built once at load time so
 sealing and opening envelopes does no key setup. The JSON format is documented in
 ``docs/keys.md``; ``repr``, ``str`` and every error message show key ids only.
+
+Key material must not outlive an error either: error reporters (Sentry, Django's debug
+page and admin mails) record the local variables of every frame a traceback passes
+through. So the loaders do their parsing in helpers that *return* an error message
+instead of raising, drop their key-holding locals, and only then raise a fresh
+``KeyringError`` (no ``__context__``, no inner frames) from a frame holding no key.
 """
 
 from __future__ import annotations
@@ -14,11 +20,10 @@ import hmac
 import os
 import re
 import secrets
-import stat
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -32,9 +37,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from vaultq.errors import InsecureKeyFile, KeyringError
+from vaultq.files import private_dir, untrusted_reason
 from vaultq.payload import split_error
 
-__all__ = ["FORMAT_VERSION", "Keyring", "SigningAlgorithm"]
+__all__ = ["FORMAT_VERSION", "Keyring", "SigningAlgorithm", "load_or_create_file"]
 
 SigningAlgorithm = Literal["hmac-sha256", "ed25519"]
 
@@ -43,6 +49,11 @@ ENV_VAR = "VAULTQ_KEYS"
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+_HMAC_VERIFY = (
+    "is an hmac-sha256 secret, and whoever holds an hmac secret can sign with it, so it "
+    "cannot be a verify-only entry; put it under signing.keys (a non-active signing key "
+    "still verifies) or use ed25519 public keys under verify"
+)
 _HMAC_SPLIT_TRUST = (
     "this keyring uses hmac-sha256, whose secret both signs and verifies, so a "
     "'verify-only' copy would still be able to sign jobs; split trust needs ed25519 "
@@ -55,15 +66,24 @@ class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key: str
     """base64url: the hmac secret, the ed25519 private seed (signing) or public key (verify)."""
 
+    def __repr__(self) -> str:  # the default repr would print the key
+        return f"KeyEntry(alg={self.alg!r}, key=<redacted>)"
+
 
 class EncryptionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     active: str
     keys: dict[str, str]
 
+    def __repr__(self) -> str:
+        return f"EncryptionSection(active={self.active!r}, keys=<{len(self.keys)} redacted>)"
+
 
 class SigningSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     active: str | None = None
     keys: dict[str, KeyEntry] = {}
+
+    def __repr__(self) -> str:
+        return f"SigningSection(active={self.active!r}, keys=<{len(self.keys)} redacted>)"
 
 
 class KeyringDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -73,10 +93,23 @@ class KeyringDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     encryption: EncryptionSection
     signing: SigningSection = SigningSection()
     verify: dict[str, KeyEntry] = {}
+    revoked: list[str] = []
+    """Ids never trusted again, for encryption, signing or verification, even if a key
+    with that id is still listed (``Keyring.revoke``). Omitted from the JSON when empty."""
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyringDoc(version={self.version!r}, encryption={self.encryption!r}, "
+            f"signing={self.signing!r}, verify=<{len(self.verify)} redacted>, "
+            f"revoked={self.revoked!r})"
+        )
 
 
 _DOC_DECODER = msgspec.json.Decoder(KeyringDoc)
 _DOC_ENCODER = msgspec.json.Encoder()
+
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
 
 Signer = Callable[[bytes], bytes]
 Verifier = Callable[[bytes, bytes], bool]
@@ -141,7 +174,7 @@ def _ed25519_public_raw(private: Ed25519PrivateKey) -> bytes:
 
 class Keyring:
     """Encryption keys by id (one active), signing keys by id (one active), trusted
-    verification keys by id. ``repr`` shows ids only, never key material.
+    verification keys by id, and revoked ids. ``repr`` shows ids only, never key material.
 
     Build one with :meth:`generate`, :meth:`from_env`, :meth:`from_file`,
     :meth:`from_json` or :meth:`from_dict`. Raises ``KeyringError`` for any invalid input.
@@ -152,6 +185,7 @@ class Keyring:
         "_active_aead",
         "_aeads",
         "_doc",
+        "_revoked",
         "_sign",
         "_signer_alg",
         "_signer_id",
@@ -159,41 +193,71 @@ class Keyring:
     )
 
     def __init__(self, doc: KeyringDoc) -> None:
+        problem = _attempt(self._setup, doc)
+        del doc  # nothing holding key material stays in this frame (module docstring)
+        if problem is not None:
+            raise KeyringError(problem)
+
+    def _setup(self, doc: KeyringDoc) -> None:
         if doc.version != FORMAT_VERSION:
             raise KeyringError(
                 f"keyring format version {doc.version} is not supported "
                 f"(this vaultq reads version {FORMAT_VERSION}); upgrade vaultq"
             )
-        self._doc = doc
-        self._aeads: dict[str, AESGCM] = {}
+        for kid in doc.revoked:
+            _check_id(kid, "revoked")
+        revoked = frozenset(doc.revoked)
+        actives = (("encryption", doc.encryption.active), ("signing", doc.signing.active))
+        for what, active in actives:
+            if active is not None and active in revoked:
+                raise KeyringError(
+                    f"{what}.active names revoked key {active}; make another key active "
+                    "(`vaultq keys revoke` does so when it revokes an active key)"
+                )
+        aeads: dict[str, AESGCM] = {}
         for kid, text in doc.encryption.keys.items():
             _check_id(kid, "encryption")
+            if kid in revoked:
+                continue  # listed but revoked: never used, so not even loaded
             raw = _b64d(text, f"encryption.keys.{kid}")
             if len(raw) != 32:
                 raise KeyringError(f"encryption key {kid} must be 32 bytes (AES-256)")
-            self._aeads[kid] = AESGCM(raw)
-        if doc.encryption.active not in self._aeads:
+            aeads[kid] = AESGCM(raw)
+        if doc.encryption.active not in aeads:
             raise KeyringError("encryption.active must name one of encryption.keys")
-        self._active = doc.encryption.active
-        self._active_aead = self._aeads[self._active]
 
-        self._verifiers: dict[str, tuple[SigningAlgorithm, Verifier]] = {}
-        self._sign: Signer | None = None
-        self._signer_alg: SigningAlgorithm | None = None
+        verifiers: dict[str, tuple[SigningAlgorithm, Verifier]] = {}
+        sign: Signer | None = None
+        signer_alg: SigningAlgorithm | None = None
         for kid, entry in doc.signing.keys.items():
             _check_id(kid, "signing")
+            if kid in revoked:
+                continue
             signer, verifier = self._load_signing(kid, entry)
-            self._verifiers[kid] = (entry.alg, verifier)
+            verifiers[kid] = (entry.alg, verifier)
             if kid == doc.signing.active:
-                self._sign, self._signer_alg = signer, entry.alg
+                sign, signer_alg = signer, entry.alg
         for kid, entry in doc.verify.items():
             _check_id(kid, "verify")
-            if kid in self._verifiers:
+            if kid in doc.signing.keys:
                 raise KeyringError(f"key id {kid} is listed under both signing and verify")
-            self._verifiers[kid] = (entry.alg, self._load_verify(kid, entry))
-        if doc.signing.active is not None and self._sign is None:
+            if entry.alg == "hmac-sha256":
+                raise KeyringError(f"verify.{kid} {_HMAC_VERIFY}")
+            if kid in revoked:
+                continue
+            verifiers[kid] = (entry.alg, self._load_verify(kid, entry))
+        if doc.signing.active is not None and sign is None:
             raise KeyringError("signing.active must name one of signing.keys")
+        # Assigned only once everything is valid, so a failed load leaves no key material
+        # (least of all the document) on the half-built object.
+        self._aeads = aeads
+        self._active = doc.encryption.active
+        self._active_aead = aeads[self._active]
+        self._verifiers = verifiers
+        self._sign, self._signer_alg = sign, signer_alg
         self._signer_id = doc.signing.active
+        self._revoked = revoked
+        self._doc = doc
 
     @staticmethod
     def _load_signing(kid: str, entry: KeyEntry) -> tuple[Signer, Verifier]:
@@ -210,10 +274,6 @@ class Keyring:
     @staticmethod
     def _load_verify(kid: str, entry: KeyEntry) -> Verifier:
         raw = _b64d(entry.key, f"verify.{kid}")
-        if entry.alg == "hmac-sha256":
-            if len(raw) < 32:
-                raise KeyringError(f"hmac-sha256 key {kid} must be at least 32 bytes")
-            return _hmac_verifier(raw)
         if len(raw) != 32:
             raise KeyringError(f"ed25519 verify key {kid} must be a 32-byte public key")
         try:
@@ -240,7 +300,7 @@ class Keyring:
     @classmethod
     def from_env(cls, var: str = ENV_VAR) -> Keyring:
         """Load from the environment variable ``var``: the keyring JSON itself, or
-        ``@/path/to/file`` to read a file (with :meth:`from_file`'s permission check)."""
+        ``@/path/to/file`` to read a file (with :meth:`from_file`'s checks)."""
         value = os.environ.get(var)
         if not value:
             raise KeyringError(
@@ -249,96 +309,87 @@ class Keyring:
             )
         if value.startswith("@"):
             return cls.from_file(value[1:])
-        try:
-            return cls.from_json(value)
-        except KeyringError as exc:
-            raise KeyringError(f"environment variable {var}: {exc}") from None
+        built = _attempt(_from_json, value)
+        del value
+        if isinstance(built, str):
+            raise KeyringError(f"environment variable {var}: {built}")
+        return built
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
-        """Load a key file. Refuses (``InsecureKeyFile``) files readable or writable by
-        group or others, like ssh does."""
+        """Load a key file, refusing (``InsecureKeyFile``) what OpenSSH refuses for a
+        private key: a file owned by another user (root excepted), a file group or others
+        can access, or one in a directory others can write to (``docs/keys.md``)."""
+        name = os.fspath(path)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise KeyringError(f"cannot open key file {os.fspath(path)}: {exc.strerror}") from None
+            raise KeyringError(f"cannot open key file {name}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as handle:
             # fstat the opened file, not the path, so the file checked is the file read.
-            mode = os.fstat(handle.fileno()).st_mode
-            if os.name == "posix" and mode & 0o077:
-                raise InsecureKeyFile(
-                    f"key file {os.fspath(path)} is accessible by group or others "
-                    f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {os.fspath(path)}`"
-                )
-            data = handle.read()
-        try:
-            return cls.from_json(data)
-        except KeyringError as exc:
-            raise KeyringError(f"key file {os.fspath(path)}: {exc}") from None
+            problem = untrusted_reason(name, os.fstat(handle.fileno()))
+            if problem is not None:
+                raise InsecureKeyFile(problem)
+            built = _attempt(_read_json, handle)
+        if isinstance(built, str):
+            raise KeyringError(f"key file {name}: {built}")
+        return built
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Keyring:
         """Load from the parsed JSON structure (e.g. a Django setting)."""
-        try:
-            doc = msgspec.convert(dict(data), KeyringDoc, strict=True)
-        except msgspec.ValidationError as exc:
-            raise _doc_error(exc) from None
-        return cls(doc)
+        built = _attempt(_from_dict, data)
+        del data
+        if isinstance(built, str):
+            raise KeyringError(built)
+        return built
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Keyring:
         """Load from the JSON text format written by :meth:`to_json`."""
-        try:
-            doc = _DOC_DECODER.decode(text)
-        except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
-            raise _doc_error(exc) from None
-        return cls(doc)
+        built = _attempt(_from_json, text)
+        del text
+        if isinstance(built, str):
+            raise KeyringError(built)
+        return built
 
     # --- export -------------------------------------------------------------------
 
     def to_json(self) -> str:
         """The keyring as JSON text, key material included: treat it as a secret."""
-        return msgspec.json.format(_DOC_ENCODER.encode(self._doc), indent=2).decode() + "\n"
+        return msgspec.json.format(_DOC_ENCODER.encode(self.to_dict()), indent=2).decode() + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         """The keyring as plain data (what :meth:`from_dict` reads). Contains key material."""
         result: dict[str, Any] = msgspec.to_builtins(self._doc)
+        if not result["revoked"]:
+            # Files without revocations stay readable by vaultq versions before `revoked`;
+            # one with revocations is refused by them (unknown field), which fails closed.
+            del result["revoked"]
         return result
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically with mode 0600 (a temporary file in the same directory,
         fsynced, then renamed over ``path``)."""
         target = Path(path)
-        data = self.to_json().encode()
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-        except OSError as exc:
-            raise KeyringError(f"cannot write key file {target}: {exc.strerror}") from None
-        try:
-            os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit about intent
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise KeyringError(f"cannot write key file {target}: {exc.strerror}") from None
-        _fsync_dir(target.parent)
+        problem = _write_atomic(target, self.to_json().encode())
+        if problem is not None:
+            raise KeyringError(f"cannot write key file {target}: {problem}")
 
     # --- derived keyrings ---------------------------------------------------------
 
     def rotate(self) -> Keyring:
         """A keyring with a new active encryption key and a new active signing key (same
-        algorithm). Old keys stay: they still decrypt old jobs and verify old signatures."""
+        algorithm). Old keys stay: they still decrypt old jobs and verify old signatures.
+        Rotation is not revocation: to stop trusting a stolen key, :meth:`revoke` it."""
         if self._signer_alg is None:
             raise KeyringError(
                 "a verify-only keyring cannot be rotated; rotate the full keyring where "
                 "it lives (`vaultq keys rotate FILE`) and export it again with `vaultq keys public`"
             )
         doc = self._doc
-        enc_id = _new_id("k", doc.encryption.keys)
-        sign_id = _new_id("s", self._verifiers)
+        enc_id = _new_id("k", (*doc.encryption.keys, *doc.revoked))
+        sign_id = _new_id("s", (*doc.signing.keys, *doc.verify, *doc.revoked))
         return Keyring(
             KeyringDoc(
                 version=FORMAT_VERSION,
@@ -350,20 +401,82 @@ class Keyring:
                     keys={**doc.signing.keys, sign_id: _new_signing_entry(self._signer_alg)},
                 ),
                 verify=dict(doc.verify),
+                revoked=list(doc.revoked),
+            )
+        )
+
+    def revoke(self, key_id: str) -> Keyring:
+        """A keyring that never trusts ``key_id`` again, for anything: no decryption
+        under it, no signature by it, whatever other copies of the key say.
+
+        The key's material is dropped and its id is recorded under ``revoked`` (so a
+        keyring merged from an old copy still refuses it). Revoking the *active*
+        encryption or signing key makes a new one active (same algorithm), which needs
+        the full keyring: a verify-only one can revoke only keys it does not seal with.
+        Revoking an id already revoked changes nothing. Raises ``KeyringError`` for an
+        id this keyring has never held.
+        """
+        _check_id(key_id, "revoked")
+        doc = self._doc
+        if key_id in self._revoked:
+            return self
+        known = {*doc.encryption.keys, *doc.signing.keys, *doc.verify}
+        if key_id not in known:
+            raise KeyringError(
+                f"key id {key_id} is not in this keyring; its keys are {', '.join(sorted(known))}"
+            )
+        revoked = sorted({*doc.revoked, key_id})
+        taken = (*known, *revoked)
+        enc_keys = {k: v for k, v in doc.encryption.keys.items() if k != key_id}
+        enc_active = doc.encryption.active
+        sign_keys = {k: v for k, v in doc.signing.keys.items() if k != key_id}
+        sign_active = doc.signing.active
+        if key_id in (enc_active, sign_active) and self._signer_alg is None:
+            raise KeyringError(
+                f"key {key_id} is the active encryption key, which a verify-only keyring "
+                "cannot replace; revoke it in the full keyring (`vaultq keys revoke FILE "
+                f"{key_id}`) and export it again with `vaultq keys public`"
+            )
+        if key_id == enc_active:
+            enc_active = _new_id("k", taken)
+            enc_keys[enc_active] = _b64e(_random_key())
+        if key_id == sign_active and self._signer_alg is not None:
+            sign_active = _new_id("s", (*taken, enc_active))
+            sign_keys[sign_active] = _new_signing_entry(self._signer_alg)
+        return Keyring(
+            KeyringDoc(
+                version=FORMAT_VERSION,
+                encryption=EncryptionSection(active=enc_active, keys=enc_keys),
+                signing=SigningSection(active=sign_active, keys=sign_keys),
+                verify={k: v for k, v in doc.verify.items() if k != key_id},
+                revoked=revoked,
             )
         )
 
     def public(self) -> Keyring:
-        """The verify-only keyring for split-trust workers: every encryption key and the
-        ed25519 public keys, no private signing key. Raises ``KeyringError`` for hmac."""
+        """The verify-only keyring for split-trust workers: every encryption key, the
+        ed25519 public keys and the revoked ids, no private signing key. Raises
+        ``KeyringError`` for hmac."""
         doc = self._doc
         if any(e.alg == "hmac-sha256" for e in (*doc.signing.keys.values(), *doc.verify.values())):
             raise KeyringError(_HMAC_SPLIT_TRUST)
         verify = dict(doc.verify)
-        for kid, entry in doc.signing.keys.items():
-            private = Ed25519PrivateKey.from_private_bytes(_b64d(entry.key, kid))
-            verify[kid] = KeyEntry(alg="ed25519", key=_b64e(_ed25519_public_raw(private)))
-        return Keyring(KeyringDoc(version=FORMAT_VERSION, encryption=doc.encryption, verify=verify))
+        for kid in doc.signing.keys:
+            if kid in self._revoked:
+                continue
+            verify[kid] = KeyEntry(alg="ed25519", key=_b64e(self._public_raw(kid)))
+        return Keyring(
+            KeyringDoc(
+                version=FORMAT_VERSION,
+                encryption=doc.encryption,
+                verify=verify,
+                revoked=list(doc.revoked),
+            )
+        )
+
+    def _public_raw(self, kid: str) -> bytes:
+        seed = _b64d(self._doc.signing.keys[kid].key, kid)  # valid: checked at load
+        return _ed25519_public_raw(Ed25519PrivateKey.from_private_bytes(seed))
 
     # --- properties ---------------------------------------------------------------
 
@@ -396,10 +509,20 @@ class Keyring:
         """Ids of every key whose signatures this keyring accepts."""
         return tuple(sorted(self._verifiers))
 
+    @property
+    def revoked_ids(self) -> tuple[str, ...]:
+        """Ids this keyring never trusts again (:meth:`revoke`)."""
+        return tuple(sorted(self._revoked))
+
+    def is_revoked(self, key_id: str) -> bool:
+        """Whether ``key_id`` (encryption, signing or verify) has been revoked."""
+        return key_id in self._revoked
+
     # --- operations used by the envelope -----------------------------------------
 
     def cipher(self, key_id: str) -> AESGCM | None:
-        """The AES-256-GCM object for ``key_id``, or None if this keyring lacks it."""
+        """The AES-256-GCM object for ``key_id``, or None if this keyring lacks it or
+        has revoked it."""
         return self._aeads.get(key_id)
 
     def active_cipher(self) -> AESGCM:
@@ -408,7 +531,7 @@ class Keyring:
 
     def verifier(self, signer_id: str) -> Verifier | None:
         """``verify(data, signature) -> bool`` for ``signer_id`` with the algorithm this
-        keyring records for it, or None when the signer is not trusted."""
+        keyring records for it, or None when the signer is not trusted (or revoked)."""
         entry = self._verifiers.get(signer_id)
         return None if entry is None else entry[1]
 
@@ -439,10 +562,104 @@ class Keyring:
         return (
             f"Keyring(active_key_id={self._active!r}, key_ids={list(self.key_ids)!r}, "
             f"signer_id={self._signer_id!r}, signing_algorithm={self._signer_alg!r}, "
-            f"trusted_signers={list(self.trusted_signers)!r})"
+            f"trusted_signers={list(self.trusted_signers)!r}, "
+            f"revoked={list(self.revoked_ids)!r})"
         )
 
     __str__ = __repr__
+
+
+def load_or_create_file(path: Path) -> tuple[Keyring, bool]:
+    """The keyring in ``path``, generated there first if the file does not exist yet
+    (hmac-sha256). Returns ``(keyring, created)``; ``created`` is True only for the
+    process whose file won, when several start at once.
+
+    Missing directories are created 0700 and the file 0600, whatever the umask; the file
+    is then loaded with :meth:`Keyring.from_file`'s ownership and mode checks.
+    """
+    created = False
+    if not path.exists():
+        outcome = _create_file(path)
+        if isinstance(outcome, str):
+            raise KeyringError(f"cannot create the key file {path}: {outcome}")
+        created = outcome
+    return Keyring.from_file(path), created
+
+
+def _create_file(path: Path) -> bool | str:
+    """Generate a keyring into ``path`` unless another process does first: whether this
+    one did, or why it could not."""
+    try:
+        private_dir(path.parent)
+        # Write a private temp file, then link it into place: link fails if another
+        # process won the race, and then everyone uses the winner's keys.
+        fd, tmp = tempfile.mkstemp(prefix=".vaultq-keys-", dir=path.parent)
+    except OSError as exc:
+        return str(exc.strerror)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(Keyring.generate().to_json())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    except OSError as exc:
+        return str(exc.strerror)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def _attempt(build: Callable[[_Arg], _Result], arg: _Arg) -> _Result | str:
+    """``build(arg)``, or the message of the ``KeyringError`` it raised. The exception,
+    its traceback and the frames holding ``arg`` end here (see the module docstring)."""
+    try:
+        return build(arg)
+    except KeyringError as exc:
+        return str(exc)
+
+
+def _from_json(text: str | bytes) -> Keyring:
+    try:
+        doc = _DOC_DECODER.decode(text)
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
+        raise _doc_error(exc) from None
+    return Keyring(doc)
+
+
+def _read_json(handle: BinaryIO) -> Keyring:
+    return _from_json(handle.read())
+
+
+def _from_dict(data: Mapping[str, Any]) -> Keyring:
+    try:
+        doc = msgspec.convert(dict(data), KeyringDoc, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _doc_error(exc) from None
+    return Keyring(doc)
+
+
+def _write_atomic(target: Path, data: bytes) -> str | None:
+    """Write ``data`` to ``target`` (0600, temp file + fsync + rename + directory
+    fsync); None, or why it failed."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    except OSError as exc:
+        return str(exc.strerror)
+    try:
+        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit about intent
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        return str(exc.strerror)
+    _fsync_dir(target.parent)
+    return None
 
 
 def _random_key() -> bytes:

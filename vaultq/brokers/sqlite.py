@@ -58,6 +58,7 @@ from vaultq.brokers.base import (
 )
 from vaultq.brokers.sqlite_sql import SCHEMA_VERSION
 from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from vaultq.files import private_dir
 
 __all__ = ["SCHEMA_VERSION", "SqliteBroker"]
 
@@ -743,7 +744,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _prepare_file(path: Path) -> None:
     """Create the directory and the database file (0600: it holds sealed envelopes)."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(path.parent)  # 0700 whatever the umask, parents included
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
