@@ -120,6 +120,38 @@ def test_revoke_a_stolen_signing_key(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert path.read_text() == before
 
 
+def test_revoke_all_after_the_whole_file_leaked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "keys.json"
+    Keyring.generate().rotate().save(path)
+    leaked = Keyring.from_file(path)
+    assert main(["keys", "revoke", str(path)]) == 2  # nothing named
+    assert main(["keys", "revoke", str(path), "--all"]) == 0
+    fixed = Keyring.from_file(path)
+    assert len(fixed.revoked_ids) == 4
+    assert not set(fixed.key_ids) & set(leaked.key_ids)
+    assert not set(fixed.trusted_signers) & set(leaked.trusted_signers)
+    text = path.read_text()
+    for key in leaked.to_dict()["encryption"]["keys"].values():
+        assert key not in text
+    forged = seal_job(
+        leaked,
+        job_id="f" * 32,
+        app="a",
+        task="t",
+        queue="q",
+        payload=b"{}",
+        principal=None,
+        meta=JobMeta(),
+        issued_at=1.0,
+        not_before=1.0,
+        expires_at=2.0,
+    )
+    with pytest.raises(RevokedKey):
+        open_job(forged, fixed, app="a", tasks={"t"}, now=1.0)
+
+
 def test_revoke_refuses_an_insecure_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

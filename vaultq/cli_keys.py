@@ -107,8 +107,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     """``vaultq keys revoke FILE KEYID...``: never trust those keys again."""
     try:
         old = Keyring.from_file(args.file)
+        key_ids = list(args.key_ids)
+        if args.all:
+            # Private material only: verify entries are other signers' public keys.
+            key_ids += [*old.key_ids, *old.to_dict()["signing"]["keys"]]
+        if not key_ids:
+            print("vaultq keys: name the key id(s) to revoke, or pass --all", file=sys.stderr)
+            return EXIT_REFUSED
         new = old
-        for key_id in args.key_ids:
+        for key_id in key_ids:
             new = new.revoke(key_id)
         if new is not old:
             new.save(args.file)
@@ -121,7 +128,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if new.signer_id != old.signer_id:
         changes.append(f"new active signing key {new.signer_id}")
     print(
-        f"vaultq keys: revoked {', '.join(args.key_ids)} in {args.file}"
+        f"vaultq keys: revoked {', '.join(sorted(set(key_ids)))} in {args.file}"
         + (f" ({'; '.join(changes)})" if changes else "")
         + ". Deploy this file to workers and producers (re-export `vaultq keys public` for "
         "split-trust workers); jobs queued under a revoked key are dead-lettered with "
@@ -197,7 +204,13 @@ def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rev.add_argument("file", metavar="FILE", help="key file to change (must be mode 0600)")
-    rev.add_argument("key_ids", metavar="KEYID", nargs="+", help="key id(s) to revoke")
+    rev.add_argument("key_ids", metavar="KEYID", nargs="*", help="key id(s) to revoke")
+    rev.add_argument(
+        "--all",
+        action="store_true",
+        help="revoke every encryption and signing key in FILE (the whole file leaked); "
+        "new active keys replace them, verify (public) keys of other signers stay",
+    )
     rev.set_defaults(func=cmd_revoke)
 
     pub = actions.add_parser(
