@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import decimal
 import enum
 import hmac
 import logging
 import pickle
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -17,7 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaultq.errors import PayloadError, TaskDefinitionError
-from vaultq.payload import Codec, Secret, check_encodable
+from vaultq.payload import (
+    INVALID_UTF8,
+    INVALID_VALUE,
+    KNOWN_WORDINGS,
+    MALFORMED_JSON,
+    Codec,
+    Secret,
+    check_encodable,
+    split_error,
+)
 
 
 class Color(enum.Enum):
@@ -133,9 +144,108 @@ def test_post_init_message_is_not_echoed() -> None:
 
 
 def test_invalid_utf8_and_malformed_json() -> None:
-    assert "UTF-8" in str(payload_error(CODEC, b'{"order_id":1,"card":{"number":"\xff\xfe"}}'))
+    # msgspec < 0.23 raised UnicodeDecodeError here, 0.23 DecodeError("Invalid UTF-8 ...").
+    exc = payload_error(CODEC, b'{"order_id":1,"card":{"number":"\xff\xfe"}}')
+    assert str(exc).endswith(f": {INVALID_UTF8}")
     exc = payload_error(CODEC, b'{"order_id": 1,')
     assert "truncated" in str(exc) or "malformed" in str(exc)
+    exc = payload_error(CODEC, b'{"order_id" 1}')
+    assert str(exc).endswith(": JSON is malformed: expected ':' (byte 12)")
+
+
+# Real inputs and what the installed msgspec (0.18.6 ... 0.23) makes of them: the table
+# of wordings vaultq keeps is exercised by real errors, not only by strings we made up.
+SECRET_MARK = "SECRET-7f3a"
+
+
+class Shapes(msgspec.Struct, forbid_unknown_fields=True):
+    when: datetime.datetime | None = None
+    day: datetime.date | None = None
+    at: datetime.time | None = None
+    span: datetime.timedelta | None = None
+    uid: uuid.UUID | None = None
+    amount: decimal.Decimal | None = None
+    blob: bytes | None = None
+    small: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
+    even: Annotated[int, msgspec.Meta(multiple_of=2)] = 0
+    code: Annotated[str, msgspec.Meta(pattern="^[a-z]+$", max_length=5)] = "a"
+    items: Annotated[list[int], msgspec.Meta(min_length=0, max_length=2)] = []
+    ratio: Annotated[float, msgspec.Meta(gt=0.5)] = 1.0
+    color: Color = Color.RED
+    pair: tuple[int, int] = (0, 0)
+
+
+REAL_INPUTS = [
+    (b'{"when":"SECRET-7f3a"}', "$.when", "Invalid RFC3339 encoded datetime"),
+    (b'{"day":"SECRET-7f3a"}', "$.day", "Invalid RFC3339 encoded date"),
+    (b'{"at":"SECRET-7f3a"}', "$.at", "Invalid RFC3339 encoded time"),
+    (b'{"span":"SECRET-7f3a"}', "$.span", "Invalid ISO8601 duration"),
+    (b'{"uid":"SECRET-7f3a"}', "$.uid", "Invalid UUID"),
+    (b'{"amount":"SECRET-7f3a"}', "$.amount", "Invalid decimal string"),
+    (b'{"blob":"SECRET-7f3a!"}', "$.blob", "Invalid base64 encoded string"),
+    (b'{"small":12}', "$.small", "Expected `int` <= 9"),
+    (b'{"small":-1}', "$.small", "Expected `int` >= 0"),
+    (b'{"even":3}', "$.even", "Expected `int` that's a multiple of 2"),
+    (b'{"code":"SECRETS"}', "$.code", "Expected `str` of length <= 5"),
+    (b'{"code":"S3"}', "$.code", "Expected `str` matching regex '^[a-z]+$'"),
+    (b'{"items":[1,2,3]}', "$.items", "Expected `array` of length <= 2"),
+    (b'{"ratio":0.25}', "$.ratio", "Expected `float` > 0.5"),
+    (b'{"pair":[1]}', "$.pair", "Expected `array` of length 2"),
+    (b'{"small":"SECRET-7f3a"}', "$.small", "Expected `int`, got `str`"),
+    (b'{"color":"SECRET-7f3a"}', "$.color", "Invalid enum value"),
+    (b'{"SECRET-7f3a is no name":1}', "$", "Object contains an unknown field"),
+    (b'{"small":1e999}', "$.small", "Number out of range"),
+    (b'{"code":"\xffSECRET-7f3a"}', "$", INVALID_UTF8),
+    (b'{"code":"SECRET-7f3a', "$", "Input data was truncated"),
+    (b'{"code":SECRET-7f3a}', "$", "JSON is malformed: invalid character (byte 8)"),
+    (b'{"code":"a"} SECRET-7f3a', "$", "JSON is malformed: trailing characters (byte 14)"),
+]
+
+
+@pytest.mark.parametrize(("data", "path", "problem"), REAL_INPUTS)
+def test_real_msgspec_errors_keep_useful_wording_and_no_value(
+    data: bytes, path: str, problem: str
+) -> None:
+    exc = payload_error(Codec(Shapes), data)
+    assert SECRET_MARK not in str(exc)
+    assert SECRET_MARK not in repr(exc)
+    assert (exc.field, str(exc)) == (path, f"payload does not match its type at {path}: {problem}")
+
+
+def test_every_known_wording_is_kept_or_reworded_without_values() -> None:
+    for wording, shown in KNOWN_WORDINGS.items():
+        assert split_error(msgspec.ValidationError(f"{wording} - at `$.a`")) == ("$.a", shown)
+        assert split_error(msgspec.DecodeError(wording)) == ("$", shown)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        # msgspec < 0.23: invalid UTF-8 surfaced as the stdlib's UnicodeDecodeError
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), ("$", INVALID_UTF8)),
+        # msgspec >= 0.23 wording
+        (msgspec.DecodeError("Invalid UTF-8 encoded string"), ("$", INVALID_UTF8)),
+        # a future rewording of either, quoting the input: classified by type, not echoed
+        (msgspec.DecodeError(f"Bad utf-8 byte in {SECRET_MARK!r}"), ("$", INVALID_UTF8)),
+        (msgspec.DecodeError(f"Unexpected token {SECRET_MARK!r}"), ("$", MALFORMED_JSON)),
+        (msgspec.DecodeError(f"JSON is malformed: near {SECRET_MARK}"), ("$", "JSON is malformed")),
+        (ValueError(f"odd input {SECRET_MARK}"), ("$", MALFORMED_JSON)),
+        (
+            msgspec.ValidationError(f"Invalid value {SECRET_MARK!r} - at `$.x`"),
+            ("$.x", INVALID_VALUE),
+        ),
+        (
+            msgspec.ValidationError(f"Expected `int` {SECRET_MARK} - at `$.x`"),
+            ("$.x", INVALID_VALUE),
+        ),
+        (msgspec.ValidationError(f"UTF-8 {SECRET_MARK}"), ("$", INVALID_VALUE)),
+    ],
+)
+def test_unknown_wordings_fall_back_by_error_type(
+    exc: BaseException, expected: tuple[str, str]
+) -> None:
+    assert split_error(exc) == expected
+    assert SECRET_MARK not in split_error(exc)[1]
 
 
 def test_unknown_fields_rejected_at_every_depth() -> None:
