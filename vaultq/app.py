@@ -372,11 +372,15 @@ class App:
         meta = JobMeta(timeout=timeout) if timeout is not None else JobMeta()
         items: list[EnqueueItem] = []
         for i, payload in enumerate(payloads):
-            if not isinstance(payload, task.payload_type):
+            # Typed at the call: the JSON sealed below is the JSON proven to decode.
+            try:
+                encoded = task.check_payload(payload)
+            except PayloadError as exc:
+                if len(payloads) == 1:
+                    raise
                 raise PayloadError(
-                    f"task {task.name!r} takes a {task.payload_type.__name__} payload, "
-                    f"got {type(payload).__name__}"
-                )
+                    f"payload {i} of {len(payloads)}: {exc}", field=exc.field
+                ) from None
             if job_ids is None:
                 job_id = new_job_id(now)
             else:
@@ -393,7 +397,7 @@ class App:
                 app=self.name,
                 task=task.name,
                 queue=target,
-                payload=task.payload_codec.encode(payload),
+                payload=encoded,
                 principal=principal,
                 meta=meta,
                 issued_at=now,

@@ -22,6 +22,7 @@ import datetime
 import decimal
 import enum
 import hmac
+import math
 import re
 import types
 import typing
@@ -450,7 +451,7 @@ class Codec(Generic[T]):
     Raises ``TaskDefinitionError`` at construction when msgspec cannot handle ``tp``.
     """
 
-    __slots__ = ("_decode", "_encode", "_shape", "type")
+    __slots__ = ("_decode", "_encode", "_floats", "_shape", "type")
 
     @overload
     def __init__(self: Codec[None], tp: None) -> None: ...
@@ -470,6 +471,8 @@ class Codec(Generic[T]):
         self._shape: Callable[[Any], Any] | None = (
             None if shape is None else msgspec.json.Decoder(shape).decode
         )
+        floats = _HiddenFloats()
+        self._floats: _HiddenFloats | None = floats if floats.hides(tp) else None
 
     def __repr__(self) -> str:
         return f"Codec({getattr(self.type, '__name__', self.type)!s})"
@@ -477,6 +480,10 @@ class Codec(Generic[T]):
     def encode(self, value: T) -> bytes:
         try:
             return self._encode(value)
+        except RecursionError:
+            raise PayloadError(
+                "cannot encode the value at $: it is nested too deeply", field="$"
+            ) from None
         except (
             msgspec.EncodeError,
             TypeError,
@@ -501,6 +508,142 @@ class Codec(Generic[T]):
                 "payload does not match its type at $: JSON nested too deeply", field="$"
             ) from None
         return value
+
+    def encode_checked(self, value: T) -> bytes:
+        """``encode``, then prove the bytes decode strictly as this codec's type.
+
+        msgspec does not check field types when a Struct is built, and its JSON encoder
+        writes NaN and infinity as ``null``; so ``encode`` alone accepts
+        ``Refund(order_id="7")`` and turns ``amount=nan`` into ``None``. This raises
+        ``PayloadError`` naming the field, never the value, for wrong types, non-finite
+        floats, ``Secret``s of the wrong inner type and nesting too deep to decode. The
+        bytes returned are exactly what was checked, so the receiver decodes them alike.
+        """
+        data = self.encode(value)
+        if self._floats is not None and b"null" in data:
+            # Only a ``null`` in the output can be a hidden non-finite float; walk the
+            # value (not the bytes), and only when the type has room for one.
+            try:
+                self._floats.check(value, "$")
+            except RecursionError:
+                raise PayloadError(
+                    "payload does not match its type at $: nested too deeply", field="$"
+                ) from None
+        # The full decode the worker runs, unknown-field pass included: a Struct
+        # subclass with extra fields passes isinstance() but not the worker.
+        self.decode(data)
+        return data
+
+
+_NONFINITE = (
+    "NaN and infinity cannot be sent (JSON has no encoding for them); "
+    "send a finite number (or None where the field allows it)"
+)
+_SCALARS = (str, bytes, int, bool, type(None))
+
+
+class _HiddenFloats:
+    """Finds NaN/infinity where the type would also accept ``null``.
+
+    msgspec's JSON encoder writes NaN and infinity as ``null``. Where a field is a plain
+    ``float``, the strict decode then fails and names the field; where ``null`` is also
+    valid (``float | None``, ``Any``), the value would silently become ``None``. Only
+    those positions are walked: a Struct's fields whose type cannot hide a float are
+    skipped, so the walk costs nothing for most payloads.
+    """
+
+    __slots__ = ("_busy", "_fields", "_hides")
+
+    def __init__(self) -> None:
+        self._hides: dict[Any, bool] = {}
+        self._busy: set[Any] = set()
+        self._fields: dict[type, tuple[tuple[str, str], ...]] = {}
+
+    def hides(self, tp: Any) -> bool:
+        """Whether a value of type ``tp`` may hold a float where ``null`` is valid too."""
+        try:
+            known = self._hides.get(tp)
+        except TypeError:  # unhashable annotation: be conservative
+            return True
+        if known is not None:
+            return known
+        if tp in self._busy:
+            return False  # recursive reference: its other occurrences decide
+        self._busy.add(tp)
+        try:
+            found = self._hides[tp] = self._compute(tp)
+        finally:
+            self._busy.discard(tp)
+        return found
+
+    def _compute(self, tp: Any) -> bool:
+        if tp is Any or tp is object:
+            return True
+        if isinstance(tp, typing.NewType):
+            return self.hides(tp.__supertype__)
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            return self.hides(typing.get_args(tp)[0])
+        if tp is Secret or origin is Secret:
+            return self.hides(_secret_inner(tp))
+        if origin in (typing.Union, types.UnionType):
+            members = typing.get_args(tp)
+            nullable = type(None) in members or None in members
+            floaty = any(_is_float(m) for m in members)
+            return (nullable and floaty) or any(self.hides(m) for m in members)
+        if origin is typing.Literal:
+            return False
+        if origin in _CONTAINERS:
+            return any(self.hides(a) for a in typing.get_args(tp) if a is not Ellipsis)
+        if _is_struct(tp):
+            return any(self.hides(f.type) for f in msgspec.structs.fields(tp))
+        cls = origin or tp
+        # Leaves never hold a float; dataclasses, TypedDicts, NamedTuples and attrs
+        # classes are walked in full.
+        return not (isinstance(cls, type) and issubclass(cls, _LEAVES))
+
+    def _struct_fields(self, cls: type) -> tuple[tuple[str, str], ...]:
+        fields = self._fields.get(cls)
+        if fields is None:
+            fields = self._fields[cls] = tuple(
+                (f.name, f.encode_name) for f in msgspec.structs.fields(cls) if self.hides(f.type)
+            )
+        return fields
+
+    def check(self, value: Any, path: str) -> None:
+        """Raise ``PayloadError`` at the first hidden non-finite float below ``value``."""
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise PayloadError(
+                    f"payload does not match its type at {path}: {_NONFINITE}", field=path
+                )
+        elif isinstance(value, _SCALARS):
+            return
+        elif isinstance(value, msgspec.Struct):
+            for name, encoded in self._struct_fields(type(value)):
+                # The path uses the JSON name, as decode errors do.
+                self.check(getattr(value, name, None), f"{path}.{encoded}")
+        elif isinstance(value, Secret):
+            self.check(value._value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                # Keys come from the caller's data: named only when they look like names.
+                label = key if isinstance(key, str) and _SAFE_NAME.fullmatch(key) else "<key>"
+                self.check(item, f"{path}.{label}")
+        elif isinstance(value, list | tuple | set | frozenset):
+            for i, item in enumerate(value):
+                self.check(item, f"{path}[{i}]")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                self.check(getattr(value, f.name, None), f"{path}.{f.name}")
+
+
+def _is_float(tp: Any) -> bool:
+    if tp is float or tp is Any or tp is object:
+        return True
+    if typing.get_origin(tp) is typing.Annotated:
+        return _is_float(typing.get_args(tp)[0])
+    return isinstance(tp, type) and issubclass(tp, float)
 
 
 _ENC_UNSUPPORTED = re.compile(r"Encoding objects of type [A-Za-z0-9_.]{1,100} is unsupported")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import msgspec
 
 from vaultq import config
-from vaultq.errors import TaskDefinitionError
+from vaultq.errors import PayloadError, TaskDefinitionError
 from vaultq.payload import Codec, check_encodable
 
 if TYPE_CHECKING:
@@ -116,6 +116,28 @@ class Task(Generic[P, R]):
     def max_attempts(self) -> int:
         return self.options.retries + 1
 
+    def check_payload(self, payload: Any) -> bytes:
+        """The payload's JSON, proven to decode strictly as this task's payload type.
+
+        Every enqueue path (``enqueue``, ``enqueue_many``, the ``_sync`` twins,
+        ``vaultq.django``'s ``enqueue_on_commit`` and Tasks backend) calls this before
+        anything is written, so a wrong field type, a NaN/infinity, a ``Secret`` of the
+        wrong inner type or nesting too deep fails at the call, not in the worker. The
+        bytes returned are the ones to seal. Raises ``PayloadError`` naming the field
+        path (``$.order_id``), never the value.
+        """
+        if not isinstance(payload, self.payload_type):
+            raise PayloadError(
+                f"task {self.name!r} takes a {self.payload_type.__name__} payload, "
+                f"got {type(payload).__name__}; nothing was enqueued"
+            )
+        try:
+            return self.payload_codec.encode_checked(payload)
+        except PayloadError as exc:
+            raise PayloadError(
+                f"task {self.name!r}: {exc}; nothing was enqueued", field=exc.field
+            ) from None
+
     def __call__(self, payload: P) -> Awaitable[R] | R:
         """Call the function directly, in this process (for tests and composition)."""
         return self.fn(payload)
@@ -138,7 +160,8 @@ class Task(Generic[P, R]):
         (default: a new time-ordered id) must be unique: 1-128 letters, digits, ``_.:-``;
         an id that already ran is refused by the worker as a replay while remembered.
 
-        Raises ``PayloadError`` (wrong payload type), ``AuthorizationDenied`` (the policy
+        Raises ``PayloadError`` (the payload is not of the task's type, or a field's value
+        is not of its declared type: see :meth:`check_payload`), ``AuthorizationDenied`` (the policy
         refused ``principal``), ``BrokerError``.
         """
         handles = await self.app._enqueue(

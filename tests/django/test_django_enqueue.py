@@ -197,3 +197,50 @@ def test_cli_without_settings_module_says_what_to_do() -> None:
     )
     assert proc.returncode == 2
     assert "DJANGO_SETTINGS_MODULE" in proc.stderr
+
+
+def test_typed_at_the_call_every_django_entry_point(queue: str) -> None:
+    """enqueue_on_commit, aenqueue_on_commit and the Django Tasks backend refuse a
+    wrongly typed payload at the call, naming the field and never the value, and nothing
+    reaches the broker even once the transaction commits."""
+    import asyncio
+    import math
+
+    from django.db import transaction
+    from vqtestapp.jobs import Report, report
+    from vqtestapp.tasks import Color, Point, paint
+
+    from vaultq.django import aenqueue_on_commit, enqueue_on_commit
+
+    marker = "MARKER-4242"
+    p = Principal("user:1", permissions={"vqtestapp.run_report"})
+    bad = Report(note_id=marker)  # type: ignore[arg-type]  # Structs do not check types
+    with transaction.atomic(), pytest.raises(PayloadError) as info:
+        enqueue_on_commit(report, bad, principal=p, queue=queue)
+    assert info.value.field == "$.note_id" and marker not in str(info.value)
+    with pytest.raises(PayloadError, match=r"\$\.note_id"):
+        enqueue_on_commit(report, bad, principal=p, queue=queue)  # outside a transaction
+    with pytest.raises(PayloadError, match=r"\$\.note_id"):
+        asyncio.run(aenqueue_on_commit(report, bad, principal=p, queue=queue))
+    stats = queue_stats(queue)
+    assert (stats.ready, stats.delayed) == (0, 0)
+
+    before = queue_stats("default")
+    # convert() passed Struct instances through unchecked: Point(1, marker) got enqueued.
+    with pytest.raises(PayloadError) as info:
+        paint.enqueue(Color.RED, Point(1, marker))  # type: ignore[arg-type]
+    assert info.value.field == "$.p.y" and marker not in str(info.value)
+    # NaN became null, then None, silently.
+    with pytest.raises(PayloadError) as info:
+        paint.enqueue(Color.RED, Point(1, 2), factor=math.nan)
+    assert info.value.field == "$.factor"
+    # msgspec's own message quotes a bad enum value; the error must not.
+    with pytest.raises(PayloadError) as info:
+        paint.enqueue(marker, Point(1, 2))
+    assert info.value.field == "$.color" and marker not in str(info.value)
+    with transaction.atomic(), pytest.raises(PayloadError, match=r"\$\.p\.y"):
+        paint.enqueue(Color.BLUE, Point(1, marker))  # type: ignore[arg-type]
+    with pytest.raises(PayloadError, match=r"\$\.p\.y"):
+        asyncio.run(paint.aenqueue(Color.BLUE, Point(1, marker)))  # type: ignore[arg-type]
+    after = queue_stats("default")
+    assert (after.ready, after.delayed) == (before.ready, before.delayed)

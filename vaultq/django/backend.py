@@ -59,7 +59,7 @@ from vaultq.django import compat
 from vaultq.envelope import ResultBody, new_job_id
 from vaultq.errors import PayloadError, TaskDefinitionError, VaultqError
 from vaultq.jobs import JobStatus, current_job
-from vaultq.payload import check_encodable
+from vaultq.payload import check_encodable, split_error
 from vaultq.policy import Policy, ensure_policy
 from vaultq.principal import Principal
 from vaultq.runtime.execute import TaskRaised
@@ -179,13 +179,18 @@ class Binding:
                 f"task {self.module_path!r}: the arguments do not match its signature ({exc})"
             ) from None
         try:
-            return msgspec.convert(dict(bound.arguments), self.args_type, strict=True)
+            payload = msgspec.convert(dict(bound.arguments), self.args_type, strict=True)
         except msgspec.ValidationError as exc:
-            # msgspec's message names the parameter ($.order_id) and types, not the value.
-            path = str(exc).rpartition(" - at ")[2] or None
+            # Rewritten like every payload error: some msgspec messages quote the value.
+            path, problem = split_error(exc)
             raise PayloadError(
-                f"task {self.module_path!r}: wrong argument type: {exc}", field=path
+                f"task {self.module_path!r}: wrong argument type at {path}: {problem}",
+                field=path,
             ) from None
+        # convert() passes Struct instances through unchecked (msgspec Structs are not
+        # validated when built): the task's typed check sees every field, at any depth.
+        self.vaultq_task.check_payload(payload)
+        return payload
 
     def tag(self, queue: str) -> str:
         tag = self.tags.get(queue)

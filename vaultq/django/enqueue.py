@@ -31,11 +31,9 @@ def _check_call(
 ) -> None:
     if not isinstance(task, Task):
         raise ConfigurationError("enqueue_on_commit() takes a vaultq task (from @app.task)")
-    if not isinstance(payload, task.payload_type):
-        raise PayloadError(
-            f"task {task.name!r} takes a {task.payload_type.__name__} payload, "
-            f"got {type(payload).__name__}"
-        )
+    # The same typed check as the core enqueue, before the transaction can commit; the
+    # payload is checked again when it is sealed at commit (it may have changed).
+    task.check_payload(payload)
     if principal is not None and not isinstance(principal, Principal):
         raise PayloadError("principal must be a vaultq.Principal (or None)")
     if delay is not None and at is not None:
@@ -81,7 +79,8 @@ def enqueue_on_commit(
     job id at once (``app.job(job_id).status_sync()`` follows it). On rollback nothing is
     enqueued and the id stays PENDING forever.
 
-    Raises ``PayloadError`` (wrong payload type), ``AuthorizationDenied`` (the policy
+    Raises ``PayloadError`` (wrong payload type, or a field of the wrong type, naming
+    the field), ``AuthorizationDenied`` (the policy
     refused: nothing will be enqueued), ``ConfigurationError``; ``BrokerError`` at
     commit time (from the committing ``atomic`` block) unless ``robust=True``, in which
     case a broker failure is logged by Django and the job is lost.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
@@ -41,3 +42,13 @@ def norm(p: Point) -> float:
 @task(takes_context=True)
 def with_context(context: Any, x: int) -> dict[str, Any]:
     return {"attempt": context.attempt, "id": context.task_result.id, "x": x}
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@task()
+def paint(color: Color, p: Point, factor: float | None = None) -> str:
+    return f"{color.value} {p.x * (factor or 1)}"
