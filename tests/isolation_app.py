@@ -137,3 +137,33 @@ def wrong_result(job: Empty) -> None:
 @app.task(timeout=30, retries=0)
 def in_process(job: Empty) -> int:
     return os.getpid()
+
+
+class Attempts(msgspec.Struct, frozen=True):
+    """Which exception each attempt raises ("" = succeed), by attempt number."""
+
+    raises: list[str]
+
+
+_RAISE = {
+    "transient": lambda: ConnectionError("try again"),
+    "value": lambda: ValueError("permanent"),
+    "retry": lambda: vaultq.Retry(delay=0),
+    "fatal": lambda: vaultq.Fatal("stop"),
+}
+
+
+@app.task(
+    isolation="process",
+    timeout=30,
+    retries=3,
+    backoff=0.01,
+    retry_on=ConnectionError,
+    dont_retry_on=ValueError,
+)
+def retrying(job: Attempts) -> int:
+    attempt = vaultq.current_job().attempt
+    what = job.raises[attempt - 1] if attempt <= len(job.raises) else ""
+    if what:
+        raise _RAISE[what]()
+    return attempt

@@ -366,3 +366,25 @@ def test_import_spec_is_derived_or_refused(iso: ModuleType, tmp_path: Path) -> N
     orphan = App("orphan", broker=f"sqlite:///{tmp_path}/orphan.db")
     with pytest.raises(ConfigurationError, match="import_spec"):
         ProcessPool(orphan, size=1)
+
+
+async def test_retry_verdict_crosses_from_the_child(iso: ModuleType) -> None:
+    """retry_on, dont_retry_on, Retry and Fatal are judged in the child, where the
+    exception's class is known, and the worker follows the verdict."""
+
+    async def outcome(*raises: str) -> tuple[str, int]:
+        handle = await iso.retrying.enqueue(iso.Attempts(list(raises)))
+        try:
+            await handle.result(timeout=60)
+            error_type = ""
+        except JobFailed as exc:
+            error_type = exc.error_type
+        body = await handle.outcome()
+        assert body is not None
+        return error_type, body.attempts
+
+    async with running_worker(iso.app):
+        assert await outcome("transient", "retry", "") == ("", 3)
+        assert await outcome("value") == ("ValueError", 1)
+        assert await outcome("transient", "fatal") == ("vaultq.errors.Fatal", 2)
+        assert await outcome("retry", "retry", "retry", "retry") == ("vaultq.errors.Retry", 4)

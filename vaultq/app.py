@@ -43,6 +43,9 @@ R = TypeVar("R")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
+ExceptionSpec = type[BaseException] | tuple[type[BaseException], ...] | list[type[BaseException]]
+"""What ``retry_on=``/``dont_retry_on=`` take: one exception class, or several."""
+
 
 class _LoopBroker:
     __slots__ = ("broker", "connected", "lock")
@@ -174,6 +177,8 @@ class App:
         retries: int | None = None,
         backoff: float | None = None,
         max_backoff: float | None = None,
+        retry_on: ExceptionSpec | None = None,
+        dont_retry_on: ExceptionSpec = (),
         retry_on_timeout: bool = False,
         policy: Policy | None = None,
         store_result: bool = True,
@@ -193,6 +198,8 @@ class App:
         retries: int | None = None,
         backoff: float | None = None,
         max_backoff: float | None = None,
+        retry_on: ExceptionSpec | None = None,
+        dont_retry_on: ExceptionSpec = (),
         retry_on_timeout: bool = False,
         policy: Policy | None = None,
         store_result: bool = True,
@@ -218,6 +225,8 @@ class App:
             retries=d.retries if retries is None else retries,
             backoff=d.backoff if backoff is None else backoff,
             max_backoff=d.max_backoff if max_backoff is None else max_backoff,
+            retry_on=None if retry_on is None else _exception_classes(retry_on),
+            dont_retry_on=_exception_classes(dont_retry_on),
             retry_on_timeout=retry_on_timeout,
             store_result=store_result,
             result_ttl=d.result_ttl if result_ttl is None else result_ttl,
@@ -579,6 +588,11 @@ def _not_before(now: float, delay: float | None, at: datetime | float | None) ->
 
 
 _MAX_DEFER = 100 * 365 * 86400.0
+
+
+def _exception_classes(spec: ExceptionSpec) -> tuple[type[BaseException], ...]:
+    # Checked by TaskOptions.validate, which names the task.
+    return tuple(spec) if isinstance(spec, list | tuple) else (spec,)
 
 
 def _embedded_key_path(broker: Broker) -> Path:

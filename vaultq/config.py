@@ -31,8 +31,9 @@ DEFAULT_TIMEOUT = 300.0
 """Seconds one attempt may run before its cancel scope fires."""
 DEFAULT_EXPIRES = 24 * 3600.0
 """Seconds after enqueue by which a job must *start*; also bounds the replay memory."""
-DEFAULT_RETRIES = 3
-"""Retries after the first attempt (so 4 attempts in all)."""
+DEFAULT_RETRIES = 0
+"""Retries after the first attempt. 0, as in Celery: a retried attempt repeats whatever
+side effects the failed one had, so a task opts in (``retries=3``) once it is idempotent."""
 DEFAULT_BACKOFF = 1.0
 """Base of the exponential backoff, in seconds (full jitter)."""
 DEFAULT_MAX_BACKOFF = 300.0

@@ -27,6 +27,8 @@ payload value, plaintext, a principal's attributes or key bytes.
     │   ├── UnknownKey
     │   ├── DecryptionFailed
     │   └── Replayed
+    ├── Retry                        raised by a task: run me again (counts against retries)
+    ├── Fatal                        raised by a task: fail now, never retry
     ├── BrokerError                  the broker failed or is unreachable
     │   └── BrokerUnavailable
     └── JobError                     a job ended without a result (from handle.result())
@@ -54,6 +56,7 @@ __all__ = [
     "EnvelopeExpired",
     "EnvelopeNotYetValid",
     "EnvelopeTooLarge",
+    "Fatal",
     "InsecureKeyFile",
     "JobCancelled",
     "JobDenied",
@@ -67,6 +70,7 @@ __all__ = [
     "PayloadError",
     "Replayed",
     "ResultUnavailable",
+    "Retry",
     "RevokedKey",
     "TaskDefinitionError",
     "UnknownKey",
@@ -181,6 +185,34 @@ class DecryptionFailed(EnvelopeError):
 
 class Replayed(EnvelopeError):
     reason = "replayed"
+
+
+class Retry(VaultqError):
+    """Raise it from a task to ask for another attempt.
+
+    ``delay`` (seconds, finite, >= 0) sets the wait before the next attempt exactly, with
+    no jitter; None uses the task's backoff. A retry asked this way counts against the
+    task's ``retries`` like any other (so ``retries=0``, the default, never retries):
+    on the last attempt the job ends ``FAILED`` with ``error_type``
+    ``vaultq.errors.Retry``. It is honoured whatever ``retry_on``/``dont_retry_on`` say.
+    """
+
+    def __init__(
+        self, message: str = "the task asked for a retry", *, delay: float | None = None
+    ) -> None:
+        if delay is not None and not (isinstance(delay, int | float) and 0 <= delay < 1e9):
+            raise ConfigurationError(
+                "Retry(delay=...) takes a finite number of seconds >= 0, or None for the "
+                "task's backoff"
+            )
+        super().__init__(message)
+        self.delay = None if delay is None else float(delay)
+
+
+class Fatal(VaultqError):
+    """Raise it from a task to fail the job now: never retried, whatever ``retries`` and
+    ``retry_on`` say (e.g. ``raise vaultq.Fatal("card declined") from exc``). The job
+    ends ``FAILED`` with ``error_type`` ``vaultq.errors.Fatal``."""
 
 
 class BrokerError(VaultqError):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import msgspec
 
 from vaultq import config
-from vaultq.errors import PayloadError, TaskDefinitionError
+from vaultq.errors import Fatal, PayloadError, Retry, TaskDefinitionError
 from vaultq.payload import Codec, check_encodable
 
 if TYPE_CHECKING:
@@ -27,6 +27,12 @@ R = TypeVar("R")
 
 Isolation = Literal["none", "process"]
 
+ExceptionClasses = tuple[type[BaseException], ...]
+
+_NEVER_BY_DEFAULT: ExceptionClasses = (PayloadError, msgspec.ValidationError)
+"""Permanent by nature: the same input fails the same way on every attempt. Retried
+only when a task names them in ``retry_on``."""
+
 
 class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Per-task limits. Every default lives in :mod:`vaultq.config`.
@@ -35,8 +41,14 @@ class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
     - ``max_timeout``: ceiling for a per-enqueue ``timeout=`` override; default = ``timeout``.
     - ``expires``: seconds after its not-before time by which an attempt must start;
       later attempts (retries included) end EXPIRED. Default 24 h.
-    - ``retries``: retries after the first attempt; default 3.
+    - ``retries``: retries after the first attempt; default 0 (like Celery: a task that
+      fails is not run again unless it says so, since a retried attempt repeats the
+      side effects of the failed one).
     - ``backoff``/``max_backoff``: exponential backoff base and cap, full jitter.
+    - ``retry_on``: exception classes that are retried (while retries remain); default
+      None = any exception but ``PayloadError``/``msgspec.ValidationError``.
+    - ``dont_retry_on``: exception classes never retried; wins over ``retry_on``.
+      ``vaultq.Fatal`` is never retried and ``vaultq.Retry`` always is (attempts left).
     - ``retry_on_timeout``: retry a TIMED_OUT attempt (default False: a timed-out attempt
       may have had side effects; opt in when the task is idempotent).
     - ``store_result``: seal and store the return value; default True.
@@ -52,6 +64,8 @@ class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = config.DEFAULT_RETRIES
     backoff: float = config.DEFAULT_BACKOFF
     max_backoff: float = config.DEFAULT_MAX_BACKOFF
+    retry_on: ExceptionClasses | None = None
+    dont_retry_on: ExceptionClasses = ()
     retry_on_timeout: bool = False
     store_result: bool = True
     result_ttl: float = config.DEFAULT_RESULT_TTL
@@ -81,6 +95,36 @@ class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
             raise bad("result_ttl must be > 0 seconds")
         if self.isolation not in ("none", "process"):
             raise bad("isolation must be 'none' or 'process'")
+        for label, classes in (("retry_on", self.retry_on), ("dont_retry_on", self.dont_retry_on)):
+            if classes is not None and not (
+                isinstance(classes, tuple)
+                and all(isinstance(c, type) and issubclass(c, BaseException) for c in classes)
+            ):
+                raise bad(f"{label} must be an exception class or a tuple of them")
+
+    def retry_verdict(self, exc: BaseException) -> tuple[bool, float | None]:
+        """``(retry?, delay)`` for an attempt that raised ``exc``, attempts permitting.
+
+        ``delay`` is the wait ``vaultq.Retry(delay=...)`` asked for (None: backoff).
+        Order: ``Retry`` → yes; ``Fatal`` → no; ``dont_retry_on`` → no; ``retry_on``
+        given → whether ``exc`` is one of them; else yes, but for ``PayloadError`` and
+        ``msgspec.ValidationError``.
+        """
+        if isinstance(exc, Retry):
+            return True, exc.delay
+        if isinstance(exc, Fatal):
+            return False, None
+        if self.dont_retry_on and isinstance(exc, self.dont_retry_on):
+            return False, None
+        if self.retry_on is not None:
+            return isinstance(exc, self.retry_on), None
+        return not isinstance(exc, _NEVER_BY_DEFAULT), None
+
+    @property
+    def retries_unknown_errors(self) -> bool:
+        """Whether a failure whose exception class is lost (a child process that died)
+        is retried: only under the default "any exception" rule."""
+        return self.retry_on is None
 
 
 class Task(Generic[P, R]):

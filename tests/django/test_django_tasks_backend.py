@@ -223,3 +223,63 @@ def test_django_view_enqueues_with_acting_principal(dj_worker: Any) -> None:
         add.get_result(result_id)
     job_id = result_id.partition("-")[0]
     assert get_app().job(job_id).status_sync() == "succeeded"
+
+
+class Transient(Exception):
+    pass
+
+
+def retried(n: int) -> int:
+    return n
+
+
+def test_every_task_option_is_accepted_in_options() -> None:
+    """BACKOFF (refused before: ``unknown field BACKOFF``) and the other task options,
+    backend-wide and per task; RETRY_ON/DONT_RETRY_ON are dotted exception paths."""
+    from types import SimpleNamespace
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    from vaultq.django.apps import get_config
+    from vaultq.django.backend import VaultqBackend
+
+    path = f"{__name__}.retried"
+    backend = VaultqBackend(
+        "retrying",
+        {
+            "QUEUES": ["default"],
+            "OPTIONS": {
+                "RETRIES": 2,
+                "BACKOFF": 2.0,
+                "MAX_BACKOFF": 60,
+                "RETRY_ON": [f"{__name__}.Transient", "builtins.ConnectionError"],
+                "DONT_RETRY_ON": ["builtins.ConnectionResetError"],
+                "RETRY_ON_TIMEOUT": True,
+                "RESULT_TTL": 600,
+                "MAX_TIMEOUT": 400,
+                "TASKS": {path: {"BACKOFF": 0.5, "RETRIES": 4, "RESULT_TTL": 60}},
+            },
+        },
+    )
+    fake = SimpleNamespace(func=retried, queue_name="default", takes_context=False)
+    binding = backend._register(get_config(), fake, path)
+    try:
+        opts = binding.vaultq_task.options
+        assert (opts.retries, opts.backoff, opts.max_backoff) == (4, 0.5, 60)
+        assert opts.retry_on == (Transient, ConnectionError)
+        assert opts.dont_retry_on == (ConnectionResetError,)
+        assert opts.retry_on_timeout and opts.result_ttl == 60 and opts.max_timeout == 400
+        # The verdict is taken in the binding, where the exception class is known.
+        assert binding._raised(Transient("x")).retry is True
+        assert binding._raised(ConnectionResetError()).retry is False
+        assert binding._raised(ValueError()).retry is False
+    finally:
+        get_config().bindings.pop(path, None)
+        get_config().app._tasks.pop(path, None)
+
+    with pytest.raises(ImproperlyConfigured, match="not an exception class"):
+        VaultqBackend("bad", {"OPTIONS": {"RETRY_ON": ["builtins.len"]}})._register(
+            get_config(), fake, path
+        )
+    with pytest.raises(ImproperlyConfigured, match="BACKOF"):
+        VaultqBackend("bad", {"OPTIONS": {"BACKOF": 1}})

@@ -10,10 +10,14 @@
                 "ENQUEUE_ON_COMMIT": True,     # default True
                 "DATABASE": None,              # the alias on_commit watches (default "default")
                 "RETRIES": 0,                  # Django Tasks do not retry by default
-                "TIMEOUT": 300, "EXPIRES": 86400,
+                "BACKOFF": 1.0, "MAX_BACKOFF": 300,
+                "RETRY_ON": ["shop.errors.Transient"],     # dotted paths; default: any
+                "DONT_RETRY_ON": ["shop.errors.Declined"],  # never retried
+                "RETRY_ON_TIMEOUT": False,
+                "TIMEOUT": 300, "MAX_TIMEOUT": None, "EXPIRES": 86400, "RESULT_TTL": 86400,
                 "POLICY": "shop.policies.STAFF",  # default policy of this backend's tasks
                 "RESULT_POLICY": "shop.policies.STAFF",  # who else may read results
-                "TASKS": {                     # per task, by module path
+                "TASKS": {                     # per task, by module path: the task options above
                     "shop.tasks.refund": {"POLICY": "shop.policies.REFUND", "TIMEOUT": 30},
                 },
             },
@@ -75,11 +79,20 @@ _ID_TAG = 10
 class TaskSettings(
     msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=True
 ):
+    """Options of one task in ``OPTIONS["TASKS"]``; each overrides the backend-wide one.
+    ``RETRY_ON``/``DONT_RETRY_ON`` are dotted paths of exception classes."""
+
     policy: str | None = None
     timeout: float | None = None
     max_timeout: float | None = None
     retries: int | None = None
     expires: float | None = None
+    backoff: float | None = None
+    max_backoff: float | None = None
+    retry_on: list[str] | None = None
+    dont_retry_on: list[str] | None = None
+    retry_on_timeout: bool | None = None
+    result_ttl: float | None = None
 
 
 class BackendOptions(
@@ -89,7 +102,14 @@ class BackendOptions(
     database: str | None = None
     retries: int = 0
     timeout: float | None = None
+    max_timeout: float | None = None
     expires: float | None = None
+    backoff: float | None = None
+    max_backoff: float | None = None
+    retry_on: list[str] | None = None
+    dont_retry_on: list[str] | None = None
+    retry_on_timeout: bool = False
+    result_ttl: float | None = None
     policy: str | None = None
     result_policy: str | None = None
     tasks: dict[str, TaskSettings] = {}
@@ -245,6 +265,11 @@ class Binding:
             args.insert(0, compat.TaskContext(task_result=result))
         return args, kwargs
 
+    def _raised(self, exc: Exception) -> TaskRaised:
+        # Judged here, where the exception's class is known (RETRY_ON, Retry, Fatal).
+        retry, delay = self.vaultq_task.options.retry_verdict(exc)
+        return TaskRaised(_class_path(type(exc)), safe_traceback(exc), retry=retry, delay=delay)
+
     def run_sync(self, job: msgspec.Struct) -> Any:
         try:
             result = self._running()
@@ -260,7 +285,7 @@ class Binding:
             compat.task_finished.send(sender=self.backend_class, task_result=result)
             return value
         except Exception as exc:
-            raise TaskRaised(_class_path(type(exc)), safe_traceback(exc)) from None
+            raise self._raised(exc) from None
 
     async def run_async(self, job: msgspec.Struct) -> Any:
         send_started = sync_to_async(compat.task_started.send)
@@ -279,7 +304,7 @@ class Binding:
             await send_finished(sender=self.backend_class, task_result=result)
             return value
         except Exception as exc:
-            raise TaskRaised(_class_path(type(exc)), safe_traceback(exc)) from None
+            raise self._raised(exc) from None
 
 
 def _derive_args(
@@ -373,6 +398,17 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         except VaultqError as exc:
             raise ImproperlyConfigured(f"{where}: {exc}") from None
 
+    def _exceptions(self, paths: list[str], where: str) -> tuple[type[BaseException], ...]:
+        from django.core.exceptions import ImproperlyConfigured
+
+        from vaultq.django.conf import import_from_settings
+
+        classes = tuple(import_from_settings(p, f"{where} RETRY_ON") for p in paths)
+        for path, cls in zip(paths, classes, strict=True):
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                raise ImproperlyConfigured(f"{where}: {path!r} is not an exception class")
+        return classes
+
     def validate_task(self, task: Any) -> None:
         super().validate_task(task)
         self.binding(task)
@@ -418,17 +454,27 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         runner.__annotations__ = {"job": args_type, "return": result_type}
         runner.__module__ = task.func.__module__
         runner.__qualname__ = task.func.__qualname__
-        retries = per_task.retries if per_task.retries is not None else opts.retries
-        timeout = per_task.timeout if per_task.timeout is not None else opts.timeout
-        expires = per_task.expires if per_task.expires is not None else opts.expires
+
+        def pick(name: str) -> Any:
+            value = getattr(per_task, name)
+            return getattr(opts, name) if value is None else value
+
+        where = f"TASKS[{self.alias!r}]['OPTIONS']"
+        retry_on = pick("retry_on")
         try:
             vaultq_task = app.task(
                 name=path,
                 queue=task.queue_name,
-                timeout=timeout,
-                max_timeout=per_task.max_timeout,
-                retries=retries,
-                expires=expires,
+                timeout=pick("timeout"),
+                max_timeout=pick("max_timeout"),
+                retries=pick("retries"),
+                expires=pick("expires"),
+                backoff=pick("backoff"),
+                max_backoff=pick("max_backoff"),
+                retry_on=None if retry_on is None else self._exceptions(retry_on, where),
+                dont_retry_on=self._exceptions(pick("dont_retry_on") or [], where),
+                retry_on_timeout=pick("retry_on_timeout"),
+                result_ttl=pick("result_ttl"),
                 policy=policy,
             )(runner)
         except TaskDefinitionError as exc:

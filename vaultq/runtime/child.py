@@ -74,6 +74,9 @@ class Reply(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     union as null only."""
     error_type: str = ""
     error: str = ""
+    retry: bool | None = None
+    """The task's retry verdict on the exception (None: vaultq's own failure)."""
+    retry_delay: float | None = None
 
 
 class FrameError(Exception):
@@ -128,8 +131,16 @@ def _error_text(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def _fail(error_type: str, message: str) -> Reply:
-    return Reply(ok=False, error_type=error_type, error=message[:_MAX_ERROR_TEXT])
+def _fail(
+    error_type: str, message: str, *, retry: bool | None = None, delay: float | None = None
+) -> Reply:
+    return Reply(
+        ok=False,
+        error_type=error_type,
+        error=message[:_MAX_ERROR_TEXT],
+        retry=retry,
+        retry_delay=delay,
+    )
 
 
 def run_request(app: App, request: Request) -> Reply:
@@ -156,15 +167,21 @@ def run_request(app: App, request: Request) -> Reply:
     try:
         result = _call(app, task, payload)
     except Exception as exc:
-        return _fail(type_path(exc), _error_text(exc))
+        # Judged here, where the exception's class is known (retry_on, Retry, Fatal).
+        retry, delay = task.options.retry_verdict(exc)
+        return _fail(type_path(exc), _error_text(exc), retry=retry, delay=delay)
     finally:
         _reset_current(token)
     if task.result_type is None and result is not None:
-        return _fail("vaultq.PayloadError", f"task returned {type(result).__name__}, declared None")
+        return _fail(
+            "vaultq.PayloadError",
+            f"task returned {type(result).__name__}, declared None",
+            retry=False,
+        )
     try:
         encoded = task.result_codec.encode(result)
     except PayloadError as exc:
-        return _fail("vaultq.PayloadError", str(exc))
+        return _fail("vaultq.PayloadError", str(exc), retry=False)
     return Reply(ok=True, result=msgspec.Raw(encoded))
 
 

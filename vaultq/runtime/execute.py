@@ -81,10 +81,24 @@ class AttemptTimedOut(Exception):
 
 
 class TaskRaised(Exception):
-    def __init__(self, error_type: str, message: str) -> None:
+    """An attempt failed where the exception itself is not at hand (a child process, the
+    Django binding, vaultq's own result checks): its class path and message, and the
+    retry verdict taken where the class was known (None: judge it as an unknown error,
+    see ``TaskOptions.retries_unknown_errors``)."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retry: bool | None = None,
+        delay: float | None = None,
+    ) -> None:
         super().__init__(error_type)
         self.error_type = error_type
         self.message = message
+        self.retry = retry
+        self.delay = delay
 
 
 class _DaemonThread(threading.Thread):
@@ -455,6 +469,7 @@ class Executor:
         )
         value: bytes | None = None
         failure: tuple[str, str] | None = None
+        verdict: tuple[bool, float | None] = (False, None)
         timed_out = False
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             slot.scope = scope
@@ -466,8 +481,13 @@ class Executor:
                 timed_out = True
             except TaskRaised as exc:
                 failure = (exc.error_type, exc.message)
+                retry = exc.retry
+                if retry is None:
+                    retry = task.options.retries_unknown_errors
+                verdict = (retry, exc.delay)
             except Exception as exc:
                 failure = (_type_path(exc), _safe_text(exc))
+                verdict = task.options.retry_verdict(exc)
             except BaseException as exc:
                 # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
                 # BaseException is the task failing, not the worker stopping: it must not
@@ -475,6 +495,7 @@ class Executor:
                 if _is_cancellation(exc):
                     raise
                 failure = (_type_path(exc), _safe_text(exc))
+                verdict = task.options.retry_verdict(exc)
         slot.scope = None
         if scope.cancelled_caught:
             if slot.stop == Stop.SHUTDOWN:
@@ -516,8 +537,9 @@ class Executor:
                 delivery.attempt,
                 task.max_attempts,
             )
-            if delivery.attempt < task.max_attempts:
-                return self._retry(delivery, task)
+            retry, delay = verdict
+            if retry and delivery.attempt < task.max_attempts:
+                return self._retry(delivery, task, delay)
             return self._finish(
                 delivery,
                 opened,
@@ -532,10 +554,14 @@ class Executor:
             delivery, opened, JobStatus.SUCCEEDED, task=task, started=started, value=value
         )
 
-    def _retry(self, delivery: Delivery, task: Task[Any, Any]) -> Settlement:
-        cap = min(task.options.max_backoff, task.options.backoff * 2 ** (delivery.attempt - 1))
-        # Jitter spreads retries; it protects nothing, so a plain PRNG is right here.
-        delay = random.uniform(0, cap)  # nosec B311
+    def _retry(
+        self, delivery: Delivery, task: Task[Any, Any], delay: float | None = None
+    ) -> Settlement:
+        if delay is None:
+            cap = min(task.options.max_backoff, task.options.backoff * 2 ** (delivery.attempt - 1))
+            # Jitter spreads retries; it protects nothing, so a plain PRNG is right here.
+            delay = random.uniform(0, cap)  # nosec B311
+        # else: the task asked for this wait (vaultq.Retry(delay=...)): kept exactly.
         return Retry(delivery=delivery, not_before=time.time() + delay)
 
     def _fits(self, encoded: bytes) -> bytes:
@@ -544,6 +570,7 @@ class Executor:
                 "vaultq.PayloadError",
                 f"the task's return value is {len(encoded)} bytes, too large for the app's "
                 f"max_envelope_size ({self.app.max_envelope_size}); return a reference instead",
+                retry=False,
             )
         return encoded
 
@@ -567,7 +594,7 @@ class Executor:
                     task.result_codec.decode(encoded)
                 except PayloadError as exc:
                     raise TaskRaised(
-                        "vaultq.PayloadError", f"the task's return value: {exc}"
+                        "vaultq.PayloadError", f"the task's return value: {exc}", retry=False
                     ) from None
             return self._fits(encoded)
         token = _set_current(ctx)
@@ -580,7 +607,9 @@ class Executor:
             _reset_current(token)
         if task.result_type is None and result is not None:
             raise TaskRaised(
-                "vaultq.PayloadError", f"task returned {type(result).__name__}, declared None"
+                "vaultq.PayloadError",
+                f"task returned {type(result).__name__}, declared None",
+                retry=False,
             )
         try:
             encoded = task.result_codec.encode(result)
@@ -588,7 +617,9 @@ class Executor:
                 # msgspec encodes without checking types: prove the value decodes as declared.
                 task.result_codec.decode(encoded)
         except PayloadError as exc:
-            raise TaskRaised("vaultq.PayloadError", f"the task's return value: {exc}") from None
+            raise TaskRaised(
+                "vaultq.PayloadError", f"the task's return value: {exc}", retry=False
+            ) from None
         return self._fits(encoded)
 
     async def _call_async(self, task: Task[Any, Any], payload: Any) -> Any:

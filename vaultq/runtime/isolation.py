@@ -184,7 +184,12 @@ class ProcessPool:
                 raise TaskRaised(CHILD_DIED, "the child process sent an unreadable reply") from None
             await self._checkin(child)
         if not reply.ok:
-            raise TaskRaised(reply.error_type or "Exception", reply.error)
+            raise TaskRaised(
+                reply.error_type or "Exception",
+                reply.error,
+                retry=reply.retry,
+                delay=reply.retry_delay,
+            )
         return bytes(reply.result)
 
     async def aclose(self) -> None:
