@@ -61,6 +61,12 @@ def whoami(job: Empty) -> int:
     return os.getpid()
 
 
+@app.task(isolation="process", timeout=30, retries=0)
+def vaultq_environment(job: Empty) -> dict[str, str]:
+    """The child's VAULTQ_* variables (the test checks that no secret is among them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("VAULTQ_", "VQTEST_"))}
+
+
 @app.task(isolation="process", timeout=1, retries=0)
 def busy(job: PidFile) -> None:
     Path(job.path).write_text(str(os.getpid()))

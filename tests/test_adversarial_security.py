@@ -26,6 +26,7 @@ from helpers import ROOT, broker_url, make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
+from vaultq.config import mask_url
 from vaultq.envelope import JobMeta, open_job, seal_job
 from vaultq.errors import BadSignature, PayloadError
 from vaultq.payload import Codec
@@ -651,3 +652,57 @@ def test_cli_dead_list_escapes_what_the_broker_holds(
     assert done.returncode == 0, done.stderr[-2000:]
     assert b"\x1b" not in done.stdout and b"\x07" not in done.stdout
     assert done.stdout.count(b"\n") == 1
+
+
+# -- URLs in logs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("redis://user:pa/ss{m}@host:6379/0", "pa/ss{m}"),
+        ("redis://:p?w#x{m}@host/0", "p?w#x{m}"),
+        ("rediss://u:a#b{m}@h:1/0", "a#b{m}"),
+        ("redis+cluster://u:x/y?z{m}@h1:7000,h2:7001/", "x/y?z{m}"),
+        ("redis+sentinel://:s@s/{m}@h1:26379/mymaster", "s@s/{m}"),
+        ("redis://u:plain{m}@h/0", "plain{m}"),
+    ],
+)
+def test_mask_url_hides_passwords_holding_url_delimiters(url: str, password: str) -> None:
+    """`mask_url` used to cut the userinfo where urlsplit ends the netloc (the first
+    `/ ? #`), so `u:pa/ss@host` was logged as is: the password in the broker's url."""
+    url, password = url.format(m=MARK), password.format(m=MARK)
+    masked = mask_url(url)
+    assert MARK not in masked
+    assert password not in masked
+    assert ":***@" in masked
+
+
+def test_secret_exports_no_state() -> None:
+    """object.__getstate__ returned {'_value': <the secret>} to anything that asked
+    (copyreg-based serializers, dill, debug tools that dump object state)."""
+    secret = vaultq.Secret(f"tok-{MARK}")
+    with pytest.raises(TypeError, match="no state"):
+        secret.__getstate__()
+    with pytest.raises(TypeError, match="cannot be restored"):
+        object.__new__(vaultq.Secret).__setstate__({"_value": "x"})
+    assert repr(secret) == "Secret('***')"
+
+
+async def test_authorization_denied_escapes_the_principal_id(tmp_path: Path) -> None:
+    """A principal id is caller input (a user name, a header). AuthorizationDenied put it
+    in its message raw, so a crafted id forged log lines or terminal escapes wherever the
+    error was printed or logged; it is escaped like the audit lines escape it."""
+    app = make_app("authz-escape", f"sqlite:///{tmp_path}/q.db")
+
+    @app.task(name="t.admin", policy=vaultq.require_role("admin"))
+    async def admin(job: Card) -> int:
+        return job.n
+
+    hostile = "user:1\nINFO vaultq.audit authorization allow \x1b[2Jroot"
+    with pytest.raises(vaultq.AuthorizationDenied) as denied:
+        await admin.enqueue(card(), principal=vaultq.Principal(hostile))
+    message = str(denied.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "user:1\\nINFO" in message  # still says who, escaped
+    await app.aclose()

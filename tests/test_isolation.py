@@ -31,7 +31,7 @@ from vaultq.keyring import Keyring
 from vaultq.principal import Principal
 from vaultq.runtime.child import Reply, Request
 from vaultq.runtime.execute import AttemptTimedOut, TaskRaised
-from vaultq.runtime.isolation import CHILD_DIED, ProcessPool, find_import_spec
+from vaultq.runtime.isolation import CHILD_DIED, ProcessPool, child_environment, find_import_spec
 from vaultq.runtime.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +155,42 @@ async def test_busy_loop_is_killed_at_deadline_and_next_job_gets_fresh_child(
         assert fresh not in (busy_pid, os.getpid())
         assert alive(fresh) and fresh in worker._pool.pids  # type: ignore[union-attr]
     assert not alive(fresh)  # the pool closed with the worker
+
+
+async def test_children_do_not_inherit_the_workers_secrets(
+    iso: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child runs task code and needs no keys, yet it inherited VAULTQ_KEYS (readable
+    by that code and in /proc/<pid>/environ)."""
+    monkeypatch.setenv("VAULTQ_WEBHOOK_TOKEN", "tok-secret")
+    monkeypatch.setenv("VQTEST_UNRELATED", "kept")
+    async with running_worker(iso.app):
+        env = await (await iso.vaultq_environment.enqueue(iso.Empty())).result(timeout=30)
+    assert "VAULTQ_KEYS" in os.environ
+    assert "VAULTQ_KEYS" not in env
+    assert "VAULTQ_WEBHOOK_TOKEN" not in env
+    assert env["VAULTQ_BROKER"] == os.environ["VAULTQ_BROKER"]  # no password: kept as is
+    assert env["VQTEST_UNRELATED"] == "kept"
+    key_text = os.environ["VAULTQ_KEYS"]
+    assert all(key_text not in value for value in env.values())
+
+
+def test_child_environment_masks_the_broker_password_and_custom_keys_var() -> None:
+    env = child_environment(
+        {
+            "VAULTQ_BROKER": "redis://worker:s3cret@redis:6379/0",
+            "VAULTQ_KEYS": "{}",
+            "SHOP_KEYS": "@/run/keys.json",
+            "VAULTQ_APP": "shop.jobs",
+            "PATH": "/usr/bin",
+        },
+        keys_var="SHOP_KEYS",
+    )
+    assert env == {
+        "VAULTQ_BROKER": "redis://worker:***@redis:6379/0",
+        "VAULTQ_APP": "shop.jobs",
+        "PATH": "/usr/bin",
+    }
 
 
 async def test_results_and_exceptions_cross_as_typed_json(iso: ModuleType) -> None:

@@ -29,7 +29,7 @@ from vaultq.errors import (
 )
 from vaultq.jobs import JobHandle, JobStatus
 from vaultq.keyring import Keyring, load_or_create_file
-from vaultq.policy import Policy, PolicyRequest, allow_all, evaluate
+from vaultq.policy import Policy, PolicyRequest, allow_all, evaluate, safe_id
 from vaultq.principal import Principal
 from vaultq.tasks import Isolation, Task, TaskOptions
 
@@ -459,7 +459,7 @@ class App:
         if not decision.allowed:
             raise AuthorizationDenied(
                 f"policy {decision.policy} denied task {task.name!r} for principal "
-                f"{principal.id if principal else '(none)'} ({decision.reason}); "
+                f"{safe_id(principal.id) if principal else '(none)'} ({decision.reason}); "
                 "nothing was enqueued",
                 task=task.name,
                 policy=decision.policy,

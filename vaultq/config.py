@@ -53,25 +53,30 @@ stops taking sync jobs until some finish."""
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to log).
 
-    Works on the raw netloc, so multi-host URLs (``redis+cluster://u:pw@h1:1,h2:2/``,
+    Works on the raw text, so multi-host URLs (``redis+cluster://u:pw@h1:1,h2:2/``,
     ``redis+sentinel://...``) are masked too; ``password``-like query options
     (``?sentinel_password=``) are masked as well.
+
+    The userinfo ends at the *last* ``@`` of the URL, not where ``urlsplit`` ends the
+    netloc (the first ``/ ? #``): a password that holds those characters unencoded
+    (``u:pa/ss@host``) would otherwise be printed from its first ``/`` on. The cost is
+    over-masking when a query value holds an ``@`` after a ``host:port``; never a leak.
     """
+    scheme, slashes, rest = url.partition("://")
+    if slashes and "/" not in scheme:
+        userinfo, at, after = rest.rpartition("@")
+        if at and ":" in userinfo:
+            url = f"{scheme}://{userinfo.partition(':')[0]}:***@{after}"
     parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
     query = parts.query
     pairs = parse_qsl(query, keep_blank_values=True)
-    if any(name.lower().endswith("password") for name, _ in pairs):
-        query = urlencode(
-            [(n, "***" if n.lower().endswith("password") else v) for n, v in pairs], safe="*/"
-        )
-    if netloc == parts.netloc and query == parts.query:
+    if not any(name.lower().endswith("password") for name, _ in pairs):
         return url
+    query = urlencode(
+        [(n, "***" if n.lower().endswith("password") else v) for n, v in pairs], safe="*/"
+    )
     # Rebuilt by hand: urlunsplit drops the "//" of an empty netloc (unix:///path).
     slashes = "//" if url[len(parts.scheme) + 1 :].startswith("//") else ""
-    masked = f"{parts.scheme}:{slashes}{netloc}{parts.path}"
+    masked = f"{parts.scheme}:{slashes}{parts.netloc}{parts.path}"
     masked += f"?{query}" if query else ""
     return masked + (f"#{parts.fragment}" if parts.fragment else "")

@@ -50,8 +50,8 @@ class Secret(Generic[T]):
 
     Encodes to the plain inner value inside the (encrypted) JSON, decodes back to
     ``Secret``; equality is by value (constant time for str/bytes); ``.reveal()`` returns it.
-    Pickling and copying through ``__reduce__`` are refused so the value cannot leak
-    through a pickle stream.
+    Pickling, ``__reduce__`` and ``__getstate__`` are refused so the value cannot leak
+    through a pickle stream or a state export; copies return the same object.
     """
 
     __slots__ = ("_value",)
@@ -90,6 +90,14 @@ class Secret(Generic[T]):
 
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
         self.__reduce__()
+
+    def __getstate__(self) -> NoReturn:
+        # object.__getstate__ (3.11+) would return {"_value": ...}: serializers that call
+        # it directly (copyreg helpers, dill, some debug tools) would get the plain value.
+        raise TypeError("Secret values have no state to export; reveal() the value on purpose")
+
+    def __setstate__(self, state: Any) -> NoReturn:
+        raise TypeError("Secret values cannot be restored from a state; build Secret(value)")
 
     def __copy__(self) -> Secret[T]:
         return self

@@ -56,6 +56,7 @@ __all__ = [
     "require_permission",
     "require_role",
     "rule",
+    "safe_id",
 ]
 
 AUDIT_LOGGER = "vaultq.audit"
@@ -529,14 +530,20 @@ async def evaluate(
     return decision
 
 
-def _safe_id(value: str) -> str:
-    # Ids come from the envelope; escape control characters so one id cannot forge
-    # extra audit lines, and bound the length.
+def safe_id(value: str) -> str:
+    """``value`` fit for a log line or an error message: control and other unprintable
+    characters escaped (``\\n``, ``\\x1b``), length bounded.
+
+    Ids come from envelopes, brokers and callers; unescaped, one id could forge extra
+    audit lines or drive the terminal of whoever reads the message."""
     if len(value) > _MAX_LOGGED_ID:
         value = value[:_MAX_LOGGED_ID] + "..."
     if value.isprintable():
         return value
     return value.encode("unicode_escape").decode("ascii")
+
+
+_safe_id = safe_id  # the older private name, still imported by the CLI and the executor
 
 
 def _audit(

@@ -11,6 +11,12 @@ deadline or by a cancellation, and when it dies.
 Children are fresh interpreters (spawn, never fork): they inherit no broker connection,
 lock, thread or Django database connection from the worker, and a Django project sets
 itself up again when the child imports the app module.
+
+Nor do they inherit the worker's secrets: a child runs task code and needs no keys, so
+:func:`child_environment` drops ``VAULTQ_KEYS`` (and the app's own keys variable, and
+``VAULTQ_*`` variables named like secrets) and masks the password of ``VAULTQ_BROKER``.
+An app module that loads its keys *at import* (``keyring=Keyring.from_env()``) therefore
+cannot start a child; let the app resolve them lazily (the default).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +36,7 @@ import msgspec
 from anyio.abc import ByteSendStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from vaultq.config import mask_url
 from vaultq.errors import ConfigurationError
 from vaultq.runtime.child import MAX_FRAME, Hello, Reply, Request
 from vaultq.runtime.execute import AttemptTimedOut, TaskRaised
@@ -39,7 +47,7 @@ if TYPE_CHECKING:
     from vaultq.jobs import JobContext
     from vaultq.tasks import Task
 
-__all__ = ["CHILD_DIED", "ProcessPool"]
+__all__ = ["CHILD_DIED", "ProcessPool", "child_environment"]
 
 log = logging.getLogger("vaultq.worker")
 
@@ -244,8 +252,11 @@ class ProcessPool:
 
     async def _spawn(self) -> _Child:
         command = [sys.executable, "-m", "vaultq.runtime.child", self.spec, str(os.getpid())]
+        source = self.app.keyring_source or ""
+        keys_var = source[1:] if source.startswith("$") else None
+        env = child_environment(os.environ, keys_var=keys_var)
         try:
-            proc = await anyio.open_process(command, stderr=None)
+            proc = await anyio.open_process(command, stderr=None, env=env)
         except OSError as exc:
             raise TaskRaised(
                 "vaultq.ConfigurationError", f"cannot start an isolated child process: {exc}"
@@ -338,6 +349,25 @@ async def _release(child: _Child) -> None:
     """Close the pipes of an exited child (waits for it: call once it has exited)."""
     with contextlib.suppress(OSError, anyio.BrokenResourceError):
         await child.proc.aclose()
+
+
+_SECRET_NAME_PARTS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
+
+
+def child_environment(environ: Mapping[str, str], *, keys_var: str | None = None) -> dict[str, str]:
+    """The environment for an isolated child: ``environ`` without ``VAULTQ_KEYS``,
+    ``keys_var`` (where the app found its keys) and any ``VAULTQ_*`` variable whose name
+    says it holds a secret; ``VAULTQ_BROKER`` keeps its shape (an app module may read it
+    at import) with its password masked."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name != keys_var
+        and not (name.startswith("VAULTQ_") and any(p in name for p in _SECRET_NAME_PARTS))
+    }
+    if "VAULTQ_BROKER" in env:
+        env["VAULTQ_BROKER"] = mask_url(env["VAULTQ_BROKER"])
+    return env
 
 
 def find_import_spec(app: App) -> str:
