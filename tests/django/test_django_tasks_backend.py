@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -283,3 +284,68 @@ def test_every_task_option_is_accepted_in_options() -> None:
         )
     with pytest.raises(ImproperlyConfigured, match="BACKOF"):
         VaultqBackend("bad", {"OPTIONS": {"BACKOF": 1}})
+
+
+def test_secret_arguments_reach_the_task_and_stay_masked(dj_worker: Any) -> None:
+    """Secret arguments used to fail at enqueue (TaskResult.args could not hold them);
+    the producer-side TaskResult now shows them masked, the task gets the value."""
+    from vqtestapp.tasks import Charge, charge, charge_struct
+
+    from vaultq import Secret
+
+    r = charge.enqueue(Secret("card-4242"), amount=2)
+    assert r.args == ["Secret('***')"]
+    assert "card-4242" not in repr(r.args) + repr(r.kwargs)
+    assert finished(charge, r.id).return_value == 18
+    r = charge_struct.enqueue(Charge(3, Secret("42")))
+    assert "42" not in repr(r.args)
+    assert finished(charge_struct, r.id).return_value == 6
+    with pytest.raises(PayloadError, match=r"\$\.card.*Expected `Secret`"):
+        charge.enqueue(12)
+
+
+def test_payload_errors_do_not_quote_the_argument() -> None:
+    from vqtestapp.tasks import pick
+
+    with pytest.raises(PayloadError) as info:
+        pick.enqueue("SECRET-level-7f3a")
+    assert "SECRET-level-7f3a" not in str(info.value)
+    assert info.value.field == "$.level"
+
+
+def test_exception_class_is_never_imported_on_a_results_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TaskError.exception_class imports exception_class_path. It used to be the
+    error_type a result carried, which any worker (under split trust: any holder of an
+    encryption key) writes: reading a failed result could import any module."""
+    from vaultq.django.backend import _task_error, exception_path
+    from vaultq.envelope import ResultBody
+
+    marker = tmp_path / "imported"
+    (tmp_path / "vq_side_effect.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass Boom(Exception):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    body = ResultBody(status="failed", error_type="vq_side_effect.Boom", error="x")
+    error = _task_error(body, task_module="vqtestapp.tasks", allowed=frozenset())
+    assert error.exception_class_path == "vaultq.errors.JobFailed"
+    assert error.exception_class.__name__ == "JobFailed"
+    assert "vq_side_effect.Boom" in error.traceback  # still named, as text
+    assert not marker.exists()
+    allowed = frozenset()
+    assert exception_path("os.system", task_module="os", allowed=allowed).endswith("JobFailed")
+    assert exception_path("builtins.print", task_module="x", allowed=allowed).endswith("JobFailed")
+    assert exception_path("ValueError", task_module="x", allowed=allowed) == "builtins.ValueError"
+    assert exception_path("vaultq.JobTimedOut", task_module="x", allowed=allowed) == (
+        "vaultq.errors.JobTimedOut"
+    )
+    boom = "vqtestapp.tasks.BoomError"
+    assert exception_path(boom, task_module="vqtestapp.tasks", allowed=allowed) == boom
+    assert exception_path(boom, task_module="other.tasks", allowed=allowed).endswith("JobFailed")
+    # an operator may allow more (EXCEPTION_CLASSES in the backend's OPTIONS)
+    listed = frozenset({"vq_side_effect.Boom"})
+    assert exception_path("vq_side_effect.Boom", task_module="x", allowed=listed) == (
+        "vq_side_effect.Boom"
+    )
+    assert not marker.exists()

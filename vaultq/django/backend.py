@@ -47,6 +47,7 @@ import hashlib
 import inspect
 import os
 import socket
+import sys
 import traceback
 import typing
 from collections.abc import Callable
@@ -58,18 +59,17 @@ import msgspec
 from asgiref.sync import sync_to_async
 
 from vaultq import config
-from vaultq import errors as vaultq_errors
 from vaultq.django import compat
 from vaultq.envelope import ResultBody, new_job_id
 from vaultq.errors import PayloadError, TaskDefinitionError, VaultqError
 from vaultq.jobs import JobStatus, current_job
-from vaultq.payload import check_encodable, split_error
-from vaultq.policy import Policy, ensure_policy
+from vaultq.payload import Secret, check_encodable, split_error
+from vaultq.policy import Policy, ensure_policy, safe_id
 from vaultq.principal import Principal
 from vaultq.runtime.execute import TaskRaised
 from vaultq.tasks import Task as VaultqTask
 
-__all__ = ["Binding", "VaultqBackend"]
+__all__ = ["Binding", "VaultqBackend", "exception_path"]
 
 _TRACEBACK_HEAD = "Traceback (most recent call last):\n"
 _MAX_TRACEBACK = 1900
@@ -113,6 +113,8 @@ class BackendOptions(
     policy: str | None = None
     result_policy: str | None = None
     tasks: dict[str, TaskSettings] = {}
+    exception_classes: list[str] = []
+    """Extra dotted paths ``TaskError.exception_class`` may import (see exception_path)."""
 
 
 def _options(alias: str, raw: Any) -> BackendOptions:
@@ -122,6 +124,12 @@ def _options(alias: str, raw: Any) -> BackendOptions:
         return msgspec.convert(dict(raw or {}), BackendOptions, strict=True)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS'] is invalid: {exc}") from None
+
+
+def _masked(obj: Any) -> Any:
+    if isinstance(obj, Secret):
+        return repr(obj)  # Secret('***')
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
 def _tag(module_path: str, queue: str) -> str:
@@ -516,8 +524,10 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=msgspec.to_builtins(list(args)),
-            kwargs=msgspec.to_builtins(dict(kwargs)),
+            # The caller's own arguments, Secrets masked: a TaskResult is handed around
+            # (and printed) by code that must not see them.
+            args=msgspec.to_builtins(list(args), enc_hook=_masked),
+            kwargs=msgspec.to_builtins(dict(kwargs), enc_hook=_masked),
             backend=self.alias,
             errors=[],
             worker_ids=[],
@@ -641,7 +651,13 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
                     value = msgspec.json.decode(bytes(body.value))
             else:
                 state = status.FAILED
-                errors.append(_task_error(body))
+                errors.append(
+                    _task_error(
+                        body,
+                        task_module=str(binding.task.func.__module__),
+                        allowed=frozenset(self.vaultq_options.exception_classes),
+                    )
+                )
         result = compat.TaskResult(
             task=binding.task,
             id=result_id,
@@ -660,17 +676,41 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         return result
 
 
-def _task_error(body: ResultBody) -> Any:
-    error_type = body.error_type or f"vaultq.errors.Job{body.status.title().replace('_', '')}"
+_FALLBACK_EXCEPTION = "vaultq.errors.JobFailed"
+
+
+def exception_path(error_type: str, *, task_module: str, allowed: frozenset[str]) -> str:
+    """The class path to give ``TaskError``, whose ``exception_class`` imports it.
+
+    ``error_type`` comes from a result, which a worker wrote (and under split trust any
+    worker can write), so it is never imported on its say-so. It is used only if it names
+    an exception class of ``builtins``, ``vaultq.errors`` or the task's own module that
+    is already loaded (looked up, not imported), or is listed in the backend's
+    ``EXCEPTION_CLASSES`` option; anything else becomes ``vaultq.errors.JobFailed``.
+    """
     path = error_type if "." in error_type else f"builtins.{error_type}"
+    if path in allowed:
+        return path
     module, _, name = path.rpartition(".")
-    if module == "vaultq" and isinstance(getattr(vaultq_errors, name, None), type):
-        path = f"vaultq.errors.{name}"  # importable by TaskError.exception_class
+    if module == "vaultq":
+        module = "vaultq.errors"
+    if module in ("builtins", "vaultq.errors", task_module):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return f"{module}.{name}"
+    return _FALLBACK_EXCEPTION
+
+
+def _task_error(body: ResultBody, *, task_module: str, allowed: frozenset[str]) -> Any:
+    error_type = body.error_type or f"vaultq.errors.Job{body.status.title().replace('_', '')}"
+    named = error_type if "." in error_type else f"builtins.{error_type}"
+    path = exception_path(error_type, task_module=task_module, allowed=allowed)
     text = body.error or ""
     if text.startswith(_TRACEBACK_HEAD):
         tb = text  # built by Binding.run_*: frames and class, no message
     elif error_type.startswith("vaultq.") or error_type == "TimeoutError":
         tb = f"{path}: {text}\n"  # vaultq's own reasons (denied, timed out, rejected...)
     else:
-        tb = f"{path}: (message withheld: it may contain payload values)\n"
+        # The name stays in the text (escaped: it came from a result), never imported.
+        tb = f"{safe_id(named)}: (message withheld: it may contain payload values)\n"
     return compat.TaskError(exception_class_path=path, traceback=tb)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from vaultq import Secret
 from vaultq.django.compat import task
 
 
@@ -52,3 +53,24 @@ class Color(enum.Enum):
 @task()
 def paint(color: Color, p: Point, factor: float | None = None) -> str:
     return f"{color.value} {p.x * (factor or 1)}"
+
+
+class Charge(msgspec.Struct, frozen=True):
+    amount: int
+    card: Secret[str]
+
+
+@task()
+def charge(card: Secret[str], amount: int = 1) -> int:
+    """Secret arguments: the caller passes Secret("...") (or the plain value)."""
+    return len(card.reveal()) * amount
+
+
+@task()
+def charge_struct(c: Charge) -> int:
+    return len(c.card.reveal()) * c.amount
+
+
+@task()
+def pick(level: Literal["low", "high"]) -> str:
+    return level
