@@ -214,7 +214,8 @@ def _rewrite_principal(keys: vaultq.Keyring, old: bytes, new: bytes) -> Callable
     def forge(envelope: bytes) -> bytes:
         box = msgspec.msgpack.decode(envelope[len(MAGIC) :], type=_Box)
         header = msgspec.msgpack.decode(box.header)
-        cipher = keys.cipher(header[8])
+        # v2 (XAES-256-GCM) is still AES-GCM, a stream cipher, under a derived key.
+        cipher = keys.xaes_cipher(header[8]) if header[0] == 2 else keys.cipher(header[8])
         assert cipher is not None
         plaintext = cipher.decrypt(box.nonce, box.ciphertext, box.header)
         at = plaintext.index(b'"id":"' + old + b'"') + len(b'"id":"')
@@ -222,7 +223,7 @@ def _rewrite_principal(keys: vaultq.Keyring, old: bytes, new: bytes) -> Callable
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
             ct[at + i] ^= a ^ b
         forged = box.__class__(box.header, box.nonce, bytes(ct), box.signature)
-        return MAGIC + msgspec.msgpack.encode(forged)
+        return envelope[: len(MAGIC)] + msgspec.msgpack.encode(forged)
 
     return forge
 

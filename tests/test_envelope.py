@@ -21,6 +21,7 @@ from vaultq import envelope
 from vaultq.envelope import (
     JOB_DOMAIN,
     MAGIC,
+    MAGIC_V2,
     RESULT_DOMAIN,
     Header,
     JobMeta,
@@ -76,6 +77,7 @@ def seal(
     not_before: float | None = None,
     expires_at: float | None = None,
     meta: JobMeta | None = None,
+    version: int = 2,
 ) -> bytes:
     return seal_job(
         keyring,
@@ -89,6 +91,7 @@ def seal(
         issued_at=issued_at,
         not_before=issued_at if not_before is None else not_before,
         expires_at=issued_at + HOUR if expires_at is None else expires_at,
+        version=version,
     )
 
 
@@ -106,7 +109,9 @@ def split(data: bytes) -> list[bytes]:
 
 
 def join(parts: list[bytes]) -> bytes:
-    return MAGIC + msgspec.msgpack.encode(parts)
+    """The envelope of these parts; the version tag follows the nonce size (24: v2)."""
+    magic = MAGIC_V2 if len(parts[1]) == 24 else MAGIC
+    return magic + msgspec.msgpack.encode(parts)
 
 
 def reheader(data: bytes, **changes: Any) -> bytes:
@@ -120,17 +125,26 @@ def reheader(data: bytes, **changes: Any) -> bytes:
 # --- round trips ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
-def test_round_trip(keyring: Keyring) -> None:
+def test_round_trip(keyring: Keyring, version: int) -> None:
     principal = Principal(
         "user:42", roles=frozenset({"staff"}), permissions=frozenset({"orders.refund"})
     )
     meta = JobMeta(parent_id="p" * 32, trace={"traceparent": "00-ab"}, timeout=5.0)
     job_id = new_job_id(NOW)
-    data = seal(keyring, principal=principal, meta=meta, job_id=job_id, queue="q1")
+    data = seal(keyring, principal=principal, meta=meta, job_id=job_id, queue="q1", version=version)
+    assert data[:3] == (MAGIC if version == 1 else MAGIC_V2)
+    assert len(split(data)[1]) == (12 if version == 1 else 24)
     opened = open_(data, keyring, queue="q1", job_id=job_id)
     h = opened.header
-    assert (h.version, h.job_id, h.app, h.task, h.queue) == (1, job_id, "shop", "refund", "q1")
+    assert (h.version, h.job_id, h.app, h.task, h.queue) == (
+        version,
+        job_id,
+        "shop",
+        "refund",
+        "q1",
+    )
     assert (h.issued_at, h.not_before, h.expires_at) == (
         1_700_000_000_000,
         1_700_000_000_000,
@@ -288,9 +302,10 @@ def test_non_struct_types_round_trip(tp: Any, value: Any) -> None:
 # --- tampering: every bit, every truncation -------------------------------------------
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("keyring", [HMAC, ED], ids=["hmac", "ed25519"])
-def test_every_single_bit_flip_is_rejected(keyring: Keyring) -> None:
-    data = seal(keyring, principal=Principal("u"))
+def test_every_single_bit_flip_is_rejected(keyring: Keyring, version: int) -> None:
+    data = seal(keyring, principal=Principal("u"), version=version)
     for index in range(len(data) * 8):
         flipped = bytearray(data)
         flipped[index // 8] ^= 1 << (index % 8)
@@ -563,14 +578,23 @@ def test_fixed_marker_not_in_sealed_bytes() -> None:
 
 def test_version_tag() -> None:
     data = seal()
-    with pytest.raises(UnsupportedVersion, match="version 2"):
-        open_(b"VQ\x02" + data[3:])
+    with pytest.raises(UnsupportedVersion, match="version 3"):
+        open_(b"VQ\x03" + data[3:])
     with pytest.raises(UnsupportedVersion, match="not a vaultq envelope"):
         open_(b"XX" + data[2:])
     with pytest.raises(UnsupportedVersion):
         open_(b"")
     with pytest.raises(UnsupportedVersion):
-        open_(reheader(data, version=2))
+        open_(b"VQ")
+    with pytest.raises(UnsupportedVersion):
+        open_(reheader(data, version=1))
+    with pytest.raises(UnsupportedVersion):
+        open_(MAGIC + data[3:])  # a v2 body under the v1 tag
+    v1 = seal(version=1)
+    with pytest.raises(UnsupportedVersion):
+        open_(reheader(v1, version=2))
+    with pytest.raises(UnsupportedVersion):
+        open_(MAGIC_V2 + v1[3:])
 
 
 def test_malformed_container_and_header() -> None:
@@ -580,10 +604,11 @@ def test_malformed_container_and_header() -> None:
         open_(MAGIC + msgspec.msgpack.encode(["a", b"b", b"c", b"d"]))
     with pytest.raises(MalformedEnvelope):
         open_(MAGIC + msgspec.msgpack.encode([b"\x90", b"b" * 12, b"c", b"d"]))
-    parts = split(seal())
-    parts[1] = parts[1][:11]
-    with pytest.raises(MalformedEnvelope, match="nonce"):
-        open_(join(parts))
+    for version in (1, 2):
+        parts = split(seal(version=version))
+        parts[1] = parts[1][:11] if version == 1 else parts[1][:23]
+        with pytest.raises(MalformedEnvelope, match="nonce"):
+            open_((MAGIC if version == 1 else MAGIC_V2) + msgspec.msgpack.encode(parts))
 
 
 def test_check_order_stops_at_first_failure() -> None:
@@ -771,18 +796,25 @@ def test_result_from_untrusted_signer_fails() -> None:
 # --- test vectors ----------------------------------------------------------------------
 
 
-def _vectors() -> list[dict[str, Any]]:
-    loaded: list[dict[str, Any]] = json.loads(VECTORS.read_text())["vectors"]
+def _vectors(path: Path = VECTORS) -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = json.loads(path.read_text())["vectors"]
     return loaded
 
 
+VECTORS_V2 = VECTORS.with_name("envelope_v2.json")
+ALL_VECTORS = [pytest.param(v, id=f"v1-{v['name']}") for v in _vectors()] + [
+    pytest.param(v, id=f"v2-{v['name']}") for v in _vectors(VECTORS_V2)
+]
+
+
 def test_vector_domains() -> None:
-    domains = json.loads(VECTORS.read_text())["domains_hex"]
-    assert bytes.fromhex(domains["job"]) == JOB_DOMAIN == b"vaultq/v1/job\x00"
-    assert bytes.fromhex(domains["result"]) == RESULT_DOMAIN == b"vaultq/v1/result\x00"
+    for path in (VECTORS, VECTORS_V2):  # v2 signs with the same domain strings
+        domains = json.loads(path.read_text())["domains_hex"]
+        assert bytes.fromhex(domains["job"]) == JOB_DOMAIN == b"vaultq/v1/job\x00"
+        assert bytes.fromhex(domains["result"]) == RESULT_DOMAIN == b"vaultq/v1/result\x00"
 
 
-@pytest.mark.parametrize("vector", _vectors(), ids=lambda v: v["name"])
+@pytest.mark.parametrize("vector", ALL_VECTORS)
 def test_vectors(vector: dict[str, Any]) -> None:
     keyring = Keyring.from_dict(vector["keyring"])
     job = vector["job"]
@@ -811,8 +843,10 @@ def test_vectors(vector: dict[str, Any]) -> None:
     opened = open_job(
         expected, keyring, app=job["app"], tasks={job["task"]}, now=job["issued_at_ms"] / 1000
     )
+    version = 2 if len(job["nonce"]) == 48 else 1
+    assert expected[:3] == (MAGIC_V2 if version == 2 else MAGIC)
     assert opened.header == Header(
-        1,
+        version,
         job["job_id"],
         job["app"],
         job["task"],
@@ -849,16 +883,24 @@ def test_vectors(vector: dict[str, Any]) -> None:
 # --- strict, canonical framing (refusal vectors) -----------------------------------------
 
 REFUSALS = Path(__file__).parent / "vectors" / "envelope_v1_refusals.json"
+REFUSALS_V2 = REFUSALS.with_name("envelope_v2_refusals.json")
 
 
-def _refusals() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(REFUSALS.read_text())
+def _refusals(path: Path = REFUSALS) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text())
     return loaded
 
 
-@pytest.mark.parametrize("vector", _refusals()["vectors"], ids=lambda v: v["name"])
-def test_refusal_vectors(vector: dict[str, Any]) -> None:
-    doc = _refusals()
+ALL_REFUSALS = [
+    pytest.param(path, v, id=f"{path.stem.split('_')[1]}-{v['name']}")
+    for path in (REFUSALS, REFUSALS_V2)
+    for v in _refusals(path)["vectors"]
+]
+
+
+@pytest.mark.parametrize(("path", "vector"), ALL_REFUSALS)
+def test_refusal_vectors(path: Path, vector: dict[str, Any]) -> None:
+    doc = _refusals(path)
     params = {**doc["open"], **vector["open"]}
     with pytest.raises(EnvelopeError) as info:
         open_job(
@@ -871,13 +913,15 @@ def test_refusal_vectors(vector: dict[str, Any]) -> None:
             now=params["now_ms"] / 1000,
             skew=params["skew_s"],
             max_size=params["max_size"],
+            accept_v1=params["accept_v1"],
         )
     assert type(info.value).__name__ == vector["error"]
     assert info.value.reason == vector["reason"]
 
 
-def test_refusal_vectors_cover_every_reason() -> None:
-    reasons = {v["reason"] for v in _refusals()["vectors"]}
+@pytest.mark.parametrize("path", [REFUSALS, REFUSALS_V2], ids=["v1", "v2"])
+def test_refusal_vectors_cover_every_reason(path: Path) -> None:
+    reasons = {v["reason"] for v in _refusals(path)["vectors"]}
     # Every refusal open_job itself decides (replay is the caller's check). Listed, not
     # derived from the error classes, so a new reason is added here with its vector.
     assert reasons >= {
@@ -896,10 +940,13 @@ def test_refusal_vectors_cover_every_reason() -> None:
     assert reasons <= {cls.reason for cls in EnvelopeError.__subclasses__()}
 
 
-def test_refusal_vectors_base_envelope_opens() -> None:
+@pytest.mark.parametrize(
+    ("path", "positive"), [(REFUSALS, VECTORS), (REFUSALS_V2, VECTORS_V2)], ids=["v1", "v2"]
+)
+def test_refusal_vectors_base_envelope_opens(path: Path, positive: Path) -> None:
     # The vectors are the positive job vector with one defect each: without it, it opens.
-    doc = _refusals()
-    base = next(v for v in _vectors() if v["name"] == "job-hmac-sha256")
+    doc = _refusals(path)
+    base = next(v for v in _vectors(positive) if v["name"] == "job-hmac-sha256")
     assert base["keyring"] == doc["keyring"]
     params = doc["open"]
     opened = open_job(
@@ -968,7 +1015,7 @@ def test_attack_reframed_container_is_refused() -> None:
 
 
 def test_attack_non_shortest_header_ints_and_strs_are_refused_even_when_signed() -> None:
-    values = msgspec.msgpack.decode(split(seal())[0])
+    values = msgspec.msgpack.decode(split(seal(version=1))[0])
     items = [msgspec.msgpack.encode(v) for v in values]
     cases = [
         [b"\xcc\x01", *items[1:]],  # version 1 as uint8
@@ -1019,3 +1066,83 @@ def test_result_carries_the_principal_id() -> None:
     assert open_result(data, HMAC, app="shop", job_id="5" * 32).principal_id == "user:42"
     plain = seal_result(HMAC, job.header, _result(), now=NOW)
     assert open_result(plain, HMAC, app="shop", job_id="5" * 32).principal_id is None
+
+
+# --- envelope v2 (XAES-256-GCM) and the v1 migration window ------------------------------
+
+
+def test_v2_is_the_default_and_v1_still_opens() -> None:
+    assert seal_job.__kwdefaults__["version"] == 2
+    v1, v2 = seal(version=1), seal()
+    assert (v1[:3], v2[:3]) == (MAGIC, MAGIC_V2)
+    assert open_(v1).header.version == 1
+    assert open_(v2).header.version == 2
+
+
+def test_v1_refused_after_migration() -> None:
+    v1 = seal(version=1, job_id="6" * 32)
+    with pytest.raises(UnsupportedVersion, match="no longer accepted"):
+        open_(v1, accept_v1=False)
+    assert open_(seal(), accept_v1=False).header.version == 2
+    job = open_(v1)
+    result = seal_result(HMAC, job.header, _result(), now=NOW)
+    assert result[:3] == MAGIC  # a result answers in its job's version
+    assert open_result(result, HMAC, app="shop", job_id="6" * 32).status == "succeeded"
+    with pytest.raises(UnsupportedVersion, match="no longer accepted"):
+        open_result(result, HMAC, app="shop", job_id="6" * 32, accept_v1=False)
+    assert peek_header(v1).version == 1  # logs and dead-letter tools still read v1 headers
+
+
+def test_v2_result_round_trip_and_split_trust() -> None:
+    job = open_(seal(ED, job_id="7" * 32), ED)
+    for keyring in (ED, ED.public()):
+        data = seal_result(keyring, job.header, _result(), now=NOW)
+        assert data[:3] == MAGIC_V2
+        assert len(split(data)[1]) == 24
+        assert open_result(data, ED, app="shop", job_id="7" * 32, accept_v1=False).value
+
+
+def test_v2_nonce_halves_both_matter() -> None:
+    # The first 12 nonce bytes pick the derived key, the last 12 are the GCM nonce: a
+    # broker writer changing either (the container is re-signed only by a key holder)
+    # fails; so does a v2 envelope re-sealed with plain AES-GCM under the same key.
+    data = seal()
+    for index in (0, 11, 12, 23):
+        parts = split(data)
+        nonce = bytearray(parts[1])
+        nonce[index] ^= 1
+        parts[1] = bytes(nonce)
+        parts[3] = HMAC.sign(b"".join((JOB_DOMAIN, parts[0], parts[1], parts[2])))
+        with pytest.raises(DecryptionFailed):
+            open_(join(parts))
+    parts = split(data)
+    parts[2] = HMAC.active_cipher().encrypt(parts[1][12:], b'{"payload":1}', parts[0])
+    parts[3] = HMAC.sign(b"".join((JOB_DOMAIN, parts[0], parts[1], parts[2])))
+    with pytest.raises(DecryptionFailed):
+        open_(join(parts))
+
+
+def test_v1_signature_never_verifies_a_v2_envelope() -> None:
+    # Same domain strings in both versions: the header's version field (signed) separates
+    # them. Moving a v1 header, nonce and signature under the v2 tag fails the shape checks.
+    v1 = split(seal(version=1))
+    with pytest.raises(EnvelopeError):
+        open_(MAGIC_V2 + msgspec.msgpack.encode(v1))
+
+
+@pytest.mark.parametrize("size", [200, 300, 70_000])  # ciphertext as bin8, bin16, bin32
+def test_canonical_check_accepts_every_bin_width(size: int) -> None:
+    payload = msgspec.json.encode({"note": "x" * size})
+    data = seal(payload=payload)
+    assert bytes(open_(data).body.payload) == payload
+    header, nonce, ciphertext, signature = split(data)
+    wider = (
+        MAGIC_V2
+        + b"\x94"
+        + b"".join(msgspec.msgpack.encode(p) for p in (header, nonce, ciphertext))
+        + b"\xc6"
+        + len(signature).to_bytes(4, "big")
+        + signature
+    )
+    with pytest.raises(MalformedEnvelope, match="canonical"):
+        open_(wider)

@@ -14,7 +14,7 @@ from helpers import broker_url, make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
-from vaultq.envelope import MAGIC, JobMeta, seal_job
+from vaultq.envelope import MAGIC, MAGIC_V2, JobMeta, seal_job
 from vaultq.payload import Codec
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +46,7 @@ async def test_reframed_envelopes_never_run(
 
     now = time.time()
 
-    def sealed(job_id: str) -> list[bytes]:
+    def sealed(job_id: str, version: int = 2) -> list[bytes]:
         data = seal_job(
             keys,
             job_id=job_id,
@@ -59,13 +59,14 @@ async def test_reframed_envelopes_never_run(
             issued_at=now,
             not_before=now,
             expires_at=now + 600,
+            version=version,
         )
         parts: list[bytes] = msgspec.msgpack.decode(data[3:])
         return parts
 
     # What a broker writer can do without any key: add an element, or re-frame one.
-    extra = MAGIC + msgspec.msgpack.encode([*sealed("a" * 32), b"smuggled"])
-    header, nonce, ciphertext, signature = sealed("b" * 32)
+    extra = MAGIC_V2 + msgspec.msgpack.encode([*sealed("a" * 32), b"smuggled"])
+    header, nonce, ciphertext, signature = sealed("b" * 32, version=1)
     bin16 = (
         MAGIC
         + b"\x94"
@@ -162,3 +163,48 @@ async def test_results_are_read_only_by_their_principal_or_a_policy(
     with pytest.raises(vaultq.AuthorizationDenied):
         await anyio.to_thread.run_sync(lambda: handle.result_sync(timeout=1, reader=bob))
     await app.aclose()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_v1_migration_window_then_refusal(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    url = _url(kind, tmp_path, request)
+    keys = vaultq.Keyring.generate()
+    # A producer still sealing v1 (its workers were not all upgraded yet) ...
+    old_producer = make_app(unique_name, url, keyring=keys, envelope_version=1)
+    new_worker = make_app(unique_name, url, keyring=keys)
+
+    for app in (old_producer, new_worker):
+
+        @app.task(name="t.echo")
+        async def echo(job: Order) -> int:
+            return job.n
+
+    echo_v1 = old_producer.tasks["t.echo"]
+    handle = await echo_v1.enqueue(Order(3))
+    async with running_worker(new_worker):
+        # ... is served by an upgraded worker, and reads the answer in its own version.
+        assert await handle.result(timeout=10) == 3
+    broker = await old_producer.broker()
+    stored = await broker.get_result("default", handle.id)
+    assert stored is not None and stored[:3] == MAGIC
+    # After the window: a worker with accept_envelope_v1=False refuses v1 jobs.
+    strict = make_app(unique_name, url, keyring=keys, accept_envelope_v1=False)
+
+    @strict.task(name="t.echo")
+    async def echo_strict(job: Order) -> int:
+        return job.n
+
+    late = await echo_v1.enqueue(Order(4))
+    async with running_worker(strict):
+        with anyio.fail_after(15):
+            while not await broker.dead_letters("default"):
+                await anyio.sleep(0.05)
+        assert await (await echo_strict.enqueue(Order(5))).result(timeout=10) == 5
+    (dead,) = await broker.dead_letters("default")
+    assert dead.job_id == late.id and dead.reason.startswith("rejected:")
+    with pytest.raises(vaultq.UnsupportedVersion):
+        await strict.job(handle.id, task="t.echo").result(timeout=1)  # a v1 result, too
+    for app in (old_producer, new_worker, strict):
+        await app.aclose()

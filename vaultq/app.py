@@ -85,6 +85,11 @@ class App:
     sealed by a trusted signer may run; ``vaultq check --deploy`` flags tasks relying on
     it), ``queue``, ``clock_skew``, ``max_envelope_size``, ``policy_timeout``, ``lease``,
     ``result_ttl``, and task defaults ``timeout``, ``retries``, ``expires``, ``backoff``.
+
+    Envelope format (``docs/envelope.md``): ``envelope_version`` (2, XAES-256-GCM; 1 while
+    workers that read only v1 remain) is the format new jobs are sealed with;
+    ``accept_envelope_v1`` (True during the migration window) set to False refuses v1 jobs
+    and results.
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class App:
         retries: int = config.DEFAULT_RETRIES,
         expires: float = config.DEFAULT_EXPIRES,
         backoff: float = config.DEFAULT_BACKOFF,
+        envelope_version: int = config.DEFAULT_ENVELOPE_VERSION,
+        accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigurationError(
@@ -123,6 +130,13 @@ class App:
         self.default_queue = queue
         self.clock_skew = clock_skew
         self.max_envelope_size = max_envelope_size
+        if envelope_version not in (1, 2) or (envelope_version == 1 and not accept_envelope_v1):
+            raise ConfigurationError(
+                "envelope_version must be 2 (or 1 during a migration, which needs "
+                "accept_envelope_v1=True)"
+            )
+        self.envelope_version = envelope_version
+        self.accept_envelope_v1 = accept_envelope_v1
         self.policy_timeout = policy_timeout
         self.lease = lease
         self._defaults = TaskOptions(
@@ -412,6 +426,7 @@ class App:
                 issued_at=now,
                 not_before=not_before,
                 expires_at=not_before + task.options.expires,
+                version=self.envelope_version,
             )
             if len(envelope) > self.max_envelope_size:
                 # Workers refuse it before parsing; say so now instead of dead-lettering later.
@@ -507,6 +522,7 @@ class App:
             task=task,
             queue=queue,
             max_size=self.max_envelope_size,
+            accept_v1=self.accept_envelope_v1,
         )
 
     async def _wait_outcome(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = [
+    "DEFAULT_ACCEPT_ENVELOPE_V1",
     "DEFAULT_BACKOFF",
     "DEFAULT_BROKER_URL",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_ENVELOPE_VERSION",
     "DEFAULT_EXPIRES",
     "DEFAULT_GRACE",
     "DEFAULT_LEASE",
@@ -45,6 +47,10 @@ DEFAULT_GRACE = 30.0
 DEFAULT_POLICY_TIMEOUT = 5.0
 DEFAULT_CLOCK_SKEW = 60.0
 DEFAULT_MAX_ENVELOPE_SIZE = 1024 * 1024
+DEFAULT_ENVELOPE_VERSION = 2
+"""Format new job envelopes are sealed with (v2: XAES-256-GCM); docs/envelope.md."""
+DEFAULT_ACCEPT_ENVELOPE_V1 = True
+"""Read v1 envelopes (the migration window); set False once no v1 envelope remains."""
 DEFAULT_MAX_ABANDONED_THREADS = 16
 """Sync attempts past their deadline whose threads still run; beyond this the worker
 stops taking sync jobs until some finish."""

@@ -1,19 +1,26 @@
-"""Envelope v1: seal and open jobs and results. Pure functions, no I/O.
+"""Envelopes v1 and v2: seal and open jobs and results. Pure functions, no I/O.
 
 Byte layout (``docs/envelope.md`` is the full specification)::
 
-    b"VQ" 0x01 || msgpack [header: bin, nonce: bin(12), ciphertext: bin, signature: bin]
+    v2: b"VQ" 0x02 || msgpack [header: bin, nonce: bin(24), ciphertext: bin, signature: bin]
+    v1: b"VQ" 0x01 || msgpack [header: bin, nonce: bin(12), ciphertext: bin, signature: bin]
 
 ``header`` holds the msgpack encoding of :class:`Header` (an array); those exact bytes are
-the AES-256-GCM associated data and are covered by the signature over
-``domain || header || nonce || ciphertext`` (domain ``b"vaultq/v1/job\\0"`` or
-``b"vaultq/v1/result\\0"``). The signing algorithm comes from the receiver's keyring entry
-for ``signer_id``, never from the message.
+the AEAD's associated data and are covered by the signature over
+``domain || header || nonce || ciphertext`` (domain ``b"vaultq/v1/job\0"`` or
+``b"vaultq/v1/result\0"`` in both versions: the header's version field, inside the signed
+string, keeps a v1 signature from ever verifying a v2 envelope). The AEAD is
+XAES-256-GCM in v2 (a key derived per envelope from a 24-byte random nonce, so one key
+seals 2^80 envelopes at a 2^-32 collision risk) and AES-256-GCM in v1 (96-bit random nonce:
+keep well under 2^32 envelopes per key). v2 is sealed by default; v1 is read during a
+migration window and refused with ``accept_v1=False``. The signing algorithm comes from
+the receiver's keyring entry for ``signer_id``, never from the message.
 
 :func:`open_job` checks, in this order, stopping at the first failure: size, version
-tag, container and header shape, destination (app, queue, job id), task registered,
-time window, signer trusted and signature valid, key id known and decryption, body shape.
-The replay check and the strict typed payload decode are the caller's next steps.
+tag, container and header shape (canonical encoding only), destination (app, queue, job
+id), task registered, time window, signer trusted and signature valid, key id known and
+decryption, body shape. The replay check and the strict typed payload decode are the
+caller's next steps.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from vaultq.principal import Principal
 __all__ = [
     "JOB_DOMAIN",
     "MAGIC",
+    "MAGIC_V2",
     "RESULT_DOMAIN",
     "Header",
     "JobBody",
@@ -60,12 +68,20 @@ __all__ = [
     "seal_result",
 ]
 
-VERSION = 1
+VERSION = 2
+"""The format version new envelopes are sealed with (unless told otherwise)."""
+VERSIONS = (1, 2)
 MAGIC = b"VQ\x01"
-"""Version tag: ``b"VQ"`` followed by the format version byte."""
+"""Version tag of v1: ``b"VQ"`` followed by the format version byte."""
+MAGIC_V2 = b"VQ\x02"
 JOB_DOMAIN = b"vaultq/v1/job\x00"
 RESULT_DOMAIN = b"vaultq/v1/result\x00"
 NONCE_SIZE = 12
+"""v1 nonce size (AES-256-GCM)."""
+NONCE_SIZE_V2 = 24
+"""v2 nonce size (XAES-256-GCM)."""
+_NONCE_SIZES = {1: NONCE_SIZE, 2: NONCE_SIZE_V2}
+_MAGICS = {1: MAGIC, 2: MAGIC_V2}
 
 
 # forbid_unknown_fields on the array-like wire structs: an array with more elements than
@@ -171,14 +187,18 @@ def seal_job(
     issued_at: float,
     not_before: float,
     expires_at: float,
+    version: int = VERSION,
 ) -> bytes:
     """Seal a job: ``payload`` is the task codec's JSON; times are seconds since the epoch.
+    ``version`` is the envelope format (2, or 1 while workers that read only v1 remain).
 
     Raises ``KeyringError`` when ``keyring`` is verify-only.
     """
-    header = _job_header(keyring, job_id, app, task, queue, issued_at, not_before, expires_at)
+    header = _job_header(
+        keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
+    )
     plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
-    return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(NONCE_SIZE))
+    return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(_nonce_size(version)))
 
 
 def _seal_job(
@@ -196,14 +216,26 @@ def _seal_job(
     expires_at: float,
     nonce: bytes,
 ) -> bytes:
-    """``seal_job`` with an explicit nonce: for test vectors only (never reuse a nonce)."""
-    header = _job_header(keyring, job_id, app, task, queue, issued_at, not_before, expires_at)
+    """``seal_job`` with an explicit nonce: for test vectors only (never reuse a nonce).
+    The nonce's size picks the version (12 bytes: v1, 24 bytes: v2)."""
+    version = 2 if len(nonce) == NONCE_SIZE_V2 else 1
+    header = _job_header(
+        keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
+    )
     plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
     return _seal(keyring, JOB_DOMAIN, header, plaintext, nonce)
 
 
+def _nonce_size(version: int) -> int:
+    size = _NONCE_SIZES.get(version)
+    if size is None:
+        raise ValueError(f"envelope version must be one of {VERSIONS}")
+    return size
+
+
 def _job_header(
     keyring: Keyring,
+    version: int,
     job_id: str,
     app: str,
     task: str,
@@ -219,7 +251,7 @@ def _job_header(
         )
     # Header times are integer milliseconds since the epoch.
     return Header(
-        VERSION,
+        version,
         job_id,
         app,
         task,
@@ -234,16 +266,19 @@ def _job_header(
 
 def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
     header_bytes = _msgpack_encode(header)
-    ciphertext = keyring.active_cipher().encrypt(nonce, plaintext, header_bytes)
+    if header.version == 2:
+        ciphertext = keyring.active_xaes_cipher().encrypt(nonce, plaintext, header_bytes)
+    else:
+        ciphertext = keyring.active_cipher().encrypt(nonce, plaintext, header_bytes)
     signature = (
         keyring.sign(b"".join((domain, header_bytes, nonce, ciphertext)))
         if header.signer_id
         else b""
     )
-    return MAGIC + _msgpack_encode((header_bytes, nonce, ciphertext, signature))
+    return _MAGICS[header.version] + _msgpack_encode((header_bytes, nonce, ciphertext, signature))
 
 
-def _parse(data: bytes, max_size: int) -> tuple[Header, _Container]:
+def _parse(data: bytes, max_size: int, accept_v1: bool = True) -> tuple[Header, _Container]:
     """Size, version tag, container and header shape: the unauthenticated checks."""
     # Size first: nothing larger than the limit is parsed, let alone decrypted.
     if len(data) > max_size:
@@ -251,13 +286,19 @@ def _parse(data: bytes, max_size: int) -> tuple[Header, _Container]:
             f"envelope is larger than the {max_size}-byte limit; "
             "raise max_envelope_size if jobs this large are expected"
         )
-    if data[:3] != MAGIC:
-        if data[:2] == b"VQ" and len(data) > 2:
-            raise UnsupportedVersion(
-                f"envelope format version {data[2]} is not supported (this vaultq reads "
-                f"version {VERSION}); upgrade the worker"
-            )
+    if data[:2] != b"VQ" or len(data) < 3:
         raise UnsupportedVersion("not a vaultq envelope: the VQ version tag is missing")
+    version = data[2]
+    if version not in VERSIONS:
+        raise UnsupportedVersion(
+            f"envelope format version {version} is not supported (this vaultq reads "
+            "versions 1 and 2); upgrade the worker"
+        )
+    if version == 1 and not accept_v1:
+        raise UnsupportedVersion(
+            "envelope format version 1 is no longer accepted (accept_envelope_v1=False); "
+            "re-enqueue the job from an upgraded producer"
+        )
     framed = memoryview(data)[3:]
     try:
         container = _container_decode(framed)
@@ -265,16 +306,30 @@ def _parse(data: bytes, max_size: int) -> tuple[Header, _Container]:
     except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8
         raise MalformedEnvelope("envelope container or header is malformed") from None
     # Canonical framing only: msgpack has several encodings of one value (an int as
-    # uint64, a short str as str8, bin16 for 12 bytes). Re-encoding and comparing makes one
+    # uint64, a short str as str8, bin16 for 12 bytes). Requiring the shortest makes one
     # job exactly one byte string, so nobody can re-frame a sealed envelope into a
     # "different" one that still verifies (the container is outside the signature).
-    if _msgpack_encode(header) != container.header or _msgpack_encode(container) != framed:
+    # The header is re-encoded and compared. The container decoded as exactly four bins
+    # with nothing after them, and every other framing of those four values (array16/32,
+    # a wider bin length) is strictly longer, so its length alone decides: no copy of a
+    # large ciphertext.
+    if _msgpack_encode(header) != container.header or len(framed) != _canonical_size(container):
         raise MalformedEnvelope("envelope is not canonically encoded (shortest msgpack forms only)")
-    if header.version != VERSION:
+    if header.version != version:
         raise UnsupportedVersion("envelope header version does not match its version tag")
-    if len(container.nonce) != NONCE_SIZE:
-        raise MalformedEnvelope("envelope nonce must be 12 bytes")
+    if len(container.nonce) != _NONCE_SIZES[version]:
+        raise MalformedEnvelope("envelope nonce must be 12 bytes (v1) or 24 bytes (v2)")
     return header, container
+
+
+def _canonical_size(box: _Container) -> int:
+    """Bytes of the shortest msgpack encoding of the container: fixarray(4) then each
+    bin with its shortest length prefix (bin8 < 256 B, bin16 < 64 KiB, else bin32)."""
+    size = 1
+    for part in (box.header, box.nonce, box.ciphertext, box.signature):
+        n = len(part)
+        size += n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+    return size
 
 
 def peek_header(data: bytes, *, max_size: int = 1024 * 1024) -> Header:
@@ -318,7 +373,9 @@ def _authenticate(
 
 
 def _decrypt(keyring: Keyring, header: Header, box: _Container) -> bytes:
-    aead = keyring.cipher(header.key_id)
+    aead = (
+        keyring.xaes_cipher(header.key_id) if header.version == 2 else keyring.cipher(header.key_id)
+    )
     if aead is None:
         raise UnknownKey(
             "envelope encryption key id is not in this keyring (rotated out?); "
@@ -341,13 +398,15 @@ def open_job(
     job_id: str | None = None,
     skew: float = 60.0,
     max_size: int = 1024 * 1024,
+    accept_v1: bool = True,
 ) -> OpenedJob:
     """Open a job envelope, raising the ``EnvelopeError`` subclass of the first failed
     check (see the module docstring for the order). ``now`` and ``skew`` are seconds.
+    ``accept_v1=False`` refuses format v1 (``UnsupportedVersion``) once migration is over.
 
     The caller then checks replay and decodes ``body.payload`` with the task's codec.
     """
-    header, box = _parse(data, max_size)
+    header, box = _parse(data, max_size, accept_v1)
     if (
         header.app != app
         or (queue is not None and header.queue != queue)
@@ -376,11 +435,13 @@ def open_job(
 
 def seal_result(keyring: Keyring, header: Header, body: ResultBody, *, now: float) -> bytes:
     """Seal a job's result. ``header`` is the opened job's header; the result header keeps
-    its job id, app, task, queue and expiry and takes its own issue time and keys.
+    its version, job id, app, task, queue and expiry and takes its own issue time and keys.
+    The result answers in the job's format version: its producer reads that version.
 
     A verify-only keyring (split trust) seals AEAD-only: signer id ``""``, no signature.
     """
-    return _seal_result(keyring, header, body, now=now, nonce=os.urandom(NONCE_SIZE))
+    nonce = os.urandom(_nonce_size(header.version))
+    return _seal_result(keyring, header, body, now=now, nonce=nonce)
 
 
 def _seal_result(
@@ -388,7 +449,7 @@ def _seal_result(
 ) -> bytes:
     now_ms = round(now * 1000)
     result_header = Header(
-        VERSION,
+        header.version,
         header.job_id,
         header.app,
         header.task,
@@ -411,6 +472,7 @@ def open_result(
     task: str | None = None,
     queue: str | None = None,
     max_size: int = 1024 * 1024,
+    accept_v1: bool = True,
 ) -> ResultBody:
     """Open a result envelope for ``job_id``. Accepts a trusted signer with a valid
     signature, or signer id ``""`` (AEAD-only, from a verify-only worker).
@@ -419,9 +481,9 @@ def open_result(
     result sealed for another task or queue under the same job id raises
     ``WrongDestination``. A worker's REJECTED record for an envelope that did not open
     names no task (``""``); it is accepted for any ``task`` only as a value-less REJECTED
-    outcome.
+    outcome. ``accept_v1=False`` refuses format v1 results (``UnsupportedVersion``).
     """
-    header, box = _parse(data, max_size)
+    header, box = _parse(data, max_size, accept_v1)
     if (
         header.app != app
         or header.job_id != job_id

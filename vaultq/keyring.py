@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import (
 from vaultq.errors import InsecureKeyFile, KeyringError
 from vaultq.files import private_dir, untrusted_reason
 from vaultq.payload import split_error
+from vaultq.xaes import Xaes256Gcm
 
 __all__ = ["FORMAT_VERSION", "Keyring", "SigningAlgorithm", "load_or_create_file"]
 
@@ -183,6 +184,7 @@ class Keyring:
     __slots__ = (
         "_active",
         "_active_aead",
+        "_active_xaes",
         "_aeads",
         "_doc",
         "_revoked",
@@ -190,6 +192,7 @@ class Keyring:
         "_signer_alg",
         "_signer_id",
         "_verifiers",
+        "_xaes",
     )
 
     def __init__(self, doc: KeyringDoc) -> None:
@@ -215,6 +218,7 @@ class Keyring:
                     "(`vaultq keys revoke` does so when it revokes an active key)"
                 )
         aeads: dict[str, AESGCM] = {}
+        xaes: dict[str, Xaes256Gcm] = {}
         for kid, text in doc.encryption.keys.items():
             _check_id(kid, "encryption")
             if kid in revoked:
@@ -223,6 +227,7 @@ class Keyring:
             if len(raw) != 32:
                 raise KeyringError(f"encryption key {kid} must be 32 bytes (AES-256)")
             aeads[kid] = AESGCM(raw)
+            xaes[kid] = Xaes256Gcm(raw)
         if doc.encryption.active not in aeads:
             raise KeyringError("encryption.active must name one of encryption.keys")
 
@@ -251,8 +256,10 @@ class Keyring:
         # Assigned only once everything is valid, so a failed load leaves no key material
         # (least of all the document) on the half-built object.
         self._aeads = aeads
+        self._xaes = xaes
         self._active = doc.encryption.active
         self._active_aead = aeads[self._active]
+        self._active_xaes = xaes[self._active]
         self._verifiers = verifiers
         self._sign, self._signer_alg = sign, signer_alg
         self._signer_id = doc.signing.active
@@ -528,6 +535,15 @@ class Keyring:
     def active_cipher(self) -> AESGCM:
         """The AES-256-GCM object of the active key (new envelopes are sealed with it)."""
         return self._active_aead
+
+    def xaes_cipher(self, key_id: str) -> Xaes256Gcm | None:
+        """The XAES-256-GCM object for ``key_id`` (envelope v2), or None if this keyring
+        lacks it. Same key bytes as :meth:`cipher`; v2 derives a key per envelope."""
+        return self._xaes.get(key_id)
+
+    def active_xaes_cipher(self) -> Xaes256Gcm:
+        """The XAES-256-GCM object of the active key (new v2 envelopes are sealed with it)."""
+        return self._active_xaes
 
     def verifier(self, signer_id: str) -> Verifier | None:
         """``verify(data, signature) -> bool`` for ``signer_id`` with the algorithm this

@@ -1,7 +1,9 @@
-"""Regenerate ``envelope_v1.json``: ``.venv/bin/python tests/vectors/generate.py``.
+"""Regenerate the vectors: ``.venv/bin/python tests/vectors/generate.py``.
 
-Only run this on purpose (a format change); the vectors pin the v1 byte layout, and the
-tests fail if sealing with the same inputs ever produces other bytes.
+Writes ``envelope_v1.json``, ``envelope_v2.json`` (same inputs, 24-byte nonces,
+XAES-256-GCM) and ``envelope_v1_refusals.json``. Only run this on purpose (a format
+change); the vectors pin the byte layouts, and the tests fail if sealing with the same
+inputs ever produces other bytes.
 """
 
 from __future__ import annotations
@@ -70,47 +72,63 @@ RESULT: dict[str, Any] = {
 }
 
 
-def seal(keyring: Keyring) -> bytes:
-    p = JOB["principal"]
+# v2: the same inputs with 24-byte nonces (the first 12 bytes pick the derived key).
+JOB_V2: dict[str, Any] = {**JOB, "nonce": "000102030405060708090a0b0c0d0e0f1011121314151617"}
+RESULT_V2: dict[str, Any] = {
+    **RESULT,
+    "nonce": "18191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f",
+}
+
+
+def seal(keyring: Keyring, inputs: dict[str, Any] = JOB) -> bytes:
+    p = inputs["principal"]
     return _seal_job(
         keyring,
-        job_id=JOB["job_id"],
-        app=JOB["app"],
-        task=JOB["task"],
-        queue=JOB["queue"],
-        payload=JOB["payload"].encode(),
+        job_id=inputs["job_id"],
+        app=inputs["app"],
+        task=inputs["task"],
+        queue=inputs["queue"],
+        payload=inputs["payload"].encode(),
         principal=Principal(p["id"], roles=p["roles"], permissions=p["permissions"]),
-        meta=JobMeta(**JOB["meta"]),
-        issued_at=JOB["issued_at_ms"] / 1000,
-        not_before=JOB["not_before_ms"] / 1000,
-        expires_at=JOB["expires_at_ms"] / 1000,
-        nonce=bytes.fromhex(JOB["nonce"]),
+        meta=JobMeta(**inputs["meta"]),
+        issued_at=inputs["issued_at_ms"] / 1000,
+        not_before=inputs["not_before_ms"] / 1000,
+        expires_at=inputs["expires_at_ms"] / 1000,
+        nonce=bytes.fromhex(inputs["nonce"]),
     )
 
 
-def seal_result(keyring: Keyring, job: bytes) -> bytes:
+def seal_result(keyring: Keyring, job: bytes, result: dict[str, Any] = RESULT) -> bytes:
     opened = open_job(job, keyring, app="shop", tasks={"refund"}, now=JOB["issued_at_ms"] / 1000)
     body = ResultBody(
-        status=RESULT["body"]["status"],
-        value=msgspec.Raw(RESULT["body"]["value"].encode()),
-        attempts=RESULT["body"]["attempts"],
+        status=result["body"]["status"],
+        value=msgspec.Raw(result["body"]["value"].encode()),
+        attempts=result["body"]["attempts"],
     )
     return _seal_result(
         keyring,
         opened.header,
         body,
-        now=RESULT["now_ms"] / 1000,
-        nonce=bytes.fromhex(RESULT["nonce"]),
+        now=result["now_ms"] / 1000,
+        nonce=bytes.fromhex(result["nonce"]),
     )
 
 
 def parts(envelope: bytes, keyring: Keyring) -> dict[str, str]:
     """The intermediate values an implementer checks step by step."""
     header, nonce, ciphertext, signature = msgspec.msgpack.decode(envelope[3:])
-    key_id = msgspec.msgpack.decode(header)[8]
-    cipher = keyring.cipher(key_id)
+    version, key_id = msgspec.msgpack.decode(header)[0], msgspec.msgpack.decode(header)[8]
+    cipher = keyring.xaes_cipher(key_id) if version == 2 else keyring.cipher(key_id)
     assert cipher is not None
+    out = {}
+    if version == 2:
+        # The per-envelope AES-256-GCM key and nonce, for implementers checking the KDF.
+        xaes = keyring.xaes_cipher(key_id)
+        assert xaes is not None
+        derived_nonce = xaes.derive(nonce)[1]
+        out["xaes_gcm_nonce"] = derived_nonce.hex()
     return {
+        **out,
         "header": header.hex(),
         "plaintext": cipher.decrypt(nonce, ciphertext, header).decode(),
         "ciphertext": ciphertext.hex(),
@@ -118,14 +136,16 @@ def parts(envelope: bytes, keyring: Keyring) -> dict[str, str]:
     }
 
 
-def vector(name: str, keyring: Keyring, job: bytes, result: bytes) -> dict[str, Any]:
+def vector(
+    name: str, keyring: Keyring, job: bytes, result: bytes, version: int = 1
+) -> dict[str, Any]:
     return {
         "name": name,
         "keyring": keyring.to_dict(),
-        "job": JOB,
+        "job": JOB if version == 1 else JOB_V2,
         "envelope": job.hex(),
         "envelope_parts": parts(job, keyring),
-        "result": RESULT,
+        "result": RESULT if version == 1 else RESULT_V2,
         "result_envelope": result.hex(),
         "result_parts": parts(result, keyring),
     }
@@ -149,6 +169,31 @@ def main() -> None:
     }
     (HERE / "envelope_v1.json").write_text(json.dumps(out, indent=2) + "\n")
     write_refusals()
+    write_v2()
+
+
+def write_v2() -> None:
+    vectors = []
+    for alg in ("hmac-sha256", "ed25519"):
+        keyring = Keyring.from_dict(keyring_doc(alg))
+        job = seal(keyring, JOB_V2)
+        result = seal_result(keyring, job, RESULT_V2)
+        vectors.append(vector(f"job-{alg}", keyring, job, result, version=2))
+    full = Keyring.from_dict(keyring_doc("ed25519"))
+    public = full.public()
+    job = seal(full, JOB_V2)
+    vectors.append(
+        vector("result-aead-only", public, job, seal_result(public, job, RESULT_V2), version=2)
+    )
+    out = {
+        "comment": (
+            "vaultq envelope v2 test vectors (XAES-256-GCM, 24-byte nonces); see "
+            "docs/envelope.md. Same inputs as envelope_v1.json but the nonces."
+        ),
+        "domains_hex": {"job": JOB_DOMAIN.hex(), "result": RESULT_DOMAIN.hex()},
+        "vectors": vectors,
+    }
+    (HERE / "envelope_v2.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 # --- refusal (negative) vectors ------------------------------------------------------
@@ -186,19 +231,29 @@ def header_items(header: bytes) -> list[bytes]:
     return [msgspec.msgpack.encode(v) for v in msgspec.msgpack.decode(header)]
 
 
+def _aead(keyring: Keyring, nonce: bytes) -> Any:
+    return keyring.active_xaes_cipher() if len(nonce) == 24 else keyring.active_cipher()
+
+
 def reseal(keyring: Keyring, header: bytes, plaintext: bytes, nonce: bytes) -> list[bytes]:
-    ciphertext = keyring.active_cipher().encrypt(nonce, plaintext, header)
+    ciphertext = _aead(keyring, nonce).encrypt(nonce, plaintext, header)
     signature = keyring.sign(b"".join((JOB_DOMAIN, header, nonce, ciphertext)))
     return [header, nonce, ciphertext, signature]
 
 
-def frame(parts: list[bytes], extra: bytes = b"") -> bytes:
-    return b"VQ\x01" + mp_array([mp_bin(p) for p in parts]) + extra
+def frame(parts: list[bytes], extra: bytes = b"", vq: bytes = b"") -> bytes:
+    return (vq or tag(parts[1])) + mp_array([mp_bin(p) for p in parts]) + extra
+
+
+def tag(nonce: bytes) -> bytes:
+    """The version tag that goes with a nonce (24 bytes: v2)."""
+    return b"VQ\x02" if len(nonce) == 24 else b"VQ\x01"
 
 
 def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     header, nonce, ciphertext, signature = msgspec.msgpack.decode(job[3:])
-    plaintext = keyring.active_cipher().decrypt(nonce, ciphertext, header)
+    plaintext = _aead(keyring, nonce).decrypt(nonce, ciphertext, header)
+    vq = tag(nonce)
     items = header_items(header)
     out: list[dict[str, Any]] = []
 
@@ -216,40 +271,38 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
         "container-extra-element",
         "MalformedEnvelope",
         "malformed",
-        b"VQ\x01" + mp_array([mp_bin(p) for p in parts] + [mp_bin(b"")]),
+        vq + mp_array([mp_bin(p) for p in parts] + [mp_bin(b"")]),
     )
     add(
         "container-missing-element",
         "MalformedEnvelope",
         "malformed",
-        b"VQ\x01" + mp_array([mp_bin(p) for p in parts[:3]]),
+        vq + mp_array([mp_bin(p) for p in parts[:3]]),
     )
     add("container-trailing-bytes", "MalformedEnvelope", "malformed", frame(parts, b"\x00"))
     add(
         "container-array16",
         "MalformedEnvelope",
         "malformed",
-        b"VQ\x01" + mp_array([mp_bin(p) for p in parts], 16),
+        vq + mp_array([mp_bin(p) for p in parts], 16),
     )
     add(
         "container-nonce-bin16",
         "MalformedEnvelope",
         "malformed",
-        b"VQ\x01"
-        + mp_array([mp_bin(header), mp_bin(nonce, 16), mp_bin(ciphertext), mp_bin(signature)]),
+        vq + mp_array([mp_bin(header), mp_bin(nonce, 16), mp_bin(ciphertext), mp_bin(signature)]),
     )
     add(
         "container-signature-bin32",
         "MalformedEnvelope",
         "malformed",
-        b"VQ\x01"
-        + mp_array([mp_bin(header), mp_bin(nonce), mp_bin(ciphertext), mp_bin(signature, 32)]),
+        vq + mp_array([mp_bin(header), mp_bin(nonce), mp_bin(ciphertext), mp_bin(signature, 32)]),
     )
     add(
         "container-str-not-bin",
         "MalformedEnvelope",
         "malformed",
-        b"VQ\x01"
+        vq
         + mp_array(
             [
                 mp_bin(header),
@@ -260,10 +313,10 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
         ),
     )
     add(
-        "nonce-11-bytes",
+        "nonce-one-byte-short",
         "MalformedEnvelope",
         "malformed",
-        frame([header, nonce[:11], ciphertext, signature]),
+        frame([header, nonce[:-1], ciphertext, signature], vq=vq),
     )
     add(
         "header-extra-element",
@@ -277,7 +330,7 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
         "header-version-uint8",
         "MalformedEnvelope",
         "malformed",
-        with_header([b"\xcc\x01", *items[1:]]),
+        with_header([b"\xcc" + items[0], *items[1:]]),
     )
     add(
         "header-issued-at-int64",
@@ -312,7 +365,7 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     # Every other refusal reason, once each, in the order of the checks.
     add("too-large", "EnvelopeTooLarge", "too_large", job, max_size=len(job) - 1)
     add(
-        "version-tag-2-in-v1-reader",
+        "unknown-version-tag",
         "UnsupportedVersion",
         "unsupported_version",
         b"VQ\x09" + job[3:],
@@ -322,7 +375,7 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
         "header-version-mismatch",
         "UnsupportedVersion",
         "unsupported_version",
-        with_header([b"\x02", *items[1:]]),
+        with_header([b"\x01" if vq == b"VQ\x02" else b"\x02", *items[1:]]),
     )
     add("wrong-app", "WrongDestination", "wrong_destination", job, app="other")
     add("wrong-queue", "WrongDestination", "wrong_destination", job, queue="other")
@@ -384,18 +437,50 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
 
 def write_refusals() -> None:
     keyring = Keyring.from_dict(keyring_doc("hmac-sha256"))
-    out = {
-        "comment": (
-            "vaultq envelope v1 refusal vectors; see docs/envelope.md. Open each envelope "
-            "with open_job(app, tasks, queue, job_id, now=now_ms/1000, skew=60, "
-            "max_size=1048576), after applying the vector's 'open' overrides; it must be "
-            "refused with 'error' (reason code 'reason')."
-        ),
-        "keyring": keyring.to_dict(),
-        "open": {**OPEN, "now_ms": OPEN_NOW_MS, "skew_s": 60, "max_size": 1024 * 1024},
-        "vectors": refusals(keyring, seal(keyring)),
-    }
-    (HERE / "envelope_v1_refusals.json").write_text(json.dumps(out, indent=2) + "\n")
+    v1, v2 = seal(keyring), seal(keyring, JOB_V2)
+    v2_only = [
+        {
+            "name": "v1-after-migration",
+            "error": "UnsupportedVersion",
+            "reason": "unsupported_version",
+            "envelope": v1.hex(),
+            "open": {"accept_v1": False},
+        },
+        {
+            "name": "v2-container-under-v1-tag",
+            "error": "UnsupportedVersion",
+            "reason": "unsupported_version",
+            "envelope": (b"VQ\x01" + v2[3:]).hex(),
+            "open": {},
+        },
+        {
+            "name": "v1-container-under-v2-tag",
+            "error": "UnsupportedVersion",
+            "reason": "unsupported_version",
+            "envelope": (b"VQ\x02" + v1[3:]).hex(),
+            "open": {},
+        },
+    ]
+    for version, job, extra in ((1, v1, []), (2, v2, v2_only)):
+        out = {
+            "comment": (
+                f"vaultq envelope v{version} refusal vectors; see docs/envelope.md. Open each "
+                "envelope with open_job(app, tasks, queue, job_id, now=now_ms/1000, skew=60, "
+                "max_size=1048576, accept_v1=True), after applying the vector's 'open' "
+                "overrides; it must be refused with 'error' (reason code 'reason')."
+            ),
+            "keyring": keyring.to_dict(),
+            "open": {
+                **OPEN,
+                "now_ms": OPEN_NOW_MS,
+                "skew_s": 60,
+                "max_size": 1024 * 1024,
+                "accept_v1": True,
+            },
+            "vectors": refusals(keyring, job) + extra,
+        }
+        path = HERE / f"envelope_v{version}_refusals.json"
+        path.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ def build_app() -> DjangoApp:
             queue=s.default_queue,
             clock_skew=s.clock_skew,
             max_envelope_size=s.max_envelope_size,
+            envelope_version=s.envelope_version,
+            accept_envelope_v1=s.accept_envelope_v1,
             policy_timeout=s.policy_timeout,
             lease=s.lease,
             result_ttl=s.result_ttl,

@@ -53,6 +53,8 @@ class VaultqSettings(
     policy_timeout: float = config.DEFAULT_POLICY_TIMEOUT
     clock_skew: float = config.DEFAULT_CLOCK_SKEW
     max_envelope_size: int = config.DEFAULT_MAX_ENVELOPE_SIZE
+    envelope_version: int = config.DEFAULT_ENVELOPE_VERSION
+    accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1
     task_module: str | tuple[str, ...] = ("jobs", "tasks")
     principal_mapper: str | None = None
 

@@ -303,7 +303,7 @@ class Executor:
         result = None
         if reason != "replayed" and not delivery.completed:
             header = Header(
-                version=1,
+                version=self.app.envelope_version,
                 job_id=delivery.job_id,
                 app=self.app.name,
                 task="",
@@ -348,6 +348,7 @@ class Executor:
                 job_id=delivery.job_id,
                 skew=app.clock_skew,
                 max_size=app.max_envelope_size,
+                accept_v1=app.accept_envelope_v1,
             )
         except (EnvelopeExpired, EnvelopeNotYetValid) as exc:
             # Only an authentic envelope earns EXPIRED (or a wait): check everything but time.
@@ -362,6 +363,7 @@ class Executor:
                     job_id=delivery.job_id,
                     skew=math.inf,
                     max_size=app.max_envelope_size,
+                    accept_v1=app.accept_envelope_v1,
                 )
             except EnvelopeError as inner:
                 return self._reject(delivery, inner)
