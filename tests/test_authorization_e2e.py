@@ -61,8 +61,10 @@ async def test_revoked_rights_deny_in_the_worker_and_audit_stays_clean(
     assert PAYLOAD_MARKER not in str(denied_early.value)
     assert ATTR_MARKER not in str(denied_early.value)
 
+    # DEBUG: "allow" audit lines are written at DEBUG (denials at WARNING).
+    args = ("--concurrency", "4", "--grace", "2", "--log-level", "DEBUG")
     with e2e_worker(
-        SPEC, url=url, keyring=keys, logdir=tmp_path, env=_env(unique_name, tmp_path)
+        SPEC, url=url, keyring=keys, logdir=tmp_path, env=_env(unique_name, tmp_path), args=args
     ) as run:
         with pytest.raises(vaultq.JobDenied) as exc_info:
             await revoked.result(timeout=20)

@@ -82,11 +82,12 @@ def test_status_dead_and_cancel_on_the_embedded_broker(tmp_path: Path) -> None:
     assert "default" in status.stdout and "delayed" in status.stdout
     row = [line for line in status.stdout.splitlines() if line.startswith("default")][0]
     assert row.split()[1:] == ["0", "1", "0", "0"]
-    cancel = run("cancel", job_id, "--app", "cli_apps", env=env)
+    cancel = run("cancel", job_id, "--app", "cli_apps", env=env)  # the deprecated form
     assert cancel.returncode == 0
-    assert "cancel requested" in cancel.stdout
+    assert "was pending: cancelled" in cancel.stdout
+    assert "--app is deprecated" in cancel.stderr
     dead = run("dead", "list", "cli_apps", env=env)
-    assert "no dead letters" in dead.stdout
+    assert f"{job_id}  attempt=1  reason=cancelled" in dead.stdout
 
 
 def test_enqueue_denied_by_policy_at_once(tmp_path: Path) -> None:

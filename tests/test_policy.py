@@ -394,9 +394,9 @@ def audit_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 @pytest.mark.parametrize(
     ("policy", "allowed", "level", "reason"),
     [
-        (require_permission("orders.refund"), True, logging.INFO, "allowed"),
+        (require_permission("orders.refund"), True, logging.DEBUG, "allowed"),
         (require_role("admin"), False, logging.WARNING, "denied"),
-        (own_orders, True, logging.INFO, "allowed"),
+        (own_orders, True, logging.DEBUG, "allowed"),
         (boom_sync, False, logging.WARNING, "error"),
         (boom_async, False, logging.WARNING, "error"),
         (all_of(require_authenticated(), boom_async), False, logging.WARNING, "error"),
@@ -407,7 +407,7 @@ def audit_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 async def test_one_audit_line_per_decision(
     caplog: pytest.LogCaptureFixture, policy: Policy, allowed: bool, level: int, reason: str
 ) -> None:
-    caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
+    caplog.set_level(logging.DEBUG, logger=AUDIT_LOGGER)
     request = make_request(job_id="job-abc123", task="shop.refund", attempt=2)
     decision = await evaluate(policy, request, timeout=0.2)
     assert decision.allowed is allowed
@@ -435,6 +435,20 @@ async def test_one_audit_line_per_decision(
     for secret in (SECRET_MARKER, ATTR_MARKER, EXC_MARKER, "customer_id", "orders.read"):
         assert secret not in everything
     assert record.exc_info is None
+
+
+async def test_allow_lines_are_debug_and_denials_stay_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # At the usual INFO level an allowed job writes no audit line (issue 10: 20 MB of
+    # "allow" lines per 100,000 jobs); a denial still does.
+    caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
+    request = make_request(job_id="job-quiet", task="shop.refund", attempt=1)
+    assert (await evaluate(require_permission("orders.refund"), request, timeout=1)).allowed
+    assert audit_records(caplog) == []
+    assert not (await evaluate(require_role("admin"), request, timeout=1)).allowed
+    (record,) = audit_records(caplog)
+    assert record.levelno == logging.WARNING and "deny" in record.getMessage()
 
 
 async def test_audit_names_the_error_class_and_failing_member(
@@ -473,7 +487,7 @@ async def test_audit_without_principal_and_at_enqueue(caplog: pytest.LogCaptureF
 
 
 async def test_audit_ids_cannot_forge_lines(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
+    caplog.set_level(logging.DEBUG, logger=AUDIT_LOGGER)
     forged = Principal("mallory\nauthorization allow: job=x principal=admin")
     await decide(allow_all, make_request(forged))
     (record,) = audit_records(caplog)
@@ -483,7 +497,7 @@ async def test_audit_ids_cannot_forge_lines(caplog: pytest.LogCaptureFixture) ->
 
 async def test_custom_logger_and_disabled_logging(caplog: pytest.LogCaptureFixture) -> None:
     custom = logging.getLogger("tests.policy.audit")
-    caplog.set_level(logging.INFO, logger="tests.policy.audit")
+    caplog.set_level(logging.DEBUG, logger="tests.policy.audit")
     await evaluate(allow_all, make_request(), timeout=1, logger=custom)
     assert [r.name for r in caplog.records] == ["tests.policy.audit"]
     caplog.clear()

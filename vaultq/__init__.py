@@ -7,6 +7,8 @@ anyio cancel scopes. See README.md and docs/.
 
 from __future__ import annotations
 
+import logging
+
 from vaultq.app import App
 from vaultq.errors import (
     AuthorizationDenied,
@@ -127,3 +129,7 @@ __all__ = [
     "require_role",
     "rule",
 ]
+
+# A library leaves handlers to the application. Without one, Python's last-resort
+# handler would print vaultq's warnings (audit denials) on a producer script's stderr.
+logging.getLogger("vaultq").addHandler(logging.NullHandler())

@@ -483,7 +483,7 @@ async def evaluate(
     - No answer within ``timeout`` seconds denies with ``"timeout"``: async policies are
       cancelled at their next ``await``; a sync policy cannot be interrupted (keep them
       quick; do lookups in async policies), but a late answer still denies.
-    - Exactly one line goes to ``logger`` (default: the ``vaultq.audit`` logger), INFO
+    - Exactly one line goes to ``logger`` (default: the ``vaultq.audit`` logger), DEBUG
       when allowed, WARNING when denied, with structured fields in
       ``record.vaultq``. Exceptions are reduced to their class name.
 
@@ -553,7 +553,9 @@ def _audit(
     error: str,
     member: str,
 ) -> None:
-    level = logging.INFO if decision.allowed else logging.WARNING
+    # Allows are the common case (one per enqueue and per attempt): DEBUG keeps them out of
+    # production logs by default; denials are what an operator must see.
+    level = logging.DEBUG if decision.allowed else logging.WARNING
     if not logger.isEnabledFor(level):
         return
     principal = request.principal

@@ -52,6 +52,8 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 __all__ = [
+    "JOB_INFO_DEAD_SCAN",
+    "RETRYABLE_REASONS",
     "Ack",
     "Broker",
     "Bury",
@@ -59,6 +61,7 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "EnqueueItem",
+    "JobInfo",
     "QueueStats",
     "Release",
     "Retry",
@@ -157,6 +160,38 @@ class QueueStats(msgspec.Struct, frozen=True):
     dead: int
 
 
+class JobInfo(msgspec.Struct, frozen=True):
+    """Where one job id is in one queue, as read by :meth:`Broker.job_info` (operators'
+    tools: ``vaultq job``, ``vaultq cancel``). Every field is unauthenticated broker
+    data: the caller opens ``envelope`` before trusting what it says."""
+
+    queue: str
+    job_id: str
+    state: str
+    """``queued`` (deliverable now), ``delayed`` (waiting for ``not_before``: a delay or a
+    retry's backoff), ``running`` (a live job-id claim) or ``absent`` (not in the queue)."""
+    attempt: int = 0
+    enqueued_at: float = 0.0
+    not_before: float = 0.0
+    tag: str = ""
+    """The broker's handle of the waiting entry, for :meth:`Broker.cancel_queued`."""
+    envelope: bytes = b""
+    cancel_requested: bool = False
+    finished: bool = False
+    """The id is remembered as finished (replay memory)."""
+    dead: DeadLetter | None = None
+    """The newest dead letter of this id among the newest ``JOB_INFO_DEAD_SCAN`` ones."""
+
+
+JOB_INFO_DEAD_SCAN = 10_000
+"""How many of the newest dead letters ``job_info`` looks through for the job's id."""
+
+RETRYABLE_REASONS = frozenset({"failed", "timed_out", "internal_error"})
+"""Dead-letter reasons ``vaultq dead retry`` may re-enqueue: the job ran (or vaultq
+failed) and ended for good. REJECTED, DENIED, EXPIRED, CANCELLED and replayed entries
+are refused: re-running them would bypass the check that stopped them."""
+
+
 class CancelState(enum.StrEnum):
     REQUESTED = "requested"
     """A marker is set: a queued job will not start, a running one is cancelled."""
@@ -240,4 +275,30 @@ class Broker(Protocol):
 
     async def purge_dead(self, queue: str) -> int:
         """Delete every dead letter of ``queue``; returns how many."""
+        ...
+
+    # -- operator tools (read-mostly; O(queue length) on Redis, not for hot paths) --------
+
+    async def job_info(self, queue: str, job_id: str) -> JobInfo:
+        """Where ``job_id`` is in ``queue`` (state ``absent`` when it is not there)."""
+        ...
+
+    async def cancel_queued(
+        self,
+        info: JobInfo,
+        *,
+        result: bytes | None,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        """Atomically dead-letter the waiting entry ``info`` names (reason ``cancelled``),
+        store ``result`` and remember the id as finished -- unless a worker holds the job
+        id by now (then False, and the cancel marker stops it instead)."""
+        ...
+
+    async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
+        """Atomically move the dead letter ``tag`` back into ``queue`` as a fresh first
+        attempt with its sealed envelope unchanged, forgetting the id's finished memory,
+        stored result and cancel marker. Only reasons in ``RETRYABLE_REASONS`` move; the
+        moved letter is returned, None when it is gone or its reason is not retryable."""
         ...

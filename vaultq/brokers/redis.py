@@ -32,18 +32,22 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
+import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from vaultq.brokers.base import (
+    JOB_INFO_DEAD_SCAN,
+    RETRYABLE_REASONS,
     Ack,
     Bury,
     CancelState,
     DeadLetter,
     Delivery,
     EnqueueItem,
+    JobInfo,
     QueueStats,
     Release,
     Retry,
@@ -73,6 +77,8 @@ _SCRIPTS: Final = (
     "stats",
     "purge_dead",
     "forget_consumer",
+    "cancel_queued",
+    "retry_dead",
 )
 
 
@@ -731,3 +737,165 @@ class RedisBroker:
         with self._boundary("purge_dead"):
             (count,) = await self._run_batch([("purge_dead", keys, [])])
         return int(count)
+
+    # -- operator tools ------------------------------------------------------------------
+    # These scan the queue's stream, delayed set and dead letters from the client in
+    # pages (never one long script), so they cost O(queue length) round trips of
+    # _SCAN_PAGE entries: fine for an operator's command, not for a hot path.
+
+    async def job_info(self, queue: str, job_id: str) -> JobInfo:
+        keys = self.keys(queue)
+        with self._boundary("job_info"):
+            client = await self._ready()
+            claimed = bool(await client.exists(keys.claim(job_id)))
+            cancel = bool(await client.exists(keys.cancel(job_id)))
+            finished = await self._remembered(client, keys, job_id)
+            dead = await self._dead_of(client, keys, queue, job_id)
+            base = JobInfo(
+                queue=queue,
+                job_id=job_id,
+                state="absent",
+                cancel_requested=cancel,
+                finished=finished,
+                dead=dead,
+            )
+            found = await self._find_in_stream(client, keys, job_id)
+            if found is not None:
+                entry_id, f = found
+                return msgspec.structs.replace(
+                    base,
+                    state="running" if claimed else "queued",
+                    attempt=_attempt(f.get("att", b"1")),
+                    enqueued_at=_number(f.get("at", b"0")),
+                    tag=entry_id,
+                    envelope=_as_bytes(f.get("env")) or b"",
+                )
+            member = await self._find_delayed(client, keys, job_id)
+            if member is not None:
+                name, score = member
+                _, attempt, enqueued_at, _unique = name.rsplit("|", 3)
+                envelope = await client.hget(keys.delayed_data, name)
+                return msgspec.structs.replace(
+                    base,
+                    state="delayed",
+                    attempt=_attempt(attempt),
+                    enqueued_at=_number(enqueued_at),
+                    not_before=score,
+                    tag=name,
+                    envelope=_as_bytes(envelope) or b"",
+                )
+            if claimed:
+                return msgspec.structs.replace(base, state="running")
+        return base
+
+    async def _remembered(self, client: Client, keys: QueueKeys, job_id: str) -> bool:
+        hour = int(time.time() // 3600)
+        for raw in await client.zrangebyscore(keys.done_index, hour - 1, "+inf"):
+            if await client.sismember(keys.done(int(_number(raw))), job_id):
+                return True
+        return False
+
+    async def _find_in_stream(
+        self, client: Client, keys: QueueKeys, job_id: str
+    ) -> tuple[str, dict[str, bytes]] | None:
+        low = "-"
+        while True:
+            entries = await client.xrange(keys.stream, min=low, max="+", count=_SCAN_PAGE)
+            for entry_id, raw in entries or []:
+                f = _fields(raw)
+                if _text(f.get("id", b"")) == job_id:
+                    return _text(entry_id), f
+            if not entries or len(entries) < _SCAN_PAGE:
+                return None
+            low = "(" + _text(entries[-1][0])
+
+    async def _find_delayed(
+        self, client: Client, keys: QueueKeys, job_id: str
+    ) -> tuple[str, float] | None:
+        pattern = _glob_escape(job_id) + "|*"
+        async for member, score in client.zscan_iter(keys.delayed, match=pattern):
+            name = _text(member)
+            if name.rsplit("|", 3)[0] == job_id:
+                return name, float(score)
+        return None
+
+    async def _dead_of(
+        self, client: Client, keys: QueueKeys, queue: str, job_id: str
+    ) -> DeadLetter | None:
+        high = "+"
+        seen = 0
+        while seen < JOB_INFO_DEAD_SCAN:
+            entries = await client.xrevrange(keys.dead, max=high, min="-", count=_SCAN_PAGE)
+            for entry_id, raw in entries or []:
+                f = _fields(raw)
+                if _text(f.get("id", b"")) == job_id:
+                    return _dead_letter(queue, entry_id, f)
+            if not entries or len(entries) < _SCAN_PAGE:
+                return None
+            seen += len(entries)
+            high = "(" + _text(entries[-1][0])
+        return None
+
+    async def cancel_queued(
+        self,
+        info: JobInfo,
+        *,
+        result: bytes | None,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        if info.state not in ("queued", "delayed") or not info.tag:
+            return False
+        keys = self.keys(info.queue)
+        kind = "stream" if info.state == "queued" else "delayed"
+        args = [
+            kind,
+            info.tag,
+            info.job_id,
+            int(result is not None),
+            result if result is not None else b"",
+            _ms(result_ttl),
+            repr(float(remember_until)),
+        ]
+        with self._boundary("cancel_queued"):
+            (done,) = await self._run_batch([("cancel_queued", keys, args)])
+        return bool(int(done))
+
+    async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
+        keys = self.keys(queue)
+        reasons = ",".join(sorted(RETRYABLE_REASONS))
+        with self._boundary("retry_dead"):
+            (reply,) = await self._run_batch([("retry_dead", keys, [tag, reasons])])
+        if not reply or _text(reply[0]) != "ok":
+            return None
+        _, job_id, reason, detail, attempt, at = reply
+        return DeadLetter(
+            queue=queue,
+            job_id=_text(job_id),
+            reason=_text(reason),
+            detail=_text(detail),
+            attempt=_attempt(attempt, least=0),
+            at=_number(at),
+            tag=tag,
+        )
+
+
+_SCAN_PAGE: Final = 500
+"""Entries read per round trip by the operator tools' scans."""
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
+
+
+def _dead_letter(queue: str, entry_id: Any, f: dict[str, bytes]) -> DeadLetter:
+    return DeadLetter(
+        queue=queue,
+        job_id=_text(f.get("id", b"")),
+        reason=_text(f.get("reason", b"")),
+        detail=_text(f.get("detail", b"")),
+        attempt=_attempt(f.get("att", b"0"), least=0),
+        at=_number(f.get("at", b"0")),
+        tag=_text(entry_id),
+    )

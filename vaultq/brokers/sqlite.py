@@ -42,15 +42,19 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import msgspec
 
 from vaultq.brokers import sqlite_sql as sql
 from vaultq.brokers.base import (
+    JOB_INFO_DEAD_SCAN,
+    RETRYABLE_REASONS,
     Ack,
     Bury,
     CancelState,
     DeadLetter,
     Delivery,
     EnqueueItem,
+    JobInfo,
     QueueStats,
     Release,
     Retry,
@@ -592,6 +596,149 @@ class SqliteBroker:
 
         return await self._run("purge_dead", work)
 
+    # -- operator tools ---------------------------------------------------------------
+
+    async def job_info(self, queue: str, job_id: str) -> JobInfo:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> JobInfo:
+            conn.execute("BEGIN")  # one snapshot for the reads below
+            try:
+                now = time.time()
+                key = (ns, queue, job_id, now)
+                claimed = conn.execute(sql.LIVE_CLAIM, (ns, queue, job_id, now)).fetchone()
+                dead = conn.execute(
+                    "SELECT id, job_id, reason, detail, attempt, at FROM vaultq_dead "
+                    "WHERE id IN (SELECT id FROM vaultq_dead WHERE namespace = ? AND queue = ? "
+                    "ORDER BY id DESC LIMIT ?) AND job_id = ? ORDER BY id DESC LIMIT 1",
+                    (ns, queue, JOB_INFO_DEAD_SCAN, job_id),
+                ).fetchone()
+                row = conn.execute(
+                    "SELECT id, envelope, attempt, not_before, enqueued_at, lease_owner, "
+                    "lease_until FROM vaultq_jobs WHERE namespace = ? AND queue = ? "
+                    "AND job_id = ? ORDER BY id LIMIT 1",
+                    (ns, queue, job_id),
+                ).fetchone()
+                info = JobInfo(
+                    queue=queue,
+                    job_id=job_id,
+                    state="running" if claimed is not None else "absent",
+                    cancel_requested=conn.execute(sql.IS_CANCELLED, key).fetchone() is not None,
+                    finished=conn.execute(sql.IS_FINISHED, key).fetchone() is not None,
+                    dead=None if dead is None else _dead_row(queue, dead),
+                )
+            finally:
+                conn.execute("COMMIT")
+            if row is None:
+                return info
+            row_id, envelope, attempt, not_before, enqueued_at, owner, lease_until = row
+            leased = (
+                owner is not None and isinstance(lease_until, int | float) and (lease_until > now)
+            )
+            if claimed is not None or leased:
+                state = "running"
+            elif isinstance(not_before, int | float) and not_before > now:
+                state = "delayed"
+            else:
+                state = "queued"
+            return msgspec.structs.replace(
+                info,
+                state=state,
+                attempt=_as_int(attempt, least=1),
+                enqueued_at=enqueued_at if isinstance(enqueued_at, int | float) else 0.0,
+                not_before=not_before if isinstance(not_before, int | float) else 0.0,
+                tag=str(row_id),
+                envelope=envelope if isinstance(envelope, bytes) else b"",
+            )
+
+        return await self._run("job_info", work)
+
+    async def cancel_queued(
+        self,
+        info: JobInfo,
+        *,
+        result: bytes | None,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        if info.state not in ("queued", "delayed") or not info.tag.isdigit():
+            return False
+        ns = self._namespace
+        row_id = int(info.tag)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with _immediate(conn):
+                now = time.time()
+                if conn.execute(sql.LIVE_CLAIM, (ns, info.queue, info.job_id, now)).fetchone():
+                    return False
+                row = conn.execute(
+                    "SELECT envelope, attempt FROM vaultq_jobs WHERE id = ? AND namespace = ? "
+                    "AND queue = ? AND job_id = ? AND (lease_owner IS NULL OR lease_until <= ?)",
+                    (row_id, ns, info.queue, info.job_id, now),
+                ).fetchone()
+                if row is None:
+                    return False
+                envelope, attempt = row
+                conn.execute(sql.DELETE_JOB, (row_id, ns, info.job_id))
+                conn.execute(
+                    "INSERT INTO vaultq_dead "
+                    "(namespace, queue, job_id, reason, detail, attempt, at, envelope) "
+                    "VALUES (?, ?, ?, 'cancelled', 'cancelled before it started', ?, ?, ?)",
+                    (ns, info.queue, info.job_id, _as_int(attempt, least=1), now, envelope),
+                )
+                if result is not None:
+                    conn.execute(
+                        sql.PUT_RESULT, (ns, info.queue, info.job_id, result, now + result_ttl)
+                    )
+                conn.execute(sql.REMEMBER, (ns, info.queue, info.job_id, remember_until))
+                return True
+
+        done = await self._run("cancel_queued", work)
+        if done:
+            self._notify_results([(info.queue, info.job_id)])
+        return done
+
+    async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
+        if not tag.isdigit():
+            return None
+        ns = self._namespace
+        dead_id = int(tag)
+
+        def work(conn: sqlite3.Connection) -> DeadLetter | None:
+            with _immediate(conn):
+                row = conn.execute(
+                    "SELECT id, job_id, reason, detail, attempt, at, envelope FROM vaultq_dead "
+                    "WHERE id = ? AND namespace = ? AND queue = ?",
+                    (dead_id, ns, queue),
+                ).fetchone()
+                if row is None:
+                    return None
+                letter = _dead_row(queue, row[:6])
+                envelope = row[6]
+                if (
+                    letter.reason not in RETRYABLE_REASONS
+                    or not isinstance(envelope, bytes)
+                    or not envelope
+                    or not letter.job_id
+                ):
+                    return None
+                now = time.time()
+                conn.execute("DELETE FROM vaultq_dead WHERE id = ?", (dead_id,))
+                for statement in _FORGET_ID:
+                    conn.execute(statement, (ns, queue, letter.job_id))
+                conn.execute(
+                    "INSERT INTO vaultq_jobs "
+                    "(namespace, queue, job_id, envelope, not_before, enqueued_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (ns, queue, letter.job_id, envelope, now, now),
+                )
+                return letter
+
+        letter = await self._run("retry_dead", work)
+        if letter is not None:
+            self._notify_work()
+        return letter
+
 
 # -- helpers (run in worker threads, inside the connection lock) ------------------------
 
@@ -844,3 +991,24 @@ def _parse_url(url: str) -> tuple[Path | None, str, float]:
             )
     path = None if raw == MEMORY else Path(os.path.abspath(raw))
     return path, synchronous, busy_timeout
+
+
+# What ``retry_dead`` clears for the id: its replay memory, old outcome and cancel marker.
+_FORGET_ID = (
+    "DELETE FROM vaultq_finished WHERE namespace = ? AND queue = ? AND job_id = ?",
+    "DELETE FROM vaultq_results WHERE namespace = ? AND queue = ? AND job_id = ?",
+    "DELETE FROM vaultq_cancels WHERE namespace = ? AND queue = ? AND job_id = ?",
+)
+
+
+def _dead_row(queue: str, row: tuple[object, ...]) -> DeadLetter:
+    row_id, job_id, reason, detail, attempt, at = row
+    return DeadLetter(
+        queue=queue,
+        job_id=_as_text(job_id),
+        reason=_as_text(reason),
+        detail=_as_text(detail),
+        attempt=_as_int(attempt, least=0),
+        at=at if isinstance(at, int | float) else 0.0,
+        tag=str(row_id),
+    )

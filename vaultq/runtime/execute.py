@@ -34,6 +34,7 @@ from vaultq.errors import (
     VaultqError,
 )
 from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
+from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, _safe_id, evaluate
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = ["AttemptTimedOut", "Executor", "JobSlot", "Stop", "TaskRaised"]
 
 log = logging.getLogger("vaultq.worker")
 audit = logging.getLogger(AUDIT_LOGGER)
+tracebacks = logging.getLogger(TRACEBACKS_LOGGER)
 
 _MAX_ERROR_TEXT = 2000
 _RESULT_OVERHEAD = 1024
@@ -68,6 +70,8 @@ class JobSlot:
     scope: anyio.CancelScope | None = None
     stop: str | None = None
     started: float = field(default_factory=time.time)
+    task: str = ""
+    """The task name once the envelope opened (for the finished-job log line)."""
 
     def request_stop(self, why: str) -> None:
         if self.stop is None:
@@ -396,6 +400,7 @@ class Executor:
             return opened
         header, body = opened.header, opened.body
         task = self._tasks[header.task]
+        slot.task = task.name
 
         if delivery.completed:
             if delivery.redelivered:
@@ -490,6 +495,7 @@ class Executor:
             except Exception as exc:
                 failure = (_type_path(exc), _safe_text(exc))
                 verdict = task.options.retry_verdict(exc)
+                _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
             except BaseException as exc:
                 # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
                 # BaseException is the task failing, not the worker stopping: it must not
@@ -498,6 +504,7 @@ class Executor:
                     raise
                 failure = (_type_path(exc), _safe_text(exc))
                 verdict = task.options.retry_verdict(exc)
+                _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
         slot.scope = None
         if scope.cancelled_caught:
             if slot.stop == Stop.SHUTDOWN:
@@ -674,6 +681,20 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(cancelled) is not None
     return isinstance(exc, cancelled)
+
+
+def _log_traceback(exc: BaseException, job_id: str, task: str, attempt: int, payload: Any) -> None:
+    """The operator's view of a task that raised: frames without locals, Secret values
+    of the payload masked (see ``vaultq.logs.render_traceback``)."""
+    if tracebacks.isEnabledFor(logging.WARNING):
+        tracebacks.warning(
+            "job %s (%s) attempt %d raised:\n%s",
+            job_id,
+            task,
+            attempt,
+            render_traceback(exc, payload),
+            extra={"vaultq": {"job_id": job_id, "task": task, "attempt": attempt}},
+        )
 
 
 def _type_path(exc: BaseException) -> str:

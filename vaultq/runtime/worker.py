@@ -28,6 +28,7 @@ from vaultq import config
 from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
 from vaultq.errors import BrokerError, BrokerUnavailable
 from vaultq.runtime.execute import Executor, JobSlot, Stop
+from vaultq.runtime.joblog import log_outcome
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -232,6 +233,7 @@ class Worker:
                         # forever on one poison delivery.
                         log.exception("internal error running job %s", slot.delivery.job_id)
                         settlement = _internal_error(slot)
+                log_outcome(slot, settlement)
                 with anyio.CancelScope(shield=True):
                     await settle.send((slot, settlement))
 

@@ -1,0 +1,219 @@
+"""Logging for operators: logger names, the JSON line format, safe task tracebacks.
+
+The library only *emits* records; configuring handlers is the application's job. Every
+vaultq logger hangs below ``vaultq``, which carries a ``NullHandler`` (set in
+``vaultq/__init__.py``) so a producer script that configured no logging does not get
+audit denials printed on its stderr by Python's last-resort handler.
+
+Logger names an operator may want to tune (all below ``vaultq``):
+
+* ``vaultq.jobs`` -- one INFO line per finished job (id, task, queue, attempt,
+  duration, outcome). ``logging.getLogger("vaultq.jobs").setLevel(logging.WARNING)``
+  turns it off.
+* ``vaultq.tracebacks`` -- the traceback of a task that raised (WARNING). Frame locals
+  are never rendered; ``Secret`` values of the job's payload are masked in exception
+  messages.
+* ``vaultq.audit`` -- authorization decisions: denials at WARNING, allows at DEBUG.
+* ``vaultq.worker``, ``vaultq.brokers.*``, ``vaultq.django`` -- the rest.
+
+Structured fields travel in ``record.vaultq`` (a dict of ids and names, never payload
+values); :class:`JsonFormatter` lifts the common ones to top-level keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from vaultq.payload import Secret
+
+__all__ = [
+    "JOBS_LOGGER",
+    "LOG_FORMATS",
+    "TRACEBACKS_LOGGER",
+    "JsonFormatter",
+    "TextFormatter",
+    "has_handlers",
+    "render_traceback",
+    "secret_texts",
+    "setup_logging",
+]
+
+JOBS_LOGGER = "vaultq.jobs"
+TRACEBACKS_LOGGER = "vaultq.tracebacks"
+LOG_FORMATS = ("text", "json")
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_FIELDS = ("job_id", "task", "queue", "attempt", "outcome")
+_MASK = "***"
+_MAX_TRACEBACK = 8000
+_MAX_SECRET_DEPTH = 32
+
+
+class TextFormatter(logging.Formatter):
+    """The CLI's human format; timestamps in UTC so they match the JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self.converter = time.gmtime
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, then ``job_id``, ``task``, ``queue``, ``attempt``, ``outcome`` (null when
+    the record is not about one job), then the record's other safe structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "vaultq", None)
+        fields = fields if isinstance(fields, dict) else {}
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, Any] = {
+            "time": f"{when}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _FIELDS:
+            out[key] = fields.get(key)
+        for key, value in fields.items():
+            if key not in out:
+                out[key] = value
+        if record.exc_info:
+            # Only vaultq's own errors reach here with exc_info (internal errors): task
+            # exceptions are rendered by render_traceback, masked, into ``traceback``.
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=True)
+
+
+def has_handlers(logger: logging.Logger) -> bool:
+    """True when a record of ``logger`` would reach a real (non-Null) handler."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Configure logging for a vaultq command.
+
+    When the process already routes vaultq's records somewhere (Django's ``LOGGING``,
+    an embedding application), only the ``vaultq`` logger's level is set: adding a
+    second handler would print every line twice. Otherwise one stderr handler goes on
+    the root logger, in the ``text`` or ``json`` format.
+    """
+    library = logging.getLogger("vaultq")
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    library.setLevel(numeric)
+    if has_handlers(library):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > numeric or root.level == logging.NOTSET:
+        root.setLevel(numeric)
+
+
+# -- task tracebacks ---------------------------------------------------------------------
+
+
+def secret_texts(value: Any) -> set[str]:
+    """The text forms of every ``Secret`` inside ``value`` (a payload), to mask them."""
+    found: set[str] = set()
+    for inner in _secrets(value, 0):
+        for text in (str(inner), repr(inner)):
+            if text:
+                found.add(text)
+        if isinstance(inner, bytes | bytearray):
+            found.add(bytes(inner).decode("utf-8", "replace"))
+    return found
+
+
+def _secrets(value: Any, depth: int) -> Iterator[Any]:
+    if depth > _MAX_SECRET_DEPTH:
+        return
+    if isinstance(value, Secret):
+        yield value.reveal()
+        return
+    if isinstance(value, str | bytes | int | float | bool) or value is None:
+        return
+    fields = getattr(type(value), "__struct_fields__", None)
+    if fields is not None:
+        for name in fields:
+            yield from _secrets(getattr(value, name, None), depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secrets(key, depth + 1)
+            yield from _secrets(item, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _secrets(item, depth + 1)
+
+
+def _mask(text: str, secrets: set[str]) -> str:
+    # Longest first, so a secret containing another is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return text
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<message unavailable>"
+
+
+def render_traceback(exc: BaseException, payload: Any) -> str:
+    """The traceback of a task's exception, for the operator's log.
+
+    Frames show file, line, function and source line -- never local variables. Every
+    exception message in the chain has the payload's ``Secret`` values masked. Other
+    payload fields are not secrets by definition: put anything that must never reach a
+    log in a ``Secret``.
+    """
+    secrets = secret_texts(payload)
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__suppress_context__:
+            current = None
+        else:
+            current = current.__context__
+    lines: list[str] = []
+    for i, item in enumerate(reversed(chain)):
+        if i:
+            lines.append(
+                "The above exception was the direct cause of the following exception:"
+                if item.__cause__ is not None
+                else "During handling of the above exception, another exception occurred:"
+            )
+        lines.append("Traceback (most recent call last):")
+        stack = traceback.StackSummary.extract(
+            traceback.walk_tb(item.__traceback__), capture_locals=False
+        )
+        lines.extend(line.rstrip("\n") for line in stack.format())
+        cls = type(item)
+        name = cls.__qualname__
+        if cls.__module__ != "builtins":
+            name = f"{cls.__module__}.{name}"
+        message = _mask(_message(item), secrets)
+        lines.append(f"{name}: {message}" if message else name)
+    text = "\n".join(lines)
+    if len(text) > _MAX_TRACEBACK:
+        text = "...\n" + text[-_MAX_TRACEBACK:]
+    return text
