@@ -107,8 +107,10 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 
     When the process already routes vaultq's records somewhere (Django's ``LOGGING``,
     an embedding application), only the ``vaultq`` logger's level is set: adding a
-    second handler would print every line twice. Otherwise one stderr handler goes on
-    the root logger, in the ``text`` or ``json`` format.
+    second handler would print every line twice. When a framework configured its own
+    loggers (``manage.py vaultq_worker``: Django's ``django`` logger has handlers), one
+    stderr handler goes on the ``vaultq`` logger only, so the framework's lines are not
+    printed a second time through the root logger. Otherwise it goes on the root logger.
     """
     library = logging.getLogger("vaultq")
     numeric = getattr(logging, level.upper(), logging.INFO)
@@ -117,6 +119,9 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if logging.getLogger("django").handlers:
+        library.addHandler(handler)
+        return
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > numeric or root.level == logging.NOTSET:

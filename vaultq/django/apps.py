@@ -190,9 +190,17 @@ def load_django_app(attr: str = "") -> App:
         django.setup()
     from django.conf import settings
 
-    if settings.DEBUG:
+    if settings.DEBUG and not os.environ.get(DEBUG_WARNED):
         log.warning(
             "DEBUG=True in a vaultq process: Django keeps SQL queries in memory and shows "
             "internals in errors; run workers with DEBUG=False"
         )
+        # Said once per command: the worker processes started from this one inherit the
+        # environment and stay quiet about it.
+        os.environ[DEBUG_WARNED] = "1"
     return get_app()
+
+
+DEBUG_WARNED = "VAULTQ_DEBUG_WARNED"
+"""Set once the DEBUG=True warning was given (by the system check W003 or the loader),
+so ``--processes N`` does not repeat it N more times."""

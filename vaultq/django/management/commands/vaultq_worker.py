@@ -1,7 +1,7 @@
 """``python manage.py vaultq_worker``: ``vaultq worker`` for the app in ``settings.VAULTQ``.
 
 Takes the flags of ``vaultq worker`` (``--queues --concurrency --processes --grace
---lease --broker --log-level``); their defaults come from ``settings.VAULTQ``.
+--lease --broker --log-level --log-format``); their defaults come from ``settings.VAULTQ``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from vaultq.django.apps import get_config
+from vaultq.django.apps import DEBUG_WARNED, get_config
 
 
 class Command(BaseCommand):  # type: ignore[misc]
@@ -29,6 +29,12 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("--broker", help="broker URL (overrides VAULTQ['BROKER_URL'])")
         parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
         parser.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default="text",
+            help="text, or json: one JSON object per line",
+        )
+        parser.add_argument(
             "--max-abandoned-threads",
             type=int,
             help="sync jobs past their deadline still running before sync jobs are handed back",
@@ -41,6 +47,12 @@ class Command(BaseCommand):  # type: ignore[misc]
         config = get_config()
         config.worker_mode = True
         self.check()
+        from django.conf import settings
+
+        if settings.DEBUG:
+            # check() just printed vaultq.W003: the loader and the worker processes
+            # must not say it again.
+            os.environ[DEBUG_WARNED] = "1"
         s = config.app.vaultq_settings
         queues = options["queues"] or ",".join(s.queues or _default_queues(config, _queues_of))
         argv = [
@@ -56,6 +68,8 @@ class Command(BaseCommand):  # type: ignore[misc]
             str(options["processes"]),
             "--log-level",
             options["log_level"],
+            "--log-format",
+            options["log_format"],
         ]
         if options["lease"] is not None:
             argv += ["--lease", str(options["lease"])]
