@@ -126,12 +126,12 @@ async def test_cancelling_a_finished_job_is_a_noop(
         assert await done.status() == vaultq.JobStatus.SUCCEEDED
 
 
-async def _cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
+async def _cli(args: list[str], env: dict[str, str], cwd: Path, code: int = 0) -> str:
     proc = await anyio.run_process(
         [sys.executable, "-m", "vaultq", *args], env=env, cwd=str(cwd), check=False
     )
     out = proc.stdout.decode()
-    assert proc.returncode == 0, out + proc.stderr.decode()
+    assert proc.returncode == code, out + proc.stderr.decode()
     return out
 
 
@@ -149,9 +149,10 @@ async def test_vaultq_cancel_stops_a_job_on_a_worker_process(
         delayed = await cancellable.enqueue(Nap(30), delay=1.0)
         await _wait_for(tmp_path, "cancellable.start")
 
-        out = await _cli(["cancel", running.id, "--app", SPEC], cli_env, tmp_path)
+        # Exit 3: the job was running, a cancel is requested (docs/cli.md).
+        out = await _cli(["cancel", SPEC, running.id], cli_env, tmp_path, code=3)
         began = time.monotonic()
-        assert "cancel requested" in out
+        assert "is running: cancel requested" in out
         with pytest.raises(vaultq.JobCancelled):
             await running.result(timeout=10)
         took = time.monotonic() - began
@@ -162,7 +163,7 @@ async def test_vaultq_cancel_stops_a_job_on_a_worker_process(
         with pytest.raises(vaultq.JobCancelled):
             await delayed.result(timeout=10)
 
-        out = await _cli(["cancel", running.id, "--app", SPEC], cli_env, tmp_path)
+        out = await _cli(["cancel", running.id, "--app", SPEC], cli_env, tmp_path, code=4)
         assert "already finished" in out and "nothing to cancel" in out
         await settled(app)
         dead = await dead_reasons(app)

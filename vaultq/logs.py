@@ -39,6 +39,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "has_handlers",
+    "payload_texts",
     "render_traceback",
     "secret_texts",
     "setup_logging",
@@ -134,34 +135,69 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 def secret_texts(value: Any) -> set[str]:
     """The text forms of every ``Secret`` inside ``value`` (a payload), to mask them."""
     found: set[str] = set()
-    for inner in _secrets(value, 0):
-        for text in (str(inner), repr(inner)):
-            if text:
-                found.add(text)
-        if isinstance(inner, bytes | bytearray):
-            found.add(bytes(inner).decode("utf-8", "replace"))
+    for inner, is_secret in _values(value, 0):
+        if is_secret:
+            found.update(_texts(inner, 1))
     return found
 
 
-def _secrets(value: Any, depth: int) -> Iterator[Any]:
+def payload_texts(value: Any) -> set[str]:
+    """What ``render_traceback`` masks: every ``Secret`` value whatever its length, and
+    every other string or bytes value of the payload of at least ``MIN_MASKED`` characters
+    (shorter ones would mask ordinary words and digits of the traceback)."""
+    found: set[str] = set()
+    for inner, is_secret in _values(value, 0):
+        found.update(_texts(inner, 1 if is_secret else MIN_MASKED))
+    return found
+
+
+MIN_MASKED = 4
+"""Plain (non-``Secret``) payload strings shorter than this are not masked."""
+
+
+def _texts(value: Any, least: int) -> set[str]:
+    if isinstance(value, bytes | bytearray):
+        forms = {bytes(value).decode("utf-8", "replace"), repr(bytes(value))}
+    elif isinstance(value, str):
+        forms = {value, repr(value)}
+    elif _is_number(value):
+        forms = {str(value), repr(value)}
+    else:
+        return set()
+    return {text for text in forms if len(text) >= least}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _values(value: Any, depth: int, secret: bool = False) -> Iterator[tuple[Any, bool]]:
+    """Every scalar of a payload, with whether it sits inside a ``Secret``."""
     if depth > _MAX_SECRET_DEPTH:
         return
     if isinstance(value, Secret):
-        yield value.reveal()
+        yield from _values(value.reveal(), depth + 1, True)
         return
-    if isinstance(value, str | bytes | int | float | bool) or value is None:
+    if isinstance(value, str | bytes | bytearray):
+        yield value, secret
+        return
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Numbers are masked only inside a Secret: order ids and counts in a message
+        # are what an operator debugs with, and masking "7" would garble line numbers.
+        if secret:
+            yield value, secret
         return
     fields = getattr(type(value), "__struct_fields__", None)
     if fields is not None:
         for name in fields:
-            yield from _secrets(getattr(value, name, None), depth + 1)
+            yield from _values(getattr(value, name, None), depth + 1, secret)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _secrets(key, depth + 1)
-            yield from _secrets(item, depth + 1)
+            yield from _values(key, depth + 1, secret)
+            yield from _values(item, depth + 1, secret)
     elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
-            yield from _secrets(item, depth + 1)
+            yield from _values(item, depth + 1, secret)
 
 
 def _mask(text: str, secrets: set[str]) -> str:
@@ -181,12 +217,12 @@ def _message(exc: BaseException) -> str:
 def render_traceback(exc: BaseException, payload: Any) -> str:
     """The traceback of a task's exception, for the operator's log.
 
-    Frames show file, line, function and source line -- never local variables. Every
-    exception message in the chain has the payload's ``Secret`` values masked. Other
-    payload fields are not secrets by definition: put anything that must never reach a
-    log in a ``Secret``.
+    Frames show file, line, function and source line -- never local variables. In every
+    exception message of the chain, the payload's values are masked (``***``): each
+    ``Secret`` value, and each other string of at least ``MIN_MASKED`` characters.
+    Numbers outside a ``Secret`` and shorter strings are left as they are.
     """
-    secrets = secret_texts(payload)
+    secrets = payload_texts(payload)
     chain: list[BaseException] = []
     seen: set[int] = set()
     current: BaseException | None = exc

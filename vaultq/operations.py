@@ -126,7 +126,7 @@ async def inspect_job(
             continue
         report = _from_info(info)
         if data is not None:
-            _add_result(app, report, data, job_id, with_result)
+            _add_result(app, report, data, job_id, queue, with_result)
         return report
     return JobReport(job_id=job_id, queue=None, status="unknown")
 
@@ -169,10 +169,17 @@ def _status_of_reason(reason: str) -> str:
         return JobStatus.FAILED.value if head == "internal_error" else "unknown"
 
 
-def _add_result(app: App, report: JobReport, data: bytes, job_id: str, with_result: bool) -> None:
+def _add_result(
+    app: App, report: JobReport, data: bytes, job_id: str, queue: str, with_result: bool
+) -> None:
     try:
         body = open_result(
-            data, app.keyring, app=app.name, job_id=job_id, max_size=app.max_envelope_size
+            data,
+            app.keyring,
+            app=app.name,
+            job_id=job_id,
+            queue=queue,
+            max_size=app.max_envelope_size,
         )
         header = peek_header(data, max_size=app.max_envelope_size)
     except (EnvelopeError, KeyringError) as exc:
@@ -363,7 +370,14 @@ async def _expiry(app: App, broker: Any, queue: str, job_id: str) -> float | Non
     if data is None:
         return None
     try:
-        open_result(data, app.keyring, app=app.name, job_id=job_id, max_size=app.max_envelope_size)
+        open_result(
+            data,
+            app.keyring,
+            app=app.name,
+            job_id=job_id,
+            queue=queue,
+            max_size=app.max_envelope_size,
+        )
         header = peek_header(data, max_size=app.max_envelope_size)
     except (EnvelopeError, KeyringError):
         return None
