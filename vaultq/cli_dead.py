@@ -25,7 +25,7 @@ from vaultq.cli_common import (
     print_json,
 )
 from vaultq.errors import VaultqError
-from vaultq.policy import _safe_id
+from vaultq.policy import safe_id
 
 __all__ = ["add_dead_parser", "cmd_dead"]
 
@@ -54,11 +54,11 @@ def _list(app: Any, args: argparse.Namespace) -> int:
         print_json(
             [
                 {
-                    "job_id": _safe_id(d.job_id),
+                    "job_id": safe_id(d.job_id),
                     "queue": d.queue,
                     "attempt": d.attempt,
-                    "reason": _safe_id(d.reason),
-                    "detail": _safe_id(d.detail),
+                    "reason": safe_id(d.reason),
+                    "detail": safe_id(d.detail),
                     "at": d.at,
                 }
                 for d in rows
@@ -71,8 +71,8 @@ def _list(app: Any, args: argparse.Namespace) -> int:
         # Escape control characters so nothing read from the broker can drive the
         # operator's terminal.
         print(
-            f"{_safe_id(str(d.job_id))}  attempt={_safe_id(str(d.attempt))}  "
-            f"reason={_safe_id(str(d.reason))}  {_safe_id(str(d.detail))}"
+            f"{safe_id(str(d.job_id))}  attempt={safe_id(str(d.attempt))}  "
+            f"reason={safe_id(str(d.reason))}  {safe_id(str(d.detail))}"
         )
     return EXIT_OK
 

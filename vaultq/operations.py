@@ -30,7 +30,7 @@ from vaultq.envelope import Header, ResultBody, open_job, open_result, peek_head
 from vaultq.errors import ConfigurationError, EnvelopeError, KeyringError
 from vaultq.jobs import JobStatus
 from vaultq.payload import Secret
-from vaultq.policy import AUDIT_LOGGER, _safe_id
+from vaultq.policy import AUDIT_LOGGER, safe_id
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -66,16 +66,16 @@ def operator() -> str:
 def audit_operator(action: str, *, queue: str, job_id: str = "-", **fields: object) -> None:
     """One audit line for an operator's change to the queue."""
     user = operator()
-    safe_job = _safe_id(job_id)
+    safe_job = safe_id(job_id)
     extra: dict[str, object] = {
         "event": "operator",
         "action": action,
         "queue": queue,
         "job_id": safe_job,
-        "user": _safe_id(user),
+        "user": safe_id(user),
         **fields,
     }
-    details = " ".join(f"{k}={_safe_id(str(v))}" for k, v in fields.items())
+    details = " ".join(f"{k}={safe_id(str(v))}" for k, v in fields.items())
     audit.warning(
         "operator %s: job=%s queue=%s user=%s%s",
         action,
@@ -144,7 +144,7 @@ def _from_info(info: JobInfo) -> JobReport:
     )
     if info.envelope:
         try:
-            report.task = _safe_id(peek_header(info.envelope).task)
+            report.task = safe_id(peek_header(info.envelope).task)
         except EnvelopeError:
             report.note = "the queued entry is not a readable envelope; a worker rejects it"
     if info.state == "running":
@@ -152,7 +152,7 @@ def _from_info(info: JobInfo) -> JobReport:
     elif info.state in ("queued", "delayed"):
         report.status = JobStatus.PENDING.value
     if info.dead is not None and info.state == "absent":
-        report.reason = _safe_id(info.dead.reason)
+        report.reason = safe_id(info.dead.reason)
         report.attempts = report.attempts or info.dead.attempt
         report.finished_at = info.dead.at or None
         report.status = _status_of_reason(info.dead.reason)
@@ -185,16 +185,16 @@ def _add_result(
     except (EnvelopeError, KeyringError) as exc:
         report.note = f"a stored result does not open with this app's keys ({type(exc).__name__})"
         return
-    report.status = _safe_id(body.status)
+    report.status = safe_id(body.status)
     report.attempts = body.attempts or report.attempts
     report.started_at = body.started_at
     report.finished_at = body.finished_at or report.finished_at
-    report.worker = _safe_id(body.worker_id) if body.worker_id else None
-    report.error_type = _safe_id(body.error_type) if body.error_type else None
+    report.worker = safe_id(body.worker_id) if body.worker_id else None
+    report.error_type = safe_id(body.error_type) if body.error_type else None
     if report.reason is None and body.status != JobStatus.SUCCEEDED:
         report.reason = report.error_type or report.status
     if header.task:
-        report.task = _safe_id(header.task)
+        report.task = safe_id(header.task)
     if with_result and body.value is not None:
         task = app.get_task(header.task) if header.task else None
         decode = task.result_codec.decode if task is not None else msgspec.json.decode
@@ -282,7 +282,7 @@ async def _drop(app: App, broker: Any, info: JobInfo) -> bool:
         status=JobStatus.CANCELLED.value,
         attempts=info.attempt,
         finished_at=now,
-        worker_id=f"operator:{_safe_id(operator())}",
+        worker_id=f"operator:{safe_id(operator())}",
     )
     try:
         result = seal_result(app.keyring, header, body, now=now)
@@ -328,8 +328,8 @@ async def retry_dead(app: App, queue: str, *, job_id: str | None, limit: int) ->
     seen: set[str] = set()
     now = time.time()
     for letter in letters:
-        safe = _safe_id(letter.job_id)
-        reason = _safe_id(letter.reason)
+        safe = safe_id(letter.job_id)
+        reason = safe_id(letter.reason)
         if letter.job_id in seen:
             continue  # the newest letter of an id decides; older ones stay as history
         seen.add(letter.job_id)
@@ -361,7 +361,7 @@ def _refusal(reason: str) -> str:
         "cancelled": "it was cancelled on purpose; enqueue a new job to run it",
         "expired": "its start deadline passed; enqueue a new job instead",
     }.get(head, "only jobs dead after failures or timeouts can be retried")
-    return f"refused ({_safe_id(reason)}): {why}"
+    return f"refused ({safe_id(reason)}): {why}"
 
 
 async def _expiry(app: App, broker: Any, queue: str, job_id: str) -> float | None:
@@ -402,7 +402,7 @@ def check_job_id(job_id: str) -> str:
     """Refuse an id that no vaultq job can have, before touching the broker."""
     if not _JOB_ID.match(job_id):
         raise ConfigurationError(
-            f"{_safe_id(job_id)!r} is not a job id: ids are 1-128 letters, digits, '_', '.', "
+            f"{safe_id(job_id)!r} is not a job id: ids are 1-128 letters, digits, '_', '.', "
             "':' or '-' (the id `vaultq enqueue` printed)"
         )
     return job_id

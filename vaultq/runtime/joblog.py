@@ -13,7 +13,7 @@ import time
 
 from vaultq.brokers.base import Ack, Bury, Release, Retry, Settlement
 from vaultq.logs import JOBS_LOGGER
-from vaultq.policy import _safe_id
+from vaultq.policy import safe_id
 from vaultq.runtime.execute import JobSlot
 
 __all__ = ["log_outcome", "outcome_of"]
@@ -43,9 +43,9 @@ def log_outcome(slot: JobSlot, settlement: Settlement) -> None:
     d = settlement.delivery
     # The broker-given id and (for rejected entries) the task name are unauthenticated:
     # escape them so a crafted entry cannot forge log lines.
-    job_id = _safe_id(d.job_id)
-    task = _safe_id(slot.task) if slot.task else "-"
-    outcome = _safe_id(outcome_of(settlement))
+    job_id = safe_id(d.job_id)
+    task = safe_id(slot.task) if slot.task else "-"
+    outcome = safe_id(outcome_of(settlement))
     duration = max(0.0, time.time() - slot.started)
     log.info(
         "job %s task=%s queue=%s attempt=%d duration=%.3fs outcome=%s",
