@@ -349,3 +349,19 @@ def test_exception_class_is_never_imported_on_a_results_say_so(
         "vq_side_effect.Boom"
     )
     assert not marker.exists()
+
+
+def test_retry_options_through_a_real_worker(dj_worker: Any) -> None:
+    """OPTIONS["TASKS"] RETRY_ON/RETRIES/BACKOFF, and vaultq.Fatal, in a worker process."""
+    from vqtestapp.tasks import flaky
+
+    transient, other, fatal = (flaky.enqueue(mode) for mode in ("transient", "other", "fatal"))
+    done = finished(flaky, transient.id)
+    assert done.status == compat.TaskResultStatus.SUCCESSFUL
+    assert done.return_value == 2
+    assert done.attempts == 2
+    for result, error in ((other, "builtins.ValueError"), (fatal, "vaultq.errors.Fatal")):
+        done = finished(flaky, result.id)
+        assert done.status == compat.TaskResultStatus.FAILED
+        assert done.attempts == 1
+        assert done.errors[-1].exception_class_path == error

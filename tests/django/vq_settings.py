@@ -51,7 +51,14 @@ TASKS = {
         "BACKEND": "vaultq.django.VaultqBackend",
         "QUEUES": ["default", "djq"],
         "OPTIONS": {
-            "TASKS": {"vqtestapp.tasks.add": {"TIMEOUT": 30}},
+            "TASKS": {
+                "vqtestapp.tasks.add": {"TIMEOUT": 30},
+                "vqtestapp.tasks.flaky": {
+                    "RETRIES": 3,
+                    "BACKOFF": 0.05,
+                    "RETRY_ON": ["vqtestapp.tasks.Transient"],
+                },
+            },
         },
     }
 }

@@ -74,3 +74,21 @@ def charge_struct(c: Charge) -> int:
 @task()
 def pick(level: Literal["low", "high"]) -> str:
     return level
+
+
+class Transient(Exception):
+    pass
+
+
+@task(takes_context=True)
+def flaky(context: Any, mode: str) -> int:
+    """Retried per OPTIONS["TASKS"] (RETRY_ON Transient, RETRIES 3)."""
+    import vaultq
+
+    if mode == "transient" and context.attempt < 2:
+        raise Transient("try again")
+    if mode == "fatal":
+        raise vaultq.Fatal("stop")
+    if mode == "other":
+        raise ValueError("not in RETRY_ON")
+    return int(context.attempt)
