@@ -29,3 +29,17 @@ def test_debug_true_is_warned_once_across_processes(workers: Any, queue: str) ->
     log = workers.log(proc)
     assert "vaultq.W003" in log
     assert log.count("DEBUG=True") == 1, log
+
+
+def test_json_log_format_reaches_every_worker_process(workers: Any, queue: str) -> None:
+    import json
+
+    proc = workers.start("--queues", queue, "--processes", "2", "--log-format", "json")
+    wait_for(lambda: workers.log(proc).count("vaultq worker ") >= 2, 60, "two worker processes")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    records = [json.loads(line) for line in workers.log(proc).splitlines() if line.strip()]
+    starts = [r for r in records if r["message"].startswith("vaultq worker ")]
+    assert len(starts) == 2 and all(r["logger"] == "vaultq" for r in starts)
+    assert all(r["time"].endswith("Z") for r in records)
+    assert any(r["logger"] == "vaultq.supervisor" for r in records)
