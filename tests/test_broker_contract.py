@@ -374,6 +374,28 @@ async def test_dead_letters_newest_first_and_purge(broker: Broker) -> None:
     assert await broker.purge_dead(Q) == 0
 
 
+async def test_queued_lists_ready_delayed_and_leased_entries_without_touching_them(
+    broker: Broker,
+) -> None:
+    now = time.time()
+    await broker.enqueue([item("q0", b"env-0"), item("q1", b"env-1")])
+    await broker.enqueue([item("q2", b"env-2", at=now + 3600)])  # delayed
+    (leased,) = await fetch(broker, 1)
+    entries = await broker.queued(Q)
+    assert sorted((e.job_id, e.envelope) for e in entries) == [
+        ("q0", b"env-0"),
+        ("q1", b"env-1"),
+        ("q2", b"env-2"),
+    ]
+    assert all(e.queue == Q for e in entries)
+    assert len(await broker.queued(Q, limit=2)) == 2
+    assert await broker.queued(Q, limit=0) == []
+    stats = await broker.stats(Q)
+    assert (stats.ready + stats.running, stats.delayed) == (2, 1)  # nothing moved
+    (other,) = await fetch(broker, 1)
+    assert {leased.job_id, other.job_id} == {"q0", "q1"}
+
+
 async def test_settle_batch(broker: Broker) -> None:
     await broker.enqueue([item(f"b{i}") for i in range(4)])
     ds = sorted(await fetch(broker, 4), key=lambda d: d.job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,46 @@ def test_check_deploy_flags_unsafe_settings(tmp_path: Path) -> None:
     keys.chmod(0o600)
     fine = run("check", "cli_apps", env=worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db"}))
     assert fine.returncode == 0, fine.stdout
+
+
+def test_check_reports_jobs_queued_under_a_revoked_key(tmp_path: Path) -> None:
+    """After `vaultq keys revoke`, `vaultq check` says how many queued jobs name the
+    revoked key (workers will dead-letter them), so the operator can re-enqueue."""
+    keys = tmp_path / "vaultq.keys"
+    vaultq.Keyring.generate().save(keys)
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db", "VAULTQ_KEYS": f"@{keys}"})
+    for n in (1, 2):
+        assert run("enqueue", "cli_apps", "cli.open", f'{{"n": {n}}}', env=env).returncode == 0
+    clean = run("check", "cli_apps", env=env)
+    assert "VQ104" not in clean.stdout, clean.stdout + clean.stderr
+    signer = vaultq.Keyring.from_file(keys).signer_id
+    assert signer is not None
+    assert run("keys", "revoke", str(keys), signer, env=env).returncode == 0
+    out = run("check", "cli_apps", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr  # a warning, not an error
+    assert (
+        f"VQ104: 2 job(s) queued on 'default' are sealed or signed with revoked key(s) {signer}"
+        in out.stdout
+    )
+    assert "rejected:revoked_key" in out.stdout
+    # without a database there is nothing queued, and check does not create one
+    other = worker_env(
+        {"VAULTQ_BROKER": f"sqlite:///{tmp_path}/none.db", "VAULTQ_KEYS": f"@{keys}"}
+    )
+    assert "VQ104" not in run("check", "cli_apps", env=other).stdout
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_check_flags_a_key_file_another_user_owns(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    keys = tmp_path / "vaultq.keys"
+    vaultq.Keyring.generate().save(keys)
+    os.chown(keys, 65534, -1)
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db", "VAULTQ_KEYS": f"@{keys}"})
+    out = run("check", "cli_apps", env=env)
+    assert out.returncode == 1
+    assert "VQ102" in out.stdout and "owned by uid 65534" in out.stdout
 
 
 def test_parser_defaults_match_config() -> None:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from vaultq.app import App
-from vaultq.errors import VaultqError
+from vaultq.envelope import peek_header
+from vaultq.errors import EnvelopeError, VaultqError
+from vaultq.files import untrusted_reason
 from vaultq.policy import AllowAll
 
-__all__ = ["Finding", "check_app", "plaintext_off_host"]
+__all__ = ["Finding", "check_app", "plaintext_off_host", "revoked_backlog"]
 
 Level = Literal["error", "warning"]
 
@@ -48,13 +49,13 @@ def _keys(app: App) -> list[Finding]:
     if env.startswith("@"):
         path = Path(env[1:])
         try:
-            mode = path.stat().st_mode
+            st = path.stat()
         except OSError:
             return [Finding("error", "VQ101", f"VAULTQ_KEYS names {path}, which cannot be read")]
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            out.append(
-                Finding("error", "VQ102", f"key file {path} is readable by others: chmod 600 it")
-            )
+        # The loader's own rule (owner, mode, directories above): docs/keys.md.
+        problem = untrusted_reason(path, st)
+        if problem is not None:
+            out.append(Finding("error", "VQ102", problem))
     try:
         keyring = app.keyring
     except VaultqError as exc:
@@ -68,6 +69,45 @@ def _keys(app: App) -> list[Finding]:
             )
         )
     return out
+
+
+async def revoked_backlog(app: App, queues: list[str], *, limit: int = 10_000) -> list[Finding]:
+    """VQ104: jobs still queued under a key the keyring has revoked (``docs/keys.md``).
+
+    Reads up to ``limit`` entries per queue without leasing them. Their headers are not
+    authenticated, so this is a report, never a decision: workers refuse such jobs anyway
+    (dead letter ``rejected:revoked_key``)."""
+    keyring = app.keyring
+    if not keyring.revoked_ids:
+        return []
+    broker = await app.broker()
+    found = []
+    for queue in queues:
+        entries = await broker.queued(queue, limit=limit)
+        hits: set[str] = set()
+        count = 0
+        for entry in entries:
+            try:
+                header = peek_header(entry.envelope, max_size=app.max_envelope_size)
+            except EnvelopeError:
+                continue  # not ours to judge here: workers dead-letter junk
+            named = {k for k in (header.key_id, header.signer_id) if keyring.is_revoked(k)}
+            if named:
+                count += 1
+                hits |= named
+        if count:
+            scanned = f" (of the first {limit} entries)" if len(entries) >= limit else ""
+            found.append(
+                Finding(
+                    "warning",
+                    "VQ104",
+                    f"{count} job(s) queued on {queue!r}{scanned} are sealed or signed with "
+                    f"revoked key(s) {', '.join(sorted(hits))}; workers dead-letter them "
+                    "(reason rejected:revoked_key): enqueue the honest ones again from the "
+                    "producer (docs/security.md, incident response)",
+                )
+            )
+    return found
 
 
 def _broker(app: App, deploy: bool) -> list[Finding]:

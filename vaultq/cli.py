@@ -24,6 +24,7 @@ from vaultq.cli_common import (
     EXIT_OK,
     add_common,
     app_spec,
+    existing_broker,
     load_cli_app,
     positive_int,
     positive_seconds,
@@ -133,6 +134,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     app = load_cli_app(args.app, args.broker)
     findings = check_app(app, deploy=args.deploy)
+    findings += _revoked_backlog(app)
     errors = sum(1 for f in findings if f.level == "error")
     if args.json:
         print_json(
@@ -149,6 +151,27 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(finding)
         print(f"{len(findings)} finding(s), {errors} error(s) for app {app.name}")
     return EXIT_NO if errors else EXIT_OK
+
+
+def _revoked_backlog(app: Any) -> list[Any]:
+    """VQ104 findings: jobs still queued under revoked keys (an existing broker only)."""
+    from vaultq.checks import revoked_backlog
+    from vaultq.runtime.worker import _queues_of
+
+    try:
+        if not app.keyring.revoked_ids:
+            return []
+        existing_broker(app)
+    except VaultqError:
+        return []  # no keys (reported above) or no database yet: nothing can be queued
+
+    async def go() -> list[Any]:
+        try:
+            return await revoked_backlog(app, _queues_of(app))
+        finally:
+            await app.aclose()
+
+    return anyio.run(go)
 
 
 # -- parser --------------------------------------------------------------------------------

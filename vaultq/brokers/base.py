@@ -149,6 +149,14 @@ class DeadLetter(msgspec.Struct, frozen=True):
     tag: str
 
 
+class QueuedEntry(msgspec.Struct, frozen=True):
+    """A job still in a queue, as stored: its envelope is unauthenticated until opened."""
+
+    queue: str
+    job_id: str
+    envelope: bytes
+
+
 class QueueStats(msgspec.Struct, frozen=True):
     queue: str
     ready: int
@@ -301,4 +309,9 @@ class Broker(Protocol):
         attempt with its sealed envelope unchanged, forgetting the id's finished memory,
         stored result and cancel marker. Only reasons in ``RETRYABLE_REASONS`` move; the
         moved letter is returned, None when it is gone or its reason is not retryable."""
+        ...
+
+    async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
+        """Up to ``limit`` entries still in ``queue`` (ready, delayed or leased), oldest
+        first, without leasing or changing them: for inspection (``vaultq check``)."""
         ...

@@ -48,6 +48,7 @@ from vaultq.brokers.base import (
     Delivery,
     EnqueueItem,
     JobInfo,
+    QueuedEntry,
     QueueStats,
     Release,
     Retry,
@@ -878,6 +879,31 @@ class RedisBroker:
             at=_number(at),
             tag=tag,
         )
+
+    async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
+        if limit <= 0:
+            return []
+        keys = self.keys(queue)
+        with self._boundary("queued"):
+            client = await self._ready()
+            entries = await client.xrange(keys.stream, count=limit)
+            out = [
+                QueuedEntry(queue, _text(f.get("id", b"")), _as_bytes(f.get("env")) or b"")
+                for f in (_fields(raw) for _, raw in entries or [])
+            ]
+            if len(out) < limit:
+                # Delayed jobs and retries: member "<job id>|<attempt>|..." -> envelope.
+                members: list[Any] = list(
+                    await client.zrange(keys.delayed, 0, limit - len(out) - 1)
+                )
+                if members:
+                    envelopes = await client.hmget(keys.delayed_data, members)
+                    for member, env in zip(members, envelopes, strict=True):
+                        data = _as_bytes(env)
+                        if data is not None:
+                            job_id = _text(member).partition("|")[0]
+                            out.append(QueuedEntry(queue, job_id, data))
+        return out
 
 
 _SCAN_PAGE: Final = 500

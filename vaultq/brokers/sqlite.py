@@ -55,6 +55,7 @@ from vaultq.brokers.base import (
     Delivery,
     EnqueueItem,
     JobInfo,
+    QueuedEntry,
     QueueStats,
     Release,
     Retry,
@@ -738,6 +739,19 @@ class SqliteBroker:
         if letter is not None:
             self._notify_work()
         return letter
+
+    async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> list[QueuedEntry]:
+            rows = conn.execute(
+                "SELECT job_id, envelope FROM vaultq_jobs WHERE namespace = ? AND queue = ? "
+                "ORDER BY id LIMIT ?",
+                (ns, queue, max(limit, 0)),
+            ).fetchall()
+            return [QueuedEntry(queue, str(job_id), bytes(env)) for job_id, env in rows]
+
+        return await self._run("queued", work)
 
 
 # -- helpers (run in worker threads, inside the connection lock) ------------------------
