@@ -57,6 +57,13 @@ def test_keys_missing_or_readable(keyfile: Path, tmp_path: Path) -> None:
     keyfile.chmod(0o600)
     with override_settings(VAULTQ=settings_with(KEYS_FILE=str(keyfile))):
         assert "vaultq.E002" not in run()
+    if os.geteuid() == 0:  # another user's key file (swapped in) is refused like the loader
+        os.chown(keyfile, 65534, -1)
+        try:
+            with override_settings(VAULTQ=settings_with(KEYS_FILE=str(keyfile))):
+                assert "vaultq.E002" in run()
+        finally:
+            os.chown(keyfile, 0, -1)
     # A shared broker and no keys anywhere.
     env = os.environ.pop("VAULTQ_KEYS", None)
     try:

@@ -3,7 +3,8 @@
 | id | level | when |
 |---|---|---|
 | vaultq.E001 | Error | no keys for a shared broker, or KEYS_FILE / ``@file`` missing |
-| vaultq.E002 | Error | the key file is readable or writable by group or others |
+| vaultq.E002 | Error | the loader would refuse the key file (another owner, group/other |
+|             |       | access, or a directory others can write: docs/keys.md) |
 | vaultq.E003 | Error | ``settings.VAULTQ`` or a dotted path in it is invalid |
 | vaultq.W001 | Warning | no BROKER_URL (falls back to ``$VAULTQ_BROKER`` or ./vaultq.db) |
 | vaultq.W002 | Warning (deploy) | plaintext ``redis://`` to a host that is not loopback |
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from vaultq.brokers import REDIS_SCHEMES
 from vaultq.checks import plaintext_off_host
+from vaultq.files import untrusted_reason
 
 __all__ = [
     "check_broker",
@@ -62,15 +63,10 @@ def _key_file_errors(path: str, where: str) -> list[checks.CheckMessage]:
         ]
     except OSError as exc:
         return [checks.Error(f"{where}: cannot stat {path}: {exc.strerror}", id="vaultq.E001")]
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        return [
-            checks.Error(
-                f"{where}: key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod 600 {path}",
-                id="vaultq.E002",
-            )
-        ]
+    # The loader's own rule (owner, mode, directories above it): docs/keys.md.
+    problem = untrusted_reason(path, st)
+    if problem is not None:
+        return [checks.Error(f"{where}: {problem}", id="vaultq.E002")]
     return []
 
 
