@@ -427,6 +427,51 @@ async def test_late_settle_of_a_lost_lease_changes_nothing(broker: Broker, other
     assert await broker.get_result(Q, "lost") == b"fresh"
 
 
+async def test_extend_reports_lost_leases_and_never_revives_them(
+    broker: Broker, other: Broker
+) -> None:
+    await broker.enqueue([item("keep"), item("lapse")])
+    ds = {d.job_id: d for d in await fetch(broker, consumer="c1")}
+    assert await broker.extend(list(ds.values()), consumer="c1", lease=LEASE) == set()
+    await anyio.sleep(LEASE + 0.2)
+    # Both leases ran out on the broker's clock; nobody took either job yet. A lapsed
+    # lease is never taken back: reviving it could let two copies run.
+    lost = await broker.extend(list(ds.values()), consumer="c1", lease=LEASE)
+    assert lost == {ds["keep"].tag, ds["lapse"].tag}
+    again = await fetch_until(other, 2, consumer="c2")
+    assert sorted(d.job_id for d in again) == ["keep", "lapse"]
+    assert all(d.redelivered for d in again)
+    # The new holder's tags are live, the old ones stay lost.
+    assert await other.extend(again, consumer="c2", lease=LEASE) == set()
+    assert await broker.extend([ds["keep"]], consumer="c1", lease=LEASE) == {ds["keep"].tag}
+
+
+async def test_settle_of_a_lapsed_lease_is_fenced(broker: Broker, other: Broker) -> None:
+    # The lease ran out and nobody took the job over yet: the late ack, retry or dead
+    # letter of the old delivery changes nothing; the job is delivered again.
+    for verdict in ("ack", "retry", "bury"):
+        await broker.enqueue([item(verdict)])
+        (stale,) = await fetch(broker, consumer="slow")
+        await anyio.sleep(LEASE + 0.2)
+        if verdict == "ack":
+            await broker.settle([ack(stale, b"late")])
+        elif verdict == "retry":
+            await broker.settle([Retry(stale, time.time())])
+        else:
+            await broker.settle([Bury(stale, "failed", "x", b"late", 60, time.time() + 60)])
+        assert await broker.get_result(Q, verdict) is None
+        (fresh,) = await fetch_until(other, 1, consumer="c2")
+        assert fresh.job_id == verdict and fresh.redelivered and fresh.attempt == 1
+        await other.settle([ack(fresh, b"fresh")])
+        assert await other.get_result(Q, verdict) == b"fresh"
+    assert await broker.dead_letters(Q) == []
+
+
+async def test_broker_clock(broker: Broker) -> None:
+    # Both test brokers run on this host: their clock is this host's.
+    assert abs(await broker.time() - time.time()) < 5
+
+
 # -- results -----------------------------------------------------------------------------
 
 

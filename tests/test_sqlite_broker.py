@@ -433,7 +433,7 @@ async def test_stale_delivery_cannot_extend_or_requeue(broker: SqliteBroker) -> 
     await anyio.sleep(0.3)
     [current] = await broker.fetch(["q"], 5, consumer="worker-2", lease=30, block=0)
     assert current.redelivered and current.tag != stale.tag
-    await broker.extend([stale], consumer=C, lease=30)  # logged and ignored
+    assert await broker.extend([stale], consumer=C, lease=30) == {stale.tag}
     await broker.settle([Release(stale, 0.0), Retry(stale, 0.0)])
     assert await take(broker) == []  # still leased to worker-2, claim intact
     assert await broker.is_running("q", job)
@@ -444,25 +444,28 @@ async def test_stale_delivery_cannot_extend_or_requeue(broker: SqliteBroker) -> 
 
 
 @pytest.mark.anyio
-async def test_extend_takes_back_a_lapsed_lease_nobody_took(broker: SqliteBroker) -> None:
+async def test_extend_never_takes_back_a_lapsed_lease(broker: SqliteBroker) -> None:
+    # Fencing: once the lease ran out (host clock), the delivery has lost it for good,
+    # even when nobody fetched the row since; the job is delivered again instead.
     job = await put(broker)
     [d] = await take(broker, lease=0.1)
     await anyio.sleep(0.2)
-    await broker.extend([d], consumer=C, lease=30)
-    assert await broker.is_running("q", job)
-    assert await take(broker) == []
+    assert await broker.extend([d], consumer=C, lease=30) == {d.tag}
+    [again] = await take(broker)
+    assert again.job_id == job and again.redelivered
 
 
 @pytest.mark.anyio
-async def test_stale_ack_still_finishes_the_job(broker: SqliteBroker) -> None:
+async def test_stale_ack_is_refused(broker: SqliteBroker) -> None:
     job = await put(broker)
     [stale] = await take(broker, lease=0.1)
     await anyio.sleep(0.2)
     [current] = await take(broker)
-    await broker.settle([ack(stale, b"first")])
-    assert await broker.get_result("q", job) == b"first"
-    assert (await broker.stats("q")).running == 0
-    await broker.settle([ack(current, b"second")])  # the row is gone: no harm
+    await broker.settle([ack(stale, b"first")])  # fenced: writes nothing
+    assert await broker.get_result("q", job) is None
+    assert (await broker.stats("q")).running == 1
+    await broker.settle([ack(current, b"second")])
+    assert await broker.get_result("q", job) == b"second"
     assert await broker.dead_letters("q") == []
 
 

@@ -25,6 +25,11 @@ Semantics every implementation keeps (the conformance suite in
 * **Flags.** Each delivery says whether its job id is remembered as finished
   (``completed``) and whether a cancel was requested (``cancel_requested``); the
   worker decides what to do with them.
+* **Fencing.** A delivery's ``tag`` is its fencing token: ``extend`` renews only
+  deliveries whose tag still holds a live job-id claim and reports the others as lost
+  (a lapsed lease is never taken back, even when nobody took the job over), and a
+  settlement whose tag no longer holds the claim changes nothing. Lease time is measured
+  on the broker's clock (Redis key expiry and PEL idle time; SQLite: the host's clock).
 * **Settle.** Each :data:`Settlement` is applied atomically (one Lua script, or one
   SQLite transaction): the result write, the finished-id memory and the ack/retry/
   dead-letter happen together or not at all, so a crash never leaves a finished
@@ -251,8 +256,17 @@ class Broker(Protocol):
         """Up to ``count`` leased deliveries from ``queues`` (earlier queues first)."""
         ...
 
-    async def extend(self, deliveries: Sequence[Delivery], *, consumer: str, lease: float) -> None:
-        """Push the lease (and the job-id claim) of running deliveries ``lease`` seconds out."""
+    async def extend(
+        self, deliveries: Sequence[Delivery], *, consumer: str, lease: float
+    ) -> set[str]:
+        """Push the lease (and the job-id claim) of running deliveries ``lease`` seconds out
+        (on the broker's clock). Returns the tags of deliveries whose lease is lost: they
+        must not run on, nor settle."""
+        ...
+
+    async def time(self) -> float:
+        """The broker's clock (Unix seconds): Redis ``TIME``; SQLite: this host's clock.
+        Lease expiry and delayed jobs are measured on it."""
         ...
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:

@@ -224,6 +224,11 @@ def _tag_entry(tag: str) -> str:
     return tag.partition("/")[0]
 
 
+def _lease_args(deliveries: Sequence[Delivery]) -> list[str]:
+    """(entry id, tag, job id) of each delivery, flat: the extend script's arguments."""
+    return [a for d in deliveries for a in (_tag_entry(d.tag), d.tag, d.job_id)]
+
+
 _CLUSTER_CALLS: Final = 16
 """Script calls of one batch in flight at once on a cluster client (no pipelining)."""
 
@@ -646,28 +651,54 @@ class RedisBroker:
             after = {}  # not idle: some queue gave entries, so no blocking read follows
         return out, more, wait_ms, after
 
-    async def extend(self, deliveries: Sequence[Delivery], *, consumer: str, lease: float) -> None:
+    async def extend(
+        self, deliveries: Sequence[Delivery], *, consumer: str, lease: float
+    ) -> set[str]:
         if not deliveries:
-            return
-        by_queue: dict[str, list[Any]] = {}
+            return set()
+        by_queue: dict[str, list[Delivery]] = {}
         for d in deliveries:
-            by_queue.setdefault(d.queue, []).extend((_tag_entry(d.tag), d.tag, d.job_id))
+            by_queue.setdefault(d.queue, []).append(d)
         calls = [
-            ("extend", self.keys(queue), [consumer, _ms(lease), *args])
-            for queue, args in by_queue.items()
+            (
+                "extend",
+                self.keys(queue),
+                [
+                    consumer,
+                    _ms(lease),
+                    *(a for d in ds for a in (_tag_entry(d.tag), d.tag, d.job_id)),
+                ],
+            )
+            for queue, ds in by_queue.items()
         ]
         with self._boundary("extend"):
             replies = await self._run_batch(calls)
-        lost = len(deliveries) - sum(int(r) for r in replies)
-        if lost:
-            logger.warning("%s leases could not be extended: another delivery holds them", lost)
+        lost: set[str] = set()
+        for ds, flags in zip(by_queue.values(), replies, strict=True):
+            lost.update(d.tag for d, flag in zip(ds, flags, strict=True) if not int(flag))
+        return lost
+
+    async def time(self) -> float:
+        with self._boundary("time"):
+            client = await self._ready()
+            seconds, micros = await client.time()
+        return int(seconds) + int(micros) / 1_000_000
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:
         if not settlements:
             return
         calls = [self._settle_call(s) for s in settlements]
         with self._boundary("settle"):
-            await self._run_batch(calls)
+            replies = await self._run_batch(calls)
+        stale = [s.delivery.job_id for s, r in zip(settlements, replies, strict=True) if r == -1]
+        if stale:
+            logger.warning(
+                "%d settlement(s) refused: the delivery no longer holds its lease (job %s%s); "
+                "the job will run again on another delivery",
+                len(stale),
+                stale[0],
+                " ..." if len(stale) > 1 else "",
+            )
 
     def _settle_call(self, s: Settlement) -> tuple[str, QueueKeys, list[Any]]:
         d = s.delivery

@@ -380,37 +380,39 @@ class SqliteBroker:
             due_after = None if out else _next_due(conn, ns, queues)
         return out, due_after
 
-    async def extend(self, deliveries: Sequence[Delivery], *, consumer: str, lease: float) -> None:
+    async def extend(
+        self, deliveries: Sequence[Delivery], *, consumer: str, lease: float
+    ) -> set[str]:
         if not deliveries:
-            return
+            return set()
         ns = self._namespace
         rows = [(_parse_tag(d), d) for d in deliveries]
 
-        def work(conn: sqlite3.Connection) -> int:
-            lost = 0
+        def work(conn: sqlite3.Connection) -> set[str]:
+            lost: set[str] = set()
             with _immediate(conn):
                 now = time.time()
                 until = now + max(lease, MIN_LEASE)
                 for (row_id, seq), d in rows:
-                    # Only the delivery that holds the lease (the row was not delivered
-                    # again since) may push it out; one whose lease ran out unnoticed
-                    # takes it back.
-                    cur = conn.execute(
+                    # Only the delivery that still holds a live lease may push it out (the
+                    # fencing token is the tag); a lease that ran out is never taken back,
+                    # even when nobody fetched the row since.
+                    if not _holds_lease(conn, ns, d, now):
+                        lost.add(d.tag)
+                        continue
+                    conn.execute(
                         "UPDATE vaultq_jobs SET lease_owner = ?, lease_until = ?, not_before = ? "
                         "WHERE id = ? AND deliveries = ? AND namespace = ? AND job_id = ?",
                         (consumer, until, until, row_id, seq, ns, d.job_id),
                     )
-                    if cur.rowcount:
-                        conn.execute(
-                            sql.CLAIM, (ns, d.queue, d.job_id, row_id, d.tag, consumer, until, now)
-                        )
-                    else:
-                        lost += 1
+                    conn.execute(sql.EXTEND_CLAIM, (until, ns, d.queue, d.job_id, d.tag))
             return lost
 
-        lost = await self._run("extend", work)
-        if lost:
-            logger.warning("%s leases could not be extended: another delivery holds them", lost)
+        return await self._run("extend", work)
+
+    async def time(self) -> float:
+        """This host's clock: every process of an embedded broker shares it."""
+        return time.time()
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:
         if not settlements:
@@ -418,14 +420,27 @@ class SqliteBroker:
         ns = self._namespace
         ops = [(_parse_tag(s.delivery), s) for s in settlements]
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> list[str]:
             # One transaction for the batch: one fsync, and each settlement is atomic.
+            refused: list[str] = []
             with _immediate(conn):
                 now = time.time()
                 for (row_id, seq), s in ops:
+                    if not _holds_lease(conn, ns, s.delivery, now):
+                        refused.append(s.delivery.job_id)  # fenced: the lease is lost
+                        continue
                     _settle_one(conn, ns, row_id, seq, s, now)
+            return refused
 
-        await self._run("settle", work)
+        stale = await self._run("settle", work)
+        if stale:
+            logger.warning(
+                "%d settlement(s) refused: the delivery no longer holds its lease (job %s%s); "
+                "the job will run again on another delivery",
+                len(stale),
+                stale[0],
+                " ..." if len(stale) > 1 else "",
+            )
         self._notify_results(
             [
                 (s.delivery.queue, s.delivery.job_id)
@@ -771,6 +786,12 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+def _holds_lease(conn: sqlite3.Connection, ns: str, d: Delivery, now: float) -> bool:
+    """The fencing check: ``d``'s tag holds the job-id claim and its lease has not run
+    out on this host's clock."""
+    return conn.execute(sql.HOLDS_LEASE, (ns, d.queue, d.job_id, d.tag, now)).fetchone() is not None
+
+
 def _next_due(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> float | None:
     times = [conn.execute(sql.NEXT_DUE, (ns, queue)).fetchone()[0] for queue in queues]
     known = [float(t) for t in times if t is not None]
@@ -849,8 +870,7 @@ def _settle_one(
         conn.execute(sql.REQUEUE_JOB, (attempt, s.not_before, row_id, seq, ns, d.job_id))
         conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
         return
-    # Ack and Bury remove the row even from a stale delivery: the job did end, and
-    # running it again would be worse than cutting short a redelivery.
+    # Only called for a delivery that holds its lease (settle checks it first).
     if s.result is not None:
         conn.execute(sql.PUT_RESULT, (ns, d.queue, d.job_id, s.result, now + s.result_ttl))
     if s.remember_until is not None:

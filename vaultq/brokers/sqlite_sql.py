@@ -9,8 +9,10 @@ __all__ = [
     "CLAIM",
     "CLEANUP",
     "DELETE_JOB",
+    "EXTEND_CLAIM",
     "GET_RESULT",
     "HAS_RESULT",
+    "HOLDS_LEASE",
     "IS_CANCELLED",
     "IS_FINISHED",
     "LIVE_CLAIM",
@@ -120,6 +122,15 @@ CLAIM = (
 LIVE_CLAIM = (
     "SELECT row_id, until FROM vaultq_claims "
     "WHERE namespace = ? AND queue = ? AND job_id = ? AND until > ?"
+)
+# The fencing check: this delivery's tag holds the claim and its lease is still live.
+HOLDS_LEASE = (
+    "SELECT 1 FROM vaultq_claims "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND tag = ? AND until > ?"
+)
+EXTEND_CLAIM = (
+    "UPDATE vaultq_claims SET until = ? "
+    "WHERE namespace = ? AND queue = ? AND job_id = ? AND tag = ?"
 )
 UNCLAIM = "DELETE FROM vaultq_claims WHERE namespace = ? AND queue = ? AND job_id = ? AND tag = ?"
 IS_FINISHED = (

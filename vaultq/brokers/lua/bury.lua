@@ -4,6 +4,9 @@
 -- ARGV: prefix, entry_id, tag, job_id, attempt, reason, detail, has_result, result,
 --       result_ttl_ms, remember_until ('' = do not remember)
 local entry_id, tag, job_id = ARGV[2], ARGV[3], ARGV[4]
+if fenced_out(job_id, tag) then
+  return -1  -- a lost lease: this delivery may not settle the job (see fenced_out)
+end
 local acked = redis.call('XACK', STREAM, GROUP, entry_id)
 if acked == 1 then
   local entry = redis.call('XRANGE', STREAM, entry_id, entry_id)[1]

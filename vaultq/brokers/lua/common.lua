@@ -29,6 +29,14 @@ local function claim_owned(job_id, tag)
   return v and starts_with(v, tag .. ' ')
 end
 
+-- Fencing: a settlement is honoured only while its delivery's tag still holds the live
+-- job-id claim. The claim expires on Redis's own clock (PX), so a delivery whose lease
+-- ran out has lost it for good -- even when nobody took the job over yet -- and its late
+-- ack, retry or dead letter changes nothing (the job runs again: at-least-once).
+local function fenced_out(job_id, tag)
+  return not claim_owned(job_id, tag)
+end
+
 local function release_claim(job_id, tag)
   if claim_owned(job_id, tag) then
     redis.call('DEL', CLAIM .. job_id)
