@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -14,15 +15,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import anyio
 import msgspec
 
 from vaultq import config
 from vaultq._loop import LoopThread
 from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Broker, CancelState, EnqueueItem
+from vaultq.clock import Clock, describe_offset
 from vaultq.envelope import JobMeta, ResultBody, new_job_id, open_result, seal_job
 from vaultq.errors import (
     AuthorizationDenied,
+    BrokerError,
+    BrokerUnavailable,
     ConfigurationError,
     PayloadError,
     TaskDefinitionError,
@@ -90,6 +95,14 @@ class App:
     workers that read only v1 remain) is the format new jobs are sealed with;
     ``accept_envelope_v1`` (True during the migration window) set to False refuses v1 jobs
     and results.
+
+    ``enqueue_retry``: seconds an enqueue keeps retrying a broker that is briefly
+    unreachable (restart, failover, a dropped pooled connection) with jittered backoff
+    before it raises ``BrokerUnavailable``; 0 disables retries. The job id is fixed before
+    the first try, so a retried write can never create a second job under another id.
+
+    ``clock`` (a :class:`vaultq.clock.Clock`) estimates the broker's clock for scheduling;
+    ``app.clock.offset`` is a test hook that plays a host whose clock is off.
     """
 
     def __init__(
@@ -111,6 +124,7 @@ class App:
         backoff: float = config.DEFAULT_BACKOFF,
         envelope_version: int = config.DEFAULT_ENVELOPE_VERSION,
         accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1,
+        enqueue_retry: float = config.DEFAULT_ENQUEUE_RETRY,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigurationError(
@@ -139,6 +153,11 @@ class App:
         self.accept_envelope_v1 = accept_envelope_v1
         self.policy_timeout = policy_timeout
         self.lease = lease
+        if not enqueue_retry >= 0:
+            raise ConfigurationError("enqueue_retry must be a number of seconds >= 0")
+        self.enqueue_retry = enqueue_retry
+        self.clock = Clock()
+        """This host's clock and its measured offset to the broker's (vaultq/clock.py)."""
         self._defaults = TaskOptions(
             queue=queue,
             timeout=timeout,
@@ -383,7 +402,8 @@ class App:
                 f"timeout={timeout} for task {task.name!r} must be > 0 and at most its "
                 f"max_timeout ({task.options.timeout_ceiling}); raise max_timeout on the task"
             )
-        now = time.time()
+        # Sealed times are this producer's own clock: they are its signed claims.
+        now = self.clock.local()
         not_before = _not_before(now, delay, at)
         keyring = self.keyring
         if not keyring.can_sign:
@@ -445,12 +465,70 @@ class App:
                 )
             )
         broker = await self.broker()
-        await broker.enqueue(items)
+        await self._check_clock(broker)
+        offset = self.clock.broker_offset
+        if offset and any(item.not_before is not None for item in items):
+            # The broker keeps delayed jobs on its own clock.
+            items = [
+                msgspec.structs.replace(item, not_before=item.not_before + offset)
+                if item.not_before is not None
+                else item
+                for item in items
+            ]
+        await self._enqueue_with_retry(broker, items)
         decode = task.result_codec.decode
         return [
             JobHandle(self, item.job_id, queue=target, task_name=task.name, decode=decode)
             for item in items
         ]
+
+    async def _enqueue_with_retry(self, broker: Broker, items: list[EnqueueItem]) -> None:
+        """``broker.enqueue`` that rides out a blip: retries ``BrokerUnavailable`` with
+        full-jitter backoff until ``enqueue_retry`` seconds have passed, then raises it."""
+        deadline = time.monotonic() + self.enqueue_retry
+        pause = _RETRY_FIRST_PAUSE
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await broker.enqueue(items)
+            except BrokerUnavailable as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if tries > 1:
+                        raise BrokerUnavailable(
+                            f"{exc} (gave up after {tries} tries in {self.enqueue_retry:g} s; "
+                            "raise App(enqueue_retry=...) to wait longer)"
+                        ) from exc
+                    raise
+                # Jitter spreads producers that all lost the broker at once; it protects
+                # nothing, so a plain PRNG is right here.
+                wait = min(left, random.uniform(pause / 2, pause))  # nosec B311
+                log.info("enqueue: broker unavailable (%s); retrying in %.2f s", exc, wait)
+                await anyio.sleep(wait)
+                pause = min(pause * 2, _RETRY_MAX_PAUSE)
+                continue
+            if tries > 1:
+                log.info("enqueue succeeded after %d tries", tries)
+            return
+
+    async def _check_clock(self, broker: Broker) -> None:
+        """Measure the offset to the broker's clock now and then; warn when this host's
+        clock is off by more than half the skew the workers allow."""
+        if not self.clock.due():
+            return
+        try:
+            offset = await self.clock.measure(broker)
+        except BrokerError:
+            return  # the enqueue itself will say what is wrong with the broker
+        if abs(offset) > self.clock_skew / 2:
+            log.warning(
+                "this producer's clock is %s the broker's; workers refuse jobs sealed more "
+                "than clock_skew=%g s in the future (they wait) or past their expiry: fix "
+                "this host's clock (NTP)",
+                describe_offset(offset),
+                self.clock_skew,
+            )
 
     async def authorize_enqueue(
         self, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
@@ -604,6 +682,8 @@ def _not_before(now: float, delay: float | None, at: datetime | float | None) ->
 
 
 _MAX_DEFER = 100 * 365 * 86400.0
+_RETRY_FIRST_PAUSE = 0.05
+_RETRY_MAX_PAUSE = 0.5
 
 
 def _exception_classes(spec: ExceptionSpec) -> tuple[type[BaseException], ...]:

@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_BROKER_URL",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_ENQUEUE_RETRY",
     "DEFAULT_ENVELOPE_VERSION",
     "DEFAULT_EXPIRES",
     "DEFAULT_GRACE",
@@ -41,7 +42,10 @@ DEFAULT_BACKOFF = 1.0
 DEFAULT_MAX_BACKOFF = 300.0
 DEFAULT_RESULT_TTL = 24 * 3600.0
 DEFAULT_LEASE = 30.0
-"""Seconds a delivery stays leased without renewal; workers renew every lease/3."""
+"""Seconds a delivery stays leased without renewal (on the broker's clock); workers renew
+every lease/5 and cancel an attempt whose lease they could not renew for 0.7 x lease."""
+DEFAULT_ENQUEUE_RETRY = 2.0
+"""Seconds an enqueue retries a broker that is briefly unavailable before it raises."""
 DEFAULT_CONCURRENCY = 10
 DEFAULT_GRACE = 30.0
 DEFAULT_POLICY_TIMEOUT = 5.0

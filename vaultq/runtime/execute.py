@@ -51,6 +51,9 @@ tracebacks = logging.getLogger(TRACEBACKS_LOGGER)
 _MAX_ERROR_TEXT = 2000
 _RESULT_OVERHEAD = 1024
 """Room left for the sealed result's header, metadata and signature."""
+_MIN_DEFER_BACKOFF = 1.0
+_MAX_DEFER_BACKOFF = 60.0
+"""Backoff added to the remaining time of a job that is not valid yet."""
 _IDLE_THREAD_SECONDS = 10.0
 """An idle sync thread exits after this long without work."""
 
@@ -60,6 +63,8 @@ class Stop:
 
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease_lost"
+    """The worker can no longer prove the delivery's lease: stop, and never settle."""
 
 
 @dataclass(slots=True)
@@ -72,6 +77,10 @@ class JobSlot:
     started: float = field(default_factory=time.time)
     task: str = ""
     """The task name once the envelope opened (for the finished-job log line)."""
+    fence_at: float = math.inf
+    """``time.monotonic()`` after which the lease is no longer proven (see runtime/leases.py)."""
+    lost: str | None = None
+    """Why the lease is lost (set by the lease keeper's thread); such a slot never settles."""
 
     def request_stop(self, why: str) -> None:
         if self.stop is None:
@@ -372,8 +381,7 @@ class Executor:
             except EnvelopeError as inner:
                 return self._reject(delivery, inner)
             if isinstance(exc, EnvelopeNotYetValid):
-                # The producer's clock runs ahead of ours by more than the skew: wait.
-                return Release(delivery=delivery, not_before=opened.header.not_before / 1000)
+                return self._defer(delivery, opened.header, now)
             audit.warning(
                 "job %s expired before it could start (task %s, attempt %d)",
                 delivery.job_id,
@@ -391,10 +399,29 @@ class Executor:
         except EnvelopeError as exc:
             return self._reject(delivery, exc)
 
+    def _defer(self, delivery: Delivery, header: Header, now: float) -> Settlement:
+        """A job not yet valid (its producer's clock runs ahead of the broker's by more
+        than the skew, beyond its delay): hand it back until it is valid, plus a backoff,
+        on the broker's clock, so it is never re-delivered in a hot loop."""
+        valid_at = max(header.not_before, header.issued_at) / 1000 - self.app.clock_skew
+        remaining = max(0.0, valid_at - now)
+        backoff = min(_MAX_DEFER_BACKOFF, max(_MIN_DEFER_BACKOFF, remaining / 10))
+        log.warning(
+            "job %s is not valid for another %.1f s by the broker's clock (its producer's "
+            "clock runs ahead by more than clock_skew=%g s); handing it back for %.1f s. "
+            "Fix the producer host's clock (NTP)",
+            delivery.job_id,
+            remaining,
+            self.app.clock_skew,
+            remaining + backoff,
+        )
+        return Release(delivery=delivery, not_before=now + remaining + backoff)
+
     async def run(self, slot: JobSlot) -> Settlement:
         """Everything that happens to one delivery; never raises (but cancellation)."""
         delivery = slot.delivery
-        now = time.time()
+        # Time checks and requeue times use the broker's clock (see vaultq/clock.py).
+        now = self.app.clock.now()
         opened = self.open(delivery, now)
         if not isinstance(opened, OpenedJob):
             return opened
@@ -450,7 +477,7 @@ class Executor:
                 header.job_id,
                 self.threads.abandoned,
             )
-            return Release(delivery=delivery, not_before=time.time() + 5.0)
+            return Release(delivery=delivery, not_before=self.app.clock.now() + 5.0)
 
         return await self._attempt(slot, task, opened, payload)
 
@@ -507,9 +534,12 @@ class Executor:
                 _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
         slot.scope = None
         if scope.cancelled_caught:
+            if slot.stop == Stop.LEASE_LOST:
+                # The worker drops this settlement (and the broker would refuse it).
+                return Release(delivery=delivery, not_before=self.app.clock.now())
             if slot.stop == Stop.SHUTDOWN:
                 log.info("job %s handed back at shutdown", header.job_id)
-                return Release(delivery=delivery, not_before=time.time())
+                return Release(delivery=delivery, not_before=self.app.clock.now())
             if slot.stop == Stop.CANCELLED:
                 return self._finish(
                     delivery, opened, JobStatus.CANCELLED, task=task, started=started
@@ -571,7 +601,7 @@ class Executor:
             # Jitter spreads retries; it protects nothing, so a plain PRNG is right here.
             delay = random.uniform(0, cap)  # nosec B311
         # else: the task asked for this wait (vaultq.Retry(delay=...)): kept exactly.
-        return Retry(delivery=delivery, not_before=time.time() + delay)
+        return Retry(delivery=delivery, not_before=self.app.clock.now() + delay)
 
     def _fits(self, encoded: bytes) -> bytes:
         if len(encoded) > self.app.max_envelope_size - _RESULT_OVERHEAD:
