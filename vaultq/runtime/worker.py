@@ -3,8 +3,12 @@
 Layout (one anyio task group)::
 
     fetch loop ──(memory stream, capacity-bounded)──> N consumers ──> settler (batches)
-    lease keeper: extends leases of every delivery not yet settled
     cancel watcher: cancels the scopes of running jobs that were cancelled by id
+    clock watcher: measures the offset to the broker's clock, warns when it is large
+
+    lease keeper (its own thread and broker connection, see runtime/leases.py): renews
+    the lease of every delivery not yet settled, fences (cancels, never settles) the ones
+    it can no longer prove, and names a job that blocks this event loop
 
 The fetch loop never asks for more than the free capacity (no prefetch hoarding): a
 delivery counts against capacity from fetch until its settlement is written.
@@ -12,6 +16,8 @@ delivery counts against capacity from fetch until its settlement is written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -22,13 +28,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vaultq import config
 from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
+from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable
 from vaultq.runtime.execute import Executor, JobSlot, Stop
 from vaultq.runtime.joblog import log_outcome
+from vaultq.runtime.leases import LeaseKeeper
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -48,6 +59,10 @@ class Worker:
     ``grace``: seconds running jobs get to finish after a stop request before they are
     cancelled and handed back to the broker (not lost, not dead-lettered).
     ``lease``: seconds a delivery stays leased without renewal (default: the app's).
+    Renewed every ``lease/5`` from the lease thread; an attempt whose lease could not be
+    renewed for ``0.7 * lease`` is cancelled and not settled (``docs/reliability.md``).
+    ``stall_warning``: seconds the event loop may be blocked by a job before a warning
+    names it.
     """
 
     def __init__(
@@ -61,6 +76,7 @@ class Worker:
         block: float = 1.0,
         max_abandoned_threads: int = config.DEFAULT_MAX_ABANDONED_THREADS,
         name: str | None = None,
+        stall_warning: float = 1.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -78,6 +94,10 @@ class Worker:
         self.processed = 0
         self._pool: ProcessPool | None = None
         self._last_warned: dict[str, float] = {}
+        self._stall_warning = stall_warning
+        self.keeper: LeaseKeeper | None = None
+        self.fenced = 0
+        """Attempts cancelled (or never started) because their lease was lost."""
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
@@ -129,13 +149,16 @@ class Worker:
             thread_tokens=self.concurrency + self._max_abandoned,
             process_pool=self._pool,
         )
+        await self._measure_clock(broker)
+        keeper = self.keeper = self._make_keeper(broker)
+        keeper.start()
         send, recv = anyio.create_memory_object_stream[JobSlot](self.concurrency)
         settle_send, settle_recv = anyio.create_memory_object_stream[tuple[JobSlot, Settlement]](
             math.inf
         )
         try:
             async with anyio.create_task_group() as outer:
-                outer.start_soon(self._lease_keeper, broker)
+                outer.start_soon(self._clock_watcher, broker)
                 outer.start_soon(self._cancel_watcher, broker)
                 async with anyio.create_task_group() as inner:
                     inner.start_soon(self._settler, broker, settle_recv)
@@ -153,6 +176,8 @@ class Worker:
                 # every consumer is done and every settlement handed to the settler
                 outer.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(keeper.stop)
             if self._pool is not None:
                 await self._pool.aclose()
         log.info("worker %s stopped after %d jobs", self.name, self.processed)
@@ -171,6 +196,30 @@ class Worker:
                     await self._stop.wait()
                 if self._stop.is_set():
                     return None
+
+    def _make_keeper(self, broker: Broker) -> LeaseKeeper:
+        token = anyio.lowlevel.current_token()
+
+        def on_fence(slot: JobSlot, why: str) -> None:
+            # Called from the keeper's thread: hand the cancellation to this loop.
+            def fence() -> None:
+                self.fenced += 1
+                slot.stop = Stop.LEASE_LOST  # overrides a shutdown: this one never settles
+                if slot.scope is not None:
+                    slot.scope.cancel()
+
+            # RuntimeError: the loop is gone, so nothing runs any more.
+            with contextlib.suppress(RuntimeError):
+                anyio.from_thread.run_sync(fence, token=token)
+
+        return LeaseKeeper(
+            broker,
+            consumer=self.name,
+            lease=self.lease,
+            on_fence=on_fence,
+            loop=_asyncio_loop(),
+            stall_warning=self._stall_warning,
+        )
 
     def _make_pool(self) -> ProcessPool | None:
         if not any(t.options.isolation == "process" for t in self.app.tasks.values()):
@@ -191,6 +240,7 @@ class Worker:
                         await self._capacity.wait()
                     self._capacity = anyio.Event()
                     continue
+                sent = time.monotonic()
                 try:
                     deliveries = await broker.fetch(
                         self.queues,
@@ -210,6 +260,8 @@ class Worker:
                 for delivery in deliveries:
                     slot = JobSlot(delivery)
                     self._slots[delivery.tag] = slot
+                    if self.keeper is not None:
+                        self.keeper.add(slot, sent)
                     await send.send(slot)
 
     # -- running ----------------------------------------------------------------------------
@@ -221,18 +273,26 @@ class Worker:
         settle: MemoryObjectSendStream[tuple[JobSlot, Settlement]],
     ) -> None:
         async with recv, settle:
+            loop = _asyncio_loop()
+            task = asyncio.current_task(loop) if loop is not None else None
             async for slot in recv:
                 settlement: Settlement
-                if self._stop.is_set():
-                    settlement = Release(delivery=slot.delivery, not_before=time.time())
+                if self._stop.is_set() or slot.lost is not None:
+                    # A fenced slot never starts; its Release is dropped by the settler.
+                    settlement = Release(delivery=slot.delivery, not_before=self.app.clock.now())
                 else:
+                    if self.keeper is not None:
+                        self.keeper.running(task, slot)
                     try:
                         settlement = await executor.run(slot)
                     except Exception:
                         # A bug in vaultq itself must not take the worker down, nor loop
                         # forever on one poison delivery.
                         log.exception("internal error running job %s", slot.delivery.job_id)
-                        settlement = _internal_error(slot)
+                        settlement = _internal_error(slot, self.app.clock.now())
+                    finally:
+                        if self.keeper is not None:
+                            self.keeper.running(task, None)
                 log_outcome(slot, settlement)
                 with anyio.CancelScope(shield=True):
                     await settle.send((slot, settlement))
@@ -265,18 +325,41 @@ class Worker:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 with anyio.CancelScope(shield=True):
-                    await self._apply(broker, [s for _, s in batch])
+                    await self._apply(broker, batch)
                 for slot, _ in batch:
                     self._slots.pop(slot.delivery.tag, None)
+                    if self.keeper is not None:
+                        self.keeper.discard(slot)
                 self.processed += len(batch)
                 self._capacity.set()
 
-    async def _apply(self, broker: Broker, settlements: list[Settlement]) -> None:
+    def _provable(self, batch: list[tuple[JobSlot, Settlement]]) -> list[Settlement]:
+        """The settlements whose lease is still proven; a fenced one is dropped (the
+        broker would refuse it too): its job runs again after the lease, elsewhere."""
+        now = time.monotonic()
+        keep = []
+        for slot, settlement in batch:
+            if slot.lost is None and now <= slot.fence_at:
+                keep.append(settlement)
+            elif slot.stop != Stop.LEASE_LOST or slot.lost is None:
+                log.warning(
+                    "job %s: not settling an attempt whose lease is no longer proven (%s); "
+                    "the job will be delivered again after its lease",
+                    slot.delivery.job_id,
+                    slot.lost or "no renewal for too long",
+                )
+        return keep
+
+    async def _apply(self, broker: Broker, batch: list[tuple[JobSlot, Settlement]]) -> None:
         """Write settlements, retrying while the broker is away. Once stopping, give up
-        after the grace period: unsettled leases expire and the jobs are delivered again."""
+        after the grace period: unsettled leases expire and the jobs are delivered again.
+        A settlement whose lease is no longer proven is never written."""
         failures = 0
         given_up_at: float | None = None
         while True:
+            settlements = self._provable(batch)
+            if not settlements:
+                return
             try:
                 await broker.settle(settlements)
                 return
@@ -303,17 +386,26 @@ class Worker:
 
     # -- leases and cancellation ---------------------------------------------------------------
 
-    async def _lease_keeper(self, broker: Broker) -> None:
-        period = max(0.05, self.lease / 3)
+    async def _measure_clock(self, broker: Broker) -> None:
+        """Measure the offset to the broker's clock; warn past half the allowed skew."""
+        try:
+            offset = await self.app.clock.measure(broker)
+        except BrokerError as exc:
+            self._warn_now_and_then("clock", "could not read the broker's clock (%s)", exc)
+            return
+        if abs(offset) > self.app.clock_skew / 2:
+            log.warning(
+                "this worker's clock is %s the broker's (more than half of clock_skew=%g s); "
+                "vaultq schedules on the broker's clock, but fix this host's clock (NTP): "
+                "results and logs carry its time",
+                describe_offset(offset),
+                self.app.clock_skew,
+            )
+
+    async def _clock_watcher(self, broker: Broker) -> None:
         while True:
-            await anyio.sleep(period)
-            deliveries = [s.delivery for s in self._slots.values()]
-            if not deliveries:
-                continue
-            try:
-                await broker.extend(deliveries, consumer=self.name, lease=self.lease)
-            except BrokerError as exc:
-                self._warn_now_and_then("lease", "lease extension failed (%s)", exc)
+            await anyio.sleep(MEASURE_INTERVAL)
+            await self._measure_clock(broker)
 
     async def _cancel_watcher(self, broker: Broker) -> None:
         while True:
@@ -340,10 +432,10 @@ _QUIET_FOR = 30.0
 otherwise log the lease keeper and cancel watcher every few hundred ms)."""
 
 
-def _internal_error(slot: JobSlot) -> Settlement:
+def _internal_error(slot: JobSlot, now: float) -> Settlement:
     delivery = slot.delivery
     if delivery.attempt < _INTERNAL_ERROR_ATTEMPTS:
-        return Retry(delivery=delivery, not_before=time.time() + 5.0)
+        return Retry(delivery=delivery, not_before=now + 5.0)
     return Bury(
         delivery=delivery,
         reason="internal_error",
@@ -352,6 +444,14 @@ def _internal_error(slot: JobSlot) -> Settlement:
         result_ttl=1.0,
         remember_until=None,
     )
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None on another anyio backend (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _queues_of(app: App) -> list[str]:
