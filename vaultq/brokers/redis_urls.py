@@ -12,7 +12,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 
 from vaultq.errors import ConfigurationError
 
@@ -36,6 +38,9 @@ URL_FORMS: Final = (
 )
 
 
+_CONNECTION_RETRIES = 1
+
+
 def client_from_url(url: str, masked: str) -> tuple[Client, list[aioredis.Redis]]:
     """The client for ``url``, and helper clients to close with it (Sentinel's)."""
     parts = urlsplit(url)
@@ -49,6 +54,10 @@ def client_from_url(url: str, masked: str) -> tuple[Client, list[aioredis.Redis]
         extra["socket_connect_timeout"] = 5.0
     if "socket_keepalive" not in options:
         extra["socket_keepalive"] = True
+    # One quick retry on a connection error: after a server restart every pooled
+    # connection is dead, and the first command on each would otherwise fail with
+    # "Connection closed by server" although the server is back.
+    extra["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), _CONNECTION_RETRIES)
     try:
         if scheme in _PLAIN_SCHEMES:
             return aioredis.Redis.from_url(url, decode_responses=False, **extra), []
