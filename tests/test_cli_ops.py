@@ -18,10 +18,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from e2e_issue4 import KINDS, url_for
-from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
-from ops_app import SECRET_MARKER
+from helpers import (
+    ROOT,
+    make_app,
+    running_worker,
+    start_worker_process,
+    wait_until_serving,
+    worker_env,
+)
+from ops_app import SECRET_MARKER, Card, Receipt
 
 import vaultq
 
@@ -330,3 +338,30 @@ def test_dead_purge_asks_on_a_terminal(
     assert out.returncode == code, out.stderr
     assert "delete 1 dead letter(s) of queue default for good? [y/N]" in out.stdout
     assert len(json.loads(vq(env, "dead", "list", "ops_app", "--json").stdout)) == left
+
+
+@pytest.mark.anyio
+async def test_result_of_an_unregistered_task_is_not_shown(
+    tmp_path: Path, unique_name: str
+) -> None:
+    # Without the task's result type a Secret field decodes as a plain string: `job
+    # --result` must refuse rather than print it.
+    from vaultq.operations import inspect_job
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    producer = make_app(unique_name, url, keyring=KEYS)
+
+    @producer.task(name="ops.echo")
+    async def echo(job: Card) -> Receipt:
+        return Receipt(n=job.n, token=job.token)
+
+    async with running_worker(producer):
+        handle = await echo.enqueue(Card(n=1, token=vaultq.Secret(SECRET_MARKER)))
+        await handle.result(timeout=10)
+    await producer.aclose()
+    stranger = make_app(unique_name, url, keyring=KEYS)  # same app, task not registered
+    report = await inspect_job(stranger, handle.id, ["default"], with_result=True)
+    await stranger.aclose()
+    assert report.status == "succeeded" and report.result is msgspec.UNSET
+    assert report.note is not None and "result not shown" in report.note
+    assert SECRET_MARKER not in msgspec.json.encode(report).decode()

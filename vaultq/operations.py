@@ -14,10 +14,10 @@ Every change an operator makes (cancel, retry, purge) writes one WARNING line on
 from __future__ import annotations
 
 import enum
-import getpass
 import logging
 import math
 import os
+import pwd
 import re
 import time
 from collections.abc import Sequence
@@ -56,11 +56,16 @@ the queue by hand or by an attacker); the cancel marker covers any beyond."""
 
 
 def operator() -> str:
-    """The operating-system user running the command (for audit lines)."""
+    """The operating-system user running the command (for audit lines): the account of
+    the real uid (not ``$USER``, which the caller sets), plus the account ``sudo`` was
+    run from when there is one."""
+    uid = os.getuid()
     try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in a container: the uid is still an answer
-        return f"uid:{os.getuid()}"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (a container's arbitrary uid): the uid still says who
+        name = f"uid:{uid}"
+    via = os.environ.get("SUDO_USER")
+    return f"{name} (sudo from {via})" if via and via != name else name
 
 
 def audit_operator(action: str, *, queue: str, job_id: str = "-", **fields: object) -> None:
@@ -197,9 +202,16 @@ def _add_result(
         report.task = safe_id(header.task)
     if with_result and body.value is not None:
         task = app.get_task(header.task) if header.task else None
-        decode = task.result_codec.decode if task is not None else msgspec.json.decode
+        if task is None:
+            # Without the task's result type, a Secret field is a plain JSON string here:
+            # showing the value could reveal it.
+            report.note = (
+                f"result not shown: task {safe_id(header.task)!r} is not registered in this "
+                "app, so its Secret fields cannot be masked"
+            )
+            return
         report.result = msgspec.json.decode(
-            msgspec.json.encode(decode(bytes(body.value)), enc_hook=_masked)
+            msgspec.json.encode(task.result_codec.decode(bytes(body.value)), enc_hook=_masked)
         )
 
 
