@@ -62,3 +62,8 @@ async def nap(job: Nap) -> int:
     (_state() / "nap.started").touch()
     await anyio.sleep(job.seconds)
     return 1
+
+
+@app.task(name="ops.quiet", retries=0, store_result=False)
+async def quiet(job: Nap) -> int:
+    return 1

@@ -189,6 +189,10 @@ def test_job_status_results_and_logs_end_to_end(
         f"vaultq: job {fail_id} ended failed (ValueError) after 1 attempt(s)"
     )
 
+    quiet = vq(env, "enqueue", "ops_app", "ops.quiet", '{"seconds": 0}', "--wait")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "succeeded; its task stores no result" in quiet.stderr
+
     report = job_json(env, ok_id)
     assert report["status"] == "succeeded" and report["task"] == "ops.echo"
     assert report["queue"] == "default" and report["attempts"] == 1

@@ -29,7 +29,7 @@ from vaultq.cli_common import (
     seconds,
     split_app_and_id,
 )
-from vaultq.errors import JobError, VaultqError
+from vaultq.errors import JobError, ResultUnavailable, VaultqError
 
 __all__ = ["add_jobs_parsers", "cmd_cancel", "cmd_enqueue", "cmd_job", "cmd_status"]
 
@@ -92,6 +92,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_UNFINISHED
+        except ResultUnavailable:
+            print(f"vaultq: job {handle.id} succeeded; its task stores no result", file=sys.stderr)
+            return EXIT_OK
         except JobError as exc:
             print(f"vaultq: {exc}", file=sys.stderr)
             return EXIT_NO
