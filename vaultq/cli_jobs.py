@@ -46,9 +46,15 @@ def _find_task(app: Any, name: str) -> Any:
 
 
 def _app_queues(app: Any) -> list[str]:
+    """Every queue the app uses: its tasks' and default queue, plus (Django) the queues of
+    its settings and Tasks backends."""
     from vaultq.runtime.worker import _queues_of
 
-    return list(_queues_of(app))
+    found = list(_queues_of(app))
+    extra = getattr(app, "extra_queues", None)
+    if callable(extra):
+        found += [q for q in extra() if q not in found]
+    return found
 
 
 def _when(value: float | None) -> str:

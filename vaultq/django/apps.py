@@ -38,6 +38,18 @@ class DjangoApp(App):
         super().__init__(settings.app_name, **kwargs)
         self.vaultq_settings = settings
 
+    def extra_queues(self) -> list[str]:
+        """Queues the project uses besides its tasks' own: ``VAULTQ['QUEUES']`` and the
+        ``QUEUES`` of every vaultq Tasks backend (where ``vaultq job``/``cancel``/``status``
+        look too)."""
+        from django.conf import settings
+
+        found = list(self.vaultq_settings.queues)
+        for params in (getattr(settings, "TASKS", None) or {}).values():
+            if str(params.get("BACKEND", "")).startswith("vaultq.django"):
+                found += [q for q in params.get("QUEUES", ()) if q not in found]
+        return found
+
     def _resolve_keyring(self) -> Keyring:
         s = self.vaultq_settings
         if s.keys_file:
