@@ -113,3 +113,15 @@ def test_audit_says_skipped_out_loud_when_no_service_answers() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("pip-audit: SKIPPED: vulnerability service unreachable")
+
+
+def test_dependabot_and_security_policy_are_in_place() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    assert config["version"] == 2
+    ecosystems = {u["package-ecosystem"] for u in config["updates"]}
+    assert {"pip", "docker"} <= ecosystems
+    policy = (ROOT / "SECURITY.md").read_text()
+    for needed in ("docs/security.md", "Supported versions", "Reporting a vulnerability"):
+        assert needed in policy

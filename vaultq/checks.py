@@ -10,12 +10,19 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from vaultq.app import App
+from vaultq.deps import dependency_report
 from vaultq.envelope import peek_header
 from vaultq.errors import EnvelopeError, VaultqError
 from vaultq.files import untrusted_reason
 from vaultq.policy import AllowAll
 
-__all__ = ["Finding", "check_app", "plaintext_off_host", "revoked_backlog"]
+__all__ = [
+    "Finding",
+    "check_app",
+    "dependency_findings",
+    "plaintext_off_host",
+    "revoked_backlog",
+]
 
 Level = Literal["error", "warning"]
 
@@ -40,7 +47,22 @@ def check_app(app: App, *, deploy: bool = False) -> list[Finding]:
         found += _policies(app)
     if not app.tasks:
         found.append(Finding("warning", "VQ301", "the app has no tasks registered"))
+    found += dependency_findings()
     return found
+
+
+def dependency_findings() -> list[Finding]:
+    """VQ501 for each installed dependency older than the safe minimum in vaultq.deps."""
+    return [
+        Finding(
+            "warning",
+            "VQ501",
+            f"{row.package} {row.installed} is older than {row.minimum}, the safe minimum "
+            f"vaultq declares ({row.reason}): upgrade it",
+        )
+        for row in dependency_report()
+        if not row.ok and row.installed is not None
+    ]
 
 
 def _keys(app: App) -> list[Finding]:

@@ -131,6 +131,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from vaultq.checks import check_app
+    from vaultq.deps import dependency_report, dependency_summary
 
     app = load_cli_app(args.app, args.broker)
     findings = check_app(app, deploy=args.deploy)
@@ -144,9 +145,20 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "findings": [
                     {"level": f.level, "code": f.code, "message": f.message} for f in findings
                 ],
+                "dependencies": [
+                    {
+                        "package": r.package,
+                        "installed": r.installed,
+                        "minimum": r.minimum,
+                        "ok": r.ok,
+                        "reason": r.reason,
+                    }
+                    for r in dependency_report()
+                ],
             }
         )
     else:
+        print(dependency_summary())
         for finding in findings:
             print(finding)
         print(f"{len(findings)} finding(s), {errors} error(s) for app {app.name}")
