@@ -32,6 +32,12 @@ from vaultq.cli_common import (
     seconds,
 )
 from vaultq.cli_dead import add_dead_parser
+from vaultq.cli_health import (
+    add_health_parser,
+    add_health_worker_options,
+    health_file_of,
+    health_worker_argv,
+)
 from vaultq.cli_jobs import add_jobs_parsers
 from vaultq.errors import VaultqError
 from vaultq.logs import setup_logging
@@ -70,6 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from vaultq.runtime.worker import Worker
 
     queues = [q for q in (args.queues or "").split(",") if q] or None
+    health_file, health_interval = health_file_of(args)
     worker = Worker(
         app,
         queues=queues,
@@ -77,6 +84,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         grace=args.grace,
         lease=args.lease,
         max_abandoned_threads=args.max_abandoned_threads,
+        health_file=health_file,
+        health_interval=health_interval,
     )
     if not app.tasks:
         log.warning("app %s has no tasks registered: is the task module imported?", app.name)
@@ -126,7 +135,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
     if args.lease is not None:
         argv += ["--lease", str(args.lease)]
     argv += ["--max-abandoned-threads", str(args.max_abandoned_threads)]
-    return argv
+    return argv + health_worker_argv(args)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -237,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sync jobs past their deadline whose threads still run; beyond this, sync jobs "
         f"are handed back until some finish (default {config.DEFAULT_MAX_ABANDONED_THREADS})",
     )
+    add_health_worker_options(w)
     w.set_defaults(func=cmd_worker)
 
     add_jobs_parsers(sub)
@@ -261,6 +271,7 @@ def _add_optional_commands(sub: Any) -> None:
     from vaultq.cli_keys import add_keys_parser
 
     add_keys_parser(sub)
+    add_health_parser(sub)
     try:
         from vaultq.demo import add_demo_parser
     except ImportError:  # pragma: no cover - demo lands with the quickstart

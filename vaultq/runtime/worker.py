@@ -25,6 +25,7 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -38,6 +39,8 @@ from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable
 from vaultq.runtime.execute import Executor, JobSlot, Stop
+from vaultq.runtime.health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
+from vaultq.runtime.health import keep_beating
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.leases import LeaseKeeper
 
@@ -63,6 +66,8 @@ class Worker:
     renewed for ``0.7 * lease`` is cancelled and not settled (``docs/reliability.md``).
     ``stall_warning``: seconds the event loop may be blocked by a job before a warning
     names it.
+    ``health_file``: rewrite this heartbeat file every ``health_interval`` seconds from
+    the event loop while running (``vaultq health`` reads it).
     """
 
     def __init__(
@@ -77,6 +82,8 @@ class Worker:
         max_abandoned_threads: int = config.DEFAULT_MAX_ABANDONED_THREADS,
         name: str | None = None,
         stall_warning: float = 1.0,
+        health_file: Path | None = None,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -98,6 +105,7 @@ class Worker:
         self.keeper: LeaseKeeper | None = None
         self.fenced = 0
         """Attempts cancelled (or never started) because their lease was lost."""
+        self.health = (health_file, health_interval)  # heartbeat: see runtime/health.py
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
@@ -160,6 +168,8 @@ class Worker:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._clock_watcher, broker)
                 outer.start_soon(self._cancel_watcher, broker)
+                if self.health[0] is not None:
+                    outer.start_soon(keep_beating, self.health[0], self.name, self.health[1])
                 async with anyio.create_task_group() as inner:
                     inner.start_soon(self._settler, broker, settle_recv)
                     async with anyio.create_task_group() as consumers:
