@@ -169,4 +169,16 @@ def test_worker_command_warns_about_debug(workers: Any, queue: str) -> None:
     wait_for(lambda: workers.log(proc).count("vaultq worker ") >= 2, 60, "two worker processes")
     log = workers.log(proc)
     assert "vaultq.W003" in log
+    # once: not again by the app loader, nor by each of the two worker processes
+    assert log.count("DEBUG=True") == 1, log
+    assert proc.poll() is None
+
+
+def test_cli_worker_for_django_warns_about_debug_once(workers: Any, queue: str) -> None:
+    from vqhelpers import wait_for
+
+    proc = workers.start("--queues", queue, "--processes", "2", cli=True, VQTEST_DEBUG="1")
+    wait_for(lambda: workers.log(proc).count("vaultq worker ") >= 2, 60, "two worker processes")
+    log = workers.log(proc)
+    assert log.count("DEBUG=True in a vaultq process") == 1, log
     assert proc.poll() is None
