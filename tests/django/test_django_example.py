@@ -54,9 +54,47 @@ print("EXAMPLE OK")
 """
 
 
+EXAMPLE = HERE.parents[1] / "examples" / "django_site"
+# What following the example's README leaves behind (database, embedded broker, keys).
+GENERATED = ["db.sqlite3", "vaultq.db", "vaultq.db-wal", "vaultq.keys"]
+
+
+def copy_example(source: Path, dest: Path) -> None:
+    """Copy the example without the files its .gitignore names: a developer who ran the
+    example in place (a migrated db.sqlite3, a key file) must not change this test."""
+    patterns = [
+        line.strip().rstrip("/")
+        for line in (EXAMPLE / ".gitignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*patterns))
+
+
+def test_generated_files_are_git_ignored_and_not_copied(tmp_path: Path) -> None:
+    names = [str(EXAMPLE.relative_to(HERE.parents[1]) / n) for n in GENERATED]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *names],
+        cwd=HERE.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ignored.stdout.split() == names, ignored.stdout + ignored.stderr
+    # a source tree in which someone followed the README
+    source = tmp_path / "ran_in_place"
+    shutil.copytree(EXAMPLE, source)
+    for name in GENERATED:
+        (source / name).write_bytes(b"left behind")
+    (source / "vaultq.keys").chmod(0o644)
+    copy_example(source, tmp_path / "copy")
+    copied = {p.name for p in (tmp_path / "copy").iterdir()}
+    assert copied.isdisjoint(GENERATED)
+    assert {"manage.py", "shop", "site_config"} <= copied
+
+
 def test_example_site_end_to_end(tmp_path: Path) -> None:
     site = tmp_path / "django_site"
-    shutil.copytree(HERE.parents[1] / "examples" / "django_site", site)
+    copy_example(EXAMPLE, site)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("VQTEST_", "VAULTQ_", "DJANGO_"))
     }
