@@ -108,9 +108,39 @@ def unique_name() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
+# The longest runs (measured with --durations: seconds each, mostly real worker processes
+# draining, restarting or running thousands of jobs), marked ``slow`` in one place so the
+# quick subset ``pytest -m "not slow"`` stays quick without touching every test module.
+# Tests decorated with @pytest.mark.slow are slow too.
+SLOW_TESTS = frozenset(
+    {
+        ("test_worker_processes.py", "test_sigterm_drains_or_hands_back"),
+        ("test_worker_processes.py", "test_kill_9_mid_job_jobs_complete_elsewhere"),
+        ("test_worker_processes.py", "test_2000_jobs_two_processes_each_once"),
+        ("test_worker_processes.py", "test_cli_enqueue_wait_and_supervisor"),
+        ("test_deadlines.py", "test_doc_examples_run"),
+        ("test_deadlines.py", "test_abandoned_thread_limit_hands_sync_jobs_back"),
+        ("test_deadlines.py", "test_worker_process_kills_an_isolated_busy_loop"),
+        ("test_deadlines.py", "test_worker_process_enforces_deadlines"),
+        (
+            "test_adversarial_reliability.py",
+            "test_redis_waits_longer_than_redis_pys_default_socket_timeout",
+        ),
+        ("test_worker.py", "test_worker_rides_out_a_redis_restart"),
+        ("test_isolation.py", "test_pool_timeout_and_outside_cancellation_kill_the_child"),
+        ("test_redis_topologies.py", "test_sentinel_failover_moves_the_broker_to_the_new_master"),
+        ("test_django_orm.py", "test_no_connection_leak_after_500_jobs"),
+        ("test_django_orm.py", "test_50_concurrent_async_jobs_do_not_share_connections"),
+    }
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Anything using the private server gets the ``redis`` marker, so ``-m "not redis"``
     # runs the rest without redis-server installed.
     for item in items:
         if "redis_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
+        name = getattr(item, "originalname", item.name)
+        if (item.path.name, name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
