@@ -369,3 +369,23 @@ async def test_result_of_an_unregistered_task_is_not_shown(
     assert report.status == "succeeded" and report.result is msgspec.UNSET
     assert report.note is not None and "result not shown" in report.note
     assert SECRET_MARKER not in msgspec.json.encode(report).decode()
+
+
+def test_ctrl_c_while_waiting_is_one_line(env: dict[str, str]) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaultq", "enqueue", "ops_app", "ops.echo", CARD, "--wait"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the job id: it is enqueued and waiting (no worker runs)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "vaultq: interrupted"
+    assert "Traceback" not in err

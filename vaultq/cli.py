@@ -301,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vaultq: error: {leaf}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        print("vaultq: interrupted", file=sys.stderr)
         return 130
 
 
