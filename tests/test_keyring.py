@@ -419,8 +419,9 @@ def test_revoke_errors() -> None:
     with pytest.raises(KeyringError, match="key id"):
         keyring.revoke("bad id!")
     public = keyring.public()
-    with pytest.raises(KeyringError, match="full keyring"):
+    with pytest.raises(KeyringError, match="full keyring") as refused:
         public.revoke(public.active_key_id)
+    assert _frames_hold(refused.value, _secrets_of(keyring.to_dict())) == []
     assert keyring.signer_id is not None
     assert public.revoke(keyring.signer_id).trusted_signers == ()  # workers may distrust now
     doc = keyring.to_dict()

@@ -432,18 +432,19 @@ class Keyring:
             raise KeyringError(
                 f"key id {key_id} is not in this keyring; its keys are {', '.join(sorted(known))}"
             )
+        if key_id == doc.encryption.active and self._signer_alg is None:
+            # Raised before any key material is copied into this frame's locals.
+            raise KeyringError(
+                f"key {key_id} is the active encryption key, which a verify-only keyring "
+                "cannot replace; revoke it in the full keyring (`vaultq keys revoke FILE "
+                f"{key_id}`) and export it again with `vaultq keys public`"
+            )
         revoked = sorted({*doc.revoked, key_id})
         taken = (*known, *revoked)
         enc_keys = {k: v for k, v in doc.encryption.keys.items() if k != key_id}
         enc_active = doc.encryption.active
         sign_keys = {k: v for k, v in doc.signing.keys.items() if k != key_id}
         sign_active = doc.signing.active
-        if key_id in (enc_active, sign_active) and self._signer_alg is None:
-            raise KeyringError(
-                f"key {key_id} is the active encryption key, which a verify-only keyring "
-                "cannot replace; revoke it in the full keyring (`vaultq keys revoke FILE "
-                f"{key_id}`) and export it again with `vaultq keys public`"
-            )
         if key_id == enc_active:
             enc_active = _new_id("k", taken)
             enc_keys[enc_active] = _b64e(_random_key())
