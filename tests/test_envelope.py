@@ -936,6 +936,7 @@ def test_refusal_vectors_cover_every_reason(path: Path) -> None:
         "bad_signature",
         "unknown_key",
         "decryption_failed",
+        "revoked_key",
     }
     assert reasons <= {cls.reason for cls in EnvelopeError.__subclasses__()}
 
@@ -947,7 +948,8 @@ def test_refusal_vectors_base_envelope_opens(path: Path, positive: Path) -> None
     # The vectors are the positive job vector with one defect each: without it, it opens.
     doc = _refusals(path)
     base = next(v for v in _vectors(positive) if v["name"] == "job-hmac-sha256")
-    assert base["keyring"] == doc["keyring"]
+    # The same keys as the positive vector; the refusal keyring only adds revoked ids.
+    assert {**base["keyring"], "revoked": doc["keyring"]["revoked"]} == doc["keyring"]
     params = doc["open"]
     opened = open_job(
         bytes.fromhex(base["envelope"]),

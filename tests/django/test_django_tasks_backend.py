@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 from vqhelpers import queue_stats, wait_for
 
+import vaultq
 from vaultq.django import compat
 from vaultq.errors import PayloadError
 
@@ -222,6 +223,9 @@ def test_django_view_enqueues_with_acting_principal(dj_worker: Any) -> None:
         pytest.raises(AuthorizationDenied),
     ):
         add.get_result(result_id)
+    # RESULT_POLICY lets staff read results that are not theirs.
+    with acting_as(vaultq.Principal("user:auditor", roles={"staff"})):
+        assert add.get_result(result_id).return_value == 42
     job_id = result_id.partition("-")[0]
     assert get_app().job(job_id).status_sync() == "succeeded"
 

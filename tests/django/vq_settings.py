@@ -59,6 +59,7 @@ TASKS = {
                     "RETRY_ON": ["vqtestapp.tasks.Transient"],
                 },
             },
+            "RESULT_POLICY": "vqtestapp.tasks.READ_ANY_RESULT",
         },
     }
 }

@@ -201,6 +201,7 @@ def write_v2() -> None:
 # is inside the signed/encrypted part (header framing, body), the envelope is re-encrypted
 # and re-signed with the vector keyring, so the defect is the only reason to refuse it.
 
+REVOKED = ["k00000008", "s00000008"]
 OPEN = {"app": "shop", "tasks": ["refund"], "queue": "default", "job_id": JOB["job_id"]}
 OPEN_NOW_MS = JOB["issued_at_ms"]
 
@@ -403,6 +404,11 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
         "bad_signature",
         frame([header, nonce, ciphertext, bytes(32)]),
     )
+    # The refusal keyring revokes ids k00000008 and s00000008 (see write_refusals).
+    revoked_key = [*items[:8], msgspec.msgpack.encode("k00000008"), items[9]]
+    add("revoked-encryption-key", "RevokedKey", "revoked_key", with_header(revoked_key))
+    revoked_signer = [*items[:9], msgspec.msgpack.encode("s00000008")]
+    add("revoked-signer", "RevokedKey", "revoked_key", with_header(revoked_signer))
     unknown_key = [*items[:8], msgspec.msgpack.encode("k00000009"), items[9]]
     add("unknown-key", "UnknownKey", "unknown_key", with_header(unknown_key))
     flipped = bytearray(ciphertext)
@@ -436,7 +442,8 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
 
 
 def write_refusals() -> None:
-    keyring = Keyring.from_dict(keyring_doc("hmac-sha256"))
+    # The positive hmac-sha256 keyring, plus two revoked ids for the revoked_key vectors.
+    keyring = Keyring.from_dict({**keyring_doc("hmac-sha256"), "revoked": REVOKED})
     v1, v2 = seal(keyring), seal(keyring, JOB_V2)
     v2_only = [
         {

@@ -7,8 +7,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from vaultq import Secret
+from vaultq import Secret, require_role
 from vaultq.django.compat import task
+
+# RESULT_POLICY (vq_settings.TASKS): staff may read results that are not their own.
+READ_ANY_RESULT = require_role("staff")
 
 
 class BoomError(Exception):
