@@ -389,3 +389,23 @@ def test_ctrl_c_while_waiting_is_one_line(env: dict[str, str]) -> None:
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "vaultq: interrupted"
     assert "Traceback" not in err
+
+
+def test_cancel_writes_no_outcome_for_an_entry_that_does_not_authenticate(
+    env: dict[str, str],
+) -> None:
+    # An entry sealed with other keys (anyone who can write to the broker): `cancel` must
+    # not seal a CANCELLED outcome under the id it claims. The marker is set; a worker
+    # rejects the entry when it comes due.
+    stranger = dict(env, VAULTQ_KEYS=vaultq.Keyring.generate().to_json())
+    forged = enqueue(stranger, "ops.echo", CARD, "--delay", "600")
+    out = vq(env, "cancel", "ops_app", forged)
+    assert out.returncode == 0 and "was pending" in out.stdout
+    report = job_json(env, forged)
+    assert (report["status"], report["state"], report["cancel_requested"]) == (
+        "pending",
+        "delayed",
+        True,
+    )
+    status = json.loads(vq(env, "status", "ops_app", "--json").stdout)["queues"][0]
+    assert (status["delayed"], status["dead"]) == (1, 0)

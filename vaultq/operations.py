@@ -285,6 +285,7 @@ async def _drop(app: App, broker: Any, info: JobInfo) -> bool:
             job_id=info.job_id,
             skew=math.inf,
             max_size=app.max_envelope_size,
+            accept_v1=app.accept_envelope_v1,
         )
     except (EnvelopeError, KeyringError):
         return False
