@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from vaultq.app import App
+from vaultq.clock import describe_offset
 from vaultq.deps import dependency_report
 from vaultq.envelope import peek_header
 from vaultq.errors import EnvelopeError, VaultqError
@@ -19,6 +20,7 @@ from vaultq.policy import AllowAll
 __all__ = [
     "Finding",
     "check_app",
+    "clock_findings",
     "dependency_findings",
     "plaintext_off_host",
     "revoked_backlog",
@@ -130,6 +132,38 @@ async def revoked_backlog(app: App, queues: list[str], *, limit: int = 10_000) -
                 )
             )
     return found
+
+
+async def clock_findings(app: App) -> list[Finding]:
+    """VQ204: this host's clock against the broker's (one ``TIME`` round trip).
+
+    Workers schedule on the broker's clock, but a producer seals its own time into every
+    job: off by more than ``clock_skew`` and its jobs wait (ahead) or expire early
+    (behind); off by more than half of it is worth fixing before it gets there."""
+    broker = await app.broker()
+    offset = await app.clock.measure(broker)
+    skew = app.clock_skew
+    if abs(offset) <= skew / 2:
+        return []
+    how = describe_offset(offset)
+    if abs(offset) > skew:
+        return [
+            Finding(
+                "error",
+                "VQ204",
+                f"this host's clock is {how} the broker's, more than clock_skew={skew:g} s: "
+                "jobs enqueued here wait until the workers' clock catches up (ahead) or "
+                "expire early (behind); fix the clock (NTP) or raise clock_skew",
+            )
+        ]
+    return [
+        Finding(
+            "warning",
+            "VQ204",
+            f"this host's clock is {how} the broker's (more than half of clock_skew="
+            f"{skew:g} s); fix the clock (NTP) before jobs are refused",
+        )
+    ]
 
 
 def _broker(app: App, deploy: bool) -> list[Finding]:

@@ -145,6 +145,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     app = load_cli_app(args.app, args.broker)
     findings = check_app(app, deploy=args.deploy)
     findings += _revoked_backlog(app)
+    findings += _clock(app)
     errors = sum(1 for f in findings if f.level == "error")
     if args.json:
         print_json(
@@ -189,6 +190,28 @@ def _revoked_backlog(app: Any) -> list[Any]:
     async def go() -> list[Any]:
         try:
             return await revoked_backlog(app, _queues_of(app))
+        finally:
+            await app.aclose()
+
+    return anyio.run(go)
+
+
+def _clock(app: Any) -> list[Any]:
+    """VQ204 findings: this host's clock against a shared broker's (the embedded broker
+    runs on this host's clock)."""
+    from vaultq.checks import clock_findings
+
+    try:
+        if not app.shared_broker:
+            return []
+    except VaultqError:
+        return []
+
+    async def go() -> list[Any]:
+        try:
+            return await clock_findings(app)
+        except VaultqError:
+            return []  # an unreachable broker is reported by the worker and enqueue
         finally:
             await app.aclose()
 

@@ -98,3 +98,21 @@ async def test_delays_are_kept_on_the_brokers_clock(url: str, unique_name: str) 
             assert await handle.result(timeout=15) == 1  # nor parked for a minute
     await producer.aclose()
     await worker_app.aclose()
+
+
+async def test_vaultq_check_tells_a_host_whose_clock_is_off(
+    redis_url: str, unique_name: str
+) -> None:
+    from vaultq.checks import clock_findings
+
+    app = make_app(unique_name, redis_url, clock_skew=60.0)
+    assert await clock_findings(app) == []
+    app.clock.offset = 45.0
+    (warning,) = await clock_findings(app)
+    assert (warning.level, warning.code) == ("warning", "VQ204")
+    assert "45.0 s ahead of the broker's" in warning.message
+    app.clock.offset = -90.0
+    (error,) = await clock_findings(app)
+    assert (error.level, error.code) == ("error", "VQ204")
+    assert "90.0 s behind the broker's" in error.message
+    await app.aclose()
