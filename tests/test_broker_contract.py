@@ -269,7 +269,7 @@ async def test_ack_stores_result_and_remembers_id(broker: Broker) -> None:
     stats = await broker.stats(Q)
     assert (stats.ready, stats.delayed, stats.running, stats.dead) == (0, 0, 0, 0)
     assert await fetch(broker) == []
-    await broker.enqueue([item("done")])  # a replay of the same id
+    await broker.enqueue([item("done", b"copy")])  # a replay of the same id
     (replay,) = await fetch(broker)
     assert replay.completed
 
@@ -279,7 +279,7 @@ async def test_ack_without_result(broker: Broker) -> None:
     (d,) = await fetch(broker)
     await broker.settle([ack(d, None)])
     assert await broker.get_result(Q, "nores") is None
-    await broker.enqueue([item("nores")])
+    await broker.enqueue([item("nores", b"copy")])
     (replay,) = await fetch(broker)
     assert replay.completed
 
@@ -354,7 +354,7 @@ async def test_bury_without_memory_or_result(broker: Broker) -> None:
         [Bury(d, "rejected:malformed", "bad", result=None, result_ttl=60, remember_until=None)]
     )
     assert await broker.get_result(Q, "forged") is None
-    await broker.enqueue([item("forged")])
+    await broker.enqueue([item("forged", b"copy")])
     (again,) = await fetch(broker)
     assert not again.completed
 

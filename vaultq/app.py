@@ -491,6 +491,8 @@ class App:
         while True:
             tries += 1
             try:
+                # Safe to send again: the broker skips a job whose same sealed bytes it
+                # already took (a write that landed although its reply was lost).
                 await broker.enqueue(items)
             except BrokerUnavailable as exc:
                 left = deadline - time.monotonic()

@@ -12,7 +12,9 @@ Semantics every implementation keeps (the conformance suite in
 * **Queues and namespaces.** A broker is created for one namespace (the app name);
   all its keys/rows are scoped by namespace and queue.
 * **Enqueue.** ``enqueue`` makes a job deliverable at once, or at ``not_before`` (a
-  Unix time in seconds) when given. Enqueue never drops or trims existing jobs.
+  Unix time in seconds) when given. Enqueue never drops or trims existing jobs. It
+  may skip an item whose job id *and* envelope bytes it wrote moments before: that is a
+  producer retrying a write whose reply it lost, not a new job (Redis: a 15 s window).
 * **Fetch and leases.** ``fetch`` returns at most ``count`` deliveries, leased to
   ``consumer`` for ``lease`` seconds. A delivery whose lease runs out without being
   settled or extended (its worker died) is delivered again to any consumer, with

@@ -58,16 +58,23 @@ from vaultq.brokers.redis_urls import URL_FORMS, URL_SCHEMES, Client, client_fro
 from vaultq.config import mask_url
 from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
-__all__ = ["GROUP", "QueueKeys", "RedisBroker"]
+__all__ = ["ENQUEUE_DEDUP_WINDOW", "GROUP", "QueueKeys", "RedisBroker"]
 
 logger = logging.getLogger("vaultq.brokers.redis")
 
 GROUP: Final = "vaultq"
 """Name of the consumer group every queue stream is read through."""
 
+ENQUEUE_DEDUP_WINDOW: Final = 15.0
+"""Seconds ``enqueue`` remembers the digest of each job it wrote, so that sending the same
+sealed job again (a producer retrying after an unreadable reply) is a no-op. It covers a
+write that landed while its reply timed out (``socket_timeout``, 5 s) plus the retry budget
+(``enqueue_retry``, 2 s); the cost is one small key (~100 bytes) per job enqueued in the
+window."""
 _PROMOTE_LIMIT: Final = 500
 """Delayed jobs promoted per fetch call at most, to bound the time one script runs."""
 _SCRIPTS: Final = (
+    "enqueue",
     "fetch",
     "extend",
     "ack",
@@ -98,6 +105,7 @@ class QueueKeys:
     RESULT: Final = "result:"
     CLAIM: Final = "claim:"
     CANCEL: Final = "cancel:"
+    ENQUEUED: Final = "enq:"
 
     __slots__ = ("prefix", "queue")
 
@@ -146,6 +154,10 @@ class QueueKeys:
     def cancel(self, job_id: str) -> str:
         return self.prefix + self.CANCEL + job_id
 
+    def enqueued(self, job_id: str) -> str:
+        """Marker of a job id written in the last :data:`ENQUEUE_DEDUP_WINDOW` seconds."""
+        return self.prefix + self.ENQUEUED + job_id
+
     @classmethod
     def lua_header(cls) -> str:
         """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
@@ -159,6 +171,7 @@ class QueueKeys:
             "RESULT": f"P .. '{cls.RESULT}'",
             "CLAIM": f"P .. '{cls.CLAIM}'",
             "CANCEL": f"P .. '{cls.CANCEL}'",
+            "ENQUEUED": f"P .. '{cls.ENQUEUED}'",
         }
         lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
         lines += [f"local {name} = {value}" for name, value in names.items()]
@@ -458,47 +471,25 @@ class RedisBroker:
     # -- producer side ---------------------------------------------------------------
 
     async def enqueue(self, items: Sequence[EnqueueItem]) -> None:
+        """One script call per queue (atomic per queue), idempotent for
+        :data:`ENQUEUE_DEDUP_WINDOW` seconds: the same sealed job sent again (a producer,
+        or redis-py, retrying after an error that hid whether the write landed) is
+        skipped. The same job id sealed anew is written, as before."""
         if not items:
             return
-        with self._boundary("enqueue"):
-            client = await self._ready()
-            now = time.time()
-            at = f"{now:.6f}"
-            first = items[0]
-            if len(items) == 1 and (first.not_before is None or first.not_before <= now):
-                # One XADD is atomic by itself: skip MULTI/EXEC on the common path.
-                await client.xadd(
-                    self.keys(first.queue).stream,
-                    {"id": first.job_id, "env": first.envelope, "att": "1", "at": at},
-                )
-                return
-            if not self._cluster:
-                # MULTI/EXEC: the whole batch is written or none of it.
-                await self._write(client.pipeline(transaction=True), items, now, at)
-                return
-            # A cluster transaction cannot span slots: one MULTI/EXEC per slot, so the
-            # batch is atomic per queue (per slot), not as a whole.
-            by_slot: dict[int, list[EnqueueItem]] = {}
-            for item in items:
-                slot = key_slot(self.keys(item.queue).stream.encode())
-                by_slot.setdefault(slot, []).append(item)
-            for group in by_slot.values():
-                await self._write(client.pipeline(transaction=True), group, now, at)
-
-    async def _write(self, pipe: Any, items: Sequence[EnqueueItem], now: float, at: str) -> None:
-        """Queue the writes of ``items`` on ``pipe`` (a MULTI) and execute it."""
+        by_queue: dict[str, list[Any]] = {}
         for item in items:
-            keys = self.keys(item.queue)
-            if item.not_before is None or item.not_before <= now:
-                pipe.xadd(
-                    keys.stream,
-                    {"id": item.job_id, "env": item.envelope, "att": "1", "at": at},
-                )
-            else:
-                member = f"{item.job_id}|1|{at}|{secrets.token_hex(6)}"
-                pipe.zadd(keys.delayed, {member: item.not_before})
-                pipe.hset(keys.delayed_data, member, item.envelope)
-        await pipe.execute()
+            not_before = "" if item.not_before is None else repr(float(item.not_before))
+            by_queue.setdefault(item.queue, []).extend(
+                (item.job_id, item.envelope, not_before, secrets.token_hex(6))
+            )
+        at = f"{time.time():.6f}"
+        window = _ms(ENQUEUE_DEDUP_WINDOW)
+        calls = [
+            ("enqueue", self.keys(queue), [window, at, *args]) for queue, args in by_queue.items()
+        ]
+        with self._boundary("enqueue"):
+            await self._run_batch(calls)
 
     async def get_result(self, queue: str, job_id: str) -> bytes | None:
         with self._boundary("get_result"):

@@ -1,0 +1,78 @@
+"""Producers ride out blips: an enqueue during a broker restart waits (within the App's
+``enqueue_retry`` budget) instead of raising, and writes each job once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import msgspec
+import pytest
+from chaos.conftest import RedisProcess
+from helpers import make_app
+
+import vaultq
+
+pytestmark = pytest.mark.anyio
+
+
+class Tick(msgspec.Struct, frozen=True):
+    n: int
+
+
+async def test_enqueue_rides_out_a_redis_restart(
+    dedicated_redis: RedisProcess, unique_name: str
+) -> None:
+    app = make_app(unique_name, dedicated_redis.url, enqueue_retry=5.0)
+
+    @app.task(name="chaos.tick")
+    async def tick(job: Tick) -> None:
+        return None
+
+    ids: list[str] = []
+    restarted = threading.Event()
+
+    def restart() -> None:
+        dedicated_redis.stop()
+        time.sleep(0.3)  # refused meanwhile
+        dedicated_redis.start()
+        restarted.set()
+
+    # Warm the connection pool first: after the restart every pooled connection is dead.
+    for n in range(20):
+        ids.append((await tick.enqueue(Tick(n))).id)
+    thread = threading.Thread(target=restart)
+    thread.start()
+    n = 20
+    with anyio.fail_after(60):
+        while not restarted.is_set() or n < 60:
+            ids.append((await tick.enqueue(Tick(n))).id)  # never BrokerUnavailable
+            n += 1
+    thread.join()
+    client = dedicated_redis.client()
+    try:
+        keys = app._broker_template.keys("default")  # type: ignore[attr-defined]
+        entries = client.xrange(keys.stream)
+    finally:
+        client.close()
+    stored = [fields[b"id"].decode() for _, fields in entries]
+    assert sorted(stored) == sorted(ids)  # every job once: none lost, none twice
+    await app.aclose()
+
+
+async def test_enqueue_gives_up_after_its_budget(
+    dedicated_redis: RedisProcess, unique_name: str
+) -> None:
+    app = make_app(unique_name, dedicated_redis.url, enqueue_retry=0.5)
+
+    @app.task(name="chaos.tick")
+    async def tick(job: Tick) -> None:
+        return None
+
+    await tick.enqueue(Tick(0))
+    dedicated_redis.stop()
+    with pytest.raises(vaultq.BrokerUnavailable, match="gave up after"):
+        await tick.enqueue(Tick(1))
+    dedicated_redis.start()
+    await app.aclose()
