@@ -20,9 +20,10 @@ from vaultq.keyring import Keyring, load_or_create_file
 
 OTHER_UID = 65534
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.name != "posix" or os.geteuid() != 0, reason="chown to another uid needs root"
 )
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX ownership and modes")
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@needs_root
 def test_swapped_key_file_of_another_user_is_refused(tmp_path: Path) -> None:
     """The attack: a directory others can write to, and user 65534 renames their own
     keyring (mode 0600, so the mode check alone passed it) over ours."""
@@ -57,6 +59,7 @@ def test_swapped_key_file_of_another_user_is_refused(tmp_path: Path) -> None:
     assert str(ours) in str(info.value)
 
 
+@needs_root
 def test_file_of_another_user_is_refused_even_in_a_private_directory(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     Keyring.generate().save(path)
@@ -100,6 +103,7 @@ def test_writable_grandparent_is_refused_too(tmp_path: Path) -> None:
         Keyring.from_file(path)
 
 
+@needs_root
 def test_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "theirs"
     directory.mkdir(mode=0o700)
@@ -110,6 +114,7 @@ def test_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
         Keyring.from_file(path)
 
 
+@needs_root
 def test_sticky_root_owned_directory_like_tmp_is_accepted(tmp_path: Path) -> None:
     """In a sticky directory only an entry's owner can rename or delete it, so /tmp-like
     directories (1777, root) do not let others swap our own private subdirectory."""
