@@ -10,7 +10,7 @@ payload value, plaintext, a principal's attributes or key bytes.
     ├── ConfigurationError           bad settings, broker URL, app lookup
     │   └── TaskDefinitionError      a task cannot be registered as written
     ├── KeyringError                 a keyring cannot be loaded, saved or used
-    │   └── InsecureKeyFile          key file readable by group or others
+    │   └── InsecureKeyFile          key file others could read or replace
     ├── PayloadError                 wrong payload type, field or value shape
     ├── AuthorizationDenied          a policy said no (at enqueue)
     ├── EnvelopeError                an envelope failed to open: the job is REJECTED
@@ -99,7 +99,9 @@ class KeyringError(VaultqError):
 
 
 class InsecureKeyFile(KeyringError):
-    """A key file is readable by group or others; ``chmod 600`` it."""
+    """A key file others could read or replace: owned by another user (not root),
+    accessible by group or others, or under a directory they can write to. The message
+    says what to ``chmod``/``chown`` (``docs/keys.md``)."""
 
 
 class PayloadError(VaultqError):
