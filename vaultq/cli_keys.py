@@ -25,7 +25,8 @@ KEYS_HELP = """\
 A keyring holds AES-256-GCM encryption keys (one active, older ones decrypt-only),
 signing keys (one active) and trusted verification keys, each under a short id.
 Load it in an app with Keyring.from_env() (VAULTQ_KEYS holds the JSON, or
-@/path/to/keyfile) or Keyring.from_file(path). Key files must be mode 0600.
+@/path/to/keyfile) or Keyring.from_file(path). Key files must be mode 0600 (or
+0400), owned by you (or root), in directories only you (or root) can write.
 
 typical use:
   vaultq keys generate --out keys.json             # hmac-sha256: one trust domain
