@@ -76,3 +76,36 @@ async def test_enqueue_gives_up_after_its_budget(
         await tick.enqueue(Tick(1))
     dedicated_redis.start()
     await app.aclose()
+
+
+async def test_enqueue_rides_out_a_failover(
+    dedicated_redis: RedisProcess, unique_name: str
+) -> None:
+    # While the node is a replica (READONLY) writes are refused; once it is promoted
+    # again within the budget, the enqueue goes through, once.
+    app = make_app(unique_name, dedicated_redis.url, enqueue_retry=10.0)
+
+    @app.task(name="chaos.tick")
+    async def tick(job: Tick) -> None:
+        return None
+
+    await tick.enqueue(Tick(0))
+    admin = dedicated_redis.client()
+    try:
+        admin.replicaof("127.0.0.1", "1")  # a master that does not exist: read-only now
+
+        def promote() -> None:
+            time.sleep(0.5)
+            admin.replicaof("NO", "ONE")
+
+        thread = threading.Thread(target=promote)
+        thread.start()
+        handle = await tick.enqueue(Tick(1))  # never BrokerUnavailable nor BrokerError
+        thread.join()
+        keys = app._broker_template.keys("default")  # type: ignore[attr-defined]
+        stored = [f[b"id"].decode() for _, f in admin.xrange(keys.stream)]
+        assert stored.count(handle.id) == 1
+    finally:
+        admin.replicaof("NO", "ONE")
+        admin.close()
+    await app.aclose()

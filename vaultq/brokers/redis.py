@@ -400,7 +400,16 @@ class RedisBroker:
         """Map redis-py exceptions to the vaultq error tree."""
         try:
             yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            # A failover in progress: the node is a replica now (READONLY), or the cluster
+            # is moving slots (TRYAGAIN, CLUSTERDOWN). Transient, like a refused connection.
+            redis.exceptions.ReadOnlyError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.ClusterDownError,
+            OSError,
+        ) as exc:
             raise BrokerUnavailable(
                 f"Redis at {self._url} is unavailable during {operation} "
                 f"({type(exc).__name__}: {str(exc)[:200]}); check the URL, the network "
