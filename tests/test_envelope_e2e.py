@@ -119,6 +119,8 @@ async def test_job_id_squatting_cannot_capture_another_tasks_result(
         await app.job(job_id, task=refund).result(timeout=1)
     with pytest.raises(vaultq.WrongDestination):
         await app.job(job_id, task=refund).outcome()
+    with pytest.raises(vaultq.WrongDestination):  # not "succeeded": it is not refund's
+        await app.job(job_id, task=refund).status()
     await app.aclose()
 
 

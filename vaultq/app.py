@@ -619,8 +619,8 @@ class App:
             data = await broker.wait_result(queue, job_id, min(left, 30.0))
         return self._open_result(data, job_id, queue, task)
 
-    async def _job_status(self, queue: str, job_id: str) -> JobStatus:
-        body = await self._get_outcome(queue, job_id)
+    async def _job_status(self, queue: str, job_id: str, task: str | None = None) -> JobStatus:
+        body = await self._get_outcome(queue, job_id, task)
         if body is not None:
             try:
                 return JobStatus(body.status)

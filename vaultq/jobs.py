@@ -139,7 +139,9 @@ class JobHandle(Generic[R]):
         return body
 
     async def status(self) -> JobStatus:
-        return await self._app._job_status(self.queue, self.id)
+        """Where the job is. Not reader-checked (it reveals the state only); raises
+        ``WrongDestination`` when the stored result belongs to another task or queue."""
+        return await self._app._job_status(self.queue, self.id, self.task_name)
 
     async def result(
         self,
