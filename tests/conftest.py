@@ -129,6 +129,27 @@ SLOW_TESTS = frozenset(
         ("test_worker.py", "test_worker_rides_out_a_redis_restart"),
         ("test_isolation.py", "test_pool_timeout_and_outside_cancellation_kill_the_child"),
         ("test_redis_topologies.py", "test_sentinel_failover_moves_the_broker_to_the_new_master"),
+        (
+            "test_chaos_fencing.py",
+            "test_redis_frozen_longer_than_the_lease_runs_no_job_twice_at_once",
+        ),
+        (
+            "test_chaos_fencing.py",
+            "test_sqlite_locked_longer_than_the_lease_runs_no_job_twice_at_once",
+        ),
+        (
+            "test_chaos_fencing.py",
+            "test_redis_outage_longer_than_the_lease_runs_no_job_twice_at_once",
+        ),
+        (
+            "test_chaos_fencing.py",
+            "test_a_job_that_blocks_the_event_loop_does_not_get_its_siblings_run_twice",
+        ),
+        (
+            "test_chaos_clocks.py",
+            "test_a_producer_ahead_by_more_than_the_skew_is_deferred_not_hot_looped",
+        ),
+        ("test_markers.py", "test_every_listed_slow_test_exists_and_is_marked"),
         ("test_django_orm.py", "test_no_connection_leak_after_500_jobs"),
         ("test_django_orm.py", "test_50_concurrent_async_jobs_do_not_share_connections"),
     }
