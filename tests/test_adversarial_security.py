@@ -216,8 +216,8 @@ async def test_junk_under_a_finished_job_id_keeps_its_result(
 ) -> None:
     """Junk enqueued under a finished job's id used to make the worker seal a REJECTED
     outcome over the real result: an authenticated "never ran" for a job that ran (a
-    producer retrying on it would run the side effect twice). A verbatim replay of the
-    finished envelope is rejected as `replayed` and does not run."""
+    producer retrying on it would run the side effect twice). The finished check comes
+    first: the entry is dropped and counted, never stored or answered."""
     app = make_app(unique_name, _url(kind, tmp_path, request))
     runs: list[int] = []
 
@@ -233,8 +233,10 @@ async def test_junk_under_a_finished_job_id_keeps_its_result(
         assert not await broker.dead_letters("default")
         await broker.enqueue([EnqueueItem(queue="default", job_id=handle.id, envelope=b"junk")])
         with anyio.fail_after(10):
-            while not await broker.dead_letters("default"):
+            while not await broker.counters("default"):
                 await anyio.sleep(0.05)
+        assert await broker.counters("default") == {"replayed": 1}
+        assert not await broker.dead_letters("default")
         assert await handle.result(timeout=1) == 9
         assert await handle.status() == vaultq.JobStatus.SUCCEEDED
     assert runs == [9]
@@ -279,10 +281,11 @@ async def test_replayed_and_moved_envelopes_never_run(
         assert await handle.result(timeout=10) == 1
         await broker.enqueue([EnqueueItem(queue="default", job_id=handle.id, envelope=copy)])
         with anyio.fail_after(10):
-            while not await broker.dead_letters("default"):
+            while not await broker.counters("default"):
                 await anyio.sleep(0.05)
-        (replayed,) = await broker.dead_letters("default")
-        assert replayed.reason == "rejected:replayed"
+        # a replay is counted, not stored
+        assert await broker.counters("default") == {"replayed": 1}
+        assert not await broker.dead_letters("default")
         assert await handle.result(timeout=1) == 1
         moved = sealed("a" * 32, "default")
         foreign = sealed("b" * 32, "default", app_name=unique_name + "x")
@@ -294,14 +297,14 @@ async def test_replayed_and_moved_envelopes_never_run(
             ]
         )
         with anyio.fail_after(10):
-            while len(await broker.dead_letters("default")) < 3:
+            while len(await broker.dead_letters("default")) < 2:
                 await anyio.sleep(0.05)
             while not await broker.dead_letters("other"):
                 await anyio.sleep(0.05)
     dead = await broker.dead_letters("default") + await broker.dead_letters("other")
-    assert (
-        sorted(d.reason for d in dead) == ["rejected:replayed"] + ["rejected:wrong_destination"] * 3
-    )
+    # redirected envelopes fail a check made before the signature: one reason for all
+    assert [d.reason for d in dead] == ["rejected:unauthenticated"] * 3
+    assert all(d.stub for d in dead)
     assert runs == [1]
     await app.aclose()
 
@@ -385,7 +388,8 @@ async def test_broker_given_ids_cannot_forge_audit_lines(
 
     broker = await app.broker()
     raw = redis.Redis.from_url(redis_url)
-    evil = "x\nvaultq.audit INFO authorization allow: job=forged\x1b[31m" + "A" * 5000
+    # (ids over 256 characters never reach the worker: the broker stubs them)
+    evil = "x\nvaultq.audit INFO authorization allow: job=forged\x1b[31m" + "A" * 150
     raw.xadd(broker.keys("default").stream, {"id": evil, "env": b"junk"})  # type: ignore[attr-defined]
     raw.close()
     async with running_worker(app):

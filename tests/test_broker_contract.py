@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from vaultq.brokers.base import (
     Bury,
     CancelState,
     Delivery,
+    Drop,
     EnqueueItem,
     QueueStats,
     Release,
@@ -233,20 +235,81 @@ async def test_extend_keeps_the_lease(broker: Broker, other: Broker) -> None:
 
 
 async def test_duplicate_job_id_not_delivered_while_claimed(broker: Broker, other: Broker) -> None:
+    """A second entry for a job id claimed by a live lease is removed and counted (it may
+    never run beside the first, and after it would be a replay), the first keeps its
+    lease and settles normally."""
     await broker.enqueue([item("dup", b"first")])
     (d,) = await fetch(broker, consumer="c1")
     await broker.enqueue([item("dup", b"second")])
     assert await fetch(broker, consumer="c1") == []
     assert await fetch(other, consumer="c2") == []
-    await anyio.sleep(LEASE * 0.6)
-    await broker.extend([d], consumer="c1", lease=LEASE)
-    await anyio.sleep(LEASE * 0.6)
-    # The duplicate's first look-over has passed, but the original still holds the id.
-    assert await fetch(other, consumer="c2") == []
+    assert (await broker.counters(Q)).get("duplicate") == 1
     await broker.settle([ack(d)])
-    (dup,) = await fetch_until(other, 1, consumer="c2", timeout=5.0)
-    assert dup.job_id == "dup" and dup.envelope == b"second"
-    assert dup.completed  # the worker acks it quietly
+    assert await fetch(other, consumer="c2", block=LEASE * 3) == []
+    assert (await broker.stats(Q)).ready == 0
+    assert await broker.get_result(Q, "dup") == b"ok"
+
+
+async def test_many_entries_sharing_one_id_are_removed_in_one_pass(broker: Broker) -> None:
+    """2,000 entries with one job id used to sit in the pending list and be walked again
+    every lease, clogging reclaim: now one fetch pass removes them all (counted) and the
+    jobs behind them are delivered at once."""
+    await broker.enqueue([item("same", b"junk-%d" % i) for i in range(2000)])
+    await broker.enqueue([item("after-1"), item("after-2")])
+    got: list[Delivery] = []
+    with anyio.fail_after(30):
+        while not {"after-1", "after-2"} <= {d.job_id for d in got}:
+            got += await fetch(broker, 10, block=0.0)
+    assert [d.job_id for d in got].count("same") == 1
+    assert (await broker.counters(Q)).get("duplicate") == 1999
+    assert (await broker.stats(Q)).ready == 0
+
+
+async def test_reclaim_of_a_dead_consumer_is_not_clogged_by_junk(
+    broker: Broker, other: Broker
+) -> None:
+    """Issue 10, item 3: 2,000 junk entries sharing one job id used to sit in the pending
+    list and be walked a few per fetch, so a killed worker's jobs waited many leases.
+    After one lease they are delivered again within a few fetch calls."""
+    await broker.enqueue([item("junk", b"j%d" % i) for i in range(2000)])
+    await broker.enqueue([item(f"real-{i}") for i in range(4)])
+    read: list[Delivery] = []
+    with anyio.fail_after(60):  # the worker that will be killed reads everything
+        while not {f"real-{i}" for i in range(4)} <= {d.job_id for d in read}:
+            read += await fetch(broker, 100, consumer="killed", block=0.1)
+    await anyio.sleep(LEASE + 0.1)  # it died: no extend, no settle
+    again: list[Delivery] = []
+    for _ in range(3):
+        again += await fetch(other, 10, consumer="c2", block=0.5)
+    assert {f"real-{i}" for i in range(4)} <= {d.job_id for d in again}
+    assert all(d.redelivered for d in again)
+
+
+async def test_enqueue_unique_refuses_an_existing_id(broker: Broker) -> None:
+    assert await broker.enqueue_unique(item("u1", b"a"), ttl=60)
+    assert not await broker.enqueue_unique(item("u1", b"b"), ttl=60)  # queued
+    (d,) = await fetch(broker)
+    assert not await broker.enqueue_unique(item("u1", b"c"), ttl=60)  # running
+    await broker.settle([ack(d)])
+    assert not await broker.enqueue_unique(item("u1", b"d"), ttl=60)  # finished
+    assert await fetch(broker) == []
+    # delayed counts as existing too
+    assert await broker.enqueue_unique(item("u2", at=time.time() + 60), ttl=120)
+    assert not await broker.enqueue_unique(item("u2"), ttl=120)
+    assert (await broker.stats(Q)).delayed == 1
+
+
+async def test_enqueue_unique_is_atomic_under_concurrency(broker: Broker, other: Broker) -> None:
+    results: list[bool] = []
+
+    async def one(b: Broker, n: int) -> None:
+        results.append(await b.enqueue_unique(item("race", b"%d" % n), ttl=60))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(one, broker if n % 2 else other, n)
+    assert results.count(True) == 1
+    assert len(await fetch(broker)) == 1
 
 
 async def test_is_running_follows_the_claim(broker: Broker) -> None:
@@ -357,6 +420,112 @@ async def test_bury_without_memory_or_result(broker: Broker) -> None:
     await broker.enqueue([item("forged", b"copy")])
     (again,) = await fetch(broker)
     assert not again.completed
+
+
+def _twin(broker: Broker, suffix: str, **options: Any) -> Broker:
+    """A broker of the same kind and store with other options (new namespace)."""
+    made: Broker = type(broker)(broker.url, namespace=broker.namespace + suffix, **options)
+    return made
+
+
+async def test_outcomes_are_write_once(broker: Broker) -> None:
+    """The first stored outcome of a job id is final: a later Ack or Bury (a copy of the
+    job re-inserted after its expiry, a stale settle) never replaces it."""
+    await broker.enqueue([item("once"), item("once-late")])
+    first, copy = await fetch(broker)
+    await broker.settle([ack(first, b"SUCCEEDED")])
+    await broker.settle(
+        [Bury(copy, "expired", "expired", result=b"EXPIRED", result_ttl=60, remember_until=0.0)]
+    )
+    await broker.enqueue([item("once")])
+    (again,) = await fetch(broker)
+    assert again.completed
+    await broker.settle([ack(again, b"SECOND")])
+    assert await broker.get_result(Q, "once") == b"SUCCEEDED"
+
+
+async def test_no_outcome_for_a_finished_id_whose_result_expired(broker: Broker) -> None:
+    await broker.enqueue([item("gone")])
+    (d,) = await fetch(broker)
+    await broker.settle([Ack(d, result=b"first", result_ttl=0.2, remember_until=time.time() + 60)])
+    await anyio.sleep(0.4)
+    assert await broker.get_result(Q, "gone") is None
+    await broker.enqueue([item("gone")])
+    (again,) = await fetch(broker)
+    assert again.completed
+    await broker.settle([ack(again, b"second")])
+    assert await broker.get_result(Q, "gone") is None
+
+
+async def test_finished_memory_outlives_the_result(broker: Broker) -> None:
+    """``remember_until`` in the past (the envelope expired) must not leave a stored
+    result unguarded: the id is remembered at least as long as the result lives."""
+    await broker.enqueue([item("guarded")])
+    (d,) = await fetch(broker)
+    await broker.settle([Ack(d, result=b"r", result_ttl=60, remember_until=time.time() - 10)])
+    await broker.enqueue([item("guarded")])
+    (again,) = await fetch(broker)
+    assert again.completed
+
+
+async def test_drop_counts_without_storing(broker: Broker) -> None:
+    await broker.enqueue([item("copy", b"x" * 1000)])
+    (d,) = await fetch(broker)
+    await broker.settle([Drop(d, reason="replayed")])
+    await broker.settle([Drop(d, reason="replayed")])  # a retried batch counts once
+    assert (await broker.counters(Q)) == {"replayed": 1}
+    assert await broker.dead_letters(Q) == []
+    assert await broker.get_result(Q, "copy") is None
+    assert (await broker.stats(Q)).ready == 0
+    await broker.enqueue([item("copy")])
+    (again,) = await fetch(broker)
+    assert not again.completed  # no memory written either
+
+
+async def test_dead_letter_stubs_keep_no_envelope(broker: Broker) -> None:
+    await broker.enqueue([item("junk", b"j" * 5000), item("kept", b"k" * 50)])
+    junk, kept = await fetch(broker)
+    await broker.settle(
+        [
+            Bury(junk, "rejected:unauthenticated", "x", None, 60, None, keep_envelope=False),
+            Bury(kept, "failed", "y", None, 60, None),
+        ]
+    )
+    letters = {x.job_id: x for x in await broker.dead_letters(Q)}
+    assert (letters["junk"].stub, letters["junk"].size) == (True, 5000)
+    assert (letters["kept"].stub, letters["kept"].size) == (False, 50)
+
+
+async def test_oversized_entries_become_stubs_at_fetch(broker: Broker) -> None:
+    await broker.enqueue([item("big", b"B" * 10_000), item("small", b"s" * 10)])
+    got = await broker.fetch([Q], 10, consumer="c1", lease=LEASE, block=0.0, max_size=1000)
+    assert [d.job_id for d in got] == ["small"]
+    (letter,) = await broker.dead_letters(Q)
+    assert (letter.job_id, letter.reason, letter.size, letter.stub) == (
+        "big",
+        "rejected:unauthenticated",
+        10_000,
+        True,
+    )
+    assert not await broker.is_running(Q, "big")
+
+
+async def test_dead_letters_are_capped_by_count_and_age(broker: Broker) -> None:
+    capped = _twin(broker, "cap", dead_letter_max=5, dead_letter_age=1.0)
+    await capped.connect()
+    try:
+        await capped.enqueue([item(f"c{i}") for i in range(12)])
+        for d in await fetch(capped, 12):
+            await capped.settle([Bury(d, "failed", d.job_id, None, 60, None)])
+        letters = await capped.dead_letters(Q, limit=100)
+        assert [x.job_id for x in letters] == ["c11", "c10", "c9", "c8", "c7"]
+        await anyio.sleep(1.2)
+        await capped.enqueue([item("late")])
+        (d,) = await fetch(capped)
+        await capped.settle([Bury(d, "failed", "late", None, 60, None)])
+        assert [x.job_id for x in await capped.dead_letters(Q)] == ["late"]
+    finally:
+        await capped.close()
 
 
 async def test_dead_letters_newest_first_and_purge(broker: Broker) -> None:

@@ -29,6 +29,7 @@ from vaultq.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigurationError,
+    DuplicateJob,
     PayloadError,
     TaskDefinitionError,
 )
@@ -475,25 +476,50 @@ class App:
                 else item
                 for item in items
             ]
-        await self._enqueue_with_retry(broker, items)
+        if job_ids is None:
+            await self._enqueue_with_retry(broker, items)
+        else:
+            # A custom id may already exist: "enqueue unless it exists" is one atomic
+            # broker step, so a duplicate never becomes a doomed second job (which the
+            # worker would drop as a replay). The reservation lasts the job's validity.
+            # A retried write of the same envelope (the first reply was lost) is a no-op.
+            reserve = task.options.expires + self.clock_skew + max(0.0, not_before - now)
+            for item in items:
+                written = await self._enqueue_with_retry(broker, [item], unique_ttl=reserve)
+                if not written:
+                    raise DuplicateJob(
+                        f"job id {item.job_id!r} is already queued, running or recently "
+                        "finished: nothing was enqueued; use app.job(job_id) for its handle, "
+                        "or choose another id",
+                        job_id=item.job_id,
+                    )
         decode = task.result_codec.decode
         return [
             JobHandle(self, item.job_id, queue=target, task_name=task.name, decode=decode)
             for item in items
         ]
 
-    async def _enqueue_with_retry(self, broker: Broker, items: list[EnqueueItem]) -> None:
+    async def _enqueue_with_retry(
+        self, broker: Broker, items: list[EnqueueItem], *, unique_ttl: float | None = None
+    ) -> bool:
         """``broker.enqueue`` that rides out a blip: retries ``BrokerUnavailable`` with
-        full-jitter backoff until ``enqueue_retry`` seconds have passed, then raises it."""
+        full-jitter backoff until ``enqueue_retry`` seconds have passed, then raises it.
+        With ``unique_ttl``, ``broker.enqueue_unique`` of the one item instead: False when
+        its id exists."""
         deadline = time.monotonic() + self.enqueue_retry
         pause = _RETRY_FIRST_PAUSE
         tries = 0
         while True:
             tries += 1
             try:
-                # Safe to send again: the broker skips a job whose same sealed bytes it
-                # already took (a write that landed although its reply was lost).
-                await broker.enqueue(items)
+                if unique_ttl is None:
+                    # Safe to send again: the broker skips a job whose same sealed bytes it
+                    # already took (a write that landed although its reply was lost).
+                    await broker.enqueue(items)
+                    written = True
+                else:
+                    # Idempotent too: the same envelope written again reports success.
+                    written = await broker.enqueue_unique(items[0], ttl=unique_ttl)
             except BrokerUnavailable as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -512,7 +538,7 @@ class App:
                 continue
             if tries > 1:
                 log.info("enqueue succeeded after %d tries", tries)
-            return
+            return written
 
     async def _check_clock(self, broker: Broker) -> None:
         """Measure the offset to the broker's clock now and then; warn when this host's

@@ -119,7 +119,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             tg.cancel_scope.cancel()
 
     anyio.run(serve)
-    return 0
+    # A worker that could no longer serve exits non-zero so its supervisor restarts it.
+    return 1 if worker.failed else 0
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:

@@ -10,6 +10,8 @@ __all__ = [
     "DEFAULT_BROKER_URL",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_DEAD_LETTER_AGE",
+    "DEFAULT_DEAD_LETTER_MAX",
     "DEFAULT_ENQUEUE_RETRY",
     "DEFAULT_ENVELOPE_VERSION",
     "DEFAULT_EXPIRES",
@@ -56,6 +58,10 @@ DEFAULT_ENVELOPE_VERSION = 2
 DEFAULT_ACCEPT_ENVELOPE_V1 = True
 """Read v1 envelopes (the migration window); set False once no v1 envelope remains."""
 DEFAULT_MAX_ABANDONED_THREADS = 16
+DEFAULT_DEAD_LETTER_MAX = 10_000
+"""Dead letters kept per queue at most; the oldest go first (Sidekiq keeps 10,000)."""
+DEFAULT_DEAD_LETTER_AGE = 30 * 24 * 3600.0
+"""Seconds a dead letter is kept at most."""
 """Sync attempts past their deadline whose threads still run; beyond this the worker
 stops taking sync jobs until some finish."""
 

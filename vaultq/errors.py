@@ -13,6 +13,7 @@ payload value, plaintext, a principal's attributes or key bytes.
     │   └── InsecureKeyFile          key file others could read or replace
     ├── PayloadError                 wrong payload type, field or value shape
     ├── AuthorizationDenied          a policy said no (at enqueue)
+    ├── DuplicateJob                 a custom job id is queued, running or recently finished
     ├── EnvelopeError                an envelope failed to open: the job is REJECTED
     │   ├── EnvelopeTooLarge
     │   ├── UnsupportedVersion
@@ -52,6 +53,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
     "DecryptionFailed",
+    "DuplicateJob",
     "EnvelopeError",
     "EnvelopeExpired",
     "EnvelopeNotYetValid",
@@ -215,6 +217,16 @@ class Fatal(VaultqError):
     """Raise it from a task to fail the job now: never retried, whatever ``retries`` and
     ``retry_on`` say (e.g. ``raise vaultq.Fatal("card declined") from exc``). The job
     ends ``FAILED`` with ``error_type`` ``vaultq.errors.Fatal``."""
+
+
+class DuplicateJob(VaultqError):
+    """``enqueue(job_id=...)`` named an id that is queued, delayed, running or remembered
+    as finished: nothing was enqueued. ``job_id`` names it; ``app.job(job_id)`` is the
+    handle of the existing job."""
+
+    def __init__(self, message: str, *, job_id: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class BrokerError(VaultqError):

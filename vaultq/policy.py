@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 import anyio
 import msgspec
 
+from vaultq.cancellation import issued
 from vaultq.errors import ConfigurationError
 from vaultq.principal import Principal
 
@@ -511,8 +512,10 @@ async def evaluate(
             error = type(exc).__name__
         except BaseException as exc:
             # SystemExit or a custom BaseException from policy code denies too (fail
-            # closed) instead of escaping into the worker; cancellation passes through.
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
+            # closed) instead of escaping into the worker. Only a cancellation that was
+            # issued (the timeout, a shutdown) passes through: a CancelledError the
+            # policy raised itself (awaiting a cancelled future) denies like any error.
+            if issued(exc, scope):
                 raise
             error = type(exc).__name__
         else:

@@ -32,11 +32,29 @@ Semantics every implementation keeps (the conformance suite in
   (a lapsed lease is never taken back, even when nobody took the job over), and a
   settlement whose tag no longer holds the claim changes nothing. Lease time is measured
   on the broker's clock (Redis key expiry and PEL idle time; SQLite: the host's clock).
+* **Enqueue unless it exists.** ``enqueue_unique`` writes one job only when its id is
+  not pending, delayed, running or remembered as finished (one atomic check-and-write);
+  it returns False and writes nothing otherwise. Producers use it for custom job ids.
+* **Duplicates.** An entry whose job id is claimed by a live lease of *another* entry
+  (a duplicate written into the queue while the original runs) is not returned: it is
+  removed and counted under ``duplicate`` in :meth:`Broker.counters`, in the same pass,
+  so any number of them cannot slow down recovery.
+* **Oversized entries.** When ``fetch`` is given ``max_size``, an entry whose envelope
+  is larger is never returned (nor read into the worker): the broker dead-letters it
+  as a stub (reason ``rejected:unauthenticated``, its size, no envelope).
 * **Settle.** Each :data:`Settlement` is applied atomically (one Lua script, or one
   SQLite transaction): the result write, the finished-id memory and the ack/retry/
   dead-letter happen together or not at all, so a crash never leaves a finished
   job deliverable. ``settle`` accepts a batch so the worker can pipeline.
   Settling releases the job-id claim.
+* **Outcomes are write-once.** A result is stored only when none is stored for that
+  job id and the id is not remembered as finished: a later settlement (a copy
+  re-inserted after the job's expiry, a stale settle) never replaces it. The finished-id
+  memory lasts at least as long as the result it guards.
+* **Dead letters are bounded**: at most ``dead_letter_max`` per queue (oldest dropped
+  first) and none older than ``dead_letter_age`` seconds. ``Bury(keep_envelope=False)``
+  (and every envelope larger than the fetch size limit) stores a stub without the
+  envelope. :class:`Drop` removes an entry with only a counter.
 * **Results** are sealed bytes stored under the job id with a TTL. ``wait_result``
   blocks (a blocking read, not a poll) until the result exists or the timeout passes.
 * **Finished-id memory.** ``remember_until`` (Unix seconds) says how long a finished id
@@ -67,6 +85,7 @@ __all__ = [
     "CancelState",
     "DeadLetter",
     "Delivery",
+    "Drop",
     "EnqueueItem",
     "JobInfo",
     "QueueStats",
@@ -141,9 +160,21 @@ class Bury(msgspec.Struct, frozen=True, tag="bury"):
     result: bytes | None
     result_ttl: float
     remember_until: float | None
+    keep_envelope: bool = True
+    """False: the dead letter is a stub (ids, reason, size) without the envelope; used
+    for entries that did not authenticate, so junk is never stored twice."""
 
 
-Settlement = Ack | Retry | Release | Bury
+class Drop(msgspec.Struct, frozen=True, tag="drop"):
+    """Remove the entry and count it under ``reason`` (``replayed``, ``finished``...):
+    no dead letter, no result, no finished-id memory. For copies of jobs that already
+    ran, which must neither run nor cost storage."""
+
+    delivery: Delivery
+    reason: str
+
+
+Settlement = Ack | Retry | Release | Bury | Drop
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -154,6 +185,10 @@ class DeadLetter(msgspec.Struct, frozen=True):
     attempt: int
     at: float
     tag: str
+    size: int = 0
+    """Size of the envelope in bytes (kept or not)."""
+    stub: bool = False
+    """True when the envelope was not kept (unauthenticated or oversized entries)."""
 
 
 class QueuedEntry(msgspec.Struct, frozen=True):
@@ -246,6 +281,12 @@ class Broker(Protocol):
         """Enqueue a batch (pipelined); all of it or an exception."""
         ...
 
+    async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
+        """Enqueue ``item`` unless its job id is pending, delayed, running or remembered
+        as finished; atomic. True when written. ``ttl``: seconds the id stays reserved
+        at least (the envelope's validity), so a copy cannot slip in meanwhile."""
+        ...
+
     async def fetch(
         self,
         queues: Sequence[str],
@@ -254,8 +295,10 @@ class Broker(Protocol):
         consumer: str,
         lease: float,
         block: float,
+        max_size: int | None = None,
     ) -> list[Delivery]:
-        """Up to ``count`` leased deliveries from ``queues`` (earlier queues first)."""
+        """Up to ``count`` leased deliveries from ``queues`` (earlier queues first).
+        Entries whose envelope exceeds ``max_size`` bytes are dead-lettered as stubs."""
         ...
 
     async def extend(
@@ -330,4 +373,9 @@ class Broker(Protocol):
     async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
         """Up to ``limit`` entries still in ``queue`` (ready, delayed or leased), oldest
         first, without leasing or changing them: for inspection (``vaultq check``)."""
+        ...
+
+    async def counters(self, queue: str) -> dict[str, int]:
+        """Entries removed without a dead letter, by reason (``duplicate``, ``replayed``,
+        ``finished``...): garbage is counted, not stored."""
         ...

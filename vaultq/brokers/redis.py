@@ -38,6 +38,7 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from vaultq import config
 from vaultq.brokers.base import (
     JOB_INFO_DEAD_SCAN,
     RETRYABLE_REASONS,
@@ -46,6 +47,7 @@ from vaultq.brokers.base import (
     CancelState,
     DeadLetter,
     Delivery,
+    Drop,
     EnqueueItem,
     JobInfo,
     QueuedEntry,
@@ -87,6 +89,9 @@ _SCRIPTS: Final = (
     "forget_consumer",
     "cancel_queued",
     "retry_dead",
+    "drop",
+    "enqueue_unique",
+    "counters",
 )
 
 
@@ -106,6 +111,8 @@ class QueueKeys:
     CLAIM: Final = "claim:"
     CANCEL: Final = "cancel:"
     ENQUEUED: Final = "enq:"
+    JOB: Final = "job:"
+    COUNTERS: Final = "counters"
 
     __slots__ = ("prefix", "queue")
 
@@ -158,6 +165,15 @@ class QueueKeys:
         """Marker of a job id written in the last :data:`ENQUEUE_DEDUP_WINDOW` seconds."""
         return self.prefix + self.ENQUEUED + job_id
 
+    def job(self, job_id: str) -> str:
+        """Reservation of an id written by ``enqueue_unique`` (until settled or expired)."""
+        return self.prefix + self.JOB + job_id
+
+    @property
+    def counters(self) -> str:
+        """Hash: reason -> entries removed without a dead letter (duplicates, replays)."""
+        return self.prefix + self.COUNTERS
+
     @classmethod
     def lua_header(cls) -> str:
         """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
@@ -172,6 +188,8 @@ class QueueKeys:
             "CLAIM": f"P .. '{cls.CLAIM}'",
             "CANCEL": f"P .. '{cls.CANCEL}'",
             "ENQUEUED": f"P .. '{cls.ENQUEUED}'",
+            "JOB": f"P .. '{cls.JOB}'",
+            "COUNTERS": f"P .. '{cls.COUNTERS}'",
         }
         lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
         lines += [f"local {name} = {value}" for name, value in names.items()]
@@ -296,6 +314,8 @@ class RedisBroker:
         namespace: str,
         client: Client | None = None,
         client_factory: Callable[[], Client] | None = None,
+        dead_letter_max: int = config.DEFAULT_DEAD_LETTER_MAX,
+        dead_letter_age: float = config.DEFAULT_DEAD_LETTER_AGE,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
         if client is None and client_factory is None and scheme not in URL_SCHEMES:
@@ -312,6 +332,8 @@ class RedisBroker:
         self._scripts: dict[str, Any] = {}
         self._keys: dict[str, QueueKeys] = {}
         self._consumers: set[tuple[str, str]] = set()
+        self._dead_max = max(1, int(dead_letter_max))
+        self._dead_age_ms = _ms(dead_letter_age)
 
     def __repr__(self) -> str:
         return f"RedisBroker({self._url!r}, namespace={self._namespace!r})"
@@ -329,7 +351,13 @@ class RedisBroker:
         return True
 
     def clone(self) -> RedisBroker:
-        return RedisBroker(self._raw_url, namespace=self._namespace, client_factory=self._factory)
+        return RedisBroker(
+            self._raw_url,
+            namespace=self._namespace,
+            client_factory=self._factory,
+            dead_letter_max=self._dead_max,
+            dead_letter_age=self._dead_age_ms / 1000,
+        )
 
     def keys(self, queue: str) -> QueueKeys:
         """The key names of ``queue`` (for tools and tests)."""
@@ -500,6 +528,21 @@ class RedisBroker:
         with self._boundary("enqueue"):
             await self._run_batch(calls)
 
+    async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
+        keys = self.keys(item.queue)
+        nb = "" if item.not_before is None else repr(float(item.not_before))
+        args = [
+            item.job_id,
+            item.envelope,
+            nb,
+            f"{time.time():.6f}",
+            secrets.token_hex(6),
+            _ms(ttl),
+        ]
+        with self._boundary("enqueue"):
+            (written,) = await self._run_batch([("enqueue_unique", keys, args)])
+        return bool(written)
+
     async def get_result(self, queue: str, job_id: str) -> bytes | None:
         with self._boundary("get_result"):
             client = await self._ready()
@@ -555,14 +598,18 @@ class RedisBroker:
         consumer: str,
         lease: float,
         block: float,
+        max_size: int | None = None,
     ) -> list[Delivery]:
         if count <= 0 or not queues:
             return []
         deadline = time.monotonic() + max(0.0, block)
+        limit = max(0, int(max_size or 0))
         with self._boundary("fetch"):
             client = await self._ready()
             while True:
-                out, more, wait_ms, after = await self._fetch_once(queues, count, consumer, lease)
+                out, more, wait_ms, after = await self._fetch_once(
+                    queues, count, consumer, lease, limit
+                )
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
                     return out
@@ -607,7 +654,7 @@ class RedisBroker:
             raise errors[0]
 
     async def _fetch_once(
-        self, queues: Sequence[str], count: int, consumer: str, lease: float
+        self, queues: Sequence[str], count: int, consumer: str, lease: float, max_size: int
     ) -> tuple[list[Delivery], bool, int, dict[str, str]]:
         out: list[Delivery] = []
         more = False
@@ -622,7 +669,17 @@ class RedisBroker:
             self._consumers.add((queue, consumer))
             reply = await self._scripts["fetch"](
                 keys=[keys.stream],
-                args=[keys.prefix, consumer, want, _ms(lease), nonce, _PROMOTE_LIMIT],
+                args=[
+                    keys.prefix,
+                    consumer,
+                    want,
+                    _ms(lease),
+                    nonce,
+                    _PROMOTE_LIMIT,
+                    max_size,
+                    self._dead_max,
+                    self._dead_age_ms,
+                ],
             )
             queue_more, queue_wait, last_id, flat = reply
             more = more or bool(queue_more)
@@ -713,6 +770,8 @@ class RedisBroker:
             attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
             args = [*head, attempt, repr(float(s.not_before)), secrets.token_hex(6)]
             return ("requeue", keys, args)
+        if isinstance(s, Drop):
+            return ("drop", keys, [*head, s.reason])
         bury: Bury = s
         has = bury.result is not None
         remember = "" if bury.remember_until is None else repr(float(bury.remember_until))
@@ -725,6 +784,9 @@ class RedisBroker:
             bury.result if bury.result is not None else b"",
             _ms(bury.result_ttl),
             remember,
+            int(bury.keep_envelope),
+            self._dead_max,
+            self._dead_age_ms,
         ]
         return ("bury", keys, args)
 
@@ -760,9 +822,18 @@ class RedisBroker:
                     attempt=_attempt(f.get("att", b"0"), least=0),
                     at=_number(f.get("at", b"0")),
                     tag=_text(entry_id),
+                    size=int(_number(f.get("size", b"0"))),
+                    stub="env" not in f,
                 )
             )
         return letters
+
+    async def counters(self, queue: str) -> dict[str, int]:
+        keys = self.keys(queue)
+        with self._boundary("counters"):
+            (flat,) = await self._run_batch([("counters", keys, [])])
+        pairs = _fields(flat)
+        return {name: int(_number(value)) for name, value in pairs.items()}
 
     async def purge_dead(self, queue: str) -> int:
         keys = self.keys(queue)

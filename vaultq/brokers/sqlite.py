@@ -44,6 +44,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import msgspec
 
+from vaultq import config
 from vaultq.brokers import sqlite_sql as sql
 from vaultq.brokers.base import (
     JOB_INFO_DEAD_SCAN,
@@ -53,6 +54,7 @@ from vaultq.brokers.base import (
     CancelState,
     DeadLetter,
     Delivery,
+    Drop,
     EnqueueItem,
     JobInfo,
     QueuedEntry,
@@ -112,9 +114,18 @@ class SqliteBroker:
     Raises ConfigurationError for a malformed URL.
     """
 
-    def __init__(self, url: str, *, namespace: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        dead_letter_max: int = config.DEFAULT_DEAD_LETTER_MAX,
+        dead_letter_age: float = config.DEFAULT_DEAD_LETTER_AGE,
+    ) -> None:
         self._url = url
         self._namespace = namespace
+        self._dead_max = max(1, int(dead_letter_max))
+        self._dead_age = float(dead_letter_age)
         self._path, self._synchronous, self._busy_timeout = _parse_url(url)
         self._memory = _MemoryHolder() if self._path is None else None
         self._db: _Database | None = None
@@ -148,7 +159,12 @@ class SqliteBroker:
         return self._path
 
     def clone(self) -> SqliteBroker:
-        twin = SqliteBroker(self._url, namespace=self._namespace)
+        twin = SqliteBroker(
+            self._url,
+            namespace=self._namespace,
+            dead_letter_max=self._dead_max,
+            dead_letter_age=self._dead_age,
+        )
         # A memory database exists only inside its one connection: clones must share it.
         twin._memory = self._memory
         return twin
@@ -225,7 +241,7 @@ class SqliteBroker:
                 else "PRAGMA synchronous=NORMAL"
             )
             _migrate(conn)
-            _cleanup(conn, time.time())
+            _cleanup(conn, time.time(), self._dead_age)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -238,7 +254,7 @@ class SqliteBroker:
         if now - self._last_cleanup < CLEANUP_INTERVAL:
             return
         self._last_cleanup = now
-        if _cleanup(conn, now):
+        if _cleanup(conn, now, self._dead_age):
             # A backlog remains: come back on the next fetch rather than in 30 s.
             self._last_cleanup = 0.0
 
@@ -309,6 +325,34 @@ class SqliteBroker:
         await self._run("enqueue", work)
         self._notify_work()
 
+    async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
+        # The rows are the reservation: a queued, delayed or running job has its row
+        # until it is settled, and then the finished-id memory (and result) take over.
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with _immediate(conn):
+                now = time.time()
+                key = (ns, item.queue, item.job_id)
+                if (
+                    conn.execute(sql.JOB_EXISTS, key).fetchone() is not None
+                    or conn.execute(sql.IS_FINISHED, (*key, now)).fetchone() is not None
+                    or conn.execute(sql.HAS_RESULT, (*key, now)).fetchone() is not None
+                ):
+                    return False
+                conn.execute(
+                    "INSERT INTO vaultq_jobs "
+                    "(namespace, queue, job_id, envelope, not_before, enqueued_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (*key, item.envelope, now if item.not_before is None else item.not_before, now),
+                )
+                return True
+
+        written = await self._run("enqueue", work)
+        if written:
+            self._notify_work()
+        return written
+
     # -- worker side ------------------------------------------------------------------
 
     async def fetch(
@@ -319,10 +363,12 @@ class SqliteBroker:
         consumer: str,
         lease: float,
         block: float,
+        max_size: int | None = None,
     ) -> list[Delivery]:
         if count <= 0 or not queues:
             return []
         queues = list(queues)
+        limit = max(0, int(max_size or 0))
         self._loop_state()  # before taking the event: it must belong to this loop
         deadline = anyio.current_time() + max(block, 0.0)
         delay = POLL_MIN
@@ -332,7 +378,7 @@ class SqliteBroker:
                 self._work_event = anyio.Event()
             event = self._work_event
             deliveries, next_due = await self._run(
-                "fetch", partial(self._fetch_sync, queues, count, consumer, lease)
+                "fetch", partial(self._fetch_sync, queues, count, consumer, lease, limit)
             )
             if deliveries:
                 return deliveries
@@ -352,29 +398,33 @@ class SqliteBroker:
         count: int,
         consumer: str,
         lease: float,
+        max_size: int,
         conn: sqlite3.Connection,
     ) -> tuple[list[Delivery], float | None]:
         ns = self._namespace
         now = time.time()
         self._maybe_cleanup(conn, now)
         # A plain read first: idle workers poll without taking the write lock.
+        poison = any(conn.execute(sql.POISON_ROWS, (ns, q)).fetchone() for q in queues)
         next_due = _next_due(conn, ns, queues)
-        if next_due is None or next_due > now:
+        if not poison and (next_due is None or next_due > now):
             return [], next_due
         out: list[Delivery] = []
+        dead = _DeadLetters(conn, ns, self._dead_max, self._dead_age)
         with _immediate(conn):
             now = time.time()
             lease_until = now + max(lease, MIN_LEASE)
             for queue in queues:
+                _quarantine(conn, dead, queue, now)
                 while len(out) < count:
-                    rows = conn.execute(sql.SELECT_READY, (ns, queue, now, count - len(out)))
-                    batch = rows.fetchall()
+                    params = (max_size, ns, queue, now, count - len(out))
+                    batch = conn.execute(sql.SELECT_READY, params).fetchall()
                     if not batch:
                         break
-                    # Every row below leaves the ready range (leased or pushed past a
-                    # live claim), so this loop ends.
+                    # Every row below leaves the ready range (leased, removed as a
+                    # duplicate or dead-lettered as oversized), so this loop ends.
                     for row in batch:
-                        delivery = _lease_row(conn, ns, queue, row, consumer, now, lease_until)
+                        delivery = _lease_row(conn, dead, queue, row, consumer, now, lease_until)
                         if delivery is not None:
                             out.append(delivery)
             due_after = None if out else _next_due(conn, ns, queues)
@@ -425,11 +475,12 @@ class SqliteBroker:
             refused: list[str] = []
             with _immediate(conn):
                 now = time.time()
+                dead = _DeadLetters(conn, ns, self._dead_max, self._dead_age)
                 for (row_id, seq), s in ops:
                     if not _holds_lease(conn, ns, s.delivery, now):
                         refused.append(s.delivery.job_id)  # fenced: the lease is lost
                         continue
-                    _settle_one(conn, ns, row_id, seq, s, now)
+                    _settle_one(conn, dead, row_id, seq, s, now)
             return refused
 
         stale = await self._run("settle", work)
@@ -581,24 +632,38 @@ class SqliteBroker:
 
         def work(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
-                "SELECT id, job_id, reason, detail, attempt, at FROM vaultq_dead "
-                "WHERE namespace = ? AND queue = ? ORDER BY id DESC LIMIT ?",
+                "SELECT id, job_id, reason, detail, attempt, at, size, envelope IS NULL "
+                "FROM vaultq_dead WHERE namespace = ? AND queue = ? ORDER BY id DESC LIMIT ?",
                 (ns, queue, max(limit, 0)),
             ).fetchall()
             return [
                 DeadLetter(
                     queue=queue,
-                    job_id=job_id,
-                    reason=reason,
-                    detail=detail,
-                    attempt=attempt,
-                    at=at,
+                    job_id=_as_text(job_id),
+                    reason=_as_text(reason),
+                    detail=_as_text(detail),
+                    attempt=_as_int(attempt, least=0),
+                    at=at if isinstance(at, int | float) else 0.0,
                     tag=str(row_id),
+                    size=_as_int(size, least=0),
+                    stub=bool(stub),
                 )
-                for row_id, job_id, reason, detail, attempt, at in rows
+                for row_id, job_id, reason, detail, attempt, at, size, stub in rows
             ]
 
         return await self._run("dead_letters", work)
+
+    async def counters(self, queue: str) -> dict[str, int]:
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT name, value FROM vaultq_counters WHERE namespace = ? AND queue = ?",
+                (ns, queue),
+            ).fetchall()
+            return {str(name): int(value) for name, value in rows}
+
+        return await self._run("counters", work)
 
     async def purge_dead(self, queue: str) -> int:
         ns = self._namespace
@@ -794,7 +859,7 @@ def _holds_lease(conn: sqlite3.Connection, ns: str, d: Delivery, now: float) -> 
 
 def _next_due(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> float | None:
     times = [conn.execute(sql.NEXT_DUE, (ns, queue)).fetchone()[0] for queue in queues]
-    known = [float(t) for t in times if t is not None]
+    known = [float(t) for t in times if isinstance(t, int | float)]
     return min(known) if known else None
 
 
@@ -810,31 +875,101 @@ def _as_int(value: object, *, least: int) -> int:
     return max(least, value) if type(value) is int else least
 
 
+_MAX_ID = 256
+"""Longer (unauthenticated) job ids are never used: the row is dead-lettered as a stub."""
+_UNAUTHENTICATED = "rejected:unauthenticated"
+
+
+class _DeadLetters:
+    """Writes dead letters of one namespace inside the caller's transaction, keeping at
+    most ``limit`` per queue (the oldest go first) and none older than ``age`` seconds."""
+
+    def __init__(self, conn: sqlite3.Connection, ns: str, limit: int, age: float) -> None:
+        self.conn = conn
+        self.ns = ns
+        self.limit = limit
+        self.age = age
+
+    def add(
+        self,
+        queue: str,
+        job_id: str,
+        reason: str,
+        detail: str,
+        attempt: int,
+        now: float,
+        envelope: bytes | None,
+        size: int,
+    ) -> None:
+        row = (self.ns, queue, job_id[:_MAX_ID], reason, detail, attempt, now, envelope, size)
+        self.conn.execute(sql.DEAD_INSERT, row)
+        self.conn.execute(sql.DEAD_TRIM, (self.ns, queue, self.ns, queue, self.limit))
+        self.conn.execute(sql.CLEANUP_DEAD, (now - self.age, CLEANUP_BATCH))
+
+    def count(self, queue: str, reason: str) -> None:
+        self.conn.execute(sql.COUNT, (self.ns, queue, reason))
+
+
+def _quarantine(conn: sqlite3.Connection, dead: _DeadLetters, queue: str, now: float) -> None:
+    """Move rows whose ``not_before`` is not a number (written by hand: they can never be
+    ready and used to crash the next-due computation) to the dead letters, as stubs."""
+    for row_id, job_id, attempt, size in conn.execute(sql.POISON_ROWS, (dead.ns, queue)).fetchall():
+        conn.execute("DELETE FROM vaultq_jobs WHERE id = ?", (row_id,))
+        dead.add(
+            queue,
+            _as_text(job_id),
+            _UNAUTHENTICATED,
+            "malformed row quarantined",
+            _as_int(attempt, least=1),
+            now,
+            None,
+            _as_int(size, least=0),
+        )
+        logger.warning("SQLite broker: quarantined a malformed row of queue %s", queue)
+
+
 def _lease_row(
     conn: sqlite3.Connection,
-    ns: str,
+    dead: _DeadLetters,
     queue: str,
-    row: tuple[int, str, bytes, int, float, str | None, int],
+    row: tuple[int, object, object, object, object, str | None, object, object],
     consumer: str,
     now: float,
     lease_until: float,
 ) -> Delivery | None:
-    row_id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries = row
+    ns = dead.ns
+    row_id, raw_id, raw_envelope, raw_attempt, raw_at, lease_owner, raw_seq, raw_size = row
     # Whoever can write the database file can store any type in any column (SQLite is
     # dynamically typed): coerce, so a crafted row is rejected as a job instead of
     # crashing the worker with a TypeError.
-    if not isinstance(job_id, str):
+    job_id = _as_text(raw_id)
+    if not isinstance(raw_id, str):
         # Settling matches the row by job id too: store the text the delivery carries.
-        job_id = _as_text(job_id)
         conn.execute("UPDATE vaultq_jobs SET job_id = ? WHERE id = ?", (job_id, row_id))
-    attempt = _as_int(attempt, least=1)
-    deliveries = _as_int(deliveries, least=0)
-    enqueued_at = enqueued_at if isinstance(enqueued_at, int | float) else 0.0
-    envelope = envelope if isinstance(envelope, bytes) else _as_text(envelope).encode()
+    attempt = _as_int(raw_attempt, least=1)
+    deliveries = _as_int(raw_seq, least=0)
+    enqueued_at = float(raw_at) if isinstance(raw_at, int | float) else 0.0
+    if raw_envelope is None or len(job_id) > _MAX_ID:
+        # Oversized (SELECT_READY left it in the database): a stub, never a second copy.
+        conn.execute("DELETE FROM vaultq_jobs WHERE id = ?", (row_id,))
+        dead.add(
+            queue,
+            job_id,
+            _UNAUTHENTICATED,
+            "envelope rejected before authentication",
+            attempt,
+            now,
+            None,
+            _as_int(raw_size, least=0),
+        )
+        return None
+    envelope = raw_envelope if isinstance(raw_envelope, bytes) else _as_text(raw_envelope).encode()
     claim = conn.execute(sql.LIVE_CLAIM, (ns, queue, job_id, now)).fetchone()
     if claim is not None and claim[0] != row_id:
-        # A duplicate of a job id that runs elsewhere: look at it again after that lease.
-        conn.execute("UPDATE vaultq_jobs SET not_before = ? WHERE id = ?", (claim[1], row_id))
+        # Another row runs this job id: this one may never run beside it, and once that
+        # one settled it would be a replay. Removed and counted, in this pass.
+        conn.execute("DELETE FROM vaultq_jobs WHERE id = ?", (row_id,))
+        dead.count(queue, "duplicate")
         return None
     # The tag names this lease (row id and delivery number), so a settle or extend from
     # an earlier delivery of the same row is recognised as stale.
@@ -862,39 +997,50 @@ def _lease_row(
 
 
 def _settle_one(
-    conn: sqlite3.Connection, ns: str, row_id: int, seq: int, s: Settlement, now: float
+    conn: sqlite3.Connection, dead: _DeadLetters, row_id: int, seq: int, s: Settlement, now: float
 ) -> None:
+    ns = dead.ns
     d = s.delivery
     if isinstance(s, Retry | Release):
         attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
         conn.execute(sql.REQUEUE_JOB, (attempt, s.not_before, row_id, seq, ns, d.job_id))
         conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
         return
+    if isinstance(s, Drop):
+        if conn.execute(sql.DELETE_JOB, (row_id, ns, d.job_id)).rowcount:
+            dead.count(d.queue, s.reason)
+        conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
+        return
     # Only called for a delivery that holds its lease (settle checks it first).
-    if s.result is not None:
-        conn.execute(sql.PUT_RESULT, (ns, d.queue, d.job_id, s.result, now + s.result_ttl))
+    key = (ns, d.queue, d.job_id)
+    if s.result is not None and conn.execute(sql.IS_FINISHED, (*key, now)).fetchone() is None:
+        # Write-once: an id remembered as finished gets no second outcome (its result
+        # may have expired), and PUT_RESULT never replaces a live one.
+        conn.execute(sql.PUT_RESULT, (*key, s.result, now + s.result_ttl, now))
     if s.remember_until is not None:
-        conn.execute(sql.REMEMBER, (ns, d.queue, d.job_id, s.remember_until))
+        # At least as long as the result lives, so the write-once check outlives it.
+        until = max(s.remember_until, now + s.result_ttl)
+        conn.execute(sql.REMEMBER, (*key, until))
     deleted = conn.execute(sql.DELETE_JOB, (row_id, ns, d.job_id)).rowcount
     conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
     if isinstance(s, Bury) and deleted:
         # Only the settlement that removed the row writes the dead letter, so a repeated
         # Bury (a retried batch whose commit did land) does not bury twice.
-        conn.execute(
-            "INSERT INTO vaultq_dead "
-            "(namespace, queue, job_id, reason, detail, attempt, at, envelope) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (ns, d.queue, d.job_id, s.reason, s.detail, d.attempt, now, d.envelope),
-        )
+        envelope = d.envelope if s.keep_envelope else None
+        dead.add(d.queue, d.job_id, s.reason, s.detail, d.attempt, now, envelope, len(d.envelope))
 
 
-def _cleanup(conn: sqlite3.Connection, now: float) -> bool:
+def _cleanup(conn: sqlite3.Connection, now: float, dead_age: float) -> bool:
     """Delete a bounded batch of expired rows per table; True when a backlog remains."""
     backlog = False
     with _immediate(conn):
         for statement in sql.CLEANUP:
             if conn.execute(statement, (now, CLEANUP_BATCH)).rowcount >= CLEANUP_BATCH:
                 backlog = True
+        if conn.execute(sql.CLEANUP_DEAD, (now - dead_age, CLEANUP_BATCH)).rowcount >= (
+            CLEANUP_BATCH
+        ):
+            backlog = True
     return backlog
 
 

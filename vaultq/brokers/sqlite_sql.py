@@ -8,6 +8,10 @@ from __future__ import annotations
 __all__ = [
     "CLAIM",
     "CLEANUP",
+    "CLEANUP_DEAD",
+    "COUNT",
+    "DEAD_INSERT",
+    "DEAD_TRIM",
     "DELETE_JOB",
     "EXTEND_CLAIM",
     "GET_RESULT",
@@ -15,10 +19,12 @@ __all__ = [
     "HOLDS_LEASE",
     "IS_CANCELLED",
     "IS_FINISHED",
+    "JOB_EXISTS",
     "LIVE_CLAIM",
     "MARK_CANCEL",
     "MIGRATIONS",
     "NEXT_DUE",
+    "POISON_ROWS",
     "PUT_RESULT",
     "REMEMBER",
     "REQUEUE_JOB",
@@ -27,7 +33,7 @@ __all__ = [
     "UNCLAIM",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
 SCHEMA_V1 = (
@@ -94,7 +100,22 @@ SCHEMA_V1 = (
     )""",
     "CREATE INDEX vaultq_dead_queue ON vaultq_dead (namespace, queue, id)",
 )
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1,)
+# v2: write-once outcomes and bounded garbage. An index to find a job id among queued
+# rows (enqueue unless it exists), counters for entries removed without a dead letter,
+# and the envelope size of a dead letter (a stub keeps the size, not the envelope).
+SCHEMA_V2 = (
+    "CREATE INDEX vaultq_jobs_job_id ON vaultq_jobs (namespace, queue, job_id)",
+    """CREATE TABLE vaultq_counters (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (namespace, queue, name)
+    )""",
+    "ALTER TABLE vaultq_dead ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX vaultq_dead_at ON vaultq_dead (at)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2)
 
 CLEANUP = (
     "DELETE FROM vaultq_results WHERE rowid IN "
@@ -106,12 +127,46 @@ CLEANUP = (
     "DELETE FROM vaultq_claims WHERE rowid IN "
     "(SELECT rowid FROM vaultq_claims WHERE until <= ? LIMIT ?)",
 )
-
-SELECT_READY = (
-    "SELECT id, job_id, envelope, attempt, enqueued_at, lease_owner, deliveries FROM vaultq_jobs "
-    "WHERE namespace = ? AND queue = ? AND not_before <= ? ORDER BY not_before, id LIMIT ?"
+# Dead letters older than the age limit (the parameter is now - age).
+CLEANUP_DEAD = (
+    "DELETE FROM vaultq_dead WHERE rowid IN (SELECT rowid FROM vaultq_dead WHERE at <= ? LIMIT ?)"
 )
-NEXT_DUE = "SELECT MIN(not_before) FROM vaultq_jobs WHERE namespace = ? AND queue = ?"
+
+# An envelope over the size limit (?1, 0 = none) is never handed to Python: NULL
+# instead, plus its length, so the row becomes a dead-letter stub.
+SELECT_READY = (
+    "SELECT id, job_id, "
+    "CASE WHEN ?1 > 0 AND length(envelope) > ?1 THEN NULL ELSE envelope END, "
+    "attempt, enqueued_at, lease_owner, deliveries, length(envelope) FROM vaultq_jobs "
+    "WHERE namespace = ?2 AND queue = ?3 AND not_before <= ?4 ORDER BY not_before, id LIMIT ?5"
+)
+# Numbers sort before text and blobs in SQLite, and REAL affinity turns numeric text into
+# numbers on insert: a not_before of text or blob (a row written by hand) is never ready.
+# It is found with one index seek and quarantined.
+NEXT_DUE = (
+    "SELECT MIN(not_before) FROM vaultq_jobs "
+    "WHERE namespace = ? AND queue = ? AND typeof(not_before) IN ('integer', 'real')"
+)
+POISON_ROWS = (
+    "SELECT id, job_id, attempt, length(envelope) FROM vaultq_jobs "
+    "WHERE namespace = ? AND queue = ? AND not_before >= '' LIMIT 100"
+)
+JOB_EXISTS = "SELECT 1 FROM vaultq_jobs WHERE namespace = ? AND queue = ? AND job_id = ? LIMIT 1"
+COUNT = (
+    "INSERT INTO vaultq_counters (namespace, queue, name, value) VALUES (?, ?, ?, 1) "
+    "ON CONFLICT (namespace, queue, name) DO UPDATE SET value = value + 1"
+)
+DEAD_INSERT = (
+    "INSERT INTO vaultq_dead "
+    "(namespace, queue, job_id, reason, detail, attempt, at, envelope, size) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Keep the newest N dead letters of a queue (parameters: ns, queue, ns, queue, N).
+DEAD_TRIM = (
+    "DELETE FROM vaultq_dead WHERE namespace = ? AND queue = ? AND id <= "
+    "(SELECT id FROM vaultq_dead WHERE namespace = ? AND queue = ? "
+    "ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
 # Take the claim unless another delivery holds it with a live lease (the upsert's WHERE).
 CLAIM = (
     "INSERT INTO vaultq_claims (namespace, queue, job_id, row_id, tag, consumer, until) "
@@ -147,10 +202,12 @@ GET_RESULT = (
     "SELECT data FROM vaultq_results "
     "WHERE namespace = ? AND queue = ? AND job_id = ? AND expires_at > ?"
 )
+# Write-once: a live result is never replaced (only an expired row not yet cleaned up).
 PUT_RESULT = (
     "INSERT INTO vaultq_results (namespace, queue, job_id, data, expires_at) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, queue, job_id) DO UPDATE SET "
-    "data = excluded.data, expires_at = excluded.expires_at"
+    "data = excluded.data, expires_at = excluded.expires_at "
+    "WHERE vaultq_results.expires_at <= ?"
 )
 # Never shorten a memory or a marker that is already there.
 REMEMBER = (

@@ -24,13 +24,17 @@ import anyio.from_thread
 import anyio.lowlevel
 import msgspec
 
-from vaultq.brokers.base import Ack, Bury, Delivery, Release, Retry, Settlement
+from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Release, Retry, Settlement
+from vaultq.cancellation import issued
 from vaultq.envelope import Header, OpenedJob, ResultBody, open_job, seal_result
 from vaultq.errors import (
+    DecryptionFailed,
     EnvelopeError,
     EnvelopeExpired,
     EnvelopeNotYetValid,
     PayloadError,
+    RevokedKey,
+    UnknownKey,
     VaultqError,
 )
 from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
@@ -47,6 +51,11 @@ __all__ = ["AttemptTimedOut", "Executor", "JobSlot", "Stop", "TaskRaised"]
 log = logging.getLogger("vaultq.worker")
 audit = logging.getLogger(AUDIT_LOGGER)
 tracebacks = logging.getLogger(TRACEBACKS_LOGGER)
+
+UNAUTHENTICATED = "rejected:unauthenticated"
+"""The one dead-letter reason for every envelope refused before (or by) the signature
+check: distinct reasons would let anyone who can write to the broker, without keys,
+probe which task names, apps and queues exist. The audit log keeps the precise reason."""
 
 _MAX_ERROR_TEXT = 2000
 _RESULT_OVERHEAD = 1024
@@ -309,41 +318,83 @@ class Executor:
                 }
             },
         )
-        # The envelope did not authenticate, so its id is remembered for nothing and the
-        # REJECTED record is sealed under the broker-given id only to wake a waiting
-        # producer. A replayed envelope must not overwrite the original's result, nor may
-        # junk written under a finished job's id replace its outcome with a REJECTED one.
-        result = None
-        if reason != "replayed" and not delivery.completed:
-            header = Header(
-                version=self.app.envelope_version,
-                job_id=delivery.job_id,
-                app=self.app.name,
-                task="",
-                queue=delivery.queue,
-                issued_at=int(time.time() * 1000),
-                not_before=0,
-                expires_at=0,
-                key_id="",
-                signer_id="",
+        if isinstance(exc, RevokedKey):
+            # Refused for naming a revoked key (incident response, docs/keys.md): the
+            # operator needs these listed under their own reason, envelope kept. Still
+            # unauthenticated, so nothing is written under the id they name.
+            return Bury(
+                delivery=delivery,
+                reason=f"rejected:{reason}",
+                detail=f"envelope rejected: {reason}",
+                result=None,
+                result_ttl=self.app._defaults.result_ttl,
+                remember_until=None,
             )
-            body = ResultBody(
-                status=JobStatus.REJECTED.value,
-                error_type=f"vaultq.{type(exc).__name__}",
-                error=reason,
-                attempts=delivery.attempt,
-                finished_at=time.time(),
-                worker_id=self.worker_id,
+        if not isinstance(exc, PayloadError | UnknownKey | DecryptionFailed):
+            # Not authenticated: the id it names means nothing. Nothing is written under
+            # it (no result, no memory, no reservation), so junk cannot make an honest
+            # producer waiting on that id give up; the dead letter is a stub.
+            return Bury(
+                delivery=delivery,
+                reason=UNAUTHENTICATED,
+                detail="envelope rejected before authentication",
+                result=None,
+                result_ttl=self.app._defaults.result_ttl,
+                remember_until=None,
+                keep_envelope=False,
             )
-            result = self._result(header, body)
+        # A trusted signer vouched for this header (the payload or the key is what is
+        # wrong): the producer hears REJECTED, sealed under the signed job id.
+        header = Header(
+            version=self.app.envelope_version,
+            job_id=delivery.job_id,
+            app=self.app.name,
+            task="",
+            queue=delivery.queue,
+            issued_at=int(time.time() * 1000),
+            not_before=0,
+            expires_at=0,
+            key_id="",
+            signer_id="",
+        )
+        body = ResultBody(
+            status=JobStatus.REJECTED.value,
+            error_type=f"vaultq.{type(exc).__name__}",
+            error=reason,
+            attempts=delivery.attempt,
+            finished_at=time.time(),
+            worker_id=self.worker_id,
+        )
         return Bury(
             delivery=delivery,
             reason=f"rejected:{reason}",
             detail=f"envelope rejected: {reason}",
-            result=result,
+            result=self._result(header, body),
             result_ttl=self.app._defaults.result_ttl,
             remember_until=None,
         )
+
+    def _finished(self, delivery: Delivery) -> Settlement:
+        """An entry naming a job id that already has an outcome: dropped, counted."""
+        if delivery.redelivered:
+            # Settled before a crash and delivered again: not an attack.
+            return Drop(delivery=delivery, reason="finished")
+        job_id = _safe_id(delivery.job_id)
+        audit.warning(
+            "entry for finished job %s on queue %s dropped (a copy of a job that already "
+            "ran: replayed or re-inserted)",
+            job_id,
+            delivery.queue,
+            extra={
+                "vaultq": {
+                    "job_id": job_id,
+                    "queue": delivery.queue,
+                    "decision": "rejected",
+                    "reason": "replayed",
+                }
+            },
+        )
+        return Drop(delivery=delivery, reason="replayed")
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -420,6 +471,11 @@ class Executor:
     async def run(self, slot: JobSlot) -> Settlement:
         """Everything that happens to one delivery; never raises (but cancellation)."""
         delivery = slot.delivery
+        # The finished check comes before every other verdict: a copy of a finished job
+        # (re-inserted after its expiry, say) must not earn EXPIRED, REJECTED or any
+        # outcome that would stand beside the real one. The broker is write-once too.
+        if delivery.completed:
+            return self._finished(delivery)
         # Time checks and requeue times use the broker's clock (see vaultq/clock.py).
         now = self.app.clock.now()
         opened = self.open(delivery, now)
@@ -429,13 +485,6 @@ class Executor:
         task = self._tasks[header.task]
         slot.task = task.name
 
-        if delivery.completed:
-            if delivery.redelivered:
-                # Settled before a crash and delivered again: not an attack; ack quietly.
-                return Ack(delivery=delivery, result=None, result_ttl=1, remember_until=0)
-            from vaultq.errors import Replayed
-
-            return self._reject(delivery, Replayed("this job id has already run"))
         if delivery.cancel_requested or slot.stop == Stop.CANCELLED:
             return self._finish(delivery, opened, JobStatus.CANCELLED, task=task, started=None)
         if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
@@ -526,8 +575,10 @@ class Executor:
             except BaseException as exc:
                 # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
                 # BaseException is the task failing, not the worker stopping: it must not
-                # crash the worker, nor print its message. Cancellation passes through.
-                if _is_cancellation(exc):
+                # crash the worker, nor print its message. Only a cancellation that was
+                # issued (deadline, cancel, shutdown) passes through: a CancelledError the
+                # task raised itself (awaiting a cancelled future) is a failed attempt.
+                if issued(exc, scope):
                     raise
                 failure = (_type_path(exc), _safe_text(exc))
                 verdict = task.options.retry_verdict(exc)
@@ -704,13 +755,6 @@ def _plainly_typed(value: Any, declared: Any) -> bool:
     if declared is None:
         return value is None
     return declared in (int, str, float, bytes) and type(value) is declared
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    cancelled = anyio.get_cancelled_exc_class()
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(cancelled) is not None
-    return isinstance(exc, cancelled)
 
 
 def _log_traceback(exc: BaseException, job_id: str, task: str, attempt: int, payload: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from vaultq.brokers.base import Ack, Bury, Release, Retry, Settlement
+from vaultq.brokers.base import Ack, Bury, Drop, Release, Retry, Settlement
 from vaultq.logs import JOBS_LOGGER
 from vaultq.policy import safe_id
 from vaultq.runtime.execute import JobSlot
@@ -33,6 +33,9 @@ def outcome_of(settlement: Settlement) -> str:
         return "retrying"
     if isinstance(settlement, Release):
         return "handed_back"
+    if isinstance(settlement, Drop):
+        # A copy of a finished job (replayed, or redelivered after it settled): counted.
+        return f"dropped:{settlement.reason}"
     bury: Bury = settlement
     return bury.reason
 

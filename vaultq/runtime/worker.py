@@ -36,6 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from vaultq import config
 from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
+from vaultq.cancellation import cancel_requested, is_cancellation
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable
 from vaultq.runtime.execute import Executor, JobSlot, Stop
@@ -99,6 +100,9 @@ class Worker:
         self._stopping: anyio.Event | None = None
         self._capacity = anyio.Event()
         self.processed = 0
+        self.failed = False
+        """True when the worker stopped because it could no longer serve (a consumer
+        ended unexpectedly): the CLI then exits non-zero so a supervisor restarts it."""
         self._pool: ProcessPool | None = None
         self._last_warned: dict[str, float] = {}
         self._stall_warning = stall_warning
@@ -258,6 +262,7 @@ class Worker:
                         consumer=self.name,
                         lease=self.lease,
                         block=self.block,
+                        max_size=self.app.max_envelope_size,
                     )
                     failures = 0
                 except BrokerError as exc:
@@ -272,7 +277,12 @@ class Worker:
                     self._slots[delivery.tag] = slot
                     if self.keeper is not None:
                         self.keeper.add(slot, sent)
-                    await send.send(slot)
+                    try:
+                        await send.send(slot)
+                    except anyio.BrokenResourceError:
+                        # No consumer is left (see _consume): stop; the leases of what
+                        # was fetched run out and the jobs go to another worker.
+                        return
 
     # -- running ----------------------------------------------------------------------------
 
@@ -282,30 +292,45 @@ class Worker:
         recv: MemoryObjectReceiveStream[JobSlot],
         settle: MemoryObjectSendStream[tuple[JobSlot, Settlement]],
     ) -> None:
-        async with recv, settle:
-            loop = _asyncio_loop()
-            task = asyncio.current_task(loop) if loop is not None else None
-            async for slot in recv:
-                settlement: Settlement
-                if self._stop.is_set() or slot.lost is not None:
-                    # A fenced slot never starts; its Release is dropped by the settler.
-                    settlement = Release(delivery=slot.delivery, not_before=self.app.clock.now())
-                else:
-                    if self.keeper is not None:
-                        self.keeper.running(task, slot)
-                    try:
-                        settlement = await executor.run(slot)
-                    except Exception:
-                        # A bug in vaultq itself must not take the worker down, nor loop
-                        # forever on one poison delivery.
-                        log.exception("internal error running job %s", slot.delivery.job_id)
-                        settlement = _internal_error(slot, self.app.clock.now())
-                    finally:
+        try:
+            async with recv, settle:
+                loop = _asyncio_loop()
+                task = asyncio.current_task(loop) if loop is not None else None
+                async for slot in recv:
+                    settlement: Settlement
+                    if self._stop.is_set() or slot.lost is not None:
+                        # A fenced slot never starts; its Release is dropped by the settler.
+                        settlement = Release(
+                            delivery=slot.delivery, not_before=self.app.clock.now()
+                        )
+                    else:
                         if self.keeper is not None:
-                            self.keeper.running(task, None)
-                log_outcome(slot, settlement)
-                with anyio.CancelScope(shield=True):
-                    await settle.send((slot, settlement))
+                            self.keeper.running(task, slot)
+                        try:
+                            settlement = await executor.run(slot)
+                        except BaseException as exc:
+                            # Only a cancellation issued from outside (shutdown) ends a
+                            # consumer. Anything else -- a bug in vaultq, a CancelledError
+                            # that escaped job code -- must not take the consumer down,
+                            # nor loop forever on one poison delivery.
+                            if is_cancellation(exc) and cancel_requested():
+                                raise
+                            log.exception("internal error running job %s", slot.delivery.job_id)
+                            settlement = _internal_error(slot, self.app.clock.now())
+                        finally:
+                            if self.keeper is not None:
+                                self.keeper.running(task, None)
+                    log_outcome(slot, settlement)
+                    with anyio.CancelScope(shield=True):
+                        await settle.send((slot, settlement))
+        finally:
+            if not self._stop.is_set() and not cancel_requested():
+                # A consumer that ends while the worker still fetches leaves jobs unserved
+                # (the old failure: fetching stopped, the process lived on). Stop and say
+                # so; the CLI exits non-zero so the supervisor or orchestrator restarts us.
+                log.error("worker %s: a job consumer ended unexpectedly; stopping", self.name)
+                self.failed = True
+                self.stop()
 
     async def _grace_timer(self) -> None:
         if self._slots:

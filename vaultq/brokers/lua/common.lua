@@ -47,11 +47,18 @@ end
 -- hands the element back at once, so it consumes nothing and every waiter is served),
 -- and the RPUSH here wakes all of them. A list costs ~100 bytes plus the result; a
 -- one-entry stream would preallocate a 4 KiB node.
+--
+-- Outcomes are write-once: a stored result is never replaced, and no result is stored
+-- for an id remembered as finished (its result may have expired: a copy re-inserted
+-- later must not write a second outcome). Returns true when stored.
 local function store_result(job_id, data, ttl_ms)
   local key = RESULT .. job_id
-  redis.call('DEL', key)
+  if redis.call('EXISTS', key) == 1 then
+    return false
+  end
   redis.call('RPUSH', key, data)
   redis.call('PEXPIRE', key, math.max(1, ttl_ms))
+  return true
 end
 
 -- Finished ids live in one set per hour of their remember-until time; the set expires
@@ -104,4 +111,33 @@ end
 
 local function parse_delayed(member)
   return string.match(member, '^(.*)|([^|]*)|([^|]*)|([^|]*)$')
+end
+
+-- Unauthenticated job ids longer than this are never used as key names.
+local MAX_ID = 256
+
+-- Write a dead letter and keep the stream bounded: at most max_len entries and none
+-- older than max_age_ms (exact trimming: one old entry goes per new one at the cap).
+-- The envelope is copied only when keep is true; its size is always recorded, so an
+-- oversized or unauthenticated entry leaves a stub of ~100 bytes, never a second copy.
+local function add_dead(job_id, reason, detail, attempt, envelope, keep, max_len, max_age_ms)
+  local at_ms = now_ms()
+  local fields = {'id', string.sub(job_id, 1, MAX_ID), 'reason', reason, 'detail', detail,
+                  'att', string.sub(attempt or '1', 1, 20),
+                  'at', string.format('%.3f', at_ms / 1000)}
+  if envelope then
+    fields[#fields + 1] = 'size'
+    fields[#fields + 1] = tostring(#envelope)
+    if keep then
+      fields[#fields + 1] = 'env'
+      fields[#fields + 1] = envelope
+    end
+  end
+  redis.call('XADD', DEAD, 'MAXLEN', math.max(1, max_len), '*', unpack(fields))
+  redis.call('XTRIM', DEAD, 'MINID', math.max(0, at_ms - max_age_ms))
+end
+
+-- Garbage is counted, not stored: one hash of counters per queue.
+local function count_garbage(reason)
+  redis.call('HINCRBY', COUNTERS, reason, 1)
 end

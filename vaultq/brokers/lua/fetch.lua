@@ -3,10 +3,16 @@
 --      one script, so concurrent promoters can never deliver a delayed job twice);
 --   2. reclaim entries whose lease ran out (XAUTOCLAIM, min idle = lease): redelivered;
 --   3. read new entries (XREADGROUP >);
---   4. claim each job id (SET NX PX lease); an entry whose id is claimed by another live
---      delivery stays pending and is looked at again after the lease;
+--   4. claim each job id (SET NX PX lease). An entry whose id is claimed by a live
+--      lease of ANOTHER entry is a duplicate: it is removed and counted, in this pass,
+--      so a pile of entries sharing one id cannot slow recovery down. An entry whose
+--      own claim is still live (its holder renews it) stays pending;
 --   5. report the finished / cancel-requested flags of the claimed ids.
--- ARGV: prefix, consumer, count, lease_ms, nonce, promote_limit
+-- Before any of that an entry's size is checked here, inside Redis: an envelope larger
+-- than max_size (or an id longer than MAX_ID) is never sent to a worker; it becomes a
+-- dead-letter stub.
+-- ARGV: prefix, consumer, count, lease_ms, nonce, promote_limit, max_size (0 = none),
+--       dead_max, dead_age_ms
 -- Returns {more, wait_ms, last_id, flat deliveries}; each delivery is
 -- tag, job_id, envelope, attempt, enqueued_at, redelivered, completed, cancel_requested.
 local consumer = ARGV[2]
@@ -14,6 +20,9 @@ local count = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
 local nonce = ARGV[5]
 local promote_limit = tonumber(ARGV[6])
+local max_size = tonumber(ARGV[7]) or 0
+local dead_max = tonumber(ARGV[8]) or 10000
+local dead_age_ms = tonumber(ARGV[9]) or 2592000000
 local now = now_ms()
 
 local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now / 1000, 'LIMIT', 0, promote_limit)
@@ -38,35 +47,74 @@ local function take(entry_id, fields, redelivered)
     -- Not written by vaultq: settle it away rather than redeliver it forever.
     redis.call('XACK', STREAM, GROUP, entry_id)
     redis.call('XDEL', STREAM, entry_id)
+    count_garbage('malformed')
+    return
+  end
+  if #job_id > MAX_ID or (max_size > 0 and #envelope > max_size) then
+    -- One reason for everything checked before the signature (see docs/security.md).
+    redis.call('XACK', STREAM, GROUP, entry_id)
+    redis.call('XDEL', STREAM, entry_id)
+    add_dead(job_id, 'rejected:unauthenticated', 'envelope rejected before authentication',
+             field(fields, 'att'), envelope, false, dead_max, dead_age_ms)
     return
   end
   local tag = entry_id .. '/' .. nonce
   if redis.call('SET', CLAIM .. job_id, tag .. ' ' .. consumer, 'PX', lease_ms, 'NX') then
     taken[#taken + 1] = {tag, job_id, envelope, field(fields, 'att') or '1',
                          field(fields, 'at') or '0', redelivered}
+    return
+  end
+  local holder = redis.call('GET', CLAIM .. job_id)
+  if holder and not starts_with(holder, entry_id .. '/') then
+    -- Another entry runs this id: this one may never run beside it, and once that one
+    -- settled it would be a replay. Remove it now (counted) instead of parking it in
+    -- the pending list, where thousands of them would be walked again every lease.
+    redis.call('XACK', STREAM, GROUP, entry_id)
+    redis.call('XDEL', STREAM, entry_id)
+    count_garbage('duplicate')
   end
 end
 
+-- Reclaim: walk the pending list from the saved cursor, asking each time for no more
+-- entries than can still be taken (XAUTOCLAIM resets the idle time of what it returns,
+-- so an entry returned and not taken would wait another lease). Duplicates are removed
+-- as they are met, so the walk goes on in this same call, up to RECLAIM_SCAN entries.
+local RECLAIM_SCAN = 2000
 local cursor = redis.call('GET', RECLAIM) or '0-0'
-local claimed = redis.pcall('XAUTOCLAIM', STREAM, GROUP, consumer, lease_ms, cursor, 'COUNT', count)
-if claimed['err'] then
-  if not string.find(claimed['err'], 'NOGROUP') then
-    return redis.error_reply(claimed['err'])
+local examined = 0
+local rounds = 0
+local returned = 0
+repeat
+  rounds = rounds + 1
+  local claimed = redis.pcall('XAUTOCLAIM', STREAM, GROUP, consumer, lease_ms, cursor,
+                              'COUNT', count - #taken)
+  if claimed['err'] then
+    if not string.find(claimed['err'], 'NOGROUP') then
+      return redis.error_reply(claimed['err'])
+    end
+    -- First use of this queue: start the group at 0 so jobs enqueued before it are read.
+    redis.call('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
+    claimed = {'0-0', {}}
   end
-  -- First use of this queue: start the group at 0 so jobs enqueued before it are read.
-  redis.call('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
-  claimed = {'0-0', {}}
-end
-if claimed[1] == '0-0' then
+  cursor = claimed[1]
+  for _, entry in ipairs(claimed[2]) do
+    take(entry[1], entry[2], 1)
+  end
+  returned = #claimed[2]
+  examined = examined + returned
+-- A round that found nothing idle ends the walk (the cursor is kept for the next call).
+until cursor == '0-0' or #taken >= count or returned == 0 or examined >= RECLAIM_SCAN
+      or rounds >= 100
+if cursor == '0-0' then
   redis.call('DEL', RECLAIM)
 else
-  redis.call('SET', RECLAIM, claimed[1])
-end
-for _, entry in ipairs(claimed[2]) do
-  take(entry[1], entry[2], 1)
+  redis.call('SET', RECLAIM, cursor)
 end
 
 local more = 0
+if cursor ~= '0-0' and #taken < count and returned > 0 then
+  more = 1 -- the walk stopped at its bound with work left: the caller reads on at once
+end
 local want = count - #taken
 if want > 0 then
   local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want, 'STREAMS', STREAM, '>')
@@ -112,11 +160,13 @@ if #taken == 0 and more == 0 then
       last_id = field(group, 'last-delivered-id')
     end
   end
-  -- Forget consumers that hold nothing and have been quiet for an hour (workers that
-  -- went away); a live one is recreated by its next read.
+  -- Forget consumers that hold nothing and have been quiet for three leases (workers
+  -- that went away: a live worker reads at least once per block interval, and holds
+  -- pending entries while busy). A live one is recreated by its next read or extend.
+  local quiet_ms = 3 * lease_ms
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', STREAM, GROUP)) do
     local name = field(c, 'name')
-    if name ~= consumer and field(c, 'pending') == 0 and field(c, 'idle') > 3600000 then
+    if name ~= consumer and field(c, 'pending') == 0 and field(c, 'idle') > quiet_ms then
       redis.call('XGROUP', 'DELCONSUMER', STREAM, GROUP, name)
     end
   end
