@@ -1,0 +1,374 @@
+"""Attacks on outcomes and on the fleet: each test performs the attack against a real
+broker (the session's private Redis, a real SQLite file) and failed before the fix.
+
+- a copy of a finished job re-inserted after its expiry replaced SUCCEEDED by EXPIRED;
+- a task or policy raising ``CancelledError`` halted the worker;
+- junk under an honest job's id made its waiting producer give up (JobRejected);
+- a flood of hostile entries grew Redis without bound (full copies, result keys);
+- enqueueing a custom id that exists silently created a doomed job;
+- a malformed SQLite row crashed the worker;
+- consumers of killed workers stayed in the Redis consumer group for an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+import redis
+from helpers import broker_url, make_app, running_worker
+
+import vaultq
+from vaultq.brokers.base import EnqueueItem
+from vaultq.policy import PolicyRequest
+
+pytestmark = pytest.mark.anyio
+
+BROKERS = ["sqlite", "redis"]
+
+
+class N(msgspec.Struct, frozen=True):
+    n: int
+
+
+def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    return broker_url(kind, tmp_path, redis_url)
+
+
+async def _queued_envelopes(app: vaultq.App, kind: str, tmp_path: Path) -> list[bytes]:
+    """Every envelope waiting in the default queue, read straight from storage."""
+    broker = await app.broker()
+    if kind == "sqlite":
+        con = sqlite3.connect(tmp_path / "vaultq.db")
+        try:
+            rows = con.execute(
+                "SELECT envelope FROM vaultq_jobs WHERE namespace = ? ORDER BY id", (app.name,)
+            ).fetchall()
+        finally:
+            con.close()
+        return [bytes(r[0]) for r in rows]
+    raw = redis.Redis.from_url(broker.url)
+    try:
+        entries = raw.xrange(broker.keys("default").stream)  # type: ignore[attr-defined]
+    finally:
+        raw.close()
+    return [bytes(fields[b"env"]) for _, fields in entries]
+
+
+async def _drained(broker: vaultq.brokers.Broker) -> None:
+    """Wait until nothing is ready or running in the default queue."""
+    with anyio.fail_after(20):
+        while True:
+            stats = await broker.stats("default")
+            if stats.ready == stats.running == 0:
+                return
+            await anyio.sleep(0.05)
+
+
+# -- 1. a finished job's outcome cannot be replaced ------------------------------------
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_expired_copy_cannot_replace_a_succeeded_outcome(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    """Issue 9, broken claim 1: a copy of the envelope re-inserted after its ``expires``
+    made the worker record EXPIRED over SUCCEEDED (a producer retrying on it charges
+    twice). The finished check now comes first and the broker stores outcomes once."""
+    app = make_app(unique_name, _url(kind, tmp_path, request), clock_skew=0.1)
+    runs: list[int] = []
+
+    @app.task(name="t.charge", expires=0.5)
+    async def charge(job: N) -> int:
+        runs.append(job.n)
+        return job.n
+
+    broker = await app.broker()
+    handle = await charge.enqueue(N(7))
+    (copy,) = await _queued_envelopes(app, kind, tmp_path)  # the attacker's copy
+    async with running_worker(app):
+        assert await handle.result(timeout=10) == 7
+        await anyio.sleep(1.0)  # past expires + clock_skew; the result is still stored
+        await broker.enqueue([EnqueueItem(queue="default", job_id=handle.id, envelope=copy)])
+        await _drained(broker)
+    assert await handle.status() == vaultq.JobStatus.SUCCEEDED
+    assert await handle.result(timeout=1) == 7
+    assert runs == [7]
+    assert not await broker.dead_letters("default")
+    assert await broker.counters("default") == {"replayed": 1}
+    await app.aclose()
+
+
+# -- 2. CancelledError raised by job code is a failure, not a shutdown -------------------
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_task_raising_cancelled_error_fails_and_the_worker_keeps_serving(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    """Issue 9, broken claim 4: awaiting a cancelled future raises CancelledError in the
+    task; it was taken for a shutdown, the job got no outcome and the worker stopped
+    fetching. Now it is a FAILED attempt and the same worker (one consumer) serves on."""
+    app = make_app(unique_name, _url(kind, tmp_path, request))
+
+    @app.task(name="t.awaits_cancelled", retries=1, backoff=0.01)
+    async def awaits_cancelled(job: N) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return await future
+
+    @app.task(name="t.sync_raises", retries=0)
+    def sync_raises(job: N) -> int:
+        raise asyncio.CancelledError
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    async with running_worker(app, concurrency=1):
+        first = await awaits_cancelled.enqueue(N(1))
+        second = await sync_raises.enqueue(N(2))
+        with pytest.raises(vaultq.JobFailed) as failed:
+            await first.result(timeout=15)
+        assert failed.value.error_type.endswith("CancelledError")
+        with pytest.raises(vaultq.JobFailed):
+            await second.result(timeout=15)
+        assert await (await ok.enqueue(N(5))).result(timeout=15) == 5
+    await app.aclose()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_policy_raising_cancelled_error_denies(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    app = make_app(unique_name, _url(kind, tmp_path, request))
+    calls: list[str] = []
+
+    async def policy(req: PolicyRequest) -> bool:
+        calls.append(req.stage)
+        if req.stage == "enqueue":
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return await future
+
+    @app.task(name="t.guarded", policy=policy)
+    async def guarded(job: N) -> int:
+        return job.n
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    async with running_worker(app, concurrency=1):
+        with pytest.raises(vaultq.JobDenied):
+            await (await guarded.enqueue(N(1))).result(timeout=15)
+        assert await (await ok.enqueue(N(2))).result(timeout=15) == 2
+    assert calls == ["enqueue", "run"]
+    await app.aclose()
+
+
+async def test_a_real_shutdown_still_hands_jobs_back(tmp_path: Path, unique_name: str) -> None:
+    """The other side of the same line: a cancellation vaultq issues (stop_now) is still
+    a shutdown: the job is handed back, not failed."""
+    app = make_app(unique_name, f"sqlite:///{tmp_path}/vaultq.db")
+    started = anyio.Event()
+
+    @app.task(name="t.slow", retries=0)
+    async def slow(job: N) -> int:
+        started.set()
+        await anyio.sleep(30)
+        return job.n
+
+    handle = await slow.enqueue(N(1))
+    async with running_worker(app) as worker:
+        with anyio.fail_after(10):
+            await started.wait()
+        worker.stop_now()
+    assert await handle.status() == vaultq.JobStatus.PENDING
+    assert (await (await app.broker()).stats("default")).ready == 1
+    await app.aclose()
+
+
+# -- 3. junk never answers for an honest job ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_junk_under_honest_ids_does_not_make_producers_give_up(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    """Issue 10, item 4: each junk entry written under the id of a genuine job still
+    waiting (here: in its delay) made the worker seal a REJECTED result under that id,
+    and the waiting producer gave up with JobRejected although its job later succeeded.
+    Nothing unauthenticated writes a result now: the producer gets the real outcome."""
+    app = make_app(unique_name, _url(kind, tmp_path, request))
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    broker = await app.broker()
+    handles = [await ok.enqueue(N(i), delay=1.5) for i in range(20)]
+    await broker.enqueue(
+        [EnqueueItem(queue="default", job_id=h.id, envelope=b"junk") for h in handles]
+    )
+    async with running_worker(app):
+        results = [await h.result(timeout=20) for h in handles]
+    assert results == list(range(20))
+    dead = await broker.dead_letters("default")
+    assert len(dead) == 20
+    assert {d.reason for d in dead} == {"rejected:unauthenticated"}
+    assert all(d.stub and d.size == 4 for d in dead)
+    await app.aclose()
+
+
+async def test_hostile_flood_keeps_redis_memory_bounded(redis_url: str, unique_name: str) -> None:
+    """Issue 10, item 4: 100,000 junk entries took Redis from 2 MB to 329 MB (a full
+    dead-letter copy each, oversized envelopes copied whole, plus a result key each).
+    Here 5,000 entries (20 of them 2 MiB): no result key, stubs only, memory bounded."""
+    app = make_app(unique_name, redis_url)
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    broker = await app.broker()
+    keys = broker.keys("default")  # type: ignore[attr-defined]
+    raw = redis.Redis.from_url(redis_url)
+    raw.xgroup_create(keys.stream, "vaultq", id="0", mkstream=True)
+    before = int(raw.info("memory")["used_memory"])
+    pipe = raw.pipeline(transaction=False)
+    for i in range(4980):
+        pipe.xadd(keys.stream, {"id": f"junk-{i}", "env": os.urandom(300), "att": "1", "at": "0"})
+    pipe.execute()
+    for i in range(20):
+        raw.xadd(keys.stream, {"id": f"big-{i}", "env": b"B" * (2 << 20), "att": "1", "at": "0"})
+    async with running_worker(app, concurrency=16):
+        with anyio.fail_after(120):
+            while (await broker.stats("default")).ready:
+                await anyio.sleep(0.2)
+        assert await (await ok.enqueue(N(3))).result(timeout=20) == 3
+    after = int(raw.info("memory")["used_memory"])
+    results = list(raw.scan_iter(match=keys.result("*"), count=1000))
+    dead = await broker.dead_letters("default", limit=10_000)
+    raw.close()
+    # 5,000 stubs of ~150 bytes; old code kept ~1.5 MB of junk copies plus 40 MiB of
+    # oversized envelopes and 5,000 result keys.
+    assert after - before < 4 * 1024 * 1024, (before, after)
+    assert len(results) == 1  # the genuine job's, none for junk
+    assert len(dead) == 5000
+    assert all(d.stub for d in dead)
+    assert {d.size for d in dead if d.job_id.startswith("big-")} == {2 << 20}
+    await app.aclose()
+
+
+# -- 5. a custom job id that exists is refused ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_duplicate_custom_job_id_is_refused_without_a_replay_warning(
+    kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 9, job-id squatting (duplicate half): enqueueing a custom id that is queued
+    or finished used to write a second entry that the worker then rejected as
+    "replayed" (a false security warning) -- a doomed job, silently. Now: DuplicateJob."""
+    app = make_app(unique_name, _url(kind, tmp_path, request))
+    runs: list[int] = []
+
+    @app.task(name="t.once")
+    async def once(job: N) -> int:
+        runs.append(job.n)
+        return job.n
+
+    handle = await once.enqueue(N(1), job_id="order-42")
+    with pytest.raises(vaultq.DuplicateJob) as queued:
+        await once.enqueue(N(2), job_id="order-42")
+    assert queued.value.job_id == "order-42"
+    caplog.set_level(logging.INFO)
+    async with running_worker(app):
+        assert await handle.result(timeout=10) == 1
+        with pytest.raises(vaultq.DuplicateJob):
+            await once.enqueue(N(3), job_id="order-42")
+        other = await once.enqueue(N(4), job_id="order-43")
+        assert await other.result(timeout=10) == 4
+    assert runs == [1, 4]
+    assert "replay" not in caplog.text
+    assert await (await app.broker()).counters("default") == {}
+    await app.aclose()
+
+
+# -- 6. poison rows and dead consumers -----------------------------------------------------
+
+
+async def test_poison_sqlite_rows_are_quarantined(tmp_path: Path, unique_name: str) -> None:
+    """A row whose not_before is text or a blob (only a hand-written row can be) used to
+    crash the worker's fetch with ValueError; now it is moved to the dead letters."""
+    db = tmp_path / "vaultq.db"
+    app = make_app(unique_name, f"sqlite:///{db}")
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    broker = await app.broker()
+    con = sqlite3.connect(db)
+    for job_id, not_before in (("p1", "soon"), ("p2", b"\x00")):
+        con.execute(
+            "INSERT INTO vaultq_jobs (namespace, queue, job_id, envelope, not_before, "
+            "enqueued_at) VALUES (?, 'default', ?, x'00', ?, 0)",
+            (unique_name, job_id, not_before),
+        )
+    con.commit()
+    con.close()
+    async with running_worker(app):
+        with anyio.fail_after(10):
+            while len(await broker.dead_letters("default")) < 2:
+                await anyio.sleep(0.05)
+        assert await (await ok.enqueue(N(4))).result(timeout=10) == 4
+    dead = await broker.dead_letters("default")
+    assert sorted(d.job_id for d in dead) == ["p1", "p2"]
+    assert {d.reason for d in dead} == {"rejected:unauthenticated"}
+    await app.aclose()
+
+
+async def test_consumers_of_gone_workers_leave_the_group(redis_url: str, unique_name: str) -> None:
+    """Issue 10, item 6: consumers of killed workers stayed in the group for an hour.
+    A stopped worker removes itself; one that vanished (kill -9) is removed by the next
+    idle fetch of another worker once it held nothing for three leases."""
+    app = make_app(unique_name, redis_url, lease=0.5)
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    broker = await app.broker()
+    keys = broker.keys("default")  # type: ignore[attr-defined]
+    await ok.enqueue(N(1))
+    # A worker that is killed after its job was settled by another after the lease.
+    (d,) = await broker.fetch(["default"], 1, consumer="killed-1", lease=0.5, block=0.0)
+    raw = redis.Redis.from_url(redis_url)
+
+    def consumers() -> set[str]:
+        return {c["name"].decode() for c in raw.xinfo_consumers(keys.stream, "vaultq")}
+
+    assert "killed-1" in consumers()
+    async with running_worker(app, name="live-1"):
+        with anyio.fail_after(20):
+            while "killed-1" in consumers():
+                await anyio.sleep(0.1)
+        assert "live-1" in consumers()
+    assert d.job_id
+    await app.aclose()  # closing the broker removes this worker's consumer
+    assert "live-1" not in consumers()
+    raw.close()
