@@ -185,8 +185,9 @@ async def test_dead_letter_holds_ids_and_sealed_envelope_only(
     assert entries
     ((_, fields),) = entries
     assert fields is not None
-    assert set(fields) == {b"id", b"reason", b"detail", b"att", b"at", b"env"}
+    assert set(fields) == {b"id", b"reason", b"detail", b"att", b"at", b"size", b"env"}
     assert fields[b"env"] == b"sealed-bytes"
+    assert fields[b"size"] == b"12"
 
 
 async def test_closing_forgets_consumers_that_hold_nothing(
