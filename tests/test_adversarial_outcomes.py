@@ -372,3 +372,40 @@ async def test_consumers_of_gone_workers_leave_the_group(redis_url: str, unique_
     await app.aclose()  # closing the broker removes this worker's consumer
     assert "live-1" not in consumers()
     raw.close()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_unknown_task_is_answered_only_when_authentic(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    """A job a trusted signer sealed for a task this worker lacks is answered REJECTED
+    under its signed id (its producer hears it); the same task name in an envelope from
+    a stranger's keys is an unauthenticated stub with no outcome and no task name."""
+    url = _url(kind, tmp_path, request)
+    keys = vaultq.Keyring.generate()
+    worker_app = make_app(unique_name, url, keyring=keys)
+    producer = make_app(unique_name, url, keyring=keys)
+    stranger = make_app(unique_name, url, keyring=vaultq.Keyring.generate())
+
+    @worker_app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    for app in (producer, stranger):
+
+        @app.task(name="t.extra")
+        async def extra(job: N) -> int:
+            return job.n
+
+    honest = await producer.get_task("t.extra").enqueue(N(1))  # type: ignore[union-attr]
+    forged = await stranger.get_task("t.extra").enqueue(N(2))  # type: ignore[union-attr]
+    broker = await worker_app.broker()
+    async with running_worker(worker_app):
+        with pytest.raises(vaultq.JobRejected):
+            await producer.job(honest.id).result(timeout=10)
+        await _drained(broker)
+    reasons = {d.job_id: d.reason for d in await broker.dead_letters("default")}
+    assert reasons == {honest.id: "rejected:unknown_task", forged.id: "rejected:unauthenticated"}
+    assert await broker.get_result("default", forged.id) is None
+    for app in (worker_app, producer, stranger):
+        await app.aclose()

@@ -761,15 +761,22 @@ class SqliteBroker:
                     return False
                 envelope, attempt = row
                 conn.execute(sql.DELETE_JOB, (row_id, ns, info.job_id))
-                conn.execute(
-                    "INSERT INTO vaultq_dead "
-                    "(namespace, queue, job_id, reason, detail, attempt, at, envelope) "
-                    "VALUES (?, ?, ?, 'cancelled', 'cancelled before it started', ?, ?, ?)",
-                    (ns, info.queue, info.job_id, _as_int(attempt, least=1), now, envelope),
+                dead = _DeadLetters(conn, ns, self._dead_max, self._dead_age)
+                size = len(envelope) if isinstance(envelope, bytes | str) else 0
+                dead.add(
+                    info.queue,
+                    info.job_id,
+                    "cancelled",
+                    "cancelled before it started",
+                    _as_int(attempt, least=1),
+                    now,
+                    envelope,
+                    size,
                 )
                 if result is not None:
                     conn.execute(
-                        sql.PUT_RESULT, (ns, info.queue, info.job_id, result, now + result_ttl)
+                        sql.PUT_RESULT,
+                        (ns, info.queue, info.job_id, result, now + result_ttl, now),
                     )
                 conn.execute(sql.REMEMBER, (ns, info.queue, info.job_id, remember_until))
                 return True

@@ -35,6 +35,7 @@ from vaultq.errors import (
     PayloadError,
     RevokedKey,
     UnknownKey,
+    UnknownTask,
     VaultqError,
 )
 from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
@@ -65,6 +66,18 @@ _MAX_DEFER_BACKOFF = 60.0
 """Backoff added to the remaining time of a job that is not valid yet."""
 _IDLE_THREAD_SECONDS = 10.0
 """An idle sync thread exits after this long without work."""
+
+
+class _EveryTask:
+    """A task registry that has every name: to authenticate an envelope whose task this
+    worker does not know (the answer is REJECTED either way; this decides whether the
+    producer may hear it)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_EVERY_TASK = _EveryTask()
 
 
 class Stop:
@@ -298,7 +311,13 @@ class Executor:
             remember_until=remember,
         )
 
-    def _reject(self, delivery: Delivery, exc: EnvelopeError | PayloadError) -> Settlement:
+    def _reject(
+        self,
+        delivery: Delivery,
+        exc: EnvelopeError | PayloadError,
+        *,
+        authenticated: bool = False,
+    ) -> Settlement:
         reason = exc.reason if isinstance(exc, EnvelopeError) else "payload"
         # The broker-given id is unauthenticated: escape and cap it so a crafted id
         # cannot forge audit lines or flood the log.
@@ -330,7 +349,7 @@ class Executor:
                 result_ttl=self.app._defaults.result_ttl,
                 remember_until=None,
             )
-        if not isinstance(exc, PayloadError | UnknownKey | DecryptionFailed):
+        if not authenticated and not isinstance(exc, PayloadError | UnknownKey | DecryptionFailed):
             # Not authenticated: the id it names means nothing. Nothing is written under
             # it (no result, no memory, no reservation), so junk cannot make an honest
             # producer waiting on that id give up; the dead letter is a stub.
@@ -447,6 +466,26 @@ class Executor:
                 task=self._tasks.get(opened.header.task),
                 started=None,
             )
+        except UnknownTask as exc:
+            # Authenticate it anyway (every check but the registry): a job that a trusted
+            # signer sealed for a task this worker lacks is answered REJECTED under its
+            # signed id (the producer hears it); anything else stays unauthenticated junk.
+            try:
+                open_job(
+                    delivery.envelope,
+                    app.keyring,
+                    app=app.name,
+                    tasks=_EVERY_TASK,
+                    now=now,
+                    queue=delivery.queue,
+                    job_id=delivery.job_id,
+                    skew=math.inf,
+                    max_size=app.max_envelope_size,
+                    accept_v1=app.accept_envelope_v1,
+                )
+            except EnvelopeError as inner:
+                return self._reject(delivery, inner)
+            return self._reject(delivery, exc, authenticated=True)
         except EnvelopeError as exc:
             return self._reject(delivery, exc)
 
