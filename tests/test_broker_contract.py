@@ -287,6 +287,7 @@ async def test_reclaim_of_a_dead_consumer_is_not_clogged_by_junk(
 
 async def test_enqueue_unique_refuses_an_existing_id(broker: Broker) -> None:
     assert await broker.enqueue_unique(item("u1", b"a"), ttl=60)
+    assert await broker.enqueue_unique(item("u1", b"a"), ttl=60)  # the same write again
     assert not await broker.enqueue_unique(item("u1", b"b"), ttl=60)  # queued
     (d,) = await fetch(broker)
     assert not await broker.enqueue_unique(item("u1", b"c"), ttl=60)  # running
@@ -295,7 +296,7 @@ async def test_enqueue_unique_refuses_an_existing_id(broker: Broker) -> None:
     assert await fetch(broker) == []
     # delayed counts as existing too
     assert await broker.enqueue_unique(item("u2", at=time.time() + 60), ttl=120)
-    assert not await broker.enqueue_unique(item("u2"), ttl=120)
+    assert not await broker.enqueue_unique(item("u2", b"other"), ttl=120)
     assert (await broker.stats(Q)).delayed == 1
 
 

@@ -334,9 +334,12 @@ class SqliteBroker:
             with _immediate(conn):
                 now = time.time()
                 key = (ns, item.queue, item.job_id)
+                queued = conn.execute(sql.JOB_EXISTS, key).fetchone()
+                if queued is not None:
+                    # This very envelope written before (a retry after a lost reply): no-op.
+                    return bool(queued[0] == item.envelope)
                 if (
-                    conn.execute(sql.JOB_EXISTS, key).fetchone() is not None
-                    or conn.execute(sql.IS_FINISHED, (*key, now)).fetchone() is not None
+                    conn.execute(sql.IS_FINISHED, (*key, now)).fetchone() is not None
                     or conn.execute(sql.HAS_RESULT, (*key, now)).fetchone() is not None
                 ):
                     return False

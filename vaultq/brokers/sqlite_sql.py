@@ -151,7 +151,9 @@ POISON_ROWS = (
     "SELECT id, job_id, attempt, length(envelope) FROM vaultq_jobs "
     "WHERE namespace = ? AND queue = ? AND not_before >= '' LIMIT 100"
 )
-JOB_EXISTS = "SELECT 1 FROM vaultq_jobs WHERE namespace = ? AND queue = ? AND job_id = ? LIMIT 1"
+JOB_EXISTS = (
+    "SELECT envelope FROM vaultq_jobs WHERE namespace = ? AND queue = ? AND job_id = ? LIMIT 1"
+)
 COUNT = (
     "INSERT INTO vaultq_counters (namespace, queue, name, value) VALUES (?, ?, ?, 1) "
     "ON CONFLICT (namespace, queue, name) DO UPDATE SET value = value + 1"
