@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -409,3 +410,45 @@ async def test_unknown_task_is_answered_only_when_authentic(
     assert await broker.get_result("default", forged.id) is None
     for app in (worker_app, producer, stranger):
         await app.aclose()
+
+
+async def test_a_renewal_racing_a_settle_is_not_reported_as_a_lost_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10, item 6: "leases could not be extended: another delivery holds them" was
+    logged for jobs that had simply finished (the renewal raced their own settle, which
+    released the claim). A slot whose settlement is on its way is not fenced or warned
+    about; a slot that really lost its claim still is, with a message that says what
+    happened."""
+    from vaultq.brokers.base import Delivery
+    from vaultq.runtime.execute import JobSlot
+    from vaultq.runtime.leases import LeaseKeeper
+
+    class AllLost:
+        async def connect(self) -> None:
+            pass
+
+        async def extend(self, deliveries: list[Delivery], **_: object) -> set[str]:
+            return {d.tag for d in deliveries}
+
+    def slot(tag: str) -> JobSlot:
+        return JobSlot(Delivery(queue="q", job_id=tag, envelope=b"", attempt=1, tag=tag))
+
+    fenced: list[str] = []
+    keeper = LeaseKeeper(
+        AllLost(),  # type: ignore[arg-type]
+        consumer="c",
+        lease=30.0,
+        on_fence=lambda s, why: fenced.append(s.delivery.tag),
+    )
+    done, running = slot("finished-job"), slot("running-job")
+    done.settling = True
+    keeper.add(done, time.monotonic())
+    keeper.add(running, time.monotonic())
+    caplog.set_level(logging.DEBUG, logger="vaultq")
+    with anyio.move_on_after(0.5):
+        await keeper._renew_loop(AllLost())  # type: ignore[arg-type]
+    assert fenced == ["running-job"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("finished-job" in w for w in warnings)
+    assert any("running-job" in w and "lapsed" in w for w in warnings)

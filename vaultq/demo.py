@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shutil
 import sqlite3
 import sys
@@ -175,10 +176,10 @@ async def _run(directory: Path, keep: bool, out: TextIO) -> DemoResult:
     try:
         rows, handles = await _enqueue_all(demo, say)
         _show_sealed(db, handles, say)
-        _tamper(db, handles["tampered charge"].id, say)
+        forged = _tamper(db, handles["tampered charge"].id, say)
         demo.revoked.add("user:bob")
         say("  revoked user:bob's access after enqueue (the worker re-checks every policy)")
-        values = await _work(demo, handles, rows, say)
+        values = await _work(demo, handles, rows, say, forged=forged)
         ids = {h.id for h in handles.values()}
         dead = await (await app.broker()).dead_letters(app.default_queue)
         reasons = ", ".join(sorted(d.reason for d in dead if d.job_id in ids))
@@ -288,8 +289,9 @@ def _show_sealed(db: Path, handles: dict[str, JobHandle[Any]], say: Say) -> None
     )
 
 
-def _tamper(db: Path, job_id: str, say: Say) -> None:
-    """Flip one byte of a stored envelope, as anyone with write access to the broker could."""
+def _tamper(db: Path, job_id: str, say: Say) -> bytes:
+    """Flip one byte of a stored envelope, as anyone with write access to the broker could;
+    returns the forged envelope."""
     with _connect(db, readonly=False) as conn:
         (envelope,) = conn.execute(
             "SELECT envelope FROM vaultq_jobs WHERE job_id = ?", (job_id,)
@@ -301,10 +303,16 @@ def _tamper(db: Path, job_id: str, say: Say) -> None:
         )
     say()
     say(f"3. attacker's move: flipped one byte of job {job_id}'s envelope in {db.name}")
+    return bytes(forged)
 
 
 async def _work(
-    demo: DemoApp, handles: dict[str, JobHandle[Any]], rows: list[Row], say: Say
+    demo: DemoApp,
+    handles: dict[str, JobHandle[Any]],
+    rows: list[Row],
+    say: Say,
+    *,
+    forged: bytes,
 ) -> dict[str, Any]:
     """Run a worker until every job has an outcome; returns the successful results."""
     import anyio
@@ -323,6 +331,9 @@ async def _work(
         await ready.wait()
         try:
             for label, handle in handles.items():
+                if label == "tampered charge":
+                    results[label] = await _rejected_row(demo, label, handle, forged)
+                    continue
                 value: Any = None
                 with contextlib.suppress(JobError):  # the outcome below says why
                     value = await handle.result(timeout=20)
@@ -335,6 +346,47 @@ async def _work(
         rows.append(results[label])
     rows.sort(key=lambda r: list(EXPECTED).index(r.label) if r.label in EXPECTED else 99)
     return values
+
+
+async def _rejected_row(demo: DemoApp, label: str, handle: JobHandle[Any], forged: bytes) -> Row:
+    """The tampered job: it failed authentication, so the worker writes no outcome under
+    the id it names (junk must not answer for an honest job); its dead letter shows it."""
+    import anyio
+
+    from vaultq.envelope import open_job
+    from vaultq.errors import EnvelopeError
+
+    broker = await demo.app.broker()
+    task = (handle.task_name or "?").rsplit(".", 1)[-1]
+    with anyio.move_on_after(20):
+        while True:
+            letters = await broker.dead_letters(demo.app.default_queue)
+            if any(d.job_id == handle.id for d in letters):
+                break
+            await anyio.sleep(0.05)  # polled: the broker has no "dead letter added" event
+        try:  # what the worker's audit log names; the dead letter says only "unauthenticated"
+            open_job(
+                forged,
+                demo.app.keyring,
+                app=demo.app.name,
+                tasks=demo.app.tasks,
+                now=time.time(),
+                skew=math.inf,
+            )
+        except EnvelopeError as exc:
+            why = exc.reason
+        else:  # pragma: no cover - a flipped byte never opens
+            why = "unexpectedly valid"
+        return Row(
+            label,
+            task,
+            handle.id,
+            "user:alice",
+            "rejected",
+            f"envelope {why}: never ran, dead-lettered; no outcome written under its id",
+            "1",
+        )
+    return Row(label, task, handle.id, "user:alice", "unfinished", "no dead letter within 20 s")
 
 
 async def _row(label: str, handle: JobHandle[Any], value: Any) -> Row:

@@ -103,6 +103,9 @@ class JobSlot:
     """``time.monotonic()`` after which the lease is no longer proven (see runtime/leases.py)."""
     lost: str | None = None
     """Why the lease is lost (set by the lease keeper's thread); such a slot never settles."""
+    settling: bool = False
+    """Its settlement is on the way to the broker: a renewal that finds the claim gone may
+    simply have raced the settle (the job finished), so it is no reason to warn."""
 
     def request_stop(self, why: str) -> None:
         if self.stop is None:

@@ -181,10 +181,21 @@ class LeaseKeeper:
                 else:
                     self.renewals += 1
                     for slot in slots:
-                        if slot.delivery.tag in lost:
-                            self._fence(slot, "the broker reports that another delivery holds it")
-                        else:
+                        if slot.delivery.tag not in lost:
                             self.proven(slot, sent)
+                        elif slot.settling:
+                            # The renewal raced this job's own settle, which released the
+                            # claim: the job finished; nothing was lost. (Had the lease
+                            # really lapsed, the broker refuses the settle and says so.)
+                            log.debug(
+                                "job %s settled while its lease was renewed", slot.delivery.job_id
+                            )
+                        else:
+                            self._fence(
+                                slot,
+                                "the broker no longer has this delivery's claim: the lease "
+                                "lapsed, or the job was delivered to another worker",
+                            )
             await anyio.sleep(pause)
 
     def _check(self) -> None:

@@ -321,6 +321,7 @@ class Worker:
                             if self.keeper is not None:
                                 self.keeper.running(task, None)
                     log_outcome(slot, settlement)
+                    slot.settling = True
                     with anyio.CancelScope(shield=True):
                         await settle.send((slot, settlement))
         finally:
