@@ -16,7 +16,7 @@ for i = 4, #ARGV, 4 do
   local job_id, envelope, not_before, unique = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local digest = redis.sha1hex(envelope)
   -- A copy of a job that already finished is not a retry: it is written, and the worker
-  -- rejects it as a replay (with a dead letter and an audit line), as before.
+  -- drops it as a replay (counted, with an audit line), as before.
   local retried = redis.call('GET', ENQUEUED .. job_id) == digest
     and redis.call('EXISTS', RESULT .. job_id) == 0 and not finished_flags({job_id})[1]
   if not retried then
