@@ -111,6 +111,10 @@ class Delivery(msgspec.Struct, frozen=True):
     completed: bool = False
     cancel_requested: bool = False
     enqueued_at: float = 0.0
+    leased_at: float = 0.0
+    """``time.monotonic()`` in the fetching process when the request that took the lease
+    was sent (0: unknown). The broker started the lease no earlier, so the lease is
+    proven until ``leased_at + lease``: the worker's fence counts from here."""
 
 
 class EnqueueItem(msgspec.Struct, frozen=True):

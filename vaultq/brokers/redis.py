@@ -667,6 +667,7 @@ class RedisBroker:
                 break
             keys = self.keys(queue)
             self._consumers.add((queue, consumer))
+            sent = time.monotonic()
             reply = await self._scripts["fetch"](
                 keys=[keys.stream],
                 args=[
@@ -702,6 +703,7 @@ class RedisBroker:
                         completed=bool(done),
                         cancel_requested=bool(cancel),
                         enqueued_at=_number(enqueued_at),
+                        leased_at=sent,
                     )
                 )
         if len(after) < len(queues):

@@ -414,6 +414,7 @@ class SqliteBroker:
             return [], next_due
         out: list[Delivery] = []
         dead = _DeadLetters(conn, ns, self._dead_max, self._dead_age)
+        sent = time.monotonic()  # the leases below start later: a safe proof (leased_at)
         with _immediate(conn):
             now = time.time()
             lease_until = now + max(lease, MIN_LEASE)
@@ -429,7 +430,7 @@ class SqliteBroker:
                     for row in batch:
                         delivery = _lease_row(conn, dead, queue, row, consumer, now, lease_until)
                         if delivery is not None:
-                            out.append(delivery)
+                            out.append(msgspec.structs.replace(delivery, leased_at=sent))
             due_after = None if out else _next_due(conn, ns, queues)
         return out, due_after
 

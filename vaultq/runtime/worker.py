@@ -276,7 +276,9 @@ class Worker:
                     slot = JobSlot(delivery)
                     self._slots[delivery.tag] = slot
                     if self.keeper is not None:
-                        self.keeper.add(slot, sent)
+                        # Counted from the round trip that took the lease, not from the
+                        # start of a fetch that may have blocked waiting for work.
+                        self.keeper.add(slot, delivery.leased_at or sent)
                     try:
                         await send.send(slot)
                     except anyio.BrokenResourceError:
