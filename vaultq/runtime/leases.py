@@ -203,7 +203,9 @@ class LeaseKeeper:
         with self._lock:
             slots = list(self._slots.values())
         for slot in slots:
-            if slot.lost is None and now > slot.fence_at:
+            # A slot being settled is not cancelled here: the worker drops its settlement
+            # if the lease lapsed, and the broker refuses it.
+            if slot.lost is None and not slot.settling and now > slot.fence_at:
                 self._fence(
                     slot,
                     f"it could not be renewed for {self.fence_after:.1f} s "
