@@ -150,6 +150,8 @@ SLOW_TESTS = frozenset(
             "test_a_producer_ahead_by_more_than_the_skew_is_deferred_not_hot_looped",
         ),
         ("test_markers.py", "test_every_listed_slow_test_exists_and_is_marked"),
+        ("test_adversarial_outcomes.py", "test_hostile_flood_keeps_redis_memory_bounded"),
+        ("test_broker_contract.py", "test_reclaim_of_a_dead_consumer_is_not_clogged_by_junk"),
         ("test_django_orm.py", "test_no_connection_leak_after_500_jobs"),
         ("test_django_orm.py", "test_50_concurrent_async_jobs_do_not_share_connections"),
     }
