@@ -452,3 +452,31 @@ async def test_a_renewal_racing_a_settle_is_not_reported_as_a_lost_lease(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not any("finished-job" in w for w in warnings)
     assert any("running-job" in w and "lapsed" in w for w in warnings)
+
+
+async def test_a_worker_whose_consumer_dies_stops_and_says_it_failed(
+    tmp_path: Path, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old failure mode: a consumer ended by a stray CancelledError, the worker kept
+    its process but stopped serving. Now a consumer that ends while the worker still
+    fetches stops the worker with ``failed`` set (``vaultq worker`` then exits 1, so a
+    supervisor restarts it). The fault is injected after the job's outcome is decided."""
+    from vaultq.runtime import worker as worker_module
+    from vaultq.runtime.worker import Worker
+
+    app = make_app(unique_name, f"sqlite:///{tmp_path}/vaultq.db")
+
+    @app.task(name="t.ok")
+    async def ok(job: N) -> int:
+        return job.n
+
+    def dies(*_: object) -> None:
+        raise asyncio.CancelledError  # not issued by vaultq: a bug's stray cancellation
+
+    monkeypatch.setattr(worker_module, "log_outcome", dies)
+    worker = Worker(app, concurrency=1, grace=1.0, block=0.1)
+    await ok.enqueue(N(1))
+    with anyio.fail_after(30):
+        await worker.run()
+    assert worker.failed
+    await app.aclose()
