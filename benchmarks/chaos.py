@@ -23,7 +23,10 @@ The scenarios (``--scale small`` is what ``tests/chaos/`` runs in CI):
 * ``outage``: Redis stopped for longer than the lease while long jobs run, then started
   again with its data;
 * ``skew``: workers whose clock is two minutes behind the broker's;
-* ``sigterm``: workers stopped with SIGTERM (graceful) and replaced, under load.
+* ``sigterm``: workers stopped with SIGTERM (graceful) and replaced, under load;
+* ``flood``: junk written straight into the stream before the workers start (random
+  bytes under random ids, some of them 2 MiB, and copies under the genuine jobs' ids);
+  *redis mem* is then the memory left once the junk is drained (stubs, no results).
 
 Figures only: nothing here asserts a time.
 """
@@ -420,6 +423,40 @@ async def sigterm(jobs: int, workers: int, terms: int, seconds: float, lease: fl
         return row
 
 
+async def flood(jobs: int, workers: int, junk: int, big: int, lease: float) -> Row:
+    with lab(lease) as the_lab:
+        app, task = producer(the_lab)
+        handles = await task.enqueue_many([chaos_work(n, 0.01) for n in range(jobs)])
+        broker = await app.broker()
+        stream = broker.keys("default").stream  # type: ignore[attr-defined]
+        client = redis.Redis(host="127.0.0.1", port=the_lab.port)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for i in range(junk):
+                # one in ten under a genuine job's id (written after it, as an attacker
+                # who read the ids would): it must neither answer for it nor run
+                job_id = handles[i % jobs].id if i % 10 == 0 else f"junk-{i}"
+                pipe.xadd(stream, {"id": job_id, "env": os.urandom(300), "att": "1", "at": "0"})
+                if i % 5000 == 4999:
+                    pipe.execute()
+            pipe.execute()
+            for i in range(big):
+                client.xadd(stream, {"id": f"big-{i}", "env": b"B" * (2 << 20)})
+        finally:
+            client.close()
+        start = time.time()
+        for _ in range(workers):
+            the_lab.spawn(10)
+        lost, done_at = await outcomes(handles, timeout=120 + junk / 500)
+        with anyio.fail_after(120 + junk / 500):
+            while (await broker.stats("default")).ready:  # noqa: ASYNC110 - polled
+                await anyio.sleep(0.2)
+        row = the_lab.judge(Row(f"hostile flood ({junk} junk, {big} of 2 MiB)", jobs, lost=lost))
+        row.recovery = max(0.0, done_at - start)
+        await app.aclose()
+        return row
+
+
 def chaos_work(n: int, seconds: float) -> Any:
     from benchmarks import chaos_app
 
@@ -432,15 +469,17 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "outage": {"jobs": 4, "workers": 2, "seconds": 8.0, "lease": 2.0, "down": 4.0},
         "skew": {"jobs": 20, "workers": 1, "offset": -120.0, "lease": 2.0},
         "sigterm": {"jobs": 60, "workers": 2, "terms": 2, "seconds": 0.3, "lease": 2.0},
+        "flood": {"jobs": 50, "workers": 2, "junk": 2000, "big": 5, "lease": 2.0},
     },
     "full": {
         "kill9": {"jobs": 2000, "workers": 4, "kills": 20, "seconds": 0.5, "lease": 5.0},
         "outage": {"jobs": 20, "workers": 2, "seconds": 60.0, "lease": 30.0, "down": 45.0},
         "skew": {"jobs": 1000, "workers": 2, "offset": -120.0, "lease": 5.0},
         "sigterm": {"jobs": 2000, "workers": 4, "terms": 10, "seconds": 0.3, "lease": 5.0},
+        "flood": {"jobs": 200, "workers": 2, "junk": 100_000, "big": 20, "lease": 5.0},
     },
 }
-SCENARIOS = {"kill9": kill9, "outage": outage, "skew": skew, "sigterm": sigterm}
+SCENARIOS = {"kill9": kill9, "outage": outage, "skew": skew, "sigterm": sigterm, "flood": flood}
 
 
 async def run_scenario(name: str, scale: str = "small") -> Row:
