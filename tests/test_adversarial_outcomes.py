@@ -480,3 +480,44 @@ async def test_a_worker_whose_consumer_dies_stops_and_says_it_failed(
         await worker.run()
     assert worker.failed
     await app.aclose()
+
+
+def test_status_shows_what_was_counted_instead_of_stored(tmp_path: Path) -> None:
+    """Garbage is counted, not stored: `vaultq status` shows the counts (text and JSON),
+    with counter names escaped (anyone who can write to the broker can name one)."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT, worker_env
+
+    from vaultq.brokers.sqlite import SqliteBroker
+
+    url = f"sqlite:///{tmp_path}/q.db"
+
+    async def make_a_duplicate() -> None:
+        broker = SqliteBroker(url, namespace="cli-good")
+        await broker.enqueue([EnqueueItem(queue="default", job_id="x", envelope=b"a")])
+        await broker.fetch(["default"], 1, consumer="c", lease=60, block=0)
+        await broker.enqueue([EnqueueItem(queue="default", job_id="x", envelope=b"b")])
+        assert await broker.fetch(["default"], 1, consumer="c", lease=60, block=0) == []
+        await broker.close()
+
+    anyio.run(make_a_duplicate)
+    env = worker_env({"VAULTQ_BROKER": url})
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vaultq", "status", "cli_apps:good", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    text = status()
+    assert text.returncode == 0, text.stderr
+    assert "dropped without a dead letter on default: duplicate=1" in text.stdout
+    doc = json.loads(status("--json").stdout)
+    assert doc["dropped"] == {"default": {"duplicate": 1}}

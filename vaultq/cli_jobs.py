@@ -30,6 +30,7 @@ from vaultq.cli_common import (
     split_app_and_id,
 )
 from vaultq.errors import JobError, ResultUnavailable, VaultqError
+from vaultq.policy import safe_id
 
 __all__ = ["add_jobs_parsers", "cmd_cancel", "cmd_enqueue", "cmd_job", "cmd_status"]
 
@@ -196,11 +197,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     asked = [q for q in (args.queues or "").split(",") if q]
     queues = asked or known
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], dict[str, dict[str, int]]]:
         broker = await app.broker()
-        return [await broker.stats(q) for q in queues]
+        stats = [await broker.stats(q) for q in queues]
+        # Entries removed without a dead letter (duplicates, replays): counted, not stored.
+        counted = {q: await broker.counters(q) for q in queues}
+        return stats, {q: c for q, c in counted.items() if c}
 
-    rows = anyio.run(go)
+    rows, dropped = anyio.run(go)
     # A queue the app does not use and the broker holds nothing for is most likely a
     # typo: say so rather than print a row of zeros.
     unknown = [
@@ -216,12 +220,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     if args.json:
-        print_json({"app": app.name, "broker": app.broker_url, "queues": rows})
+        doc = {"app": app.name, "broker": app.broker_url, "queues": rows, "dropped": dropped}
+        print_json(doc)
         return EXIT_OK
     print(f"app {app.name} on {app.broker_url}")
     print(f"{'queue':<20} {'ready':>8} {'delayed':>8} {'running':>8} {'dead':>8}")
     for s in rows:
         print(f"{s.queue:<20} {s.ready:>8} {s.delayed:>8} {s.running:>8} {s.dead:>8}")
+    for queue, counts in dropped.items():
+        # Escaped: whoever can write to the broker can write any counter name.
+        shown = " ".join(f"{safe_id(name)}={n}" for name, n in sorted(counts.items()))
+        print(f"dropped without a dead letter on {queue}: {shown}")
     return EXIT_OK
 
 
