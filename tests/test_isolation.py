@@ -424,3 +424,25 @@ async def test_retry_verdict_crosses_from_the_child(iso: ModuleType) -> None:
         assert await outcome("value") == ("ValueError", 1)
         assert await outcome("transient", "fatal") == ("vaultq.errors.Fatal", 2)
         assert await outcome("retry", "retry", "retry", "retry") == ("vaultq.errors.Retry", 4)
+
+
+async def test_a_lost_lease_kills_the_child_at_once(iso: ModuleType, tmp_path: Path) -> None:
+    # A child that ignores SIGTERM would get kill_grace (60 s here) before SIGKILL; when
+    # the attempt lost its lease another worker may soon run the job, so no grace.
+    pool = ProcessPool(iso.app, size=1, kill_grace=60.0)
+    try:
+        pidfile = tmp_path / "stubborn.pid"
+        opened, ctx = attempt(iso.stubborn, msgspec.json.encode(iso.PidFile(str(pidfile))))
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    await pool.run(iso.stubborn, opened, ctx, 30.0, urgent=lambda: True)
+
+                tg.start_soon(run)
+                pid = await wait_for_file(pidfile)
+                tg.cancel_scope.cancel()
+        assert not alive(pid)
+        assert pool.pids == []
+    finally:
+        await pool.aclose()

@@ -601,7 +601,9 @@ class Executor:
             if slot.stop is not None:
                 scope.cancel()
             try:
-                value = await self._call(task, payload, ctx, opened, timeout)
+                value = await self._call(
+                    task, payload, ctx, opened, timeout, urgent=lambda: slot.stop == Stop.LEASE_LOST
+                )
             except AttemptTimedOut:
                 timed_out = True
             except TaskRaised as exc:
@@ -713,14 +715,17 @@ class Executor:
         ctx: JobContext,
         opened: OpenedJob,
         timeout: float,
+        *,
+        urgent: Callable[[], bool] | None = None,
     ) -> bytes | None:
-        """Run the task function once and encode its result; raises on failure."""
+        """Run the task function once and encode its result; raises on failure.
+        ``urgent()``: the attempt lost its lease, so an isolated child is killed at once."""
         if task.options.isolation == "process":
             if self.process_pool is None:
                 raise TaskRaised(
                     "vaultq.ConfigurationError", "process isolation is not available here"
                 )
-            encoded: bytes = await self.process_pool.run(task, opened, ctx, timeout)
+            encoded: bytes = await self.process_pool.run(task, opened, ctx, timeout, urgent=urgent)
             if task.result_type is not None:
                 try:
                     task.result_codec.decode(encoded)

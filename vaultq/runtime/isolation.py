@@ -27,7 +27,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,13 +137,21 @@ class ProcessPool:
         return [c.pid for c in (*self._idle, *self._busy)]
 
     async def run(
-        self, task: Task[Any, Any], opened: OpenedJob, ctx: JobContext, timeout: float
+        self,
+        task: Task[Any, Any],
+        opened: OpenedJob,
+        ctx: JobContext,
+        timeout: float,
+        *,
+        urgent: Callable[[], bool] | None = None,
     ) -> bytes:
         """Run one attempt in a child; returns the result's JSON bytes.
 
         Raises ``AttemptTimedOut`` at ``ctx.deadline`` (the child is killed),
         ``TaskRaised`` when the task raised or its child died, and re-raises a
-        cancellation from outside after killing the child.
+        cancellation from outside after killing the child. When ``urgent()`` is true at
+        that point (the attempt lost its lease: another worker may soon run the job), the
+        child gets SIGKILL at once instead of SIGTERM and ``kill_grace``.
         """
         if self._closed:
             raise TaskRaised("vaultq.ConfigurationError", "the process pool is closed")
@@ -174,10 +182,11 @@ class ProcessPool:
                 # by id, worker shutdown) or failed: the child may still be running the
                 # job, so it must not survive. Shielded, or the kill itself is cancelled.
                 late = time.time() >= ctx.deadline
-                why = "passed its deadline" if late else "was stopped"
+                now = urgent is not None and urgent()
+                why = "lost its lease" if now else "passed its deadline" if late else "was stopped"
                 with anyio.CancelScope(shield=True):
                     await self._kill(
-                        child, f"job {ctx.job_id} {why}", ctx.deadline if late else None
+                        child, f"job {ctx.job_id} {why}", ctx.deadline if late else None, now=now
                     )
                 raise
             if scope.cancelled_caught:
@@ -310,15 +319,19 @@ class ProcessPool:
             CHILD_DIED, f"the isolated child process died running {task.name} (exit code {code})"
         )
 
-    async def _kill(self, child: _Child, why: str, deadline: float | None) -> None:
-        """SIGTERM, ``kill_grace`` seconds, SIGKILL; then reap. Call shielded."""
+    async def _kill(
+        self, child: _Child, why: str, deadline: float | None, *, now: bool = False
+    ) -> None:
+        """SIGTERM, ``kill_grace`` seconds, SIGKILL (``now``: SIGKILL at once); then reap.
+        Call shielded."""
         self._busy.discard(child)
         proc = child.proc
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with anyio.move_on_after(self.kill_grace):
-                await proc.wait()
+            if not now:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                with anyio.move_on_after(self.kill_grace):
+                    await proc.wait()
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
