@@ -116,3 +116,15 @@ async def test_vaultq_check_tells_a_host_whose_clock_is_off(
     assert (error.level, error.code) == ("error", "VQ204")
     assert "90.0 s behind the broker's" in error.message
     await app.aclose()
+
+
+async def test_a_broker_without_a_clock_is_taken_to_share_ours() -> None:
+    # A third-party broker written before Broker.time() existed must not stop workers.
+    from vaultq.clock import Clock
+
+    class OldBroker:
+        pass
+
+    clock = Clock()
+    assert await clock.measure(OldBroker()) == 0.0  # type: ignore[arg-type]
+    assert not clock.due()
