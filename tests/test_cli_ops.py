@@ -142,6 +142,35 @@ def test_status_names_an_unknown_queue_and_prints_json(env: dict[str, str]) -> N
     ]
 
 
+def test_status_reports_jobs_queued_under_a_revoked_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """After `vaultq keys revoke`, `vaultq status` says what `vaultq check` says (VQ104):
+    how many queued jobs name the revoked key, in text and in --json."""
+    keys = tmp_path / "vaultq.keys"
+    vaultq.Keyring.generate().save(keys)
+    env = {**env, "VAULTQ_KEYS": f"@{keys}"}
+    for n in (1, 2):
+        enqueue(env, "ops.echo", json.dumps({"n": n, "token": "t"}))
+    clean = vq(env, "status", "ops_app")
+    assert clean.returncode == 0 and "VQ104" not in clean.stdout, clean.stdout + clean.stderr
+    assert json.loads(vq(env, "status", "ops_app", "--json").stdout)["findings"] == []
+    signer = vaultq.Keyring.from_file(keys).signer_id
+    assert signer is not None
+    assert vq(env, "keys", "revoke", str(keys), signer).returncode == 0
+    says = f"VQ104: 2 job(s) queued on 'default' are sealed or signed with revoked key(s) {signer}"
+    out = vq(env, "status", "ops_app")
+    assert out.returncode == 0, out.stdout + out.stderr  # a warning, not an error
+    assert f"WARNING {says}" in out.stdout and "rejected:revoked_key" in out.stdout
+    doc = json.loads(vq(env, "status", "ops_app", "--json").stdout)
+    assert doc["queues"][0]["ready"] == 2
+    [finding] = doc["findings"]
+    assert (finding["level"], finding["code"]) == ("warning", "VQ104")
+    assert says.removeprefix("VQ104: ") in finding["message"]
+    # `vaultq check` reports the very same finding.
+    assert f"WARNING {says}" in vq(env, "check", "ops_app").stdout
+
+
 def test_check_json(env: dict[str, str]) -> None:
     out = vq(env, "check", "ops_app", "--json")
     doc = json.loads(out.stdout)

@@ -95,6 +95,15 @@ def _keys(app: App) -> list[Finding]:
     return out
 
 
+def has_revoked_keys(app: App) -> bool:
+    """Whether the app's keyring revokes any key; False when it has no keyring (that is
+    reported on its own, and without keys nothing can be queued under a revoked one)."""
+    try:
+        return bool(app.keyring.revoked_ids)
+    except VaultqError:
+        return False
+
+
 async def revoked_backlog(app: App, queues: list[str], *, limit: int = 10_000) -> list[Finding]:
     """VQ104: jobs still queued under a key the keyring has revoked (``docs/keys.md``).
 

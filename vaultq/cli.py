@@ -178,15 +178,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _revoked_backlog(app: Any) -> list[Any]:
     """VQ104 findings: jobs still queued under revoked keys (an existing broker only)."""
-    from vaultq.checks import revoked_backlog
+    from vaultq.checks import has_revoked_keys, revoked_backlog
     from vaultq.runtime.worker import _queues_of
 
+    if not has_revoked_keys(app):
+        return []
     try:
-        if not app.keyring.revoked_ids:
-            return []
         existing_broker(app)
     except VaultqError:
-        return []  # no keys (reported above) or no database yet: nothing can be queued
+        return []  # no database yet: nothing can be queued
 
     async def go() -> list[Any]:
         try:

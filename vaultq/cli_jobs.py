@@ -192,19 +192,23 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from vaultq.checks import has_revoked_keys, revoked_backlog
+
     app = existing_broker(load_cli_app(args.app, args.broker))
     known = _app_queues(app)
     asked = [q for q in (args.queues or "").split(",") if q]
     queues = asked or known
 
-    async def go() -> tuple[list[Any], dict[str, dict[str, int]]]:
+    async def go() -> tuple[list[Any], dict[str, dict[str, int]], list[Any]]:
         broker = await app.broker()
         stats = [await broker.stats(q) for q in queues]
         # Entries removed without a dead letter (duplicates, replays): counted, not stored.
         counted = {q: await broker.counters(q) for q in queues}
-        return stats, {q: c for q, c in counted.items() if c}
+        # The same VQ104 report as `vaultq check`: jobs workers will refuse.
+        revoked = await revoked_backlog(app, queues) if has_revoked_keys(app) else []
+        return stats, {q: c for q, c in counted.items() if c}, revoked
 
-    rows, dropped = anyio.run(go)
+    rows, dropped, revoked = anyio.run(go)
     # A queue the app does not use and the broker holds nothing for is most likely a
     # typo: say so rather than print a row of zeros.
     unknown = [
@@ -220,7 +224,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     if args.json:
-        doc = {"app": app.name, "broker": app.broker_url, "queues": rows, "dropped": dropped}
+        doc = {
+            "app": app.name,
+            "broker": app.broker_url,
+            "queues": rows,
+            "dropped": dropped,
+            "findings": [{"level": f.level, "code": f.code, "message": f.message} for f in revoked],
+        }
         print_json(doc)
         return EXIT_OK
     print(f"app {app.name} on {app.broker_url}")
@@ -231,6 +241,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         # Escaped: whoever can write to the broker can write any counter name.
         shown = " ".join(f"{safe_id(name)}={n}" for name, n in sorted(counts.items()))
         print(f"dropped without a dead letter on {queue}: {shown}")
+    for finding in revoked:
+        print(finding)
     return EXIT_OK
 
 
