@@ -217,3 +217,26 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return sorted(found)
+
+
+def test_a_worker_process_whose_consumer_dies_exits_1(env: dict[str, str]) -> None:
+    """Issue 9 #4 through a real `vaultq worker`: a worker that cannot serve any more
+    (its job consumer ended by a CancelledError vaultq did not issue, injected by
+    ``dying_consumer_app``) stops by itself, says why, and exits 1 so that a supervisor
+    or orchestrator restarts it, instead of living on without fetching."""
+    with worker_processes("dying_consumer_app", env, 1, "--concurrency", "1") as (proc,):
+        wait_until_serving([proc])
+        out = subprocess.run(
+            [sys.executable, "-m", "vaultq", "enqueue", "dying_consumer_app", "t.ok", '{"n": 1}'],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        # No signal is sent: the worker must end on its own.
+        code = proc.wait(timeout=60)
+        log = proc.log_path.read_text()  # type: ignore[attr-defined]
+    assert code == 1, log
+    assert "a job consumer ended unexpectedly; stopping" in log
+    assert "could not serve any more: exit status 1 (restart it)" in log

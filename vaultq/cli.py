@@ -120,7 +120,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     anyio.run(serve)
     # A worker that could no longer serve exits non-zero so its supervisor restarts it.
-    return 1 if worker.failed else 0
+    if worker.failed:
+        log.error("worker %s could not serve any more: exit status 1 (restart it)", worker.name)
+        return 1
+    return 0
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
