@@ -2,8 +2,9 @@
 
 For ``test_worker_processes.py::test_a_worker_process_whose_consumer_dies_exits_1``:
 the fault of ``test_adversarial_outcomes.py::
-test_a_worker_whose_consumer_dies_stops_and_says_it_failed`` (a stray ``CancelledError`` that vaultq did not issue) injected into a real
-``vaultq worker`` process. Importing this module installs the fault in that process.
+test_a_worker_whose_consumer_dies_stops_and_says_it_failed`` (a stray
+``CancelledError`` that vaultq did not issue) injected into a real ``vaultq worker``
+process. Importing this module installs the fault in that process.
 """
 
 from __future__ import annotations
