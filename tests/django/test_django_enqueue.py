@@ -119,7 +119,10 @@ def test_outside_a_transaction_enqueues_at_once(queue: str) -> None:
 
     from vaultq.django import enqueue_on_commit
 
-    p = Principal("user:1", permissions={"vqtestapp.run_report"})
+    # Its own user: the policy looks the principal up in the database, and which user has
+    # pk=1 depends on which test file ran first.
+    user = make_user(uname(queue, "outside"), perm=True)
+    p = Principal(f"user:{user.pk}", permissions={"vqtestapp.run_report"})
     job_id = enqueue_on_commit(report, Report(note_id=1), principal=p, queue=queue)
     assert len(job_id) == 32
     assert queue_stats(queue).ready == 1
