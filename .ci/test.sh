@@ -31,6 +31,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# tests/test_node_producer.py runs the Node.js reference producer against a real worker.
+if ! command -v node >/dev/null 2>&1 && ! command -v nodejs >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing nodejs (Debian package) for the cross-language envelope test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+  else
+    echo "node is not installed: tests/test_node_producer.py will SKIP (install it, e.g. 'sudo apt-get install nodejs')" >&2
+  fi
+fi
+
 # install_locked VENV: the locked tree with hashes, then vaultq itself (editable, no deps,
 # built by the locked setuptools so nothing unpinned is downloaded).
 # quiet CMD...: run CMD; show its output (less pip's notes on absent local index folders)
