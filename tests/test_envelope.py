@@ -905,7 +905,7 @@ def test_refusal_vectors(path: Path, vector: dict[str, Any]) -> None:
     with pytest.raises(EnvelopeError) as info:
         open_job(
             bytes.fromhex(vector["envelope"]),
-            Keyring.from_dict(doc["keyring"]),
+            Keyring.from_dict(vector.get("keyring", doc["keyring"])),
             app=params["app"],
             tasks=frozenset(params["tasks"]),
             queue=params["queue"],
@@ -961,6 +961,38 @@ def test_refusal_vectors_base_envelope_opens(path: Path, positive: Path) -> None
         now=params["now_ms"] / 1000,
     )
     assert opened.header.job_id == params["job_id"]
+
+
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+NON_CANONICAL_ED25519 = [
+    pytest.param(path, v, id=f"{path.stem.split('_')[1]}-{v['name']}")
+    for path in (REFUSALS, REFUSALS_V2)
+    for v in _refusals(path)["vectors"]
+    if v["name"].startswith("ed25519-")
+]
+
+
+@pytest.mark.parametrize(("path", "vector"), NON_CANONICAL_ED25519)
+def test_non_canonical_ed25519_vectors_differ_only_in_s(path: Path, vector: dict[str, Any]) -> None:
+    """RFC 8032 strict S < L: each vector's S is a valid S plus a multiple of L (or with
+    bit 255 set). Reduced to its canonical value, the same envelope opens, so the
+    non-canonical S is the only reason it is refused (the verification equation itself,
+    computed mod L, holds for S + L)."""
+    params = _refusals(path)["open"]
+    data = bytearray.fromhex(vector["envelope"])
+    s = int.from_bytes(data[-32:], "little")
+    assert s >= ED25519_L
+    data[-32:] = ((s & ((1 << 255) - 1)) % ED25519_L).to_bytes(32, "little")
+    opened = open_job(
+        bytes(data),
+        Keyring.from_dict(vector["keyring"]),
+        app=params["app"],
+        tasks=frozenset(params["tasks"]),
+        queue=params["queue"],
+        job_id=params["job_id"],
+        now=params["now_ms"] / 1000,
+    )
+    assert opened.header.signer_id == "s00000001"
 
 
 def _bin16(raw: bytes) -> bytes:

@@ -441,6 +441,41 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     return out
 
 
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+"""The order of the Ed25519 base point (RFC 8032 §5.1)."""
+
+
+def ed25519_refusals(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Non-canonical Ed25519 signatures (RFC 8032 §5.1.7: S MUST be < L). S + L and
+    S + 2L satisfy the verification equation (it works mod L), so only the S < L check
+    refuses them; a verifier that skips it (or checks only the top 3 bits) accepts a
+    second signature for the same message. Each vector carries its own keyring: the
+    ed25519 positive vector's."""
+    doc = keyring_doc("ed25519")
+    keyring = Keyring.from_dict(doc)
+    header, nonce, ciphertext, signature = msgspec.msgpack.decode(seal(keyring, inputs)[3:])
+    r, s = signature[:32], int.from_bytes(signature[32:], "little")
+    out = []
+    for name, forged in (
+        ("ed25519-s-plus-l", s + ED25519_L),
+        ("ed25519-s-plus-2l", s + 2 * ED25519_L),
+        ("ed25519-s-top-bit-set", s | 1 << 255),
+    ):
+        out.append(
+            {
+                "name": name,
+                "error": "BadSignature",
+                "reason": "bad_signature",
+                "envelope": frame(
+                    [header, nonce, ciphertext, r + forged.to_bytes(32, "little")]
+                ).hex(),
+                "open": {},
+                "keyring": doc,
+            }
+        )
+    return out
+
+
 def write_refusals() -> None:
     # The positive hmac-sha256 keyring, plus two revoked ids for the revoked_key vectors.
     keyring = Keyring.from_dict({**keyring_doc("hmac-sha256"), "revoked": REVOKED})
@@ -468,13 +503,17 @@ def write_refusals() -> None:
             "open": {},
         },
     ]
-    for version, job, extra in ((1, v1, []), (2, v2, v2_only)):
+    for version, job, extra in (
+        (1, v1, ed25519_refusals(JOB)),
+        (2, v2, v2_only + ed25519_refusals(JOB_V2)),
+    ):
         out = {
             "comment": (
                 f"vaultq envelope v{version} refusal vectors; see docs/envelope.md. Open each "
                 "envelope with open_job(app, tasks, queue, job_id, now=now_ms/1000, skew=60, "
                 "max_size=1048576, accept_v1=True), after applying the vector's 'open' "
-                "overrides; it must be refused with 'error' (reason code 'reason')."
+                "overrides and with the vector's own 'keyring' where it has one; it must be "
+                "refused with 'error' (reason code 'reason')."
             ),
             "keyring": keyring.to_dict(),
             "open": {
