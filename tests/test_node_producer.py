@@ -2,7 +2,8 @@
 docs/envelope.md and docs/redis.md, against a real `vaultq worker` on the session's
 private Redis: a Node-sealed v2 job runs under a permission policy, Node opens the
 worker's sealed typed result, a job without the permission is DENIED and never runs,
-and Node reproduces/opens every positive v2 vector byte for byte.
+Node reproduces/opens every positive v2 vector byte for byte and refuses every v2
+refusal vector with vaultq's reason code.
 
 CI installs Debian's `nodejs` when it is missing (`.ci/test.sh`); these tests skip,
 loudly, only where no `node` executable exists at all.
@@ -47,6 +48,19 @@ def test_node_reproduces_and_opens_the_v2_vectors() -> None:
     assert done.returncode == 0, done.stderr
     names = [v["name"] for v in json.loads(vectors.read_text())["vectors"]]
     assert done.stdout.split("\n")[:-1] == [f"vector {name}: ok" for name in names]
+
+
+@needs_node
+def test_node_refuses_every_v2_refusal_vector_with_its_reason() -> None:
+    """The refusal vectors pass in both implementations: Node, written from the spec's
+    check order, refuses each one with the reason code vaultq gives."""
+    vectors = ROOT / "tests" / "vectors" / "envelope_v2_refusals.json"
+    done = _node("--refusals", str(vectors))
+    assert done.returncode == 0, done.stderr
+    expected = [
+        f"refusal {v['name']}: {v['reason']}" for v in json.loads(vectors.read_text())["vectors"]
+    ]
+    assert done.stdout.split("\n")[:-1] == expected
 
 
 @needs_node

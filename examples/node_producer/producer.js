@@ -7,6 +7,7 @@
 //   node producer.js --redis redis://127.0.0.1:6379/0 --keys keyring.json --app shop \
 //        --task specapp.refund --payload '{"order_id":7}' --principal '{"id":"user:42"}'
 //   node producer.js --vectors tests/vectors/envelope_v2.json
+//   node producer.js --refusals tests/vectors/envelope_v2_refusals.json
 'use strict';
 const crypto = require('crypto');
 const fs = require('fs');
@@ -139,25 +140,42 @@ function sealJob(kr, job, nonce = crypto.randomBytes(24)) {
   const sig = kr.sign(Buffer.concat([JOB_DOMAIN, header, nonce, ct]));
   return Buffer.concat([MAGIC_V2, mpArray([mpBin(header), mpBin(nonce), mpBin(ct), mpBin(sig)])]);
 }
-// Opens a v2 envelope; `domain` picks job or result rules. Returns {header, plaintext}.
+// Opens a v2 envelope in the spec's check order; `domain` picks job or result rules.
+// `want`: app, job_id, queue, and task (results) or tasks + now_ms + skew_s (jobs).
+// Throws an Error whose message is the spec's reason code. Returns {header, plaintext}.
 function openEnvelope(kr, data, domain, want) {
+  if (data.length > (want.max_size || 1048576)) throw new Error('too_large');
   if (!data.subarray(0, 3).equals(MAGIC_V2)) throw new Error('unsupported_version');
-  const box = mpDecode(data.subarray(3));
-  if (!Array.isArray(box) || box.length !== 4 || !box.every(Buffer.isBuffer)) throw new Error('malformed');
-  const [hb, nonce, ct, sig] = box;
-  const h = mpDecode(hb);
-  if (!Array.isArray(h) || h.length !== 10) throw new Error('malformed');
-  // Canonical framing: re-encode and compare (the spec refuses every longer form).
-  const again = mpArray([mpInt(h[0]), ...h.slice(1, 5).map(mpStr), ...h.slice(5, 8).map(mpInt), mpStr(h[8]), mpStr(h[9])]);
-  if (!again.equals(hb) || !Buffer.concat([MAGIC_V2, mpArray(box.map(mpBin))]).equals(data)) throw new Error('malformed');
+  let box, hb, h;
+  try {
+    box = mpDecode(data.subarray(3));
+    if (!Array.isArray(box) || box.length !== 4 || !box.every(Buffer.isBuffer)) throw new Error();
+    hb = box[0];
+    h = mpDecode(hb);
+    const types = ['number', 'string', 'string', 'string', 'string', 'number', 'number', 'number', 'string', 'string'];
+    if (!Array.isArray(h) || h.length !== 10 || h.some((x, i) => typeof x !== types[i])) throw new Error();
+    // Canonical framing: re-encode and compare (the spec refuses every longer form).
+    const again = mpArray([mpInt(h[0]), ...h.slice(1, 5).map(mpStr), ...h.slice(5, 8).map(mpInt), mpStr(h[8]), mpStr(h[9])]);
+    if (!again.equals(hb) || !Buffer.concat([MAGIC_V2, mpArray(box.map(mpBin))]).equals(data)) throw new Error();
+  } catch { throw new Error('malformed'); }
+  const [, nonce, ct, sig] = box;
   if (h[0] !== 2) throw new Error('unsupported_version');
   if (nonce.length !== 24) throw new Error('malformed');
   const header = { job_id: h[1], app: h[2], task: h[3], queue: h[4], issued_at: h[5], not_before: h[6], expires_at: h[7], key_id: h[8], signer_id: h[9] };
   if (header.app !== want.app || header.job_id !== want.job_id || header.queue !== want.queue) throw new Error('wrong_destination');
-  if (domain === RESULT_DOMAIN ? ![want.task, ''].includes(header.task) : header.task !== want.task) throw new Error('wrong_destination');
+  if (domain === RESULT_DOMAIN) {
+    if (![want.task, ''].includes(header.task)) throw new Error('wrong_destination');
+  } else {
+    if (!want.tasks.includes(header.task)) throw new Error('unknown_task');
+    const skew = (want.skew_s ?? 60) * 1000;
+    if (header.not_before > want.now_ms + skew || header.issued_at > want.now_ms + skew) throw new Error('not_yet_valid');
+    if (header.expires_at < want.now_ms - skew) throw new Error('expired');
+  }
   if (kr.revoked.has(header.signer_id) || kr.revoked.has(header.key_id)) throw new Error('revoked_key');
   if (header.signer_id === '') { // AEAD-only: results only, empty signature, active key
-    if (domain !== RESULT_DOMAIN || sig.length || header.key_id !== kr.active) throw new Error('untrusted_signer');
+    if (domain !== RESULT_DOMAIN) throw new Error('untrusted_signer');
+    if (sig.length) throw new Error('malformed');
+    if (header.key_id !== kr.active) throw new Error('untrusted_signer');
   } else {
     const verify = kr.verifiers[header.signer_id];
     if (!verify) throw new Error('untrusted_signer');
@@ -168,6 +186,13 @@ function openEnvelope(kr, data, domain, want) {
   let plaintext;
   try { plaintext = xaesOpen(key, nonce, ct, hb); } catch { throw new Error('decryption_failed'); }
   return { header, plaintext };
+}
+function openJob(kr, data, want) { // check 12, shallow: the top-level fields of a job body
+  const opened = openEnvelope(kr, data, JOB_DOMAIN, want);
+  let body;
+  try { body = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(opened.plaintext)); } catch { throw new Error('malformed'); }
+  if (!body || typeof body !== 'object' || !('payload' in body) || Object.keys(body).some((k) => !['payload', 'principal', 'meta'].includes(k))) throw new Error('malformed');
+  return opened;
 }
 function openResult(kr, data, want) {
   const { header, plaintext } = openEnvelope(kr, data, RESULT_DOMAIN, want);
@@ -230,13 +255,25 @@ function checkVectors(path) {
     if (kr.sign) { // reproduce the sealed job byte for byte (ed25519 is deterministic too)
       const got = sealJob(kr, j, Buffer.from(j.nonce, 'hex')).toString('hex');
       if (got !== v.envelope) throw new Error(`${v.name}: job envelope differs`);
-      const opened = openEnvelope(kr, Buffer.from(v.envelope, 'hex'), JOB_DOMAIN, want);
+      const opened = openJob(kr, Buffer.from(v.envelope, 'hex'), { ...want, tasks: [j.task], now_ms: j.issued_at_ms });
       if (opened.plaintext.toString() !== v.envelope_parts.plaintext) throw new Error(`${v.name}: job plaintext differs`);
     }
     const body = openResult(kr, Buffer.from(v.result_envelope, 'hex'), want);
     const expect = v.result.body;
     if (body.status !== expect.status || JSON.stringify(body.value) !== expect.value || body.attempts !== expect.attempts) throw new Error(`${v.name}: result differs`);
     console.log(`vector ${v.name}: ok`);
+  }
+}
+function checkRefusals(path) { // docs/envelope.md: each must be refused with its reason
+  const doc = JSON.parse(fs.readFileSync(path, 'utf8'));
+  for (const v of doc.vectors) {
+    const o = { ...doc.open, ...v.open };
+    const kr = loadKeyring(v.keyring || doc.keyring);
+    let reason = 'opened';
+    try { openJob(kr, Buffer.from(v.envelope, 'hex'), o); } catch (e) { reason = e.message; }
+    // This producer reads v2 only: a v1 envelope is refused by its tag, as with accept_v1=False.
+    if (reason !== v.reason) throw new Error(`refusal ${v.name}: expected ${v.reason}, got ${reason}`);
+    console.log(`refusal ${v.name}: ${reason}`);
   }
 }
 async function produce() {
@@ -264,5 +301,7 @@ async function produce() {
   throw new Error(`no result for job ${job.job_id} in time`);
 }
 
-(process.argv.includes('--vectors') ? Promise.resolve().then(() => checkVectors(arg('vectors'))) : produce())
+const mode = process.argv.includes('--vectors') ? () => checkVectors(arg('vectors'))
+  : process.argv.includes('--refusals') ? () => checkRefusals(arg('refusals')) : produce;
+Promise.resolve().then(mode)
   .catch((e) => { console.error(`producer: ${e.message}`); process.exit(1); });
