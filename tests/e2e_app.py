@@ -59,6 +59,21 @@ async def slow(job: Sleep) -> int:
     return job.n
 
 
+def gate_path() -> str:
+    return os.environ["E2E_LOG"] + ".open"
+
+
+@app.task(name="e2e.gated", timeout=60)
+async def gated(job: Item) -> int:
+    """Runs until the test opens the gate (creates ``gate_path()``): a job that cannot
+    finish before the test decides, however slow the machine."""
+    _log("start", job.n)
+    while not os.path.exists(gate_path()):
+        await anyio.sleep(0.05)
+    _log("finish", job.n)
+    return job.n
+
+
 @app.task(name="e2e.slow_sync", timeout=60)
 def slow_sync(job: Sleep) -> int:
     _log("start", job.n)

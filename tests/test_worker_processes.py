@@ -91,14 +91,17 @@ async def test_2000_jobs_two_processes_each_once(e2e: ModuleType, env: dict[str,
 
 
 async def test_kill_9_mid_job_jobs_complete_elsewhere(e2e: ModuleType, env: dict[str, str]) -> None:
-    handles = await e2e.slow.enqueue_many(e2e.Sleep(n=i, seconds=1.5) for i in range(6))
+    # Gated jobs, not timed ones: on a loaded machine a 1.5 s job could finish between
+    # "six started" and the kill. The gate opens only after the victim is dead.
+    handles = await e2e.gated.enqueue_many(e2e.Item(n=i) for i in range(6))
     with worker_processes("e2e_app", env, 1, "--concurrency", "6") as (victim,):
-        await wait_for(lambda: len(runs(env)) >= 6, 30, "all six jobs to start")
+        await wait_for(lambda: len(runs(env)) >= 6, 120, "all six jobs to start")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     started_on_victim = {n for event, n, pid in runs(env) if event == "start" and pid == victim.pid}
     assert started_on_victim == set(range(6))
     assert not [r for r in runs(env) if r[0] == "finish"], "killed before any finished"
+    Path(e2e.gate_path()).touch()
     with worker_processes("e2e_app", env, 1, "--concurrency", "6") as (rescuer,):
         results = sorted([await h.result(timeout=60) for h in handles])
     assert results == list(range(6))

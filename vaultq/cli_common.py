@@ -19,10 +19,15 @@ them per command):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import anyio
 import msgspec
 
 from vaultq.errors import VaultqError
@@ -43,6 +48,7 @@ __all__ = [
     "positive_int",
     "positive_seconds",
     "print_json",
+    "run_interruptibly",
     "seconds",
     "split_app_and_id",
 ]
@@ -177,3 +183,39 @@ def print_json(value: Any) -> None:
     """One JSON document on stdout (for ``--json``)."""
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
     sys.stdout.flush()
+
+
+T = TypeVar("T")
+
+
+def run_interruptibly(func: Callable[[], Awaitable[T]]) -> T:
+    """``anyio.run(func)``, where Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` for sure.
+
+    asyncio's own handling cancels the main task once; a library that swallows that one
+    ``CancelledError`` (redis-py's blocking reads did, now and then) left ``enqueue --wait``
+    waiting forever after Ctrl-C. A cancelled anyio scope cancels again at every await
+    until ``func`` has unwound."""
+    if threading.current_thread() is not threading.main_thread():
+        return anyio.run(func)  # signal handlers can only be set in the main thread
+    interrupted = False
+    result: list[T] = []
+
+    async def guarded() -> None:
+        with anyio.CancelScope() as scope:
+
+            def on_sigint() -> None:
+                nonlocal interrupted
+                interrupted = True
+                scope.cancel()
+
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            try:
+                result.append(await func())
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+
+    anyio.run(guarded)
+    if interrupted or not result:
+        raise KeyboardInterrupt
+    return result[0]

@@ -26,6 +26,7 @@ from vaultq.cli_common import (
     existing_broker,
     load_cli_app,
     print_json,
+    run_interruptibly,
     seconds,
     split_app_and_id,
 )
@@ -108,7 +109,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(value, enc_hook=_masked).decode())
         return EXIT_OK
 
-    code: int = anyio.run(go)
+    code: int = run_interruptibly(go)
     return code
 
 
