@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -23,7 +23,15 @@ from vaultq._loop import LoopThread
 from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Broker, CancelState, EnqueueItem
 from vaultq.clock import Clock, describe_offset
-from vaultq.envelope import JobMeta, ResultBody, new_job_id, open_result, seal_job
+from vaultq.envelope import (
+    JobMeta,
+    OpenedJob,
+    ResultBody,
+    new_job_id,
+    open_job,
+    open_result,
+    seal_job,
+)
 from vaultq.errors import (
     AuthorizationDenied,
     BrokerError,
@@ -614,6 +622,31 @@ class App:
         if data is None:
             return None
         return self._open_result(data, job_id, queue, task)
+
+    def _open_job(
+        self,
+        data: bytes,
+        *,
+        tasks: Container[str],
+        now: float,
+        queue: str,
+        job_id: str,
+        skew: float,
+    ) -> OpenedJob:
+        """``open_job`` with this app's keys, name, size limit and v1 setting: the one
+        place the worker and ``cancel`` open a delivered entry."""
+        return open_job(
+            data,
+            self.keyring,
+            app=self.name,
+            tasks=tasks,
+            now=now,
+            queue=queue,
+            job_id=job_id,
+            skew=skew,
+            max_size=self.max_envelope_size,
+            accept_v1=self.accept_envelope_v1,
+        )
 
     def _open_result(
         self, data: bytes, job_id: str, queue: str, task: str | None = None

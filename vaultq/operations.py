@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from vaultq.brokers.base import RETRYABLE_REASONS, DeadLetter, JobInfo
-from vaultq.envelope import Header, ResultBody, open_job, open_result, peek_header, seal_result
+from vaultq.envelope import Header, ResultBody, open_result, peek_header, seal_result
 from vaultq.errors import ConfigurationError, EnvelopeError, KeyringError
 from vaultq.jobs import JobStatus
 from vaultq.payload import Secret
@@ -275,17 +275,13 @@ async def _drop(app: App, broker: Any, info: JobInfo) -> bool:
     authenticate is left to the worker, which rejects it."""
     now = time.time()
     try:
-        opened = open_job(
+        opened = app._open_job(
             info.envelope,
-            app.keyring,
-            app=app.name,
             tasks=app.tasks,
             now=now,
             queue=info.queue,
             job_id=info.job_id,
             skew=math.inf,
-            max_size=app.max_envelope_size,
-            accept_v1=app.accept_envelope_v1,
         )
     except (EnvelopeError, KeyringError):
         return False

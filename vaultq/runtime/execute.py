@@ -26,7 +26,7 @@ import msgspec
 
 from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Release, Retry, Settlement
 from vaultq.cancellation import issued
-from vaultq.envelope import Header, OpenedJob, ResultBody, open_job, seal_result
+from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result
 from vaultq.errors import (
     DecryptionFailed,
     EnvelopeError,
@@ -424,32 +424,24 @@ class Executor:
         """Open and check the envelope; a Settlement when the job must not run."""
         app = self.app
         try:
-            return open_job(
+            return app._open_job(
                 delivery.envelope,
-                app.keyring,
-                app=app.name,
                 tasks=self._tasks,
                 now=now,
                 queue=delivery.queue,
                 job_id=delivery.job_id,
                 skew=app.clock_skew,
-                max_size=app.max_envelope_size,
-                accept_v1=app.accept_envelope_v1,
             )
         except (EnvelopeExpired, EnvelopeNotYetValid) as exc:
             # Only an authentic envelope earns EXPIRED (or a wait): check everything but time.
             try:
-                opened = open_job(
+                opened = app._open_job(
                     delivery.envelope,
-                    app.keyring,
-                    app=app.name,
                     tasks=self._tasks,
                     now=now,
                     queue=delivery.queue,
                     job_id=delivery.job_id,
                     skew=math.inf,
-                    max_size=app.max_envelope_size,
-                    accept_v1=app.accept_envelope_v1,
                 )
             except EnvelopeError as inner:
                 return self._reject(delivery, inner)
@@ -474,17 +466,13 @@ class Executor:
             # signer sealed for a task this worker lacks is answered REJECTED under its
             # signed id (the producer hears it); anything else stays unauthenticated junk.
             try:
-                open_job(
+                app._open_job(
                     delivery.envelope,
-                    app.keyring,
-                    app=app.name,
                     tasks=_EVERY_TASK,
                     now=now,
                     queue=delivery.queue,
                     job_id=delivery.job_id,
                     skew=math.inf,
-                    max_size=app.max_envelope_size,
-                    accept_v1=app.accept_envelope_v1,
                 )
             except EnvelopeError as inner:
                 return self._reject(delivery, inner)
