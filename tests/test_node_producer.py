@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -80,10 +81,11 @@ def test_node_refuses_a_tampered_vector(tmp_path: Path) -> None:
 
 
 @needs_node
+@pytest.mark.parametrize("alg", ["hmac-sha256", "ed25519"])
 def test_node_job_runs_in_a_vaultq_worker_and_node_opens_the_result(
-    redis_url: str, unique_name: str, tmp_path: Path
+    redis_url: str, unique_name: str, tmp_path: Path, alg: Literal["hmac-sha256", "ed25519"]
 ) -> None:
-    keyring = vaultq.Keyring.generate()
+    keyring = vaultq.Keyring.generate(signing=alg)
     keys = tmp_path / "keys.json"
     keys.write_text(keyring.to_json())
     keys.chmod(0o600)
