@@ -313,6 +313,55 @@ async def test_enqueue_unique_is_atomic_under_concurrency(broker: Broker, other:
     assert len(await fetch(broker)) == 1
 
 
+async def test_enqueue_unique_sees_retries_in_backoff_and_dead_letters(broker: Broker) -> None:
+    """A retry waiting out its backoff and a dead-lettered job (remembered as finished)
+    still hold their id: a unique job is not written again behind them."""
+    assert await broker.enqueue_unique(item("u3"), ttl=60)
+    (d,) = await fetch(broker)
+    await broker.settle([Retry(d, not_before=time.time() + 0.3)])
+    assert not await broker.enqueue_unique(item("u3", b"again"), ttl=60)  # in backoff
+    (retried,) = await fetch_until(broker, 1)
+    assert retried.attempt == 2
+    await broker.settle(
+        [
+            Bury(
+                retried,
+                "failed",
+                "boom",
+                result=b"x",
+                result_ttl=60,
+                remember_until=time.time() + 60,
+            )
+        ]
+    )
+    assert not await broker.enqueue_unique(item("u3", b"again"), ttl=60)  # dead, remembered
+    assert await fetch(broker) == []
+
+
+async def test_enqueue_unique_elects_one_tick_among_racing_schedulers(
+    broker: Broker, other: Broker
+) -> None:
+    """The periodic-job pattern: several scheduler replicas race to enqueue the same
+    ticks, each under a job id derived from (schedule, tick); every tick is written
+    exactly once, whoever wins it."""
+    ticks = [f"every-minute:{minute}" for minute in range(30)]
+    won: Counter[str] = Counter()
+
+    async def scheduler(b: Broker, salt: bytes) -> None:
+        for tick in ticks:
+            if await b.enqueue_unique(item(tick, salt + tick.encode()), ttl=60):
+                won[tick] += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scheduler, broker, b"a")
+        tg.start_soon(scheduler, other, b"b")
+        tg.start_soon(scheduler, broker, b"c")
+    assert won == Counter(ticks)
+    got = await fetch_until(broker, len(ticks))
+    assert sorted(d.job_id for d in got) == sorted(ticks)
+    assert await fetch(broker) == []
+
+
 async def test_is_running_follows_the_claim(broker: Broker) -> None:
     await broker.enqueue([item("r")])
     assert not await broker.is_running(Q, "r")

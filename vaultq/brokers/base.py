@@ -33,8 +33,14 @@ Semantics every implementation keeps (the conformance suite in
   settlement whose tag no longer holds the claim changes nothing. Lease time is measured
   on the broker's clock (Redis key expiry and PEL idle time; SQLite: the host's clock).
 * **Enqueue unless it exists.** ``enqueue_unique`` writes one job only when its id is
-  not pending, delayed, running or remembered as finished (one atomic check-and-write);
-  it returns False and writes nothing otherwise. Producers use it for custom job ids.
+  not pending, delayed (including a retry in backoff), running or remembered as finished
+  (a result or a dead letter with memory): one atomic check-and-write; it returns False
+  and writes nothing otherwise. Of any number of producers racing with one id, exactly
+  one wins. It is the operation for custom job ids, periodic jobs (the job id derived
+  from the schedule and the tick, so replicas elect one enqueue per tick) and unique
+  jobs (the job id derived from the unique key). "Pending" means written by
+  ``enqueue_unique``: an id written by plain ``enqueue`` is seen once it runs or
+  finishes, but Redis does not look for it among waiting entries (that would be a scan).
 * **Duplicates.** An entry whose job id is claimed by a live lease of *another* entry
   (a duplicate written into the queue while the original runs) is not returned: it is
   removed and counted under ``duplicate`` in :meth:`Broker.counters`, in the same pass,
@@ -287,8 +293,11 @@ class Broker(Protocol):
 
     async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
         """Enqueue ``item`` unless its job id is pending, delayed, running or remembered
-        as finished; atomic. True when written. ``ttl``: seconds the id stays reserved
-        at least (the envelope's validity), so a copy cannot slip in meanwhile."""
+        as finished; atomic. True when written (also when this very envelope was written
+        before: a retry after a lost reply), False when the id exists. ``ttl``: seconds
+        the id stays reserved at least (the envelope's validity), so a copy cannot slip
+        in meanwhile. Periodic and unique jobs call this with a derived job id; the name
+        and semantics are stable."""
         ...
 
     async def fetch(
