@@ -1,6 +1,6 @@
 """The broker conformance suite: every semantic of ``vaultq/brokers/base.py``, run
-against every broker (Redis on the session's private server, and the embedded SQLite
-broker)."""
+against every broker (Redis on the session's private server, the embedded SQLite
+broker and the in-memory broker of the test kit)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ BROKERS = [
             not _sqlite_available(), reason="sqlite broker not implemented yet"
         ),
     ),
+    "memory",
 ]
 
 
@@ -62,6 +63,13 @@ def make_broker(
 
         url = request.getfixturevalue("redis_url")
         return lambda suffix: RedisBroker(url, namespace=unique_name + suffix)
+    if request.param == "memory":
+        from vaultq.brokers.memory import MemoryBroker
+
+        # A named store: every broker of this test (several namespaces) shares it.
+        return lambda suffix: MemoryBroker(
+            f"memory://{unique_name}", namespace=unique_name + suffix
+        )
 
     from vaultq.brokers.sqlite import SqliteBroker
 

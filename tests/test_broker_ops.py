@@ -1,5 +1,5 @@
 """The brokers' operator tools (``job_info``, ``cancel_queued``, ``retry_dead``), the same
-checks against every broker: Redis on the session's private server, and SQLite."""
+checks against every broker: Redis on the session's private server, SQLite and memory."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ Q = "ops"
 LEASE = 30.0
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "sqlite"])
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "sqlite", "memory"])
 def make_broker(
     request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
 ) -> Callable[[], Broker]:
@@ -26,6 +26,10 @@ def make_broker(
 
         url = request.getfixturevalue("redis_url")
         return lambda: RedisBroker(url, namespace=unique_name)
+    if request.param == "memory":
+        from vaultq.brokers.memory import MemoryBroker
+
+        return lambda: MemoryBroker(f"memory://{unique_name}", namespace=unique_name)
     from vaultq.brokers.sqlite import SqliteBroker
 
     return lambda: SqliteBroker(f"sqlite:///{tmp_path}/b.db", namespace=unique_name)

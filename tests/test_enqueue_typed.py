@@ -59,11 +59,11 @@ BAD: list[tuple[str, Refund, str]] = [
 ]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "memory"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
-    return broker_url("sqlite", tmp_path, None)
+    return broker_url(str(request.param), tmp_path, None)
 
 
 def _app(url: str, name: str, seen: list[PolicyRequest]) -> tuple[vaultq.App, Any]:

@@ -29,11 +29,11 @@ class Permanent(Exception):
     pass
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "memory"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
-    return broker_url("sqlite", tmp_path, None)
+    return broker_url(str(request.param), tmp_path, None)
 
 
 async def _fails(handle: Any) -> tuple[str, int]:

@@ -22,6 +22,7 @@ from vaultq import config
 from vaultq._loop import LoopThread
 from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Broker, CancelState, EnqueueItem
+from vaultq.brokers.memory import MemoryBroker
 from vaultq.clock import Clock, describe_offset
 from vaultq.envelope import (
     JobMeta,
@@ -87,13 +88,14 @@ class _TaskDecorator:
 class App:
     """One application: its tasks, keys and broker.
 
-    ``broker``: a URL (``redis://…``, ``rediss://…``, ``unix://…``, ``sqlite:///…``) or a
-    Broker instance. When None, ``$VAULTQ_BROKER`` is used, else the embedded
-    ``sqlite:///vaultq.db`` in the working directory.
+    ``broker``: a URL (``redis://…``, ``rediss://…``, ``unix://…``, ``sqlite:///…``,
+    ``memory://`` for tests) or a Broker instance. When None, ``$VAULTQ_BROKER`` is used,
+    else the embedded ``sqlite:///vaultq.db`` in the working directory.
 
     ``keyring``: when None, ``$VAULTQ_KEYS`` is used; with the embedded broker and no
-    keys anywhere, a 0600 key file is generated beside the database on first use. A shared
-    broker (Redis) refuses to run without explicit keys.
+    keys anywhere, a 0600 key file is generated beside the database on first use (with the
+    in-memory broker, a keyring that lives as long as the app). A shared broker (Redis)
+    refuses to run without explicit keys.
 
     Options (defaults in :mod:`vaultq.config`): ``default_policy`` (allow_all: any job
     sealed by a trusted signer may run; ``vaultq check --deploy`` flags tasks relying on
@@ -327,6 +329,11 @@ class App:
                 "Run `vaultq keys generate --out vaultq.keys`, then set VAULTQ_KEYS=@vaultq.keys "
                 "(or pass keyring=Keyring.from_file(...)) on producers and workers alike"
             )
+        if isinstance(self._broker_template, MemoryBroker):
+            # Nothing on a memory broker outlives this process, so neither need its keys:
+            # a fresh keyring, never a key file in the working directory.
+            self.keyring_source = "generated for the memory broker"
+            return Keyring.generate()
         path = _embedded_key_path(self._broker_template)
         return self._load_or_create_keyfile(path)
 

@@ -46,12 +46,14 @@ REDIS_SCHEMES = frozenset(
     }
 )
 SQLITE_SCHEMES = frozenset({"sqlite"})
+MEMORY_SCHEMES = frozenset({"memory"})
 
 
 def broker_from_url(url: str, *, namespace: str) -> Broker:
     """Build the broker for ``url``: ``redis://``, ``rediss://``, ``unix://``,
     ``redis+cluster://``, ``redis+sentinel://`` (and their ``rediss+`` TLS forms) or
-    ``sqlite:///``.
+    ``sqlite:///`` or ``memory://`` (in-memory, one process: tests; see
+    ``vaultq/brokers/memory.py``).
 
     Raises ConfigurationError for an unknown scheme.
     """
@@ -64,7 +66,11 @@ def broker_from_url(url: str, *, namespace: str) -> Broker:
         from vaultq.brokers.sqlite import SqliteBroker
 
         return SqliteBroker(url, namespace=namespace)
+    if scheme in MEMORY_SCHEMES:
+        from vaultq.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url, namespace=namespace)
     raise ConfigurationError(
         f"unsupported broker URL scheme {scheme!r}: use redis://, rediss://, unix://, "
-        "redis+cluster://, redis+sentinel:// or sqlite:///path/to/vaultq.db"
+        "redis+cluster://, redis+sentinel://, sqlite:///path/to/vaultq.db or memory:// (tests)"
     )

@@ -1,0 +1,577 @@
+"""The in-memory broker (``memory://``): the whole broker contract in one process's memory.
+
+For tests and single-process use. It is **not durable** (everything is gone when the
+process exits) and **not shared across processes** (a worker started with
+``vaultq worker`` in another process sees nothing): use ``sqlite:///`` for one host and
+``redis://`` for several. It keeps every rule of ``vaultq/brokers/base.py`` -- leases,
+fencing, reclaim after a lapsed lease, delays, retries, write-once outcomes, dead
+letters, cancellation, ``enqueue_unique`` -- and passes the same conformance suite as
+the Redis and SQLite brokers, so a test that passes on it exercises the real semantics.
+
+``memory://`` gives a fresh store with a generated name (``broker.url`` shows it);
+``memory://name`` names one store per process, so several ``App`` objects (a Django
+settings app and a test's own) reach the same jobs. A store holds any number of
+namespaces, like one Redis server.
+
+The store is plain Python objects behind one ``threading.Lock``: clones of a broker (one
+per event loop, e.g. ``App``'s sync facade thread) share it. Every operation is one
+critical section, which is what makes each settlement atomic. Blocking reads
+(``fetch(block=...)``, ``wait_result``) wake at once on a change made from the same
+event loop and otherwise look again every few milliseconds.
+
+For the test kit (:mod:`vaultq.testing`) the store can record every job enqueued
+(:meth:`MemoryStore.start_recording`) and can run its clock ahead
+(:meth:`MemoryStore.advance`), so delayed jobs and retries become due without sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from vaultq import config
+from vaultq.brokers.base import (
+    JOB_INFO_DEAD_SCAN,
+    RETRYABLE_REASONS,
+    CancelState,
+    DeadLetter,
+    Delivery,
+    EnqueueItem,
+    JobInfo,
+    QueuedEntry,
+    QueueStats,
+    Settlement,
+)
+from vaultq.brokers.memory_store import (
+    MAX_ID,
+    UNAUTHENTICATED,
+    Claim,
+    Job,
+    MemoryStore,
+    RecordedEnqueue,
+    Space,
+    parse_url,
+    store_for,
+    store_of,
+)
+
+__all__ = ["MemoryBroker", "MemoryStore", "RecordedEnqueue", "store_of"]
+
+logger = logging.getLogger("vaultq.brokers.memory")
+
+MIN_LEASE = 0.001
+POLL_MIN = 0.001
+POLL_MAX = 0.02
+"""Longest pause of a blocking read between two looks (changes from another thread)."""
+
+
+class MemoryBroker:
+    """The in-memory broker: ``memory://`` (a fresh store) or ``memory://name`` (one
+    store per name in this process). Not durable, not shared across processes: for
+    tests and single-process use (see the module docstring).
+
+    Raises ConfigurationError for a malformed URL.
+    """
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        namespace: str,
+        dead_letter_max: int = config.DEFAULT_DEAD_LETTER_MAX,
+        dead_letter_age: float = config.DEFAULT_DEAD_LETTER_AGE,
+        store: MemoryStore | None = None,
+    ) -> None:
+        self._store = store if store is not None else store_for(parse_url(url))
+        self._namespace = namespace
+        self._dead_max = max(1, int(dead_letter_max))
+        self._dead_age = float(dead_letter_age)
+        self._caps = (self._dead_max, self._dead_age)
+
+    def __repr__(self) -> str:
+        return f"MemoryBroker(url={self.url!r}, namespace={self._namespace!r})"
+
+    @property
+    def url(self) -> str:
+        """``memory://<store name>``: another App in this process reaches the same store
+        with it."""
+        return f"memory://{self._store.name}"
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    @property
+    def store(self) -> MemoryStore:
+        """The store behind this broker (test hooks: record, advance, clear)."""
+        return self._store
+
+    def clone(self) -> MemoryBroker:
+        return MemoryBroker(
+            namespace=self._namespace,
+            dead_letter_max=self._dead_max,
+            dead_letter_age=self._dead_age,
+            store=self._store,
+        )
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close: the store lives on for the other brokers using it."""
+
+    async def time(self) -> float:
+        return self._store.now()
+
+    # -- producer side ----------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[EnqueueItem]) -> None:
+        if not items:
+            return
+        store = self._store
+        with store.lock:
+            now = store.now()
+            space = store.space(self._namespace)
+            for item in items:
+                job = self._insert(space, item, now)
+                store.record(
+                    self._namespace, job, deferred=item.not_before is not None, unique=False
+                )
+            store.changed()
+        await anyio.lowlevel.checkpoint()
+
+    def _insert(self, space: Space, item: EnqueueItem, now: float) -> Job:
+        job = Job(
+            seq=self._store.next_seq(),
+            queue=item.queue,
+            job_id=item.job_id,
+            envelope=bytes(item.envelope),
+            not_before=now if item.not_before is None else item.not_before,
+            enqueued_at=now,
+        )
+        space.add(job)
+        return job
+
+    async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
+        # The entries are the reservation, as in the SQLite broker: a queued, delayed or
+        # running job keeps its entry until settled; then the finished-id memory (and the
+        # result) take over.
+        store = self._store
+        with store.lock:
+            now = store.now()
+            space = store.space(self._namespace)
+            key = (item.queue, item.job_id)
+            existing = space.find(*key)
+            if existing is not None:
+                # This very envelope written before (a retry after a lost reply): no-op.
+                written = existing.envelope == item.envelope
+            elif space.live(space.finished, key, now) or space.result(key, now) is not None:
+                written = False
+            else:
+                job = self._insert(space, item, now)
+                store.record(
+                    self._namespace, job, deferred=item.not_before is not None, unique=True
+                )
+                store.changed()
+                written = True
+        await anyio.lowlevel.checkpoint()
+        return written
+
+    # -- worker side ------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        count: int,
+        *,
+        consumer: str,
+        lease: float,
+        block: float,
+        max_size: int | None = None,
+    ) -> list[Delivery]:
+        if count <= 0 or not queues:
+            await anyio.lowlevel.checkpoint()
+            return []
+        store = self._store
+        deadline = anyio.current_time() + max(block, 0.0)
+        pause = POLL_MIN
+        while True:
+            with store.lock:
+                out, next_due = self._fetch_now(list(queues), count, consumer, lease, max_size or 0)
+                event = None if out else store.waiter()
+            if event is None:
+                await anyio.lowlevel.checkpoint()
+                return out
+            try:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    await anyio.lowlevel.checkpoint()
+                    return []
+                wait = min(pause, remaining)
+                if next_due is not None:
+                    wait = min(wait, max(next_due - store.now(), POLL_MIN))
+                with anyio.move_on_after(wait):
+                    await event.wait()
+            finally:
+                with store.lock:
+                    store.drop_waiter(event)
+            pause = min(pause * 2, POLL_MAX)
+
+    def _fetch_now(
+        self, queues: list[str], count: int, consumer: str, lease: float, max_size: int
+    ) -> tuple[list[Delivery], float | None]:
+        store = self._store
+        space = store.space(self._namespace)
+        sent = time.monotonic()  # the leases below start later: a safe proof (leased_at)
+        now = store.now()
+        lease_until = now + max(lease, MIN_LEASE)
+        out: list[Delivery] = []
+        next_due: float | None = None
+        for queue in queues:
+            heap = space.heaps.get(queue, [])
+            while heap and len(out) < count:
+                at, seq, version = heap[0]
+                job = space.jobs.get(seq)
+                if job is None or job.version != version:
+                    heapq.heappop(heap)  # settled or moved since: a stale entry
+                    continue
+                if at > now:
+                    break
+                heapq.heappop(heap)
+                delivery = self._lease(space, job, consumer, now, lease_until, max_size)
+                if delivery is not None:
+                    out.append(msgspec.structs.replace(delivery, leased_at=sent))
+            if heap and (next_due is None or heap[0][0] < next_due):
+                next_due = heap[0][0]
+        return out, next_due
+
+    def _lease(
+        self,
+        space: Space,
+        job: Job,
+        consumer: str,
+        now: float,
+        lease_until: float,
+        max_size: int,
+    ) -> Delivery | None:
+        key = (job.queue, job.job_id)
+        if (max_size and len(job.envelope) > max_size) or len(job.job_id) > MAX_ID:
+            # Never handed to the worker: a stub dead letter, never a second copy.
+            space.remove(job)
+            self._bury(
+                space, job, UNAUTHENTICATED, "envelope rejected before authentication", now, None
+            )
+            return None
+        claim = space.live_claim(key, now)
+        if claim is not None and claim.seq != job.seq:
+            # Another entry runs this job id: this one may never run beside it, and once
+            # that one settled it would be a replay. Removed and counted, in this pass.
+            space.remove(job)
+            space.counters.setdefault(job.queue, Counter())["duplicate"] += 1
+            return None
+        redelivered = job.owner is not None  # the last lease ran out unsettled
+        job.deliveries += 1
+        job.owner = consumer
+        job.lease_until = lease_until
+        job.not_before = lease_until
+        space.push(job)
+        # The tag names this lease (entry and delivery number): a settle or extend from
+        # an earlier delivery of the same entry is recognised as stale.
+        tag = f"{job.seq}.{job.deliveries}"
+        space.claims[key] = Claim(seq=job.seq, tag=tag, until=lease_until)
+        return Delivery(
+            queue=job.queue,
+            job_id=job.job_id,
+            envelope=job.envelope,
+            attempt=job.attempt,
+            tag=tag,
+            redelivered=redelivered,
+            completed=space.live(space.finished, key, now),
+            cancel_requested=space.live(space.cancels, key, now),
+            enqueued_at=job.enqueued_at,
+        )
+
+    def _bury(
+        self, space: Space, job: Job, reason: str, detail: str, now: float, envelope: bytes | None
+    ) -> None:
+        space.bury(self._store.next_seq(), job, reason, detail, now, envelope, self._caps)
+
+    async def extend(
+        self, deliveries: Sequence[Delivery], *, consumer: str, lease: float
+    ) -> set[str]:
+        lost: set[str] = set()
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            until = now + max(lease, MIN_LEASE)
+            for d in deliveries:
+                # Only the delivery that still holds a live lease may push it out (the tag
+                # is the fencing token); a lapsed lease is never taken back.
+                job = space.job_of(d)
+                if job is None or not space.holds_lease(d, now):
+                    lost.add(d.tag)
+                    continue
+                job.owner, job.lease_until, job.not_before = consumer, until, until
+                space.push(job)
+                space.claims[(d.queue, d.job_id)].until = until
+        await anyio.lowlevel.checkpoint()
+        return lost
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        refused: list[str] = []
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            for s in settlements:
+                if not space.holds_lease(s.delivery, now):
+                    refused.append(s.delivery.job_id)  # fenced: the lease is lost
+                    continue
+                space.settle(s, now, self._store.next_seq(), self._caps)
+            store.changed()
+        if refused:
+            logger.warning(
+                "%d settlement(s) refused: the delivery no longer holds its lease (job %s%s); "
+                "the job will run again on another delivery",
+                len(refused),
+                refused[0],
+                " ..." if len(refused) > 1 else "",
+            )
+        await anyio.lowlevel.checkpoint()
+
+    # -- results ----------------------------------------------------------------------
+
+    async def get_result(self, queue: str, job_id: str) -> bytes | None:
+        store = self._store
+        with store.lock:
+            data = store.space(self._namespace).result((queue, job_id), store.now())
+        await anyio.lowlevel.checkpoint()
+        return data
+
+    async def wait_result(self, queue: str, job_id: str, timeout: float) -> bytes | None:
+        store = self._store
+        deadline = anyio.current_time() + max(timeout, 0.0)
+        pause = POLL_MIN
+        while True:
+            with store.lock:
+                data = store.space(self._namespace).result((queue, job_id), store.now())
+                event = None if data is not None else store.waiter()
+            if event is None:
+                await anyio.lowlevel.checkpoint()
+                return data
+            try:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    await anyio.lowlevel.checkpoint()
+                    return None
+                with anyio.move_on_after(min(pause, remaining)):
+                    await event.wait()
+            finally:
+                with store.lock:
+                    store.drop_waiter(event)
+            pause = min(pause * 2, POLL_MAX)
+
+    # -- job state --------------------------------------------------------------------
+
+    async def is_running(self, queue: str, job_id: str) -> bool:
+        store = self._store
+        with store.lock:
+            running = store.space(self._namespace).live_claim((queue, job_id), store.now())
+        await anyio.lowlevel.checkpoint()
+        return running is not None
+
+    async def cancel(self, queue: str, job_id: str, *, ttl: float) -> CancelState:
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            key = (queue, job_id)
+            if space.live(space.finished, key, now) or space.result(key, now) is not None:
+                state = CancelState.FINISHED
+            else:
+                space.cancels[key] = max(now + max(ttl, 0.0), space.cancels.get(key, 0.0))
+                state = CancelState.REQUESTED
+        await anyio.lowlevel.checkpoint()
+        return state
+
+    async def cancelled(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            found = {j for j in job_ids if space.live(space.cancels, (queue, j), now)}
+        await anyio.lowlevel.checkpoint()
+        return found
+
+    async def stats(self, queue: str) -> QueueStats:
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            ready = delayed = running = 0
+            for job in space.jobs.values():
+                if job.queue != queue:
+                    continue
+                if job.not_before <= now:
+                    ready += 1
+                elif job.owner is None:
+                    delayed += 1
+                else:
+                    running += 1
+            letters = space.dead.get(queue, {})
+            space.trim_dead(letters, now, self._caps)
+            dead = len(letters)
+        await anyio.lowlevel.checkpoint()
+        return QueueStats(queue=queue, ready=ready, delayed=delayed, running=running, dead=dead)
+
+    # -- dead letters -----------------------------------------------------------------
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            letters = space.dead.get(queue, {})
+            space.trim_dead(letters, store.now(), self._caps)
+            newest = [d.letter for d in reversed(letters.values())][: max(limit, 0)]
+        await anyio.lowlevel.checkpoint()
+        return newest
+
+    async def purge_dead(self, queue: str) -> int:
+        store = self._store
+        with store.lock:
+            letters = store.space(self._namespace).dead.pop(queue, {})
+        await anyio.lowlevel.checkpoint()
+        return len(letters)
+
+    async def counters(self, queue: str) -> dict[str, int]:
+        store = self._store
+        with store.lock:
+            found = dict(store.space(self._namespace).counters.get(queue, Counter()))
+        await anyio.lowlevel.checkpoint()
+        return found
+
+    # -- operator tools ---------------------------------------------------------------
+
+    async def job_info(self, queue: str, job_id: str) -> JobInfo:
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            key = (queue, job_id)
+            claimed = space.live_claim(key, now) is not None
+            newest = list(space.dead.get(queue, {}).values())[-JOB_INFO_DEAD_SCAN:]
+            dead = next((d.letter for d in reversed(newest) if d.letter.job_id == job_id), None)
+            info = JobInfo(
+                queue=queue,
+                job_id=job_id,
+                state="running" if claimed else "absent",
+                cancel_requested=space.live(space.cancels, key, now),
+                finished=space.live(space.finished, key, now),
+                dead=dead,
+            )
+            job = space.find(queue, job_id)
+            if job is not None:
+                leased = job.owner is not None and (job.lease_until or 0.0) > now
+                if claimed or leased:
+                    state = "running"
+                elif job.not_before > now:
+                    state = "delayed"
+                else:
+                    state = "queued"
+                info = msgspec.structs.replace(
+                    info,
+                    state=state,
+                    attempt=job.attempt,
+                    enqueued_at=job.enqueued_at,
+                    not_before=job.not_before,
+                    tag=str(job.seq),
+                    envelope=job.envelope,
+                )
+        await anyio.lowlevel.checkpoint()
+        return info
+
+    async def cancel_queued(
+        self,
+        info: JobInfo,
+        *,
+        result: bytes | None,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        if info.state not in ("queued", "delayed") or not info.tag.isdigit():
+            return False
+        store = self._store
+        with store.lock:
+            space = store.space(self._namespace)
+            now = store.now()
+            key = (info.queue, info.job_id)
+            job = space.jobs.get(int(info.tag))
+            done = (
+                space.live_claim(key, now) is None
+                and job is not None
+                and job.queue == info.queue
+                and job.job_id == info.job_id
+                and (job.owner is None or (job.lease_until or 0.0) <= now)
+            )
+            if done and job is not None:
+                space.remove(job)
+                self._bury(
+                    space, job, "cancelled", "cancelled before it started", now, job.envelope
+                )
+                if result is not None and space.result(key, now) is None:
+                    space.results[key] = (result, now + result_ttl)
+                space.finished[key] = max(remember_until, space.finished.get(key, 0.0))
+                store.changed()
+        await anyio.lowlevel.checkpoint()
+        return done
+
+    async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
+        if not tag.isdigit():
+            return None
+        store = self._store
+        moved: DeadLetter | None = None
+        with store.lock:
+            space = store.space(self._namespace)
+            letters = space.dead.get(queue, {})
+            found = letters.get(int(tag))
+            if (
+                found is not None
+                and found.letter.reason in RETRYABLE_REASONS
+                and found.envelope
+                and found.letter.job_id
+            ):
+                moved = found.letter
+                del letters[int(tag)]
+                key = (queue, moved.job_id)
+                # Forgotten: its replay memory, old outcome and cancel marker.
+                space.finished.pop(key, None)
+                space.results.pop(key, None)
+                space.cancels.pop(key, None)
+                now = store.now()
+                self._insert(space, EnqueueItem(queue, moved.job_id, found.envelope), now)
+                store.changed()
+        await anyio.lowlevel.checkpoint()
+        return moved
+
+    async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
+        store = self._store
+        with store.lock:
+            entries = [
+                QueuedEntry(job.queue, job.job_id, job.envelope)
+                for job in store.space(self._namespace).jobs.values()
+                if job.queue == queue
+            ][: max(limit, 0)]
+        await anyio.lowlevel.checkpoint()
+        return entries

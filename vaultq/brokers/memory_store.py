@@ -1,0 +1,417 @@
+"""The storage behind ``memory://`` brokers: plain Python objects behind one lock.
+
+``vaultq/brokers/memory.py`` implements the broker protocol on it; this module holds the
+records (jobs, claims, dead letters), one :class:`Space` per namespace, the
+:class:`MemoryStore` with its test hooks, and the process's registry of named stores.
+Callers of the ``Space`` methods hold the store's lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import re
+import secrets
+import threading
+import time
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from vaultq.brokers.base import Bury, DeadLetter, Delivery, Drop, Release, Retry, Settlement
+from vaultq.errors import BrokerError, ConfigurationError
+
+__all__ = [
+    "MAX_ID",
+    "NAME_RE",
+    "UNAUTHENTICATED",
+    "Claim",
+    "DeadEntry",
+    "Job",
+    "Key",
+    "MemoryStore",
+    "RecordedEnqueue",
+    "Space",
+    "parse_url",
+    "store_for",
+    "store_of",
+]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UNAUTHENTICATED = "rejected:unauthenticated"
+MAX_ID = 256
+"""Longer (unauthenticated) job ids are never delivered: dead-lettered as a stub."""
+
+
+class RecordedEnqueue(msgspec.Struct, frozen=True):
+    """One job as it was written by a producer (sealed, unauthenticated until opened)."""
+
+    namespace: str
+    queue: str
+    job_id: str
+    envelope: bytes
+    not_before: float | None
+    """The broker-clock time it was deferred to (None: deliverable at once)."""
+    enqueued_at: float
+    unique: bool
+    """Written with ``enqueue_unique`` (a custom job id)."""
+
+
+@dataclass(slots=True)
+class Job:
+    seq: int
+    queue: str
+    job_id: str
+    envelope: bytes
+    not_before: float
+    enqueued_at: float
+    attempt: int = 1
+    owner: str | None = None
+    lease_until: float | None = None
+    deliveries: int = 0
+    version: int = 0
+    """Bumped whenever ``not_before`` changes: older heap entries are stale."""
+
+
+@dataclass(slots=True)
+class Claim:
+    seq: int
+    tag: str
+    until: float
+
+
+@dataclass(slots=True)
+class DeadEntry:
+    letter: DeadLetter
+    envelope: bytes | None
+
+
+Key = tuple[str, str]
+"""(queue, job id)."""
+
+
+@dataclass(slots=True)
+class Space:
+    """Everything of one namespace."""
+
+    jobs: dict[int, Job] = field(default_factory=dict)
+    heaps: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
+    """Per queue: (not_before, seq, version) of every job; stale entries are skipped."""
+    claims: dict[Key, Claim] = field(default_factory=dict)
+    results: dict[Key, tuple[bytes, float]] = field(default_factory=dict)
+    finished: dict[Key, float] = field(default_factory=dict)
+    cancels: dict[Key, float] = field(default_factory=dict)
+    dead: dict[str, dict[int, DeadEntry]] = field(default_factory=dict)
+    counters: dict[str, Counter[str]] = field(default_factory=dict)
+    by_key: dict[Key, dict[int, None]] = field(default_factory=dict)
+    """The entries of each (queue, job id), oldest first: ``find`` without a scan."""
+
+    def add(self, job: Job) -> None:
+        self.jobs[job.seq] = job
+        self.by_key.setdefault((job.queue, job.job_id), {})[job.seq] = None
+        self.push(job)
+
+    def remove(self, job: Job) -> None:
+        del self.jobs[job.seq]
+        key = (job.queue, job.job_id)
+        entries = self.by_key[key]
+        del entries[job.seq]
+        if not entries:
+            del self.by_key[key]
+
+    def push(self, job: Job) -> None:
+        job.version += 1
+        heapq.heappush(self.heaps.setdefault(job.queue, []), (job.not_before, job.seq, job.version))
+
+    def live(self, table: dict[Key, float], key: Key, now: float) -> bool:
+        until = table.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del table[key]
+            return False
+        return True
+
+    def result(self, key: Key, now: float) -> bytes | None:
+        found = self.results.get(key)
+        if found is None:
+            return None
+        if found[1] <= now:
+            del self.results[key]
+            return None
+        return found[0]
+
+    def live_claim(self, key: Key, now: float) -> Claim | None:
+        claim = self.claims.get(key)
+        if claim is not None and claim.until <= now:
+            del self.claims[key]
+            return None
+        return claim
+
+    def holds_lease(self, d: Delivery, now: float) -> bool:
+        claim = self.live_claim((d.queue, d.job_id), now)
+        return claim is not None and claim.tag == d.tag
+
+    def find(self, queue: str, job_id: str) -> Job | None:
+        """The oldest entry of ``job_id`` in ``queue``."""
+        for seq in self.by_key.get((queue, job_id), ()):
+            return self.jobs[seq]
+        return None
+
+    def bury(
+        self,
+        seq: int,
+        job: Job,
+        reason: str,
+        detail: str,
+        now: float,
+        envelope: bytes | None,
+        caps: tuple[int, float],
+    ) -> None:
+        """Dead-letter ``job`` under number ``seq`` (its tag), within the caps."""
+        letters = self.dead.setdefault(job.queue, {})
+        letters[seq] = DeadEntry(
+            DeadLetter(
+                queue=job.queue,
+                job_id=job.job_id[:MAX_ID],
+                reason=reason,
+                detail=detail,
+                attempt=job.attempt,
+                at=now,
+                tag=str(seq),
+                size=len(job.envelope),
+                stub=envelope is None,
+            ),
+            envelope,
+        )
+        self.trim_dead(letters, now, caps)
+
+    def trim_dead(self, letters: dict[int, DeadEntry], now: float, caps: tuple[int, float]) -> None:
+        # Oldest first (insertion order): the cap by count, then by age.
+        most, age = caps
+        while len(letters) > most:
+            del letters[next(iter(letters))]
+        for seq in [s for s, d in letters.items() if d.letter.at <= now - age]:
+            del letters[seq]
+
+    def job_of(self, d: Delivery) -> Job | None:
+        """The entry ``d`` leased, if it is still on the delivery its tag names."""
+        seq_text, _, number = d.tag.partition(".")
+        try:
+            seq, deliveries = int(seq_text), int(number)
+        except ValueError:
+            raise BrokerError(
+                "delivery tag is not a memory broker tag; settle deliveries with the broker "
+                "that fetched them"
+            ) from None
+        job = self.jobs.get(seq)
+        if job is None or job.deliveries != deliveries or job.job_id != d.job_id:
+            return None
+        return job
+
+    def settle(self, s: Settlement, now: float, seq: int, caps: tuple[int, float]) -> None:
+        """Apply one settlement whose delivery holds its lease (checked by the caller);
+        ``seq`` numbers the dead letter it may write."""
+        d = s.delivery
+        key = (d.queue, d.job_id)
+        job = self.job_of(d)
+        del self.claims[key]  # settle releases the job-id claim (held: checked above)
+        if isinstance(s, Retry | Release):
+            if job is not None:
+                job.attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
+                job.not_before = s.not_before
+                job.owner = job.lease_until = None
+                self.push(job)
+            return
+        if job is not None:
+            self.remove(job)
+        if isinstance(s, Drop):
+            if job is not None:
+                self.counters.setdefault(d.queue, Counter())[s.reason] += 1
+            return
+        # Write-once: an id remembered as finished gets no second outcome (its result may
+        # have expired), and a live result is never replaced.
+        if (
+            s.result is not None
+            and not self.live(self.finished, key, now)
+            and self.result(key, now) is None
+        ):
+            self.results[key] = (s.result, now + s.result_ttl)
+        if s.remember_until is not None:
+            # At least as long as the result lives, so the write-once check outlives it;
+            # never shorter than a memory already there.
+            until = max(s.remember_until, now + s.result_ttl, self.finished.get(key, 0.0))
+            self.finished[key] = until
+        if isinstance(s, Bury) and job is not None:
+            # Only the settlement that removed the entry writes the dead letter.
+            envelope = job.envelope if s.keep_envelope else None
+            self.bury(seq, job, s.reason, s.detail, now, envelope, caps)
+
+
+class MemoryStore:
+    """The jobs, results and dead letters of one ``memory://`` name, for every namespace.
+
+    Shared by a broker and its clones (and, for a named store, by every broker built for
+    that name in this process). Thread-safe: every method takes the store's lock.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self._spaces: dict[str, Space] = {}
+        self._seq = itertools.count(1)
+        self._offset = 0.0
+        self._recording: list[RecordedEnqueue] | None = None
+        self._version = 0
+        """Bumped on every change a blocked reader may wait for."""
+        self._waiters: list[tuple[object, anyio.Event]] = []
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({self.name!r})"
+
+    # -- test hooks -------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The store's clock: this host's, plus what :meth:`advance` added."""
+        return time.time() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Run the store's clock ``seconds`` ahead (never back): delayed jobs, retries
+        and leases become due as if that time had passed. Producers and workers read the
+        broker's clock (``App.clock.measure``) and follow it."""
+        if not seconds >= 0:
+            raise ConfigurationError("advance() takes a number of seconds >= 0")
+        with self.lock:
+            self._offset += seconds
+            self._changed()
+
+    def start_recording(self) -> None:
+        """Keep a copy of every job enqueued from now on (see :meth:`recorded`)."""
+        with self.lock:
+            if self._recording is None:
+                self._recording = []
+
+    def recorded(self, namespace: str | None = None) -> list[RecordedEnqueue]:
+        """The jobs enqueued since recording started (or the last :meth:`clear`),
+        oldest first; of one namespace when given."""
+        with self.lock:
+            records = list(self._recording or ())
+        return [r for r in records if namespace is None or r.namespace == namespace]
+
+    def clear(self) -> None:
+        """Forget everything: jobs, results, dead letters, markers, recorded enqueues and
+        the clock's advance. For a clean slate between tests."""
+        with self.lock:
+            self._spaces.clear()
+            self._offset = 0.0
+            if self._recording is not None:
+                self._recording = []
+            self._changed()
+
+    # -- internals (callers hold the lock) --------------------------------------------
+
+    def space(self, namespace: str) -> Space:
+        found = self._spaces.get(namespace)
+        if found is None:
+            found = self._spaces[namespace] = Space()
+        return found
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def record(self, namespace: str, job: Job, *, deferred: bool, unique: bool) -> None:
+        if self._recording is not None:
+            self._recording.append(
+                RecordedEnqueue(
+                    namespace=namespace,
+                    queue=job.queue,
+                    job_id=job.job_id,
+                    envelope=job.envelope,
+                    not_before=job.not_before if deferred else None,
+                    enqueued_at=job.enqueued_at,
+                    unique=unique,
+                )
+            )
+
+    def _changed(self) -> None:
+        self._version += 1
+        try:
+            token = anyio.lowlevel.current_token()
+        except RuntimeError:
+            token = None
+        keep = []
+        for owner, event in self._waiters:
+            if owner == token:
+                event.set()  # same event loop: wake it now
+            else:
+                keep.append((owner, event))  # another loop polls (POLL_MAX)
+        self._waiters = keep
+
+    def changed(self) -> None:
+        self._changed()
+
+    def version(self) -> int:
+        return self._version
+
+    def waiter(self) -> anyio.Event:
+        event = anyio.Event()
+        self._waiters.append((anyio.lowlevel.current_token(), event))
+        return event
+
+    def drop_waiter(self, event: anyio.Event) -> None:
+        self._waiters = [(o, e) for o, e in self._waiters if e is not event]
+
+
+# One store per name in this process: the only way two App objects reach the same
+# in-memory jobs. Named stores live as long as the process (like a server the user
+# named); generated names go away with the last broker that uses them.
+_NAMED: dict[str, MemoryStore] = {}
+_GENERATED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def store_for(name: str | None) -> MemoryStore:
+    """The store named ``name`` in this process (made on first use); None: a fresh
+    store under a generated name."""
+    with _REGISTRY_LOCK:
+        if name is None:
+            fresh = MemoryStore("anon-" + secrets.token_hex(6))
+            _GENERATED[fresh.name] = fresh
+            return fresh
+        found = _NAMED.get(name) or _GENERATED.get(name)
+        if found is None:
+            found = _NAMED[name] = MemoryStore(name)
+        return found
+
+
+def store_of(url: str) -> MemoryStore | None:
+    """The store a ``memory://name`` URL names in this process, if it exists."""
+    name = parse_url(url)
+    if name is None:
+        return None
+    with _REGISTRY_LOCK:
+        return _NAMED.get(name) or _GENERATED.get(name)
+
+
+def parse_url(url: str) -> str | None:
+    """``memory://`` -> None (a fresh store); ``memory://name`` -> ``name``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "memory" or parts.path not in ("", "/") or parts.query:
+        raise ConfigurationError(
+            "memory broker URL must look like memory:// (a fresh store) or memory://name "
+            "(one store per name in this process)"
+        )
+    name = parts.netloc
+    if not name:
+        return None
+    if not NAME_RE.match(name):
+        raise ConfigurationError(
+            f"memory broker store name {name!r} is not valid: write memory://name with 1-64 "
+            "letters, digits, '.', '-' or '_'"
+        )
+    return name
