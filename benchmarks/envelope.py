@@ -32,7 +32,8 @@ from vaultq.envelope import (
     open_job,
     seal_job,
 )
-from vaultq.keyring import Keyring, SigningAlgorithm, _b64d
+from vaultq.keymaterial import b64d as _b64d
+from vaultq.keyring import Keyring, SigningAlgorithm
 from vaultq.principal import Principal
 
 

@@ -14,30 +14,34 @@ instead of raising, drop their key-holding locals, and only then raise a fresh
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import os
-import re
 import secrets
-import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeVar
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
 
 from vaultq.errors import InsecureKeyFile, KeyringError
-from vaultq.files import private_dir, untrusted_reason
+from vaultq.files import untrusted_reason
+from vaultq.keyio import create_exclusive, write_atomic
+from vaultq.keymaterial import (
+    Signer,
+    Verifier,
+    b64d,
+    b64e,
+    check_id,
+    ed25519_public_problem,
+    ed25519_public_raw,
+    ed25519_verifier,
+    hmac_signer,
+    hmac_verifier,
+    new_ed25519_seed,
+    new_id,
+    random_key,
+)
 from vaultq.payload import split_error
 from vaultq.xaes import Xaes256Gcm
 
@@ -48,8 +52,6 @@ SigningAlgorithm = Literal["hmac-sha256", "ed25519"]
 FORMAT_VERSION = 1
 ENV_VAR = "VAULTQ_KEYS"
 
-_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _HMAC_VERIFY = (
     "is an hmac-sha256 secret, and whoever holds an hmac secret can sign with it, so it "
     "cannot be a verify-only entry; put it under signing.keys (a non-active signing key "
@@ -112,66 +114,6 @@ _DOC_ENCODER = msgspec.json.Encoder()
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")
 
-Signer = Callable[[bytes], bytes]
-Verifier = Callable[[bytes, bytes], bool]
-
-
-def _b64e(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64d(text: str, where: str) -> bytes:
-    if not _B64URL.fullmatch(text):
-        raise KeyringError(f"key {where} is not base64url text")
-    try:
-        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
-    except (binascii.Error, ValueError):
-        raise KeyringError(f"key {where} is not base64url text") from None
-
-
-def _check_id(kid: str, what: str) -> None:
-    if not _KEY_ID.fullmatch(kid):
-        raise KeyringError(
-            f"{what} key id must be 1-64 characters of A-Z a-z 0-9 _ - (got one that is not)"
-        )
-
-
-def _new_id(prefix: str, taken: Collection[str]) -> str:
-    """A short random printable id (``k1a2b3c4d``) not already in ``taken``."""
-    while True:
-        kid = prefix + secrets.token_hex(4)
-        if kid not in taken:
-            return kid
-
-
-def _hmac_signer(secret: bytes) -> Signer:
-    def sign(data: bytes) -> bytes:
-        return hmac.digest(secret, data, "sha256")
-
-    return sign
-
-
-def _hmac_verifier(secret: bytes) -> Verifier:
-    def verify(data: bytes, signature: bytes) -> bool:
-        return hmac.compare_digest(hmac.digest(secret, data, "sha256"), signature)
-
-    return verify
-
-
-def _ed25519_verifier(public: Ed25519PublicKey) -> Verifier:
-    def verify(data: bytes, signature: bytes) -> bool:
-        try:
-            public.verify(signature, data)
-        except InvalidSignature:
-            return False
-        return True
-
-    return verify
-
-
-def _ed25519_public_raw(private: Ed25519PrivateKey) -> bytes:
-    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
 
 class Keyring:
     """Encryption keys by id (one active), signing keys by id (one active), trusted
@@ -208,7 +150,7 @@ class Keyring:
                 f"(this vaultq reads version {FORMAT_VERSION}); upgrade vaultq"
             )
         for kid in doc.revoked:
-            _check_id(kid, "revoked")
+            check_id(kid, "revoked")
         revoked = frozenset(doc.revoked)
         actives = (("encryption", doc.encryption.active), ("signing", doc.signing.active))
         for what, active in actives:
@@ -220,10 +162,10 @@ class Keyring:
         aeads: dict[str, AESGCM] = {}
         xaes: dict[str, Xaes256Gcm] = {}
         for kid, text in doc.encryption.keys.items():
-            _check_id(kid, "encryption")
+            check_id(kid, "encryption")
             if kid in revoked:
                 continue  # listed but revoked: never used, so not even loaded
-            raw = _b64d(text, f"encryption.keys.{kid}")
+            raw = b64d(text, f"encryption.keys.{kid}")
             if len(raw) != 32:
                 raise KeyringError(f"encryption key {kid} must be 32 bytes (AES-256)")
             aeads[kid] = AESGCM(raw)
@@ -235,7 +177,7 @@ class Keyring:
         sign: Signer | None = None
         signer_alg: SigningAlgorithm | None = None
         for kid, entry in doc.signing.keys.items():
-            _check_id(kid, "signing")
+            check_id(kid, "signing")
             if kid in revoked:
                 continue
             signer, verifier = self._load_signing(kid, entry)
@@ -243,7 +185,7 @@ class Keyring:
             if kid == doc.signing.active:
                 sign, signer_alg = signer, entry.alg
         for kid, entry in doc.verify.items():
-            _check_id(kid, "verify")
+            check_id(kid, "verify")
             if kid in doc.signing.keys:
                 raise KeyringError(f"key id {kid} is listed under both signing and verify")
             if entry.alg == "hmac-sha256":
@@ -268,38 +210,41 @@ class Keyring:
 
     @staticmethod
     def _load_signing(kid: str, entry: KeyEntry) -> tuple[Signer, Verifier]:
-        raw = _b64d(entry.key, f"signing.keys.{kid}")
+        raw = b64d(entry.key, f"signing.keys.{kid}")
         if entry.alg == "hmac-sha256":
             if len(raw) < 32:
                 raise KeyringError(f"hmac-sha256 key {kid} must be at least 32 bytes")
-            return _hmac_signer(raw), _hmac_verifier(raw)
+            return hmac_signer(raw), hmac_verifier(raw)
         if len(raw) != 32:
             raise KeyringError(f"ed25519 signing key {kid} must be a 32-byte private seed")
         private = Ed25519PrivateKey.from_private_bytes(raw)
-        return private.sign, _ed25519_verifier(private.public_key())
+        return private.sign, ed25519_verifier(private.public_key())
 
     @staticmethod
     def _load_verify(kid: str, entry: KeyEntry) -> Verifier:
-        raw = _b64d(entry.key, f"verify.{kid}")
-        if len(raw) != 32:
-            raise KeyringError(f"ed25519 verify key {kid} must be a 32-byte public key")
+        raw = b64d(entry.key, f"verify.{kid}")
+        # Checked here because OpenSSL checks none of it (keymaterial.py): a small-order
+        # key would let anyone sign as this signer.
+        problem = ed25519_public_problem(raw)
+        if problem is not None:
+            raise KeyringError(f"ed25519 verify key {kid} {problem}")
         try:
             public = Ed25519PublicKey.from_public_bytes(raw)
         except ValueError:
             raise KeyringError(f"ed25519 verify key {kid} is not a valid public key") from None
-        return _ed25519_verifier(public)
+        return ed25519_verifier(public)
 
     # --- constructors -------------------------------------------------------------
 
     @classmethod
     def generate(cls, *, signing: SigningAlgorithm = "hmac-sha256") -> Keyring:
         """A new keyring: one AES-256 key and one signing key (``hmac-sha256`` or ``ed25519``)."""
-        enc_id = _new_id("k", set())
-        sign_id = _new_id("s", set())
+        enc_id = new_id("k", set())
+        sign_id = new_id("s", set())
         return cls(
             KeyringDoc(
                 version=FORMAT_VERSION,
-                encryption=EncryptionSection(active=enc_id, keys={enc_id: _b64e(_random_key())}),
+                encryption=EncryptionSection(active=enc_id, keys={enc_id: b64e(random_key())}),
                 signing=SigningSection(active=sign_id, keys={sign_id: _new_signing_entry(signing)}),
             )
         )
@@ -379,7 +324,7 @@ class Keyring:
         """Write atomically with mode 0600 (a temporary file in the same directory,
         fsynced, then renamed over ``path``)."""
         target = Path(path)
-        problem = _write_atomic(target, self.to_json().encode())
+        problem = write_atomic(target, self.to_json().encode())
         if problem is not None:
             raise KeyringError(f"cannot write key file {target}: {problem}")
 
@@ -395,13 +340,13 @@ class Keyring:
                 "it lives (`vaultq keys rotate FILE`) and export it again with `vaultq keys public`"
             )
         doc = self._doc
-        enc_id = _new_id("k", (*doc.encryption.keys, *doc.revoked))
-        sign_id = _new_id("s", (*doc.signing.keys, *doc.verify, *doc.revoked))
+        enc_id = new_id("k", (*doc.encryption.keys, *doc.revoked))
+        sign_id = new_id("s", (*doc.signing.keys, *doc.verify, *doc.revoked))
         return Keyring(
             KeyringDoc(
                 version=FORMAT_VERSION,
                 encryption=EncryptionSection(
-                    active=enc_id, keys={**doc.encryption.keys, enc_id: _b64e(_random_key())}
+                    active=enc_id, keys={**doc.encryption.keys, enc_id: b64e(random_key())}
                 ),
                 signing=SigningSection(
                     active=sign_id,
@@ -423,7 +368,7 @@ class Keyring:
         Revoking an id already revoked changes nothing. Raises ``KeyringError`` for an
         id this keyring has never held.
         """
-        _check_id(key_id, "revoked")
+        check_id(key_id, "revoked")
         doc = self._doc
         if key_id in self._revoked:
             return self
@@ -446,10 +391,10 @@ class Keyring:
         sign_keys = {k: v for k, v in doc.signing.keys.items() if k != key_id}
         sign_active = doc.signing.active
         if key_id == enc_active:
-            enc_active = _new_id("k", taken)
-            enc_keys[enc_active] = _b64e(_random_key())
+            enc_active = new_id("k", taken)
+            enc_keys[enc_active] = b64e(random_key())
         if key_id == sign_active and self._signer_alg is not None:
-            sign_active = _new_id("s", (*taken, enc_active))
+            sign_active = new_id("s", (*taken, enc_active))
             sign_keys[sign_active] = _new_signing_entry(self._signer_alg)
         return Keyring(
             KeyringDoc(
@@ -472,7 +417,7 @@ class Keyring:
         for kid in doc.signing.keys:
             if kid in self._revoked:
                 continue
-            verify[kid] = KeyEntry(alg="ed25519", key=_b64e(self._public_raw(kid)))
+            verify[kid] = KeyEntry(alg="ed25519", key=b64e(self._public_raw(kid)))
         return Keyring(
             KeyringDoc(
                 version=FORMAT_VERSION,
@@ -483,8 +428,8 @@ class Keyring:
         )
 
     def _public_raw(self, kid: str) -> bytes:
-        seed = _b64d(self._doc.signing.keys[kid].key, kid)  # valid: checked at load
-        return _ed25519_public_raw(Ed25519PrivateKey.from_private_bytes(seed))
+        seed = b64d(self._doc.signing.keys[kid].key, kid)  # valid: checked at load
+        return ed25519_public_raw(Ed25519PrivateKey.from_private_bytes(seed))
 
     # --- properties ---------------------------------------------------------------
 
@@ -596,37 +541,12 @@ def load_or_create_file(path: Path) -> tuple[Keyring, bool]:
     """
     created = False
     if not path.exists():
-        outcome = _create_file(path)
+        # Generated before knowing whether this process wins: the loser's keys are dropped.
+        outcome = create_exclusive(path, Keyring.generate().to_json().encode())
         if isinstance(outcome, str):
             raise KeyringError(f"cannot create the key file {path}: {outcome}")
         created = outcome
     return Keyring.from_file(path), created
-
-
-def _create_file(path: Path) -> bool | str:
-    """Generate a keyring into ``path`` unless another process does first: whether this
-    one did, or why it could not."""
-    try:
-        private_dir(path.parent)
-        # Write a private temp file, then link it into place: link fails if another
-        # process won the race, and then everyone uses the winner's keys.
-        fd, tmp = tempfile.mkstemp(prefix=".vaultq-keys-", dir=path.parent)
-    except OSError as exc:
-        return str(exc.strerror)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(Keyring.generate().to_json())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-    except OSError as exc:
-        return str(exc.strerror)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return True
 
 
 def _attempt(build: Callable[[_Arg], _Result], arg: _Arg) -> _Result | str:
@@ -658,56 +578,14 @@ def _from_dict(data: Mapping[str, Any]) -> Keyring:
     return Keyring(doc)
 
 
-def _write_atomic(target: Path, data: bytes) -> str | None:
-    """Write ``data`` to ``target`` (0600, temp file + fsync + rename + directory
-    fsync); None, or why it failed."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    except OSError as exc:
-        return str(exc.strerror)
-    try:
-        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit about intent
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        return str(exc.strerror)
-    _fsync_dir(target.parent)
-    return None
-
-
-def _random_key() -> bytes:
-    return AESGCM.generate_key(bit_length=256)
-
-
 def _new_signing_entry(alg: SigningAlgorithm) -> KeyEntry:
     if alg == "hmac-sha256":
-        return KeyEntry(alg=alg, key=_b64e(secrets.token_bytes(32)))
+        return KeyEntry(alg=alg, key=b64e(secrets.token_bytes(32)))
     if alg == "ed25519":
-        seed = Ed25519PrivateKey.generate().private_bytes(
-            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-        )
-        return KeyEntry(alg=alg, key=_b64e(seed))
+        return KeyEntry(alg=alg, key=b64e(new_ed25519_seed()))
     raise KeyringError("signing must be 'hmac-sha256' or 'ed25519'")
 
 
 def _doc_error(exc: BaseException) -> KeyringError:
     path, problem = split_error(exc)
     return KeyringError(f"invalid keyring at {path}: {problem}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename durable; some filesystems refuse to open directories: best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

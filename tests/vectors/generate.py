@@ -1,9 +1,10 @@
 """Regenerate the vectors: ``.venv/bin/python tests/vectors/generate.py``.
 
 Writes ``envelope_v1.json``, ``envelope_v2.json`` (same inputs, 24-byte nonces,
-XAES-256-GCM) and ``envelope_v1_refusals.json``. Only run this on purpose (a format
-change); the vectors pin the byte layouts, and the tests fail if sealing with the same
-inputs ever produces other bytes.
+XAES-256-GCM), the refusal vectors ``envelope_v1_refusals.json`` and
+``envelope_v2_refusals.json``, and ``keyring_refusals.json`` (keyrings that must not
+load). Only run this on purpose (a format change); the vectors pin the byte layouts,
+and the tests fail if sealing with the same inputs ever produces other bytes.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def main() -> None:
     (HERE / "envelope_v1.json").write_text(json.dumps(out, indent=2) + "\n")
     write_refusals()
     write_v2()
+    write_keyring_refusals()
 
 
 def write_v2() -> None:
@@ -527,6 +529,127 @@ def write_refusals() -> None:
         }
         path = HERE / f"envelope_v{version}_refusals.json"
         path.write_text(json.dumps(out, indent=2) + "\n")
+
+
+# --- keyrings that must not load --------------------------------------------------------
+
+P25519 = 2**255 - 19
+SMALL_ORDER_Y = {
+    "identity": 1,
+    "order-2": P25519 - 1,
+    "order-4": 0,
+    "order-8-a": int.from_bytes(
+        bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"
+    ),
+    "order-8-b": int.from_bytes(
+        bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"
+    ),
+}
+IDENTITY = (1).to_bytes(32, "little")
+
+
+def with_verify_key(raw_text: str) -> dict[str, Any]:
+    """The ed25519 vector keyring, verify-only, trusting signer s00000009 with this key."""
+    doc = Keyring.from_dict(keyring_doc("ed25519")).public().to_dict()
+    doc["verify"]["s00000009"] = {"alg": "ed25519", "key": raw_text}
+    return doc
+
+
+def forged_identity_job() -> bytes:
+    """A v2 job naming signer s00000009 with the universal signature R = identity, S = 0:
+    OpenSSL verifies it under the identity key whatever the header and ciphertext."""
+    sealer = Keyring.from_dict(keyring_doc("hmac-sha256"))
+    header, nonce, ciphertext, _ = msgspec.msgpack.decode(seal(sealer, JOB_V2)[3:])
+    plaintext = sealer.active_xaes_cipher().decrypt(nonce, ciphertext, header)
+    forged = mp_array([*header_items(header)[:9], msgspec.msgpack.encode("s00000009")])
+    ciphertext = sealer.active_xaes_cipher().encrypt(nonce, plaintext, forged)
+    return frame([forged, nonce, ciphertext, IDENTITY + bytes(32)])
+
+
+def keyring_refusals() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, problem: str, doc: dict[str, Any], **extra: Any) -> None:
+        out.append(
+            {"name": name, "error": "KeyringError", "problem": problem, "keyring": doc, **extra}
+        )
+
+    for name, y in SMALL_ORDER_Y.items():
+        for sign in (0, 1) if y not in (1, P25519 - 1) else (0,):
+            raw = (y | sign << 255).to_bytes(32, "little")
+            extra = {}
+            if name == "identity":
+                extra = {
+                    "forged_envelope": forged_identity_job().hex(),
+                    "comment": (
+                        "forged_envelope is signed R = identity, S = 0; a verifier that "
+                        "loaded this key would accept it (and any other message)"
+                    ),
+                }
+            label = f"verify-key-small-order-{name}" + ("-neg" if sign else "")
+            add(label, "small_order", with_verify_key(b64(raw)), **extra)
+    for name, value in (
+        ("y-equals-p", P25519),
+        ("y-equals-p-plus-1", P25519 + 1),
+        ("identity-negative-zero", 1 | 1 << 255),
+        ("order-2-negative-zero", P25519 - 1 | 1 << 255),
+    ):
+        add(
+            f"verify-key-{name}",
+            "non_canonical_point",
+            with_verify_key(b64(value.to_bytes(32, "little"))),
+        )
+    add("verify-key-off-curve", "off_curve", with_verify_key(b64((2).to_bytes(32, "little"))))
+    add("verify-key-31-bytes", "wrong_length", with_verify_key(b64(bytes(range(1, 32)))))
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+    def trailing(text: str) -> str:  # the same bytes for a lenient decoder
+        return text[:-1] + alphabet[alphabet.index(text[-1]) | 1]
+
+    hmac_doc = keyring_doc("hmac-sha256")
+    enc = hmac_doc["encryption"]["keys"]["k00000001"]
+    sig = hmac_doc["signing"]["keys"]["s00000001"]["key"]
+
+    def enc_key(text: str) -> dict[str, Any]:
+        return {**hmac_doc, "encryption": {"active": "k00000001", "keys": {"k00000001": text}}}
+
+    def sign_key(text: str) -> dict[str, Any]:
+        entry = {"alg": "hmac-sha256", "key": text}
+        return {**hmac_doc, "signing": {"active": "s00000001", "keys": {"s00000001": entry}}}
+
+    pub = with_verify_key("x")["verify"]["s00000001"]["key"]
+    add("encryption-key-trailing-bits", "non_canonical_base64", enc_key(trailing(enc)))
+    add("signing-key-trailing-bits", "non_canonical_base64", sign_key(trailing(sig)))
+    add("verify-key-trailing-bits", "non_canonical_base64", with_verify_key(trailing(pub)))
+    add("encryption-key-double-padding", "non_canonical_base64", enc_key(enc + "=="))
+    add("encryption-key-standard-alphabet", "bad_base64", enc_key(enc[:-2] + "+/"))
+    add("encryption-key-whitespace", "bad_base64", enc_key(enc[:20] + " " + enc[20:]))
+    add("encryption-key-impossible-length", "bad_base64", enc_key(enc + "AA"))
+    return out
+
+
+def write_keyring_refusals() -> None:
+    accepted = keyring_doc("hmac-sha256")
+    enc = accepted["encryption"]["keys"]["k00000001"]
+    out = {
+        "comment": (
+            "vaultq keyrings that must not load (docs/keys.md, docs/envelope.md): each "
+            "'keyring' must be refused with KeyringError; 'problem' says why. 'accepted' "
+            "lists spellings that must load (padded canonical base64url)."
+        ),
+        "vectors": keyring_refusals(),
+        "accepted": [
+            {
+                "name": "encryption-key-padded",
+                "keyring": {
+                    **accepted,
+                    "encryption": {"active": "k00000001", "keys": {"k00000001": enc + "="}},
+                },
+            }
+        ],
+    }
+    (HERE / "keyring_refusals.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
