@@ -237,6 +237,18 @@ class Lab:
     def live(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in self.workers if p.poll() is None and p.pid not in self.stopped]
 
+    def ready(self) -> list[subprocess.Popen[bytes]]:
+        """Live workers that printed their start line: signals are handled and jobs
+        flow. Faults aim at these, so a slow start on a loaded machine cannot turn a
+        SIGTERM into a kill before the handler exists, or a kill -9 into a no-op."""
+        return [p for p in self.live() if b"vaultq worker " in _read(p.log_path)]  # type: ignore[attr-defined]
+
+    async def wait_ready(self, timeout: float = 60.0) -> list[subprocess.Popen[bytes]]:
+        with anyio.fail_after(timeout):
+            while not (ready := self.ready()):  # noqa: ASYNC110 - polls a log file
+                await anyio.sleep(0.05)
+        return ready
+
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         self.killed[proc.pid] = time.time()
         proc.send_signal(signal.SIGKILL)
@@ -358,9 +370,8 @@ async def kill9(jobs: int, workers: int, kills: int, seconds: float, lease: floa
         fault_over = time.time()
         for _ in range(kills):
             await anyio.sleep(max(0.5, lease / 2))
-            live = the_lab.live()
-            if live:
-                the_lab.kill(random.choice(live))  # nosec B311 - chaos, not security
+            live = await the_lab.wait_ready()
+            the_lab.kill(random.choice(live))  # nosec B311 - chaos, not security
             the_lab.spawn(10)
             fault_over = time.time()
         lost, done_at = await outcomes(handles, timeout=60 + 10 * lease)
@@ -411,9 +422,8 @@ async def sigterm(jobs: int, workers: int, terms: int, seconds: float, lease: fl
         fault_over = time.time()
         for _ in range(terms):
             await anyio.sleep(1.0)
-            live = the_lab.live()
-            if live:
-                the_lab.term(random.choice(live))  # nosec B311 - chaos, not security
+            live = await the_lab.wait_ready()
+            the_lab.term(random.choice(live))  # nosec B311 - chaos, not security
             the_lab.spawn(10, grace=1.0)
             fault_over = time.time()
         lost, done_at = await outcomes(handles, timeout=60 + 10 * lease)
@@ -505,3 +515,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return b""
