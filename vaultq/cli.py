@@ -39,6 +39,7 @@ from vaultq.cli_health import (
     health_worker_argv,
 )
 from vaultq.cli_jobs import add_jobs_parsers
+from vaultq.cli_monitor import add_monitor_parsers
 from vaultq.errors import VaultqError
 from vaultq.logs import setup_logging
 
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_jobs_parsers(sub)
     add_dead_parser(sub)
+    add_monitor_parsers(sub)
 
     k = sub.add_parser(
         "check",

@@ -193,23 +193,28 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from vaultq.brokers.monitor import monitoring
     from vaultq.checks import has_revoked_keys, revoked_backlog
+    from vaultq.cli_monitor import print_workers, worker_doc
+    from vaultq.monitor import workers
 
     app = existing_broker(load_cli_app(args.app, args.broker))
     known = _app_queues(app)
     asked = [q for q in (args.queues or "").split(",") if q]
     queues = asked or known
 
-    async def go() -> tuple[list[Any], dict[str, dict[str, int]], list[Any]]:
+    async def go() -> tuple[list[Any], dict[str, dict[str, int]], list[Any], list[Any] | None]:
         broker = await app.broker()
         stats = [await broker.stats(q) for q in queues]
         # Entries removed without a dead letter (duplicates, replays): counted, not stored.
         counted = {q: await broker.counters(q) for q in queues}
         # The same VQ104 report as `vaultq check`: jobs workers will refuse.
         revoked = await revoked_backlog(app, queues) if has_revoked_keys(app) else []
-        return stats, {q: c for q, c in counted.items() if c}, revoked
+        # Workers from their heartbeats (None: this broker does not record them).
+        found = await workers(app) if monitoring(broker) is not None else None
+        return stats, {q: c for q, c in counted.items() if c}, revoked, found
 
-    rows, dropped, revoked = anyio.run(go)
+    rows, dropped, revoked, found = anyio.run(go)
     # A queue the app does not use and the broker holds nothing for is most likely a
     # typo: say so rather than print a row of zeros.
     unknown = [
@@ -231,6 +236,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "queues": rows,
             "dropped": dropped,
             "findings": [{"level": f.level, "code": f.code, "message": f.message} for f in revoked],
+            "workers": None if found is None else [worker_doc(w) for w in found],
         }
         print_json(doc)
         return EXIT_OK
@@ -244,6 +250,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"dropped without a dead letter on {queue}: {shown}")
     for finding in revoked:
         print(finding)
+    if found is not None:
+        print_workers(found)
     return EXIT_OK
 
 

@@ -56,6 +56,7 @@ from vaultq.brokers.base import (
     Retry,
     Settlement,
 )
+from vaultq.brokers.redis_monitor import RedisMonitoring
 from vaultq.brokers.redis_urls import URL_FORMS, URL_SCHEMES, Client, client_from_url
 from vaultq.config import mask_url
 from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
@@ -294,7 +295,7 @@ def _slot_groups(keys: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-class RedisBroker:
+class RedisBroker(RedisMonitoring):
     """Redis Streams broker (also works with Valkey).
 
     ``url`` is ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,

@@ -63,6 +63,7 @@ from vaultq.brokers.base import (
     Retry,
     Settlement,
 )
+from vaultq.brokers.sqlite_monitor import SqliteMonitoring
 from vaultq.brokers.sqlite_sql import SCHEMA_VERSION
 from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 from vaultq.files import private_dir
@@ -104,7 +105,7 @@ class _MemoryHolder:
         self.users = 0
 
 
-class SqliteBroker:
+class SqliteBroker(SqliteMonitoring):
     """The embedded broker: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``.
 
     ``sqlite:///:memory:`` keeps everything in one in-memory connection shared by the

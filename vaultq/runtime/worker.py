@@ -25,6 +25,8 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from vaultq import config
 from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
+from vaultq.brokers.monitor import WorkerBeat, monitoring
 from vaultq.cancellation import cancel_requested, is_cancellation
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable
@@ -44,6 +47,7 @@ from vaultq.runtime.health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from vaultq.runtime.health import keep_beating
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.leases import LeaseKeeper
+from vaultq.runtime.presence import keep_registered
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -54,6 +58,16 @@ __all__ = ["Worker"]
 log = logging.getLogger("vaultq.worker")
 
 _SETTLE_BATCH = 256
+
+
+def _vaultq_version() -> str:
+    try:
+        return package_version("vaultq")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+_VERSION = _vaultq_version()
 _INTERNAL_ERROR_ATTEMPTS = 5
 
 
@@ -110,6 +124,7 @@ class Worker:
         self.fenced = 0
         """Attempts cancelled (or never started) because their lease was lost."""
         self.health = (health_file, health_interval)  # heartbeat: see runtime/health.py
+        self.started_at = 0.0
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
@@ -141,6 +156,22 @@ class Worker:
         for slot in list(self._slots.values()):
             slot.request_stop(Stop.SHUTDOWN)
 
+    def beat(self) -> WorkerBeat:
+        """This worker's heartbeat now: identity and counters, nothing from any job."""
+        return WorkerBeat(
+            worker=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            app=self.app.name,
+            queues=tuple(self.queues),
+            concurrency=self.concurrency,
+            in_flight=len(self._slots),
+            done=self.processed,
+            started_at=self.started_at,
+            version=_VERSION,
+            every=self.health[1],
+        )
+
     @property
     def running(self) -> int:
         """Deliveries fetched and not yet settled."""
@@ -149,6 +180,7 @@ class Worker:
     async def run(self, *, started: anyio.Event | None = None) -> None:
         """Run until :meth:`stop` is called (or the surrounding scope is cancelled)."""
         self._stopping = anyio.Event()
+        self.started_at = time.time()
         broker = await self._connect()
         if broker is None:
             log.info("worker %s stopped before the broker could be reached", self.name)
@@ -174,6 +206,9 @@ class Worker:
                 outer.start_soon(self._cancel_watcher, broker)
                 if self.health[0] is not None:
                     outer.start_soon(keep_beating, self.health[0], self.name, self.health[1])
+                monitor = monitoring(broker)
+                if monitor is not None:  # the broker's worker registry (vaultq status)
+                    outer.start_soon(keep_registered, monitor, self.beat, self.health[1])
                 async with anyio.create_task_group() as inner:
                     inner.start_soon(self._settler, broker, settle_recv)
                     async with anyio.create_task_group() as consumers:
