@@ -5,47 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import re
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-import anyio
 import msgspec
 
 from vaultq import config
 from vaultq._loop import LoopThread
 from vaultq.brokers import broker_from_url
-from vaultq.brokers.base import Broker, CancelState, EnqueueItem
-from vaultq.brokers.memory import MemoryBroker
-from vaultq.clock import Clock, describe_offset
-from vaultq.envelope import (
-    JobMeta,
-    OpenedJob,
-    ResultBody,
-    new_job_id,
-    open_job,
-    open_result,
-    seal_job,
-)
-from vaultq.errors import (
-    AuthorizationDenied,
-    BrokerError,
-    BrokerUnavailable,
-    ConfigurationError,
-    DuplicateJob,
-    PayloadError,
-    TaskDefinitionError,
-)
-from vaultq.jobs import JobHandle, JobStatus
-from vaultq.keyring import Keyring, load_or_create_file
-from vaultq.policy import Policy, PolicyRequest, allow_all, evaluate, safe_id
+from vaultq.brokers.base import Broker, CancelState
+from vaultq.clock import Clock
+from vaultq.enqueue import authorize
+from vaultq.enqueue import enqueue as enqueue_jobs
+from vaultq.envelope import OpenedJob, open_job
+from vaultq.errors import ConfigurationError, TaskDefinitionError
+from vaultq.jobs import JobHandle
+from vaultq.keyfile import load_or_create_keyfile, resolve_keyring
+from vaultq.keyring import Keyring
+from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
+from vaultq.results import AppResults
 from vaultq.tasks import Isolation, Task, TaskOptions
 
 __all__ = ["App"]
@@ -56,7 +40,6 @@ P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 ExceptionSpec = type[BaseException] | tuple[type[BaseException], ...] | list[type[BaseException]]
 """What ``retry_on=``/``dont_retry_on=`` take: one exception class, or several."""
@@ -187,6 +170,8 @@ class App:
         """Wrappers around each async task call (integrations: Django ORM hygiene...)."""
         self.around_sync: list[Callable[[Callable[[], Any]], Any]] = []
         """Wrappers around each sync task call, run in the task's own thread."""
+        self.results = AppResults(self)
+        """How job handles read this app's results (``vaultq.jobs.ResultSource``)."""
         self.import_spec: str | None = None
         """``module:attr`` the worker loaded this app from (used by process isolation)."""
 
@@ -320,33 +305,14 @@ class App:
         return self._keyring
 
     def _resolve_keyring(self) -> Keyring:
-        if os.environ.get("VAULTQ_KEYS"):
-            self.keyring_source = "$VAULTQ_KEYS"
-            return Keyring.from_env("VAULTQ_KEYS")
-        if self._broker_template.shared:
-            raise ConfigurationError(
-                f"app {self.name!r} uses a shared broker ({self.broker_url}) and has no keys. "
-                "Run `vaultq keys generate --out vaultq.keys`, then set VAULTQ_KEYS=@vaultq.keys "
-                "(or pass keyring=Keyring.from_file(...)) on producers and workers alike"
-            )
-        if isinstance(self._broker_template, MemoryBroker):
-            # Nothing on a memory broker outlives this process, so neither need its keys:
-            # a fresh keyring, never a key file in the working directory.
-            self.keyring_source = "generated for the memory broker"
-            return Keyring.generate()
-        path = _embedded_key_path(self._broker_template)
-        return self._load_or_create_keyfile(path)
+        # A hook: vaultq.django's app looks in settings.VAULTQ first, then here.
+        keyring, self.keyring_source = resolve_keyring(self.name, self._broker_template)
+        return keyring
 
     def _load_or_create_keyfile(self, path: Path) -> Keyring:
+        # Kept for callers of the old private method; the work lives in vaultq.keyfile.
         self.keyring_source = str(path)
-        keyring, created = load_or_create_file(path)
-        if created:
-            log.warning(
-                "generated a new keyring for the embedded broker at %s (mode 0600); "
-                "keep it with the database, and set VAULTQ_KEYS for shared brokers",
-                path,
-            )
-        return keyring
+        return load_or_create_keyfile(path)
 
     def set_broker(self, broker: str | Broker) -> None:
         """Replace the broker before first use (``vaultq worker --broker URL``)."""
@@ -390,12 +356,16 @@ class App:
         """Close the sync facade's loop and its broker connections."""
         if self._loop_thread is not None:
             try:
-                self._run_sync(self.aclose)
+                self.run_sync(self.aclose)
             finally:
                 self._loop_thread.stop()
 
-    def _run_sync(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+    def run_sync(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        """Run ``fn(*args, **kwargs)`` on this app's background loop and return its result
+        (the ``*_sync`` methods; integrations that must call async code from sync code)."""
         return self._loop_thread.run(fn, *args, **kwargs)
+
+    _run_sync = run_sync  # the old private name, still used by some integrations
 
     # -- producing ----------------------------------------------------------------------
 
@@ -411,167 +381,17 @@ class App:
         job_ids: Sequence[str] | None,
         timeout: float | None,
     ) -> list[JobHandle[R]]:
-        if principal is not None and not isinstance(principal, Principal):
-            raise PayloadError("principal must be a vaultq.Principal (or None)")
-        if timeout is not None and not 0 < timeout <= task.options.timeout_ceiling:
-            raise ConfigurationError(
-                f"timeout={timeout} for task {task.name!r} must be > 0 and at most its "
-                f"max_timeout ({task.options.timeout_ceiling}); raise max_timeout on the task"
-            )
-        # Sealed times are this producer's own clock: they are its signed claims.
-        now = self.clock.local()
-        not_before = _not_before(now, delay, at)
-        keyring = self.keyring
-        if not keyring.can_sign:
-            raise ConfigurationError(
-                "this keyring is verify-only (made by `vaultq keys public`) and cannot "
-                "enqueue; producers need the full keyring"
-            )
-        target = queue or task.queue
-        meta = JobMeta(timeout=timeout) if timeout is not None else JobMeta()
-        items: list[EnqueueItem] = []
-        for i, payload in enumerate(payloads):
-            # Typed at the call: the JSON sealed below is the JSON proven to decode.
-            try:
-                encoded = task.check_payload(payload)
-            except PayloadError as exc:
-                if len(payloads) == 1:
-                    raise
-                raise PayloadError(
-                    f"payload {i} of {len(payloads)}: {exc}", field=exc.field
-                ) from None
-            if job_ids is None:
-                job_id = new_job_id(now)
-            else:
-                job_id = job_ids[i]
-                if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-                    raise ConfigurationError(
-                        "job_id must be 1-128 letters, digits, '_', '.', ':' or '-', starting "
-                        "with a letter or digit (or leave it out for a fresh id)"
-                    )
-            await self.authorize_enqueue(task, payload, principal, job_id)
-            envelope = seal_job(
-                keyring,
-                job_id=job_id,
-                app=self.name,
-                task=task.name,
-                queue=target,
-                payload=encoded,
-                principal=principal,
-                meta=meta,
-                issued_at=now,
-                not_before=not_before,
-                expires_at=not_before + task.options.expires,
-                version=self.envelope_version,
-            )
-            if len(envelope) > self.max_envelope_size:
-                # Workers refuse it before parsing; say so now instead of dead-lettering later.
-                raise PayloadError(
-                    f"the sealed job for task {task.name!r} is {len(envelope)} bytes, over "
-                    f"the app's max_envelope_size ({self.max_envelope_size}); send a "
-                    "reference (a key or URL) instead of the data, or raise the limit on "
-                    "producers and workers alike"
-                )
-            items.append(
-                EnqueueItem(
-                    queue=target,
-                    job_id=job_id,
-                    envelope=envelope,
-                    not_before=not_before if not_before > now else None,
-                )
-            )
-        broker = await self.broker()
-        await self._check_clock(broker)
-        offset = self.clock.broker_offset
-        if offset and any(item.not_before is not None for item in items):
-            # The broker keeps delayed jobs on its own clock.
-            items = [
-                msgspec.structs.replace(item, not_before=item.not_before + offset)
-                if item.not_before is not None
-                else item
-                for item in items
-            ]
-        if job_ids is None:
-            await self._enqueue_with_retry(broker, items)
-        else:
-            # A custom id may already exist: "enqueue unless it exists" is one atomic
-            # broker step, so a duplicate never becomes a doomed second job (which the
-            # worker would drop as a replay). The reservation lasts the job's validity.
-            # A retried write of the same envelope (the first reply was lost) is a no-op.
-            reserve = task.options.expires + self.clock_skew + max(0.0, not_before - now)
-            for item in items:
-                written = await self._enqueue_with_retry(broker, [item], unique_ttl=reserve)
-                if not written:
-                    raise DuplicateJob(
-                        f"job id {item.job_id!r} is already queued, running or recently "
-                        "finished: nothing was enqueued; use app.job(job_id) for its handle, "
-                        "or choose another id",
-                        job_id=item.job_id,
-                    )
-        decode = task.result_codec.decode
-        return [
-            JobHandle(self, item.job_id, queue=target, task_name=task.name, decode=decode)
-            for item in items
-        ]
-
-    async def _enqueue_with_retry(
-        self, broker: Broker, items: list[EnqueueItem], *, unique_ttl: float | None = None
-    ) -> bool:
-        """``broker.enqueue`` that rides out a blip: retries ``BrokerUnavailable`` with
-        full-jitter backoff until ``enqueue_retry`` seconds have passed, then raises it.
-        With ``unique_ttl``, ``broker.enqueue_unique`` of the one item instead: False when
-        its id exists."""
-        deadline = time.monotonic() + self.enqueue_retry
-        pause = _RETRY_FIRST_PAUSE
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                if unique_ttl is None:
-                    # Safe to send again: the broker skips a job whose same sealed bytes it
-                    # already took (a write that landed although its reply was lost).
-                    await broker.enqueue(items)
-                    written = True
-                else:
-                    # Idempotent too: the same envelope written again reports success.
-                    written = await broker.enqueue_unique(items[0], ttl=unique_ttl)
-            except BrokerUnavailable as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    if tries > 1:
-                        raise BrokerUnavailable(
-                            f"{exc} (gave up after {tries} tries in {self.enqueue_retry:g} s; "
-                            "raise App(enqueue_retry=...) to wait longer)"
-                        ) from exc
-                    raise
-                # Jitter spreads producers that all lost the broker at once; it protects
-                # nothing, so a plain PRNG is right here.
-                wait = min(left, random.uniform(pause / 2, pause))  # nosec B311
-                log.info("enqueue: broker unavailable (%s); retrying in %.2f s", exc, wait)
-                await anyio.sleep(wait)
-                pause = min(pause * 2, _RETRY_MAX_PAUSE)
-                continue
-            if tries > 1:
-                log.info("enqueue succeeded after %d tries", tries)
-            return written
-
-    async def _check_clock(self, broker: Broker) -> None:
-        """Measure the offset to the broker's clock now and then; warn when this host's
-        clock is off by more than half the skew the workers allow."""
-        if not self.clock.due():
-            return
-        try:
-            offset = await self.clock.measure(broker)
-        except BrokerError:
-            return  # the enqueue itself will say what is wrong with the broker
-        if abs(offset) > self.clock_skew / 2:
-            log.warning(
-                "this producer's clock is %s the broker's; workers refuse jobs sealed more "
-                "than clock_skew=%g s in the future (they wait) or past their expiry: fix "
-                "this host's clock (NTP)",
-                describe_offset(offset),
-                self.clock_skew,
-            )
+        return await enqueue_jobs(
+            self,
+            task,
+            payloads,
+            principal=principal,
+            delay=delay,
+            at=at,
+            queue=queue,
+            job_ids=job_ids,
+            timeout=timeout,
+        )
 
     async def authorize_enqueue(
         self, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
@@ -579,27 +399,7 @@ class App:
         """Evaluate ``task``'s policy for an enqueue (audited); raise ``AuthorizationDenied``
         when it refuses. ``enqueue`` calls this; integrations that enqueue later (on
         transaction commit) call it up front so the caller still hears "no" at once."""
-        decision = await evaluate(
-            task.policy or self.default_policy,
-            PolicyRequest(
-                principal=principal,
-                payload=payload,
-                task=task.name,
-                signer_id=self.keyring.signer_id or "",
-                attempt=0,
-                job_id=job_id,
-                stage="enqueue",
-            ),
-            timeout=self.policy_timeout,
-        )
-        if not decision.allowed:
-            raise AuthorizationDenied(
-                f"policy {decision.policy} denied task {task.name!r} for principal "
-                f"{safe_id(principal.id) if principal else '(none)'} ({decision.reason}); "
-                "nothing was enqueued",
-                task=task.name,
-                policy=decision.policy,
-            )
+        await authorize(self, task, payload, principal, job_id)
 
     # -- results ------------------------------------------------------------------------
 
@@ -612,23 +412,14 @@ class App:
         if isinstance(task, str) and found is None:
             raise ConfigurationError(f"no task {task!r} in app {self.name!r}")
         if found is None:
-            return JobHandle(self, job_id, queue=queue or self.default_queue)
+            return JobHandle(self.results, job_id, queue=queue or self.default_queue)
         return JobHandle(
-            self,
+            self.results,
             job_id,
             queue=queue or found.queue,
             task_name=found.name,
             decode=found.result_codec.decode,
         )
-
-    async def _get_outcome(
-        self, queue: str, job_id: str, task: str | None = None
-    ) -> ResultBody | None:
-        broker = await self.broker()
-        data = await broker.get_result(queue, job_id)
-        if data is None:
-            return None
-        return self._open_result(data, job_id, queue, task)
 
     def _open_job(
         self,
@@ -655,54 +446,6 @@ class App:
             accept_v1=self.accept_envelope_v1,
         )
 
-    def _open_result(
-        self, data: bytes, job_id: str, queue: str, task: str | None = None
-    ) -> ResultBody:
-        # Bound to queue and (when the handle knows it) task: a result another task left
-        # under the same job id is refused, not decoded as this task's (job-id squatting).
-        return open_result(
-            data,
-            self.keyring,
-            app=self.name,
-            job_id=job_id,
-            task=task,
-            queue=queue,
-            max_size=self.max_envelope_size,
-            accept_v1=self.accept_envelope_v1,
-        )
-
-    async def _wait_outcome(
-        self, queue: str, job_id: str, timeout: float | None, task: str | None = None
-    ) -> ResultBody:
-        broker = await self.broker()
-        data = await broker.get_result(queue, job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while data is None:
-            # Block in slices so `timeout=None` never asks the broker to block forever.
-            left = 30.0 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"job {job_id} has not finished within {timeout} s")
-            data = await broker.wait_result(queue, job_id, min(left, 30.0))
-        return self._open_result(data, job_id, queue, task)
-
-    async def _job_status(self, queue: str, job_id: str, task: str | None = None) -> JobStatus:
-        body = await self._get_outcome(queue, job_id, task)
-        if body is not None:
-            try:
-                return JobStatus(body.status)
-            except ValueError:
-                return JobStatus.FAILED
-        broker = await self.broker()
-        if await broker.is_running(queue, job_id):
-            return JobStatus.RUNNING
-        return JobStatus.PENDING
-
-    def _result_decoder(self, body: ResultBody, task_name: str | None) -> Callable[[bytes], Any]:
-        task = self._tasks.get(task_name) if task_name else None
-        if task is not None:
-            return task.result_codec.decode
-        return msgspec.json.decode
-
     async def cancel(self, job_id: str, *, queue: str | None = None) -> CancelState:
         """Cancel a job by id (see ``JobHandle.cancel``). Without ``queue``, the marker is
         set on every queue this app's tasks use."""
@@ -721,47 +464,9 @@ class App:
         return CancelState.REQUESTED
 
     def cancel_sync(self, job_id: str, *, queue: str | None = None) -> CancelState:
-        return self._run_sync(self.cancel, job_id, queue=queue)
-
-
-def _not_before(now: float, delay: float | None, at: datetime | float | None) -> float:
-    if delay is not None and at is not None:
-        raise ConfigurationError("give either delay= or at=, not both")
-    if delay is not None:
-        if not 0 <= delay < _MAX_DEFER:
-            raise ConfigurationError(
-                f"delay must be a number of seconds >= 0 and below {_MAX_DEFER:.0f} (~100 years)"
-            )
-        return now + delay
-    if at is None:
-        return now
-    if isinstance(at, datetime):
-        if at.tzinfo is None:
-            raise ConfigurationError("at= needs a timezone-aware datetime (e.g. datetime.now(UTC))")
-        when = at.timestamp()
-    else:
-        when = float(at)
-    # NaN, infinity or an absurd year would fail deep in the envelope encoder instead.
-    if not when < now + _MAX_DEFER:
-        raise ConfigurationError(
-            "at= must be a finite time within ~100 years (a datetime or Unix seconds)"
-        )
-    return max(now, when)
-
-
-_MAX_DEFER = 100 * 365 * 86400.0
-_RETRY_FIRST_PAUSE = 0.05
-_RETRY_MAX_PAUSE = 0.5
+        return self.run_sync(self.cancel, job_id, queue=queue)
 
 
 def _exception_classes(spec: ExceptionSpec) -> tuple[type[BaseException], ...]:
     # Checked by TaskOptions.validate, which names the task.
     return tuple(spec) if isinstance(spec, list | tuple) else (spec,)
-
-
-def _embedded_key_path(broker: Broker) -> Path:
-    db = getattr(broker, "path", None)
-    if db is None:
-        return Path.cwd() / "vaultq.keys"
-    db_path = Path(db)
-    return db_path.with_name(db_path.stem + ".keys")

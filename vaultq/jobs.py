@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextvars
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from vaultq.errors import (
     AuthorizationDenied,
@@ -23,15 +23,15 @@ from vaultq.errors import (
 )
 
 if TYPE_CHECKING:
-    from vaultq.app import App
     from vaultq.brokers.base import CancelState
     from vaultq.envelope import ResultBody
     from vaultq.policy import Policy
     from vaultq.principal import Principal
 
-__all__ = ["JobContext", "JobHandle", "JobStatus", "current_job"]
+__all__ = ["JobContext", "JobHandle", "JobStatus", "ResultSource", "current_job"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class JobStatus(enum.StrEnum):
@@ -51,6 +51,32 @@ class JobStatus(enum.StrEnum):
     @property
     def final(self) -> bool:
         return self not in (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+class ResultSource(Protocol):
+    """What a :class:`JobHandle` needs from its app, and nothing more: read, wait for,
+    open and decode one job's result, cancel it, and run async code for the ``*_sync``
+    methods. ``App.results`` (:class:`vaultq.results.AppResults`) implements it; a test
+    double or another front end may too."""
+
+    @property
+    def policy_timeout(self) -> float: ...
+
+    async def outcome(
+        self, queue: str, job_id: str, task: str | None = None
+    ) -> ResultBody | None: ...
+
+    async def wait_outcome(
+        self, queue: str, job_id: str, timeout: float | None, task: str | None = None
+    ) -> ResultBody: ...
+
+    async def status(self, queue: str, job_id: str, task: str | None = None) -> JobStatus: ...
+
+    def decoder(self, task_name: str | None) -> Callable[[bytes], Any]: ...
+
+    async def cancel(self, job_id: str, *, queue: str | None = None) -> CancelState: ...
+
+    def run_sync(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
 
 
 _ERRORS: dict[str, type[JobError]] = {
@@ -108,18 +134,18 @@ class JobHandle(Generic[R]):
     ``reader=None`` stands for "no principal": it reads only jobs enqueued without one.
     """
 
-    __slots__ = ("_app", "_decode", "id", "queue", "task_name")
+    __slots__ = ("_decode", "_source", "id", "queue", "task_name")
 
     def __init__(
         self,
-        app: App,
+        source: ResultSource,
         job_id: str,
         *,
         queue: str,
         task_name: str | None = None,
         decode: Callable[[bytes], R] | None = None,
     ) -> None:
-        self._app = app
+        self._source = source
         self.id = job_id
         self.queue = queue
         self.task_name = task_name
@@ -133,7 +159,7 @@ class JobHandle(Generic[R]):
     ) -> ResultBody | None:
         """The opened result record, or None while the job has not finished.
         ``reader``/``policy``: see the class docstring."""
-        body = await self._app._get_outcome(self.queue, self.id, self.task_name)
+        body = await self._source.outcome(self.queue, self.id, self.task_name)
         if body is not None:
             await self._check_reader(body, reader, policy)
         return body
@@ -141,7 +167,7 @@ class JobHandle(Generic[R]):
     async def status(self) -> JobStatus:
         """Where the job is. Not reader-checked (it reveals the state only); raises
         ``WrongDestination`` when the stored result belongs to another task or queue."""
-        return await self._app._job_status(self.queue, self.id, self.task_name)
+        return await self._source.status(self.queue, self.id, self.task_name)
 
     async def result(
         self,
@@ -158,17 +184,17 @@ class JobHandle(Generic[R]):
         With ``reader=`` (see the class docstring), ``AuthorizationDenied`` when that
         reader may not read this job's result.
         """
-        body = await self._app._wait_outcome(self.queue, self.id, timeout, self.task_name)
+        body = await self._source.wait_outcome(self.queue, self.id, timeout, self.task_name)
         await self._check_reader(body, reader, policy)
         return self._value(body)
 
     async def cancel(self) -> CancelState:
         """Ask for the job to be cancelled: a queued job never starts, a running one is
         cancelled at its next await. Returns FINISHED (a no-op) for a finished job."""
-        return await self._app.cancel(self.id, queue=self.queue)
+        return await self._source.cancel(self.id, queue=self.queue)
 
     def status_sync(self) -> JobStatus:
-        return self._app._run_sync(self.status)
+        return self._source.run_sync(self.status)
 
     def result_sync(
         self,
@@ -178,13 +204,13 @@ class JobHandle(Generic[R]):
         policy: Policy | None = None,
     ) -> R:
         """:meth:`result` for synchronous code (same arguments, same errors)."""
-        return self._app._run_sync(self.result, timeout, reader=reader, policy=policy)
+        return self._source.run_sync(self.result, timeout, reader=reader, policy=policy)
 
     def outcome_sync(
         self, *, reader: Principal | _Anyone | None = _ANYONE, policy: Policy | None = None
     ) -> ResultBody | None:
         """:meth:`outcome` for synchronous code."""
-        return self._app._run_sync(self.outcome, reader=reader, policy=policy)
+        return self._source.run_sync(self.outcome, reader=reader, policy=policy)
 
     async def _check_reader(
         self, body: ResultBody, reader: Principal | _Anyone | None, policy: Policy | None
@@ -210,7 +236,7 @@ class JobHandle(Generic[R]):
                     job_id=self.id,
                     stage="result",
                 ),
-                timeout=self._app.policy_timeout,
+                timeout=self._source.policy_timeout,
             )
             if decision.allowed:
                 return
@@ -227,7 +253,7 @@ class JobHandle(Generic[R]):
         )
 
     def cancel_sync(self) -> CancelState:
-        return self._app._run_sync(self.cancel)
+        return self._source.run_sync(self.cancel)
 
     def _value(self, body: ResultBody) -> R:
         if body.status != JobStatus.SUCCEEDED:
@@ -239,7 +265,7 @@ class JobHandle(Generic[R]):
             )
         decode = self._decode
         if decode is None:
-            decode = self._app._result_decoder(body, self.task_name)
+            decode = self._source.decoder(self.task_name)
         return decode(bytes(body.value))
 
 

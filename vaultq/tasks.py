@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import msgspec
 
 from vaultq import config
+from vaultq.enqueue import enqueue as enqueue_jobs
 from vaultq.errors import Fatal, PayloadError, Retry, TaskDefinitionError
 from vaultq.payload import Codec, check_encodable
 
@@ -208,7 +209,8 @@ class Task(Generic[P, R]):
         is not of its declared type: see :meth:`check_payload`), ``AuthorizationDenied`` (the policy
         refused ``principal``), ``BrokerError``.
         """
-        handles = await self.app._enqueue(
+        handles = await enqueue_jobs(
+            self.app,
             self,
             [payload],
             principal=principal,
@@ -231,7 +233,8 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
     ) -> list[JobHandle[R]]:
         """Enqueue many payloads in one pipelined broker call (all or nothing)."""
-        return await self.app._enqueue(
+        return await enqueue_jobs(
+            self.app,
             self,
             list(payloads),
             principal=principal,
@@ -258,7 +261,7 @@ class Task(Generic[P, R]):
         Works with or without an event loop running in the calling thread; all sync calls
         of an app share one background event loop and its broker connections.
         """
-        return self.app._run_sync(
+        return self.app.run_sync(
             self.enqueue,
             payload,
             principal=principal,
@@ -280,7 +283,7 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
     ) -> list[JobHandle[R]]:
         """``enqueue_many`` for sync code."""
-        return self.app._run_sync(
+        return self.app.run_sync(
             self.enqueue_many,
             list(payloads),
             principal=principal,

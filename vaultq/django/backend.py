@@ -557,7 +557,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             self.vaultq_options.enqueue_on_commit
             and transaction.get_connection(using).in_atomic_block
         ):
-            vtask.app._run_sync(check_enqueue, vtask, payload, principal, job_id)
+            vtask.app.run_sync(check_enqueue, vtask, payload, principal, job_id)
             transaction.on_commit(push, using=using)
         else:
             push()
@@ -619,9 +619,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         binding, job_id, queue = self._locate(result_id)
         # Resolved here, in the caller's context: the app's loop thread does not see it.
         reader = current_principal()
-        body, running = binding.vaultq_task.app._run_sync(
-            self._read, binding, job_id, queue, reader
-        )
+        body, running = binding.vaultq_task.app.run_sync(self._read, binding, job_id, queue, reader)
         return self._result(binding, result_id, job_id, body, running)
 
     async def aget_result(self, result_id: str) -> Any:

@@ -13,8 +13,9 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from vaultq.enqueue import authorize, check_call
 from vaultq.envelope import new_job_id
-from vaultq.errors import ConfigurationError, PayloadError
+from vaultq.errors import ConfigurationError
 from vaultq.principal import Principal
 from vaultq.tasks import Task
 
@@ -31,24 +32,12 @@ def _check_call(
 ) -> None:
     if not isinstance(task, Task):
         raise ConfigurationError("enqueue_on_commit() takes a vaultq task (from @app.task)")
-    # The same typed check as the core enqueue, before the transaction can commit; the
-    # payload is checked again when it is sealed at commit (it may have changed).
+    # The same checks as the core enqueue (vaultq.enqueue), before the transaction can
+    # commit; they run again when the job is sealed at commit (the payload may change).
     task.check_payload(payload)
-    if principal is not None and not isinstance(principal, Principal):
-        raise PayloadError("principal must be a vaultq.Principal (or None)")
-    if delay is not None and at is not None:
-        raise ConfigurationError("give either delay= or at=, not both")
-    if delay is not None and delay < 0:
-        raise ConfigurationError("delay must be >= 0 seconds")
-    if isinstance(at, datetime) and at.tzinfo is None:
-        raise ConfigurationError("at= needs a timezone-aware datetime")
-    if timeout is not None and not 0 < timeout <= task.options.timeout_ceiling:
-        raise ConfigurationError(
-            f"timeout={timeout} for task {task.name!r} must be > 0 and at most its "
-            f"max_timeout ({task.options.timeout_ceiling})"
-        )
-    if not task.app.keyring.can_sign:
-        raise ConfigurationError("this keyring is verify-only and cannot enqueue")
+    check_call(
+        task, principal=principal, delay=delay, at=at, timeout=timeout, now=task.app.clock.local()
+    )
 
 
 async def check_enqueue(
@@ -56,7 +45,7 @@ async def check_enqueue(
 ) -> None:
     """Evaluate the task's policy now, as the core does at enqueue; raise
     ``AuthorizationDenied`` when it refuses (so nothing is registered on commit)."""
-    await task.app.authorize_enqueue(task, payload, principal, job_id)
+    await authorize(task.app, task, payload, principal, job_id)
 
 
 def enqueue_on_commit(
@@ -98,7 +87,7 @@ def enqueue_on_commit(
         principal = current_principal()
     _check_call(task, payload, principal, delay, at, timeout)
     job_id = new_job_id()
-    task.app._run_sync(check_enqueue, task, payload, principal, job_id)
+    task.app.run_sync(check_enqueue, task, payload, principal, job_id)
 
     def push() -> None:
         task.enqueue_sync(

@@ -1,0 +1,306 @@
+"""The producer's path: check an enqueue call, authorize it, seal it, write it.
+
+One path for every way a job is made: ``task.enqueue``/``enqueue_many``/``*_sync`` call
+:func:`enqueue`, and ``vaultq.django.enqueue_on_commit`` runs the same
+:func:`check_call` and :func:`authorize` up front (so a view can answer 400/403 before
+its transaction commits) and the same :func:`enqueue` at commit. Validation fails before
+anything is sealed; the job id is fixed before the first write, so a retried write can
+never create a second job under another id.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import msgspec
+
+from vaultq.brokers.base import Broker, EnqueueItem
+from vaultq.clock import describe_offset
+from vaultq.envelope import JobMeta, new_job_id, seal_job
+from vaultq.errors import (
+    AuthorizationDenied,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    DuplicateJob,
+    PayloadError,
+)
+from vaultq.jobs import JobHandle
+from vaultq.policy import PolicyRequest, evaluate, safe_id
+from vaultq.principal import Principal
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+    from vaultq.tasks import Task
+
+__all__ = ["MAX_DEFER", "authorize", "check_call", "check_job_id", "enqueue", "not_before"]
+
+log = logging.getLogger("vaultq")
+
+P = TypeVar("P", bound=msgspec.Struct)
+R = TypeVar("R")
+
+MAX_DEFER = 100 * 365 * 86400.0
+"""The furthest ahead a job may be scheduled (seconds, ~100 years)."""
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_RETRY_FIRST_PAUSE = 0.05
+_RETRY_MAX_PAUSE = 0.5
+
+
+def check_call(
+    task: Task[Any, Any],
+    *,
+    principal: Principal | None,
+    delay: float | None,
+    at: datetime | float | None,
+    timeout: float | None,
+    now: float,
+) -> float:
+    """Check an enqueue call's arguments (not its payloads); return its ``not_before``.
+
+    Raises ``PayloadError`` for a principal that is not a ``Principal`` and
+    ``ConfigurationError`` for a bad timeout, delay or time, or a verify-only keyring.
+    """
+    if principal is not None and not isinstance(principal, Principal):
+        raise PayloadError("principal must be a vaultq.Principal (or None)")
+    if timeout is not None and not 0 < timeout <= task.options.timeout_ceiling:
+        raise ConfigurationError(
+            f"timeout={timeout} for task {task.name!r} must be > 0 and at most its "
+            f"max_timeout ({task.options.timeout_ceiling}); raise max_timeout on the task"
+        )
+    when = not_before(now, delay, at)
+    if not task.app.keyring.can_sign:
+        raise ConfigurationError(
+            "this keyring is verify-only (made by `vaultq keys public`) and cannot "
+            "enqueue; producers need the full keyring"
+        )
+    return when
+
+
+def not_before(now: float, delay: float | None, at: datetime | float | None) -> float:
+    """When a job may start (Unix seconds) from ``delay=`` or ``at=`` (at most one)."""
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay= or at=, not both")
+    if delay is not None:
+        if not 0 <= delay < MAX_DEFER:
+            raise ConfigurationError(
+                f"delay must be a number of seconds >= 0 and below {MAX_DEFER:.0f} (~100 years)"
+            )
+        return now + delay
+    if at is None:
+        return now
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ConfigurationError("at= needs a timezone-aware datetime (e.g. datetime.now(UTC))")
+        when = at.timestamp()
+    else:
+        when = float(at)
+    # NaN, infinity or an absurd year would fail deep in the envelope encoder instead.
+    if not when < now + MAX_DEFER:
+        raise ConfigurationError(
+            "at= must be a finite time within ~100 years (a datetime or Unix seconds)"
+        )
+    return max(now, when)
+
+
+def check_job_id(job_id: object) -> str:
+    """``job_id`` when it is a valid custom job id; ``ConfigurationError`` otherwise."""
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise ConfigurationError(
+            "job_id must be 1-128 letters, digits, '_', '.', ':' or '-', starting "
+            "with a letter or digit (or leave it out for a fresh id)"
+        )
+    return job_id
+
+
+async def authorize(
+    app: App, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
+) -> None:
+    """Evaluate ``task``'s policy (else the app's default) for an enqueue, audited; raise
+    ``AuthorizationDenied`` when it refuses."""
+    decision = await evaluate(
+        task.policy or app.default_policy,
+        PolicyRequest(
+            principal=principal,
+            payload=payload,
+            task=task.name,
+            signer_id=app.keyring.signer_id or "",
+            attempt=0,
+            job_id=job_id,
+            stage="enqueue",
+        ),
+        timeout=app.policy_timeout,
+    )
+    if not decision.allowed:
+        raise AuthorizationDenied(
+            f"policy {decision.policy} denied task {task.name!r} for principal "
+            f"{safe_id(principal.id) if principal else '(none)'} ({decision.reason}); "
+            "nothing was enqueued",
+            task=task.name,
+            policy=decision.policy,
+        )
+
+
+async def enqueue(
+    app: App,
+    task: Task[P, R],
+    payloads: Sequence[P],
+    *,
+    principal: Principal | None,
+    delay: float | None,
+    at: datetime | float | None,
+    queue: str | None,
+    job_ids: Sequence[str] | None,
+    timeout: float | None,
+) -> list[JobHandle[R]]:
+    """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles."""
+    # Sealed times are this producer's own clock: they are its signed claims.
+    now = app.clock.local()
+    start = check_call(task, principal=principal, delay=delay, at=at, timeout=timeout, now=now)
+    keyring = app.keyring
+    target = queue or task.queue
+    meta = JobMeta(timeout=timeout) if timeout is not None else JobMeta()
+    items: list[EnqueueItem] = []
+    for i, payload in enumerate(payloads):
+        # Typed at the call: the JSON sealed below is the JSON proven to decode.
+        try:
+            encoded = task.check_payload(payload)
+        except PayloadError as exc:
+            if len(payloads) == 1:
+                raise
+            raise PayloadError(f"payload {i} of {len(payloads)}: {exc}", field=exc.field) from None
+        job_id = new_job_id(now) if job_ids is None else check_job_id(job_ids[i])
+        await authorize(app, task, payload, principal, job_id)
+        envelope = seal_job(
+            keyring,
+            job_id=job_id,
+            app=app.name,
+            task=task.name,
+            queue=target,
+            payload=encoded,
+            principal=principal,
+            meta=meta,
+            issued_at=now,
+            not_before=start,
+            expires_at=start + task.options.expires,
+            version=app.envelope_version,
+        )
+        if len(envelope) > app.max_envelope_size:
+            # Workers refuse it before parsing; say so now instead of dead-lettering later.
+            raise PayloadError(
+                f"the sealed job for task {task.name!r} is {len(envelope)} bytes, over "
+                f"the app's max_envelope_size ({app.max_envelope_size}); send a "
+                "reference (a key or URL) instead of the data, or raise the limit on "
+                "producers and workers alike"
+            )
+        items.append(
+            EnqueueItem(
+                queue=target,
+                job_id=job_id,
+                envelope=envelope,
+                not_before=start if start > now else None,
+            )
+        )
+    broker = await app.broker()
+    await _check_clock(app, broker)
+    offset = app.clock.broker_offset
+    if offset and any(item.not_before is not None for item in items):
+        # The broker keeps delayed jobs on its own clock.
+        items = [
+            msgspec.structs.replace(item, not_before=item.not_before + offset)
+            if item.not_before is not None
+            else item
+            for item in items
+        ]
+    if job_ids is None:
+        await _write_with_retry(app, broker, items)
+    else:
+        # A custom id may already exist: "enqueue unless it exists" is one atomic
+        # broker step, so a duplicate never becomes a doomed second job (which the
+        # worker would drop as a replay). The reservation lasts the job's validity.
+        # A retried write of the same envelope (the first reply was lost) is a no-op.
+        reserve = task.options.expires + app.clock_skew + max(0.0, start - now)
+        for item in items:
+            written = await _write_with_retry(app, broker, [item], unique_ttl=reserve)
+            if not written:
+                raise DuplicateJob(
+                    f"job id {item.job_id!r} is already queued, running or recently "
+                    "finished: nothing was enqueued; use app.job(job_id) for its handle, "
+                    "or choose another id",
+                    job_id=item.job_id,
+                )
+    decode = task.result_codec.decode
+    results = app.results
+    return [
+        JobHandle(results, item.job_id, queue=target, task_name=task.name, decode=decode)
+        for item in items
+    ]
+
+
+async def _write_with_retry(
+    app: App, broker: Broker, items: list[EnqueueItem], *, unique_ttl: float | None = None
+) -> bool:
+    """``broker.enqueue`` that rides out a blip: retries ``BrokerUnavailable`` with
+    full-jitter backoff until ``app.enqueue_retry`` seconds have passed, then raises it.
+    With ``unique_ttl``, ``broker.enqueue_unique`` of the one item instead: False when
+    its id exists."""
+    deadline = time.monotonic() + app.enqueue_retry
+    pause = _RETRY_FIRST_PAUSE
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            if unique_ttl is None:
+                # Safe to send again: the broker skips a job whose same sealed bytes it
+                # already took (a write that landed although its reply was lost).
+                await broker.enqueue(items)
+                written = True
+            else:
+                # Idempotent too: the same envelope written again reports success.
+                written = await broker.enqueue_unique(items[0], ttl=unique_ttl)
+        except BrokerUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if tries > 1:
+                    raise BrokerUnavailable(
+                        f"{exc} (gave up after {tries} tries in {app.enqueue_retry:g} s; "
+                        "raise App(enqueue_retry=...) to wait longer)"
+                    ) from exc
+                raise
+            # Jitter spreads producers that all lost the broker at once; it protects
+            # nothing, so a plain PRNG is right here.
+            wait = min(left, random.uniform(pause / 2, pause))  # nosec B311
+            log.info("enqueue: broker unavailable (%s); retrying in %.2f s", exc, wait)
+            await anyio.sleep(wait)
+            pause = min(pause * 2, _RETRY_MAX_PAUSE)
+            continue
+        if tries > 1:
+            log.info("enqueue succeeded after %d tries", tries)
+        return written
+
+
+async def _check_clock(app: App, broker: Broker) -> None:
+    """Measure the offset to the broker's clock now and then; warn when this host's
+    clock is off by more than half the skew the workers allow."""
+    if not app.clock.due():
+        return
+    try:
+        offset = await app.clock.measure(broker)
+    except BrokerError:
+        return  # the enqueue itself will say what is wrong with the broker
+    if abs(offset) > app.clock_skew / 2:
+        log.warning(
+            "this producer's clock is %s the broker's; workers refuse jobs sealed more "
+            "than clock_skew=%g s in the future (they wait) or past their expiry: fix "
+            "this host's clock (NTP)",
+            describe_offset(offset),
+            app.clock_skew,
+        )
