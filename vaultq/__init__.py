@@ -48,6 +48,7 @@ from vaultq.errors import (
 )
 from vaultq.jobs import JobContext, JobHandle, JobStatus, current_job
 from vaultq.keyring import Keyring
+from vaultq.middleware import EnqueueInfo, JobInfo, Middleware, Outcome, WorkerInfo
 from vaultq.payload import Secret
 from vaultq.policy import (
     Decision,
@@ -80,6 +81,7 @@ __all__ = [
     "Decision",
     "DecryptionFailed",
     "DuplicateJob",
+    "EnqueueInfo",
     "EnvelopeError",
     "EnvelopeExpired",
     "EnvelopeNotYetValid",
@@ -93,12 +95,15 @@ __all__ = [
     "JobExpired",
     "JobFailed",
     "JobHandle",
+    "JobInfo",
     "JobRejected",
     "JobStatus",
     "JobTimedOut",
     "Keyring",
     "KeyringError",
     "MalformedEnvelope",
+    "Middleware",
+    "Outcome",
     "PayloadError",
     "Policy",
     "PolicyRequest",
@@ -116,6 +121,7 @@ __all__ = [
     "UnsupportedVersion",
     "UntrustedSigner",
     "VaultqError",
+    "WorkerInfo",
     "WrongDestination",
     "__version__",
     "all_of",

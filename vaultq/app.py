@@ -27,6 +27,7 @@ from vaultq.errors import ConfigurationError, TaskDefinitionError
 from vaultq.jobs import JobHandle
 from vaultq.keyfile import load_or_create_keyfile, resolve_keyring
 from vaultq.keyring import Keyring
+from vaultq.middleware import CallWrappers, Hooks, Middleware
 from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
 from vaultq.results import AppResults
@@ -97,6 +98,10 @@ class App:
 
     ``clock`` (a :class:`vaultq.clock.Clock`) estimates the broker's clock for scheduling;
     ``app.clock.offset`` is a test hook that plays a host whose clock is off.
+
+    ``middleware``: :class:`vaultq.Middleware` instances that see every job's life with
+    safe fields only (metrics, tracing, schedulers; ``docs/extending.md``); more with
+    :meth:`add_middleware`.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class App:
         envelope_version: int = config.DEFAULT_ENVELOPE_VERSION,
         accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1,
         enqueue_retry: float = config.DEFAULT_ENQUEUE_RETRY,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigurationError(
@@ -167,9 +173,17 @@ class App:
         )
         self._loop_thread = LoopThread(f"vaultq-{name}-sync")
         self.around_async: list[Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]] = []
-        """Wrappers around each async task call (integrations: Django ORM hygiene...)."""
+        """Wrappers around each async task call: ``async def wrap(call): return await
+        call()``. Run as middleware (``Middleware.around_async``), the last one added
+        outermost; ``call()`` returns None (the result never reaches a wrapper)."""
         self.around_sync: list[Callable[[Callable[[], Any]], Any]] = []
-        """Wrappers around each sync task call, run in the task's own thread."""
+        """Wrappers around each sync task call, run in the task's own thread (and in the
+        child process under ``isolation="process"``); as :attr:`around_async`."""
+        self._middleware: list[Middleware] = []
+        self.enqueue_hooks = Hooks()
+        """The installed middleware sorted per hook, for the enqueue path."""
+        for m in middleware:
+            self.add_middleware(m)
         self.results = AppResults(self)
         """How job handles read this app's results (``vaultq.jobs.ResultSource``)."""
         self.import_spec: str | None = None
@@ -177,6 +191,32 @@ class App:
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, broker={self.broker_url!r}, tasks={len(self._tasks)})"
+
+    # -- middleware ---------------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Install a :class:`vaultq.Middleware` after the ones already there (its
+        ``around_*`` hooks run inside theirs). Workers started afterwards see it."""
+        if not isinstance(middleware, Middleware):
+            raise ConfigurationError(
+                f"{type(middleware).__name__} is not a vaultq.Middleware: subclass "
+                "vaultq.Middleware and override the hooks you need"
+            )
+        self._middleware.append(middleware)
+        self.enqueue_hooks = Hooks(self._middleware)
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The installed middleware, in order."""
+        return tuple(self._middleware)
+
+    def hooks(self) -> Hooks:
+        """The middleware sorted per hook for one worker (or isolated child): the
+        installed middleware, then :attr:`around_sync`/:attr:`around_async` as one more."""
+        chain: list[Middleware] = list(self._middleware)
+        if self.around_sync or self.around_async:
+            chain.append(CallWrappers(self.around_sync, self.around_async))
+        return Hooks(chain)
 
     # -- registry ---------------------------------------------------------------------
 

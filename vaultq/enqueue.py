@@ -33,6 +33,7 @@ from vaultq.errors import (
     PayloadError,
 )
 from vaultq.jobs import JobHandle
+from vaultq.middleware import EnqueueInfo, Hooks
 from vaultq.policy import PolicyRequest, evaluate, safe_id
 from vaultq.principal import Principal
 
@@ -162,6 +163,63 @@ async def enqueue(
     timeout: float | None,
 ) -> list[JobHandle[R]]:
     """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles."""
+    hooks = app.enqueue_hooks
+    if not hooks.enqueue:
+        return await _seal_and_send(
+            app, task, payloads, principal, delay, at, queue, job_ids, timeout, None
+        )
+    # The one place enqueue hooks run: before_enqueue per job as it is sealed, then
+    # after_enqueue once per job that had it, with the error that ended the call.
+    watch = _EnqueueWatch(hooks)
+    try:
+        handles = await _seal_and_send(
+            app, task, payloads, principal, delay, at, queue, job_ids, timeout, watch
+        )
+    except BaseException as exc:
+        watch.finish(type(exc).__name__)
+        raise
+    watch.finish(None)
+    return handles
+
+
+class _EnqueueWatch:
+    """The enqueue hooks of one :func:`enqueue` call: which jobs had ``before_enqueue``
+    and which of them already heard ``after_enqueue`` (jobs with custom ids are written
+    one by one, so a DuplicateJob midway leaves the earlier ones enqueued)."""
+
+    __slots__ = ("hooks", "infos", "reported")
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.infos: list[EnqueueInfo] = []
+        self.reported = 0
+
+    def before(self, info: EnqueueInfo) -> dict[str, str] | None:
+        self.infos.append(info)
+        return self.hooks.before_enqueue(info)
+
+    def sent_one(self) -> None:
+        self.hooks.after_enqueue(self.infos[self.reported], None)
+        self.reported += 1
+
+    def finish(self, error: str | None) -> None:
+        for info in self.infos[self.reported :]:
+            self.hooks.after_enqueue(info, error)
+        self.reported = len(self.infos)
+
+
+async def _seal_and_send(
+    app: App,
+    task: Task[P, R],
+    payloads: Sequence[P],
+    principal: Principal | None,
+    delay: float | None,
+    at: datetime | float | None,
+    queue: str | None,
+    job_ids: Sequence[str] | None,
+    timeout: float | None,
+    watch: _EnqueueWatch | None,
+) -> list[JobHandle[R]]:
     # Sealed times are this producer's own clock: they are its signed claims.
     now = app.clock.local()
     start = check_call(task, principal=principal, delay=delay, at=at, timeout=timeout, now=now)
@@ -179,6 +237,22 @@ async def enqueue(
             raise PayloadError(f"payload {i} of {len(payloads)}: {exc}", field=exc.field) from None
         job_id = new_job_id(now) if job_ids is None else check_job_id(job_ids[i])
         await authorize(app, task, payload, principal, job_id)
+        job_meta = meta
+        if watch is not None:
+            trace = watch.before(
+                EnqueueInfo(
+                    job_id=job_id,
+                    task=task.name,
+                    queue=target,
+                    app=app.name,
+                    principal_id=principal.id if principal is not None else None,
+                    enqueued_at=now,
+                    not_before=start,
+                )
+            )
+            if trace is not None:
+                # Inside the seal: trace context reveals call graphs.
+                job_meta = msgspec.structs.replace(meta, trace=trace)
         envelope = seal_job(
             keyring,
             job_id=job_id,
@@ -187,7 +261,7 @@ async def enqueue(
             queue=target,
             payload=encoded,
             principal=principal,
-            meta=meta,
+            meta=job_meta,
             issued_at=now,
             not_before=start,
             expires_at=start + task.options.expires,
@@ -237,6 +311,8 @@ async def enqueue(
                     "or choose another id",
                     job_id=item.job_id,
                 )
+            if watch is not None:
+                watch.sent_one()
     decode = task.result_codec.decode
     results = app.results
     return [

@@ -156,8 +156,7 @@ def build_app() -> DjangoApp:
 
         raise ImproperlyConfigured(f"settings.VAULTQ: {exc}") from None
     app.import_spec = "vaultq.django:app"
-    app.around_sync.append(hooks.around_sync_job)
-    app.around_async.append(hooks.around_async_job)
+    app.add_middleware(hooks.JobHygiene())
     return app
 
 

@@ -1,4 +1,5 @@
-"""ORM hygiene around every job, installed on the App by ``vaultq.django``.
+"""ORM hygiene around every job: :class:`JobHygiene`, the middleware ``vaultq.django``
+installs on its App.
 
 - Sync task bodies run in worker threads: ``close_old_connections()`` before and after
   each job in that thread, as Django does around a request (honours ``CONN_MAX_AGE``).
@@ -20,7 +21,10 @@ from typing import Any
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import close_old_connections, connections, reset_queries
 
+from vaultq.middleware import JobInfo, Middleware
+
 __all__ = [
+    "JobHygiene",
     "around_async_job",
     "around_sync_job",
     "close_inherited_connections",
@@ -55,6 +59,17 @@ async def around_async_job(call: Callable[[], Awaitable[Any]]) -> Any:
             return await call()
         finally:
             await sync_to_async(close_thread_connections)()
+
+
+class JobHygiene(Middleware):
+    """:func:`around_sync_job` and :func:`around_async_job` as middleware: they run where
+    the task runs (its thread; the child process under ``isolation="process"``)."""
+
+    def around_sync(self, job: JobInfo, call: Callable[[], None]) -> None:
+        around_sync_job(call)
+
+    async def around_async(self, job: JobInfo, call: Callable[[], Awaitable[None]]) -> None:
+        await around_async_job(call)
 
 
 def close_inherited_connections() -> None:

@@ -22,12 +22,14 @@ import signal
 import struct
 import sys
 from collections.abc import Awaitable, Callable
+from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
 from vaultq.errors import PayloadError, VaultqError
 from vaultq.jobs import JobContext, _reset_current, _set_current
+from vaultq.middleware import Hooks, JobInfo
 from vaultq.principal import Principal
 
 if TYPE_CHECKING:
@@ -63,6 +65,11 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     signer_id: str
     deadline: float
     max_attempts: int
+    trace: dict[str, str] | None = None
+    """The job's sealed trace context, for the app's ``around_*`` middleware here."""
+    enqueued_at: float = 0.0
+    not_before: float = 0.0
+    worker_id: str = ""
 
 
 class Reply(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -143,8 +150,11 @@ def _fail(
     )
 
 
-def run_request(app: App, request: Request) -> Reply:
-    """Run one request against ``app``'s registry; never raises (but BaseException)."""
+def run_request(app: App, request: Request, hooks: Hooks | None = None) -> Reply:
+    """Run one request against ``app``'s registry; never raises (but BaseException).
+    ``hooks``: the app's middleware (``app.hooks()``); only their ``around_*`` hooks run
+    here, where the task runs. Events (attempt started, finished...) are the worker's to
+    report, so they reach the worker's metrics instead of dying with this process."""
     task = app.get_task(request.task)
     if task is None:
         # Only names the app registered can run; a name is never imported.
@@ -163,9 +173,12 @@ def run_request(app: App, request: Request) -> Reply:
         deadline=request.deadline,
         max_attempts=request.max_attempts,
     )
+    if hooks is None:
+        hooks = app.hooks()
+    job = _describe(app, task, request) if hooks.wraps_sync or hooks.wraps_async else None
     token = _set_current(ctx)
     try:
-        result = _call(app, task, payload)
+        result = _call(hooks, task, payload, job)
     except Exception as exc:
         # Judged here, where the exception's class is known (retry_on, Retry, Fatal).
         retry, delay = task.options.retry_verdict(exc)
@@ -185,49 +198,55 @@ def run_request(app: App, request: Request) -> Reply:
     return Reply(ok=True, result=msgspec.Raw(encoded))
 
 
-def _call(app: App, task: Task[Any, Any], payload: Any) -> Any:
-    """Call the task function with the app's wrappers, as the in-process path does."""
+def _describe(app: App, task: Task[Any, Any], request: Request) -> JobInfo:
+    info = JobInfo(
+        job_id=request.job_id,
+        queue=request.queue,
+        attempt=request.attempt,
+        app=app.name,
+        worker_id=request.worker_id,
+        authenticated=True,
+        task=task.name,
+        principal_id=request.principal.id if request.principal is not None else None,
+        signer_id=request.signer_id,
+        enqueued_at=request.enqueued_at,
+        not_before=request.not_before,
+        max_attempts=request.max_attempts,
+        isolation=task.options.isolation,
+    )
+    if request.trace:
+        info = msgspec.structs.replace(info, trace=MappingProxyType(dict(request.trace)))
+    return info
+
+
+def _call(hooks: Hooks, task: Task[Any, Any], payload: Any, job: JobInfo | None) -> Any:
+    """Call the task function inside the app's ``around_*`` middleware, as the worker's
+    in-process path does; the result goes around them, never through them."""
+    box: list[Any] = []
     if task.is_async:
 
-        async def call_async() -> Any:
-            return await task.fn(payload)
+        async def call_async() -> None:
+            box.append(await task.fn(payload))
 
-        wrapped_async: Callable[[], Awaitable[Any]] = call_async
-        for wrap in app.around_async:
-            wrapped_async = _bind_async(wrap, wrapped_async)
+        run_async: Callable[[], Awaitable[None]] = call_async
+        if job is not None and hooks.wraps_async:
+            run_async = hooks.wrap_async(job, call_async)
         # asyncio.run copies the current context, so current_job() works in the task.
-        return asyncio.run(_await(wrapped_async))
+        asyncio.run(_await(run_async))
+        return box[0]
 
-    def call() -> Any:
-        return task.fn(payload)
+    def call() -> None:
+        box.append(task.fn(payload))
 
-    wrapped: Callable[[], Any] = call
-    for wrap in app.around_sync:
-        wrapped = _bind_sync(wrap, wrapped)
-    return wrapped()
-
-
-async def _await(fn: Callable[[], Awaitable[Any]]) -> Any:
-    return await fn()
+    run: Callable[[], None] = call
+    if job is not None and hooks.wraps_sync:
+        run = hooks.wrap_sync(job, call)
+    run()
+    return box[0]
 
 
-def _bind_async(
-    wrap: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
-    inner: Callable[[], Awaitable[Any]],
-) -> Callable[[], Awaitable[Any]]:
-    async def call() -> Any:
-        return await wrap(inner)
-
-    return call
-
-
-def _bind_sync(
-    wrap: Callable[[Callable[[], Any]], Any], inner: Callable[[], Any]
-) -> Callable[[], Any]:
-    def call() -> Any:
-        return wrap(inner)
-
-    return call
+async def _await(fn: Callable[[], Awaitable[None]]) -> None:
+    await fn()
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except VaultqError as exc:
         print(f"vaultq child: cannot load {spec!r}: {exc}", file=sys.stderr)
         return 3
+    hooks = app.hooks()
     encoder = msgspec.json.Encoder()
     requests = msgspec.json.Decoder(Request)
     write_frame(out, encoder.encode(Hello(pid=os.getpid(), app=app.name)))
@@ -293,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 "vaultq.MalformedRequest", "the worker sent a request this child cannot read"
             )
         else:
-            reply = run_request(app, request)
+            reply = run_request(app, request, hooks)
         write_frame(out, encoder.encode(reply))
 
 

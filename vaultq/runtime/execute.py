@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +41,7 @@ from vaultq.errors import (
 )
 from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
 from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
+from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, _safe_id, evaluate
 
 if TYPE_CHECKING:
@@ -106,6 +108,9 @@ class JobSlot:
     settling: bool = False
     """Its settlement is on the way to the broker: a renewal that finds the claim gone may
     simply have raced the settle (the job finished), so it is no reason to warn."""
+    job: JobInfo | None = None
+    """What middleware may know of it, once the envelope opened (only when some
+    middleware needs it)."""
 
     def request_stop(self, why: str) -> None:
         if self.stop is None:
@@ -255,12 +260,16 @@ class Executor:
         max_abandoned_threads: int,
         thread_tokens: int,
         process_pool: ProcessPool | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.app = app
         self.worker_id = worker_id
         self.threads = ThreadGuard(max_abandoned_threads, thread_tokens)
         self.process_pool = process_pool
         self._tasks = app.tasks
+        self.hooks = app.hooks() if hooks is None else hooks
+        # Precomputed: with no middleware, no JobInfo is ever built.
+        self._describe = self.hooks.jobs or self.hooks.wraps_sync or self.hooks.wraps_async
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -514,6 +523,8 @@ class Executor:
         header, body = opened.header, opened.body
         task = self._tasks[header.task]
         slot.task = task.name
+        if self._describe:
+            slot.job = self.describe(delivery, opened, task)
 
         if delivery.cancel_requested or slot.stop == Stop.CANCELLED:
             return self._finish(delivery, opened, JobStatus.CANCELLED, task=task, started=None)
@@ -560,6 +571,30 @@ class Executor:
 
         return await self._attempt(slot, task, opened, payload)
 
+    def describe(self, delivery: Delivery, opened: OpenedJob, task: Task[Any, Any]) -> JobInfo:
+        """The safe fields of an opened job, for middleware (never payload or result)."""
+        header, body = opened.header, opened.body
+        info = JobInfo(
+            job_id=header.job_id,
+            queue=header.queue,
+            attempt=delivery.attempt,
+            app=header.app,
+            worker_id=self.worker_id,
+            authenticated=True,
+            task=task.name,
+            principal_id=body.principal.id if body.principal is not None else None,
+            signer_id=header.signer_id,
+            enqueued_at=header.issued_at / 1000,
+            not_before=header.not_before / 1000,
+            max_attempts=task.max_attempts,
+            isolation=task.options.isolation,
+        )
+        trace = body.meta.trace
+        if trace:
+            # Read-only: one JobInfo is shared by every middleware.
+            info = msgspec.structs.replace(info, trace=MappingProxyType(dict(trace)))
+        return info
+
     async def _attempt(
         self, slot: JobSlot, task: Task[Any, Any], opened: OpenedJob, payload: Any
     ) -> Settlement:
@@ -584,38 +619,63 @@ class Executor:
         failure: tuple[str, str] | None = None
         verdict: tuple[bool, float | None] = (False, None)
         timed_out = False
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            slot.scope = scope
-            if slot.stop is not None:
-                scope.cancel()
-            try:
-                value = await self._call(
-                    task, payload, ctx, opened, timeout, urgent=lambda: slot.stop == Stop.LEASE_LOST
-                )
-            except AttemptTimedOut:
-                timed_out = True
-            except TaskRaised as exc:
-                failure = (exc.error_type, exc.message)
-                retry = exc.retry
-                if retry is None:
-                    retry = task.options.retries_unknown_errors
-                verdict = (retry, exc.delay)
-            except Exception as exc:
-                failure = (_type_path(exc), _safe_text(exc))
-                verdict = task.options.retry_verdict(exc)
-                _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
-            except BaseException as exc:
-                # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
-                # BaseException is the task failing, not the worker stopping: it must not
-                # crash the worker, nor print its message. Only a cancellation that was
-                # issued (deadline, cancel, shutdown) passes through: a CancelledError the
-                # task raised itself (awaiting a cancelled future) is a failed attempt.
-                if issued(exc, scope):
-                    raise
-                failure = (_type_path(exc), _safe_text(exc))
-                verdict = task.options.retry_verdict(exc)
-                _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
+        job = slot.job
+        hooks = self.hooks
+        if job is not None:
+            # The one place attempts are reported, isolated ones included: the parent
+            # reports them, so nothing is lost with the child.
+            hooks.attempt_started(job)
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                slot.scope = scope
+                if slot.stop is not None:
+                    scope.cancel()
+                try:
+                    value = await self._call(
+                        task,
+                        payload,
+                        ctx,
+                        opened,
+                        timeout,
+                        urgent=lambda: slot.stop == Stop.LEASE_LOST,
+                        job=job,
+                    )
+                except AttemptTimedOut:
+                    timed_out = True
+                except TaskRaised as exc:
+                    failure = (exc.error_type, exc.message)
+                    retry = exc.retry
+                    if retry is None:
+                        retry = task.options.retries_unknown_errors
+                    verdict = (retry, exc.delay)
+                except Exception as exc:
+                    failure = (_type_path(exc), _safe_text(exc))
+                    verdict = task.options.retry_verdict(exc)
+                    _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
+                except BaseException as exc:
+                    # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
+                    # BaseException is the task failing, not the worker stopping: it must
+                    # not crash the worker, nor print its message. Only a cancellation
+                    # that was issued (deadline, cancel, shutdown) passes through: a
+                    # CancelledError the task raised itself (awaiting a cancelled future)
+                    # is a failed attempt.
+                    if issued(exc, scope):
+                        raise
+                    failure = (_type_path(exc), _safe_text(exc))
+                    verdict = task.options.retry_verdict(exc)
+                    _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
+        except BaseException:
+            # Cancelled from outside this attempt's scope (the worker torn down).
+            if job is not None:
+                hooks.attempt_finished(job, Outcome.INTERRUPTED, time.time() - started)
+            raise
         slot.scope = None
+        if job is not None:
+            hooks.attempt_finished(
+                job,
+                _attempt_outcome(scope.cancelled_caught, slot.stop, timed_out, failure),
+                time.time() - started,
+            )
         if scope.cancelled_caught:
             if slot.stop == Stop.LEASE_LOST:
                 # The worker drops this settlement (and the broker would refuse it).
@@ -705,6 +765,7 @@ class Executor:
         timeout: float,
         *,
         urgent: Callable[[], bool] | None = None,
+        job: JobInfo | None = None,
     ) -> bytes | None:
         """Run the task function once and encode its result; raises on failure.
         ``urgent()``: the attempt lost its lease, so an isolated child is killed at once."""
@@ -725,9 +786,9 @@ class Executor:
         token = _set_current(ctx)
         try:
             if task.is_async:
-                result = await self._call_async(task, payload)
+                result = await self._call_async(task, payload, job)
             else:
-                result = await self._call_sync(task, payload, ctx)
+                result = await self._call_sync(task, payload, ctx, job)
         finally:
             _reset_current(token)
         if task.result_type is None and result is not None:
@@ -747,16 +808,21 @@ class Executor:
             ) from None
         return self._fits(encoded)
 
-    async def _call_async(self, task: Task[Any, Any], payload: Any) -> Any:
-        async def call() -> Any:
+    async def _call_async(self, task: Task[Any, Any], payload: Any, job: JobInfo | None) -> Any:
+        if job is None or not self.hooks.wraps_async:
             return await task.fn(payload)
+        # The result goes around the wrappers, never through them.
+        box: list[Any] = []
 
-        wrapped: Callable[[], Any] = call
-        for wrap in self.app.around_async:
-            wrapped = _bind_async(wrap, wrapped)
-        return await wrapped()
+        async def call() -> None:
+            box.append(await task.fn(payload))
 
-    async def _call_sync(self, task: Task[Any, Any], payload: Any, ctx: JobContext) -> Any:
+        await self.hooks.wrap_async(job, call)()
+        return box[0]
+
+    async def _call_sync(
+        self, task: Task[Any, Any], payload: Any, ctx: JobContext, job: JobInfo | None
+    ) -> Any:
         def call() -> Any:
             token = _set_current(ctx)
             try:
@@ -764,24 +830,34 @@ class Executor:
             finally:
                 _reset_current(token)
 
-        wrapped: Callable[[], Any] = call
-        for wrap in self.app.around_sync:
-            wrapped = _bind_sync(wrap, wrapped)
-        return await self.threads.run(wrapped, f"{task.name}[{ctx.job_id}]")
+        run: Callable[[], Any] = call
+        if job is not None and self.hooks.wraps_sync:
+            box: list[Any] = []
+
+            def inner() -> None:
+                box.append(call())
+
+            wrapped = self.hooks.wrap_sync(job, inner)
+
+            def run() -> Any:
+                wrapped()
+                return box[0]
+
+        return await self.threads.run(run, f"{task.name}[{ctx.job_id}]")
 
 
-def _bind_async(wrap: Callable[[Callable[[], Any]], Any], inner: Callable[[], Any]) -> Any:
-    async def call() -> Any:
-        return await wrap(inner)
-
-    return call
-
-
-def _bind_sync(wrap: Callable[[Callable[[], Any]], Any], inner: Callable[[], Any]) -> Any:
-    def call() -> Any:
-        return wrap(inner)
-
-    return call
+def _attempt_outcome(
+    cancelled: bool, stop: str | None, timed_out: bool, failure: tuple[str, str] | None
+) -> Outcome:
+    if cancelled:
+        if stop == Stop.CANCELLED:
+            return Outcome.CANCELLED
+        if stop is not None:
+            return Outcome.INTERRUPTED  # shutdown or lost lease: handed back
+        return Outcome.TIMED_OUT
+    if timed_out:
+        return Outcome.TIMED_OUT
+    return Outcome.FAILED if failure is not None else Outcome.SUCCEEDED
 
 
 def _plainly_typed(value: Any, declared: Any) -> bool:

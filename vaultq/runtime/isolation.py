@@ -165,6 +165,10 @@ class ProcessPool:
             signer_id=ctx.signer_id,
             deadline=ctx.deadline,
             max_attempts=ctx.max_attempts,
+            trace=opened.body.meta.trace,
+            enqueued_at=opened.header.issued_at / 1000,
+            not_before=opened.header.not_before / 1000,
+            worker_id=ctx.worker_id or "",
         )
         data = self._encoder.encode(request)
         async with self._limiter:

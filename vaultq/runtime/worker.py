@@ -24,24 +24,27 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vaultq import config
-from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
+from vaultq.brokers.base import Ack, Broker, Bury, Drop, Release, Retry, Settlement
 from vaultq.brokers.monitor import WorkerBeat, monitoring
 from vaultq.cancellation import cancel_requested, is_cancellation
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable
+from vaultq.middleware import Hooks, JobInfo, Outcome, WorkerInfo
+from vaultq.policy import safe_id
 from vaultq.runtime.execute import Executor, JobSlot, Stop
 from vaultq.runtime.health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from vaultq.runtime.health import keep_beating
@@ -125,6 +128,8 @@ class Worker:
         """Attempts cancelled (or never started) because their lease was lost."""
         self.health = (health_file, health_interval)  # heartbeat: see runtime/health.py
         self.started_at = 0.0
+        self.hooks = Hooks()
+        """The app's middleware sorted per hook, taken when :meth:`run` starts."""
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
@@ -186,12 +191,15 @@ class Worker:
             log.info("worker %s stopped before the broker could be reached", self.name)
             return
         self._pool = self._make_pool()
+        # Sorted once per worker: with no middleware every hook site is one falsy test.
+        hooks = self.hooks = self.app.hooks()
         executor = Executor(
             self.app,
             worker_id=self.name,
             max_abandoned_threads=self._max_abandoned,
             thread_tokens=self.concurrency + self._max_abandoned,
             process_pool=self._pool,
+            hooks=hooks,
         )
         await self._measure_clock(broker)
         keeper = self.keeper = self._make_keeper(broker)
@@ -200,6 +208,7 @@ class Worker:
         settle_send, settle_recv = anyio.create_memory_object_stream[tuple[JobSlot, Settlement]](
             math.inf
         )
+        info: WorkerInfo | None = None
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._clock_watcher, broker)
@@ -209,6 +218,9 @@ class Worker:
                 monitor = monitoring(broker)
                 if monitor is not None:  # the broker's worker registry (vaultq status)
                     outer.start_soon(keep_registered, monitor, self.beat, self.health[1])
+                if hooks.lifecycle:
+                    info = self._info(outer)
+                    await hooks.worker_started(info)
                 async with anyio.create_task_group() as inner:
                     inner.start_soon(self._settler, broker, settle_recv)
                     async with anyio.create_task_group() as consumers:
@@ -225,11 +237,28 @@ class Worker:
                 # every consumer is done and every settlement handed to the settler
                 outer.cancel_scope.cancel()
         finally:
+            if info is not None:
+                # Shielded (a torn-down worker still says so) and bounded.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_STOP_HOOKS_TIMEOUT):
+                    await hooks.worker_stopped(info)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(keeper.stop)
             if self._pool is not None:
                 await self._pool.aclose()
         log.info("worker %s stopped after %d jobs", self.name, self.processed)
+
+    def _info(self, group: TaskGroup) -> WorkerInfo:
+        def spawn(fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+            group.start_soon(fn, name=name)
+
+        return WorkerInfo(
+            worker_id=self.name,
+            app=self.app.name,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            stats=lambda: (len(self._slots), self.processed),
+            spawn=spawn,
+        )
 
     async def _connect(self) -> Broker | None:
         """Connect, waiting out a broker that is not up yet; None when stopped meanwhile."""
@@ -398,7 +427,11 @@ class Worker:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 with anyio.CancelScope(shield=True):
-                    await self._apply(broker, batch)
+                    written = await self._apply(broker, batch)
+                if self.hooks.jobs:
+                    # The one place settlements are reported: after they were written.
+                    for slot, settlement in written:
+                        self._report(slot, settlement)
                 for slot, _ in batch:
                     self._slots.pop(slot.delivery.tag, None)
                     if self.keeper is not None:
@@ -406,14 +439,34 @@ class Worker:
                 self.processed += len(batch)
                 self._capacity.set()
 
-    def _provable(self, batch: list[tuple[JobSlot, Settlement]]) -> list[Settlement]:
+    def _report(self, slot: JobSlot, settlement: Settlement) -> None:
+        job = slot.job
+        if job is None:
+            # Never opened: only the broker's (unauthenticated) claims are known.
+            delivery = slot.delivery
+            job = JobInfo(
+                job_id=safe_id(delivery.job_id),
+                queue=delivery.queue,
+                attempt=delivery.attempt,
+                app=self.app.name,
+                worker_id=self.name,
+            )
+        outcome, reason = _settled_outcome(settlement)
+        if outcome is None:
+            self.hooks.rejected(job, reason or "unauthenticated")
+        else:
+            self.hooks.settled(job, outcome, reason)
+
+    def _provable(
+        self, batch: list[tuple[JobSlot, Settlement]]
+    ) -> list[tuple[JobSlot, Settlement]]:
         """The settlements whose lease is still proven; a fenced one is dropped (the
         broker would refuse it too): its job runs again after the lease, elsewhere."""
         now = time.monotonic()
         keep = []
         for slot, settlement in batch:
             if slot.lost is None and now <= slot.fence_at:
-                keep.append(settlement)
+                keep.append((slot, settlement))
             elif slot.stop != Stop.LEASE_LOST or slot.lost is None:
                 log.warning(
                     "job %s: not settling an attempt whose lease is no longer proven (%s); "
@@ -423,19 +476,23 @@ class Worker:
                 )
         return keep
 
-    async def _apply(self, broker: Broker, batch: list[tuple[JobSlot, Settlement]]) -> None:
+    async def _apply(
+        self, broker: Broker, batch: list[tuple[JobSlot, Settlement]]
+    ) -> list[tuple[JobSlot, Settlement]]:
         """Write settlements, retrying while the broker is away. Once stopping, give up
         after the grace period: unsettled leases expire and the jobs are delivered again.
-        A settlement whose lease is no longer proven is never written."""
+        A settlement whose lease is no longer proven is never written. Returns the
+        written ones."""
         failures = 0
         given_up_at: float | None = None
         while True:
-            settlements = self._provable(batch)
-            if not settlements:
-                return
+            pairs = self._provable(batch)
+            if not pairs:
+                return []
+            settlements = [settlement for _, settlement in pairs]
             try:
                 await broker.settle(settlements)
-                return
+                return pairs
             except BrokerError as exc:
                 failures += 1
                 if self._stop.is_set():
@@ -446,7 +503,7 @@ class Worker:
                             "delivered again after their lease",
                             len(settlements),
                         )
-                        return
+                        return []
                 pause = min(5.0, 0.1 * 2**failures)
                 log.warning("settle failed (%s); retrying in %.1f s", type(exc).__name__, pause)
                 await anyio.sleep(pause)
@@ -503,6 +560,38 @@ class Worker:
 _QUIET_FOR = 30.0
 """Seconds between two warnings of the same periodic failure (a broker outage would
 otherwise log the lease keeper and cancel watcher every few hundred ms)."""
+
+
+_STOP_HOOKS_TIMEOUT = 5.0
+"""Seconds the ``worker_stopped`` hooks get, together, at exit."""
+
+_BURIED = {
+    "failed": Outcome.FAILED,
+    "timed_out": Outcome.TIMED_OUT,
+    "denied": Outcome.DENIED,
+    "expired": Outcome.EXPIRED,
+    "cancelled": Outcome.CANCELLED,
+    "internal_error": Outcome.INTERNAL_ERROR,
+}
+
+
+def _settled_outcome(settlement: Settlement) -> tuple[Outcome | None, str | None]:
+    """The outcome a written settlement reports, and its reason; outcome None for a
+    rejection (``rejected`` hook), whose reason is then the dead letter's code."""
+    if isinstance(settlement, Ack):
+        return Outcome.SUCCEEDED, None
+    if isinstance(settlement, Retry):
+        return Outcome.RETRYING, None
+    if isinstance(settlement, Release):
+        return Outcome.RELEASED, None
+    if isinstance(settlement, Drop):
+        if settlement.reason == "finished":
+            return Outcome.DROPPED, "finished"
+        return None, settlement.reason
+    reason = settlement.reason
+    if reason.startswith("rejected:"):
+        return None, reason.removeprefix("rejected:")
+    return _BURIED.get(reason, Outcome.FAILED), reason
 
 
 def _internal_error(slot: JobSlot, now: float) -> Settlement:
