@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,6 +15,7 @@ from vaultq.envelope import peek_header
 from vaultq.errors import EnvelopeError, VaultqError
 from vaultq.files import untrusted_reason
 from vaultq.policy import AllowAll
+from vaultq.settings import environment
 
 __all__ = [
     "Finding",
@@ -69,7 +69,7 @@ def dependency_findings() -> list[Finding]:
 
 def _keys(app: App) -> list[Finding]:
     out: list[Finding] = []
-    env = os.environ.get("VAULTQ_KEYS", "")
+    env = environment().keys or ""
     if env.startswith("@"):
         path = Path(env[1:])
         try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import threading
@@ -31,7 +30,7 @@ import anyio
 import msgspec
 
 from vaultq.errors import VaultqError
-from vaultq.logs import LOG_FORMATS
+from vaultq.settings import WorkerSettings, add_worker_flags, environment, options_of
 
 __all__ = [
     "EXIT_ERROR",
@@ -43,6 +42,7 @@ __all__ = [
     "add_common",
     "app_spec",
     "existing_broker",
+    "guarded",
     "load_cli_app",
     "log_level",
     "positive_int",
@@ -98,37 +98,20 @@ def log_level(text: str) -> str:
 
 def add_common(p: argparse.ArgumentParser, app_positional: bool = True) -> None:
     """The app positional (optional: ``$VAULTQ_APP``), ``--broker``, ``--log-level`` and
-    ``--log-format``."""
-    if app_positional:
-        p.add_argument(
-            "app",
-            metavar="MODULE[:ATTR]",
-            nargs="?",
-            help="module defining your vaultq.App (default: $VAULTQ_APP, or the Django "
-            "settings' app when DJANGO_SETTINGS_MODULE is set)",
-        )
-    p.add_argument("--broker", help="broker URL (overrides the app's and $VAULTQ_BROKER)")
-    p.add_argument(
-        "--log-level",
-        type=log_level,
-        default="INFO",
-        help="DEBUG, INFO, WARNING, ERROR (default INFO)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default="text",
-        help="text (default) or json: one JSON object per line (time in UTC, level, logger, "
-        "message, job_id, task, queue, attempt, outcome)",
-    )
+    ``--log-format``: the same flags, help and checks as ``vaultq worker``'s (declared
+    once, on :class:`vaultq.settings.WorkerSettings`)."""
+    common = ("app", "broker", "log_level", "log_format")
+    skip = tuple(o.name for o in options_of(WorkerSettings) if o.name not in common)
+    add_worker_flags(p, skip=skip if app_positional else (*skip, "app"))
 
 
 def app_spec(spec: str | None) -> str | None:
     if spec:
         return spec
-    if os.environ.get("VAULTQ_APP"):
-        return os.environ["VAULTQ_APP"]
-    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+    env = environment()
+    if env.app:
+        return env.app
+    if env.django_settings:
         return "vaultq.django"
     return None
 
@@ -186,6 +169,33 @@ def print_json(value: Any) -> None:
 
 
 T = TypeVar("T")
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command: a ``VaultqError`` (also inside an exception group, as the worker's
+    task group raises them) is one line on stderr and exit 2, Ctrl-C exit 130."""
+    try:
+        return command()
+    except VaultqError as exc:
+        print(f"vaultq: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(VaultqError)
+        if matched is None or rest is not None:
+            raise
+        for leaf in _leaves(matched):
+            print(f"vaultq: error: {leaf}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vaultq: interrupted", file=sys.stderr)
+        return 130
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def run_interruptibly(func: Callable[[], Awaitable[T]]) -> T:

@@ -1,31 +1,27 @@
-"""``vaultq health`` and the worker's ``--health-file``/``--health-interval`` options.
+"""``vaultq health``: is a worker's heartbeat fresh?
 
-Kept apart from ``cli.py``: the worker command calls :func:`add_health_worker_options`,
-:func:`health_file_of` and :func:`health_worker_argv`; the ``health`` command is
-:func:`add_health_parser`. The heartbeat itself is :mod:`vaultq.runtime.health`.
+The worker's ``--health-file``/``--health-interval`` are :class:`WorkerSettings` fields
+(``cli_worker``); the ``health`` command is :func:`add_health_parser`. The heartbeat
+itself is :mod:`vaultq.runtime.health`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from vaultq.runtime.health import DEFAULT_INTERVAL, check_health, default_health_file, prepare
+from vaultq.runtime.health import check_health, default_health_file
+from vaultq.settings import WorkerSettings, environment, options_of
 
-__all__ = ["add_health_parser", "add_health_worker_options", "health_file_of", "health_worker_argv"]
+__all__ = ["add_health_parser"]
 
-ENV_VAR = "VAULTQ_HEALTH_FILE"
-
-_FILE_HELP = (
-    "heartbeat file (default: $VAULTQ_HEALTH_FILE, else $XDG_RUNTIME_DIR/vaultq/worker.health "
-    "or <tmp>/vaultq-<uid>/worker.health)"
-)
+# The same text as the worker's --health-file (declared on WorkerSettings).
+_FILE_HELP = next(o.help for o in options_of(WorkerSettings) if o.name == "health_file")
 
 
 def _path(given: str | None) -> Path:
-    text = given or os.environ.get(ENV_VAR)
+    text = given or environment().health_file
     return Path(text) if text else default_health_file()
 
 
@@ -37,30 +33,6 @@ def _interval(text: str) -> float:
     if not 0.05 <= value <= 3600:
         raise argparse.ArgumentTypeError("must be between 0.05 and 3600 seconds")
     return value
-
-
-def add_health_worker_options(worker: argparse.ArgumentParser) -> None:
-    """``--health-file`` and ``--health-interval`` on ``vaultq worker``."""
-    worker.add_argument("--health-file", default=None, help=_FILE_HELP)
-    worker.add_argument(
-        "--health-interval",
-        type=_interval,
-        default=DEFAULT_INTERVAL,
-        help=f"seconds between heartbeats (default {DEFAULT_INTERVAL:g})",
-    )
-
-
-def health_file_of(args: argparse.Namespace) -> tuple[Path, float]:
-    """The worker's heartbeat file (checked writable now) and interval."""
-    path = _path(args.health_file)
-    prepare(path)
-    return path, float(args.health_interval)
-
-
-def health_worker_argv(args: argparse.Namespace) -> list[str]:
-    """The same options for the children of ``--processes N`` (they share the file)."""
-    path = str(_path(args.health_file))
-    return ["--health-file", path, "--health-interval", str(args.health_interval)]
 
 
 def cmd_health(args: argparse.Namespace) -> int:

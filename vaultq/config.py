@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_ENVELOPE_VERSION",
     "DEFAULT_EXPIRES",
     "DEFAULT_GRACE",
+    "DEFAULT_HEALTH_INTERVAL",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_ABANDONED_THREADS",
     "DEFAULT_MAX_BACKOFF",
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_QUEUE",
     "DEFAULT_RESULT_TTL",
     "DEFAULT_RETRIES",
+    "DEFAULT_STALL_WARNING",
     "DEFAULT_TIMEOUT",
     "mask_url",
 ]
@@ -57,6 +59,10 @@ DEFAULT_ENVELOPE_VERSION = 2
 """Format new job envelopes are sealed with (v2: XAES-256-GCM); docs/envelope.md."""
 DEFAULT_ACCEPT_ENVELOPE_V1 = True
 """Read v1 envelopes (the migration window); set False once no v1 envelope remains."""
+DEFAULT_HEALTH_INTERVAL = 5.0
+"""Seconds between a worker's heartbeats (``--health-interval``)."""
+DEFAULT_STALL_WARNING = 1.0
+"""Seconds a job may block the worker's event loop before a warning names it."""
 DEFAULT_MAX_ABANDONED_THREADS = 16
 DEFAULT_DEAD_LETTER_MAX = 10_000
 """Dead letters kept per queue at most; the oldest go first (Sidekiq keeps 10,000)."""

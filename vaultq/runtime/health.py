@@ -32,6 +32,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
+from vaultq import config
 from vaultq.errors import VaultqError
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger("vaultq.worker")
 
-DEFAULT_INTERVAL = 5.0
+DEFAULT_INTERVAL = config.DEFAULT_HEALTH_INTERVAL
 """Seconds between two beats."""
 
 

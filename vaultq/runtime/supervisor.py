@@ -4,6 +4,10 @@ Children run in their own session so a terminal's Ctrl-C reaches only the superv
 which forwards one SIGTERM to each child: every child then drains (finishes running jobs
 within the grace period, hands the rest back). A second signal forwards a second SIGTERM,
 which makes children hand their jobs back at once.
+
+Each child gets the supervisor's :class:`~vaultq.settings.WorkerSettings` (with
+``processes=1``), encoded as JSON by msgspec and written to its stdin: no flag list is
+rebuilt by hand, so a new worker option reaches the children without an edit here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import subprocess  # nosec B404
 import time
 from collections.abc import Sequence
 from types import FrameType
+
+import msgspec
+
+from vaultq.settings import WorkerSettings
 
 __all__ = ["supervise"]
 
@@ -32,9 +40,12 @@ class _Child:
         self.next_start = 0.0
 
 
-def supervise(argv: Sequence[str], processes: int, *, grace: float) -> int:
-    """Run ``processes`` copies of ``argv`` until SIGTERM/SIGINT; returns an exit code."""
-    children = [_Child(i) for i in range(processes)]
+def supervise(settings: WorkerSettings, *, entry: Sequence[str]) -> int:
+    """Run ``settings.processes`` children (the command ``entry``, reading their settings
+    from stdin) until SIGTERM/SIGINT; returns an exit code."""
+    settings_json = msgspec.json.encode(msgspec.structs.replace(settings, processes=1))
+    grace = settings.grace
+    children = [_Child(i) for i in range(settings.processes)]
     signals_seen = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -50,7 +61,7 @@ def supervise(argv: Sequence[str], processes: int, *, grace: float) -> int:
         while not signals_seen:
             now = time.monotonic()
             for child in children:
-                _tend(child, argv, now)
+                _tend(child, entry, settings_json, now)
             time.sleep(0.2)
         deadline = time.monotonic() + grace + 10.0
         while time.monotonic() < deadline and any(
@@ -68,7 +79,7 @@ def supervise(argv: Sequence[str], processes: int, *, grace: float) -> int:
     return 0
 
 
-def _tend(child: _Child, argv: Sequence[str], now: float) -> None:
+def _tend(child: _Child, entry: Sequence[str], settings_json: bytes, now: float) -> None:
     proc = child.proc
     if proc is not None:
         code = proc.poll()
@@ -88,6 +99,15 @@ def _tend(child: _Child, argv: Sequence[str], now: float) -> None:
         child.next_start = now + pause
     if now < child.next_start:
         return
-    child.proc = subprocess.Popen(list(argv), start_new_session=True)  # nosec
+    # A fixed command (this interpreter, a vaultq module) and no shell.
+    child.proc = subprocess.Popen(list(entry), stdin=subprocess.PIPE, start_new_session=True)  # nosec
+    stdin = child.proc.stdin  # a pipe (stdin=PIPE above)
+    try:
+        # Small (well under a pipe buffer): the write never blocks the supervisor.
+        if stdin is not None:
+            stdin.write(settings_json)
+            stdin.close()
+    except BrokenPipeError:
+        pass  # the child died at once; the next round restarts it with backoff
     child.started = now
     log.info("started worker process %d (slot %d)", child.proc.pid, child.index)

@@ -99,7 +99,7 @@ class Worker:
         block: float = 1.0,
         max_abandoned_threads: int = config.DEFAULT_MAX_ABANDONED_THREADS,
         name: str | None = None,
-        stall_warning: float = 1.0,
+        stall_warning: float = config.DEFAULT_STALL_WARNING,
         health_file: Path | None = None,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
     ) -> None:

@@ -1,11 +1,14 @@
 """``python manage.py vaultq_worker``: ``vaultq worker`` for the app in ``settings.VAULTQ``.
 
-Takes the flags of ``vaultq worker`` (``--queues --concurrency --processes --grace
---lease --broker --log-level --log-format``); their defaults come from ``settings.VAULTQ``.
+Its options are generated from :class:`vaultq.settings.WorkerSettings`, like the flags of
+``vaultq worker`` (the same names, help and checks; every option but the app module).
+An option not given comes from ``settings.VAULTQ`` (``QUEUES``, ``CONCURRENCY``,
+``GRACE``), else the worker's default.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any
@@ -13,6 +16,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from vaultq.django.apps import DEBUG_WARNED, get_config
+from vaultq.errors import ConfigurationError
+from vaultq.settings import UNSET, WorkerSettings, add_worker_flags, settings_from_flags
 
 
 class Command(BaseCommand):  # type: ignore[misc]
@@ -21,27 +26,11 @@ class Command(BaseCommand):  # type: ignore[misc]
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--queues", help="comma-separated queues, earlier first")
-        parser.add_argument("--concurrency", type=int, help="jobs at once per process")
-        parser.add_argument("--processes", type=int, default=1, help="worker processes")
-        parser.add_argument("--grace", type=float, help="seconds running jobs get at shutdown")
-        parser.add_argument("--lease", type=float, help="seconds a job stays leased")
-        parser.add_argument("--broker", help="broker URL (overrides VAULTQ['BROKER_URL'])")
-        parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
-        parser.add_argument(
-            "--log-format",
-            choices=("text", "json"),
-            default="text",
-            help="text, or json: one JSON object per line",
-        )
-        parser.add_argument(
-            "--max-abandoned-threads",
-            type=int,
-            help="sync jobs past their deadline still running before sync jobs are handed back",
-        )
+        # Defaults None: "not given", so settings.VAULTQ can fill it in handle().
+        add_worker_flags(parser, skip=("app",), defaults_from_settings=False)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from vaultq.cli import main
+        from vaultq.cli_worker import run_worker
         from vaultq.runtime.worker import _queues_of
 
         config = get_config()
@@ -54,35 +43,25 @@ class Command(BaseCommand):  # type: ignore[misc]
             # must not say it again.
             os.environ[DEBUG_WARNED] = "1"
         s = config.app.vaultq_settings
-        queues = options["queues"] or ",".join(s.queues or _default_queues(config, _queues_of))
-        argv = [
-            "worker",
-            "vaultq.django",
-            "--queues",
-            queues,
-            "--concurrency",
-            str(options["concurrency"] or s.concurrency),
-            "--grace",
-            str(options["grace"] if options["grace"] is not None else s.grace),
-            "--processes",
-            str(options["processes"]),
-            "--log-level",
-            options["log_level"],
-            "--log-format",
-            options["log_format"],
-        ]
-        if options["lease"] is not None:
-            argv += ["--lease", str(options["lease"])]
-        if options["max_abandoned_threads"] is not None:
-            argv += ["--max-abandoned-threads", str(options["max_abandoned_threads"])]
-        if options["broker"]:
-            argv += ["--broker", options["broker"]]
+        from_settings: dict[str, Any] = {
+            "queues": tuple(s.queues or _default_queues(config, _queues_of)),
+            "concurrency": s.concurrency,
+            "grace": s.grace,
+        }
+        try:
+            base = WorkerSettings(
+                app="vaultq.django",
+                **{k: v for k, v in from_settings.items() if v is not UNSET},
+            )
+            worker_settings = settings_from_flags(argparse.Namespace(**options), base=base)
+        except ConfigurationError as exc:
+            raise CommandError(f"settings.VAULTQ: {exc}") from None
         # Worker processes (--processes) and isolated task processes are fresh
         # interpreters that set Django up again: give them the directory manage.py runs
         # from, whatever their working directory.
         path = [p for p in (sys.path[0], os.environ.get("PYTHONPATH")) if p]
         os.environ["PYTHONPATH"] = os.pathsep.join(path)
-        code = main(argv)
+        code = run_worker(worker_settings)
         if code:
             raise CommandError(f"vaultq worker exited with code {code}")
 

@@ -1,0 +1,67 @@
+"""``manage.py vaultq_worker``'s options are generated from ``WorkerSettings``, both ways,
+and merge with ``settings.VAULTQ`` (the flag wins, then the setting, then the default)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+import vaultq.cli_worker
+from vaultq.django.management.commands.vaultq_worker import Command
+from vaultq.settings import WorkerSettings, options_of
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions}
+
+
+def test_every_worker_setting_is_an_option_and_every_option_a_setting() -> None:
+    ours = _actions(Command().create_parser("manage.py", "vaultq_worker"))
+    djangos = _actions(BaseCommand().create_parser("manage.py", "any"))
+    fields = {o.name: o for o in options_of(WorkerSettings) if o.name != "app"}
+    assert set(ours) - set(djangos) == set(fields)
+    for name, option in fields.items():
+        assert ours[name].option_strings == [option.flag]
+        assert ours[name].help == option.help
+        assert ours[name].default is None, "not given: settings.VAULTQ fills it in"
+
+
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[WorkerSettings]:
+    """What the command hands to the worker, instead of running one."""
+    seen: list[WorkerSettings] = []
+
+    def fake_run_worker(settings: WorkerSettings) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(vaultq.cli_worker, "run_worker", fake_run_worker)
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    return seen
+
+
+def test_settings_vaultq_fills_what_the_flags_leave_out(ran: list[Any]) -> None:
+    call_command("vaultq_worker", "--queues", "a,b", "--stall-warning", "0.5")
+    (settings,) = ran
+    assert settings.app == "vaultq.django"
+    assert settings.queues == ("a", "b")
+    assert settings.stall_warning == 0.5
+    # CONCURRENCY and GRACE of tests/django/vq_settings.py
+    assert (settings.concurrency, settings.grace) == (8, 5)
+
+
+def test_a_flag_wins_over_settings_vaultq(ran: list[Any]) -> None:
+    call_command("vaultq_worker", "--concurrency", "3", "--grace", "0", "--processes", "2")
+    (settings,) = ran
+    assert (settings.concurrency, settings.grace, settings.processes) == (3, 0.0, 2)
+    assert settings.queues, "the project's queues when --queues is not given"
+
+
+def test_a_bad_value_is_a_command_error() -> None:
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("vaultq_worker", "--concurrency", "0")

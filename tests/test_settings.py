@@ -1,0 +1,371 @@
+"""``vaultq.settings``: every option declared once; the CLI, the supervisor's children and
+the docs follow the declarations."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from helpers import ROOT, worker_env
+
+import vaultq
+from vaultq import config
+from vaultq.cli import build_parser
+from vaultq.settings import (
+    AppSettings,
+    OptionInfo,
+    WorkerSettings,
+    environment,
+    options_of,
+    settings_from_flags,
+)
+
+APP_OPTIONS = options_of(AppSettings)
+WORKER_OPTIONS = options_of(WorkerSettings)
+
+
+# -- defaults ----------------------------------------------------------------------------
+
+APP_DEFAULTS = {
+    "broker": None,
+    "queue": config.DEFAULT_QUEUE,
+    "clock_skew": config.DEFAULT_CLOCK_SKEW,
+    "max_envelope_size": config.DEFAULT_MAX_ENVELOPE_SIZE,
+    "policy_timeout": config.DEFAULT_POLICY_TIMEOUT,
+    "lease": config.DEFAULT_LEASE,
+    "enqueue_retry": config.DEFAULT_ENQUEUE_RETRY,
+    "envelope_version": config.DEFAULT_ENVELOPE_VERSION,
+    "accept_envelope_v1": config.DEFAULT_ACCEPT_ENVELOPE_V1,
+    "timeout": config.DEFAULT_TIMEOUT,
+    "retries": config.DEFAULT_RETRIES,
+    "expires": config.DEFAULT_EXPIRES,
+    "backoff": config.DEFAULT_BACKOFF,
+    "max_backoff": config.DEFAULT_MAX_BACKOFF,
+    "result_ttl": config.DEFAULT_RESULT_TTL,
+}
+
+WORKER_DEFAULTS = {
+    "app": None,
+    "broker": None,
+    "log_level": "INFO",
+    "log_format": "text",
+    "queues": (),
+    "concurrency": config.DEFAULT_CONCURRENCY,
+    "processes": 1,
+    "grace": config.DEFAULT_GRACE,
+    "lease": None,
+    "max_abandoned_threads": config.DEFAULT_MAX_ABANDONED_THREADS,
+    "stall_warning": config.DEFAULT_STALL_WARNING,
+    "health_file": None,
+    "health_interval": config.DEFAULT_HEALTH_INTERVAL,
+}
+
+
+def test_app_defaults_are_the_documented_ones() -> None:
+    assert msgspec.structs.asdict(AppSettings()) == APP_DEFAULTS
+
+
+def test_worker_defaults_are_the_documented_ones_and_the_flags_defaults() -> None:
+    assert msgspec.structs.asdict(WorkerSettings()) == WORKER_DEFAULTS
+    args = build_parser().parse_args(["worker"])
+    assert settings_from_flags(args) == WorkerSettings()
+
+
+def test_every_option_has_help_text() -> None:
+    for option in [*APP_OPTIONS, *WORKER_OPTIONS]:
+        assert len(option.help) > 15, option.name
+
+
+# -- validation, per field ---------------------------------------------------------------
+
+
+def _bad_values(option: OptionInfo) -> list[Any]:
+    """Values that break ``option``'s declared rule: a wrong type always, plus one per
+    bound, choice list and name rule."""
+    bad: list[Any] = [object()]
+    if option.kind in (int, float):
+        bad.append("10")
+    if option.kind is float:
+        bad += [float("nan"), float("inf")]
+    if option.at_least is not None:
+        bad.append(option.kind(option.at_least) - 1)
+    if option.above is not None:
+        bad.append(option.kind(option.above))
+    if option.at_most is not None:
+        bad.append(option.kind(option.at_most) + 1)
+    if option.choices is not None:
+        bad.append(3 if option.kind is int else "loud")
+    if option.name_like:
+        bad.append(("bad name!",) if option.kind is tuple else "bad name!")
+    if option.kind is bool:
+        bad.append(1)
+    if not option.optional:
+        bad.append(None)
+    return bad
+
+
+def _cases(cls: type[msgspec.Struct]) -> list[Any]:
+    return [
+        pytest.param(cls, o.name, value, id=f"{cls.__name__}.{o.name}={value!r}")
+        for o in options_of(cls)
+        for value in _bad_values(o)
+    ]
+
+
+@pytest.mark.parametrize(("cls", "name", "value"), [*_cases(AppSettings), *_cases(WorkerSettings)])
+def test_a_bad_value_is_refused_naming_the_option(
+    cls: type[msgspec.Struct], name: str, value: Any
+) -> None:
+    with pytest.raises(vaultq.ConfigurationError, match=rf"{cls.__name__}\.{name}\b") as info:
+        cls(**{name: value})
+    assert "docs/configuration.md" in str(info.value), "the message says where to look"
+    # Decoding (Django settings, the supervisor's JSON) applies the same rule.
+    if isinstance(value, bool | int | float | str | tuple) or value is None:
+        with pytest.raises((vaultq.ConfigurationError, msgspec.ValidationError)):
+            msgspec.convert({name: value}, cls)
+
+
+def test_good_values_at_the_bounds_are_taken() -> None:
+    AppSettings(clock_skew=0, enqueue_retry=0, retries=0, backoff=0, max_envelope_size=1024)
+    WorkerSettings(grace=0, concurrency=1, health_interval=0.05, queues=("a-1", "b_2"))
+    WorkerSettings(health_interval=3600, log_level="DEBUG", log_format="json")
+
+
+def test_envelope_v1_needs_the_v1_window() -> None:
+    AppSettings(envelope_version=1)
+    with pytest.raises(vaultq.ConfigurationError, match="accept_envelope_v1=True"):
+        AppSettings(envelope_version=1, accept_envelope_v1=False)
+
+
+def test_a_broker_url_is_never_echoed_in_an_error() -> None:
+    with pytest.raises(vaultq.ConfigurationError) as info:
+        WorkerSettings(broker=b"redis://:hunter2@h/0")  # type: ignore[arg-type]
+    assert "hunter2" not in str(info.value)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        WorkerSettings().concurrency = 3  # type: ignore[misc]
+
+
+# -- the command line follows WorkerSettings, both ways ----------------------------------
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    worker: argparse.ArgumentParser = sub.choices["worker"]
+    return worker
+
+
+def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if not isinstance(a, argparse._HelpAction)}
+
+
+def test_every_worker_setting_is_a_flag_and_every_flag_a_setting() -> None:
+    actions = _option_actions(_worker_parser())
+    assert set(actions) == {o.name for o in WORKER_OPTIONS}
+    for option in WORKER_OPTIONS:
+        action = actions[option.name]
+        assert action.help == option.help
+        if option.positional:
+            assert action.option_strings == []
+        else:
+            assert action.option_strings == [option.flag]
+
+
+# A valid command-line value for each field, and the value it must become.
+SAMPLES: dict[str, tuple[str, Any]] = {
+    "broker": ("sqlite:///x.db", "sqlite:///x.db"),
+    "log_level": ("debug", "DEBUG"),
+    "log_format": ("json", "json"),
+    "queues": ("high,low", ("high", "low")),
+    "concurrency": ("7", 7),
+    "processes": ("3", 3),
+    "grace": ("2.5", 2.5),
+    "lease": ("9", 9.0),
+    "max_abandoned_threads": ("4", 4),
+    "stall_warning": ("0.5", 0.5),
+    "health_file": ("/tmp/h", "/tmp/h"),
+    "health_interval": ("2", 2.0),
+}
+
+
+def test_every_flag_reaches_the_settings() -> None:
+    flags = {o.name: o.flag for o in WORKER_OPTIONS if not o.positional}
+    assert set(SAMPLES) == set(flags), "a new option needs a sample here"
+    argv = ["worker", "some.module"]
+    for name, (text, _) in SAMPLES.items():
+        argv += [str(flags[name]), text]
+    settings = settings_from_flags(build_parser().parse_args(argv))
+    assert settings.app == "some.module"
+    for name, (_, value) in SAMPLES.items():
+        assert getattr(settings, name) == value, name
+
+
+def _has_rule(option: OptionInfo) -> bool:
+    return option.kind in (int, float) or bool(option.choices) or option.name_like
+
+
+def test_the_flags_without_a_rule_are_free_text() -> None:
+    assert {o.name for o in WORKER_OPTIONS if o.flag and not _has_rule(o)} == {
+        "broker",
+        "health_file",
+    }
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in WORKER_OPTIONS if o.flag and _has_rule(o)], ids=lambda o: o.name
+)
+def test_a_bad_flag_value_is_a_usage_error(
+    option: OptionInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = [str(v) for v in _bad_values(option) if type(v) in (int, float)]
+    texts += ["ten"] if option.kind in (int, float) else []
+    texts += ["loud"] if option.choices else []
+    texts += ["bad name!"] if option.name_like else []
+    assert texts
+    for text in texts:
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(["worker", "m", f"{option.flag}={text}"])
+        assert info.value.code == 2
+        assert f"argument {option.flag}:" in capsys.readouterr().err
+
+
+def test_other_commands_share_the_worker_declarations() -> None:
+    """``--broker``/``--log-level``/``--log-format`` of every command are the fields'."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    by_name = {o.name: o for o in WORKER_OPTIONS}
+    for command in ("status", "enqueue", "check", "job"):
+        actions = _option_actions(sub.choices[command])
+        for name in ("broker", "log_level", "log_format"):
+            assert actions[name].help == by_name[name].help
+
+
+# -- the supervisor's children get the settings ------------------------------------------
+
+
+def test_supervised_children_run_with_the_supervisors_settings(tmp_path: Path) -> None:
+    health = tmp_path / "beat"
+    env = worker_env({"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db"})
+    log_path = tmp_path / "supervisor.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vaultq", "worker", "cli_apps:good"]
+            + ["--processes", "2", "--concurrency", "3", "--queues", "q1,default"]
+            + ["--grace", "1", "--health-file", str(health), "--log-format", "json"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        # both children started, and the heartbeat file the supervisor resolved (one
+        # file, shared) is being written while they run
+        while log_path.read_text().count("vaultq worker ") < 2 or not health.exists():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0
+    records = [msgspec.json.decode(line) for line in log_path.read_text().splitlines()]
+    starts = [r["message"] for r in records if r["message"].startswith("vaultq worker ")]
+    assert len(starts) == 2
+    for line in starts:
+        # concurrency, queues (not the app's own set) and the log format came through
+        assert "app=cli-good" in line and "concurrency=3" in line and "queues=q1,default" in line
+
+
+def test_a_child_refuses_settings_it_cannot_decode(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vaultq.cli_worker"],
+        input=b'{"concurrency": 0, "app": "cli_apps:good"}',
+        env=worker_env(),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert b"WorkerSettings.concurrency (--concurrency) must be at least 1" in out.stderr
+    assert b"Traceback" not in out.stderr
+
+
+# -- environment variables: read at the edges only ---------------------------------------
+
+
+def test_environment_reads_the_documented_variables() -> None:
+    env = environment(
+        {
+            "VAULTQ_BROKER": "redis://h/0",
+            "VAULTQ_KEYS": "@/k",
+            "VAULTQ_APP": "shop.jobs",
+            "VAULTQ_HEALTH_FILE": "/run/h",
+            "DJANGO_SETTINGS_MODULE": "",
+        }
+    )
+    assert (env.broker, env.keys, env.app, env.health_file) == (
+        "redis://h/0",
+        "@/k",
+        "shop.jobs",
+        "/run/h",
+    )
+    assert env.django_settings is None, "empty means unset"
+    assert AppSettings.from_env({"VAULTQ_BROKER": "redis://h/0"}).broker == "redis://h/0"
+    assert AppSettings.from_env({"VAULTQ_BROKER": "redis://h/0"}, broker="x").broker == "x"
+
+
+def test_vaultq_health_file_reaches_the_worker(tmp_path: Path) -> None:
+    health = tmp_path / "env-beat"
+    env = worker_env(
+        {"VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db", "VAULTQ_HEALTH_FILE": str(health)}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaultq", "worker", "cli_apps:good", "--health-interval", "0.1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not health.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+# -- docs/configuration.md ---------------------------------------------------------------
+
+DOC = (ROOT / "docs" / "configuration.md").read_text()
+
+
+def _section(title: str) -> str:
+    start = DOC.index(title)
+    end = DOC.find("\n## ", start + 1)
+    return DOC[start : end if end != -1 else len(DOC)]
+
+
+def test_every_app_setting_is_documented() -> None:
+    section = _section("## `vaultq.App(name, **options)`")
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    assert {o.name for o in APP_OPTIONS} <= documented
+
+
+def test_every_worker_flag_is_documented() -> None:
+    section = _section("## Worker")
+    documented = set(re.findall(r"^\| `(--[\w-]+)", section, re.M))
+    assert {o.flag for o in WORKER_OPTIONS if o.flag} == documented
