@@ -183,6 +183,9 @@ class OptionInfo:
         elif self.choices is not None:
             # Case-insensitive where the choices are upper-case words (log levels).
             value = text.upper() if text.upper() in self.choices else text
+            if value not in self.choices:
+                shown = ", ".join(str(c) for c in self.choices)
+                raise argparse.ArgumentTypeError(f"{text!r} is not one of {shown}")
         else:
             value = text
         problem = self.problem(value)
