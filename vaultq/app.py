@@ -362,6 +362,21 @@ class App:
             broker_from_url(broker, namespace=self.name) if isinstance(broker, str) else broker
         )
 
+    def swap_broker(self, broker: str | Broker) -> Broker:
+        """Switch to ``broker`` now, even after the app was used, and return the broker it
+        had (pass that back to switch back). For tests (``vaultq.testing``): from here on
+        every event loop gets its own clone of ``broker``; brokers the app connected in
+        other loops are forgotten, not closed."""
+        previous = self._broker_template
+        self._broker_template = (
+            broker_from_url(broker, namespace=self.name) if isinstance(broker, str) else broker
+        )
+        # Clones only: the instance given may be connected in another loop already.
+        self._template_taken = True
+        self._brokers = weakref.WeakKeyDictionary()
+        self.clock.measured_at = None  # measure the new broker's clock on first use
+        return previous
+
     def _broker_for_new_loop(self) -> Broker:
         # The first event loop gets the configured instance; every other loop (the sync
         # facade's thread, a second asyncio.run) gets its own clone, since connections are

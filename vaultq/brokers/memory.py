@@ -125,6 +125,19 @@ class MemoryBroker:
             store=self._store,
         )
 
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """When the earliest waiting (not leased) job of ``queues`` is due, on the store's
+        clock; None when none waits. For the test kit's ``run_pending(delayed=True)``."""
+        with self._store.lock:
+            space = self._store.space(self._namespace)
+            wanted = set(queues)
+            times = [
+                job.not_before
+                for job in space.jobs.values()
+                if job.queue in wanted and job.owner is None
+            ]
+        return min(times, default=None)
+
     async def connect(self) -> None:
         """Nothing to open."""
 

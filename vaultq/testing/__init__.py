@@ -1,0 +1,20 @@
+"""The test kit: run your tasks in tests through vaultq's real pipeline.
+
+- ``memory://`` (:mod:`vaultq.brokers.memory`): the in-memory broker, not durable and
+  not shared across processes, which passes the same contract suite as Redis and SQLite.
+- :class:`TestWorker` / :func:`run_pending`: run queued jobs in-process -- sealed, opened,
+  verified, authorized by the task's policy, bounded by its deadline, settled -- and see
+  what ran; :meth:`TestWorker.enqueued` gives the typed payloads enqueued for a task.
+- ``vaultq.testing.pytest_plugin`` (installed as a pytest plugin): fixtures
+  ``vaultq_app`` and ``vaultq_worker``.
+- ``vaultq.testing.django``: :func:`~vaultq.testing.django.vaultq_jobs` for Django
+  tests (``TestCase``, ``override_settings``, ``enqueue_on_commit``).
+
+See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+from vaultq.testing.worker import EnqueuedJob, Ran, TestWorker, run_pending, run_pending_sync
+
+__all__ = ["EnqueuedJob", "Ran", "TestWorker", "run_pending", "run_pending_sync"]
