@@ -7,7 +7,7 @@
   what ran; :meth:`TestWorker.enqueued` gives the typed payloads enqueued for a task.
 - ``vaultq.testing.pytest_plugin`` (installed as a pytest plugin): fixtures
   ``vaultq_app`` and ``vaultq_worker``.
-- ``vaultq.testing.django``: :func:`~vaultq.testing.django.vaultq_jobs` for Django
+- ``vaultq.testing.django``: :class:`~vaultq.testing.django.vaultq_jobs` for Django
   tests (``TestCase``, ``override_settings``, ``enqueue_on_commit``).
 
 See docs/testing.md.
@@ -15,6 +15,19 @@ See docs/testing.md.
 
 from __future__ import annotations
 
-from vaultq.testing.worker import EnqueuedJob, Ran, TestWorker, run_pending, run_pending_sync
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vaultq.testing.worker import EnqueuedJob, Ran, TestWorker, run_pending, run_pending_sync
 
 __all__ = ["EnqueuedJob", "Ran", "TestWorker", "run_pending", "run_pending_sync"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: pytest imports vaultq.testing.pytest_plugin (this package
+    # first) in every session of a project that has vaultq installed, tests or not.
+    if name in __all__:
+        from vaultq.testing import worker
+
+        return getattr(worker, name)
+    raise AttributeError(f"module 'vaultq.testing' has no attribute {name!r}")
