@@ -302,9 +302,10 @@ def _ran(slot: JobSlot, settlement: Settlement) -> Ran:
         outcome = "retry"
     elif isinstance(settlement, Release):
         outcome = "released"
-    else:
-        assert isinstance(settlement, Drop)
+    elif isinstance(settlement, Drop):
         outcome, reason = "dropped", settlement.reason
+    else:  # pragma: no cover - Settlement has no other kind
+        raise TypeError(f"unknown settlement {type(settlement).__name__}")
     return Ran(
         job_id=d.job_id,
         queue=d.queue,
