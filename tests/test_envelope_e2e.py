@@ -1,6 +1,7 @@
 """Envelope claims shown end to end, against both brokers: what a broker writer can do
 with sealed bytes (re-frame them) and what a producer can do with a result (read another
-task's or another principal's)."""
+task's or another principal's). Where the worker process itself is not the point, the
+test kit's ``run_pending`` runs the jobs (the same Executor, no polling)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import vaultq
 from vaultq.brokers.base import EnqueueItem
 from vaultq.envelope import MAGIC, MAGIC_V2, JobMeta, seal_job
 from vaultq.payload import Codec
+from vaultq.testing import run_pending
 
 pytestmark = pytest.mark.anyio
 
@@ -113,8 +115,8 @@ async def test_job_id_squatting_cannot_capture_another_tasks_result(
     # Another producer picks the id the refund caller will look up, for its own task.
     job_id = "squatted-id-1"
     await squat.enqueue(Order(7), job_id=job_id)
-    async with running_worker(app):
-        assert await app.job(job_id, task="t.squat").result(timeout=10) == -7
+    await run_pending(app)
+    assert await app.job(job_id, task="t.squat").result(timeout=1) == -7
     with pytest.raises(vaultq.WrongDestination):
         await app.job(job_id, task=refund).result(timeout=1)
     with pytest.raises(vaultq.WrongDestination):
@@ -143,9 +145,8 @@ async def test_results_are_read_only_by_their_principal_or_a_policy(
     staff = vaultq.Principal("user:carol", roles={"staff"})
     handle = await secret.enqueue(Order(4), principal=alice)
     anonymous_job = await opened.enqueue(Order(5))
-    async with running_worker(app):
-        assert await handle.result(timeout=10, reader=alice) == 400
-        await anonymous_job.result(timeout=10)
+    await run_pending(app)
+    assert await handle.result(timeout=1, reader=alice) == 400
     # Bob learned the job id (it is in the broker and in logs): he may not read it.
     for reader in (bob, None, vaultq.Principal.anonymous()):
         with pytest.raises(vaultq.AuthorizationDenied) as info:
@@ -185,9 +186,9 @@ async def test_v1_migration_window_then_refusal(
 
     echo_v1 = old_producer.tasks["t.echo"]
     handle = await echo_v1.enqueue(Order(3))
-    async with running_worker(new_worker):
-        # ... is served by an upgraded worker, and reads the answer in its own version.
-        assert await handle.result(timeout=10) == 3
+    # ... is served by an upgraded worker, and reads the answer in its own version.
+    assert [r.outcome for r in await run_pending(new_worker)] == ["succeeded"]
+    assert await handle.result(timeout=1) == 3
     broker = await old_producer.broker()
     stored = await broker.get_result("default", handle.id)
     assert stored is not None and stored[:3] == MAGIC
@@ -199,11 +200,11 @@ async def test_v1_migration_window_then_refusal(
         return job.n
 
     late = await echo_v1.enqueue(Order(4))
-    async with running_worker(strict):
-        with anyio.fail_after(15):
-            while not await broker.dead_letters("default"):
-                await anyio.sleep(0.05)
-        assert await (await echo_strict.enqueue(Order(5))).result(timeout=10) == 5
+    current = await echo_strict.enqueue(Order(5))
+    refused, served = await run_pending(strict)
+    assert (refused.job_id, refused.outcome) == (late.id, "rejected")
+    assert (served.job_id, served.outcome) == (current.id, "succeeded")
+    assert await current.result(timeout=1) == 5
     (dead,) = await broker.dead_letters("default")
     assert dead.job_id == late.id and dead.reason.startswith("rejected:")
     with pytest.raises(vaultq.UnsupportedVersion):
