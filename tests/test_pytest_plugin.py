@@ -107,3 +107,18 @@ def test_a_project_that_does_not_use_it_sees_no_difference(tmp_path: Path) -> No
     # It is there (the entry point), it just stays out of the way.
     listed = _pytest(tmp_path, "--fixtures")
     assert "vaultq_worker" in listed.stdout and "vaultq_app" in listed.stdout
+
+
+def test_the_docs_testworker_example_passes(tmp_path: Path) -> None:
+    """docs/testing.md's TestWorker example, run as a user's test file."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+    section = doc.split("## TestWorker", 1)[1]
+    example = section.split("```python\n", 1)[1].split("\n```", 1)[0]
+    (tmp_path / "test_example.py").write_text(example)
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = _pytest(tmp_path, "-W", "error")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
