@@ -14,6 +14,7 @@ import pytest
 import vaultq
 from vaultq.brokers.base import EnqueueItem
 from vaultq.errors import BadSignature
+from vaultq.middleware import JobInfo, Outcome
 from vaultq.testing import Ran, TestWorker, run_pending, run_pending_sync
 
 pytestmark = pytest.mark.anyio
@@ -240,3 +241,38 @@ async def test_swap_broker_moves_a_used_app_to_memory(unique_name: str, tmp_path
     app.swap_broker(previous)
     broker = await app.broker()
     assert (await broker.stats("default")).ready == 1  # the sqlite job is still there
+
+
+class Recorder(vaultq.Middleware):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def attempt_started(self, job: JobInfo) -> None:
+        self.events.append(("started", job.task, ""))
+
+    def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
+        self.events.append(("settled", job.task, str(outcome)))
+
+    def rejected(self, job: JobInfo, reason: str) -> None:
+        self.events.append(("rejected", job.task, reason))
+
+
+async def test_the_apps_middleware_sees_the_jobs_as_in_a_worker(unique_name: str) -> None:
+    app, refund, allowed, _ = build(unique_name)
+    recorder = Recorder()
+    app.add_middleware(recorder)
+    worker = TestWorker(app)
+    await refund.enqueue(Refund(1, vaultq.Secret("t")), principal=ALICE)
+    await run_pending(app)
+    await refund.enqueue(Refund(2, vaultq.Secret("t")), principal=ALICE)
+    allowed.clear()
+    await worker.run_pending()
+    broker = await app.broker()
+    await broker.enqueue([EnqueueItem("payments", "junk-1", b"not an envelope")])
+    await worker.run_pending()
+    assert recorder.events == [
+        ("started", "refund", ""),
+        ("settled", "refund", "succeeded"),
+        ("settled", "refund", "denied"),
+        ("rejected", "", "unauthenticated"),
+    ]

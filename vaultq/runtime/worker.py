@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from vaultq.app import App
     from vaultq.runtime.isolation import ProcessPool
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "report_settlement"]
 
 log = logging.getLogger("vaultq.worker")
 
@@ -440,22 +440,7 @@ class Worker:
                 self._capacity.set()
 
     def _report(self, slot: JobSlot, settlement: Settlement) -> None:
-        job = slot.job
-        if job is None:
-            # Never opened: only the broker's (unauthenticated) claims are known.
-            delivery = slot.delivery
-            job = JobInfo(
-                job_id=safe_id(delivery.job_id),
-                queue=delivery.queue,
-                attempt=delivery.attempt,
-                app=self.app.name,
-                worker_id=self.name,
-            )
-        outcome, reason = _settled_outcome(settlement)
-        if outcome is None:
-            self.hooks.rejected(job, reason or "unauthenticated")
-        else:
-            self.hooks.settled(job, outcome, reason)
+        report_settlement(self.hooks, slot, settlement, app=self.app.name, worker_id=self.name)
 
     def _provable(
         self, batch: list[tuple[JobSlot, Settlement]]
@@ -573,6 +558,30 @@ _BURIED = {
     "cancelled": Outcome.CANCELLED,
     "internal_error": Outcome.INTERNAL_ERROR,
 }
+
+
+def report_settlement(
+    hooks: Hooks, slot: JobSlot, settlement: Settlement, *, app: str, worker_id: str
+) -> None:
+    """Report one written settlement to the middleware (``settled``, or ``rejected`` for
+    an entry that did not open). The worker's settler calls it, and so does the test
+    kit's ``TestWorker``, so middleware sees the same events under test."""
+    job = slot.job
+    if job is None:
+        # Never opened: only the broker's (unauthenticated) claims are known.
+        delivery = slot.delivery
+        job = JobInfo(
+            job_id=safe_id(delivery.job_id),
+            queue=delivery.queue,
+            attempt=delivery.attempt,
+            app=app,
+            worker_id=worker_id,
+        )
+    outcome, reason = _settled_outcome(settlement)
+    if outcome is None:
+        hooks.rejected(job, reason or "unauthenticated")
+    else:
+        hooks.settled(job, outcome, reason)
 
 
 def _settled_outcome(settlement: Settlement) -> tuple[Outcome | None, str | None]:

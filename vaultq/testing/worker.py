@@ -8,6 +8,10 @@ and seals its outcome, which is settled on the broker. So a policy that denies d
 here too, a tampered envelope is rejected, a deadline cancels, and ``handle.result()``
 reads the sealed result as in production.
 
+The app's middleware sees these jobs as it would in a worker (``attempt_started``,
+``attempt_finished``, ``settled``, ``rejected``, the call wrappers); ``worker_started``
+and ``worker_stopped`` are not called: there is no long-running worker.
+
 What it leaves out, on purpose: the fetch loop's blocking waits and the lease keeper's
 thread (leases are long enough for any task's timeout instead), the cancel watcher (a
 job cancelled before it runs is still never started), and process isolation (a task
@@ -35,6 +39,7 @@ from vaultq.envelope import open_job
 from vaultq.errors import ConfigurationError
 from vaultq.runtime.execute import Executor, JobSlot
 from vaultq.runtime.joblog import log_outcome
+from vaultq.runtime.worker import report_settlement
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -163,8 +168,13 @@ class TestWorker:
         ConfigurationError after ``limit`` jobs (a task that keeps enqueueing itself)."""
         app = self.app
         broker = await app.broker()
+        hooks = app.hooks()  # the app's middleware sees these jobs as in a worker
         executor = Executor(
-            app, worker_id=self.name, max_abandoned_threads=8, thread_tokens=self.concurrency + 8
+            app,
+            worker_id=self.name,
+            max_abandoned_threads=8,
+            thread_tokens=self.concurrency + 8,
+            hooks=hooks,
         )
         # Long enough for any attempt: nothing here renews leases.
         lease = max([app.lease, *(t.options.timeout_ceiling + 60 for t in app.tasks.values())])
@@ -194,6 +204,9 @@ class TestWorker:
                 log_outcome(slot, settlement)  # the worker's own finished-job line
             with anyio.CancelScope(shield=True):
                 await broker.settle(done)
+            if hooks.jobs:
+                for slot, settlement in zip(slots, done, strict=True):
+                    report_settlement(hooks, slot, settlement, app=app.name, worker_id=self.name)
             ran += [_ran(slot, s) for slot, s in zip(slots, done, strict=True)]
 
     def _skip_to_next_due(self, broker: Broker) -> bool:
