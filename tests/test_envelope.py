@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from vaultq import envelope
 from vaultq.envelope import (
     JOB_DOMAIN,
+    JOB_ID_FORM,
     MAGIC,
     MAGIC_V2,
     RESULT_DOMAIN,
@@ -363,9 +364,11 @@ def test_sealed_for_one_destination_never_opens_for_another(field: str, value: s
     # Opening with other expectations fails ...
     with pytest.raises(error):
         open_(sealed, **expect)
-    # ... and so does rewriting the header to match them: the header is signed and is the AAD.
+    # ... and so does rewriting the header to match them: the header is signed and is the AAD
+    # (a job id outside the documented form is refused before the signature is checked).
     forged = reheader(sealed, **{field: value})
-    with pytest.raises(BadSignature):
+    bad_id = field == "job_id" and not JOB_ID_FORM.fullmatch(value)
+    with pytest.raises(MalformedEnvelope if bad_id else BadSignature):
         open_(forged, **expect)
 
 
@@ -910,13 +913,51 @@ def test_refusal_vectors(path: Path, vector: dict[str, Any]) -> None:
             tasks=frozenset(params["tasks"]),
             queue=params["queue"],
             job_id=params["job_id"],
-            now=params["now_ms"] / 1000,
+            now=_vector_now(params),
             skew=params["skew_s"],
             max_size=params["max_size"],
             accept_v1=params["accept_v1"],
         )
     assert type(info.value).__name__ == vector["error"]
     assert info.value.reason == vector["reason"]
+
+
+def _vector_now(params: dict[str, Any]) -> float:
+    # now_s pins how a float time rounds to milliseconds (ties to even); now_ms is exact.
+    return float(params["now_s"]) if "now_s" in params else params["now_ms"] / 1000
+
+
+ALL_ACCEPTED = [
+    pytest.param(path, v, id=f"{path.stem.split('_')[1]}-{v['name']}")
+    for path in (REFUSALS, REFUSALS_V2)
+    for v in _refusals(path)["accepted"]
+]
+
+
+@pytest.mark.parametrize(("path", "vector"), ALL_ACCEPTED)
+def test_accepted_vectors_open(path: Path, vector: dict[str, Any]) -> None:
+    """The other side of each boundary the refusal vectors pin: these MUST open."""
+    doc = _refusals(path)
+    params = {**doc["open"], **vector["open"]}
+    opened = open_job(
+        bytes.fromhex(vector["envelope"]),
+        Keyring.from_dict(doc["keyring"]),
+        app=params["app"],
+        tasks=frozenset(params["tasks"]),
+        queue=params["queue"],
+        job_id=params["job_id"],
+        now=_vector_now(params),
+        skew=params["skew_s"],
+    )
+    assert opened.header.job_id == params["job_id"]
+
+
+def test_time_rounding_ties_go_to_even() -> None:
+    # The vectors' tie times really are ties in doubles, and round half to even.
+    assert 1700086460.0005 * 1000 == 1700086460000.5
+    assert round(1700086460.0005 * 1000) == 1700086460000
+    assert 1699999940.0005 * 1000 == 1699999940000.5
+    assert round(1699999940.0005 * 1000) == 1699999940000
 
 
 @pytest.mark.parametrize("path", [REFUSALS, REFUSALS_V2], ids=["v1", "v2"])
@@ -1180,3 +1221,59 @@ def test_canonical_check_accepts_every_bin_width(size: int) -> None:
     )
     with pytest.raises(MalformedEnvelope, match="canonical"):
         open_(wider)
+
+
+# --- ranges and forms (header times, job ids, result counts) ------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"job_id": "not/an id"},
+        {"job_id": ""},
+        {"issued_at": -0.001},
+        {"expires_at": 2**53 / 1000},
+    ],
+)
+def test_out_of_range_jobs_are_never_sealed(changes: dict[str, Any]) -> None:
+    # What open_job refuses is refused at sealing too: such a job would never get a result.
+    args: dict[str, Any] = {
+        "job_id": "1" * 32,
+        "issued_at": NOW,
+        "expires_at": NOW + 60,
+        **changes,
+    }
+    with pytest.raises(ValueError, match="cannot seal this job"):
+        seal_job(
+            HMAC,
+            app="shop",
+            task="refund",
+            queue="default",
+            payload=b"{}",
+            principal=None,
+            meta=JobMeta(),
+            not_before=NOW,
+            **args,
+        )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"status":"succeeded","attempts":-1}',
+        b'{"status":"succeeded","attempts":4294967296}',
+        b'{"status":"succeeded","started_at":-1.0}',
+        b'{"status":"succeeded","finished_at":-5}',
+    ],
+)
+def test_result_counts_and_times_out_of_range_are_malformed(body: bytes) -> None:
+    job = open_(seal())
+    good = seal_result(HMAC, job.header, ResultBody(status="succeeded", attempts=1), now=NOW)
+    header = Header(*msgspec.msgpack.decode(split(good)[0]))
+    with pytest.raises(MalformedEnvelope, match="result body is malformed"):
+        open_result(
+            _seal(HMAC, RESULT_DOMAIN, header, body, b"\x00" * 24),
+            HMAC,
+            app="shop",
+            job_id=job.header.job_id,
+        )

@@ -26,8 +26,10 @@ caller's next steps.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Container
+from typing import Annotated
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -49,6 +51,7 @@ from vaultq.errors import (
 )
 from vaultq.keyring import Keyring
 from vaultq.principal import Principal
+from vaultq.strictjson import has_duplicate_keys
 
 __all__ = [
     "JOB_DOMAIN",
@@ -66,6 +69,7 @@ __all__ = [
     "peek_header",
     "seal_job",
     "seal_result",
+    "tag_version",
 ]
 
 VERSION = 2
@@ -82,6 +86,13 @@ NONCE_SIZE_V2 = 24
 """v2 nonce size (XAES-256-GCM)."""
 _NONCE_SIZES = {1: NONCE_SIZE, 2: NONCE_SIZE_V2}
 _MAGICS = {1: MAGIC, 2: MAGIC_V2}
+MAX_TIME_MS = 2**53 - 1
+"""Header times are integer milliseconds in ``0..MAX_TIME_MS``: every language's number
+type holds them exactly (a double's 53-bit mantissa), and no sane time is outside."""
+JOB_ID_FORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+"""The job ids vaultq seals and opens (full match): ``new_job_id``'s 32 lowercase hex
+characters, or a custom id of 1-128 letters, digits, ``_ . : -`` starting with a letter
+or digit (``app.enqueue(job_ids=...)``)."""
 
 
 # forbid_unknown_fields on the array-like wire structs: an array with more elements than
@@ -102,7 +113,8 @@ class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields
 class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     parent_id: str | None = None
     trace: dict[str, str] | None = None
-    timeout: float | None = None
+    # Checked on decode: a zero or negative deadline is no deadline a producer meant.
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
     """Per-enqueue attempt timeout override (seconds), capped by the task's max_timeout."""
 
 
@@ -139,9 +151,10 @@ class _ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     value: msgspec.Raw = msgspec.Raw()
     error_type: str | None = None
     error: str | None = None
-    attempts: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
+    # Ranges a worker can produce: no negative counts or times (docs/envelope.md).
+    attempts: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+    started_at: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    finished_at: Annotated[float, msgspec.Meta(ge=0)] | None = None
     worker_id: str | None = None
     principal_id: str | None = None
 
@@ -250,7 +263,7 @@ def _job_header(
             "this keyring is verify-only and cannot seal jobs; producers need the full keyring"
         )
     # Header times are integer milliseconds since the epoch.
-    return Header(
+    header = Header(
         version,
         job_id,
         app,
@@ -262,6 +275,25 @@ def _job_header(
         keyring.active_key_id,
         signer_id,
     )
+    # What open_job would refuse is never sealed: the job would wait for a result forever.
+    problem = _header_problem(header)
+    if problem is not None:
+        raise ValueError(f"cannot seal this job: {problem}")
+    return header
+
+
+def _header_problem(header: Header) -> str | None:
+    """Why a header's values are out of range (``docs/envelope.md``), or None."""
+    if not JOB_ID_FORM.fullmatch(header.job_id):
+        return (
+            "the job id must be 1-128 letters, digits, '_', '.', ':' or '-', starting "
+            "with a letter or digit"
+        )
+    if not all(
+        0 <= t <= MAX_TIME_MS for t in (header.issued_at, header.not_before, header.expires_at)
+    ):
+        return "header times must be milliseconds since the epoch in 0..2^53-1"
+    return None
 
 
 def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
@@ -319,6 +351,10 @@ def _parse(data: bytes, max_size: int, accept_v1: bool = True) -> tuple[Header, 
         raise UnsupportedVersion("envelope header version does not match its version tag")
     if len(container.nonce) != _NONCE_SIZES[version]:
         raise MalformedEnvelope("envelope nonce must be 12 bytes (v1) or 24 bytes (v2)")
+    if _header_problem(header) is not None:
+        raise MalformedEnvelope(
+            "envelope header has a job id or time outside the allowed forms and ranges"
+        )
     return header, container
 
 
@@ -330,6 +366,14 @@ def _canonical_size(box: _Container) -> int:
         n = len(part)
         size += n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
     return size
+
+
+def tag_version(data: bytes) -> int | None:
+    """The format version named by an envelope's tag (1 or 2), or None when it has no
+    valid tag. Unauthenticated; for an envelope that opened (or passed the structure
+    check) it is the header's version, which answers to it must use."""
+    version = data[2] if len(data) > 2 and data[:2] == b"VQ" else None
+    return version if version in VERSIONS else None
 
 
 def peek_header(data: bytes, *, max_size: int = 1024 * 1024) -> Header:
@@ -428,8 +472,12 @@ def open_job(
     plaintext = _decrypt(keyring, header, box)
     try:
         body = _job_body_decode(plaintext)
+        # Signed JSON that another reader could parse differently is refused (strictjson).
+        duplicated = has_duplicate_keys(plaintext)
     except (msgspec.DecodeError, ValueError, RecursionError):  # invalid UTF-8, nesting
         raise MalformedEnvelope("job body is malformed") from None
+    if duplicated:
+        raise MalformedEnvelope("job body is malformed: a JSON object repeats a key")
     return OpenedJob(header, body)
 
 
@@ -495,8 +543,11 @@ def open_result(
     plaintext = _decrypt(keyring, header, box)
     try:
         wire = _result_body_decode(plaintext)
+        duplicated = has_duplicate_keys(plaintext)
     except (msgspec.DecodeError, ValueError, RecursionError):  # invalid UTF-8, nesting
         raise MalformedEnvelope("result body is malformed") from None
+    if duplicated:
+        raise MalformedEnvelope("result body is malformed: a JSON object repeats a key")
     if task is not None and header.task != task and (wire.status != "rejected" or len(wire.value)):
         raise WrongDestination("result envelope belongs to another app, job, task or queue")
     return ResultBody(

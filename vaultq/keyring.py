@@ -43,6 +43,7 @@ from vaultq.keymaterial import (
     random_key,
 )
 from vaultq.payload import split_error
+from vaultq.strictjson import has_duplicate_keys
 from vaultq.xaes import Xaes256Gcm
 
 __all__ = ["FORMAT_VERSION", "Keyring", "SigningAlgorithm", "load_or_create_file"]
@@ -561,8 +562,16 @@ def _attempt(build: Callable[[_Arg], _Result], arg: _Arg) -> _Result | str:
 def _from_json(text: str | bytes) -> Keyring:
     try:
         doc = _DOC_DECODER.decode(text)
-    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
+        # A repeated key ("revoked" twice, one id under two keys) would mean one keyring
+        # to vaultq (the last wins) and another to a tool that keeps the first.
+        duplicated = has_duplicate_keys(text.encode() if isinstance(text, str) else text)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8
         raise _doc_error(exc) from None
+    if duplicated:
+        raise KeyringError(
+            "invalid keyring: a JSON object repeats a key; keep one of each (which one "
+            "was meant is not for vaultq to guess)"
+        )
     return Keyring(doc)
 
 

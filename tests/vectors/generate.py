@@ -440,6 +440,111 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
         "malformed",
         frame(reseal(keyring, header, b"not json", nonce)),
     )
+    # Header values outside the documented ranges and forms (check 3, after framing).
+    for name, index, value in (
+        ("header-issued-at-negative", 5, -1),
+        ("header-not-before-above-2^53", 6, 2**53),
+        ("header-expires-at-uint64-max", 7, 2**64 - 1),
+    ):
+        changed = [*items[:index], msgspec.msgpack.encode(value), *items[index + 1 :]]
+        add(name, "MalformedEnvelope", "malformed", with_header(changed))
+    add(
+        "header-version-uint64-max",
+        "UnsupportedVersion",
+        "unsupported_version",
+        with_header([msgspec.msgpack.encode(2**64 - 1), *items[1:]]),
+    )
+    for name, bad_id in (
+        ("header-job-id-empty", ""),
+        ("header-job-id-leading-dash", "-018bcfe568"),
+        ("header-job-id-newline", JOB["job_id"] + "\n"),
+        ("header-job-id-slash", "018bcfe5/68"),
+        ("header-job-id-129-chars", "a" * 129),
+    ):
+        changed = [items[0], msgspec.msgpack.encode(bad_id), *items[2:]]
+        add(name, "MalformedEnvelope", "malformed", with_header(changed), job_id=bad_id)
+    # JSON that two readers could parse differently: a repeated key, at any depth.
+    for name, body in (
+        ("body-duplicate-key", plaintext[:-1] + b',"principal":null}'),
+        (
+            "body-duplicate-key-in-payload",
+            plaintext.replace(b'{"order_id":7,', b'{"order_id":7,"order_id":8,', 1),
+        ),
+        ("body-duplicate-key-escaped", plaintext[:-1] + b',"\\u006deta":{}}'),
+    ):
+        assert body != plaintext
+        add(name, "MalformedEnvelope", "malformed", frame(reseal(keyring, header, body, nonce)))
+    for name, timeout in (
+        ("body-meta-timeout-zero", b"0"),
+        ("body-meta-timeout-negative", b"-5.0"),
+    ):
+        body = plaintext.replace(b'"meta":{', b'"meta":{"timeout":' + timeout + b",", 1)
+        add(name, "MalformedEnvelope", "malformed", frame(reseal(keyring, header, body, nonce)))
+    # Time rounding: now_ms = round(now_s * 1000), half to even (a double product). With
+    # not_before odd, 1699999940000.5 ms rounds down to the even ...40000: 1 ms short of
+    # valid (rounding half up would accept it).
+    odd = [*items[:6], msgspec.msgpack.encode(JOB["not_before_ms"] + 1), *items[7:]]
+    add(
+        "not-yet-valid-tie-rounds-to-even",
+        "EnvelopeNotYetValid",
+        "not_yet_valid",
+        with_header(odd),
+        now_s=1699999940.0005,
+    )
+    return out
+
+
+def accepted(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
+    """Envelopes that MUST open: the time boundaries (equality accepted) and ties."""
+    header, nonce, ciphertext, signature = msgspec.msgpack.decode(job[3:])
+    plaintext = _aead(keyring, nonce).decrypt(nonce, ciphertext, header)
+    items = header_items(header)
+    skew = 60_000
+    out = []
+
+    def ok(name: str, data: bytes, **open_: Any) -> None:
+        out.append({"name": name, "envelope": data.hex(), "open": open_})
+
+    ok("not-before-at-the-skew-boundary", job, now_ms=JOB["not_before_ms"] - skew)
+    ok("expires-at-the-skew-boundary", job, now_ms=JOB["expires_at_ms"] + skew)
+    # 1700086460000.5 ms rounds (half to even) to ...60000 = expires_at + skew: still runs.
+    ok("expires-tie-rounds-to-even", job, now_s=1700086460.0005)
+    ok(
+        "job-id-custom-form",
+        frame(
+            reseal(
+                keyring,
+                mp_array([items[0], msgspec.msgpack.encode("order:7.refund_A-1"), *items[2:]]),
+                plaintext,
+                nonce,
+            )
+        ),
+        job_id="order:7.refund_A-1",
+    )
+    ok(
+        "time-zero-and-2^53-minus-1",
+        frame(
+            reseal(
+                keyring,
+                mp_array(
+                    [*items[:5], b"\x00", b"\x00", msgspec.msgpack.encode(2**53 - 1), *items[8:]]
+                ),
+                plaintext,
+                nonce,
+            )
+        ),
+    )
+    ok(
+        "body-same-key-in-sibling-objects",
+        frame(
+            reseal(
+                keyring,
+                header,
+                plaintext.replace(b'"meta":{', b'"meta":{"trace":{"parent_id":"x"},', 1),
+                nonce,
+            )
+        ),
+    )
     return out
 
 
@@ -515,7 +620,9 @@ def write_refusals() -> None:
                 "envelope with open_job(app, tasks, queue, job_id, now=now_ms/1000, skew=60, "
                 "max_size=1048576, accept_v1=True), after applying the vector's 'open' "
                 "overrides and with the vector's own 'keyring' where it has one; it must be "
-                "refused with 'error' (reason code 'reason')."
+                "refused with 'error' (reason code 'reason'). 'now_s', where given, is the "
+                "time in seconds (a double) instead of now_ms: now_ms = round(now_s * 1000) "
+                "computed in doubles, ties to even. Each of 'accepted' must open."
             ),
             "keyring": keyring.to_dict(),
             "open": {
@@ -526,6 +633,7 @@ def write_refusals() -> None:
                 "accept_v1": True,
             },
             "vectors": refusals(keyring, job) + extra,
+            "accepted": accepted(keyring, job),
         }
         path = HERE / f"envelope_v{version}_refusals.json"
         path.write_text(json.dumps(out, indent=2) + "\n")
