@@ -211,3 +211,46 @@ async def test_v1_migration_window_then_refusal(
         await strict.job(handle.id, task="t.echo").result(timeout=1)  # a v1 result, too
     for app in (old_producer, new_worker, strict):
         await app.aclose()
+
+
+class Other(msgspec.Struct, frozen=True):
+    name: str
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+@pytest.mark.parametrize(("job_version", "worker_version"), [(1, 2), (2, 1)])
+async def test_rejected_result_answers_in_the_jobs_version(
+    kind: str,
+    job_version: int,
+    worker_version: int,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    unique_name: str,
+) -> None:
+    """A worker answers a job in the job's envelope version, REJECTED included: a v1
+    producer (a vaultq that reads only v1) must be able to read why its job was refused,
+    whatever version the worker itself seals (``envelope_version``)."""
+    url = _url(kind, tmp_path, request)
+    keys = vaultq.Keyring.generate()
+    producer = make_app(unique_name, url, keyring=keys, envelope_version=job_version)
+    worker = make_app(unique_name, url, keyring=keys, envelope_version=worker_version)
+
+    @producer.task(name="t.typed")
+    async def typed(job: Order) -> int:
+        return job.n
+
+    # The worker's task takes another payload type: the job opens, its payload does not
+    # decode, and the answer is a REJECTED result under the signed job id.
+    @worker.task(name="t.typed")
+    async def typed_elsewhere(job: Other) -> str:
+        return job.name
+
+    handle = await typed.enqueue(Order(1))
+    async with running_worker(worker):
+        with pytest.raises(vaultq.JobRejected):
+            await handle.result(timeout=10)
+    stored = await (await producer.broker()).get_result("default", handle.id)
+    assert stored is not None
+    assert stored[:3] == (MAGIC if job_version == 1 else MAGIC_V2)
+    for app in (producer, worker):
+        await app.aclose()

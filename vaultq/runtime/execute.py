@@ -27,7 +27,7 @@ import msgspec
 
 from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Release, Retry, Settlement
 from vaultq.cancellation import issued
-from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result
+from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result, tag_version
 from vaultq.errors import (
     DecryptionFailed,
     EnvelopeError,
@@ -375,9 +375,10 @@ class Executor:
                 keep_envelope=False,
             )
         # A trusted signer vouched for this header (the payload or the key is what is
-        # wrong): the producer hears REJECTED, sealed under the signed job id.
+        # wrong): the producer hears REJECTED, sealed under the signed job id, in the
+        # job's own format version (its producer may read no other).
         header = Header(
-            version=self.app.envelope_version,
+            version=tag_version(delivery.envelope) or self.app.envelope_version,
             job_id=delivery.job_id,
             app=self.app.name,
             task="",
