@@ -1,9 +1,10 @@
-"""The Node.js reference producer (`examples/node_producer/producer.js`), written from
+"""The Node.js reference producer (`examples/node_producer/`), written from
 docs/envelope.md and docs/redis.md, against a real `vaultq worker` on the session's
-private Redis: a Node-sealed v2 job runs under a permission policy, Node opens the
-worker's sealed typed result, a job without the permission is DENIED and never runs,
-Node reproduces/opens every positive v2 vector byte for byte and refuses every v2
-refusal vector with vaultq's reason code.
+private Redis: a Node-sealed job (v2, and v1) runs under a permission policy, Node opens
+the worker's sealed typed result, a job without the permission is DENIED and never runs.
+Node reproduces/opens every positive vector (v1 and v2) byte for byte, refuses every
+refusal vector with vaultq's reason code and opens every accepted one, and refuses every
+keyring in keyring_refusals.json for the same reason vaultq does.
 
 CI installs Debian's `nodejs` when it is missing (`.ci/test.sh`); these tests skip,
 loudly, only where no `node` executable exists at all.
@@ -23,6 +24,8 @@ import vaultq
 from tests.helpers import ROOT, wait_until_serving, worker_env, worker_processes
 
 PRODUCER = ROOT / "examples" / "node_producer" / "producer.js"
+CHECK = PRODUCER.with_name("check_vectors.js")
+VECTORS = ROOT / "tests" / "vectors"
 NODE = shutil.which("node") or shutil.which("nodejs")
 needs_node = pytest.mark.skipif(
     NODE is None,
@@ -31,10 +34,12 @@ needs_node = pytest.mark.skipif(
 )
 
 
-def _node(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def _node(
+    *args: str, timeout: float = 30, script: Path = PRODUCER
+) -> subprocess.CompletedProcess[str]:
     assert NODE is not None
     return subprocess.run(
-        [NODE, str(PRODUCER), *args],
+        [NODE, str(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -43,24 +48,40 @@ def _node(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 @needs_node
-def test_node_reproduces_and_opens_the_v2_vectors() -> None:
-    vectors = ROOT / "tests" / "vectors" / "envelope_v2.json"
-    done = _node("--vectors", str(vectors))
+@pytest.mark.parametrize("version", [1, 2])
+def test_node_reproduces_and_opens_the_vectors(version: int) -> None:
+    vectors = VECTORS / f"envelope_v{version}.json"
+    done = _node("--vectors", str(vectors), script=CHECK)
     assert done.returncode == 0, done.stderr
     names = [v["name"] for v in json.loads(vectors.read_text())["vectors"]]
     assert done.stdout.split("\n")[:-1] == [f"vector {name}: ok" for name in names]
 
 
 @needs_node
-def test_node_refuses_every_v2_refusal_vector_with_its_reason() -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_node_refuses_every_refusal_vector_with_its_reason(version: int) -> None:
     """The refusal vectors pass in both implementations: Node, written from the spec's
-    check order, refuses each one with the reason code vaultq gives."""
-    vectors = ROOT / "tests" / "vectors" / "envelope_v2_refusals.json"
-    done = _node("--refusals", str(vectors))
+    check order, refuses each one with the reason code vaultq gives, and opens each of
+    the accepted ones (the other side of every boundary)."""
+    vectors = VECTORS / f"envelope_v{version}_refusals.json"
+    done = _node("--refusals", str(vectors), script=CHECK)
     assert done.returncode == 0, done.stderr
-    expected = [
-        f"refusal {v['name']}: {v['reason']}" for v in json.loads(vectors.read_text())["vectors"]
-    ]
+    doc = json.loads(vectors.read_text())
+    expected = [f"refusal {v['name']}: {v['reason']}" for v in doc["vectors"]]
+    expected += [f"accepted {v['name']}: ok" for v in doc["accepted"]]
+    assert done.stdout.split("\n")[:-1] == expected
+
+
+@needs_node
+def test_node_refuses_every_keyring_refusal_vector() -> None:
+    """Small-order and non-canonical Ed25519 verify keys, non-canonical base64url: Node
+    refuses each keyring for the reason the vector names, as vaultq does."""
+    vectors = VECTORS / "keyring_refusals.json"
+    done = _node("--keyrings", str(vectors), script=CHECK)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(vectors.read_text())
+    expected = [f"keyring {v['name']}: {v['problem']}" for v in doc["vectors"]]
+    expected += [f"accepted {v['name']}: ok" for v in doc["accepted"]]
     assert done.stdout.split("\n")[:-1] == expected
 
 
@@ -75,15 +96,21 @@ def test_node_refuses_a_tampered_vector(tmp_path: Path) -> None:
     doc["vectors"] = [vector]
     path = tmp_path / "tampered.json"
     path.write_text(json.dumps(doc))
-    done = _node("--vectors", str(path))
+    done = _node("--vectors", str(path), script=CHECK)
     assert done.returncode == 1
     assert "bad_signature" in done.stderr
 
 
 @needs_node
-@pytest.mark.parametrize("alg", ["hmac-sha256", "ed25519"])
+@pytest.mark.parametrize(
+    ("alg", "version"), [("hmac-sha256", 2), ("ed25519", 2), ("hmac-sha256", 1)]
+)
 def test_node_job_runs_in_a_vaultq_worker_and_node_opens_the_result(
-    redis_url: str, unique_name: str, tmp_path: Path, alg: Literal["hmac-sha256", "ed25519"]
+    redis_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    alg: Literal["hmac-sha256", "ed25519"],
+    version: int,
 ) -> None:
     keyring = vaultq.Keyring.generate(signing=alg)
     keys = tmp_path / "keys.json"
@@ -100,6 +127,7 @@ def test_node_job_runs_in_a_vaultq_worker_and_node_opens_the_result(
     )
     common = ["--redis", redis_url, "--keys", str(keys), "--app", unique_name]
     common += ["--task", "node_app.refund", "--payload", '{"order_id":7,"card_token":"tok_visa"}']
+    common += ["--envelope-version", str(version)]
     with worker_processes("node_app:app", env, 1, "--concurrency", "2") as procs:
         wait_until_serving(procs)
         allowed = _node(*common, "--principal", '{"id":"user:42","permissions":["orders.refund"]}')
@@ -107,6 +135,8 @@ def test_node_job_runs_in_a_vaultq_worker_and_node_opens_the_result(
         denied = _node(*common, "--principal", '{"id":"user:43","roles":["staff"]}')
         assert denied.returncode == 0, denied.stderr
 
+    # The worker answers in the job's envelope version (a v1 producer reads v1 results).
+    assert json.loads(allowed.stdout)["result_version"] == version
     result = json.loads(allowed.stdout)["result"]
     assert result["status"] == "succeeded"
     assert result["value"] == {"order_id": 7, "refunded": True, "principal_id": "user:42"}

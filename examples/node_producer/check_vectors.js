@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Checks envelope.js against vaultq's test vectors (tests/vectors/), v1 and v2:
+//   node check_vectors.js --vectors envelope_v2.json     reproduce and open each envelope
+//   node check_vectors.js --refusals envelope_v2_refusals.json   refuse each, with its
+//                                                        reason; open each 'accepted' one
+//   node check_vectors.js --keyrings keyring_refusals.json       refuse each keyring
+// One line per vector on stdout; exit 1 at the first disagreement.
+'use strict';
+const fs = require('fs');
+const { loadKeyring, sealJob, openJob, openResult } = require('./envelope');
+
+function checkVectors(doc) {
+  for (const v of doc.vectors) {
+    const kr = loadKeyring(v.keyring);
+    const j = v.job;
+    const want = { app: j.app, job_id: j.job_id, task: j.task, queue: j.queue };
+    if (kr.sign) { // reproduce the sealed job byte for byte (ed25519 is deterministic too)
+      const got = sealJob(kr, j, Buffer.from(j.nonce, 'hex')).toString('hex');
+      if (got !== v.envelope) throw new Error(`${v.name}: job envelope differs`);
+      const opened = openJob(kr, Buffer.from(v.envelope, 'hex'), { ...want, tasks: [j.task], now_ms: j.issued_at_ms });
+      if (opened.plaintext.toString() !== v.envelope_parts.plaintext) throw new Error(`${v.name}: job plaintext differs`);
+    }
+    const body = openResult(kr, Buffer.from(v.result_envelope, 'hex'), want);
+    const expect = v.result.body;
+    if (body.status !== expect.status || JSON.stringify(body.value) !== expect.value || body.attempts !== expect.attempts) throw new Error(`${v.name}: result differs`);
+    console.log(`vector ${v.name}: ok`);
+  }
+}
+function checkRefusals(doc) { // docs/envelope.md: each must be refused with its reason
+  for (const v of doc.vectors) {
+    const kr = loadKeyring(v.keyring || doc.keyring);
+    let reason = 'opened';
+    try { openJob(kr, Buffer.from(v.envelope, 'hex'), { ...doc.open, ...v.open }); } catch (e) { reason = e.message; }
+    if (reason !== v.reason) throw new Error(`refusal ${v.name}: expected ${v.reason}, got ${reason}`);
+    console.log(`refusal ${v.name}: ${reason}`);
+  }
+  for (const v of doc.accepted) { // the other side of each boundary
+    openJob(loadKeyring(doc.keyring), Buffer.from(v.envelope, 'hex'), { ...doc.open, ...v.open });
+    console.log(`accepted ${v.name}: ok`);
+  }
+}
+function checkKeyrings(doc) { // docs/keys.md: none of these keyrings may load
+  for (const v of doc.vectors) {
+    let problem = 'loaded';
+    try { loadKeyring(JSON.stringify(v.keyring)); } catch (e) { problem = e.message.split(':')[0]; }
+    if (problem !== v.problem) throw new Error(`keyring ${v.name}: expected ${v.problem}, got ${problem}`);
+    console.log(`keyring ${v.name}: ${problem}`);
+  }
+  for (const v of doc.accepted) {
+    loadKeyring(JSON.stringify(v.keyring));
+    console.log(`accepted ${v.name}: ok`);
+  }
+}
+
+const modes = { '--vectors': checkVectors, '--refusals': checkRefusals, '--keyrings': checkKeyrings };
+try {
+  const [flag, path] = process.argv.slice(2);
+  if (!modes[flag] || !path) throw new Error('usage: check_vectors.js --vectors|--refusals|--keyrings FILE');
+  modes[flag](JSON.parse(fs.readFileSync(path, 'utf8')));
+} catch (e) {
+  console.error(`check_vectors: ${e.message}`);
+  process.exit(1);
+}
