@@ -531,7 +531,7 @@ async def test_custom_job_ids_are_validated(tmp_path: Path, unique_name: str) ->
     async def ided(job: Order) -> int:
         return job.order_id
 
-    for bad in ("", "../etc", "x" * 129, "-lead", "sp ace", "new\nline"):
+    for bad in ("", "../etc", "x" * 129, "-lead", "sp ace", "new\nline", "trailing-newline\n"):
         with pytest.raises(vaultq.ConfigurationError, match="job_id"):
             await ided.enqueue(Order(1, "", vaultq.Secret("x")), job_id=bad)
     async with running_worker(app):

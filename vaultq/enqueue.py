@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,7 +22,7 @@ import msgspec
 
 from vaultq.brokers.base import Broker, EnqueueItem
 from vaultq.clock import describe_offset
-from vaultq.envelope import JobMeta, new_job_id, seal_job
+from vaultq.envelope import JOB_ID_FORM, JobMeta, new_job_id, seal_job
 from vaultq.errors import (
     AuthorizationDenied,
     BrokerError,
@@ -51,7 +50,6 @@ R = TypeVar("R")
 MAX_DEFER = 100 * 365 * 86400.0
 """The furthest ahead a job may be scheduled (seconds, ~100 years)."""
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _RETRY_FIRST_PAUSE = 0.05
 _RETRY_MAX_PAUSE = 0.5
 
@@ -114,7 +112,7 @@ def not_before(now: float, delay: float | None, at: datetime | float | None) -> 
 
 def check_job_id(job_id: object) -> str:
     """``job_id`` when it is a valid custom job id; ``ConfigurationError`` otherwise."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_FORM.fullmatch(job_id):
         raise ConfigurationError(
             "job_id must be 1-128 letters, digits, '_', '.', ':' or '-', starting "
             "with a letter or digit (or leave it out for a fresh id)"

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import pwd
-import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from vaultq.brokers.base import RETRYABLE_REASONS, DeadLetter, JobInfo
-from vaultq.envelope import Header, ResultBody, open_result, peek_header, seal_result
+from vaultq.envelope import JOB_ID_FORM, Header, ResultBody, open_result, peek_header, seal_result
 from vaultq.errors import ConfigurationError, EnvelopeError, KeyringError
 from vaultq.jobs import JobStatus
 from vaultq.payload import Secret
@@ -403,13 +402,9 @@ async def purge_dead(app: App, queue: str) -> int:
     return count
 
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-"""The ids ``App.enqueue`` accepts (``job_id=``) and generates."""
-
-
 def check_job_id(job_id: str) -> str:
     """Refuse an id that no vaultq job can have, before touching the broker."""
-    if not _JOB_ID.match(job_id):
+    if not JOB_ID_FORM.fullmatch(job_id):
         raise ConfigurationError(
             f"{safe_id(job_id)!r} is not a job id: ids are 1-128 letters, digits, '_', '.', "
             "':' or '-' (the id `vaultq enqueue` printed)"
