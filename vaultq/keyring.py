@@ -42,7 +42,7 @@ from vaultq.keymaterial import (
     new_id,
     random_key,
 )
-from vaultq.payload import split_error
+from vaultq.payload_errors import split_error
 from vaultq.strictjson import has_duplicate_keys
 from vaultq.xaes import Xaes256Gcm
 

@@ -1,4 +1,5 @@
-"""Typed payload codecs (msgspec JSON, strict) and ``Secret[T]``.
+"""Typed payload codecs (msgspec JSON, strict); ``Secret[T]`` (``vaultq/secret.py``) and the
+safe error wording (``vaultq/payload_errors.py``) are re-exported from here.
 
 A :class:`Codec` is built once per type (each task holds its own; there is no module-level
 cache) and turns values into JSON bytes and back. Decoding is strict:
@@ -21,7 +22,6 @@ import dataclasses
 import datetime
 import decimal
 import enum
-import hmac
 import math
 import re
 import types
@@ -29,204 +29,45 @@ import typing
 import uuid
 from collections import abc
 from collections.abc import Callable
-from typing import Any, Generic, NoReturn, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
 from vaultq.errors import PayloadError, TaskDefinitionError
+from vaultq.payload_errors import (
+    INVALID_UTF8,
+    INVALID_VALUE,
+    KNOWN_WORDINGS,
+    MALFORMED_JSON,
+    SAFE_NAME,
+    payload_error,
+    split_error,
+)
+from vaultq.secret import Secret
 
 T = TypeVar("T")
 
-__all__ = ["ALLOW_UNKNOWN_FIELDS", "Codec", "Secret", "check_encodable"]
+__all__ = [
+    "ALLOW_UNKNOWN_FIELDS",
+    "INVALID_UTF8",
+    "INVALID_VALUE",
+    "KNOWN_WORDINGS",
+    "MALFORMED_JSON",
+    "Codec",
+    "Secret",
+    "check_encodable",
+    "split_error",
+]
 
 ALLOW_UNKNOWN_FIELDS = "__vaultq_allow_unknown_fields__"
 """Name of the class attribute a Struct sets to ``True`` to accept unknown fields."""
-
-_MASK = "Secret('***')"
-
-
-class Secret(Generic[T]):
-    """A sensitive value: ``repr``/``str``/format/logging show ``Secret('***')``.
-
-    Encodes to the plain inner value inside the (encrypted) JSON, decodes back to
-    ``Secret``; equality is by value (constant time for str/bytes); ``.reveal()`` returns it.
-    Pickling, ``__reduce__`` and ``__getstate__`` are refused so the value cannot leak
-    through a pickle stream or a state export; copies return the same object.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: T) -> None:
-        self._value = value
-
-    def reveal(self) -> T:
-        """The wrapped value. Call it at the last moment, and never log the result."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return _MASK
-
-    __str__ = __repr__
-
-    def __format__(self, format_spec: str) -> str:
-        return format(_MASK, format_spec)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        a, b = self._value, other._value
-        # compare_digest keeps the comparison time independent of where values differ.
-        if isinstance(a, str) and isinstance(b, str):
-            return hmac.compare_digest(a.encode(), b.encode())
-        if isinstance(a, bytes | bytearray) and isinstance(b, bytes | bytearray):
-            return hmac.compare_digest(a, b)
-        return bool(a == b)
-
-    def __hash__(self) -> int:
-        return hash((Secret, self._value))
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("Secret values cannot be pickled; reveal() and handle the value on purpose")
-
-    def __reduce_ex__(self, protocol: Any) -> NoReturn:
-        self.__reduce__()
-
-    def __getstate__(self) -> NoReturn:
-        # object.__getstate__ (3.11+) would return {"_value": ...}: serializers that call
-        # it directly (copyreg helpers, dill, some debug tools) would get the plain value.
-        raise TypeError("Secret values have no state to export; reveal() the value on purpose")
-
-    def __setstate__(self, state: Any) -> NoReturn:
-        raise TypeError("Secret values cannot be restored from a state; build Secret(value)")
-
-    def __copy__(self) -> Secret[T]:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> Secret[T]:
-        return self
-
-
-# --- error messages -------------------------------------------------------------------
-# msgspec messages sometimes quote the offending value ("Invalid enum value 'xyz'"), and
-# their wording changes between releases (0.23 turned UnicodeDecodeError into
-# DecodeError("Invalid UTF-8 encoded string")). So the safety property (never echo a
-# value) rests on an allow-list, not on recognising dangerous wordings: only a message in
-# the table below, or one of the shapes right after it, is shown; anything else becomes a
-# fixed message chosen by the error's *type*:
-#
-# - ``msgspec.ValidationError``: the JSON parsed, a value does not fit the type (also what
-#   a Struct's own ``__post_init__`` raises, which may quote anything);
-# - any other ``msgspec.DecodeError`` or a ``ValueError``: the bytes are not valid JSON
-#   (or not valid UTF-8, when the message says so).
-#
-# tests/test_payload.py checks every row against the installed msgspec and states which
-# rows each supported msgspec release produces.
-
-INVALID_UTF8 = "invalid UTF-8 text"
-MALFORMED_JSON = "malformed JSON"
-INVALID_VALUE = "value does not match the declared type or its constraints"
-
-KNOWN_WORDINGS: dict[str, str] = {
-    # exact msgspec message (after the " - at `$...`" path is cut) -> what we show
-    "Input data was truncated": "Input data was truncated",
-    "Invalid UTF-8 encoded string": INVALID_UTF8,  # msgspec >= 0.23
-    "Invalid RFC3339 encoded datetime": "Invalid RFC3339 encoded datetime",
-    "Invalid RFC3339 encoded date": "Invalid RFC3339 encoded date",
-    "Invalid RFC3339 encoded time": "Invalid RFC3339 encoded time",
-    "Invalid ISO8601 duration": "Invalid ISO8601 duration",
-    "Invalid UUID": "Invalid UUID",
-    "Invalid decimal string": "Invalid decimal string",
-    "Invalid base64 encoded string": "Invalid base64 encoded string",
-    "Invalid epoch timestamp": "Invalid epoch timestamp",
-    "Number out of range": "Number out of range",
-    "Duration is out of range": "Duration is out of range",
-    "Timezone offsets must be within +/- 24 hours": "Timezone offsets must be within +/- 24 hours",
-}
-"""Known msgspec wordings (msgspec 0.18.6 to 0.23) kept or reworded, by exact message."""
-
-_PATH_SPLIT = " - at `"
-# "Expected `int`, got `str`", "Expected `int` >= 0", "Expected `str` matching regex '^a'":
-# the type, the input's kind and constraints from the schema, never the value. The tail
-# is spelled out so a free-form message that merely starts with "Expected `" is not shown.
-_EXPECTED = re.compile(
-    r"Expected `[^`]{1,60}`"
-    r"(?:, got `[A-Za-z_]{1,20}`"
-    r"| (?:>=|<=|>|<) -?[0-9.e+inf-]{1,40}"
-    r"| that's a multiple of -?[0-9.e+-]{1,40}"
-    r"| of (?:at least |at most )?length (?:>= |<= )?\d{1,20}(?: to \d{1,20})?(?:, got \d{1,20})?"
-    r"| matching regex .{1,160}"
-    r"| with (?:no|a) timezone component)?"
-)
-_MISSING = re.compile(r"Object missing required field `[^`]{1,100}`")
-_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`", re.DOTALL)
-# "JSON is malformed: invalid character (byte 12)": msgspec's own fixed reasons and an
-# offset, never input text; anything past that shape is cut.
-_MALFORMED = re.compile(r"JSON is malformed: [a-z ':,{}\[\]\\\"-]{1,60} \(byte \d{1,12}\)")
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,40}")
-
-
-def _safe_problem(message: str, syntax: bool) -> tuple[str, str]:
-    """``(problem, field)``: the rewritten problem, and the unknown field's name if any.
-
-    ``syntax`` is True for errors that are not ``ValidationError`` (the input is not JSON).
-    """
-    known = KNOWN_WORDINGS.get(message)
-    if known is not None:
-        return known, ""
-    malformed = _MALFORMED.fullmatch(message)
-    if malformed is not None:
-        return message, ""
-    if message.startswith("JSON is malformed"):
-        return "JSON is malformed", ""
-    if message.startswith("Invalid enum value"):
-        return "Invalid enum value", ""
-    if _EXPECTED.fullmatch(message) or _MISSING.fullmatch(message):
-        return message, ""
-    unknown = _UNKNOWN.fullmatch(message)
-    if unknown is not None:
-        # The name comes from the input: keep it only if it looks like a field name.
-        name = unknown.group(1)
-        if _SAFE_NAME.fullmatch(name):
-            return "unknown field (not declared by the Struct)", name
-        return "Object contains an unknown field", ""
-    if syntax:
-        # A reworded syntax error: still say which of the two it is, without the wording.
-        return (INVALID_UTF8 if "utf-8" in message.lower() else MALFORMED_JSON), ""
-    return INVALID_VALUE, ""
-
-
-def split_error(exc: BaseException) -> tuple[str, str]:
-    """``(path, problem)`` of a msgspec error, the problem rewritten to never quote a value.
-
-    Classified by type first (``UnicodeDecodeError``: msgspec < 0.23 on invalid UTF-8;
-    ``ValidationError``: a value does not fit; other ``DecodeError``/``ValueError``: not
-    JSON), then by the known wordings; unknown wordings get a fixed message.
-    """
-    if isinstance(exc, UnicodeDecodeError):
-        return "$", INVALID_UTF8
-    syntax = not isinstance(exc, msgspec.ValidationError)
-    message = str(exc)
-    problem, sep, rest = message.rpartition(_PATH_SPLIT)
-    path = "$"
-    if sep and rest.endswith("`"):
-        path, message = rest[:-1], problem
-    safe, field = _safe_problem(message, syntax)
-    if field:
-        path = f"{path}.{field}"
-    return path, safe
-
-
-def _payload_error(exc: BaseException, what: str) -> PayloadError:
-    path, problem = split_error(exc)
-    return PayloadError(f"{what} does not match its type at {path}: {problem}", field=path)
-
 
 # --- Secret hooks ---------------------------------------------------------------------
 
 
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, Secret):
-        return obj._value
+        return obj.reveal()
     raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
@@ -509,7 +350,7 @@ class Codec(Generic[T]):
             if self._shape is not None:
                 self._shape(data)
         except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
-            raise _payload_error(exc, "payload") from None
+            raise payload_error(exc, "payload") from None
         except RecursionError:
             # msgspec raises it for deeply nested input (``[[[[...``): bad input, not a bug.
             raise PayloadError(
@@ -632,11 +473,11 @@ class _HiddenFloats:
                 # The path uses the JSON name, as decode errors do.
                 self.check(getattr(value, name, None), f"{path}.{encoded}")
         elif isinstance(value, Secret):
-            self.check(value._value, path)
+            self.check(value.reveal(), path)
         elif isinstance(value, dict):
             for key, item in value.items():
                 # Keys come from the caller's data: named only when they look like names.
-                label = key if isinstance(key, str) and _SAFE_NAME.fullmatch(key) else "<key>"
+                label = key if isinstance(key, str) and SAFE_NAME.fullmatch(key) else "<key>"
                 self.check(item, f"{path}.{label}")
         elif isinstance(value, list | tuple | set | frozenset):
             for i, item in enumerate(value):
