@@ -952,6 +952,15 @@ def test_accepted_vectors_open(path: Path, vector: dict[str, Any]) -> None:
     assert opened.header.job_id == params["job_id"]
 
 
+@pytest.mark.parametrize("path", [VECTORS, VECTORS_V2], ids=["v1", "v2"])
+def test_time_rounding_vectors(path: Path) -> None:
+    # Header times: ms = round(seconds * 1000) in doubles, ties to even, as the vectors say.
+    for case in json.loads(path.read_text())["time_rounding"]:
+        sealed = seal(issued_at=case["seconds"], not_before=case["seconds"])
+        assert peek_header(sealed).issued_at == case["ms"]
+        assert peek_header(sealed).not_before == case["ms"]
+
+
 def test_time_rounding_ties_go_to_even() -> None:
     # The vectors' tie times really are ties in doubles, and round half to even.
     assert 1700086460.0005 * 1000 == 1700086460000.5

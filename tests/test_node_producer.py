@@ -53,8 +53,10 @@ def test_node_reproduces_and_opens_the_vectors(version: int) -> None:
     vectors = VECTORS / f"envelope_v{version}.json"
     done = _node("--vectors", str(vectors), script=CHECK)
     assert done.returncode == 0, done.stderr
-    names = [v["name"] for v in json.loads(vectors.read_text())["vectors"]]
-    assert done.stdout.split("\n")[:-1] == [f"vector {name}: ok" for name in names]
+    doc = json.loads(vectors.read_text())
+    expected = [f"vector {v['name']}: ok" for v in doc["vectors"]]
+    expected += [f"rounding {t['seconds']}: {t['ms']}" for t in doc["time_rounding"]]
+    assert done.stdout.split("\n")[:-1] == expected
 
 
 @needs_node

@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // Checks envelope.js against vaultq's test vectors (tests/vectors/), v1 and v2:
-//   node check_vectors.js --vectors envelope_v2.json     reproduce and open each envelope
+//   node check_vectors.js --vectors envelope_v2.json     reproduce and open each envelope,
+//                                                        and round each time_rounding case
 //   node check_vectors.js --refusals envelope_v2_refusals.json   refuse each, with its
 //                                                        reason; open each 'accepted' one
 //   node check_vectors.js --keyrings keyring_refusals.json       refuse each keyring
 // One line per vector on stdout; exit 1 at the first disagreement.
 'use strict';
 const fs = require('fs');
-const { loadKeyring, sealJob, openJob, openResult } = require('./envelope');
+const { loadKeyring, sealJob, openJob, openResult, roundHalfEven } = require('./envelope');
 
 function checkVectors(doc) {
   for (const v of doc.vectors) {
@@ -24,6 +25,10 @@ function checkVectors(doc) {
     const expect = v.result.body;
     if (body.status !== expect.status || JSON.stringify(body.value) !== expect.value || body.attempts !== expect.attempts) throw new Error(`${v.name}: result differs`);
     console.log(`vector ${v.name}: ok`);
+  }
+  for (const t of doc.time_rounding) { // header ms from seconds: ties to even
+    if (roundHalfEven(t.seconds * 1000) !== t.ms) throw new Error(`rounding ${t.seconds}: expected ${t.ms}`);
+    console.log(`rounding ${t.seconds}: ${t.ms}`);
   }
 }
 function checkRefusals(doc) { // docs/envelope.md: each must be refused with its reason

@@ -167,11 +167,25 @@ def main() -> None:
         "comment": "vaultq envelope v1 test vectors; see docs/envelope.md",
         "domains_hex": {"job": JOB_DOMAIN.hex(), "result": RESULT_DOMAIN.hex()},
         "vectors": vectors,
+        "time_rounding": time_rounding(),
     }
     (HERE / "envelope_v1.json").write_text(json.dumps(out, indent=2) + "\n")
     write_refusals()
     write_v2()
     write_keyring_refusals()
+
+
+def time_rounding() -> list[dict[str, Any]]:
+    """Header times from seconds: ms = round(seconds * 1000), the product a double, ties to
+    even. Each ``seconds`` here times 1000 is exactly a tie (x.5) as a double."""
+    out = []
+    for text in ("1700000000.0005", "1700000000.0015", "1700000000.0025", "1700000000.0035"):
+        seconds = float(text)
+        assert (seconds * 1000) % 1 == 0.5
+        out.append({"seconds": seconds, "ms": round(seconds * 1000)})
+    out.append({"seconds": 1700000000.0004, "ms": 1700000000000})
+    out.append({"seconds": 1700000000.0006, "ms": 1700000000001})
+    return out
 
 
 def write_v2() -> None:
@@ -194,6 +208,7 @@ def write_v2() -> None:
         ),
         "domains_hex": {"job": JOB_DOMAIN.hex(), "result": RESULT_DOMAIN.hex()},
         "vectors": vectors,
+        "time_rounding": time_rounding(),
     }
     (HERE / "envelope_v2.json").write_text(json.dumps(out, indent=2) + "\n")
 
