@@ -170,3 +170,32 @@ def test_events_prints_the_newest_and_follows_new_ones_in_order(
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+def test_without_the_extras_the_flags_say_what_to_install(tmp_path: Path) -> None:
+    # The extras are installed in the dev lock: hide them to see what a plain
+    # `pip install vaultq` user gets (the core imports nothing of them).
+    hide = (
+        "import sys; sys.modules['prometheus_client'] = None; "
+        "sys.modules['opentelemetry'] = None; import vaultq, vaultq.cli, vaultq.monitor; "
+    )
+    env = worker_env(
+        {
+            "VAULTQ_BROKER": f"sqlite:///{tmp_path}/q.db",
+            "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
+        }
+    )
+    for module, extra in (("vaultq.metrics", "metrics"), ("vaultq.tracing", "otel")):
+        out = subprocess.run(
+            [sys.executable, "-c", hide + f"import {module}"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode != 0
+        assert f"pip install 'vaultq[{extra}]'" in out.stderr
+    code = "raise SystemExit(vaultq.cli.main(['worker', 'cli_apps:good', '--metrics-port', '1']))"
+    out = subprocess.run(
+        [sys.executable, "-c", hide + code],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'vaultq[metrics]'" in out.stderr

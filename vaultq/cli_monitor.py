@@ -8,8 +8,12 @@ broker can write these records.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -27,13 +31,17 @@ from vaultq.cli_common import (
 )
 from vaultq.monitor import WorkerStatus, follow_events, workers
 from vaultq.policy import safe_id
+from vaultq.settings import WorkerSettings
 
 __all__ = [
+    "SUPERVISED_ENV",
     "add_monitor_parsers",
     "cmd_events",
     "cmd_workers",
     "format_event",
+    "install_observability",
     "print_workers",
+    "supervisor_metrics",
     "worker_doc",
 ]
 
@@ -187,3 +195,57 @@ def add_monitor_parsers(sub: Any) -> None:
     e.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
     e.set_defaults(func=cmd_events)
+
+
+# -- vaultq worker --metrics-port / --events ------------------------------------------------
+
+SUPERVISED_ENV = "VAULTQ_METRICS_FROM_SUPERVISOR"
+"""Set by the ``--processes N`` supervisor for its children: their metrics samples go to
+the supervisor's multiprocess directory, which it serves; they serve nothing."""
+
+
+def install_observability(settings: WorkerSettings, app: Any) -> None:
+    """Install the middleware ``--events`` and ``--metrics-port`` ask for on ``app``, and
+    serve ``/metrics`` unless a supervisor serves them."""
+    if settings.events:
+        from vaultq.events import EventStream
+
+        app.add_middleware(EventStream(app))
+    if settings.metrics_port is None:
+        return
+    from vaultq.metrics import PrometheusMetrics, serve_metrics
+
+    metrics = PrometheusMetrics(app)
+    app.add_middleware(metrics)
+    if not os.environ.get(SUPERVISED_ENV):
+        serve_metrics(settings.metrics_port, settings.metrics_address, metrics.registry)
+
+
+@contextlib.contextmanager
+def supervisor_metrics(settings: WorkerSettings) -> Iterator[None]:
+    """For ``--processes N`` with ``--metrics-port``: a private multiprocess directory
+    for the children (in the environment they inherit) and one ``/metrics`` serving
+    their sum; removed at exit."""
+    if settings.metrics_port is None:
+        yield
+        return
+    from vaultq.metrics import MULTIPROC_ENV, multiprocess_registry, serve_metrics
+
+    directory = tempfile.mkdtemp(prefix="vaultq-metrics-")  # 0700
+    saved = {k: os.environ.get(k) for k in (MULTIPROC_ENV, SUPERVISED_ENV)}
+    os.environ[MULTIPROC_ENV] = directory
+    os.environ[SUPERVISED_ENV] = "1"
+    try:
+        registry = multiprocess_registry()
+        server = serve_metrics(settings.metrics_port, settings.metrics_address, registry)
+        try:
+            yield
+        finally:
+            server.shutdown()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(directory, ignore_errors=True)

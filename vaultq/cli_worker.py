@@ -20,6 +20,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from vaultq.cli_common import guarded, load_cli_app
+from vaultq.cli_monitor import install_observability, supervisor_metrics
 from vaultq.errors import ConfigurationError, VaultqError
 from vaultq.logs import setup_logging
 from vaultq.settings import WorkerSettings, add_worker_flags, environment, settings_from_flags
@@ -87,7 +88,8 @@ def _supervise(settings: WorkerSettings) -> int:
     # Resolved here so every child writes the same file ($VAULTQ_HEALTH_FILE is read at
     # this edge, not in each child).
     settings = msgspec.structs.replace(settings, health_file=str(_health_file(settings)))
-    return supervise(settings, entry=[sys.executable, *CHILD_ENTRY])
+    with supervisor_metrics(settings):
+        return supervise(settings, entry=[sys.executable, *CHILD_ENTRY])
 
 
 def _serve_one(settings: WorkerSettings) -> int:
@@ -95,6 +97,7 @@ def _serve_one(settings: WorkerSettings) -> int:
     from vaultq.runtime.worker import Worker
 
     app = load_cli_app(settings.app, settings.broker)
+    install_observability(settings, app)
     health_file = _health_file(settings)
     prepare(health_file)
     worker = Worker(

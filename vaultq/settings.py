@@ -524,6 +524,33 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             seconds=True,
         ),
     ] = config.DEFAULT_HEALTH_INTERVAL
+    metrics_port: Annotated[
+        int | None,
+        _option(
+            "serve Prometheus metrics on http://ADDRESS:PORT/metrics (needs vaultq[metrics]); "
+            "with --processes N the supervisor serves the sum of its processes on this port",
+            flag="--metrics-port",
+            metavar="PORT",
+            at_least=1,
+            at_most=65535,
+        ),
+    ] = None
+    metrics_address: Annotated[
+        str,
+        _option(
+            "address the metrics server binds (default 127.0.0.1; 0.0.0.0 in a container "
+            "scraped from outside)",
+            flag="--metrics-address",
+            metavar="ADDRESS",
+        ),
+    ] = "127.0.0.1"
+    events: Annotated[
+        bool,
+        _option(
+            "append job events to the broker's bounded event stream (`vaultq events`)",
+            flag="--events",
+        ),
+    ] = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -582,6 +609,16 @@ def add_worker_flags(
             raise TypeError(f"WorkerSettings.{option.name} has no flag")  # a bug, not input
         if option.kind is tuple and default == ():
             default = None if not defaults_from_settings else ()
+        if option.kind is bool:
+            # A switch: given means True; not given keeps the default (None: "not given").
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                action="store_true",
+                default=default,
+                help=option.help,
+            )
+            continue
         parser.add_argument(
             option.flag,
             dest=option.name,

@@ -75,7 +75,7 @@ class EventLog:
         self.maxlen = maxlen
         self._pending: deque[JobEvent] = deque()
         self._buffer = buffer
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None  # made by run(), on the flushing loop
         self.dropped = 0
         self.written = 0
 
@@ -90,7 +90,7 @@ class EventLog:
             self.dropped += 1
             return
         self._pending.append(event)
-        if len(self._pending) >= _FLUSH_BATCH:
+        if len(self._pending) >= _FLUSH_BATCH and self._wake is not None:
             self._wake.set()
 
     async def run(self, broker: Monitoring) -> None:
@@ -98,9 +98,9 @@ class EventLog:
         warned_at = -_QUIET_FOR
         try:
             while True:
+                self._wake = anyio.Event()
                 with anyio.move_on_after(_FLUSH_EVERY):
                     await self._wake.wait()
-                self._wake = anyio.Event()
                 try:
                     await self.flush(broker)
                 except BrokerError as exc:
@@ -108,6 +108,7 @@ class EventLog:
                         warned_at = time.monotonic()
                         log.warning("could not write job events (%s)", type(exc).__name__)
         finally:
+            self._wake = None
             shielded = anyio.CancelScope(shield=True)
             with shielded, anyio.move_on_after(3.0), contextlib.suppress(BrokerError):
                 await self.flush(broker)
@@ -115,8 +116,12 @@ class EventLog:
     async def flush(self, broker: Monitoring) -> None:
         """Write every queued event, in batches, in order (kept on failure)."""
         while self._pending:
-            batch = [self._pending[i] for i in range(min(_FLUSH_BATCH, len(self._pending)))]
-            await broker.add_events(batch, maxlen=self.maxlen)
-            for _ in batch:
-                self._pending.popleft()
+            # Taken out before the write, so two flushers (the worker's and a producer's
+            # in the same process) never write one event twice; put back on failure.
+            batch = [self._pending.popleft() for _ in range(min(_FLUSH_BATCH, len(self._pending)))]
+            try:
+                await broker.add_events(batch, maxlen=self.maxlen)
+            except BaseException:
+                self._pending.extendleft(reversed(batch))
+                raise
             self.written += len(batch)

@@ -1,0 +1,233 @@
+"""Prometheus metrics for vaultq workers and producers (``pip install 'vaultq[metrics]'``).
+
+``vaultq worker myapp.jobs --metrics-port 9108`` installs :class:`PrometheusMetrics` and
+serves ``/metrics``; in code, ``app.add_middleware(PrometheusMetrics(app))`` and
+:func:`serve_metrics`. ``docs/observability.md`` lists every metric.
+
+Labels are bounded by construction: ``task`` (a registered task name, taken only from
+authenticated envelopes), ``queue`` (the worker's queues), ``outcome`` and ``reason``
+(vaultq's own codes). Never a job id, a principal, a payload value or anything an
+unauthenticated broker entry could choose.
+
+With ``--processes N`` the metrics use prometheus-client's *multiprocess mode*: the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to a private temporary directory before it
+starts the children, each child writes its samples there, and the supervisor alone
+serves ``/metrics`` on the port, summing the children (counters and histograms survive
+a child's restart; gauges count live processes only). One scrape target per host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from vaultq.errors import BrokerError, ConfigurationError
+from vaultq.middleware import EnqueueInfo, JobInfo, Middleware, Outcome, WorkerInfo
+
+try:
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ConfigurationError(
+        "Prometheus metrics need the prometheus-client package: pip install 'vaultq[metrics]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+
+__all__ = [
+    "DEPTH_INTERVAL",
+    "MULTIPROC_ENV",
+    "PrometheusMetrics",
+    "multiprocess_registry",
+    "serve_metrics",
+]
+
+log = logging.getLogger("vaultq.metrics")
+
+DEPTH_INTERVAL: Final = 5.0
+"""Seconds between two reads of the queue depths from the broker (never per scrape)."""
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+_DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
+_DEPTH_STATES: Final = ("ready", "delayed", "running", "dead")
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class PrometheusMetrics(Middleware):
+    """Counts and times every job the app enqueues or runs (see the module docstring).
+
+    ``app``: the app whose broker the queue depths are read from (every
+    ``depth_interval`` seconds, by each worker). ``registry``: where the metrics are
+    registered (default: a private registry, served by :func:`serve_metrics`).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        registry: CollectorRegistry | None = None,
+        depth_interval: float = DEPTH_INTERVAL,
+    ) -> None:
+        self.app = app
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.depth_interval = depth_interval
+        r = self.registry
+        self.enqueued = Counter(
+            "vaultq_jobs_enqueued", "Jobs enqueued by this process", ["task", "queue"], registry=r
+        )
+        self.jobs = Counter(
+            "vaultq_jobs",
+            "Deliveries settled, by outcome (succeeded, failed, timed_out, cancelled, expired, "
+            "denied, retrying, released, dropped, internal_error)",
+            ["task", "queue", "outcome"],
+            registry=r,
+        )
+        self.attempt_duration = Histogram(
+            "vaultq_attempt_duration_seconds",
+            "Wall-clock time of one attempt (the task call), by outcome",
+            ["task", "queue", "outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_latency = Histogram(
+            "vaultq_queue_latency_seconds",
+            "Seconds from when a job could start (enqueue or its delay) to its attempt's start",
+            ["task", "queue"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "vaultq_jobs_in_flight",
+            "Attempts running now",
+            ["task", "queue"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.retries = Counter(
+            "vaultq_retries",
+            "Attempts that failed and will run again",
+            ["task", "queue"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "vaultq_rejections",
+            "Deliveries refused without running (the envelope failed its checks), by reason",
+            ["queue", "reason"],
+            registry=r,
+        )
+        self.denials = Counter(
+            "vaultq_denials",
+            "Jobs the task's policy refused in the worker",
+            ["task", "queue"],
+            registry=r,
+        )
+        self.depth = Gauge(
+            "vaultq_queue_depth",
+            f"Jobs in the queue by state ({', '.join(_DEPTH_STATES)}), read from the broker "
+            f"every {depth_interval:g} s",
+            ["queue", "state"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.workers = Gauge(
+            "vaultq_worker_processes",
+            "Worker processes serving",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.worker_concurrency = Gauge(
+            "vaultq_worker_concurrency",
+            "Jobs a worker may run at once",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    # -- producer -------------------------------------------------------------------------
+
+    def after_enqueue(self, job: EnqueueInfo, error: str | None) -> None:
+        if error is None:
+            self.enqueued.labels(job.task, job.queue).inc()
+
+    # -- worker ---------------------------------------------------------------------------
+
+    async def worker_started(self, worker: WorkerInfo) -> None:
+        self.workers.inc()
+        self.worker_concurrency.inc(worker.concurrency)
+        worker.start_soon(self._watch_depth, list(worker.queues), name="queue depth")
+
+    async def worker_stopped(self, worker: WorkerInfo) -> None:
+        self.workers.dec()
+        self.worker_concurrency.dec(worker.concurrency)
+        if _multiprocess():
+            # This process's "live" gauges leave the sum (a crashed child's stay until
+            # the supervisor's directory is removed: counters are what to alert on).
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    def attempt_started(self, job: JobInfo) -> None:
+        self.in_flight.labels(job.task, job.queue).inc()
+        ready_at = max(job.enqueued_at, job.not_before)
+        if ready_at > 0:
+            self.queue_latency.labels(job.task, job.queue).observe(max(0.0, time.time() - ready_at))
+
+    def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
+        self.in_flight.labels(job.task, job.queue).dec()
+        self.attempt_duration.labels(job.task, job.queue, outcome.value).observe(duration)
+
+    def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
+        # An unopened delivery's task name is the broker's claim: never a label value.
+        task = job.task if job.authenticated else ""
+        self.jobs.labels(task, job.queue, outcome.value).inc()
+        if outcome is Outcome.RETRYING:
+            self.retries.labels(task, job.queue).inc()
+        elif outcome is Outcome.DENIED:
+            self.denials.labels(task, job.queue).inc()
+
+    def rejected(self, job: JobInfo, reason: str) -> None:
+        self.rejections.labels(job.queue, reason).inc()
+
+    async def _watch_depth(self, queues: Sequence[str]) -> None:
+        broker = await self.app.broker()
+        while True:
+            for queue in queues:
+                try:
+                    stats = await broker.stats(queue)
+                except BrokerError as exc:
+                    log.debug("queue depth of %s not read: %s", queue, type(exc).__name__)
+                    continue
+                for state in _DEPTH_STATES:
+                    self.depth.labels(queue, state).set(getattr(stats, state))
+            await anyio.sleep(self.depth_interval)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry summing the samples every process wrote to ``$PROMETHEUS_MULTIPROC_DIR``."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_metrics(port: int, address: str, registry: CollectorRegistry) -> Any:
+    """Serve ``registry`` on ``http://address:port/metrics`` from a daemon thread; returns
+    the server (``.shutdown()`` stops it). Raises ConfigurationError when the port is taken."""
+    try:
+        started = prometheus_client.start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {address}:{port} ({exc.strerror}): pick another "
+            "--metrics-port or stop what listens there"
+        ) from None
+    return started[0] if isinstance(started, tuple) else started
