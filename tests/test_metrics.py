@@ -1,0 +1,65 @@
+"""``vaultq/metrics.py`` without a worker: the metric names, the dashboard in examples/
+uses only metrics that exist, label values stay bounded."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import vaultq
+from vaultq.middleware import JobInfo, Outcome
+
+pytest.importorskip("prometheus_client")
+
+from prometheus_client import generate_latest  # noqa: E402
+
+from vaultq.metrics import PrometheusMetrics  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "examples" / "grafana" / "vaultq-dashboard.json"
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gauge": ("",),
+}
+
+
+def metrics() -> PrometheusMetrics:
+    return PrometheusMetrics(vaultq.App("m", broker="sqlite:///:memory:"))
+
+
+def exposed_names(m: PrometheusMetrics) -> set[str]:
+    names = set()
+    for family in m.registry.collect():
+        for suffix in SUFFIXES[family.type]:
+            names.add(family.name + suffix)
+    return names
+
+
+def test_the_grafana_dashboard_loads_and_queries_only_existing_metrics() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    assert doc["title"] == "vaultq" and doc["panels"]
+    known = exposed_names(metrics())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    used = {name for e in exprs for name in re.findall(r"\bvaultq_[a-z_]+\b", e)}
+    assert used, exprs
+    assert used <= known, used - known
+    # every metric vaultq exports is on the dashboard (counters/gauges by their name)
+    families = {f.name for f in metrics().registry.collect()}
+    assert {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in used} >= families
+
+
+def test_an_unauthenticated_delivery_never_becomes_a_task_label() -> None:
+    m = metrics()
+    forged = JobInfo(
+        job_id="j1", queue="default", attempt=1, app="m", worker_id="w", task="attacker-chosen"
+    )
+    m.settled(forged, Outcome.DROPPED, None)
+    m.rejected(forged, "unauthenticated")
+    text = generate_latest(m.registry).decode()
+    assert "attacker-chosen" not in text and "j1" not in text
+    assert 'vaultq_rejections_total{queue="default",reason="unauthenticated"} 1.0' in text
