@@ -66,6 +66,9 @@ WORKER_DEFAULTS = {
     "stall_warning": config.DEFAULT_STALL_WARNING,
     "health_file": None,
     "health_interval": config.DEFAULT_HEALTH_INTERVAL,
+    "metrics_port": None,
+    "metrics_address": "127.0.0.1",
+    "events": False,
 }
 
 
@@ -196,6 +199,9 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "stall_warning": ("0.5", 0.5),
     "health_file": ("/tmp/h", "/tmp/h"),
     "health_interval": ("2", 2.0),
+    "metrics_port": ("9108", 9108),
+    "metrics_address": ("0.0.0.0", "0.0.0.0"),
+    "events": ("", True),  # a switch: the flag alone
 }
 
 
@@ -204,7 +210,7 @@ def test_every_flag_reaches_the_settings() -> None:
     assert set(SAMPLES) == set(flags), "a new option needs a sample here"
     argv = ["worker", "some.module"]
     for name, (text, _) in SAMPLES.items():
-        argv += [str(flags[name]), text]
+        argv += [str(flags[name]), text] if text else [str(flags[name])]
     settings = settings_from_flags(build_parser().parse_args(argv))
     assert settings.app == "some.module"
     for name, (_, value) in SAMPLES.items():
@@ -216,10 +222,9 @@ def _has_rule(option: OptionInfo) -> bool:
 
 
 def test_the_flags_without_a_rule_are_free_text() -> None:
-    assert {o.name for o in WORKER_OPTIONS if o.flag and not _has_rule(o)} == {
-        "broker",
-        "health_file",
-    }
+    assert {
+        o.name for o in WORKER_OPTIONS if o.flag and not _has_rule(o) and o.kind is not bool
+    } == {"broker", "health_file", "metrics_address"}
 
 
 @pytest.mark.parametrize(
