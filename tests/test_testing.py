@@ -4,6 +4,7 @@ deadlines), and what was enqueued is read back typed, through the app's keyring.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -276,3 +277,23 @@ async def test_the_apps_middleware_sees_the_jobs_as_in_a_worker(unique_name: str
         ("settled", "refund", "denied"),
         ("rejected", "", "unauthenticated"),
     ]
+
+
+async def test_isolated_tasks_run_in_child_processes_and_are_killed_at_their_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
+    import testkit_isolated_app as iso
+
+    worker = TestWorker(iso.app)
+    worker.clear()
+    mine = await iso.pid.enqueue(iso.Empty())
+    busy = await iso.spin.enqueue(iso.Empty())
+    begin = time.monotonic()
+    done = await worker.run_pending()
+    assert [(r.task, r.outcome) for r in done] == [("pid", "succeeded"), ("spin", "timed_out")]
+    assert time.monotonic() - begin < 20
+    child = await mine.result(timeout=1)
+    assert child != os.getpid()
+    with pytest.raises(vaultq.JobTimedOut):
+        await busy.result(timeout=1)

@@ -13,9 +13,10 @@ The app's middleware sees these jobs as it would in a worker (``attempt_started`
 and ``worker_stopped`` are not called: there is no long-running worker.
 
 What it leaves out, on purpose: the fetch loop's blocking waits and the lease keeper's
-thread (leases are long enough for any task's timeout instead), the cancel watcher (a
-job cancelled before it runs is still never started), and process isolation (a task
-with ``isolation="process"`` fails with a message saying so: use a real worker).
+thread (leases are long enough for any task's timeout instead) and the cancel watcher
+(a job cancelled before it runs is still never started). Tasks with
+``isolation="process"`` run in child processes as under a worker: the children import
+the app's module, so it must be importable by name (``PYTHONPATH``).
 
 With the memory broker (``memory://``) it also records every job enqueued, opened with
 the app's keyring and decoded as its task's payload type (:meth:`TestWorker.enqueued`,
@@ -43,7 +44,9 @@ from vaultq.runtime.worker import report_settlement
 
 if TYPE_CHECKING:
     from vaultq.app import App
+    from vaultq.middleware import Hooks
     from vaultq.principal import Principal
+    from vaultq.runtime.isolation import ProcessPool
     from vaultq.tasks import Task
 
 __all__ = ["EnqueuedJob", "Ran", "TestWorker", "run_pending", "run_pending_sync"]
@@ -169,13 +172,34 @@ class TestWorker:
         app = self.app
         broker = await app.broker()
         hooks = app.hooks()  # the app's middleware sees these jobs as in a worker
+        pool = self._process_pool()
         executor = Executor(
             app,
             worker_id=self.name,
             max_abandoned_threads=8,
             thread_tokens=self.concurrency + 8,
             hooks=hooks,
+            process_pool=pool,
         )
+        try:
+            return await self._rounds(broker, executor, hooks, delayed, limit)
+        finally:
+            if pool is not None:
+                with anyio.CancelScope(shield=True):
+                    await pool.aclose()
+
+    def _process_pool(self) -> ProcessPool | None:
+        """Child processes for ``isolation="process"`` tasks, as a worker starts them."""
+        if not any(t.options.isolation == "process" for t in self.app.tasks.values()):
+            return None
+        from vaultq.runtime.isolation import ProcessPool
+
+        return ProcessPool(self.app, size=self.concurrency)
+
+    async def _rounds(
+        self, broker: Broker, executor: Executor, hooks: Hooks, delayed: bool, limit: int
+    ) -> list[Ran]:
+        app = self.app
         # Long enough for any attempt: nothing here renews leases.
         lease = max([app.lease, *(t.options.timeout_ceiling + 60 for t in app.tasks.values())])
         ran: list[Ran] = []
