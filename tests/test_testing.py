@@ -297,3 +297,9 @@ async def test_isolated_tasks_run_in_child_processes_and_are_killed_at_their_dea
     assert child != os.getpid()
     with pytest.raises(vaultq.JobTimedOut):
         await busy.result(timeout=1)
+
+
+async def test_the_sync_form_inside_an_event_loop_says_to_await(unique_name: str) -> None:
+    app, _, _, _ = build(unique_name)
+    with pytest.raises(vaultq.ConfigurationError, match="await worker.run_pending"):
+        TestWorker(app).run_pending_sync()

@@ -26,6 +26,7 @@ clock ahead instead of sleeping (``run_pending(delayed=True)``, :meth:`advance`)
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -249,7 +250,14 @@ class TestWorker:
         """``run_pending`` for sync tests (Django's TestCase, plain functions): runs an
         event loop in this thread. Not from inside a running event loop: await
         ``run_pending()`` there."""
-        return anyio.run(lambda: self.run_pending(delayed=delayed, limit=limit))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.run(lambda: self.run_pending(delayed=delayed, limit=limit))
+        raise ConfigurationError(
+            "run_pending_sync() was called inside a running event loop: use "
+            "`await worker.run_pending()` in async tests"
+        )
 
     def advance(self, seconds: float) -> None:
         """Run the memory broker's clock ``seconds`` ahead: delayed jobs and retries
