@@ -5,6 +5,9 @@ deadlines), and what was enqueued is read back typed, through the app's keyring.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -303,3 +306,51 @@ async def test_the_sync_form_inside_an_event_loop_says_to_await(unique_name: str
     app, _, _, _ = build(unique_name)
     with pytest.raises(vaultq.ConfigurationError, match="await worker.run_pending"):
         TestWorker(app).run_pending_sync()
+
+
+SNIPPET = """
+import msgspec
+import vaultq
+from vaultq.testing import TestWorker
+
+app = vaultq.App("typed", broker="memory://")
+
+
+class Refund(msgspec.Struct, frozen=True):
+    order_id: int
+
+
+class Other(msgspec.Struct, frozen=True):
+    n: int
+
+
+@app.task(name="refund")
+async def refund(job: Refund) -> int:
+    return job.order_id
+
+
+worker = TestWorker(app)
+reveal_type(worker.enqueued(refund))
+reveal_type(worker.jobs(refund)[0].payload)
+assert worker.enqueued(refund) == [Other(1)]
+"""
+
+
+def test_enqueued_is_typed_for_mypy_too(tmp_path: Path) -> None:
+    """``enqueued(task)`` is ``list[Payload]`` to a type checker: comparing it with a list
+    of another payload type is an error under ``mypy --strict`` (strict equality)."""
+    (tmp_path / "snippet.py").write_text(SNIPPET)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent"]
+        + ["snippet.py"],
+        cwd=tmp_path,
+        # The checkout's sources: mypy does not follow an editable install's import hook.
+        env={**os.environ, "MYPYPATH": str(Path(__file__).resolve().parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = result.stdout
+    assert re.search(r'Revealed type is "(builtins\.)?list\[snippet\.Refund\]"', out), out
+    assert 'Revealed type is "snippet.Refund"' in out, out
+    assert "Non-overlapping equality check" in out and "list[Other]" in out, out
