@@ -854,3 +854,57 @@ async def test_concurrent_promoters_never_double_deliver(broker: Broker) -> None
     assert set(seen.values()) == {1}
     stats = await broker.stats(Q)
     assert (stats.ready, stats.delayed, stats.running) == (0, 0, 0)
+
+
+# -- schedules (TickStore) ----------------------------------------------------------------
+
+
+async def test_claim_tick_moves_the_mark_and_writes_the_job_once(broker: Broker) -> None:
+    from vaultq.brokers.base import TickStore
+
+    assert isinstance(broker, TickStore)
+    assert await broker.schedule_marks(Q) == []
+    assert await broker.mark_schedule(Q, "s", 100, only_if_absent=True) == 100
+    assert await broker.mark_schedule(Q, "s", 50, only_if_absent=True) == 100  # set already
+    assert await broker.claim_tick(item("tick:s:110"), schedule="s", tick=110, ttl=60)
+    # the same tick again, or an older one: the mark is there, nothing is written
+    assert not await broker.claim_tick(item("tick:s:110", b"x"), schedule="s", tick=110, ttl=60)
+    assert not await broker.claim_tick(item("tick:s:105"), schedule="s", tick=105, ttl=60)
+    (mark,) = await broker.schedule_marks(Q)
+    assert (mark.name, mark.mark, mark.fired) == ("s", 110, 110)
+    # the mark never moves back; passing over ticks moves it without a job
+    assert await broker.mark_schedule(Q, "s", 90) == 110
+    assert await broker.mark_schedule(Q, "s", 130) == 130
+    assert not await broker.claim_tick(item("tick:s:120"), schedule="s", tick=120, ttl=60)
+    assert [d.job_id for d in await fetch(broker)] == ["tick:s:110"]
+
+
+async def test_claim_tick_writes_no_second_job_for_an_existing_id(broker: Broker) -> None:
+    # A schedule whose mark was lost or renamed cannot enqueue a tick whose job is queued,
+    # running or remembered as finished: the id guards it too. The mark still moves.
+    assert await broker.enqueue_unique(item("tick:s:200"), ttl=60)
+    assert not await broker.claim_tick(item("tick:s:200"), schedule="s", tick=200, ttl=60)
+    (d,) = await fetch(broker)
+    await broker.settle([ack(d)])
+    assert not await broker.claim_tick(item("tick:s:200"), schedule="s2", tick=200, ttl=60)
+    marks = {m.name: (m.mark, m.fired) for m in await broker.schedule_marks(Q)}
+    assert marks == {"s": (200, None), "s2": (200, None)}
+    assert await fetch(broker) == []
+
+
+async def test_claim_tick_is_atomic_under_concurrency(broker: Broker, other: Broker) -> None:
+    written: list[str] = []
+
+    async def one(b: Broker, tick: int, n: int) -> None:
+        if await b.claim_tick(  # type: ignore[attr-defined]
+            item(f"tick:s:{tick}", b"%d" % n), schedule="s", tick=tick, ttl=60
+        ):
+            written.append(f"tick:s:{tick}")
+
+    async with anyio.create_task_group() as tg:
+        for tick in (1000, 1001, 1002):
+            for n in range(10):
+                tg.start_soon(one, broker if n % 2 else other, tick, n)
+    # Each tick at most once; a racer that came late for an older tick lost it to the mark.
+    assert len(written) == len(set(written)) >= 1
+    assert sorted(d.job_id for d in await fetch(broker)) == sorted(written)

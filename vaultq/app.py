@@ -8,8 +8,8 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Container, Coroutine, Iterable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -31,6 +31,7 @@ from vaultq.middleware import CallWrappers, Hooks, Middleware
 from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
 from vaultq.results import AppResults
+from vaultq.schedule import DEFAULT_SCHEDULE_GRACE, MissedTicks, Schedule
 from vaultq.tasks import Isolation, Task, TaskOptions
 
 __all__ = ["App"]
@@ -168,6 +169,7 @@ class App:
         )
         self._defaults.validate(f"{name} defaults")
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._schedules: dict[str, Schedule] = {}
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBroker] = (
             weakref.WeakKeyDictionary()
         )
@@ -210,10 +212,11 @@ class App:
         """The installed middleware, in order."""
         return tuple(self._middleware)
 
-    def hooks(self) -> Hooks:
+    def hooks(self, extra: Sequence[Middleware] = ()) -> Hooks:
         """The middleware sorted per hook for one worker (or isolated child): the
-        installed middleware, then :attr:`around_sync`/:attr:`around_async` as one more."""
-        chain: list[Middleware] = list(self._middleware)
+        installed middleware, ``extra`` (the worker's own, e.g. its scheduler), then
+        :attr:`around_sync`/:attr:`around_async` as one more."""
+        chain: list[Middleware] = [*self._middleware, *extra]
         if self.around_sync or self.around_async:
             chain.append(CallWrappers(self.around_sync, self.around_async))
         return Hooks(chain)
@@ -324,6 +327,99 @@ class App:
         if fn is not None:
             return register(fn)
         return _TaskDecorator(register)
+
+    # -- schedules (periodic jobs: vaultq/schedule.py, docs/scheduling.md) --------------
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """Registered schedules by name (a copy)."""
+        return dict(self._schedules)
+
+    def schedule(
+        self,
+        task: Task[P, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str | None = None,
+        payload: P | None = None,
+        name: str | None = None,
+        principal: Principal | None = None,
+        permissions: Iterable[str] = (),
+        missed: MissedTicks = "skip",
+        grace: float = DEFAULT_SCHEDULE_GRACE,
+    ) -> Schedule:
+        """Run ``task`` periodically: ``cron="*/5 * * * *"`` (with ``tz=``) or
+        ``every=timedelta(minutes=5)``. Every worker holding a signing key (and
+        ``vaultq scheduler MODULE``) enqueues each tick exactly once, however many run.
+
+        ``payload`` defaults to the payload type built with no arguments. Jobs are sealed
+        under ``principal`` (default: ``vaultq:scheduler:<name>`` with role
+        ``vaultq:scheduler`` and ``permissions``) and pass the task's policy like any job.
+        ``missed``: ``"skip"`` or ``"run_once"`` for ticks older than ``grace`` seconds
+        (the scheduler was down). ``name`` (default: the task's name) identifies the
+        schedule in the broker: keep it stable across deploys.
+
+        Raises ``ConfigurationError`` (bad shape, zone, name taken, croniter missing for
+        ``cron=``) and ``PayloadError``.
+        """
+        if not isinstance(task, Task) or task.app is not self:
+            raise ConfigurationError(
+                f"app {self.name!r}: schedule() takes a task registered on this app "
+                "(put @app.periodic(...) above @app.task)"
+            )
+        new = Schedule(
+            task,
+            payload=payload,
+            cron=cron,
+            every=every,
+            tz=tz,
+            name=name,
+            principal=principal,
+            permissions=permissions,
+            missed=missed,
+            grace=grace,
+        )
+        if new.name in self._schedules:
+            raise ConfigurationError(
+                f"schedule name {new.name!r} is already taken in app {self.name!r}; give "
+                "another with name='...'"
+            )
+        self._schedules[new.name] = new
+        return new
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str | None = None,
+        payload: Any = None,
+        name: str | None = None,
+        principal: Principal | None = None,
+        permissions: Iterable[str] = (),
+        missed: MissedTicks = "skip",
+        grace: float = DEFAULT_SCHEDULE_GRACE,
+    ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """``@app.periodic(every=timedelta(minutes=5))`` above ``@app.task``: the
+        decorator form of :meth:`schedule` (same options); returns the task unchanged."""
+
+        def register(task: Task[P, R]) -> Task[P, R]:
+            self.schedule(
+                task,
+                cron=cron,
+                every=every,
+                tz=tz,
+                payload=payload,
+                name=name,
+                principal=principal,
+                permissions=permissions,
+                missed=missed,
+                grace=grace,
+            )
+            return task
+
+        return register
 
     # -- keys and broker --------------------------------------------------------------
 

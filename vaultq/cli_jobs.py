@@ -196,6 +196,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from vaultq.brokers.monitor import monitoring
     from vaultq.checks import has_revoked_keys, revoked_backlog
     from vaultq.cli_monitor import print_workers, worker_doc
+    from vaultq.cli_schedule import print_schedule_rows, schedule_rows
     from vaultq.monitor import workers
 
     app = existing_broker(load_cli_app(args.app, args.broker))
@@ -203,7 +204,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     asked = [q for q in (args.queues or "").split(",") if q]
     queues = asked or known
 
-    async def go() -> tuple[list[Any], dict[str, dict[str, int]], list[Any], list[Any] | None]:
+    async def go() -> tuple[
+        list[Any], dict[str, dict[str, int]], list[Any], list[Any] | None, list[Any]
+    ]:
         broker = await app.broker()
         stats = [await broker.stats(q) for q in queues]
         # Entries removed without a dead letter (duplicates, replays): counted, not stored.
@@ -212,9 +215,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         revoked = await revoked_backlog(app, queues) if has_revoked_keys(app) else []
         # Workers from their heartbeats (None: this broker does not record them).
         found = await workers(app) if monitoring(broker) is not None else None
-        return stats, {q: c for q, c in counted.items() if c}, revoked, found
+        # Periodic jobs: each schedule's last and next tick.
+        schedules = await schedule_rows(app)
+        return stats, {q: c for q, c in counted.items() if c}, revoked, found, schedules
 
-    rows, dropped, revoked, found = anyio.run(go)
+    rows, dropped, revoked, found, schedules = anyio.run(go)
     # A queue the app does not use and the broker holds nothing for is most likely a
     # typo: say so rather than print a row of zeros.
     unknown = [
@@ -235,6 +240,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "broker": app.broker_url,
             "queues": rows,
             "dropped": dropped,
+            "schedules": schedules,
             "findings": [{"level": f.level, "code": f.code, "message": f.message} for f in revoked],
             "workers": None if found is None else [worker_doc(w) for w in found],
         }
@@ -248,6 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         # Escaped: whoever can write to the broker can write any counter name.
         shown = " ".join(f"{safe_id(name)}={n}" for name, n in sorted(counts.items()))
         print(f"dropped without a dead letter on {queue}: {shown}")
+    print_schedule_rows(schedules)
     for finding in revoked:
         print(finding)
     if found is not None:

@@ -44,6 +44,17 @@ VAULTQ = {
     "TASK_MODULE": ["jobs", "tasks"],
     "CONCURRENCY": 8,
     "GRACE": 5,
+    # A periodic job declared in settings (docs/scheduling.md); yearly, so the workers of
+    # the other tests never see a tick (test_django_schedule.py drives its own clock).
+    "SCHEDULE": {
+        "new-year": {
+            "task": "vqtestapp.beat",
+            "cron": "0 0 1 1 *",
+            "tz": "Europe/Paris",
+            "payload": {"kind": "full"},
+            "missed": "run_once",
+        },
+    },
 }
 
 TASKS = {

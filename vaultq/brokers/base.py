@@ -41,6 +41,12 @@ Semantics every implementation keeps (the conformance suite in
   jobs (the job id derived from the unique key). "Pending" means written by
   ``enqueue_unique``: an id written by plain ``enqueue`` is seen once it runs or
   finishes, but Redis does not look for it among waiting entries (that would be a scan).
+* **Ticks of schedules** (:class:`TickStore`, optional). A schedule's *mark* is the newest
+  tick claimed or passed over; it only moves forward. ``claim_tick`` is one atomic step:
+  when the mark is below the tick it moves the mark to the tick and enqueues the item
+  unless its job id exists (as ``enqueue_unique``); otherwise it changes nothing. So any
+  number of schedulers enqueue each tick at most once, and a crash can never separate the
+  mark from the job.
 * **Duplicates.** An entry whose job id is claimed by a live lease of *another* entry
   (a duplicate written into the queue while the original runs) is not returned: it is
   removed and counted under ``duplicate`` in :meth:`Broker.counters`, in the same pass,
@@ -97,7 +103,9 @@ __all__ = [
     "QueueStats",
     "Release",
     "Retry",
+    "ScheduleMark",
     "Settlement",
+    "TickStore",
 ]
 
 
@@ -391,4 +399,40 @@ class Broker(Protocol):
     async def counters(self, queue: str) -> dict[str, int]:
         """Entries removed without a dead letter, by reason (``duplicate``, ``replayed``,
         ``finished``...): garbage is counted, not stored."""
+        ...
+
+
+class ScheduleMark(msgspec.Struct, frozen=True):
+    """Where one schedule stands in one queue (``vaultq status``)."""
+
+    name: str
+    mark: float
+    """The newest tick claimed or passed over (Unix seconds): ticks at or before it never fire."""
+    fired: float | None = None
+    """The newest tick that enqueued a job (None: none yet)."""
+
+
+@runtime_checkable
+class TickStore(Protocol):
+    """The schedule operations a broker offers when it can run periodic jobs (both built-in
+    brokers do). Marks live beside the queue's keys (one Redis Cluster slot)."""
+
+    async def claim_tick(
+        self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
+    ) -> bool:
+        """Atomically: when ``schedule``'s mark in ``item.queue`` is below ``tick``, move it
+        to ``tick`` and enqueue ``item`` unless its job id exists (``ttl`` as in
+        ``enqueue_unique``). True only when this call wrote the job."""
+        ...
+
+    async def mark_schedule(
+        self, queue: str, schedule: str, tick: float, *, only_if_absent: bool = False
+    ) -> float:
+        """Move ``schedule``'s mark forward to ``tick`` (never back) without enqueuing:
+        missed ticks passed over. ``only_if_absent``: set it only when the schedule has no
+        mark yet (its first start). Returns the mark now stored."""
+        ...
+
+    async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
+        """Every schedule's mark in ``queue``, by name."""
         ...

@@ -47,6 +47,7 @@ from vaultq.brokers.base import (
     JobInfo,
     QueuedEntry,
     QueueStats,
+    ScheduleMark,
     Settlement,
 )
 from vaultq.brokers.memory_store import (
@@ -200,6 +201,62 @@ class MemoryBroker:
                 written = True
         await anyio.lowlevel.checkpoint()
         return written
+
+    # -- schedules (TickStore) ---------------------------------------------------------
+
+    async def claim_tick(
+        self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
+    ) -> bool:
+        # One step under the store's lock: the mark moves with the job, as on the others.
+        store = self._store
+        with store.lock:
+            now = store.now()
+            space = store.space(self._namespace)
+            state = space.schedules.setdefault((item.queue, schedule), [None, None])
+            if state[0] is not None and state[0] >= tick:
+                written = False
+            else:
+                state[0] = tick
+                key = (item.queue, item.job_id)
+                if (
+                    space.find(*key) is not None
+                    or space.live(space.finished, key, now)
+                    or space.result(key, now) is not None
+                ):
+                    written = False
+                else:
+                    job = self._insert(space, item, now)
+                    store.record(self._namespace, job, deferred=False, unique=True)
+                    store.changed()
+                    state[1] = tick
+                    written = True
+        await anyio.lowlevel.checkpoint()
+        return written
+
+    async def mark_schedule(
+        self, queue: str, schedule: str, tick: float, *, only_if_absent: bool = False
+    ) -> float:
+        store = self._store
+        with store.lock:
+            state = store.space(self._namespace).schedules.setdefault(
+                (queue, schedule), [None, None]
+            )
+            mark = state[0]
+            if mark is None or (not only_if_absent and mark < tick):
+                state[0] = mark = tick
+        await anyio.lowlevel.checkpoint()
+        return mark
+
+    async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
+        store = self._store
+        with store.lock:
+            found = [
+                ScheduleMark(name=name, mark=state[0], fired=state[1])
+                for (q, name), state in sorted(store.space(self._namespace).schedules.items())
+                if q == queue and state[0] is not None
+            ]
+        await anyio.lowlevel.checkpoint()
+        return found
 
     # -- worker side ------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from vaultq.brokers.base import (
     QueueStats,
     Release,
     Retry,
+    ScheduleMark,
     Settlement,
 )
 from vaultq.brokers.redis_monitor import RedisMonitoring
@@ -93,6 +94,8 @@ _SCRIPTS: Final = (
     "drop",
     "enqueue_unique",
     "counters",
+    "claim_tick",
+    "mark_schedule",
 )
 
 
@@ -114,6 +117,7 @@ class QueueKeys:
     ENQUEUED: Final = "enq:"
     JOB: Final = "job:"
     COUNTERS: Final = "counters"
+    SCHEDULES: Final = "schedules"
 
     __slots__ = ("prefix", "queue")
 
@@ -175,6 +179,12 @@ class QueueKeys:
         """Hash: reason -> entries removed without a dead letter (duplicates, replays)."""
         return self.prefix + self.COUNTERS
 
+    @property
+    def schedules(self) -> str:
+        """Hash: ``m:<schedule>`` -> mark (newest tick claimed or passed over),
+        ``f:<schedule>`` -> newest tick that enqueued a job."""
+        return self.prefix + self.SCHEDULES
+
     @classmethod
     def lua_header(cls) -> str:
         """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
@@ -191,6 +201,7 @@ class QueueKeys:
             "ENQUEUED": f"P .. '{cls.ENQUEUED}'",
             "JOB": f"P .. '{cls.JOB}'",
             "COUNTERS": f"P .. '{cls.COUNTERS}'",
+            "SCHEDULES": f"P .. '{cls.SCHEDULES}'",
         }
         lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
         lines += [f"local {name} = {value}" for name, value in names.items()]
@@ -281,6 +292,11 @@ def _block_limit(client: Client) -> float:
     if not socket_timeout:
         return float("inf")
     return max(0.05, float(socket_timeout) / 2)
+
+
+def _tick(tick: float) -> str:
+    # Ticks are whole seconds; one spelling so Lua compares the numbers it stored.
+    return str(int(tick))
 
 
 def _ms(seconds: float) -> int:
@@ -543,6 +559,42 @@ class RedisBroker(RedisMonitoring):
         with self._boundary("enqueue"):
             (written,) = await self._run_batch([("enqueue_unique", keys, args)])
         return bool(written)
+
+    # -- schedules (TickStore) ----------------------------------------------------------
+
+    async def claim_tick(
+        self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
+    ) -> bool:
+        args = [
+            schedule,
+            _tick(tick),
+            item.job_id,
+            item.envelope,
+            f"{time.time():.6f}",
+            _ms(ttl),
+        ]
+        with self._boundary("claim_tick"):
+            (written,) = await self._run_batch([("claim_tick", self.keys(item.queue), args)])
+        return bool(written)
+
+    async def mark_schedule(
+        self, queue: str, schedule: str, tick: float, *, only_if_absent: bool = False
+    ) -> float:
+        args = [schedule, _tick(tick), "1" if only_if_absent else ""]
+        with self._boundary("mark_schedule"):
+            (mark,) = await self._run_batch([("mark_schedule", self.keys(queue), args)])
+        return _number(mark)
+
+    async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
+        with self._boundary("schedule_marks"):
+            client = await self._ready()
+            raw = await client.hgetall(self.keys(queue).schedules)
+        fields = {_text(k): _number(v) for k, v in raw.items()}
+        return [
+            ScheduleMark(name=key[2:], mark=mark, fired=fields.get("f:" + key[2:]))
+            for key, mark in sorted(fields.items())
+            if key.startswith("m:")
+        ]
 
     async def get_result(self, queue: str, job_id: str) -> bytes | None:
         with self._boundary("get_result"):

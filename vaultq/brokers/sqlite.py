@@ -46,6 +46,7 @@ import msgspec
 
 from vaultq import config
 from vaultq.brokers import sqlite_sql as sql
+from vaultq.brokers import sqlite_ticks
 from vaultq.brokers.base import (
     JOB_INFO_DEAD_SCAN,
     RETRYABLE_REASONS,
@@ -61,6 +62,7 @@ from vaultq.brokers.base import (
     QueueStats,
     Release,
     Retry,
+    ScheduleMark,
     Settlement,
 )
 from vaultq.brokers.sqlite_monitor import SqliteMonitoring
@@ -356,6 +358,50 @@ class SqliteBroker(SqliteMonitoring):
         if written:
             self._notify_work()
         return written
+
+    # -- schedules (TickStore) -------------------------------------------------------
+
+    async def claim_tick(
+        self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
+    ) -> bool:
+        # ttl is not needed here: the job row reserves the id until it is settled, and
+        # the finished-id memory takes over from then.
+        ns = self._namespace
+        written = await self._run(
+            "claim_tick",
+            partial(
+                sqlite_ticks.claim_tick,
+                immediate=_immediate,
+                ns=ns,
+                item=item,
+                schedule=schedule,
+                tick=tick,
+            ),
+        )
+        if written:
+            self._notify_work()
+        return written
+
+    async def mark_schedule(
+        self, queue: str, schedule: str, tick: float, *, only_if_absent: bool = False
+    ) -> float:
+        return await self._run(
+            "mark_schedule",
+            partial(
+                sqlite_ticks.mark_schedule,
+                immediate=_immediate,
+                ns=self._namespace,
+                queue=queue,
+                schedule=schedule,
+                tick=tick,
+                only_if_absent=only_if_absent,
+            ),
+        )
+
+    async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
+        return await self._run(
+            "schedule_marks", partial(sqlite_ticks.schedule_marks, ns=self._namespace, queue=queue)
+        )
 
     # -- worker side ------------------------------------------------------------------
 

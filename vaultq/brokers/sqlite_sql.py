@@ -33,7 +33,7 @@ __all__ = [
     "UNCLAIM",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
 SCHEMA_V1 = (
@@ -115,7 +115,19 @@ SCHEMA_V2 = (
     "ALTER TABLE vaultq_dead ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
     "CREATE INDEX vaultq_dead_at ON vaultq_dead (at)",
 )
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2)
+# v3: periodic jobs. A schedule's mark (newest tick claimed or passed over) and its
+# newest fired tick, per queue (vaultq/brokers/sqlite_ticks.py).
+SCHEMA_V3 = (
+    """CREATE TABLE vaultq_schedules (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        name TEXT NOT NULL,
+        mark REAL NOT NULL,
+        fired REAL,
+        PRIMARY KEY (namespace, queue, name)
+    )""",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
 CLEANUP = (
     "DELETE FROM vaultq_results WHERE rowid IN "

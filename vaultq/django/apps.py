@@ -117,6 +117,9 @@ class VaultqConfig(AppConfig):  # type: ignore[misc]
             os.register_at_fork(after_in_child=hooks.close_inherited_connections)
             self._fork_hook = True
         autodiscover_modules(*app.vaultq_settings.task_modules)
+        from vaultq.django.schedules import register_settings_schedules
+
+        register_settings_schedules(app, app.vaultq_settings.schedule)
 
 
 def build_app() -> DjangoApp:

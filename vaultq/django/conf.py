@@ -13,11 +13,17 @@ Every key is optional::
         "RESULT_TTL": 86400,
         "TASK_MODULE": ["jobs", "tasks"],        # autodiscovered in every installed app
         "PRINCIPAL_MAPPER": "shop.auth.principal_for",
+        "SCHEDULE": {                            # periodic jobs (docs/scheduling.md)
+            "nightly-report": {"task": "reports.nightly", "cron": "0 2 * * *",
+                               "tz": "Europe/Paris", "payload": {"kind": "full"}},
+            "cleanup": {"task": "shop.cleanup", "every": 300, "missed": "run_once"},
+        },
     }
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,23 @@ import msgspec
 
 from vaultq import config
 
-__all__ = ["VaultqSettings", "import_from_settings", "read_settings"]
+__all__ = ["ScheduleSetting", "VaultqSettings", "import_from_settings", "read_settings"]
+
+
+class ScheduleSetting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One entry of ``VAULTQ["SCHEDULE"]`` (lower-case keys, like ``CELERY_BEAT_SCHEDULE``):
+    the options of :meth:`vaultq.App.schedule`, the task by its registered name."""
+
+    task: str
+    cron: str | None = None
+    every: float | None = None
+    """Seconds (a ``timedelta`` is accepted too)."""
+    tz: str | None = None
+    payload: dict[str, Any] = {}
+    """The payload's fields, converted strictly to the task's payload type."""
+    missed: str = "skip"
+    grace: float | None = None
+    permissions: tuple[str, ...] = ()
 
 
 class VaultqSettings(
@@ -57,6 +79,7 @@ class VaultqSettings(
     accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1
     task_module: str | tuple[str, ...] = ("jobs", "tasks")
     principal_mapper: str | None = None
+    schedule: dict[str, ScheduleSetting] = {}
 
     @property
     def task_modules(self) -> tuple[str, ...]:
@@ -74,6 +97,10 @@ def read_settings() -> VaultqSettings:
     if not isinstance(raw, dict):
         raise ImproperlyConfigured("settings.VAULTQ must be a dict")
     raw = {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}
+    if isinstance(raw.get("SCHEDULE"), dict):
+        raw["SCHEDULE"] = {
+            name: _seconds_of_every(entry) for name, entry in raw["SCHEDULE"].items()
+        }
     try:
         return msgspec.convert(raw, VaultqSettings, strict=True)
     except msgspec.ValidationError as exc:
@@ -90,3 +117,11 @@ def import_from_settings(path: str, setting: str) -> Any:
         return import_string(path)
     except ImportError as exc:
         raise ImproperlyConfigured(f"{setting}: cannot import {path!r} ({exc})") from exc
+
+
+def _seconds_of_every(entry: Any) -> Any:
+    # ``"every": timedelta(minutes=5)`` reads well in settings; strict conversion wants
+    # a number.
+    if isinstance(entry, dict) and isinstance(entry.get("every"), timedelta):
+        return {**entry, "every": entry["every"].total_seconds()}
+    return entry

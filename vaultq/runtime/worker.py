@@ -51,6 +51,7 @@ from vaultq.runtime.health import keep_beating
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.leases import LeaseKeeper
 from vaultq.runtime.presence import keep_registered
+from vaultq.runtime.scheduler import scheduler_middleware
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -102,6 +103,7 @@ class Worker:
         stall_warning: float = config.DEFAULT_STALL_WARNING,
         health_file: Path | None = None,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        schedules: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -128,6 +130,8 @@ class Worker:
         """Attempts cancelled (or never started) because their lease was lost."""
         self.health = (health_file, health_interval)  # heartbeat: see runtime/health.py
         self.started_at = 0.0
+        self.run_schedules = schedules
+        """Run the app's schedules (periodic jobs) here when the keyring can sign."""
         self.hooks = Hooks()
         """The app's middleware sorted per hook, taken when :meth:`run` starts."""
 
@@ -192,7 +196,10 @@ class Worker:
             return
         self._pool = self._make_pool()
         # Sorted once per worker: with no middleware every hook site is one falsy test.
-        hooks = self.hooks = self.app.hooks()
+        # The app's schedules run as this worker's own middleware (worker_started starts
+        # the scheduler loop in the worker's task group), when it may sign jobs.
+        own = scheduler_middleware(self.app, self.name) if self.run_schedules else []
+        hooks = self.hooks = self.app.hooks(extra=own)
         executor = Executor(
             self.app,
             worker_id=self.name,

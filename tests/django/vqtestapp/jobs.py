@@ -87,3 +87,12 @@ async def orm_write(job: OrmWrite) -> OrmReport:
 @app.task(name="vqtestapp.orm_write_sync", retries=0)
 def orm_write_sync(job: OrmWrite) -> OrmReport:
     return _write(job)
+
+
+class Beat(msgspec.Struct, frozen=True):
+    kind: str = "light"
+
+
+@app.task(name="vqtestapp.beat", queue="beat")
+def beat(job: Beat) -> str:
+    return job.kind
