@@ -36,9 +36,11 @@ def test_a_settings_tick_is_enqueued_once() -> None:
     scheduler = Scheduler(app, schedules=[app.schedules["new-year"]], clock=lambda: clock[0])
 
     async def passes() -> list[str]:
-        fired = await scheduler.run_pass()
+        # The first pass may run the missed ticks once (missed="run_once") when workers
+        # of other tests started the schedule in the real present.
+        await scheduler.run_pass()
         clock[0] = new_year + 1
-        fired += await scheduler.run_pass()
+        fired = await scheduler.run_pass()
         fired += await Scheduler(app, clock=lambda: clock[0]).run_pass()
         return fired
 
