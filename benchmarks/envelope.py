@@ -35,6 +35,7 @@ from vaultq.envelope import (
 from vaultq.keymaterial import b64d as _b64d
 from vaultq.keyring import Keyring, SigningAlgorithm
 from vaultq.principal import Principal
+from vaultq.strictjson import has_duplicate_keys
 
 
 class _Box(msgspec.Struct, array_like=True):
@@ -184,6 +185,29 @@ def _versions() -> None:
     print("goal: v2 adds <= 3 us per seal and per open (XAES-256-GCM key derivation)")
 
 
+def _repeated_keys() -> None:
+    """What the repeated-JSON-key check (vaultq/strictjson.py) costs per opened envelope:
+    the check alone on the job body, next to a whole v2 open of the same job."""
+    principal = Principal("user:42", permissions=frozenset({"orders.refund"}))
+    keyring = Keyring.generate(signing="hmac-sha256")
+    print()
+    print(f"{'hmac-sha256, v2':<20} {'open us':>8} {'check us':>9} {'share':>6}")
+    for size, number in ((200, 2000), (64 * 1024, 200)):
+        payload = _payload(size)
+        data = _seal_only(keyring, payload, principal, 2)()
+        header, nonce, ciphertext, _ = msgspec.msgpack.decode(data[3:])
+        xaes = keyring.xaes_cipher(keyring.active_key_id)
+        assert xaes is not None
+        body = xaes.decrypt(nonce, ciphertext, header)
+        opens, checks = [], []
+        for _ in range(3):
+            opens.append(_best_us(_open_only(keyring, payload, principal, 2), number))
+            checks.append(_best_us(lambda body=body: has_duplicate_keys(body), number))
+        o, c = min(opens), min(checks)
+        label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
+        print(f"{label:<20} {o:>8.2f} {c:>9.2f} {c / o:>6.0%}")
+
+
 def _best_us(fn: Callable[[], object], number: int) -> float:
     # Interleaving-free best-of-N: the minimum is the least disturbed by other processes.
     return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
@@ -212,6 +236,7 @@ def main() -> None:
             print(f"{alg:<12} {label:>8} {v:>10.2f} {f:>9.2f} {v / f:>6.2f}x")
     print("goal: ratio <= 1.30x for hmac-sha256 at 200 B (seal + open per job, v1)")
     _versions()
+    _repeated_keys()
 
 
 if __name__ == "__main__":

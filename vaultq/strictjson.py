@@ -51,7 +51,8 @@ def has_duplicate_keys(raw: bytes | bytearray | memoryview) -> bool:
     that is not JSON raises msgspec's ``DecodeError`` or ``ValueError`` here too.
     """
     data = bytes(raw)
-    if b"\\u003" not in data:
+    # A one-byte search first (memchr): most bodies hold no escape at all.
+    if b"\\" not in data or b"\\u003" not in data:
         return data.count(b":") != _encode(_decode_any(data)).count(b":")
     try:
         _pairs_decoder.decode(data.decode("utf-8"))
