@@ -1286,3 +1286,43 @@ def test_result_counts_and_times_out_of_range_are_malformed(body: bytes) -> None
             app="shop",
             job_id=job.header.job_id,
         )
+
+
+# --- result vectors (open_result) ----------------------------------------------------
+
+
+def _open_result_vector(path: Path, vector: dict[str, Any]) -> ResultBody:
+    doc = _refusals(path)
+    params = {**doc["open"], **vector["open"]}
+    return open_result(
+        bytes.fromhex(vector["envelope"]),
+        Keyring.from_dict(doc["keyring"]),
+        app=params["app"],
+        job_id=params["job_id"],
+        task=params["tasks"][0],
+        queue=params["queue"],
+    )
+
+
+RESULT_REFUSALS = [
+    pytest.param(path, v, id=f"{path.stem.split('_')[1]}-{v['name']}")
+    for path in (REFUSALS, REFUSALS_V2)
+    for v in _refusals(path)["results"]["refused"]
+]
+RESULT_ACCEPTED = [
+    pytest.param(path, v, id=f"{path.stem.split('_')[1]}-{v['name']}")
+    for path in (REFUSALS, REFUSALS_V2)
+    for v in _refusals(path)["results"]["accepted"]
+]
+
+
+@pytest.mark.parametrize(("path", "vector"), RESULT_REFUSALS)
+def test_result_refusal_vectors(path: Path, vector: dict[str, Any]) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        _open_result_vector(path, vector)
+    assert info.value.reason == vector["reason"]
+
+
+@pytest.mark.parametrize(("path", "vector"), RESULT_ACCEPTED)
+def test_result_accepted_vectors(path: Path, vector: dict[str, Any]) -> None:
+    assert _open_result_vector(path, vector).status in {"succeeded", "rejected", "paused"}

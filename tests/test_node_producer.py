@@ -71,6 +71,8 @@ def test_node_refuses_every_refusal_vector_with_its_reason(version: int) -> None
     doc = json.loads(vectors.read_text())
     expected = [f"refusal {v['name']}: {v['reason']}" for v in doc["vectors"]]
     expected += [f"accepted {v['name']}: ok" for v in doc["accepted"]]
+    expected += [f"result {v['name']}: {v['reason']}" for v in doc["results"]["refused"]]
+    expected += [f"result {v['name']}: ok" for v in doc["results"]["accepted"]]
     assert done.stdout.split("\n")[:-1] == expected
 
 

@@ -43,6 +43,17 @@ function checkRefusals(doc) { // docs/envelope.md: each must be refused with its
     openJob(loadKeyring(doc.keyring), Buffer.from(v.envelope, 'hex'), { ...doc.open, ...v.open });
     console.log(`accepted ${v.name}: ok`);
   }
+  const resultWant = (v) => { const o = { ...doc.open, ...v.open }; return { ...o, task: o.tasks[0] }; };
+  for (const v of doc.results.refused) { // results: open_result's rules
+    let reason = 'opened';
+    try { openResult(loadKeyring(doc.keyring), Buffer.from(v.envelope, 'hex'), resultWant(v)); } catch (e) { reason = e.message; }
+    if (reason !== v.reason) throw new Error(`result ${v.name}: expected ${v.reason}, got ${reason}`);
+    console.log(`result ${v.name}: ${reason}`);
+  }
+  for (const v of doc.results.accepted) {
+    openResult(loadKeyring(doc.keyring), Buffer.from(v.envelope, 'hex'), resultWant(v));
+    console.log(`result ${v.name}: ok`);
+  }
 }
 function checkKeyrings(doc) { // docs/keys.md: none of these keyrings may load
   for (const v of doc.vectors) {

@@ -134,27 +134,32 @@ function loadKeyring(doc) { // JSON text or parsed; throws Error('<problem>: <wh
 }
 
 // --- JSON: repeated keys are refused (docs/envelope.md, Body JSON) ----------------------
-function hasDuplicateKeys(text) { // text is valid JSON (parse it first); keys compared unescaped
-  let i = 0;
+// scanJson(text) walks valid JSON (parse it first): whether any object repeats a key
+// (compared unescaped), and the raw text of each top-level member's value.
+function scanJson(text) {
+  let i = 0; let dup = false; const top = {};
   const ws = () => { while (i < text.length && ' \t\n\r'.includes(text[i])) i++; };
   const str = () => { const s = i++; while (text[i] !== '"') i += text[i] === '\\' ? 2 : 1; i++; return JSON.parse(text.slice(s, i)); };
-  function value() {
+  function value(depth) {
     ws();
     if (text[i] === '{' || text[i] === '[') {
       const close = text[i] === '{' ? '}' : ']'; const keys = new Set(); i++; ws();
-      if (text[i] === close) { i++; return false; }
+      if (text[i] === close) { i++; return; }
       for (;;) {
-        if (close === '}') { ws(); const k = str(); if (keys.has(k)) return true; keys.add(k); ws(); i++; }
-        if (value()) return true;
-        ws(); if (text[i++] === close) return false;
+        let k;
+        if (close === '}') { ws(); k = str(); dup = dup || keys.has(k); keys.add(k); ws(); i++; }
+        ws(); const start = i; value(depth + 1);
+        if (depth === 0 && k !== undefined) top[k] = text.slice(start, i);
+        ws(); if (text[i++] === close) return;
       }
     }
-    if (text[i] === '"') { str(); return false; }
+    if (text[i] === '"') { str(); return; }
     while (i < text.length && !',]} \t\n\r'.includes(text[i])) i++;
-    return false;
   }
-  return value();
+  value(0);
+  return { dup, top };
 }
+const hasDuplicateKeys = (text) => scanJson(text).dup;
 
 // --- AEADs: XAES-256-GCM (C2SP) for v2, AES-256-GCM for v1 ------------------------------
 function aesBlock(key, block) {
@@ -264,22 +269,30 @@ function parseBody(plaintext) { // one JSON object, valid UTF-8, no repeated key
   try {
     const text = new TextDecoder('utf-8', { fatal: true }).decode(plaintext);
     const body = JSON.parse(text);
-    if (body && typeof body === 'object' && !Array.isArray(body) && !hasDuplicateKeys(text)) return body;
+    const { dup, top } = scanJson(text);
+    if (body && typeof body === 'object' && !Array.isArray(body) && !dup) return { body, top };
   } catch { /* refused below */ }
   throw new Error('malformed');
 }
 function openJob(kr, data, want) { // check 12, shallow: top-level fields and meta.timeout
   const opened = openEnvelope(kr, data, JOB_DOMAIN, want);
-  const body = parseBody(opened.plaintext);
+  const { body } = parseBody(opened.plaintext);
   if (!('payload' in body) || Object.keys(body).some((k) => !['payload', 'principal', 'meta'].includes(k))) throw new Error('malformed');
   const timeout = body.meta && body.meta.timeout;
   if (timeout != null && !(typeof timeout === 'number' && timeout > 0)) throw new Error('malformed');
   return opened;
 }
-function openResult(kr, data, want) {
+const RESULT_FIELDS = ['status', 'value', 'error_type', 'error', 'attempts', 'started_at', 'finished_at', 'worker_id', 'principal_id'];
+function openResult(kr, data, want) { // every result body field, as the spec's table says
   const { header, plaintext } = openEnvelope(kr, data, RESULT_DOMAIN, want);
-  const body = parseBody(plaintext);
-  if (typeof body.status !== 'string') throw new Error('malformed');
+  const { body, top } = parseBody(plaintext);
+  const strOrNull = (k) => body[k] == null || typeof body[k] === 'string';
+  const timeOk = (k) => body[k] == null || (typeof body[k] === 'number' && body[k] >= 0);
+  if (typeof body.status !== 'string' || Object.keys(body).some((k) => !RESULT_FIELDS.includes(k))
+    || !['error_type', 'error', 'worker_id', 'principal_id'].every(strOrNull) || !['started_at', 'finished_at'].every(timeOk)
+    || ('attempts' in body && !(/^-?[0-9]+$/.test(top.attempts) && body.attempts >= 0 && body.attempts <= 2 ** 31 - 1))) {
+    throw new Error('malformed'); // attempts must be a JSON integer: 1.0 is refused
+  }
   // A task-less result is a worker's REJECTED record: accepted only as such, without a value.
   if (header.task !== want.task && (body.status !== 'rejected' || 'value' in body)) throw new Error('wrong_destination');
   return body;

@@ -598,6 +598,85 @@ def ed25519_refusals(inputs: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def result_vectors(keyring: Keyring, job: bytes) -> dict[str, Any]:
+    """Result envelopes for the job: refused by open_result (app, job_id, task, queue of
+    the refusal file's 'open'), each with one defect, and accepted ones."""
+    header = msgspec.msgpack.decode(job[3:])[0]
+    nonce = bytes(range(24)) if job[2] == 2 else bytes(range(12))
+    items = header_items(header)
+    signer = msgspec.msgpack.encode("s00000001")
+    # The result header as a worker writes it (_seal_result): issued_at = not_before = now.
+    now = msgspec.msgpack.encode(RESULT["now_ms"])
+    base = [*items[:5], now, now, *items[7:]]
+
+    def sealed(
+        body: bytes,
+        task: str | None = None,
+        signer_id: bytes = signer,
+        domain: bytes = RESULT_DOMAIN,
+        signature: bytes | None = None,
+    ) -> bytes:
+        task_item = items[3] if task is None else msgspec.msgpack.encode(task)
+        hdr = mp_array([*base[:3], task_item, *base[4:9], signer_id])
+        ciphertext = _aead(keyring, nonce).encrypt(nonce, body, hdr)
+        if signature is None:
+            signed = b"".join((domain, hdr, nonce, ciphertext))
+            signature = keyring.sign(signed) if signer_id != msgspec.msgpack.encode("") else b""
+        return frame([hdr, nonce, ciphertext, signature])
+
+    ok = b'{"status":"succeeded","value":"receipt-7","attempts":1}'
+    refused: list[dict[str, Any]] = []
+
+    def no(name: str, reason: str, data: bytes, **open_: Any) -> None:
+        refused.append({"name": name, "reason": reason, "envelope": data.hex(), "open": open_})
+
+    no("result-other-task", "wrong_destination", sealed(ok, task="other.task"))
+    no("result-other-job-id", "wrong_destination", sealed(ok), job_id="0" * 32)
+    no(
+        "result-taskless-with-value",
+        "wrong_destination",
+        sealed(b'{"status":"rejected","value":1}', task=""),
+    )
+    no("result-taskless-not-rejected", "wrong_destination", sealed(ok, task=""))
+    no("result-signed-with-job-domain", "bad_signature", sealed(ok, domain=JOB_DOMAIN))
+    no(
+        "result-unsigned-with-signature",
+        "malformed",
+        sealed(ok, signer_id=msgspec.msgpack.encode(""), signature=bytes(32)),
+    )
+    no(
+        "result-untrusted-signer",
+        "untrusted_signer",
+        sealed(ok, signer_id=msgspec.msgpack.encode("s00000009")),
+    )
+    for name, body in (
+        ("result-duplicate-key", b'{"status":"failed","status":"succeeded","attempts":1}'),
+        ("result-attempts-float", b'{"status":"succeeded","attempts":1.0}'),
+        ("result-attempts-negative", b'{"status":"succeeded","attempts":-1}'),
+        ("result-attempts-above-2^31-1", b'{"status":"succeeded","attempts":2147483648}'),
+        ("result-started-at-negative", b'{"status":"succeeded","started_at":-1.5}'),
+        ("result-status-missing", b'{"attempts":1}'),
+        ("result-unknown-field", b'{"status":"succeeded","extra":1}'),
+    ):
+        no(name, "malformed", sealed(body))
+    accepted = [
+        {"name": name, "envelope": data.hex(), "open": {}}
+        for name, data in (
+            ("result-succeeded", sealed(ok)),
+            (
+                "result-taskless-rejected",
+                sealed(b'{"status":"rejected","error":"payload"}', task=""),
+            ),
+            (
+                "result-aead-only-under-the-active-key",
+                sealed(ok, signer_id=msgspec.msgpack.encode("")),
+            ),
+            ("result-unknown-status", sealed(b'{"status":"paused","attempts":2147483647}')),
+        )
+    ]
+    return {"refused": refused, "accepted": accepted}
+
+
 def write_refusals() -> None:
     # The positive hmac-sha256 keyring, plus two revoked ids for the revoked_key vectors.
     keyring = Keyring.from_dict({**keyring_doc("hmac-sha256"), "revoked": REVOKED})
@@ -637,7 +716,10 @@ def write_refusals() -> None:
                 "overrides and with the vector's own 'keyring' where it has one; it must be "
                 "refused with 'error' (reason code 'reason'). 'now_s', where given, is the "
                 "time in seconds (a double) instead of now_ms: now_ms = round(now_s * 1000) "
-                "computed in doubles, ties to even. Each of 'accepted' must open."
+                "computed in doubles, ties to even. Each of 'accepted' must open. "
+                "'results' holds result envelopes for the same job: open each with "
+                "open_result(app, job_id, task=tasks[0], queue) after its 'open' overrides; "
+                "'refused' ones must fail with 'reason', 'accepted' ones must open."
             ),
             "keyring": keyring.to_dict(),
             "open": {
@@ -649,6 +731,7 @@ def write_refusals() -> None:
             },
             "vectors": refusals(keyring, job) + extra,
             "accepted": accepted(keyring, job),
+            "results": result_vectors(keyring, job),
         }
         path = HERE / f"envelope_v{version}_refusals.json"
         path.write_text(json.dumps(out, indent=2) + "\n")
