@@ -1235,6 +1235,13 @@ def test_canonical_check_accepts_every_bin_width(size: int) -> None:
 # --- ranges and forms (header times, job ids, result counts) ------------------------
 
 
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan")])
+def test_non_positive_meta_timeout_is_never_sealed(timeout: float) -> None:
+    with pytest.raises(ValueError, match="meta.timeout must be > 0"):
+        seal(meta=JobMeta(timeout=timeout))
+    assert open_(seal(meta=JobMeta(timeout=0.5))).body.meta.timeout == 0.5
+
+
 @pytest.mark.parametrize(
     "changes",
     [

@@ -205,11 +205,15 @@ def seal_job(
     """Seal a job: ``payload`` is the task codec's JSON; times are seconds since the epoch.
     ``version`` is the envelope format (2, or 1 while workers that read only v1 remain).
 
-    Raises ``KeyringError`` when ``keyring`` is verify-only.
+    Raises ``KeyringError`` when ``keyring`` is verify-only, ``ValueError`` for what
+    ``open_job`` would refuse (a job id outside ``JOB_ID_FORM``, times outside
+    ``0..MAX_TIME_MS`` ms, a ``meta.timeout`` that is not > 0).
     """
     header = _job_header(
         keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
     )
+    if meta.timeout is not None and not meta.timeout > 0:  # NaN included
+        raise ValueError("cannot seal this job: meta.timeout must be > 0 seconds")
     plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
     return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(_nonce_size(version)))
 
