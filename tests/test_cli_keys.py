@@ -229,3 +229,24 @@ def test_module_runs_standalone(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert not Keyring.from_json(proc.stdout).can_sign
+
+
+@pytest.mark.parametrize("action", ["rotate", "public", "revoke"])
+def test_cli_refuses_a_key_file_with_a_small_order_verify_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    """A verify key someone pasted into the file by hand (there is no `keys add`): the
+    identity point, under which any signature R = identity, S = 0 verifies. Every
+    `vaultq keys` command refuses the file with the reason, and leaves it as it was."""
+    full = Keyring.generate(signing="ed25519")
+    doc = full.to_dict()
+    doc["verify"] = {"s00000009": {"alg": "ed25519", "key": "AQ" + "A" * 41}}  # 01 00 .. 00
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(doc))
+    path.chmod(0o600)
+    before = path.read_text()
+    args = {"rotate": [str(path)], "public": [str(path)], "revoke": [str(path), "s00000009"]}
+    assert main(["keys", action, *args[action]]) != 0
+    err = capsys.readouterr().err
+    assert "ed25519 verify key s00000009 is a point of small order" in err
+    assert path.read_text() == before
