@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -37,6 +39,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from vaultq.brokers.monitor import JobEvent  # noqa: E402
 from vaultq.events import EventStream  # noqa: E402
 from vaultq.tracing import Tracing  # noqa: E402
 
@@ -310,7 +313,7 @@ def test_metrics_traces_and_events_of_a_real_run(kind: str, run_of: Callable[[st
     events = [json.loads(line) for line in out.stdout.splitlines()]
 
     def life(job_id: str) -> list[tuple[str, str]]:
-        return [(e["kind"], e.get("reason", "")) for e in events if e["job_id"] == job_id]
+        return in_order([(e["kind"], e.get("reason", "")) for e in events if e["job_id"] == job_id])
 
     assert life(handles["flaky"][0].id) == [
         ("enqueued", ""),
@@ -324,6 +327,15 @@ def test_metrics_traces_and_events_of_a_real_run(kind: str, run_of: Callable[[st
     assert life(handles["guarded"][0].id) == [("enqueued", ""), ("dead", "denied")]
     assert life(handles["stranger"][0].id) == [("dead", "rejected:unauthenticated")]
     assert life(handles["later"][0].id) == [("enqueued", "")]
+
+
+def in_order(seen: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A job's events with its one ``enqueued`` moved first: the producer and the worker
+    write from two processes, so on a busy machine the worker's ``started`` may reach the
+    stream before the producer's ``enqueued``; each writer's own events keep their order."""
+    enqueued = [e for e in seen if e[0] == "enqueued"]
+    assert len(enqueued) <= 1, seen
+    return enqueued + [e for e in seen if e[0] != "enqueued"]
 
 
 @pytest.mark.redis
@@ -359,3 +371,70 @@ def test_processes_share_one_metrics_port(run_of: Callable[[str], Run]) -> None:
         beats = json.loads(cli(run.env, "workers", "--json").stdout)["workers"]
         assert len([w for w in beats if w["alive"]]) == 2
         assert proc.poll() is None
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+def test_events_follow_shows_a_live_run_in_order(kind: str, run_of: Callable[[str], Run]) -> None:
+    run = run_of(kind)
+    run.app.add_middleware(EventStream(run.app))
+    with worker(run):
+
+        async def sentinel() -> None:
+            broker = await run.app.broker()
+            await broker.add_events([JobEvent("started", "sentinel", "default")])  # type: ignore[attr-defined]
+            await run.app.aclose()
+
+        anyio.run(sentinel)
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "vaultq", "events", "--follow", "--last", "1", "--json"],
+            env=run.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            assert follower.stdout is not None
+            for line in follower.stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            # The newest event first: from then on the follower reads what comes after it.
+            assert json.loads(lines.get(timeout=60))["job_id"] == "sentinel"
+
+            async def produce() -> str:
+                handle = await run.app.get_task("flaky").enqueue(Note(text=run.marker, n=2))
+                assert await handle.result(timeout=60) == 2
+                await run.app.aclose()
+                return handle.id
+
+            job_id = anyio.run(produce)
+            seen: list[tuple[str, str]] = []
+            deadline = time.monotonic() + 30
+            while not {("succeeded", ""), ("enqueued", "")} <= set(seen) and (
+                time.monotonic() < deadline
+            ):
+                try:
+                    event = json.loads(lines.get(timeout=1))
+                except queue.Empty:
+                    continue
+                assert run.marker not in json.dumps(event)
+                if event["job_id"] == job_id:
+                    seen.append((event["kind"], event.get("reason", "")))
+            assert in_order(seen) == [
+                ("enqueued", ""),
+                ("started", ""),
+                ("retried", "failed"),
+                ("started", ""),
+                ("succeeded", ""),
+            ]
+        finally:
+            follower.send_signal(signal.SIGINT)
+            try:
+                follower.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+                follower.wait()
