@@ -81,6 +81,7 @@ class PrometheusMetrics(Middleware):
         self.app = app
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.depth_interval = depth_interval
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.enqueued = Counter(
             "vaultq_jobs_enqueued", "Jobs enqueued by this process", ["task", "queue"], registry=r
@@ -152,11 +153,20 @@ class PrometheusMetrics(Middleware):
             multiprocess_mode="livesum",
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # prometheus-client's labels() validates and locks on every call; the label sets
+        # are few (tasks x queues x outcomes), so each child is looked up once.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # -- producer -------------------------------------------------------------------------
 
     def after_enqueue(self, job: EnqueueInfo, error: str | None) -> None:
         if error is None:
-            self.enqueued.labels(job.task, job.queue).inc()
+            self._child(self.enqueued, job.task, job.queue).inc()
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -176,26 +186,28 @@ class PrometheusMetrics(Middleware):
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def attempt_started(self, job: JobInfo) -> None:
-        self.in_flight.labels(job.task, job.queue).inc()
+        self._child(self.in_flight, job.task, job.queue).inc()
         ready_at = max(job.enqueued_at, job.not_before)
         if ready_at > 0:
-            self.queue_latency.labels(job.task, job.queue).observe(max(0.0, time.time() - ready_at))
+            self._child(self.queue_latency, job.task, job.queue).observe(
+                max(0.0, time.time() - ready_at)
+            )
 
     def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
-        self.in_flight.labels(job.task, job.queue).dec()
-        self.attempt_duration.labels(job.task, job.queue, outcome.value).observe(duration)
+        self._child(self.in_flight, job.task, job.queue).dec()
+        self._child(self.attempt_duration, job.task, job.queue, outcome.value).observe(duration)
 
     def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
         # An unopened delivery's task name is the broker's claim: never a label value.
         task = job.task if job.authenticated else ""
-        self.jobs.labels(task, job.queue, outcome.value).inc()
+        self._child(self.jobs, task, job.queue, outcome.value).inc()
         if outcome is Outcome.RETRYING:
-            self.retries.labels(task, job.queue).inc()
+            self._child(self.retries, task, job.queue).inc()
         elif outcome is Outcome.DENIED:
-            self.denials.labels(task, job.queue).inc()
+            self._child(self.denials, task, job.queue).inc()
 
     def rejected(self, job: JobInfo, reason: str) -> None:
-        self.rejections.labels(job.queue, reason).inc()
+        self._child(self.rejections, job.queue, reason).inc()
 
     async def _watch_depth(self, queues: Sequence[str]) -> None:
         broker = await self.app.broker()
