@@ -908,3 +908,47 @@ async def test_claim_tick_is_atomic_under_concurrency(broker: Broker, other: Bro
     # Each tick at most once; a racer that came late for an older tick lost it to the mark.
     assert len(written) == len(set(written)) >= 1
     assert sorted(d.job_id for d in await fetch(broker)) == sorted(written)
+
+
+# -- unique keys (UniqueKeys) ------------------------------------------------------------
+
+
+async def test_enqueue_keyed_holds_the_key_while_the_job_lives(broker: Broker) -> None:
+    from vaultq.brokers.base import UniqueKeys
+
+    assert isinstance(broker, UniqueKeys)
+    assert await broker.enqueue_keyed(item("k1", b"a"), key="K", key_ttl=60, ttl=60) == "k1"
+    # the same write again (a lost reply) reports its own id; another job finds the holder
+    assert await broker.enqueue_keyed(item("k1", b"a"), key="K", key_ttl=60, ttl=60) == "k1"
+    assert await broker.enqueue_keyed(item("k2"), key="K", key_ttl=60, ttl=60) == "k1"
+    (d,) = await fetch(broker)
+    assert await broker.enqueue_keyed(item("k3"), key="K", key_ttl=60, ttl=60) == "k1"
+    await broker.settle([ack(d)])  # settled: the key is free
+    assert await broker.enqueue_keyed(item("k4"), key="K", key_ttl=60, ttl=60) == "k4"
+    # an id that exists (here: finished) is refused whatever the key
+    assert await broker.enqueue_keyed(item("k1", b"b"), key="other", key_ttl=60, ttl=60) == ""
+    assert [x.job_id for x in await fetch(broker)] == ["k4"]
+
+
+async def test_enqueue_keyed_lock_lapses_after_key_ttl(broker: Broker) -> None:
+    assert await broker.enqueue_keyed(item("t1"), key="K", key_ttl=0.2, ttl=60) == "t1"
+    await anyio.sleep(0.4)
+    assert await broker.enqueue_keyed(item("t2"), key="K", key_ttl=60, ttl=60) == "t2"
+    assert await broker.enqueue_keyed(item("t3"), key="K", key_ttl=60, ttl=60) == "t2"
+
+
+async def test_enqueue_keyed_is_atomic_under_concurrency(broker: Broker, other: Broker) -> None:
+    holders: list[str] = []
+
+    async def one(b: Broker, n: int) -> None:
+        holders.append(
+            await b.enqueue_keyed(  # type: ignore[attr-defined]
+                item(f"race{n}", b"%d" % n), key="K", key_ttl=60, ttl=60
+            )
+        )
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(one, broker if n % 2 else other, n)
+    assert len(set(holders)) == 1
+    assert [d.job_id for d in await fetch(broker)] == [holders[0]]

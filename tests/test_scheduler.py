@@ -1,4 +1,4 @@
-"""The scheduler loop against real brokers (Redis and SQLite): every tick exactly once
+"""The scheduler loop against real brokers (Redis, SQLite and memory): every tick exactly once
 with racing schedulers, restarts after downtime (skip / run_once), DST days driven by the
 test's clock, schedules that change shape between deploys, and the task's policy."""
 
@@ -20,7 +20,7 @@ from vaultq.runtime.scheduler import Scheduler, SchedulerMiddleware, scheduler_m
 
 pytestmark = pytest.mark.anyio
 
-KINDS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
+KINDS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite", "memory"]
 
 
 class Tick(msgspec.Struct, frozen=True):
@@ -28,9 +28,11 @@ class Tick(msgspec.Struct, frozen=True):
 
 
 @pytest.fixture(params=KINDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def url(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if request.param == "memory":
+        return f"memory://{unique_name}"  # one store for every App of the test
     return broker_url("sqlite", tmp_path, None)
 
 

@@ -256,6 +256,8 @@ class App:
         store_result: bool = True,
         result_ttl: float | None = None,
         isolation: Isolation = "none",
+        unique: Callable[[Any], str | None] | None = None,
+        unique_for: float | None = None,
     ) -> _TaskDecorator: ...
     def task(
         self,
@@ -277,6 +279,8 @@ class App:
         store_result: bool = True,
         result_ttl: float | None = None,
         isolation: Isolation = "none",
+        unique: Callable[[Any], str | None] | None = None,
+        unique_for: float | None = None,
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a task: ``@app.task`` or ``@app.task(timeout=30, retries=3, policy=…)``.
 
@@ -285,6 +289,9 @@ class App:
         be ``async def`` or plain (run in a worker thread). The name defaults to
         ``module.qualname``; the worker finds tasks only through this registry.
         Options and their defaults: see :class:`vaultq.tasks.TaskOptions`.
+        ``unique``: a function of the payload giving its unique key (or None): while a
+        job with the key is queued or running, enqueueing another returns that job
+        (``docs/scheduling.md``); ``unique_for``: seconds a key stays held at most.
 
         Raises ``TaskDefinitionError`` for bad annotations, options or a taken name.
         """
@@ -320,7 +327,22 @@ class App:
                     "pick another with @app.task(name='...')"
                 )
             options.validate(task_name)
-            new = Task(self, func, name=task_name, options=options, policy=policy)
+            if unique is not None and not callable(unique):
+                raise TaskDefinitionError(
+                    f"task {task_name!r}: unique= must be a function of the payload "
+                    "returning its key (a string) or None"
+                )
+            if unique_for is not None and not unique_for > 0:
+                raise TaskDefinitionError(f"task {task_name!r}: unique_for must be > 0 seconds")
+            new = Task(
+                self,
+                func,
+                name=task_name,
+                options=options,
+                policy=policy,
+                unique=unique,
+                unique_for=unique_for,
+            )
             self._tasks[task_name] = new
             return new
 

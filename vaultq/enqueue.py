@@ -10,17 +10,19 @@ never create a second job under another id.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import msgspec
 
-from vaultq.brokers.base import Broker, EnqueueItem
+from vaultq.brokers.base import Broker, EnqueueItem, UniqueKeys
 from vaultq.clock import describe_offset
 from vaultq.envelope import JOB_ID_FORM, JobMeta, new_job_id, seal_job
 from vaultq.errors import (
@@ -40,12 +42,26 @@ if TYPE_CHECKING:
     from vaultq.app import App
     from vaultq.tasks import Task
 
-__all__ = ["MAX_DEFER", "authorize", "check_call", "check_job_id", "enqueue", "not_before"]
+__all__ = [
+    "MAX_DEFER",
+    "OnDuplicate",
+    "authorize",
+    "check_call",
+    "check_job_id",
+    "enqueue",
+    "not_before",
+    "unique_digest",
+]
 
 log = logging.getLogger("vaultq")
 
 P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")
+T = TypeVar("T")
+
+OnDuplicate = Literal["return", "raise"]
+"""What an enqueue with a unique key does while a live job holds the key: return that
+job's handle (default) or raise ``DuplicateJob``."""
 
 MAX_DEFER = 100 * 365 * 86400.0
 """The furthest ahead a job may be scheduled (seconds, ~100 years)."""
@@ -120,6 +136,45 @@ def check_job_id(job_id: object) -> str:
     return job_id
 
 
+def unique_digest(task: str, key: str) -> str:
+    """The name a unique key is stored under: a digest of the task and the key, so the
+    broker never holds the key itself (it may name a customer) and two tasks may use the
+    same key independently."""
+    return hashlib.sha256(f"{task}\0{key}".encode()).hexdigest()[:40]
+
+
+def _unique_keys(
+    task: Task[Any, Any],
+    payloads: Sequence[Any],
+    unique_key: str | None,
+    unique_for: float | None,
+    on_duplicate: str,
+) -> list[str | None] | None:
+    """The unique key of each payload (None: none), or None when the call uses none."""
+    if unique_for is not None and not (math.isfinite(unique_for) and unique_for > 0):
+        raise ConfigurationError("unique_for must be a number of seconds > 0")
+    if on_duplicate not in ("return", "raise"):
+        raise ConfigurationError("on_duplicate must be 'return' or 'raise'")
+    if unique_key is not None:
+        if len(payloads) != 1:
+            raise ConfigurationError(
+                "unique_key= names one job: use it with enqueue(), or give the task "
+                "unique=lambda payload: ... for enqueue_many()"
+            )
+        keys: list[str | None] = [unique_key]
+    elif task.unique is not None:
+        keys = [task.unique(p) for p in payloads]
+    else:
+        return None
+    for key in keys:
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= 1000):
+            raise ConfigurationError(
+                f"task {task.name!r}: a unique key is a non-empty string of at most 1000 "
+                "characters (or None for no key)"
+            )
+    return keys
+
+
 async def authorize(
     app: App, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
 ) -> None:
@@ -159,19 +214,28 @@ async def enqueue(
     queue: str | None,
     job_ids: Sequence[str] | None,
     timeout: float | None,
+    unique_key: str | None = None,
+    unique_for: float | None = None,
+    on_duplicate: OnDuplicate = "return",
 ) -> list[JobHandle[R]]:
-    """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles."""
+    """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles.
+
+    With a unique key (``unique_key``, or the task's ``unique``), a payload whose key a
+    live job holds is not written: its handle is that job's (``on_duplicate="return"``)
+    or ``DuplicateJob`` is raised naming it."""
+    keys = _unique_keys(task, payloads, unique_key, unique_for, on_duplicate)
+    unique = None if keys is None else _Unique(keys, unique_for, on_duplicate)
     hooks = app.enqueue_hooks
     if not hooks.enqueue:
         return await _seal_and_send(
-            app, task, payloads, principal, delay, at, queue, job_ids, timeout, None
+            app, task, payloads, principal, delay, at, queue, job_ids, timeout, None, unique
         )
     # The one place enqueue hooks run: before_enqueue per job as it is sealed, then
     # after_enqueue once per job that had it, with the error that ended the call.
     watch = _EnqueueWatch(hooks)
     try:
         handles = await _seal_and_send(
-            app, task, payloads, principal, delay, at, queue, job_ids, timeout, watch
+            app, task, payloads, principal, delay, at, queue, job_ids, timeout, watch, unique
         )
     except BaseException as exc:
         watch.finish(type(exc).__name__)
@@ -200,10 +264,27 @@ class _EnqueueWatch:
         self.hooks.after_enqueue(self.infos[self.reported], None)
         self.reported += 1
 
+    def skipped_one(self, error: str) -> None:
+        self.hooks.after_enqueue(self.infos[self.reported], error)
+        self.reported += 1
+
     def finish(self, error: str | None) -> None:
         for info in self.infos[self.reported :]:
             self.hooks.after_enqueue(info, error)
         self.reported = len(self.infos)
+
+
+class _Unique:
+    """The unique keys of one enqueue call (see :func:`enqueue`)."""
+
+    __slots__ = ("keys", "on_duplicate", "unique_for")
+
+    def __init__(
+        self, keys: list[str | None], unique_for: float | None, on_duplicate: OnDuplicate
+    ) -> None:
+        self.keys = keys
+        self.unique_for = unique_for
+        self.on_duplicate = on_duplicate
 
 
 async def _seal_and_send(
@@ -217,6 +298,7 @@ async def _seal_and_send(
     job_ids: Sequence[str] | None,
     timeout: float | None,
     watch: _EnqueueWatch | None,
+    unique: _Unique | None = None,
 ) -> list[JobHandle[R]]:
     # Sealed times are this producer's own clock: they are its signed claims.
     now = app.clock.local()
@@ -292,6 +374,19 @@ async def _seal_and_send(
             else item
             for item in items
         ]
+    decode = task.result_codec.decode
+    results = app.results
+    if unique is not None:
+        # One by one: each job holds its key (or finds it held) in one atomic step.
+        reserve = task.options.expires + app.clock_skew + max(0.0, start - now)
+        ids = [
+            await _write_keyed(app, broker, task, item, key, reserve, unique, watch)
+            for item, key in zip(items, unique.keys, strict=True)
+        ]
+        return [
+            JobHandle(results, job_id, queue=target, task_name=task.name, decode=decode)
+            for job_id in ids
+        ]
     if job_ids is None:
         await _write_with_retry(app, broker, items)
     else:
@@ -311,35 +406,90 @@ async def _seal_and_send(
                 )
             if watch is not None:
                 watch.sent_one()
-    decode = task.result_codec.decode
-    results = app.results
     return [
         JobHandle(results, item.job_id, queue=target, task_name=task.name, decode=decode)
         for item in items
     ]
 
 
+async def _write_keyed(
+    app: App,
+    broker: Broker,
+    task: Task[Any, Any],
+    item: EnqueueItem,
+    key: str | None,
+    reserve: float,
+    unique: _Unique,
+    watch: _EnqueueWatch | None,
+) -> str:
+    """Write ``item`` under its unique key (or, without one, unless its id exists); the
+    id of the job that holds the key afterwards."""
+    if key is None:
+        written = await _write_with_retry(app, broker, [item], unique_ttl=reserve)
+        holder = item.job_id if written else ""
+    else:
+        if not isinstance(broker, UniqueKeys):
+            raise ConfigurationError(
+                f"the broker {broker.url} cannot enqueue unique jobs (no enqueue_keyed): "
+                "use the Redis, SQLite or memory broker"
+            )
+        store = broker
+        digest = unique_digest(task.name, key)
+        key_ttl = reserve if unique.unique_for is None else unique.unique_for
+        # Idempotent: the same envelope written again (a lost reply) returns its own id.
+        holder = await _retrying(
+            app, lambda: store.enqueue_keyed(item, key=digest, key_ttl=key_ttl, ttl=reserve)
+        )
+    if holder == "":
+        raise DuplicateJob(
+            f"job id {item.job_id!r} is already queued, running or recently finished: "
+            "nothing was enqueued; use app.job(job_id) for its handle, or choose another id",
+            job_id=item.job_id,
+        )
+    if holder != item.job_id:
+        if watch is not None:
+            watch.skipped_one("DuplicateJob")
+        if unique.on_duplicate == "raise":
+            raise DuplicateJob(
+                f"a job with this unique key of task {task.name!r} is queued or running "
+                f"(job {holder}): nothing was enqueued; app.job({holder!r}) is its handle",
+                job_id=holder,
+            )
+        log.debug("enqueue: task %s: unique key held by job %s", task.name, holder)
+        return holder
+    if watch is not None:
+        watch.sent_one()
+    return holder
+
+
 async def _write_with_retry(
     app: App, broker: Broker, items: list[EnqueueItem], *, unique_ttl: float | None = None
 ) -> bool:
-    """``broker.enqueue`` that rides out a blip: retries ``BrokerUnavailable`` with
-    full-jitter backoff until ``app.enqueue_retry`` seconds have passed, then raises it.
-    With ``unique_ttl``, ``broker.enqueue_unique`` of the one item instead: False when
-    its id exists."""
+    """``broker.enqueue`` that rides out a blip (see :func:`_retrying`). With
+    ``unique_ttl``, ``broker.enqueue_unique`` of the one item instead: False when its id
+    exists."""
+    if unique_ttl is None:
+        # Safe to send again: the broker skips a job whose same sealed bytes it already
+        # took (a write that landed although its reply was lost).
+        async def write() -> bool:
+            await broker.enqueue(items)
+            return True
+
+        return await _retrying(app, write)
+    # Idempotent too: the same envelope written again reports success.
+    return await _retrying(app, lambda: broker.enqueue_unique(items[0], ttl=unique_ttl))
+
+
+async def _retrying(app: App, write: Callable[[], Awaitable[T]]) -> T:
+    """``write()``, retried on ``BrokerUnavailable`` with full-jitter backoff until
+    ``app.enqueue_retry`` seconds have passed, then the error is raised."""
     deadline = time.monotonic() + app.enqueue_retry
     pause = _RETRY_FIRST_PAUSE
     tries = 0
     while True:
         tries += 1
         try:
-            if unique_ttl is None:
-                # Safe to send again: the broker skips a job whose same sealed bytes it
-                # already took (a write that landed although its reply was lost).
-                await broker.enqueue(items)
-                written = True
-            else:
-                # Idempotent too: the same envelope written again reports success.
-                written = await broker.enqueue_unique(items[0], ttl=unique_ttl)
+            written = await write()
         except BrokerUnavailable as exc:
             left = deadline - time.monotonic()
             if left <= 0:

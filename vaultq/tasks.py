@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import msgspec
 
 from vaultq import config
+from vaultq.enqueue import OnDuplicate
 from vaultq.enqueue import enqueue as enqueue_jobs
 from vaultq.errors import Fatal, PayloadError, Retry, TaskDefinitionError
 from vaultq.payload import Codec, check_encodable
@@ -139,8 +140,14 @@ class Task(Generic[P, R]):
         name: str,
         options: TaskOptions,
         policy: Policy | None,
+        unique: Callable[[P], str | None] | None = None,
+        unique_for: float | None = None,
     ) -> None:
         self.app = app
+        self.unique = unique
+        """The unique key of a payload (``@app.task(unique=...)``), or None."""
+        self.unique_for = unique_for
+        """Seconds a unique key stays held at most (default: the job's validity)."""
         self.fn = fn
         self.name = name
         self.options = options
@@ -197,6 +204,9 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         job_id: str | None = None,
         timeout: float | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
+        on_duplicate: OnDuplicate = "return",
     ) -> JobHandle[R]:
         """Seal ``payload`` and put it on the broker; returns a handle at once.
 
@@ -204,6 +214,13 @@ class Task(Generic[P, R]):
         overrides the per-attempt timeout up to the task's ``max_timeout``. ``job_id``
         (default: a new time-ordered id) must be unique: 1-128 letters, digits, ``_.:-``;
         an id that already ran is refused by the worker as a replay while remembered.
+
+        ``unique_key`` (default: the task's ``unique(payload)``, if any): while a job of
+        this task with the same key is queued, delayed or running, nothing is written and
+        the handle returned is that job's (``on_duplicate="raise"``: ``DuplicateJob``
+        naming it). Atomic across producers. The key is free again once the job settles,
+        or ``unique_for`` seconds after it was taken (default: the task's ``unique_for``,
+        else the job's validity). See ``docs/scheduling.md``.
 
         Raises ``PayloadError`` (the payload is not of the task's type, or a field's value
         is not of its declared type: see :meth:`check_payload`), ``AuthorizationDenied`` (the policy
@@ -219,6 +236,9 @@ class Task(Generic[P, R]):
             queue=queue,
             job_ids=None if job_id is None else [job_id],
             timeout=timeout,
+            unique_key=unique_key,
+            unique_for=self.unique_for if unique_for is None else unique_for,
+            on_duplicate=on_duplicate,
         )
         return handles[0]
 
@@ -231,8 +251,11 @@ class Task(Generic[P, R]):
         at: datetime | float | None = None,
         queue: str | None = None,
         timeout: float | None = None,
+        unique_for: float | None = None,
+        on_duplicate: OnDuplicate = "return",
     ) -> list[JobHandle[R]]:
-        """Enqueue many payloads in one pipelined broker call (all or nothing)."""
+        """Enqueue many payloads in one pipelined broker call (all or nothing). With the
+        task's ``unique=``, one atomic write per payload instead (see :meth:`enqueue`)."""
         return await enqueue_jobs(
             self.app,
             self,
@@ -243,6 +266,8 @@ class Task(Generic[P, R]):
             queue=queue,
             job_ids=None,
             timeout=timeout,
+            unique_for=self.unique_for if unique_for is None else unique_for,
+            on_duplicate=on_duplicate,
         )
 
     def enqueue_sync(
@@ -255,6 +280,9 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         job_id: str | None = None,
         timeout: float | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
+        on_duplicate: OnDuplicate = "return",
     ) -> JobHandle[R]:
         """``enqueue`` for sync code (Django views, scripts, threads).
 
@@ -270,6 +298,9 @@ class Task(Generic[P, R]):
             queue=queue,
             job_id=job_id,
             timeout=timeout,
+            unique_key=unique_key,
+            unique_for=unique_for,
+            on_duplicate=on_duplicate,
         )
 
     def enqueue_many_sync(
@@ -281,6 +312,8 @@ class Task(Generic[P, R]):
         at: datetime | float | None = None,
         queue: str | None = None,
         timeout: float | None = None,
+        unique_for: float | None = None,
+        on_duplicate: OnDuplicate = "return",
     ) -> list[JobHandle[R]]:
         """``enqueue_many`` for sync code."""
         return self.app.run_sync(
@@ -291,6 +324,8 @@ class Task(Generic[P, R]):
             at=at,
             queue=queue,
             timeout=timeout,
+            unique_for=unique_for,
+            on_duplicate=on_duplicate,
         )
 
 

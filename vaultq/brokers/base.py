@@ -106,6 +106,7 @@ __all__ = [
     "ScheduleMark",
     "Settlement",
     "TickStore",
+    "UniqueKeys",
 ]
 
 
@@ -435,4 +436,21 @@ class TickStore(Protocol):
 
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         """Every schedule's mark in ``queue``, by name."""
+        ...
+
+
+@runtime_checkable
+class UniqueKeys(Protocol):
+    """Unique jobs (``enqueue(unique_key=...)``): the broker operation behind them, offered
+    by the built-in brokers. Locks live beside the queue's keys (one Redis Cluster slot)."""
+
+    async def enqueue_keyed(
+        self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
+    ) -> str:
+        """Atomically: when a live job holds ``key`` in ``item.queue`` (its id is queued,
+        delayed or running, and the lock is younger than ``key_ttl`` seconds), write nothing
+        and return that job's id; otherwise write ``item`` unless its own id exists (as
+        ``enqueue_unique`` with ``ttl``), lock ``key`` to it for ``key_ttl`` seconds and
+        return ``item.job_id``. Returns '' when ``item.job_id`` itself exists already.
+        A lock counts only while its job is live: settling the job frees the key."""
         ...

@@ -247,6 +247,38 @@ class MemoryBroker:
         await anyio.lowlevel.checkpoint()
         return mark
 
+    async def enqueue_keyed(
+        self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
+    ) -> str:
+        store = self._store
+        with store.lock:
+            now = store.now()
+            space = store.space(self._namespace)
+            lock = space.unique.get((item.queue, key))
+            ids = (item.queue, item.job_id)
+            existing = space.find(*ids)
+            if (
+                lock is not None
+                and lock[1] > now
+                and lock[0] != item.job_id
+                and space.find(item.queue, lock[0]) is not None
+            ):
+                holder = lock[0]
+            elif existing is not None:
+                holder = item.job_id if existing.envelope == item.envelope else ""
+            elif space.live(space.finished, ids, now) or space.result(ids, now) is not None:
+                holder = ""
+            else:
+                job = self._insert(space, item, now)
+                store.record(
+                    self._namespace, job, deferred=item.not_before is not None, unique=True
+                )
+                store.changed()
+                space.unique[(item.queue, key)] = (item.job_id, now + key_ttl)
+                holder = item.job_id
+        await anyio.lowlevel.checkpoint()
+        return holder
+
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         store = self._store
         with store.lock:

@@ -110,6 +110,8 @@ class Space:
     counters: dict[str, Counter[str]] = field(default_factory=dict)
     by_key: dict[Key, dict[int, None]] = field(default_factory=dict)
     """The entries of each (queue, job id), oldest first: ``find`` without a scan."""
+    unique: dict[Key, tuple[str, float]] = field(default_factory=dict)
+    """(queue, unique key) -> (job id holding it, until)."""
     schedules: dict[Key, list[float | None]] = field(default_factory=dict)
     """(queue, schedule name) -> [mark, newest fired tick] (periodic jobs)."""
 

@@ -96,6 +96,7 @@ _SCRIPTS: Final = (
     "counters",
     "claim_tick",
     "mark_schedule",
+    "enqueue_keyed",
 )
 
 
@@ -118,6 +119,7 @@ class QueueKeys:
     JOB: Final = "job:"
     COUNTERS: Final = "counters"
     SCHEDULES: Final = "schedules"
+    UNIQUE: Final = "unique:"
 
     __slots__ = ("prefix", "queue")
 
@@ -185,6 +187,10 @@ class QueueKeys:
         ``f:<schedule>`` -> newest tick that enqueued a job."""
         return self.prefix + self.SCHEDULES
 
+    def unique(self, key: str) -> str:
+        """Lock of a unique key (a digest): the job id holding it (``enqueue_keyed``)."""
+        return self.prefix + self.UNIQUE + key
+
     @classmethod
     def lua_header(cls) -> str:
         """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
@@ -202,6 +208,7 @@ class QueueKeys:
             "JOB": f"P .. '{cls.JOB}'",
             "COUNTERS": f"P .. '{cls.COUNTERS}'",
             "SCHEDULES": f"P .. '{cls.SCHEDULES}'",
+            "UNIQUE": f"P .. '{cls.UNIQUE}'",
         }
         lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
         lines += [f"local {name} = {value}" for name, value in names.items()]
@@ -584,6 +591,24 @@ class RedisBroker(RedisMonitoring):
         with self._boundary("mark_schedule"):
             (mark,) = await self._run_batch([("mark_schedule", self.keys(queue), args)])
         return _number(mark)
+
+    async def enqueue_keyed(
+        self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
+    ) -> str:
+        nb = "" if item.not_before is None else repr(float(item.not_before))
+        args = [
+            key,
+            item.job_id,
+            item.envelope,
+            nb,
+            f"{time.time():.6f}",
+            secrets.token_hex(6),
+            _ms(ttl),
+            _ms(key_ttl),
+        ]
+        with self._boundary("enqueue"):
+            (holder,) = await self._run_batch([("enqueue_keyed", self.keys(item.queue), args)])
+        return _text(holder)
 
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         with self._boundary("schedule_marks"):

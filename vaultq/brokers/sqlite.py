@@ -46,7 +46,7 @@ import msgspec
 
 from vaultq import config
 from vaultq.brokers import sqlite_sql as sql
-from vaultq.brokers import sqlite_ticks
+from vaultq.brokers import sqlite_ticks, sqlite_unique
 from vaultq.brokers.base import (
     JOB_INFO_DEAD_SCAN,
     RETRYABLE_REASONS,
@@ -397,6 +397,25 @@ class SqliteBroker(SqliteMonitoring):
                 only_if_absent=only_if_absent,
             ),
         )
+
+    async def enqueue_keyed(
+        self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
+    ) -> str:
+        # ttl is not needed here: the job row reserves the id until it is settled.
+        holder = await self._run(
+            "enqueue",
+            partial(
+                sqlite_unique.enqueue_keyed,
+                immediate=_immediate,
+                ns=self._namespace,
+                item=item,
+                key=key,
+                key_ttl=key_ttl,
+            ),
+        )
+        if holder == item.job_id:
+            self._notify_work()
+        return holder
 
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         return await self._run(

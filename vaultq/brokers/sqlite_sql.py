@@ -33,7 +33,7 @@ __all__ = [
     "UNCLAIM",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
 SCHEMA_V1 = (
@@ -127,7 +127,19 @@ SCHEMA_V3 = (
         PRIMARY KEY (namespace, queue, name)
     )""",
 )
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+# v4: unique jobs. The lock of each unique key (a digest): the job id holding it, until.
+SCHEMA_V4 = (
+    """CREATE TABLE vaultq_unique (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, key)
+    )""",
+    "CREATE INDEX vaultq_unique_until ON vaultq_unique (until)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 
 CLEANUP = (
     "DELETE FROM vaultq_results WHERE rowid IN "
@@ -138,6 +150,8 @@ CLEANUP = (
     "(SELECT rowid FROM vaultq_cancels WHERE until <= ? LIMIT ?)",
     "DELETE FROM vaultq_claims WHERE rowid IN "
     "(SELECT rowid FROM vaultq_claims WHERE until <= ? LIMIT ?)",
+    "DELETE FROM vaultq_unique WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_unique WHERE until <= ? LIMIT ?)",
 )
 # Dead letters older than the age limit (the parameter is now - age).
 CLEANUP_DEAD = (
