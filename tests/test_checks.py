@@ -42,3 +42,12 @@ def test_loopback_or_tls_is_fine(url: str) -> None:
 def test_missing_password_is_a_warning() -> None:
     assert "VQ203" in codes("rediss://cache.example.com:6380/0")
     assert "VQ203" not in codes("rediss://:pw@cache.example.com:6380/0")
+
+
+def test_the_memory_broker_is_flagged_and_refused_for_deployment() -> None:
+    app = vaultq.App("checks", broker="memory://", keyring=vaultq.Keyring.generate())
+    (dev,) = [f for f in check_app(app) if f.code == "VQ205"]
+    (deploy,) = [f for f in check_app(app, deploy=True) if f.code == "VQ205"]
+    assert (dev.level, deploy.level) == ("warning", "error")
+    assert "lost when it exits" in deploy.message and "redis://" in deploy.message
+    assert "VQ205" not in codes("sqlite:///x.db") | codes("rediss://:pw@h:6380/0")
