@@ -14,7 +14,7 @@ import pytest
 
 import vaultq
 from vaultq.brokers import broker_from_url
-from vaultq.brokers.base import EnqueueItem
+from vaultq.brokers.base import Ack, CancelState, EnqueueItem
 from vaultq.brokers.memory import MemoryBroker, store_of
 
 pytestmark = pytest.mark.anyio
@@ -143,3 +143,19 @@ async def test_a_blocked_fetch_sees_an_enqueue_from_another_thread() -> None:
         got = await broker.fetch(["q"], 1, consumer="w", lease=5, block=5.0)
     assert [d.job_id for d in got] == ["x"]
     assert time.monotonic() - start < 1.0
+
+
+async def test_expired_results_ids_and_markers_are_deleted_not_just_ignored() -> None:
+    """A long-running process on memory:// must not keep every finished id forever:
+    fetch deletes what expired (every 30 s of the store's clock)."""
+    broker = MemoryBroker(namespace="ns")
+    await broker.enqueue([EnqueueItem("q", f"j{i}", b"e") for i in range(50)])
+    done = await broker.fetch(["q"], 50, consumer="w", lease=5, block=0)
+    now = await broker.time()
+    await broker.settle([Ack(d, result=b"r", result_ttl=60, remember_until=now + 60) for d in done])
+    assert await broker.cancel("q", "other", ttl=60) is CancelState.REQUESTED
+    space = broker.store.space("ns")
+    assert (len(space.results), len(space.finished), len(space.cancels)) == (50, 50, 1)
+    broker.store.advance(120)
+    assert await broker.fetch(["q"], 1, consumer="w", lease=5, block=0) == []
+    assert (len(space.results), len(space.finished), len(space.cancels)) == (0, 0, 0)

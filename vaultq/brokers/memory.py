@@ -71,6 +71,8 @@ MIN_LEASE = 0.001
 POLL_MIN = 0.001
 POLL_MAX = 0.02
 """Longest pause of a blocking read between two looks (changes from another thread)."""
+SWEEP_INTERVAL = 30.0
+"""Seconds between two deletes of expired results, ids, markers and claims (in fetch)."""
 
 
 class MemoryBroker:
@@ -337,6 +339,8 @@ class MemoryBroker:
         space = store.space(self._namespace)
         sent = time.monotonic()  # the leases below start later: a safe proof (leased_at)
         now = store.now()
+        if now - space.last_sweep >= SWEEP_INTERVAL:
+            space.sweep(now)
         lease_until = now + max(lease, MIN_LEASE)
         out: list[Delivery] = []
         next_due: float | None = None

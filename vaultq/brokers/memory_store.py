@@ -114,6 +114,7 @@ class Space:
     """(queue, unique key) -> (job id holding it, until)."""
     schedules: dict[Key, list[float | None]] = field(default_factory=dict)
     """(queue, schedule name) -> [mark, newest fired tick] (periodic jobs)."""
+    last_sweep: float = 0.0
 
     def add(self, job: Job) -> None:
         self.jobs[job.seq] = job
@@ -127,6 +128,18 @@ class Space:
         del entries[job.seq]
         if not entries:
             del self.by_key[key]
+
+    def sweep(self, now: float) -> None:
+        """Delete what expired (results, finished ids, cancel markers, lapsed claims):
+        lookups ignore it anyway, but a long-running process must not keep it."""
+        for table in (self.finished, self.cancels):
+            for key in [k for k, until in table.items() if until <= now]:
+                del table[key]
+        for key in [k for k, (_, until) in self.results.items() if until <= now]:
+            del self.results[key]
+        for key in [k for k, claim in self.claims.items() if claim.until <= now]:
+            del self.claims[key]
+        self.last_sweep = now
 
     def push(self, job: Job) -> None:
         job.version += 1
