@@ -38,7 +38,6 @@ import msgspec
 
 from vaultq import config
 from vaultq.brokers.base import (
-    JOB_INFO_DEAD_SCAN,
     RETRYABLE_REASONS,
     CancelState,
     DeadLetter,
@@ -53,7 +52,6 @@ from vaultq.brokers.base import (
 from vaultq.brokers.memory_store import (
     MAX_ID,
     UNAUTHENTICATED,
-    Claim,
     Job,
     MemoryStore,
     RecordedEnqueue,
@@ -363,15 +361,8 @@ class MemoryBroker:
         return out, next_due
 
     def _lease(
-        self,
-        space: Space,
-        job: Job,
-        consumer: str,
-        now: float,
-        lease_until: float,
-        max_size: int,
+        self, space: Space, job: Job, consumer: str, now: float, until: float, max_size: int
     ) -> Delivery | None:
-        key = (job.queue, job.job_id)
         if (max_size and len(job.envelope) > max_size) or len(job.job_id) > MAX_ID:
             # Never handed to the worker: a stub dead letter, never a second copy.
             space.remove(job)
@@ -379,34 +370,7 @@ class MemoryBroker:
                 space, job, UNAUTHENTICATED, "envelope rejected before authentication", now, None
             )
             return None
-        claim = space.live_claim(key, now)
-        if claim is not None and claim.seq != job.seq:
-            # Another entry runs this job id: this one may never run beside it, and once
-            # that one settled it would be a replay. Removed and counted, in this pass.
-            space.remove(job)
-            space.counters.setdefault(job.queue, Counter())["duplicate"] += 1
-            return None
-        redelivered = job.owner is not None  # the last lease ran out unsettled
-        job.deliveries += 1
-        job.owner = consumer
-        job.lease_until = lease_until
-        job.not_before = lease_until
-        space.push(job)
-        # The tag names this lease (entry and delivery number): a settle or extend from
-        # an earlier delivery of the same entry is recognised as stale.
-        tag = f"{job.seq}.{job.deliveries}"
-        space.claims[key] = Claim(seq=job.seq, tag=tag, until=lease_until)
-        return Delivery(
-            queue=job.queue,
-            job_id=job.job_id,
-            envelope=job.envelope,
-            attempt=job.attempt,
-            tag=tag,
-            redelivered=redelivered,
-            completed=space.live(space.finished, key, now),
-            cancel_requested=space.live(space.cancels, key, now),
-            enqueued_at=job.enqueued_at,
-        )
+        return space.lease(job, consumer, now, until)
 
     def _bury(
         self, space: Space, job: Job, reason: str, detail: str, now: float, envelope: bytes | None
@@ -573,38 +537,7 @@ class MemoryBroker:
     async def job_info(self, queue: str, job_id: str) -> JobInfo:
         store = self._store
         with store.lock:
-            space = store.space(self._namespace)
-            now = store.now()
-            key = (queue, job_id)
-            claimed = space.live_claim(key, now) is not None
-            newest = list(space.dead.get(queue, {}).values())[-JOB_INFO_DEAD_SCAN:]
-            dead = next((d.letter for d in reversed(newest) if d.letter.job_id == job_id), None)
-            info = JobInfo(
-                queue=queue,
-                job_id=job_id,
-                state="running" if claimed else "absent",
-                cancel_requested=space.live(space.cancels, key, now),
-                finished=space.live(space.finished, key, now),
-                dead=dead,
-            )
-            job = space.find(queue, job_id)
-            if job is not None:
-                leased = job.owner is not None and (job.lease_until or 0.0) > now
-                if claimed or leased:
-                    state = "running"
-                elif job.not_before > now:
-                    state = "delayed"
-                else:
-                    state = "queued"
-                info = msgspec.structs.replace(
-                    info,
-                    state=state,
-                    attempt=job.attempt,
-                    enqueued_at=job.enqueued_at,
-                    not_before=job.not_before,
-                    tag=str(job.seq),
-                    envelope=job.envelope,
-                )
+            info = store.space(self._namespace).job_info(queue, job_id, store.now())
         await anyio.lowlevel.checkpoint()
         return info
 
@@ -622,26 +555,19 @@ class MemoryBroker:
         with store.lock:
             space = store.space(self._namespace)
             now = store.now()
-            key = (info.queue, info.job_id)
-            job = space.jobs.get(int(info.tag))
-            done = (
-                space.live_claim(key, now) is None
-                and job is not None
-                and job.queue == info.queue
-                and job.job_id == info.job_id
-                and (job.owner is None or (job.lease_until or 0.0) <= now)
-            )
-            if done and job is not None:
+            job = space.waiting(info, now)
+            if job is not None:
                 space.remove(job)
                 self._bury(
                     space, job, "cancelled", "cancelled before it started", now, job.envelope
                 )
+                key = (info.queue, info.job_id)
                 if result is not None and space.result(key, now) is None:
                     space.results[key] = (result, now + result_ttl)
                 space.finished[key] = max(remember_until, space.finished.get(key, 0.0))
                 store.changed()
         await anyio.lowlevel.checkpoint()
-        return done
+        return job is not None
 
     async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
         if not tag.isdigit():

@@ -23,7 +23,17 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from vaultq.brokers.base import Bury, DeadLetter, Delivery, Drop, Release, Retry, Settlement
+from vaultq.brokers.base import (
+    JOB_INFO_DEAD_SCAN,
+    Bury,
+    DeadLetter,
+    Delivery,
+    Drop,
+    JobInfo,
+    Release,
+    Retry,
+    Settlement,
+)
 from vaultq.errors import BrokerError, ConfigurationError
 
 __all__ = [
@@ -179,6 +189,86 @@ class Space:
         for seq in self.by_key.get((queue, job_id), ()):
             return self.jobs[seq]
         return None
+
+    def job_info(self, queue: str, job_id: str, now: float) -> JobInfo:
+        """Where ``job_id`` is in ``queue`` (``Broker.job_info``)."""
+        key = (queue, job_id)
+        claimed = self.live_claim(key, now) is not None
+        newest = list(self.dead.get(queue, {}).values())[-JOB_INFO_DEAD_SCAN:]
+        dead = next((d.letter for d in reversed(newest) if d.letter.job_id == job_id), None)
+        info = JobInfo(
+            queue=queue,
+            job_id=job_id,
+            state="running" if claimed else "absent",
+            cancel_requested=self.live(self.cancels, key, now),
+            finished=self.live(self.finished, key, now),
+            dead=dead,
+        )
+        job = self.find(queue, job_id)
+        if job is None:
+            return info
+        leased = job.owner is not None and (job.lease_until or 0.0) > now
+        if claimed or leased:
+            state = "running"
+        elif job.not_before > now:
+            state = "delayed"
+        else:
+            state = "queued"
+        return msgspec.structs.replace(
+            info,
+            state=state,
+            attempt=job.attempt,
+            enqueued_at=job.enqueued_at,
+            not_before=job.not_before,
+            tag=str(job.seq),
+            envelope=job.envelope,
+        )
+
+    def waiting(self, info: JobInfo, now: float) -> Job | None:
+        """The entry ``info`` names, if it still waits (not leased, id not claimed)."""
+        job = self.jobs.get(int(info.tag))
+        if (
+            job is None
+            or job.queue != info.queue
+            or job.job_id != info.job_id
+            or self.live_claim((info.queue, info.job_id), now) is not None
+            or (job.owner is not None and (job.lease_until or 0.0) > now)
+        ):
+            return None
+        return job
+
+    def lease(self, job: Job, consumer: str, now: float, until: float) -> Delivery | None:
+        """Lease ``job`` to ``consumer`` until ``until`` with its job-id claim; None (the
+        entry removed and counted) when another entry holds a live claim of the id."""
+        key = (job.queue, job.job_id)
+        claim = self.live_claim(key, now)
+        if claim is not None and claim.seq != job.seq:
+            # Another entry runs this job id: this one may never run beside it, and once
+            # that one settled it would be a replay. Removed and counted, in this pass.
+            self.remove(job)
+            self.counters.setdefault(job.queue, Counter())["duplicate"] += 1
+            return None
+        redelivered = job.owner is not None  # the last lease ran out unsettled
+        job.deliveries += 1
+        job.owner = consumer
+        job.lease_until = until
+        job.not_before = until
+        self.push(job)
+        # The tag names this lease (entry and delivery number): a settle or extend from
+        # an earlier delivery of the same entry is recognised as stale.
+        tag = f"{job.seq}.{job.deliveries}"
+        self.claims[key] = Claim(seq=job.seq, tag=tag, until=until)
+        return Delivery(
+            queue=job.queue,
+            job_id=job.job_id,
+            envelope=job.envelope,
+            attempt=job.attempt,
+            tag=tag,
+            redelivered=redelivered,
+            completed=self.live(self.finished, key, now),
+            cancel_requested=self.live(self.cancels, key, now),
+            enqueued_at=job.enqueued_at,
+        )
 
     def bury(
         self,
