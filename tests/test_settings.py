@@ -4,6 +4,7 @@ the docs follow the declarations."""
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import signal
 import subprocess
@@ -310,6 +311,35 @@ def test_a_child_refuses_settings_it_cannot_decode(tmp_path: Path) -> None:
 # -- environment variables: read at the edges only ---------------------------------------
 
 
+# Modules of the core allowed to look at os.environ, and why. Everything else reads the
+# documented variables through vaultq.settings.environment(), called from the edges.
+ENVIRON_READERS = {
+    "vaultq/settings.py": "environment(): the one reader of the VAULTQ_* variables",
+    "vaultq/runtime/isolation.py": "builds a child's environment without the secrets",
+    "vaultq/runtime/health.py": "$XDG_RUNTIME_DIR, the OS's per-user runtime directory",
+    "vaultq/operations.py": "$SUDO_USER names the operator in audit lines",
+    "vaultq/keyring.py": "Keyring.from_env(var): the caller names the variable",
+}
+
+
+def test_environment_variables_are_read_at_the_edges_only() -> None:
+    readers = set()
+    for path in (ROOT / "vaultq").rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("vaultq/django/"):
+            continue  # the Django edge: settings.VAULTQ, KEYS_ENV, DJANGO_SETTINGS_MODULE
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("environ", "getenv")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+            ):
+                readers.add(rel)
+    assert readers == set(ENVIRON_READERS), "update ENVIRON_READERS, saying why"
+
+
 def test_environment_reads_the_documented_variables() -> None:
     env = environment(
         {
@@ -374,3 +404,123 @@ def test_every_worker_flag_is_documented() -> None:
     section = _section("## Worker")
     documented = set(re.findall(r"^\| `(--[\w-]+)", section, re.M))
     assert {o.flag for o in WORKER_OPTIONS if o.flag} == documented
+
+
+def test_an_app_reads_the_environment_once_when_it_is_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VAULTQ_BROKER", f"sqlite:///{tmp_path}/env.db")
+    keys = vaultq.Keyring.generate()
+    monkeypatch.setenv("VAULTQ_KEYS", keys.to_json())
+    app = vaultq.App("env-edge")
+    monkeypatch.delenv("VAULTQ_KEYS")
+    no_keys = vaultq.App("env-edge")
+    # Changed after construction: each app keeps what it found when it was built.
+    monkeypatch.setenv("VAULTQ_BROKER", f"sqlite:///{tmp_path}/other.db")
+    monkeypatch.setenv("VAULTQ_KEYS", keys.to_json())
+    assert app.broker_url.endswith("/env.db")
+    assert app.keyring.signer_id == keys.signer_id and app.keyring_source == "$VAULTQ_KEYS"
+    assert no_keys.keyring.signer_id != keys.signer_id
+    assert no_keys.keyring_source == f"{tmp_path}/env.keys", "the embedded broker's key file"
+    # Given values win over the environment.
+    given = vaultq.App("env-edge", broker=f"sqlite:///{tmp_path}/given.db", keyring=keys)
+    assert given.broker_url.endswith("/given.db") and given.keyring is keys
+    from_settings = vaultq.App("s", settings=AppSettings(broker=f"sqlite:///{tmp_path}/s.db"))
+    assert from_settings.broker_url.endswith("/s.db")
+
+
+# -- AppSettings in App ------------------------------------------------------------------
+
+
+def test_app_takes_a_settings_object_and_keywords_win(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    settings = AppSettings(broker=url, timeout=60, retries=2, lease=12, queue="work")
+    app = vaultq.App("sets", settings=settings)
+    assert app.settings is settings
+    assert (app.default_queue, app.lease, app.task_defaults.timeout) == ("work", 12, 60)
+    assert app.task_defaults.retries == 2 and app.broker_url == url
+    both = vaultq.App("sets", settings=settings, retries=5, clock_skew=10)
+    assert (both.settings.retries, both.settings.timeout, both.clock_skew) == (5, 60, 10)
+    # The keyword form builds the same settings object.
+    assert vaultq.App("kw", broker=url, timeout=60, retries=2, lease=12, queue="work").settings == (
+        settings
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("timeout", 0), ("retries", -1), ("lease", 0), ("queue", "a b"), ("envelope_version", 3)],
+)
+def test_app_keywords_are_checked_by_the_settings(option: str, value: Any, tmp_path: Path) -> None:
+    with pytest.raises(vaultq.ConfigurationError, match=rf"AppSettings\.{option}"):
+        vaultq.App("bad", broker=f"sqlite:///{tmp_path}/q.db", **{option: value})
+
+
+def test_configure_checks_and_refuses_the_broker(tmp_path: Path) -> None:
+    app = vaultq.App("conf", broker=f"sqlite:///{tmp_path}/q.db")
+    with pytest.raises(vaultq.ConfigurationError, match="set_broker"):
+        app.configure(broker="sqlite:///x.db")
+    with pytest.raises(vaultq.ConfigurationError, match="AppSettings.expires"):
+        app.configure(expires=-1)
+    assert app.settings == AppSettings(broker=f"sqlite:///{tmp_path}/q.db"), "unchanged"
+
+
+# -- task options left unset: the app's default, through a sentinel ------------------------
+
+
+class Nap(msgspec.Struct, frozen=True):
+    seconds: float
+
+
+def test_an_unset_task_option_follows_the_apps_default(tmp_path: Path) -> None:
+    app = vaultq.App("unset", broker=f"sqlite:///{tmp_path}/q.db")
+
+    @app.task(name="plain")
+    def plain(job: Nap) -> None: ...
+
+    @app.task(name="own", timeout=5, retries=1)
+    def own(job: Nap) -> None: ...
+
+    assert plain.overrides.timeout is vaultq.settings.UNSET  # type: ignore[union-attr]
+    assert plain.options.timeout == config.DEFAULT_TIMEOUT
+    app.configure(timeout=60, retries=3, queue="later", result_ttl=10, backoff=0.5)
+    # Defined before the change, and still follows it: "not given" was kept, not a copy.
+    assert (plain.options.timeout, plain.options.retries, plain.queue) == (60, 3, "later")
+    assert (plain.options.result_ttl, plain.options.backoff) == (10, 0.5)
+    # What a task set itself stays.
+    assert (own.options.timeout, own.options.retries, own.queue) == (5, 1, "later")
+
+
+def test_a_task_default_changed_later_reaches_the_worker(tmp_path: Path) -> None:
+    """End to end: the attempt's deadline is the app's timeout at run time."""
+    import anyio
+    from helpers import running_worker
+
+    app = vaultq.App(
+        "unset-run", broker=f"sqlite:///{tmp_path}/q.db", keyring=vaultq.Keyring.generate()
+    )
+
+    @app.task(name="nap")
+    async def nap(job: Nap) -> None:
+        await anyio.sleep(job.seconds)
+
+    app.configure(timeout=0.3)
+
+    async def go() -> float:
+        async with running_worker(app):
+            handle = await nap.enqueue(Nap(30))
+            began = time.monotonic()
+            with pytest.raises(vaultq.JobTimedOut):
+                await handle.result(timeout=20)
+            return time.monotonic() - began
+
+    took = anyio.run(go)
+    assert took < 10, "stopped at the new default (0.3 s), not the old one (300 s)"
+
+
+def test_an_invalid_mix_is_refused_when_the_task_is_defined(tmp_path: Path) -> None:
+    app = vaultq.App("mix", broker=f"sqlite:///{tmp_path}/q.db", timeout=30)
+    with pytest.raises(vaultq.TaskDefinitionError, match="max_timeout"):
+
+        @app.task(name="t", max_timeout=10)
+        def t(job: Nap) -> None: ...

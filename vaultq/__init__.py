@@ -67,12 +67,14 @@ from vaultq.policy import (
     rule,
 )
 from vaultq.principal import Principal
+from vaultq.settings import AppSettings, WorkerSettings
 from vaultq.tasks import Task, TaskOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AppSettings",
     "AuthorizationDenied",
     "BadSignature",
     "BrokerError",
@@ -122,6 +124,7 @@ __all__ = [
     "UntrustedSigner",
     "VaultqError",
     "WorkerInfo",
+    "WorkerSettings",
     "WrongDestination",
     "__version__",
     "all_of",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import threading
 import weakref
@@ -32,7 +31,8 @@ from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
 from vaultq.results import AppResults
 from vaultq.schedule import DEFAULT_SCHEDULE_GRACE, MissedTicks, Schedule
-from vaultq.tasks import Isolation, Task, TaskOptions
+from vaultq.settings import UNSET, AppSettings, UnsetType, environment
+from vaultq.tasks import Isolation, Task, TaskOptions, TaskOverrides
 
 __all__ = ["App"]
 
@@ -109,22 +109,24 @@ class App:
         self,
         name: str,
         *,
+        settings: AppSettings | None = None,
         broker: str | Broker | None = None,
         keyring: Keyring | None = None,
         default_policy: Policy = allow_all,
-        queue: str = config.DEFAULT_QUEUE,
-        clock_skew: float = config.DEFAULT_CLOCK_SKEW,
-        max_envelope_size: int = config.DEFAULT_MAX_ENVELOPE_SIZE,
-        policy_timeout: float = config.DEFAULT_POLICY_TIMEOUT,
-        lease: float = config.DEFAULT_LEASE,
-        result_ttl: float = config.DEFAULT_RESULT_TTL,
-        timeout: float = config.DEFAULT_TIMEOUT,
-        retries: int = config.DEFAULT_RETRIES,
-        expires: float = config.DEFAULT_EXPIRES,
-        backoff: float = config.DEFAULT_BACKOFF,
-        envelope_version: int = config.DEFAULT_ENVELOPE_VERSION,
-        accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1,
-        enqueue_retry: float = config.DEFAULT_ENQUEUE_RETRY,
+        queue: str | UnsetType = UNSET,
+        clock_skew: float | UnsetType = UNSET,
+        max_envelope_size: int | UnsetType = UNSET,
+        policy_timeout: float | UnsetType = UNSET,
+        lease: float | UnsetType = UNSET,
+        result_ttl: float | UnsetType = UNSET,
+        timeout: float | UnsetType = UNSET,
+        retries: int | UnsetType = UNSET,
+        expires: float | UnsetType = UNSET,
+        backoff: float | UnsetType = UNSET,
+        max_backoff: float | UnsetType = UNSET,
+        envelope_version: int | UnsetType = UNSET,
+        accept_envelope_v1: bool | UnsetType = UNSET,
+        enqueue_retry: float | UnsetType = UNSET,
         middleware: Sequence[Middleware] = (),
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -132,42 +134,52 @@ class App:
                 f"app name {name!r} is not valid: use 1-64 letters, digits, '.', '-' or '_'"
             )
         self.name = name
-        if broker is None:
-            broker = os.environ.get("VAULTQ_BROKER") or config.DEFAULT_BROKER_URL
-        self._broker_template: Broker = (
-            broker_from_url(broker, namespace=name) if isinstance(broker, str) else broker
-        )
+        given = {
+            option: value
+            for option, value in (
+                ("queue", queue),
+                ("clock_skew", clock_skew),
+                ("max_envelope_size", max_envelope_size),
+                ("policy_timeout", policy_timeout),
+                ("lease", lease),
+                ("result_ttl", result_ttl),
+                ("timeout", timeout),
+                ("retries", retries),
+                ("expires", expires),
+                ("backoff", backoff),
+                ("max_backoff", max_backoff),
+                ("envelope_version", envelope_version),
+                ("accept_envelope_v1", accept_envelope_v1),
+                ("enqueue_retry", enqueue_retry),
+            )
+            if value is not UNSET
+        }
+        if isinstance(broker, str):
+            given["broker"] = broker
+        base = settings if settings is not None else AppSettings()
+        # Keywords win over ``settings``; the replace validates the result.
+        self._settings = msgspec.structs.replace(base, **given) if given else base
+        # The environment is read here, once, and only for what the caller left out: an
+        # App built in code is the edge where $VAULTQ_BROKER/$VAULTQ_KEYS come in. Only
+        # the decision "keys come from $VAULTQ_KEYS" is kept: Keyring.from_env reads the
+        # value at first use, so the secret text is not held by the App for its lifetime.
+        left_out = (broker is None and self._settings.broker is None) or keyring is None
+        env = environment() if left_out else None
+        self._keys_in_env = keyring is None and env is not None and env.keys is not None
+        if broker is not None and not isinstance(broker, str):
+            self._broker_template: Broker = broker  # an instance: not a settings value
+        else:
+            url = self._settings.broker or (env.broker if env else None)
+            self._broker_template = broker_from_url(
+                url or config.DEFAULT_BROKER_URL, namespace=name
+            )
         self._template_taken = False
         self._keyring = keyring
         self._keyring_lock = threading.Lock()
         self.keyring_source = "given" if keyring is not None else ""
         self.default_policy = default_policy
-        self.default_queue = queue
-        self.clock_skew = clock_skew
-        self.max_envelope_size = max_envelope_size
-        if envelope_version not in (1, 2) or (envelope_version == 1 and not accept_envelope_v1):
-            raise ConfigurationError(
-                "envelope_version must be 2 (or 1 during a migration, which needs "
-                "accept_envelope_v1=True)"
-            )
-        self.envelope_version = envelope_version
-        self.accept_envelope_v1 = accept_envelope_v1
-        self.policy_timeout = policy_timeout
-        self.lease = lease
-        if not enqueue_retry >= 0:
-            raise ConfigurationError("enqueue_retry must be a number of seconds >= 0")
-        self.enqueue_retry = enqueue_retry
         self.clock = Clock()
         """This host's clock and its measured offset to the broker's (vaultq/clock.py)."""
-        self._defaults = TaskOptions(
-            queue=queue,
-            timeout=timeout,
-            retries=retries,
-            expires=expires,
-            backoff=backoff,
-            result_ttl=result_ttl,
-        )
-        self._defaults.validate(f"{name} defaults")
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._schedules: dict[str, Schedule] = {}
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBroker] = (
@@ -193,6 +205,66 @@ class App:
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, broker={self.broker_url!r}, tasks={len(self._tasks)})"
+
+    # -- settings -----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> AppSettings:
+        """The app's options (:class:`vaultq.settings.AppSettings`, frozen)."""
+        return self._settings
+
+    def configure(self, **changes: Any) -> None:
+        """Change options after construction: ``app.configure(timeout=60, retries=3)``.
+
+        Checked like the constructor's (``ConfigurationError``). Task defaults reach every
+        task that left the option unset, including tasks defined before the change (they
+        hold "not given", not a copy). The broker is not changed here: use
+        :meth:`set_broker` before first use."""
+        if "broker" in changes:
+            raise ConfigurationError("change the broker with app.set_broker(url) before use")
+        self._settings = msgspec.structs.replace(self._settings, **changes)
+
+    @property
+    def task_defaults(self) -> TaskOptions:
+        """The options of a task that sets none (the app's defaults)."""
+        return TaskOverrides().resolve(self._settings, f"{self.name} defaults")
+
+    @property
+    def _defaults(self) -> TaskOptions:
+        # The old private name; integrations read it (use task_defaults).
+        return self.task_defaults
+
+    @property
+    def default_queue(self) -> str:
+        return self._settings.queue
+
+    @property
+    def clock_skew(self) -> float:
+        return self._settings.clock_skew
+
+    @property
+    def max_envelope_size(self) -> int:
+        return self._settings.max_envelope_size
+
+    @property
+    def policy_timeout(self) -> float:
+        return self._settings.policy_timeout
+
+    @property
+    def lease(self) -> float:
+        return self._settings.lease
+
+    @property
+    def enqueue_retry(self) -> float:
+        return self._settings.enqueue_retry
+
+    @property
+    def envelope_version(self) -> int:
+        return self._settings.envelope_version
+
+    @property
+    def accept_envelope_v1(self) -> bool:
+        return self._settings.accept_envelope_v1
 
     # -- middleware ---------------------------------------------------------------------
 
@@ -295,20 +367,21 @@ class App:
 
         Raises ``TaskDefinitionError`` for bad annotations, options or a taken name.
         """
-        d = self._defaults
-        options = TaskOptions(
-            queue=queue or d.queue,
-            timeout=d.timeout if timeout is None else timeout,
+        # Left out (None): UNSET, read from the app's settings whenever the task's
+        # options are read, never copied (TaskOverrides).
+        options = TaskOverrides(
+            queue=queue or UNSET,
+            timeout=UNSET if timeout is None else timeout,
             max_timeout=max_timeout,
-            expires=d.expires if expires is None else expires,
-            retries=d.retries if retries is None else retries,
-            backoff=d.backoff if backoff is None else backoff,
-            max_backoff=d.max_backoff if max_backoff is None else max_backoff,
+            expires=UNSET if expires is None else expires,
+            retries=UNSET if retries is None else retries,
+            backoff=UNSET if backoff is None else backoff,
+            max_backoff=UNSET if max_backoff is None else max_backoff,
             retry_on=None if retry_on is None else _exception_classes(retry_on),
             dont_retry_on=_exception_classes(dont_retry_on),
             retry_on_timeout=retry_on_timeout,
             store_result=store_result,
-            result_ttl=d.result_ttl if result_ttl is None else result_ttl,
+            result_ttl=UNSET if result_ttl is None else result_ttl,
             isolation=isolation,
         )
 
@@ -326,7 +399,6 @@ class App:
                     f"task name {task_name!r} is already registered in app {self.name!r}; "
                     "pick another with @app.task(name='...')"
                 )
-            options.validate(task_name)
             if unique is not None and not callable(unique):
                 raise TaskDefinitionError(
                     f"task {task_name!r}: unique= must be a function of the payload "
@@ -464,7 +536,9 @@ class App:
 
     def _resolve_keyring(self) -> Keyring:
         # A hook: vaultq.django's app looks in settings.VAULTQ first, then here.
-        keyring, self.keyring_source = resolve_keyring(self.name, self._broker_template)
+        keyring, self.keyring_source = resolve_keyring(
+            self.name, self._broker_template, keys_in_env=self._keys_in_env
+        )
         return keyring
 
     def _load_or_create_keyfile(self, path: Path) -> Keyring:

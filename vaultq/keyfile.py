@@ -10,7 +10,6 @@ hosts could not share it, so it refuses to guess and says how to make keys.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from vaultq.brokers.base import Broker
@@ -23,11 +22,14 @@ __all__ = ["embedded_key_path", "load_or_create_keyfile", "resolve_keyring"]
 log = logging.getLogger("vaultq")
 
 
-def resolve_keyring(app_name: str, broker: Broker) -> tuple[Keyring, str]:
+def resolve_keyring(
+    app_name: str, broker: Broker, *, keys_in_env: bool = False
+) -> tuple[Keyring, str]:
     """The keyring for an app without explicit keys, and where it came from (for
-    ``vaultq check`` and the worker banner). Raises ``ConfigurationError`` for a shared
-    broker without ``$VAULTQ_KEYS``."""
-    if os.environ.get("VAULTQ_KEYS"):
+    ``vaultq check`` and the worker banner). ``keys_in_env``: the app found
+    ``$VAULTQ_KEYS`` set when it was built (the environment is read at that edge, not
+    here). Raises ``ConfigurationError`` for a shared broker without keys."""
+    if keys_in_env:
         return Keyring.from_env("VAULTQ_KEYS"), "$VAULTQ_KEYS"
     if broker.shared:
         raise ConfigurationError(

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from vaultq.jobs import JobHandle
     from vaultq.policy import Policy
     from vaultq.principal import Principal
+    from vaultq.settings import AppSettings
 
-__all__ = ["Isolation", "Task", "TaskOptions"]
+__all__ = ["Isolation", "Task", "TaskOptions", "TaskOverrides"]
 
 P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")
@@ -129,6 +130,42 @@ class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
         return self.retry_on is None
 
 
+class TaskOverrides(msgspec.Struct, frozen=True, kw_only=True):
+    """The options a task set itself (``@app.task(timeout=30)``).
+
+    The ones the app also has a default for (``queue``, ``timeout``, ``expires``,
+    ``retries``, ``backoff``, ``max_backoff``, ``result_ttl``) stay ``UNSET`` when the task
+    leaves them out, and :meth:`resolve` reads the app's *current* default for them: the
+    task holds "not given", never a copy, so changing the app's settings after the task
+    was defined (``app.configure(timeout=60)``) reaches it.
+    """
+
+    queue: str | msgspec.UnsetType = msgspec.UNSET
+    timeout: float | msgspec.UnsetType = msgspec.UNSET
+    expires: float | msgspec.UnsetType = msgspec.UNSET
+    retries: int | msgspec.UnsetType = msgspec.UNSET
+    backoff: float | msgspec.UnsetType = msgspec.UNSET
+    max_backoff: float | msgspec.UnsetType = msgspec.UNSET
+    result_ttl: float | msgspec.UnsetType = msgspec.UNSET
+    max_timeout: float | None = None
+    retry_on: ExceptionClasses | None = None
+    dont_retry_on: ExceptionClasses = ()
+    retry_on_timeout: bool = False
+    store_result: bool = True
+    isolation: Isolation = "none"
+
+    def resolve(self, defaults: AppSettings, name: str) -> TaskOptions:
+        """The task's options: its own, else the app's defaults. Raises
+        ``TaskDefinitionError`` naming the task when the result is invalid."""
+        values = {
+            field: getattr(defaults, field) if value is msgspec.UNSET else value
+            for field, value in msgspec.structs.asdict(self).items()
+        }
+        options = TaskOptions(**values)
+        options.validate(name)
+        return options
+
+
 class Task(Generic[P, R]):
     """A registered task. Call ``await task.enqueue(payload)`` to run it on a worker."""
 
@@ -138,7 +175,7 @@ class Task(Generic[P, R]):
         fn: Callable[[P], Awaitable[R]] | Callable[[P], R],
         *,
         name: str,
-        options: TaskOptions,
+        options: TaskOptions | TaskOverrides,
         policy: Policy | None,
         unique: Callable[[P], str | None] | None = None,
         unique_for: float | None = None,
@@ -150,7 +187,12 @@ class Task(Generic[P, R]):
         """Seconds a unique key stays held at most (default: the job's validity)."""
         self.fn = fn
         self.name = name
-        self.options = options
+        self._given = options
+        """A ``TaskOptions`` is fixed; ``TaskOverrides`` (what ``App.task`` passes) fall
+        back to the app's defaults when read."""
+        self._resolved: tuple[object, TaskOptions] | None = None
+        if isinstance(options, TaskOverrides):
+            options.resolve(app.settings, name)  # invalid options fail at definition
         self.policy = policy
         self.is_async = inspect.iscoroutinefunction(fn)
         self.payload_type, self.result_type = _signature_types(fn, name)
@@ -159,6 +201,26 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, queue={self.options.queue!r})"
+
+    @property
+    def options(self) -> TaskOptions:
+        """This task's options; those it left unset are the app's current defaults."""
+        given = self._given
+        if isinstance(given, TaskOptions):
+            return given
+        settings = self.app.settings
+        resolved = self._resolved
+        # Cached per settings object: settings are frozen, so the same object means the
+        # same defaults, and a change (app.configure) is a new object.
+        if resolved is None or resolved[0] is not settings:
+            resolved = (settings, given.resolve(settings, self.name))
+            self._resolved = resolved
+        return resolved[1]
+
+    @property
+    def overrides(self) -> TaskOverrides | TaskOptions:
+        """What the task set itself (``UNSET``: the app's default)."""
+        return self._given
 
     @property
     def queue(self) -> str:

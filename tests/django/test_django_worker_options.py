@@ -65,3 +65,49 @@ def test_a_flag_wins_over_settings_vaultq(ran: list[Any]) -> None:
 def test_a_bad_value_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="at least 1"):
         call_command("vaultq_worker", "--concurrency", "0")
+
+
+# -- settings.VAULTQ and AppSettings ------------------------------------------------------
+
+
+def test_every_app_setting_is_a_vaultq_key_and_back() -> None:
+    from vaultq.django.conf import APP_KEYS, VaultqSettings
+    from vaultq.settings import AppSettings
+
+    as_fields = {"queue" if k == "default_queue" else k for k in APP_KEYS} | {"broker"}
+    assert as_fields == {o.name for o in options_of(AppSettings)}
+    assert set(APP_KEYS) <= set(VaultqSettings.__struct_fields__)
+
+
+def test_keys_left_out_take_the_app_defaults_and_given_ones_reach_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.test import override_settings
+
+    from vaultq.django.apps import build_app
+    from vaultq.settings import AppSettings
+
+    base = {"APP_NAME": "sets", "BROKER_URL": os.environ["VQTEST_BROKER"]}
+    with override_settings(VAULTQ=base):
+        app = build_app()
+    assert app.settings == AppSettings(broker=os.environ["VQTEST_BROKER"])
+    given = {**base, "TIMEOUT": 60, "BACKOFF": 0.5, "DEFAULT_QUEUE": "work", "ENQUEUE_RETRY": 0}
+    with override_settings(VAULTQ=given):
+        app = build_app()
+    assert (app.task_defaults.timeout, app.task_defaults.backoff) == (60, 0.5)
+    assert (app.default_queue, app.enqueue_retry) == ("work", 0)
+    # BROKER_URL left out: $VAULTQ_BROKER, read at this edge.
+    monkeypatch.setenv("VAULTQ_BROKER", "sqlite:///from-env.db")
+    with override_settings(VAULTQ={"APP_NAME": "sets"}):
+        assert build_app().settings.broker == "sqlite:///from-env.db"
+
+
+def test_a_value_that_breaks_a_rule_is_improperly_configured() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from vaultq.django.apps import build_app
+
+    bad = {"APP_NAME": "sets", "BROKER_URL": os.environ["VQTEST_BROKER"], "TIMEOUT": 0}
+    with override_settings(VAULTQ=bad), pytest.raises(ImproperlyConfigured, match="timeout"):
+        build_app()

@@ -34,9 +34,9 @@ class DjangoApp(App):
     """An App whose keys come from ``settings.VAULTQ`` (KEYS_FILE, KEYS_ENV or KEYS),
     resolved on first use like the core App's."""
 
-    def __init__(self, settings: VaultqSettings, **kwargs: Any) -> None:
-        super().__init__(settings.app_name, **kwargs)
-        self.vaultq_settings = settings
+    def __init__(self, vaultq_settings: VaultqSettings, /, **kwargs: Any) -> None:
+        super().__init__(vaultq_settings.app_name, **kwargs)
+        self.vaultq_settings = vaultq_settings
 
     def extra_queues(self) -> list[str]:
         """Queues the project uses besides its tasks' own: ``VAULTQ['QUEUES']`` and the
@@ -140,19 +140,8 @@ def build_app() -> DjangoApp:
     try:
         app = DjangoApp(
             s,
-            broker=s.broker_url,
+            settings=s.app_settings(),
             default_policy=policy,
-            queue=s.default_queue,
-            clock_skew=s.clock_skew,
-            max_envelope_size=s.max_envelope_size,
-            envelope_version=s.envelope_version,
-            accept_envelope_v1=s.accept_envelope_v1,
-            policy_timeout=s.policy_timeout,
-            lease=s.lease,
-            result_ttl=s.result_ttl,
-            timeout=s.timeout,
-            retries=s.retries,
-            expires=s.expires,
         )
     except ConfigurationError as exc:
         from django.core.exceptions import ImproperlyConfigured

@@ -29,9 +29,15 @@ from typing import Any
 
 import msgspec
 
-from vaultq import config
+from vaultq.settings import UNSET, AppSettings, UnsetType, environment
 
-__all__ = ["ScheduleSetting", "VaultqSettings", "import_from_settings", "read_settings"]
+__all__ = [
+    "APP_KEYS",
+    "ScheduleSetting",
+    "VaultqSettings",
+    "import_from_settings",
+    "read_settings",
+]
 
 
 class ScheduleSetting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +56,26 @@ class ScheduleSetting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     permissions: tuple[str, ...] = ()
 
 
+APP_KEYS = (
+    "default_queue",
+    "clock_skew",
+    "max_envelope_size",
+    "policy_timeout",
+    "lease",
+    "enqueue_retry",
+    "envelope_version",
+    "accept_envelope_v1",
+    "timeout",
+    "retries",
+    "expires",
+    "backoff",
+    "max_backoff",
+    "result_ttl",
+)
+"""The ``settings.VAULTQ`` keys that are :class:`AppSettings` fields (``DEFAULT_QUEUE`` is
+``queue``; ``BROKER_URL`` is ``broker``)."""
+
+
 class VaultqSettings(
     msgspec.Struct, frozen=True, kw_only=True, rename="upper", forbid_unknown_fields=True
 ):
@@ -63,23 +89,40 @@ class VaultqSettings(
     """An inline keyring (discouraged: secrets in settings; ``check --deploy`` flags it)."""
     queues: tuple[str, ...] = ()
     """Queues the worker command consumes; empty = every queue of the registered tasks."""
-    default_queue: str = config.DEFAULT_QUEUE
+    # The App's options: UNSET (a key left out) takes AppSettings' default, declared
+    # once in vaultq/settings.py; DEFAULT_QUEUE is AppSettings.queue.
+    default_queue: str | UnsetType = UNSET
     default_policy: str | None = None
-    concurrency: int = config.DEFAULT_CONCURRENCY
-    grace: float = config.DEFAULT_GRACE
-    lease: float = config.DEFAULT_LEASE
-    result_ttl: float = config.DEFAULT_RESULT_TTL
-    timeout: float = config.DEFAULT_TIMEOUT
-    retries: int = config.DEFAULT_RETRIES
-    expires: float = config.DEFAULT_EXPIRES
-    policy_timeout: float = config.DEFAULT_POLICY_TIMEOUT
-    clock_skew: float = config.DEFAULT_CLOCK_SKEW
-    max_envelope_size: int = config.DEFAULT_MAX_ENVELOPE_SIZE
-    envelope_version: int = config.DEFAULT_ENVELOPE_VERSION
-    accept_envelope_v1: bool = config.DEFAULT_ACCEPT_ENVELOPE_V1
+    concurrency: int | UnsetType = UNSET
+    grace: float | UnsetType = UNSET
+    lease: float | UnsetType = UNSET
+    result_ttl: float | UnsetType = UNSET
+    timeout: float | UnsetType = UNSET
+    retries: int | UnsetType = UNSET
+    expires: float | UnsetType = UNSET
+    backoff: float | UnsetType = UNSET
+    max_backoff: float | UnsetType = UNSET
+    policy_timeout: float | UnsetType = UNSET
+    clock_skew: float | UnsetType = UNSET
+    max_envelope_size: int | UnsetType = UNSET
+    envelope_version: int | UnsetType = UNSET
+    accept_envelope_v1: bool | UnsetType = UNSET
+    enqueue_retry: float | UnsetType = UNSET
     task_module: str | tuple[str, ...] = ("jobs", "tasks")
     principal_mapper: str | None = None
     schedule: dict[str, ScheduleSetting] = {}
+
+    def app_settings(self) -> AppSettings:
+        """The App's options from these keys. ``BROKER_URL`` left out: ``$VAULTQ_BROKER``
+        (read here, at the Django edge), else the App's default."""
+        values: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in APP_KEYS
+            if getattr(self, name) is not UNSET and name != "default_queue"
+        }
+        if self.default_queue is not UNSET:
+            values["queue"] = self.default_queue
+        return AppSettings(broker=self.broker_url or environment().broker, **values)
 
     @property
     def task_modules(self) -> tuple[str, ...]:
