@@ -481,7 +481,7 @@ def test_an_unset_task_option_follows_the_apps_default(tmp_path: Path) -> None:
     @app.task(name="own", timeout=5, retries=1)
     def own(job: Nap) -> None: ...
 
-    assert plain.overrides.timeout is vaultq.settings.UNSET  # type: ignore[union-attr]
+    assert plain.overrides.timeout is vaultq.settings.UNSET
     assert plain.options.timeout == config.DEFAULT_TIMEOUT
     app.configure(timeout=60, retries=3, queue="later", result_ttl=10, backoff=0.5)
     # Defined before the change, and still follows it: "not given" was kept, not a copy.
