@@ -319,6 +319,8 @@ ENVIRON_READERS = {
     "vaultq/runtime/health.py": "$XDG_RUNTIME_DIR, the OS's per-user runtime directory",
     "vaultq/operations.py": "$SUDO_USER names the operator in audit lines",
     "vaultq/keyring.py": "Keyring.from_env(var): the caller names the variable",
+    "vaultq/cli_monitor.py": "the command line (an edge): the metrics supervisor's children",
+    "vaultq/metrics.py": "$PROMETHEUS_MULTIPROC_DIR, prometheus_client's own multiprocess switch",
 }
 
 
