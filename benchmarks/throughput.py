@@ -12,6 +12,10 @@ systems) or on its own SQLite file in one temporary directory:
 * drain/s: those 2N jobs drained by ONE worker process started after they were queued;
   the clock runs from the moment the worker is ready to consume until it has finished
   (result stored, message acked) the last job, so interpreter start-up is not counted;
+* cpu us/job (vaultq only): CPU time (user + system, all threads) the worker process
+  spent per job over the same window. Unlike drain/s it barely moves when other
+  processes compete for the cores, so it is the figure to compare two builds with on a
+  busy machine (the broker's own CPU is not in it);
 * p50/p99 ms: end-to-end latency (enqueue -> result in the client) of single jobs, one
   at a time, with an idle worker in its own process.
 
@@ -63,6 +67,7 @@ COLUMNS = [
     ("enqueue", "enqueue/s"),
     ("bulk", "bulk/s"),
     ("drain", "drain/s"),
+    ("cpu_us", "cpu us/job"),
     ("p50_ms", "p50 ms"),
     ("p99_ms", "p99 ms"),
 ]
@@ -124,20 +129,23 @@ def flushall(url: str) -> None:
 # --- vaultq, in this interpreter -------------------------------------------------------
 
 
-async def drain_in_this_process(url: str, keys: str, n: int, concurrency: int) -> float:
+async def drain_in_this_process(
+    url: str, keys: str, n: int, concurrency: int
+) -> tuple[float, float]:
+    """Seconds and CPU seconds (this process, all threads) to drain ``n`` jobs."""
     app, _ = make_app(url, keys)
     worker = Worker(app, concurrency=concurrency, block=0.05, grace=1)
     async with anyio.create_task_group() as tg:
         started = anyio.Event()
         tg.start_soon(lambda: worker.run(started=started))
         await started.wait()  # the clock starts when the worker consumes, as for the peers
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         while worker.processed < n:  # noqa: ASYNC110 - polling the counter is the measurement
             await anyio.sleep(0.005)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         worker.stop()
     await app.aclose()
-    return elapsed
+    return elapsed, cpu
 
 
 async def serve_in_this_process(url: str, keys: str, concurrency: int) -> None:
@@ -194,7 +202,9 @@ def run_vaultq(url: str, keys: str, n: int, concurrency: int) -> dict[str, float
         check=True,
         timeout=PHASE_TIMEOUT,
     )
-    figures["drain"] = 2 * n / float(out.stdout.decode().strip().splitlines()[-1])
+    elapsed, cpu = out.stdout.decode().strip().splitlines()[-1].split()
+    figures["drain"] = 2 * n / float(elapsed)
+    figures["cpu_us"] = float(cpu) / (2 * n) * 1e6
     serve = [sys.executable, __file__, "--serve", url, "--concurrency", str(concurrency)]
     with Server(serve, env):
         figures.update(anyio.run(latency, url, keys, LATENCY_SAMPLES))
@@ -362,10 +372,10 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drain:
-        elapsed = anyio.run(
+        elapsed, cpu = anyio.run(
             drain_in_this_process, args.drain, os.environ["BENCH_KEYS"], args.n, args.concurrency
         )
-        print(elapsed)
+        print(elapsed, cpu)
         return
     if args.serve:
         anyio.run(serve_in_this_process, args.serve, os.environ["BENCH_KEYS"], args.concurrency)

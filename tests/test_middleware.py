@@ -79,7 +79,16 @@ async def wait_for(
 
 
 def names(rec: Any, job_id: str) -> list[str]:
-    return [name for name, _ in rec.for_job(job_id)]
+    """The hooks that saw ``job_id``, in order; ``after_enqueue`` (the producer's, which
+    races the worker: an in-process worker may start the job before the producer's write
+    returns) is moved right after ``before_enqueue`` once it is checked to come after it."""
+    seen = [name for name, _ in rec.for_job(job_id)]
+    if "after_enqueue" in seen:
+        assert seen.count("after_enqueue") == 1
+        assert seen.index("before_enqueue") < seen.index("after_enqueue")
+        seen.remove("after_enqueue")
+        seen.insert(seen.index("before_enqueue") + 1, "after_enqueue")
+    return seen
 
 
 def settled_or_rejected(rec: Any, job_id: str) -> bool:
@@ -677,3 +686,74 @@ def test_only_middleware_is_accepted_and_no_hooks_means_nothing_dispatched(
     # Sorted per hook: a middleware is dispatched only for what it overrides.
     assert hooks.jobs and not hooks.enqueue and not hooks.wraps_sync and not hooks.lifecycle
     assert isinstance(hooks, Hooks)
+
+
+# -- the example in docs/extending.md ---------------------------------------------------------
+
+
+def test_the_docs_show_the_example_file_verbatim() -> None:
+    doc = (REPO / "docs" / "extending.md").read_text()
+    example = (REPO / "examples" / "timing_middleware.py").read_text()
+    blocks = doc.split("```python\n")
+    assert any(block.split("```", 1)[0] == example for block in blocks[1:])
+
+
+async def test_the_example_middleware_counts_times_and_carries_a_request_id(
+    url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from examples.timing_middleware import Timing, request_id
+
+    timing = Timing(slow=0.05)
+    app = make_app(unique_name, url, middleware=[timing])
+
+    @app.task(name="shop.ship", retries=0)
+    async def ship(job: Count) -> str:
+        if job.fail:
+            raise ValueError("no stock")
+        await anyio.sleep(0.1)
+        return job.key
+
+    forger = make_app(unique_name, url)
+    forged = forger.task(name="shop.ship")(ship.fn)
+    async with running_worker(app):
+        token = request_id.set("req-42")
+        try:
+            good = await ship.enqueue(Count("a"))
+        finally:
+            request_id.reset(token)
+        bad = await ship.enqueue(Count("b", fail=True))
+        await forged.enqueue(Count("c"))
+        await forger.aclose()
+        assert await good.result(timeout=15) == "a"
+        with pytest.raises(vaultq.JobFailed):
+            await bad.result(timeout=15)
+        await wait_for(lambda: sum(timing.outcomes.values()) == 2 and bool(timing.rejections))
+    assert timing.outcomes == {("shop.ship", "succeeded"): 1, ("shop.ship", "failed"): 1}
+    assert timing.rejections == {"unauthenticated": 1}
+    assert sorted(timing.seen_request_ids) == ["", "req-42"]
+    assert timing.busy >= 0.1
+    await app.aclose()
+
+
+async def test_an_expired_job_is_settled_expired_under_its_task_without_an_attempt(
+    url: str, unique_name: str
+) -> None:
+    rec = recorder_class()()
+    app = make_app(unique_name, url, middleware=[rec], clock_skew=0.2)
+
+    @app.task(name="mw.stale", expires=0.2)
+    async def stale(job: Count) -> None:
+        return None
+
+    handle = await stale.enqueue(Count("x"), principal=PRINCIPAL)
+    await anyio.sleep(0.8)
+    async with running_worker(app):
+        with pytest.raises(vaultq.JobExpired):
+            await handle.result(timeout=15)
+        await wait_for(lambda: settled_or_rejected(rec, handle.id))
+    assert names(rec, handle.id) == ["before_enqueue", "after_enqueue", "settled"]
+    ((job, outcome, reason),) = [a for n, a in rec.for_job(handle.id) if n == "settled"]
+    assert (outcome, reason) == (Outcome.EXPIRED, "expired")
+    assert job.authenticated and job.task == "mw.stale" and job.principal_id == "user:7"
+    await app.aclose()

@@ -430,8 +430,12 @@ class Executor:
 
     # -- the pipeline ---------------------------------------------------------------------
 
-    def open(self, delivery: Delivery, now: float) -> OpenedJob | Settlement:
-        """Open and check the envelope; a Settlement when the job must not run."""
+    def open(
+        self, delivery: Delivery, now: float, slot: JobSlot | None = None
+    ) -> OpenedJob | Settlement:
+        """Open and check the envelope; a Settlement when the job must not run. An
+        authentic job that is expired or not valid yet is described on ``slot`` (when
+        middleware needs it) before its settlement is returned."""
         app = self.app
         try:
             return app._open_job(
@@ -455,6 +459,9 @@ class Executor:
                 )
             except EnvelopeError as inner:
                 return self._reject(delivery, inner)
+            known = self._tasks.get(opened.header.task)
+            if slot is not None and self._describe and known is not None:
+                slot.job = self.describe(delivery, opened, known)
             if isinstance(exc, EnvelopeNotYetValid):
                 return self._defer(delivery, opened.header, now)
             audit.warning(
@@ -468,7 +475,7 @@ class Executor:
                 delivery,
                 opened,
                 JobStatus.EXPIRED,
-                task=self._tasks.get(opened.header.task),
+                task=known,
                 started=None,
             )
         except UnknownTask as exc:
@@ -518,7 +525,7 @@ class Executor:
             return self._finished(delivery)
         # Time checks and requeue times use the broker's clock (see vaultq/clock.py).
         now = self.app.clock.now()
-        opened = self.open(delivery, now)
+        opened = self.open(delivery, now, slot)
         if not isinstance(opened, OpenedJob):
             return opened
         header, body = opened.header, opened.body
