@@ -572,6 +572,7 @@ async def test_background_task_runs_in_the_worker_and_stops_with_it(
     class Beat(vaultq.Middleware):
         async def worker_started(self, worker: vaultq.WorkerInfo) -> None:
             events.append(f"started {worker.app} {worker.concurrency} {worker.pid}")
+            assert (worker.abandoned_threads, worker.fenced, worker.processed) == (0, 0, 0)
 
             async def beat() -> None:
                 try:
@@ -686,6 +687,9 @@ def test_only_middleware_is_accepted_and_no_hooks_means_nothing_dispatched(
     # Sorted per hook: a middleware is dispatched only for what it overrides.
     assert hooks.jobs and not hooks.enqueue and not hooks.wraps_sync and not hooks.lifecycle
     assert isinstance(hooks, Hooks)
+    # The info structs encode as they are (an event stream can store them).
+    job = vaultq.JobInfo(job_id="j", queue="q", attempt=1, app="a", worker_id="w")
+    assert msgspec.json.decode(msgspec.json.encode(job), type=vaultq.JobInfo) == job
 
 
 # -- the example in docs/extending.md ---------------------------------------------------------

@@ -27,8 +27,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -49,8 +48,6 @@ log = logging.getLogger("vaultq.middleware")
 MAX_TRACE_BYTES = 4096
 """Largest trace context (keys and values, UTF-8) ``before_enqueue`` may add to a job;
 a larger or malformed one is dropped with a warning (the job is still enqueued)."""
-
-_NO_TRACE: Mapping[str, str] = MappingProxyType({})
 
 
 class Outcome(enum.StrEnum):
@@ -117,8 +114,11 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     """Sealed earliest start; queue latency is ``start - max(enqueued_at, not_before)``."""
     max_attempts: int = 0
     isolation: str = "none"
-    trace: Mapping[str, str] = _NO_TRACE
-    """The trace context ``before_enqueue`` sealed into the job (read-only)."""
+    redelivered: bool = False
+    """Delivered again after its lease ran out (a worker died or stalled), not retried."""
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
+    """The trace context ``before_enqueue`` sealed into the job (a copy per delivery,
+    shared by every middleware: read it, don't change it)."""
 
 
 class WorkerInfo:
@@ -148,7 +148,7 @@ class WorkerInfo:
         app: str,
         queues: Sequence[str],
         concurrency: int,
-        stats: Callable[[], tuple[int, int]],
+        stats: Callable[[], tuple[int, int, int, int]],
         spawn: Callable[[Callable[[], Coroutine[Any, Any, None]], str], None],
     ) -> None:
         self.id = worker_id
@@ -173,6 +173,17 @@ class WorkerInfo:
     def processed(self) -> int:
         """Deliveries settled since the worker started."""
         return self._stats()[1]
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Sync attempts stopped at their deadline whose threads still run, now."""
+        return self._stats()[2]
+
+    @property
+    def fenced(self) -> int:
+        """Attempts cancelled (or never started) since the worker started because their
+        lease could no longer be proven."""
+        return self._stats()[3]
 
     def start_soon(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None
@@ -233,8 +244,9 @@ class Middleware:
     def rejected(self, job: JobInfo, reason: str) -> None:
         """A delivery was refused without running and its dead letter written: the
         envelope failed its checks (``unauthenticated`` for anything refused before or by
-        the signature check; ``payload``, ``unknown_key``, ``decrypt``, ``revoked_key``...
-        for a trusted signer's job) or it replays a finished job (``replayed``)."""
+        the signature check; ``payload``, ``unknown_task``, ``unknown_key`` or
+        ``decryption_failed`` for a trusted signer's job; ``revoked_key`` for one naming a
+        revoked key) or it replays a finished job (``replayed``)."""
 
     def around_sync(self, job: JobInfo, call: Callable[[], None]) -> None:
         """Runs around a sync task's call, in the task's own thread (in the child

@@ -22,7 +22,6 @@ import signal
 import struct
 import sys
 from collections.abc import Awaitable, Callable
-from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
@@ -215,7 +214,7 @@ def _describe(app: App, task: Task[Any, Any], request: Request) -> JobInfo:
         isolation=task.options.isolation,
     )
     if request.trace:
-        info = msgspec.structs.replace(info, trace=MappingProxyType(dict(request.trace)))
+        info.trace.update(request.trace)
     return info
 
 

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -596,11 +595,11 @@ class Executor:
             not_before=header.not_before / 1000,
             max_attempts=task.max_attempts,
             isolation=task.options.isolation,
+            redelivered=delivery.redelivered,
         )
         trace = body.meta.trace
         if trace:
-            # Read-only: one JobInfo is shared by every middleware.
-            info = msgspec.structs.replace(info, trace=MappingProxyType(dict(trace)))
+            info.trace.update(trace)  # a copy: the opened envelope stays as it was
         return info
 
     async def _attempt(

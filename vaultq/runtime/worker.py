@@ -133,6 +133,7 @@ class Worker:
         self.run_schedules = schedules
         """Run the app's schedules (periodic jobs) here when the keyring can sign."""
         self.hooks = Hooks()
+        self._executor: Executor | None = None
         """The app's middleware sorted per hook, taken when :meth:`run` starts."""
 
     def describe(self) -> str:
@@ -200,7 +201,7 @@ class Worker:
         # the scheduler loop in the worker's task group), when it may sign jobs.
         own = scheduler_middleware(self.app, self.name) if self.run_schedules else []
         hooks = self.hooks = self.app.hooks(extra=own)
-        executor = Executor(
+        executor = self._executor = Executor(
             self.app,
             worker_id=self.name,
             max_abandoned_threads=self._max_abandoned,
@@ -254,6 +255,10 @@ class Worker:
                 await self._pool.aclose()
         log.info("worker %s stopped after %d jobs", self.name, self.processed)
 
+    def _abandoned(self) -> int:
+        executor = self._executor
+        return executor.threads.abandoned if executor is not None else 0
+
     def _info(self, group: TaskGroup) -> WorkerInfo:
         def spawn(fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
             group.start_soon(fn, name=name)
@@ -263,7 +268,7 @@ class Worker:
             app=self.app.name,
             queues=self.queues,
             concurrency=self.concurrency,
-            stats=lambda: (len(self._slots), self.processed),
+            stats=lambda: (len(self._slots), self.processed, self._abandoned(), self.fenced),
             spawn=spawn,
         )
 
