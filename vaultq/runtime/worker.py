@@ -133,8 +133,8 @@ class Worker:
         self.run_schedules = schedules
         """Run the app's schedules (periodic jobs) here when the keyring can sign."""
         self.hooks = Hooks()
-        self._executor: Executor | None = None
         """The app's middleware sorted per hook, taken when :meth:`run` starts."""
+        self._executor: Executor | None = None
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
