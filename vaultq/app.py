@@ -173,6 +173,7 @@ class App:
             self._broker_template = broker_from_url(
                 url or config.DEFAULT_BROKER_URL, namespace=name
             )
+        self._task_defaults: tuple[AppSettings, TaskOptions] | None = None
         self._template_taken = False
         self._keyring = keyring
         self._keyring_lock = threading.Lock()
@@ -227,7 +228,13 @@ class App:
     @property
     def task_defaults(self) -> TaskOptions:
         """The options of a task that sets none (the app's defaults)."""
-        return TaskOverrides().resolve(self._settings, f"{self.name} defaults")
+        cached = self._task_defaults
+        # Read per job by the worker: built once per settings object (frozen, so the
+        # same object means the same defaults; configure() makes a new one).
+        if cached is None or cached[0] is not self._settings:
+            options = TaskOverrides().resolve(self._settings, f"{self.name} defaults")
+            cached = self._task_defaults = (self._settings, options)
+        return cached[1]
 
     @property
     def _defaults(self) -> TaskOptions:

@@ -30,7 +30,8 @@ import anyio
 import msgspec
 
 from vaultq.errors import VaultqError
-from vaultq.settings import WorkerSettings, add_worker_flags, environment, options_of
+from vaultq.options import options_of
+from vaultq.settings import WorkerSettings, add_worker_flags, environment
 
 __all__ = [
     "EXIT_ERROR",

@@ -11,8 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vaultq.options import options_of
 from vaultq.runtime.health import check_health, default_health_file
-from vaultq.settings import WorkerSettings, environment, options_of
+from vaultq.settings import WorkerSettings, environment
 
 __all__ = ["add_health_parser"]
 

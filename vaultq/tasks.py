@@ -190,9 +190,10 @@ class Task(Generic[P, R]):
         self._given = options
         """A ``TaskOptions`` is fixed; ``TaskOverrides`` (what ``App.task`` passes) fall
         back to the app's defaults when read."""
-        self._resolved: tuple[object, TaskOptions] | None = None
-        if isinstance(options, TaskOverrides):
-            options.resolve(app.settings, name)  # invalid options fail at definition
+        self._seen: object = None
+        """The app settings :attr:`_options` was resolved against."""
+        # Resolved now: invalid options fail at definition, not at the first job.
+        self._options = self._refresh(app.settings)
         self.policy = policy
         self.is_async = inspect.iscoroutinefunction(fn)
         self.payload_type, self.result_type = _signature_types(fn, name)
@@ -205,17 +206,19 @@ class Task(Generic[P, R]):
     @property
     def options(self) -> TaskOptions:
         """This task's options; those it left unset are the app's current defaults."""
-        given = self._given
-        if isinstance(given, TaskOptions):
-            return given
+        # Read several times per job: one identity check on the hot path. Settings are
+        # frozen, so the same object means the same defaults, and a change
+        # (app.configure) is a new object.
         settings = self.app.settings
-        resolved = self._resolved
-        # Cached per settings object: settings are frozen, so the same object means the
-        # same defaults, and a change (app.configure) is a new object.
-        if resolved is None or resolved[0] is not settings:
-            resolved = (settings, given.resolve(settings, self.name))
-            self._resolved = resolved
-        return resolved[1]
+        if settings is self._seen:
+            return self._options
+        return self._refresh(settings)
+
+    def _refresh(self, settings: AppSettings) -> TaskOptions:
+        given = self._given
+        options = given if isinstance(given, TaskOptions) else given.resolve(settings, self.name)
+        self._options, self._seen = options, settings
+        return options
 
     @property
     def overrides(self) -> TaskOverrides | TaskOptions:
