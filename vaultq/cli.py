@@ -1,8 +1,10 @@
-"""``vaultq`` command line: the parser, ``main``, ``worker`` and ``check``.
+"""``vaultq`` command line: the parser, ``main`` and ``check``.
 
-The other commands live beside it, one module per group: ``cli_jobs`` (enqueue, job,
-cancel, status), ``cli_dead`` (dead letters), ``cli_keys`` (keyrings); shared argument
-types, app loading and the exit codes are in ``cli_common``.
+The other commands live beside it, one module per group: ``cli_worker`` (the worker,
+its flags generated from ``vaultq.settings.WorkerSettings``, and the supervisor's
+children), ``cli_jobs`` (enqueue, job, cancel, status), ``cli_dead`` (dead letters),
+``cli_keys`` (keyrings); shared argument types, app loading and the exit codes are in
+``cli_common``.
 """
 
 from __future__ import annotations

@@ -111,3 +111,15 @@ def test_a_value_that_breaks_a_rule_is_improperly_configured() -> None:
     bad = {"APP_NAME": "sets", "BROKER_URL": os.environ["VQTEST_BROKER"], "TIMEOUT": 0}
     with override_settings(VAULTQ=bad), pytest.raises(ImproperlyConfigured, match="timeout"):
         build_app()
+
+
+def test_every_app_key_is_documented_in_django_md() -> None:
+    from pathlib import Path
+
+    from vaultq.django.conf import APP_KEYS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "django.md").read_text()
+    table = doc[doc.index("| key | default | meaning |") :]
+    table = table[: table.index("\n\n")]
+    for key in (*APP_KEYS, "broker_url", "concurrency", "grace", "queues"):
+        assert f"`{key.upper()}`" in table, key
