@@ -526,3 +526,49 @@ def test_an_invalid_mix_is_refused_when_the_task_is_defined(tmp_path: Path) -> N
 
         @app.task(name="t", max_timeout=10)
         def t(job: Nap) -> None: ...
+
+
+# A valid non-default value for each App option (a new AppSettings field needs one).
+APP_SAMPLES: dict[str, Any] = {
+    "broker": "memory://samples",
+    "queue": "work",
+    "clock_skew": 5.0,
+    "max_envelope_size": 4096,
+    "policy_timeout": 1.5,
+    "lease": 12.0,
+    "enqueue_retry": 0.0,
+    "envelope_version": 1,
+    "accept_envelope_v1": False,
+    "timeout": 60.0,
+    "retries": 3,
+    "expires": 600.0,
+    "backoff": 0.5,
+    "max_backoff": 30.0,
+    "result_ttl": 100.0,
+}
+
+
+def test_every_app_setting_is_an_app_keyword_and_back() -> None:
+    import inspect
+
+    params = set(inspect.signature(vaultq.App.__init__).parameters)
+    objects = {"self", "name", "settings", "keyring", "default_policy", "middleware"}
+    assert params - objects == {o.name for o in APP_OPTIONS}
+    assert set(APP_SAMPLES) == {o.name for o in APP_OPTIONS}
+    for name, value in APP_SAMPLES.items():
+        assert getattr(AppSettings(), name) != value, name
+        app = vaultq.App("kw", **{name: value})
+        assert getattr(app.settings, name) == value, name
+
+
+def test_every_worker_setting_survives_the_trip_to_a_supervised_child() -> None:
+    """What the supervisor writes on a child's stdin decodes to the same settings."""
+    flags = {o.name: o.flag for o in WORKER_OPTIONS if not o.positional}
+    argv = ["worker", "some.module"]
+    for name, (text, _) in SAMPLES.items():
+        argv += [str(flags[name]), text] if text else [str(flags[name])]
+    settings = settings_from_flags(build_parser().parse_args(argv))
+    for name, (_, value) in SAMPLES.items():
+        assert getattr(settings, name) != getattr(WorkerSettings(), name), name
+    encoded = msgspec.json.encode(settings)
+    assert msgspec.json.decode(encoded, type=WorkerSettings) == settings
