@@ -572,3 +572,42 @@ def test_every_worker_setting_survives_the_trip_to_a_supervised_child() -> None:
         assert getattr(settings, name) != getattr(WorkerSettings(), name), name
     encoded = msgspec.json.encode(settings)
     assert msgspec.json.decode(encoded, type=WorkerSettings) == settings
+
+
+def _documented_defaults(section: str, key: str) -> dict[str, str]:
+    """``{option: first backticked token of its default cell}`` for rows whose default
+    cell starts with a backticked value."""
+    found = {}
+    for match in re.finditer(rf"^\| `({key})[^`]*` \| `([^`]+)`", section, re.M):
+        found[match.group(1)] = match.group(2)
+    return found
+
+
+def _same(text: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return text == str(value)
+    if isinstance(value, int | float):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    if value is None:
+        return text == "None"
+    return text.strip('"') == str(value)
+
+
+def test_the_documented_defaults_are_the_declared_ones() -> None:
+    app_rows = _documented_defaults(_section("## `vaultq.App(name, **options)`"), r"\w+")
+    by_name = {o.name: o for o in APP_OPTIONS}
+    checked = [n for n in app_rows if n in by_name]
+    assert len(checked) == len(APP_OPTIONS), "every App option's default is in the table"
+    for name in checked:
+        assert _same(app_rows[name], by_name[name].default), (name, app_rows[name])
+    worker_rows = _documented_defaults(_section("## Worker"), r"--[\w-]+")
+    by_flag = {o.flag: o for o in WORKER_OPTIONS if o.flag}
+    for flag, text in worker_rows.items():
+        if text.startswith("$"):
+            continue  # an environment variable, then a rule: said in words
+        assert _same(text, by_flag[flag].default), (flag, text)
+    # Those given as a value (the others say "the App's", "none", "off" or a path rule).
+    assert len(worker_rows) >= 9
