@@ -67,6 +67,29 @@ def test_a_bad_value_is_a_command_error() -> None:
         call_command("vaultq_worker", "--concurrency", "0")
 
 
+def test_settings_vaultq_turns_on_metrics_and_events(
+    ran: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import msgspec
+
+    from vaultq.django.apps import get_config
+
+    app = get_config().app
+    configured = msgspec.structs.replace(
+        app.vaultq_settings, metrics_port=9108, metrics_address="0.0.0.0", events=True
+    )
+    monkeypatch.setattr(app, "vaultq_settings", configured)
+    call_command("vaultq_worker")
+    (settings,) = ran
+    assert (settings.metrics_port, settings.metrics_address, settings.events) == (
+        9108,
+        "0.0.0.0",
+        True,
+    )
+    call_command("vaultq_worker", "--metrics-port", "9200")
+    assert ran[1].metrics_port == 9200, "the flag wins over settings.VAULTQ"
+
+
 # -- settings.VAULTQ and AppSettings ------------------------------------------------------
 
 
@@ -121,5 +144,13 @@ def test_every_app_key_is_documented_in_django_md() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "django.md").read_text()
     table = doc[doc.index("| key | default | meaning |") :]
     table = table[: table.index("\n\n")]
-    for key in (*APP_KEYS, "broker_url", "concurrency", "grace", "queues"):
+    for key in (
+        *APP_KEYS,
+        "broker_url",
+        "concurrency",
+        "grace",
+        "queues",
+        "metrics_port",
+        "events",
+    ):
         assert f"`{key.upper()}`" in table, key

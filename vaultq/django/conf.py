@@ -10,6 +10,8 @@ Every key is optional::
         "QUEUES": ["default"],                   # queues `manage.py vaultq_worker` consumes
         "DEFAULT_POLICY": "shop.policies.STAFF_ONLY",  # dotted path, read from settings only
         "CONCURRENCY": 10,
+        "METRICS_PORT": 9108,                    # Prometheus /metrics (vaultq[metrics])
+        "EVENTS": True,                          # job event stream for `vaultq events`
         "RESULT_TTL": 86400,
         "TASK_MODULE": ["jobs", "tasks"],        # autodiscovered in every installed app
         "PRINCIPAL_MAPPER": "shop.auth.principal_for",
@@ -111,6 +113,11 @@ class VaultqSettings(
     task_module: str | tuple[str, ...] = ("jobs", "tasks")
     principal_mapper: str | None = None
     schedule: dict[str, ScheduleSetting] = {}
+    metrics_port: int | None = None
+    """``manage.py vaultq_worker`` serves Prometheus metrics on this port (observability.md)."""
+    metrics_address: str = "127.0.0.1"
+    events: bool = False
+    """``manage.py vaultq_worker`` records the job event stream (``vaultq events``)."""
 
     def app_settings(self) -> AppSettings:
         """The App's options from these keys. ``BROKER_URL`` left out: ``$VAULTQ_BROKER``

@@ -3,7 +3,7 @@
 Its options are generated from :class:`vaultq.settings.WorkerSettings`, like the flags of
 ``vaultq worker`` (the same names, help and checks; every option but the app module).
 An option not given comes from ``settings.VAULTQ`` (``QUEUES``, ``CONCURRENCY``,
-``GRACE``), else the worker's default.
+``GRACE``, ``METRICS_PORT``, ``METRICS_ADDRESS``, ``EVENTS``), else the worker's default.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class Command(BaseCommand):  # type: ignore[misc]
             "queues": tuple(s.queues or _default_queues(config, _queues_of)),
             "concurrency": s.concurrency,
             "grace": s.grace,
+            "metrics_port": s.metrics_port,
+            "metrics_address": s.metrics_address,
+            "events": s.events,
         }
         try:
             base = WorkerSettings(
