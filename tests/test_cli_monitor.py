@@ -199,3 +199,24 @@ def test_without_the_extras_the_flags_say_what_to_install(tmp_path: Path) -> Non
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "pip install 'vaultq[metrics]'" in out.stderr
+
+
+def test_the_flags_never_double_middleware_the_app_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("prometheus_client")
+    from vaultq.cli_monitor import SUPERVISED_ENV, install_observability
+    from vaultq.events import EventStream
+    from vaultq.metrics import PrometheusMetrics
+    from vaultq.settings import WorkerSettings
+
+    app = vaultq.App("twice", broker="sqlite:///:memory:")
+    mine = PrometheusMetrics(app)
+    app.add_middleware(EventStream(app))
+    app.add_middleware(mine)
+    monkeypatch.setenv(SUPERVISED_ENV, "1")  # install only: nothing listens in this test
+    install_observability(WorkerSettings(events=True, metrics_port=9), app)
+    assert len(app.middleware) == 2 and app.middleware[1] is mine
+    bare = vaultq.App("bare", broker="sqlite:///:memory:")
+    install_observability(WorkerSettings(events=True, metrics_port=9), bare)
+    assert [type(m) for m in bare.middleware] == [EventStream, PrometheusMetrics]

@@ -207,16 +207,20 @@ the supervisor's multiprocess directory, which it serves; they serve nothing."""
 def install_observability(settings: WorkerSettings, app: Any) -> None:
     """Install the middleware ``--events`` and ``--metrics-port`` ask for on ``app``, and
     serve ``/metrics`` unless a supervisor serves them."""
+    # Middleware the app module installed itself is used as it is, never doubled.
     if settings.events:
         from vaultq.events import EventStream
 
-        app.add_middleware(EventStream(app))
+        if not any(isinstance(m, EventStream) for m in app.middleware):
+            app.add_middleware(EventStream(app))
     if settings.metrics_port is None:
         return
     from vaultq.metrics import PrometheusMetrics, serve_metrics
 
-    metrics = PrometheusMetrics(app)
-    app.add_middleware(metrics)
+    found = [m for m in app.middleware if isinstance(m, PrometheusMetrics)]
+    metrics = found[0] if found else PrometheusMetrics(app)
+    if not found:
+        app.add_middleware(metrics)
     if not os.environ.get(SUPERVISED_ENV):
         serve_metrics(settings.metrics_port, settings.metrics_address, metrics.registry)
 
