@@ -7,7 +7,9 @@ import json
 import re
 from pathlib import Path
 
+import anyio
 import pytest
+from msgspec.structs import replace as msgspec_replace
 
 import vaultq
 from vaultq.middleware import JobInfo, Outcome
@@ -53,6 +55,9 @@ def test_the_grafana_dashboard_loads_and_queries_only_existing_metrics() -> None
     assert {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in used} >= families
 
 
+pytestmark = pytest.mark.anyio
+
+
 def test_an_unauthenticated_delivery_never_becomes_a_task_label() -> None:
     m = metrics()
     forged = JobInfo(
@@ -63,3 +68,40 @@ def test_an_unauthenticated_delivery_never_becomes_a_task_label() -> None:
     text = generate_latest(m.registry).decode()
     assert "attacker-chosen" not in text and "j1" not in text
     assert 'vaultq_rejections_total{queue="default",reason="unauthenticated"} 1.0' in text
+
+
+async def test_reclaimed_leases_lost_leases_and_abandoned_threads_are_counted() -> None:
+    from vaultq.middleware import WorkerInfo
+
+    m = metrics()
+    again = JobInfo(
+        job_id="j2",
+        queue="default",
+        attempt=1,
+        app="m",
+        worker_id="w",
+        authenticated=True,
+        task="t",
+        redelivered=True,
+    )
+    m.settled(again, Outcome.SUCCEEDED, None)
+    m.rejected(msgspec_replace(again, authenticated=False), "replayed")
+    m.settled(msgspec_replace(again, redelivered=False), Outcome.SUCCEEDED, None)
+    stats = [0, 0, 3, 2]  # in flight, processed, abandoned threads, fenced
+    started: list[object] = []
+    info = WorkerInfo(
+        worker_id="w",
+        app="m",
+        queues=["default"],
+        concurrency=4,
+        stats=lambda: tuple(stats),  # type: ignore[arg-type,return-value]
+        spawn=lambda fn, name: started.append(fn),
+    )
+    await m.worker_started(info)
+    watch = started[0]
+    with anyio.move_on_after(0.5):
+        await watch()  # type: ignore[operator]
+    text = generate_latest(m.registry).decode()
+    assert 'vaultq_leases_reclaimed_total{queue="default"} 2.0' in text
+    assert "vaultq_leases_lost_total 2.0" in text
+    assert "vaultq_abandoned_threads 3.0" in text

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -140,6 +139,24 @@ class PrometheusMetrics(Middleware):
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.reclaimed = Counter(
+            "vaultq_leases_reclaimed",
+            "Deliveries of jobs whose previous lease ran out (a worker died or stalled)",
+            ["queue"],
+            registry=r,
+        )
+        self.fenced = Counter(
+            "vaultq_leases_lost",
+            "Attempts this worker cancelled (or never started) because their lease could no "
+            "longer be proven",
+            registry=r,
+        )
+        self.abandoned = Gauge(
+            "vaultq_abandoned_threads",
+            "Sync attempts stopped at their deadline whose threads still run",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.workers = Gauge(
             "vaultq_worker_processes",
             "Worker processes serving",
@@ -173,7 +190,7 @@ class PrometheusMetrics(Middleware):
     async def worker_started(self, worker: WorkerInfo) -> None:
         self.workers.inc()
         self.worker_concurrency.inc(worker.concurrency)
-        worker.start_soon(self._watch_depth, list(worker.queues), name="queue depth")
+        worker.start_soon(self._watch, worker, name="queue depth and worker counters")
 
     async def worker_stopped(self, worker: WorkerInfo) -> None:
         self.workers.dec()
@@ -198,6 +215,8 @@ class PrometheusMetrics(Middleware):
         self._child(self.attempt_duration, job.task, job.queue, outcome.value).observe(duration)
 
     def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
+        if job.redelivered:
+            self._child(self.reclaimed, job.queue).inc()
         # An unopened delivery's task name is the broker's claim: never a label value.
         task = job.task if job.authenticated else ""
         self._child(self.jobs, task, job.queue, outcome.value).inc()
@@ -207,12 +226,20 @@ class PrometheusMetrics(Middleware):
             self._child(self.denials, task, job.queue).inc()
 
     def rejected(self, job: JobInfo, reason: str) -> None:
+        if job.redelivered:
+            self._child(self.reclaimed, job.queue).inc()
         self._child(self.rejections, job.queue, reason).inc()
 
-    async def _watch_depth(self, queues: Sequence[str]) -> None:
+    async def _watch(self, worker: WorkerInfo) -> None:
         broker = await self.app.broker()
+        fenced = 0
         while True:
-            for queue in queues:
+            self.abandoned.set(worker.abandoned_threads)
+            now_fenced = worker.fenced
+            if now_fenced > fenced:
+                self.fenced.inc(now_fenced - fenced)
+            fenced = now_fenced
+            for queue in worker.queues:
                 try:
                     stats = await broker.stats(queue)
                 except BrokerError as exc:
