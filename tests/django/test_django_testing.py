@@ -13,7 +13,7 @@ from django.test import TestCase, override_settings
 from vqtestapp.jobs import OrmWrite, Report, ReportResult, orm_write, orm_write_sync, report
 from vqtestapp.models import Note
 
-from vaultq.django import get_app
+from vaultq.django import enqueue_on_commit, get_app
 from vaultq.testing.django import DjangoJobs, vaultq_jobs
 
 
@@ -111,3 +111,16 @@ def test_a_decorated_function_gets_the_jobs_as_a_keyword() -> None:
 
     body()
     assert len(seen) == 1 and not get_app().broker_url.startswith("memory://")
+
+
+def test_the_pytest_fixture_for_django(vaultq_django_jobs: DjangoJobs) -> None:
+    """The plugin's fixture (no decorator): outside TestCase the on-commit enqueue happens
+    at the real commit, and run() runs it."""
+    assert get_app().broker_url.startswith("memory://")
+    with transaction.atomic():
+        enqueue_on_commit(orm_write_sync, OrmWrite(batch="tk-fixture", n=5))
+        assert vaultq_django_jobs.enqueued(orm_write_sync) == []  # not committed yet
+    assert vaultq_django_jobs.enqueued(orm_write_sync) == [OrmWrite(batch="tk-fixture", n=5)]
+    (ran,) = vaultq_django_jobs.run()
+    assert ran.outcome == "succeeded"
+    assert Note.objects.filter(batch="tk-fixture").count() == 1

@@ -16,7 +16,9 @@ or override the fixture in ``conftest.py`` (any App, e.g. one built per test)::
 afterwards), records what is enqueued, and gives a :class:`vaultq.testing.TestWorker`:
 ``await vaultq_worker.run_pending()``, ``vaultq_worker.enqueued(refund)``.
 
-The plugin only adds an ini option and two fixtures with ``vaultq_`` names, and no
+Django projects get ``vaultq_django_jobs`` (see :mod:`vaultq.testing.django`).
+
+The plugin only adds an ini option and fixtures with ``vaultq_`` names, and no
 hooks that touch collection or reporting: projects that do not ask for the fixtures see
 no difference.
 """
@@ -30,9 +32,10 @@ import pytest
 
 if TYPE_CHECKING:
     from vaultq.app import App
+    from vaultq.testing.django import DjangoJobs
     from vaultq.testing.worker import TestWorker
 
-__all__ = ["pytest_addoption", "vaultq_app", "vaultq_worker"]
+__all__ = ["pytest_addoption", "vaultq_app", "vaultq_django_jobs", "vaultq_worker"]
 
 INI = "vaultq_app"
 
@@ -75,3 +78,18 @@ def vaultq_worker(vaultq_app: App) -> Iterator[TestWorker]:
     finally:
         worker.clear()
         vaultq_app.swap_broker(previous)
+
+
+@pytest.fixture
+def vaultq_django_jobs() -> Iterator[DjangoJobs]:
+    """Django projects (pytest-django or not): ``vaultq.testing.django.vaultq_jobs`` for
+    one test -- the App of ``settings.VAULTQ`` on a fresh memory broker; ``run()`` runs
+    the test's on-commit enqueues, then the jobs, on the test's database connections."""
+    from vaultq.testing.django import vaultq_jobs
+
+    helper = vaultq_jobs(run_on_exit=False)
+    jobs = helper.enable()
+    try:
+        yield jobs
+    finally:
+        helper.disable()
