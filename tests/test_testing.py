@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 import vaultq
-from vaultq.brokers.base import EnqueueItem
+from vaultq.brokers.base import CancelState, EnqueueItem
 from vaultq.errors import BadSignature
 from vaultq.middleware import JobInfo, Outcome
 from vaultq.testing import Ran, TestWorker, run_pending, run_pending_sync
@@ -354,3 +354,37 @@ def test_enqueued_is_typed_for_mypy_too(tmp_path: Path) -> None:
     assert re.search(r'Revealed type is "(builtins\.)?list\[snippet\.Refund\]"', out), out
     assert 'Revealed type is "snippet.Refund"' in out, out
     assert "Non-overlapping equality check" in out and "list[Other]" in out, out
+
+
+async def test_cancel_by_id_stops_a_running_job_and_never_starts_a_queued_one(
+    unique_name: str,
+) -> None:
+    app = vaultq.App(unique_name, broker="memory://")
+    started = anyio.Event()
+
+    @app.task(name="nap", timeout=60)
+    async def nap(job: Nap) -> None:
+        started.set()
+        await anyio.sleep(job.seconds)
+
+    worker = TestWorker(app)
+    queued = await nap.enqueue(Nap(0))
+    assert await queued.cancel() == CancelState.REQUESTED
+    running = await nap.enqueue(Nap(30))
+    done: list[Ran] = []
+
+    async def run() -> None:
+        done.extend(await worker.run_pending())
+
+    begin = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await started.wait()
+        await running.cancel()
+    assert [(r.job_id, r.outcome) for r in done] == [
+        (queued.id, "cancelled"),
+        (running.id, "cancelled"),
+    ]
+    assert time.monotonic() - begin < 5
+    with pytest.raises(vaultq.JobCancelled):
+        await running.result(timeout=1)

@@ -12,9 +12,9 @@ The app's middleware sees these jobs as it would in a worker (``attempt_started`
 ``attempt_finished``, ``settled``, ``rejected``, the call wrappers); ``worker_started``
 and ``worker_stopped`` are not called: there is no long-running worker.
 
-What it leaves out, on purpose: the fetch loop's blocking waits and the lease keeper's
-thread (leases are long enough for any task's timeout instead) and the cancel watcher
-(a job cancelled before it runs is still never started). Tasks with
+A job cancelled by id is never started, or stopped (CANCELLED) while it runs. What it
+leaves out, on purpose: the fetch loop's blocking waits and the lease keeper's thread
+(leases are long enough for any task's timeout instead). Tasks with
 ``isolation="process"`` run in child processes as under a worker: the children import
 the app's module, so it must be importable by name (``PYTHONPATH``).
 
@@ -39,7 +39,7 @@ from vaultq.brokers.base import Ack, Broker, Bury, Drop, Release, Retry, Settlem
 from vaultq.brokers.memory import MemoryBroker, MemoryStore, store_of
 from vaultq.envelope import open_job
 from vaultq.errors import ConfigurationError
-from vaultq.runtime.execute import Executor, JobSlot
+from vaultq.runtime.execute import Executor, JobSlot, Stop
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.worker import report_settlement
 
@@ -56,6 +56,8 @@ P = TypeVar("P", bound=msgspec.Struct)
 
 DEFAULT_LIMIT = 1000
 """Jobs one ``run_pending`` call may run before it suspects a task that enqueues itself."""
+CANCEL_POLL = 0.05
+"""Seconds between two looks for cancel requests of the running jobs."""
 
 
 class Ran(msgspec.Struct, frozen=True):
@@ -224,7 +226,7 @@ class TestWorker:
                     "enqueue itself? Pass a higher limit= if this many are expected"
                 )
             slots = [JobSlot(d) for d in deliveries]
-            done = await _run_all(executor, slots)
+            done = await _run_all(executor, slots, broker)
             for slot, settlement in zip(slots, done, strict=True):
                 log_outcome(slot, settlement)  # the worker's own finished-job line
             with anyio.CancelScope(shield=True):
@@ -322,17 +324,37 @@ class TestWorker:
         return [job.payload for job in self.jobs(task)]
 
 
-async def _run_all(executor: Executor, slots: list[JobSlot]) -> list[Settlement]:
-    """Run one round's deliveries at once (each in the executor's own pipeline)."""
+async def _run_all(executor: Executor, slots: list[JobSlot], broker: Broker) -> list[Settlement]:
+    """Run one round's deliveries at once (each in the executor's own pipeline), while
+    watching for cancel requests as the worker does."""
     settlements: list[Settlement | None] = [None] * len(slots)
 
     async def one(i: int) -> None:
         settlements[i] = await executor.run(slots[i])
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(slots)):
-            tg.start_soon(one, i)
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(_watch_cancels, broker, slots)
+        async with anyio.create_task_group() as tg:
+            for i in range(len(slots)):
+                tg.start_soon(one, i)
+        outer.cancel_scope.cancel()
     return [s for s in settlements if s is not None]
+
+
+async def _watch_cancels(broker: Broker, slots: list[JobSlot]) -> None:
+    """``app.cancel(job_id)`` during ``run_pending`` stops the running attempt
+    (CANCELLED), as the worker's cancel watcher does (every 0.5 s there)."""
+    while True:
+        await anyio.sleep(CANCEL_POLL)
+        by_queue: dict[str, list[str]] = {}
+        for slot in slots:
+            if slot.stop is None:
+                by_queue.setdefault(slot.delivery.queue, []).append(slot.delivery.job_id)
+        for queue, ids in by_queue.items():
+            cancelled = await broker.cancelled(queue, ids)
+            for slot in slots:
+                if slot.delivery.job_id in cancelled and slot.stop is None:
+                    slot.request_stop(Stop.CANCELLED)
 
 
 def _ran(slot: JobSlot, settlement: Settlement) -> Ran:
