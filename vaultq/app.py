@@ -17,7 +17,7 @@ import msgspec
 from vaultq import config
 from vaultq._loop import LoopThread
 from vaultq.brokers import broker_from_url
-from vaultq.brokers.base import Broker, CancelState
+from vaultq.brokers.base import Broker, BrokerCapabilities, CancelState
 from vaultq.clock import Clock
 from vaultq.enqueue import authorize
 from vaultq.enqueue import enqueue as enqueue_jobs
@@ -530,7 +530,12 @@ class App:
 
     @property
     def shared_broker(self) -> bool:
-        return self._broker_template.shared
+        return self._broker_template.capabilities.shared
+
+    @property
+    def broker_capabilities(self) -> BrokerCapabilities:
+        """What the app's broker declares it is (see ``BrokerCapabilities``)."""
+        return self._broker_template.capabilities
 
     @property
     def keyring(self) -> Keyring:

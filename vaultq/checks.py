@@ -189,13 +189,14 @@ def _broker(app: App, deploy: bool) -> list[Finding]:
                 "sqlite:/// for one host or redis:// for several",
             )
         ]
-    if parts.scheme == "sqlite":
+    if not app.broker_capabilities.shared:
         if deploy:
             return [
                 Finding(
                     "warning",
                     "VQ201",
-                    "the embedded SQLite broker serves one host; use Redis for several",
+                    f"the {parts.scheme}:// broker serves one host (it is not shared); "
+                    "use Redis for several",
                 )
             ]
         return []

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 from vaultq.brokers.base import Broker
-from vaultq.brokers.memory import MemoryBroker
 from vaultq.errors import ConfigurationError
 from vaultq.keyring import Keyring, load_or_create_file
 
@@ -31,13 +30,13 @@ def resolve_keyring(
     here). Raises ``ConfigurationError`` for a shared broker without keys."""
     if keys_in_env:
         return Keyring.from_env("VAULTQ_KEYS"), "$VAULTQ_KEYS"
-    if broker.shared:
+    if broker.capabilities.shared:
         raise ConfigurationError(
             f"app {app_name!r} uses a shared broker ({broker.url}) and has no keys. "
             "Run `vaultq keys generate --out vaultq.keys`, then set VAULTQ_KEYS=@vaultq.keys "
             "(or pass keyring=Keyring.from_file(...)) on producers and workers alike"
         )
-    if isinstance(broker, MemoryBroker):
+    if not broker.capabilities.durable:
         # Nothing on a memory broker outlives this process, so neither need its keys:
         # a fresh keyring, never a key file in the working directory.
         return Keyring.generate(), "generated for the memory broker"
@@ -59,7 +58,7 @@ def load_or_create_keyfile(path: Path) -> Keyring:
 
 def embedded_key_path(broker: Broker) -> Path:
     """``<db>.keys`` beside an embedded broker's database; ``./vaultq.keys`` otherwise."""
-    db = getattr(broker, "path", None)
+    db = broker.capabilities.local_path
     if db is None:
         return Path.cwd() / "vaultq.keys"
     db_path = Path(db)

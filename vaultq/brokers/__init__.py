@@ -1,12 +1,12 @@
-"""Brokers: where sealed envelopes wait. ``broker_from_url`` picks one by URL scheme."""
+"""Brokers: where sealed envelopes wait. ``broker_from_url`` picks one by URL scheme
+(registered in :mod:`vaultq.brokers.registry`)."""
 
 from __future__ import annotations
-
-from urllib.parse import urlsplit
 
 from vaultq.brokers.base import (
     Ack,
     Broker,
+    BrokerCapabilities,
     Bury,
     CancelState,
     DeadLetter,
@@ -17,11 +17,18 @@ from vaultq.brokers.base import (
     Retry,
     Settlement,
 )
-from vaultq.errors import ConfigurationError
+from vaultq.brokers.registry import (
+    BUILTIN_BROKERS,
+    ENTRY_POINT_GROUP,
+    broker_from_url,
+    registered_schemes,
+)
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Ack",
     "Broker",
+    "BrokerCapabilities",
     "Bury",
     "CancelState",
     "DeadLetter",
@@ -32,45 +39,10 @@ __all__ = [
     "Retry",
     "Settlement",
     "broker_from_url",
+    "registered_schemes",
 ]
 
-REDIS_SCHEMES = frozenset(
-    {
-        "redis",
-        "rediss",
-        "unix",
-        "redis+cluster",
-        "rediss+cluster",
-        "redis+sentinel",
-        "rediss+sentinel",
-    }
-)
-SQLITE_SCHEMES = frozenset({"sqlite"})
-MEMORY_SCHEMES = frozenset({"memory"})
-
-
-def broker_from_url(url: str, *, namespace: str) -> Broker:
-    """Build the broker for ``url``: ``redis://``, ``rediss://``, ``unix://``,
-    ``redis+cluster://``, ``redis+sentinel://`` (and their ``rediss+`` TLS forms) or
-    ``sqlite:///`` or ``memory://`` (in-memory, one process: tests; see
-    ``vaultq/brokers/memory.py``).
-
-    Raises ConfigurationError for an unknown scheme.
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in REDIS_SCHEMES:
-        from vaultq.brokers.redis import RedisBroker
-
-        return RedisBroker(url, namespace=namespace)
-    if scheme in SQLITE_SCHEMES:
-        from vaultq.brokers.sqlite import SqliteBroker
-
-        return SqliteBroker(url, namespace=namespace)
-    if scheme in MEMORY_SCHEMES:
-        from vaultq.brokers.memory import MemoryBroker
-
-        return MemoryBroker(url, namespace=namespace)
-    raise ConfigurationError(
-        f"unsupported broker URL scheme {scheme!r}: use redis://, rediss://, unix://, "
-        "redis+cluster://, redis+sentinel://, sqlite:///path/to/vaultq.db or memory:// (tests)"
-    )
+REDIS_SCHEMES = frozenset(s for s, t in BUILTIN_BROKERS.items() if t.endswith(":RedisBroker"))
+"""The built-in Redis broker's schemes (kept for callers of the old name)."""
+SQLITE_SCHEMES = frozenset(s for s, t in BUILTIN_BROKERS.items() if t.endswith(":SqliteBroker"))
+MEMORY_SCHEMES = frozenset(s for s, t in BUILTIN_BROKERS.items() if t.endswith(":MemoryBroker"))

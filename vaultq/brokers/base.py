@@ -93,6 +93,7 @@ __all__ = [
     "RETRYABLE_REASONS",
     "Ack",
     "Broker",
+    "BrokerCapabilities",
     "Bury",
     "CancelState",
     "DeadLetter",
@@ -108,6 +109,26 @@ __all__ = [
     "TickStore",
     "UniqueKeys",
 ]
+
+
+class BrokerCapabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a broker is, declared instead of guessed from its type or attributes: the
+    app and ``vaultq check`` ask these questions, whatever the broker."""
+
+    shared: bool
+    """Other hosts can reach the store (Redis): producers and workers must then share
+    explicit keys (the app refuses to generate a key file), and ``vaultq check
+    --deploy`` does not warn that the broker serves one host. False for an embedded
+    store (SQLite) only this host's processes can open."""
+    local_path: str | None = None
+    """Absolute path of the file holding the store on this host, when there is one (the
+    SQLite database; None for ``:memory:`` and for network brokers). An app without
+    keys on a broker that is not shared generates its key file beside it (``x.db`` ->
+    ``x.keys``), else in the working directory."""
+    durable: bool = True
+    """Jobs and results outlive the process that wrote them. False for the memory
+    broker: nothing on it outlives the process, so an app without keys generates a
+    keyring in memory instead of writing a key file."""
 
 
 class Delivery(msgspec.Struct, frozen=True):
@@ -281,9 +302,9 @@ class Broker(Protocol):
     def namespace(self) -> str: ...
 
     @property
-    def shared(self) -> bool:
-        """True for brokers other processes or hosts can reach (Redis): they refuse to
-        run without explicit keys. False for the embedded broker."""
+    def capabilities(self) -> BrokerCapabilities:
+        """What this broker is (shared across hosts, its file on this host): the app and
+        the checks read this, never the broker's type or private attributes."""
         ...
 
     def clone(self) -> Broker:

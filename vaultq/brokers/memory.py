@@ -39,6 +39,7 @@ import msgspec
 from vaultq import config
 from vaultq.brokers.base import (
     RETRYABLE_REASONS,
+    BrokerCapabilities,
     CancelState,
     DeadLetter,
     Delivery,
@@ -71,6 +72,9 @@ POLL_MAX = 0.02
 """Longest pause of a blocking read between two looks (changes from another thread)."""
 SWEEP_INTERVAL = 30.0
 """Seconds between two deletes of expired results, ids, markers and claims (in fetch)."""
+
+
+_CAPABILITIES = BrokerCapabilities(shared=False, durable=False)
 
 
 class MemoryBroker:
@@ -110,7 +114,12 @@ class MemoryBroker:
         return self._namespace
 
     @property
+    def capabilities(self) -> BrokerCapabilities:
+        return _CAPABILITIES
+
+    @property
     def shared(self) -> bool:
+        """``capabilities.shared`` (kept for callers of the old name)."""
         return False
 
     @property

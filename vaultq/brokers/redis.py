@@ -43,6 +43,7 @@ from vaultq.brokers.base import (
     JOB_INFO_DEAD_SCAN,
     RETRYABLE_REASONS,
     Ack,
+    BrokerCapabilities,
     Bury,
     CancelState,
     DeadLetter,
@@ -75,6 +76,7 @@ sealed job again (a producer retrying after an unreadable reply) is a no-op. It 
 write that landed while its reply timed out (``socket_timeout``, 5 s) plus the retry budget
 (``enqueue_retry``, 2 s); the cost is one small key (~100 bytes) per job enqueued in the
 window."""
+_CAPABILITIES: Final = BrokerCapabilities(shared=True)
 _PROMOTE_LIMIT: Final = 500
 """Delayed jobs promoted per fetch call at most, to bound the time one script runs."""
 _SCRIPTS: Final = (
@@ -371,7 +373,12 @@ class RedisBroker(RedisMonitoring):
         return self._namespace
 
     @property
+    def capabilities(self) -> BrokerCapabilities:
+        return _CAPABILITIES
+
+    @property
     def shared(self) -> bool:
+        """``capabilities.shared`` (kept for callers of the old name)."""
         return True
 
     def clone(self) -> RedisBroker:

@@ -51,6 +51,7 @@ from vaultq.brokers.base import (
     JOB_INFO_DEAD_SCAN,
     RETRYABLE_REASONS,
     Ack,
+    BrokerCapabilities,
     Bury,
     CancelState,
     DeadLetter,
@@ -153,7 +154,13 @@ class SqliteBroker(SqliteMonitoring):
         return self._namespace
 
     @property
+    def capabilities(self) -> BrokerCapabilities:
+        path = None if self._path is None else str(self._path)
+        return BrokerCapabilities(shared=False, local_path=path)
+
+    @property
     def shared(self) -> bool:
+        """``capabilities.shared`` (kept for callers of the old name)."""
         return False
 
     @property

@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from vaultq.brokers import REDIS_SCHEMES
+from vaultq.brokers import broker_from_url
 from vaultq.checks import plaintext_off_host
+from vaultq.errors import ConfigurationError
 from vaultq.files import untrusted_reason
 
 __all__ = [
@@ -86,7 +87,12 @@ def check_keys(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
     if value:
         return []
     url = _broker_url(s) or "sqlite:///vaultq.db"
-    if urlsplit(url).scheme.lower() in REDIS_SCHEMES:
+    try:
+        # Building a broker opens no connection: it only reads the URL.
+        shared = broker_from_url(url, namespace="vaultq-check").capabilities.shared
+    except ConfigurationError as exc:
+        return [checks.Error(str(exc), id="vaultq.E003")]
+    if shared:
         return [
             checks.Error(
                 f"no vaultq keys: the broker {url.split('@')[-1]} is shared and needs "
