@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from support.brokers import kind_params, url_for
+from support.packages import THIRDPARTY, installed
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +102,30 @@ def redis_clean(redis_url: str) -> Iterator[str]:
     finally:
         client.close()
     yield redis_url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``broker_kind``: every kind in ``tests/support/brokers.py`` (the one list)."""
+    if "broker_kind" in metafunc.fixturenames:
+        params = kind_params(
+            other_processes=metafunc.definition.get_closest_marker("other_processes") is not None,
+            third_party=metafunc.definition.get_closest_marker("third_party_broker") is not None,
+        )
+        metafunc.parametrize("broker_kind", params)
+
+
+@pytest.fixture
+def broker_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A broker URL of ``broker_kind`` private to this test."""
+    return url_for(broker_kind, tmp_path, request)
+
+
+@pytest.fixture(scope="session")
+def third_party_broker_installed() -> Iterator[None]:
+    """The third-party broker package (scheme ``thirdparty://``) installed for the session:
+    its dist-info on sys.path, found through the ``vaultq.brokers`` entry point."""
+    with installed(THIRDPARTY):
+        yield
 
 
 @pytest.fixture

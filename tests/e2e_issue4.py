@@ -16,19 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import pytest
-from helpers import broker_url, worker_env
+from helpers import worker_env
 
 import vaultq
-
-KINDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
-"""Parametrize ``kind`` with this: both brokers; the Redis one needs redis-server."""
-
-
-def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A private broker URL; asks for the session's redis-server only when needed."""
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
-    return broker_url(kind, tmp_path, redis_url)
 
 
 @dataclass

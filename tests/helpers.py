@@ -20,16 +20,6 @@ from vaultq.runtime.worker import Worker
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def broker_url(kind: str, tmp_path: Path, redis_url: str | None) -> str:
-    """A broker URL of ``kind`` ("sqlite", "redis" or "memory") private to one test."""
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/vaultq.db"
-    if kind == "memory":
-        return "memory://"  # a fresh store of its own
-    assert redis_url is not None
-    return redis_url
-
-
 def make_app(
     name: str, url: str, keyring: vaultq.Keyring | None = None, **options: Any
 ) -> vaultq.App:

@@ -23,7 +23,8 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import broker_url, make_app, running_worker
+from helpers import make_app, running_worker
+from support.brokers import url_for
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
@@ -31,22 +32,15 @@ from vaultq.policy import PolicyRequest
 
 pytestmark = pytest.mark.anyio
 
-BROKERS = ["sqlite", "redis"]
-
 
 class N(msgspec.Struct, frozen=True):
     n: int
 
 
-def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
-    return broker_url(kind, tmp_path, redis_url)
-
-
-async def _queued_envelopes(app: vaultq.App, kind: str, tmp_path: Path) -> list[bytes]:
+async def _queued_envelopes(app: vaultq.App, broker_kind: str, tmp_path: Path) -> list[bytes]:
     """Every envelope waiting in the default queue, read straight from storage."""
     broker = await app.broker()
-    if kind == "sqlite":
+    if broker_kind == "sqlite":
         con = sqlite3.connect(tmp_path / "vaultq.db")
         try:
             rows = con.execute(
@@ -76,14 +70,13 @@ async def _drained(broker: vaultq.brokers.Broker) -> None:
 # -- 1. a finished job's outcome cannot be replaced ------------------------------------
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_expired_copy_cannot_replace_a_succeeded_outcome(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     """Issue 9, broken claim 1: a copy of the envelope re-inserted after its ``expires``
     made the worker record EXPIRED over SUCCEEDED (a producer retrying on it charges
     twice). The finished check now comes first and the broker stores outcomes once."""
-    app = make_app(unique_name, _url(kind, tmp_path, request), clock_skew=0.1)
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request), clock_skew=0.1)
     runs: list[int] = []
 
     @app.task(name="t.charge", expires=0.5)
@@ -93,7 +86,7 @@ async def test_expired_copy_cannot_replace_a_succeeded_outcome(
 
     broker = await app.broker()
     handle = await charge.enqueue(N(7))
-    (copy,) = await _queued_envelopes(app, kind, tmp_path)  # the attacker's copy
+    (copy,) = await _queued_envelopes(app, broker_kind, tmp_path)  # the attacker's copy
     async with running_worker(app):
         assert await handle.result(timeout=10) == 7
         await anyio.sleep(1.0)  # past expires + clock_skew; the result is still stored
@@ -110,14 +103,13 @@ async def test_expired_copy_cannot_replace_a_succeeded_outcome(
 # -- 2. CancelledError raised by job code is a failure, not a shutdown -------------------
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_task_raising_cancelled_error_fails_and_the_worker_keeps_serving(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     """Issue 9, broken claim 4: awaiting a cancelled future raises CancelledError in the
     task; it was taken for a shutdown, the job got no outcome and the worker stopped
     fetching. Now it is a FAILED attempt and the same worker (one consumer) serves on."""
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
 
     @app.task(name="t.awaits_cancelled", retries=1, backoff=0.01)
     async def awaits_cancelled(job: N) -> int:
@@ -145,11 +137,10 @@ async def test_task_raising_cancelled_error_fails_and_the_worker_keeps_serving(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_policy_raising_cancelled_error_denies(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
     calls: list[str] = []
 
     async def policy(req: PolicyRequest) -> bool:
@@ -201,15 +192,14 @@ async def test_a_real_shutdown_still_hands_jobs_back(tmp_path: Path, unique_name
 # -- 3. junk never answers for an honest job ---------------------------------------------
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_junk_under_honest_ids_does_not_make_producers_give_up(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     """Issue 10, item 4: each junk entry written under the id of a genuine job still
     waiting (here: in its delay) made the worker seal a REJECTED result under that id,
     and the waiting producer gave up with JobRejected although its job later succeeded.
     Nothing unauthenticated writes a result now: the producer gets the real outcome."""
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
 
     @app.task(name="t.ok")
     async def ok(job: N) -> int:
@@ -273,9 +263,8 @@ async def test_hostile_flood_keeps_redis_memory_bounded(redis_url: str, unique_n
 # -- 5. a custom job id that exists is refused ---------------------------------------------
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_duplicate_custom_job_id_is_refused_without_a_replay_warning(
-    kind: str,
+    broker_kind: str,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     unique_name: str,
@@ -284,7 +273,7 @@ async def test_duplicate_custom_job_id_is_refused_without_a_replay_warning(
     """Issue 9, job-id squatting (duplicate half): enqueueing a custom id that is queued
     or finished used to write a second entry that the worker then rejected as
     "replayed" (a false security warning) -- a doomed job, silently. Now: DuplicateJob."""
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
     runs: list[int] = []
 
     @app.task(name="t.once")
@@ -375,14 +364,13 @@ async def test_consumers_of_gone_workers_leave_the_group(redis_url: str, unique_
     raw.close()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_unknown_task_is_answered_only_when_authentic(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     """A job a trusted signer sealed for a task this worker lacks is answered REJECTED
     under its signed id (its producer hears it); the same task name in an envelope from
     a stranger's keys is an unauthenticated stub with no outcome and no task name."""
-    url = _url(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     worker_app = make_app(unique_name, url, keyring=keys)
     producer = make_app(unique_name, url, keyring=keys)

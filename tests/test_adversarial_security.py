@@ -22,7 +22,8 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import ROOT, broker_url, make_app, running_worker
+from helpers import ROOT, make_app, running_worker
+from support.brokers import url_for
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
@@ -36,8 +37,6 @@ pytestmark = pytest.mark.anyio
 
 MARK = "SECMARK7f3a"
 """Marker for payload, Secret, principal attribute and exception text: must never leak."""
-
-BROKERS = ["sqlite", "redis"]
 
 
 class Card(msgspec.Struct, frozen=True):
@@ -75,11 +74,6 @@ def logs() -> Iterator[Collect]:
         root.setLevel(old)
 
 
-def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
-    return broker_url(kind, tmp_path, redis_url)
-
-
 def card(n: int = 1) -> Card:
     return Card(n, vaultq.Secret(f"tok-{MARK}"), note=f"note-{MARK}")
 
@@ -87,9 +81,12 @@ def card(n: int = 1) -> Card:
 # -- a task or a policy raising a BaseException ------------------------------------------
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_task_raising_system_exit_fails_the_job_not_the_worker(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str, logs: Collect
+    broker_kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    unique_name: str,
+    logs: Collect,
 ) -> None:
     """sys.exit() (or any BaseException) in task code used to tear the worker's task
     group down, printing the exit message (here: a secret) with the traceback."""
@@ -97,7 +94,7 @@ async def test_task_raising_system_exit_fails_the_job_not_the_worker(
     class Abort(BaseException):
         pass
 
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
 
     @app.task(name="t.exit", retries=0)
     async def exits(job: Card) -> int:
@@ -210,15 +207,14 @@ async def test_crafted_sqlite_rows_do_not_crash_the_worker(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_junk_under_a_finished_job_id_keeps_its_result(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     """Junk enqueued under a finished job's id used to make the worker seal a REJECTED
     outcome over the real result: an authenticated "never ran" for a job that ran (a
     producer retrying on it would run the side effect twice). The finished check comes
     first: the entry is dropped and counted, never stored or answered."""
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
     runs: list[int] = []
 
     @app.task(name="t.count")
@@ -243,11 +239,10 @@ async def test_junk_under_a_finished_job_id_keeps_its_result(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_replayed_and_moved_envelopes_never_run(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = _url(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     app = make_app(unique_name, url, keyring=keys)
     runs: list[int] = []
@@ -276,7 +271,7 @@ async def test_replayed_and_moved_envelopes_never_run(
         )
 
     handle = await count.enqueue(card(1))
-    copy = await _stored_envelope(broker, kind, tmp_path, unique_name)  # the attacker's copy
+    copy = await _stored_envelope(broker, broker_kind, tmp_path, unique_name)  # the attacker's copy
     async with running_worker(app, queues=["default", "other"]):
         assert await handle.result(timeout=10) == 1
         await broker.enqueue([EnqueueItem(queue="default", job_id=handle.id, envelope=copy)])
@@ -309,9 +304,8 @@ async def test_replayed_and_moved_envelopes_never_run(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_a_revoked_stolen_signing_key_forges_nothing(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     """A thief copied the keyring. `vaultq keys rotate` (the old advice) left the stolen
     signing key trusted, so forged jobs still ran; after `revoke` they are dead-lettered
@@ -319,7 +313,7 @@ async def test_a_revoked_stolen_signing_key_forges_nothing(
     stolen = vaultq.Keyring.generate()
     assert stolen.signer_id is not None
     fixed = stolen.revoke(stolen.signer_id).revoke(stolen.active_key_id)
-    app = make_app(unique_name, _url(kind, tmp_path, request), keyring=fixed)
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request), keyring=fixed)
     runs: list[int] = []
 
     @app.task(name="t.count")
@@ -355,9 +349,9 @@ async def test_a_revoked_stolen_signing_key_forges_nothing(
     await app.aclose()
 
 
-async def _stored_envelope(broker: Any, kind: str, tmp_path: Path, namespace: str) -> bytes:
+async def _stored_envelope(broker: Any, broker_kind: str, tmp_path: Path, namespace: str) -> bytes:
     """The one queued envelope, read straight from the broker's storage."""
-    if kind == "sqlite":
+    if broker_kind == "sqlite":
         con = sqlite3.connect(tmp_path / "vaultq.db")
         try:
             (row,) = con.execute(
@@ -406,11 +400,14 @@ async def test_broker_given_ids_cannot_forge_audit_lines(
         assert "\n" not in record.vaultq["job_id"]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_debug_logs_of_a_full_run_hold_no_secrets(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str, logs: Collect
+    broker_kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    unique_name: str,
+    logs: Collect,
 ) -> None:
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
 
     @app.task(name="t.ok")
     async def ok(job: Card) -> Card:

@@ -19,13 +19,14 @@ import msgspec
 import pytest
 import redis
 from e2e_app_policies import Refund, build, count
-from e2e_issue4 import KINDS, dead_reasons, e2e_worker, settled, url_for
+from e2e_issue4 import dead_reasons, e2e_worker, settled
+from support.brokers import url_for
 
 import vaultq
 from vaultq.brokers.redis import QueueKeys
 from vaultq.envelope import MAGIC, open_job
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90), pytest.mark.other_processes]
 
 SPEC = "e2e_app_policies:app"
 PAYLOAD_MARKER = "PAYLOAD-MARKER-5eb1"
@@ -44,9 +45,9 @@ def _audit_lines(log: str, job_id: str) -> list[str]:
 
 
 async def test_revoked_rights_deny_in_the_worker_and_audit_stays_clean(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     app = build(unique_name, tmp_path, broker=url, keyring=keys)
     refund = app.get_task("refund")
@@ -113,9 +114,9 @@ async def test_revoked_rights_deny_in_the_worker_and_audit_stays_clean(
 
 
 async def test_async_policy_that_raises_or_hangs_denies(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     policy_timeout = 0.5
     app = build(unique_name, tmp_path, broker=url, keyring=keys, policy_timeout=policy_timeout)
@@ -160,9 +161,9 @@ async def test_async_policy_that_raises_or_hangs_denies(
 
 
 async def test_signer_not_in_allow_signers_is_denied(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     # The worker trusts two signers (a rotation keeps the old one trusted), but the
     # task allows only the ops signer: a trusted signature is not enough.
     batch_keys = vaultq.Keyring.generate()
@@ -231,10 +232,10 @@ def _rewrite_principal(keys: vaultq.Keyring, old: bytes, new: bytes) -> Callable
 
 
 def _tamper(
-    kind: str, url: str, namespace: str, job_id: str, edit: Callable[[bytes], bytes]
+    broker_kind: str, url: str, namespace: str, job_id: str, edit: Callable[[bytes], bytes]
 ) -> bytes:
     """Rewrite a queued job's stored envelope, straight in the broker's storage."""
-    if kind == "sqlite":
+    if broker_kind == "sqlite":
         with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
             row_id, envelope = db.execute(
                 "SELECT id, envelope FROM vaultq_jobs WHERE namespace = ? AND job_id = ?",
@@ -275,9 +276,9 @@ def _foreign_keys_with_spoofed_ids(real: vaultq.Keyring) -> vaultq.Keyring:
 
 
 async def test_forged_principal_is_rejected(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     app = build(unique_name, tmp_path, broker=url, keyring=keys)
     admin_only = app.get_task("admin_only")
@@ -289,7 +290,7 @@ async def test_forged_principal_is_rejected(
     user = vaultq.Principal("user:42", roles=frozenset({"admin"}))
     flipped = await admin_only.enqueue(Refund(1), principal=user)
     forged = _tamper(
-        kind, url, unique_name, flipped.id, _rewrite_principal(keys, b"user:42", b"root:42")
+        broker_kind, url, unique_name, flipped.id, _rewrite_principal(keys, b"user:42", b"root:42")
     )
     with pytest.raises(vaultq.BadSignature):
         open_job(forged, keys, app=unique_name, tasks={"admin_only"}, now=time.time())
@@ -317,11 +318,6 @@ async def test_forged_principal_is_rejected(
         assert await (await app.broker()).get_result("default", handle.id) is None
     rejected = [x for x in run.log().splitlines() if " rejected on queue " in x]
     assert len(rejected) == 3 and all("root:42" not in x for x in rejected)
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "authorization.md"

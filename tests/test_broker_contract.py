@@ -1,18 +1,19 @@
 """The broker conformance suite: every semantic of ``vaultq/brokers/base.py``, run
-against every broker (Redis on the session's private server, the embedded SQLite
-broker and the in-memory broker of the test kit)."""
+against every broker kind (``broker_kind``: Redis on the session's private server, the
+embedded SQLite broker, and a broker installed as a third-party package that registers
+through the ``vaultq.brokers`` entry point)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import (
     Ack,
     Broker,
@@ -26,55 +27,18 @@ from vaultq.brokers.base import (
     Retry,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.third_party_broker]
 
 LEASE = 0.5
 Q = "jobs"
 
 
-def _sqlite_available() -> bool:
-    try:
-        from vaultq.brokers.sqlite import SqliteBroker  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BROKERS = [
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param(
-        "sqlite",
-        marks=pytest.mark.skipif(
-            not _sqlite_available(), reason="sqlite broker not implemented yet"
-        ),
-    ),
-    "memory",
-]
-
-
-@pytest.fixture(params=BROKERS)
-def make_broker(
-    request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
-) -> Callable[[str], Broker]:
-    """Builds an unconnected broker of the parametrised kind; the argument is a suffix
-    for this test's namespace (one store, several namespaces)."""
-    if request.param == "redis":
-        from vaultq.brokers.redis import RedisBroker
-
-        url = request.getfixturevalue("redis_url")
-        return lambda suffix: RedisBroker(url, namespace=unique_name + suffix)
-    if request.param == "memory":
-        from vaultq.brokers.memory import MemoryBroker
-
-        # A named store: every broker of this test (several namespaces) shares it.
-        return lambda suffix: MemoryBroker(
-            f"memory://{unique_name}", namespace=unique_name + suffix
-        )
-
-    from vaultq.brokers.sqlite import SqliteBroker
-
-    db = f"sqlite:///{tmp_path}/b.db"
-    return lambda suffix: SqliteBroker(db, namespace=unique_name + suffix)
+@pytest.fixture
+def make_broker(broker_url: str, unique_name: str) -> Callable[[str], Broker]:
+    """Builds an unconnected broker of the parametrised kind through the registry (the
+    third-party kind through its entry point); the argument is a suffix for this test's
+    namespace (one store, several namespaces)."""
+    return lambda suffix: broker_from_url(broker_url, namespace=unique_name + suffix)
 
 
 @pytest.fixture

@@ -1,38 +1,25 @@
 """The brokers' operator tools (``job_info``, ``cancel_queued``, ``retry_dead``), the same
-checks against every broker: Redis on the session's private server, SQLite and memory."""
+checks against every broker kind (``broker_kind``), the third-party one included."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
+from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Ack, Broker, Bury, Delivery, EnqueueItem
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.third_party_broker]
 
 Q = "ops"
 LEASE = 30.0
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "sqlite", "memory"])
-def make_broker(
-    request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
-) -> Callable[[], Broker]:
-    if request.param == "redis":
-        from vaultq.brokers.redis import RedisBroker
-
-        url = request.getfixturevalue("redis_url")
-        return lambda: RedisBroker(url, namespace=unique_name)
-    if request.param == "memory":
-        from vaultq.brokers.memory import MemoryBroker
-
-        return lambda: MemoryBroker(f"memory://{unique_name}", namespace=unique_name)
-    from vaultq.brokers.sqlite import SqliteBroker
-
-    return lambda: SqliteBroker(f"sqlite:///{tmp_path}/b.db", namespace=unique_name)
+@pytest.fixture
+def make_broker(broker_url: str, unique_name: str) -> Callable[[], Broker]:
+    return lambda: broker_from_url(broker_url, namespace=unique_name)
 
 
 @pytest.fixture

@@ -12,24 +12,20 @@ from pathlib import Path
 import anyio
 import pytest
 from e2e_app_deadlines import Nap, build, count
-from e2e_issue4 import KINDS, dead_reasons, e2e_worker, settled, url_for
+from e2e_issue4 import dead_reasons, e2e_worker, settled
 from helpers import running_worker, worker_env
+from support.brokers import url_for
 
 import vaultq
 from vaultq.brokers.base import CancelState
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90), pytest.mark.other_processes]
 
 SPEC = "e2e_app_deadlines:app"
 KEYS = vaultq.Keyring.generate()
 CANCEL_LATENCY = 1.5
 """Seconds from a cancel request to the settled outcome: the worker polls for cancel
 markers every 0.5 s, then settles."""
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def _task(app: vaultq.App, name: str) -> vaultq.Task[Nap, int]:
@@ -45,9 +41,9 @@ async def _wait_for(state: Path, counter: str, n: int = 1, timeout: float = 10) 
 
 
 async def test_cancelled_queued_and_delayed_jobs_never_start(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = build(unique_name, tmp_path, broker=url_for(kind, tmp_path, request), keyring=KEYS)
+    app = build(unique_name, tmp_path, broker=url_for(broker_kind, tmp_path, request), keyring=KEYS)
     cancellable = _task(app, "cancellable")
     queued = await cancellable.enqueue(Nap(0))
     delayed = await cancellable.enqueue(Nap(0), delay=0.5)
@@ -70,9 +66,9 @@ async def test_cancelled_queued_and_delayed_jobs_never_start(
 
 
 async def test_cancelled_running_job_stops_within_a_second_and_is_not_retried(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = build(unique_name, tmp_path, broker=url_for(kind, tmp_path, request), keyring=KEYS)
+    app = build(unique_name, tmp_path, broker=url_for(broker_kind, tmp_path, request), keyring=KEYS)
     release = threading.Event()
 
     @app.task(name="cancellable_sync", timeout=60, retries=3)
@@ -95,7 +91,7 @@ async def test_cancelled_running_job_stops_within_a_second_and_is_not_retried(
                 with pytest.raises(vaultq.JobCancelled):
                     await handle.result(timeout=10)
                 took = time.monotonic() - began
-                print(f"{kind}: {handle.task_name} cancelled {took:.3f} s after the request")
+                print(f"{broker_kind}: {handle.task_name} cancelled {took:.3f} s after the request")
                 assert took < CANCEL_LATENCY
                 outcome = await handle.outcome()
                 assert outcome is not None and outcome.status == "cancelled"
@@ -113,9 +109,9 @@ async def test_cancelled_running_job_stops_within_a_second_and_is_not_retried(
 
 
 async def test_cancelling_a_finished_job_is_a_noop(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = build(unique_name, tmp_path, broker=url_for(kind, tmp_path, request), keyring=KEYS)
+    app = build(unique_name, tmp_path, broker=url_for(broker_kind, tmp_path, request), keyring=KEYS)
     async with running_worker(app):
         done = await _task(app, "quick").enqueue(Nap(n=5))
         assert await done.result(timeout=10) == 5
@@ -136,9 +132,9 @@ async def _cli(args: list[str], env: dict[str, str], cwd: Path, code: int = 0) -
 
 
 async def test_vaultq_cancel_stops_a_job_on_a_worker_process(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     app = build(unique_name, tmp_path, broker=url, keyring=keys)
     settings = {"E2E_APP": unique_name, "E2E_STATE": str(tmp_path)}
@@ -156,7 +152,7 @@ async def test_vaultq_cancel_stops_a_job_on_a_worker_process(
         with pytest.raises(vaultq.JobCancelled):
             await running.result(timeout=10)
         took = time.monotonic() - began
-        print(f"{kind}: running job cancelled {took:.3f} s after `vaultq cancel` returned")
+        print(f"{broker_kind}: running job cancelled {took:.3f} s after `vaultq cancel` returned")
         assert took < CANCEL_LATENCY
 
         assert await delayed.cancel() == CancelState.REQUESTED

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from e2e_issue4 import KINDS, url_for
 from helpers import (
     ROOT,
     make_app,
@@ -30,27 +29,23 @@ from helpers import (
     worker_env,
 )
 from ops_app import SECRET_MARKER, Card, Receipt
+from support.brokers import url_for
 
 import vaultq
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.other_processes]
 
 KEYS = vaultq.Keyring.generate()
 CARD = json.dumps({"n": 7, "token": SECRET_MARKER})
 
 
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def env(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> dict[str, str]:
     return worker_env(
         {
-            "VAULTQ_BROKER": url_for(kind, tmp_path, request),
+            "VAULTQ_BROKER": url_for(broker_kind, tmp_path, request),
             "VAULTQ_KEYS": KEYS.to_json(),
             "OPS_APP": unique_name,
             "OPS_STATE": str(tmp_path),

@@ -21,23 +21,19 @@ import msgspec
 import pytest
 from e2e_app_deadlines import Budget, Nap, build, count
 from e2e_app_isolated import build_isolated
-from e2e_issue4 import KINDS, dead_reasons, e2e_worker, settled, url_for
+from e2e_issue4 import dead_reasons, e2e_worker, settled
 from helpers import running_worker
+from support.brokers import url_for
 
 import vaultq
 from vaultq.envelope import ResultBody
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90), pytest.mark.other_processes]
 
 SPEC = "e2e_app_deadlines:app"
 MARGIN = 0.25
 """Seconds an attempt may overrun its deadline (cancel delivery, thread hand-off)."""
 KEYS = vaultq.Keyring.generate()
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def _task(app: vaultq.App, name: str) -> vaultq.Task[Nap, int]:
@@ -54,15 +50,15 @@ def _overrun(outcome: ResultBody | None, timeout: float, what: str) -> float:
 
 
 async def test_async_timeout_cancels_the_attempt_in_time(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = build(unique_name, tmp_path, broker=url_for(kind, tmp_path, request), keyring=KEYS)
+    app = build(unique_name, tmp_path, broker=url_for(broker_kind, tmp_path, request), keyring=KEYS)
     async with running_worker(app):
         handle = await _task(app, "nap").enqueue(Nap(30))
         with pytest.raises(vaultq.JobTimedOut):
             await handle.result(timeout=10)
         outcome = await handle.outcome()
-        assert 0 <= _overrun(outcome, 0.5, f"{kind} async") < MARGIN
+        assert 0 <= _overrun(outcome, 0.5, f"{broker_kind} async") < MARGIN
         assert await handle.status() == vaultq.JobStatus.TIMED_OUT
         # retry_on_timeout defaults to False: one attempt, dead-lettered as timed_out.
         assert outcome is not None and outcome.attempts == 1
@@ -83,13 +79,13 @@ async def test_async_timeout_cancels_the_attempt_in_time(
 
 
 async def test_sync_timeout_abandons_the_thread_and_keeps_serving(
-    kind: str,
+    broker_kind: str,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     unique_name: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = build(unique_name, tmp_path, broker=url_for(kind, tmp_path, request), keyring=KEYS)
+    app = build(unique_name, tmp_path, broker=url_for(broker_kind, tmp_path, request), keyring=KEYS)
     release = threading.Event()
 
     @app.task(name="stuck", timeout=0.5)
@@ -105,7 +101,7 @@ async def test_sync_timeout_abandons_the_thread_and_keeps_serving(
             handle = await stuck.enqueue(Nap(30))
             with pytest.raises(vaultq.JobTimedOut):
                 await handle.result(timeout=10)
-            assert 0 <= _overrun(await handle.outcome(), 0.5, f"{kind} sync") < MARGIN
+            assert 0 <= _overrun(await handle.outcome(), 0.5, f"{broker_kind} sync") < MARGIN
             abandoned = [r for r in caplog.records if "its thread keeps running" in r.message]
             assert len(abandoned) == 1 and "abandoned threads: 1 of at most" in abandoned[0].message
 
@@ -197,11 +193,15 @@ def test_current_job_outside_a_job_says_what_to_do() -> None:
 
 
 async def test_expired_job_is_never_run(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     # short_lived: expires=0.5 s after its not-before time; clock skew tolerance 0.2 s.
     app = build(
-        unique_name, tmp_path, broker=url_for(kind, tmp_path, request), keyring=KEYS, clock_skew=0.2
+        unique_name,
+        tmp_path,
+        broker=url_for(broker_kind, tmp_path, request),
+        keyring=KEYS,
+        clock_skew=0.2,
     )
     short_lived = _task(app, "short_lived")
     late = await short_lived.enqueue(Nap(n=1))
@@ -218,9 +218,9 @@ async def test_expired_job_is_never_run(
 
 
 async def test_worker_process_enforces_deadlines(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     app = build(unique_name, tmp_path, broker=url, keyring=keys)
     env = {"E2E_APP": unique_name, "E2E_STATE": str(tmp_path)}
@@ -231,8 +231,8 @@ async def test_worker_process_enforces_deadlines(
         for handle in (nap, block, retried):
             with pytest.raises(vaultq.JobTimedOut):
                 await handle.result(timeout=20)
-        assert 0 <= _overrun(await nap.outcome(), 0.5, f"{kind} worker async") < MARGIN
-        assert 0 <= _overrun(await block.outcome(), 0.5, f"{kind} worker sync") < MARGIN
+        assert 0 <= _overrun(await nap.outcome(), 0.5, f"{broker_kind} worker async") < MARGIN
+        assert 0 <= _overrun(await block.outcome(), 0.5, f"{broker_kind} worker sync") < MARGIN
         retried_outcome = await retried.outcome()
         assert retried_outcome is not None and retried_outcome.attempts == 2
         assert count(tmp_path, "nap.start") == 1 and count(tmp_path, "block.start") == 1
@@ -271,9 +271,9 @@ def _process_alive(pid: int) -> bool:
 
 
 async def test_worker_process_kills_an_isolated_busy_loop(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = url_for(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     app = build_isolated(unique_name, tmp_path, broker=url, keyring=keys)
     env = {"E2E_APP": unique_name, "E2E_STATE": str(tmp_path)}
@@ -286,7 +286,7 @@ async def test_worker_process_kills_an_isolated_busy_loop(
         with pytest.raises(vaultq.JobTimedOut):
             await spin.result(timeout=20)
         # SIGTERM at the deadline ends a busy loop at once (SIGKILL only after a grace).
-        assert 0 <= _overrun(await spin.outcome(), 1.0, f"{kind} isolated busy loop") < 1.0
+        assert 0 <= _overrun(await spin.outcome(), 1.0, f"{broker_kind} isolated busy loop") < 1.0
         spinner = int((tmp_path / "spin.pid").read_text(encoding="utf-8"))
         assert spinner != proc.pid
         with anyio.fail_after(5):

@@ -5,12 +5,11 @@ declared types, naming the field and never the value, before anything reaches th
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from helpers import broker_url, make_app
+from helpers import make_app
 
 import vaultq
 from vaultq.policy import PolicyRequest
@@ -60,11 +59,9 @@ BAD: list[tuple[str, Refund, str]] = [
 ]
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return broker_url(str(request.param), tmp_path, None)
+@pytest.fixture
+def url(broker_url: str) -> str:
+    return broker_url
 
 
 def _app(url: str, name: str, seen: list[PolicyRequest]) -> tuple[vaultq.App, Any]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from helpers import broker_url, make_app, running_worker
+from helpers import make_app, running_worker
+from support.brokers import url_for
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
@@ -21,24 +22,16 @@ from vaultq.testing import run_pending
 
 pytestmark = pytest.mark.anyio
 
-BROKERS = ["sqlite", "redis"]
-
 
 class Order(msgspec.Struct, frozen=True):
     n: int
 
 
-def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
-    return broker_url(kind, tmp_path, redis_url)
-
-
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_reframed_envelopes_never_run(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
     keys = vaultq.Keyring.generate()
-    app = make_app(unique_name, _url(kind, tmp_path, request), keyring=keys)
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request), keyring=keys)
     runs: list[int] = []
 
     @app.task(name="t.count")
@@ -98,11 +91,10 @@ async def test_reframed_envelopes_never_run(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_job_id_squatting_cannot_capture_another_tasks_result(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
 
     @app.task(name="t.refund")
     async def refund(job: Order) -> int:
@@ -126,11 +118,10 @@ async def test_job_id_squatting_cannot_capture_another_tasks_result(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_results_are_read_only_by_their_principal_or_a_policy(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    app = make_app(unique_name, _url(kind, tmp_path, request))
+    app = make_app(unique_name, url_for(broker_kind, tmp_path, request))
 
     @app.task(name="t.secret", policy=vaultq.require_authenticated())
     async def secret(job: Order) -> int:
@@ -168,11 +159,10 @@ async def test_results_are_read_only_by_their_principal_or_a_policy(
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_v1_migration_window_then_refusal(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:
-    url = _url(kind, tmp_path, request)
+    url = url_for(broker_kind, tmp_path, request)
     keys = vaultq.Keyring.generate()
     # A producer still sealing v1 (its workers were not all upgraded yet) ...
     old_producer = make_app(unique_name, url, keyring=keys, envelope_version=1)

@@ -5,12 +5,11 @@ and errors that are permanent by nature."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from helpers import broker_url, make_app, running_worker
+from helpers import make_app, running_worker
 
 import vaultq
 
@@ -29,11 +28,9 @@ class Permanent(Exception):
     pass
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return broker_url(str(request.param), tmp_path, None)
+@pytest.fixture
+def url(broker_url: str) -> str:
+    return broker_url
 
 
 async def _fails(handle: Any) -> tuple[str, int]:

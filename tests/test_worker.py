@@ -14,15 +14,13 @@ import msgspec
 import pytest
 import redis
 import redis.asyncio
-from helpers import broker_url, make_app, running_worker
+from helpers import make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import Bury, EnqueueItem
 from vaultq.jobs import JobStatus
 
 pytestmark = pytest.mark.anyio
-
-KINDS = ["sqlite", "redis"]
 
 
 class Order(msgspec.Struct, frozen=True):
@@ -36,11 +34,9 @@ class Receipt(msgspec.Struct, frozen=True):
     total_cents: int
 
 
-@pytest.fixture(params=KINDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return broker_url("sqlite", tmp_path, None)
+@pytest.fixture
+def url(broker_url: str) -> str:
+    return broker_url
 
 
 def new_app(url: str, unique_name: str, **options: Any) -> vaultq.App:
@@ -277,7 +273,7 @@ async def test_worker_survives_garbage_results_and_blocking(url: str, unique_nam
 
 
 def test_enqueue_sync_without_and_with_a_running_loop(tmp_path: Path, unique_name: str) -> None:
-    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+    app = new_app(f"sqlite:///{tmp_path}/vaultq.db", unique_name)
 
     @app.task(name="orders.sync")
     async def sync_job(job: Order) -> int:
@@ -302,7 +298,7 @@ def test_enqueue_sync_without_and_with_a_running_loop(tmp_path: Path, unique_nam
 
 
 async def test_result_timeout_on_an_unfinished_job(tmp_path: Path, unique_name: str) -> None:
-    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+    app = new_app(f"sqlite:///{tmp_path}/vaultq.db", unique_name)
 
     @app.task(name="orders.never")
     async def never(job: Order) -> None:
@@ -320,7 +316,7 @@ async def test_result_timeout_on_an_unfinished_job(tmp_path: Path, unique_name: 
 
 
 async def test_enqueue_refuses_wrong_payload_type(tmp_path: Path, unique_name: str) -> None:
-    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+    app = new_app(f"sqlite:///{tmp_path}/vaultq.db", unique_name)
 
     @app.task(name="orders.typed")
     async def typed(job: Order) -> None:
@@ -504,7 +500,7 @@ def test_enqueue_sync_reuses_connections(redis_url: str, unique_name: str) -> No
 
 
 async def test_size_limits_are_enforced_at_both_ends(tmp_path: Path, unique_name: str) -> None:
-    app = new_app(broker_url("sqlite", tmp_path, None), unique_name, max_envelope_size=4096)
+    app = new_app(f"sqlite:///{tmp_path}/vaultq.db", unique_name, max_envelope_size=4096)
 
     @app.task(name="orders.big", retries=0)
     async def big(job: Order) -> str:
@@ -525,7 +521,7 @@ async def test_size_limits_are_enforced_at_both_ends(tmp_path: Path, unique_name
 
 
 async def test_custom_job_ids_are_validated(tmp_path: Path, unique_name: str) -> None:
-    app = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+    app = new_app(f"sqlite:///{tmp_path}/vaultq.db", unique_name)
 
     @app.task(name="orders.ided")
     async def ided(job: Order) -> int:

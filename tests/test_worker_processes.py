@@ -24,18 +24,18 @@ from helpers import ROOT, wait_until_serving, worker_env, worker_processes
 
 import vaultq
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.other_processes]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    if request.param == "redis":
-        url = str(request.getfixturevalue("redis_clean"))
-    else:
-        url = f"sqlite:///{tmp_path}/e2e.db"
+@pytest.fixture
+def env(
+    broker_kind: str, broker_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> dict[str, str]:
+    if broker_kind == "redis":
+        request.getfixturevalue("redis_clean")  # the e2e app's name is fixed: empty server
     return worker_env(
         {
-            "VAULTQ_BROKER": url,
+            "VAULTQ_BROKER": broker_url,
             "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
             "E2E_LOG": str(tmp_path / "runs.log"),
             "E2E_LEASE": "1.0",

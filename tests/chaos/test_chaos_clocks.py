@@ -5,7 +5,6 @@ test hook, never by patching ``time`` for everyone."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import anyio
 import msgspec
@@ -19,11 +18,9 @@ class Ping(msgspec.Struct, frozen=True):
     n: int
 
 
-@pytest.fixture(params=["redis", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return f"sqlite:///{tmp_path}/vaultq.db"
+@pytest.fixture
+def url(broker_url: str) -> str:
+    return broker_url
 
 
 async def test_a_worker_whose_clock_is_behind_runs_jobs_at_once_and_says_so(

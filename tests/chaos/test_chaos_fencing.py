@@ -187,18 +187,12 @@ async def test_a_job_that_blocks_the_event_loop_does_not_get_its_siblings_run_tw
     await app.aclose()
 
 
-@pytest.mark.parametrize("kind", ["redis", "sqlite"])
 async def test_the_fence_counts_from_the_lease_not_from_a_blocking_fetch(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique_name: str, runs: Runs
+    broker_url: str, unique_name: str, runs: Runs
 ) -> None:
     # An idle worker blocks in fetch for longer than 0.7 x lease; a job that arrives late
     # in that wait is leased by the last round trip, so it must run, not be fenced.
-    url = (
-        str(request.getfixturevalue("redis_url"))
-        if kind == "redis"
-        else f"sqlite:///{tmp_path}/q.db"
-    )
-    app = make_app(unique_name, url, lease=1.0)
+    app = make_app(unique_name, broker_url, lease=1.0)
     long = long_task(app, runs)
     async with running_worker(app, concurrency=1, block=3.0, grace=1) as worker:
         await anyio.sleep(1.5)  # well into the first blocking fetch
