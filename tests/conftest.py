@@ -120,10 +120,11 @@ def broker_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest)
     return url_for(broker_kind, tmp_path, request)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def third_party_broker_installed() -> Iterator[None]:
-    """The third-party broker package (scheme ``thirdparty://``) installed for the session:
-    its dist-info on sys.path, found through the ``vaultq.brokers`` entry point."""
+    """The third-party broker package (scheme ``thirdparty://``) installed for the test
+    module: its dist-info on sys.path, found through the ``vaultq.brokers`` entry point
+    (gone again for the next module, which may check that it is not installed)."""
     with installed(THIRDPARTY):
         yield
 
