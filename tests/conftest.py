@@ -107,9 +107,12 @@ def redis_clean(redis_url: str) -> Iterator[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``broker_kind``: every kind in ``tests/support/brokers.py`` (the one list)."""
     if "broker_kind" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker
+        only = marker("broker_kinds")
         params = kind_params(
-            other_processes=metafunc.definition.get_closest_marker("other_processes") is not None,
-            third_party=metafunc.definition.get_closest_marker("third_party_broker") is not None,
+            other_processes=marker("other_processes") is not None,
+            third_party=marker("third_party_broker") is not None,
+            only=None if only is None else only.args,
         )
         metafunc.parametrize("broker_kind", params)
 

@@ -70,6 +70,7 @@ async def _drained(broker: vaultq.brokers.Broker) -> None:
 # -- 1. a finished job's outcome cannot be replaced ------------------------------------
 
 
+@pytest.mark.broker_kinds("sqlite", "redis")  # reads what they store
 async def test_expired_copy_cannot_replace_a_succeeded_outcome(
     broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:

@@ -239,6 +239,7 @@ async def test_junk_under_a_finished_job_id_keeps_its_result(
     await app.aclose()
 
 
+@pytest.mark.broker_kinds("sqlite", "redis")  # reads what they store
 async def test_replayed_and_moved_envelopes_never_run(
     broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
 ) -> None:

@@ -19,14 +19,10 @@ from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
 import vaultq
 from vaultq.brokers.monitor import JobEvent
 
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
+# Worker processes and the CLI reach the broker; the kinds implementing Monitoring.
+pytestmark = [pytest.mark.other_processes, pytest.mark.broker_kinds("sqlite", "redis")]
+
 INTERVAL = 0.3
-
-
-def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if kind == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return f"sqlite:///{tmp_path}/q.db"
 
 
 def vaultq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,11 +45,10 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> f
     return time.monotonic() - start
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 def test_kill_9_shows_the_worker_as_gone_within_three_beats(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, unique_name: str
+    broker_url: str, tmp_path: Path, unique_name: str
 ) -> None:
-    url = _url(kind, tmp_path, request)
+    url = broker_url
     env = worker_env(
         {
             "VAULTQ_BROKER": url,
@@ -100,13 +95,10 @@ def test_kill_9_shows_the_worker_as_gone_within_three_beats(
             proc.wait()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
-def test_a_cleanly_stopped_worker_leaves_the_list(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_a_cleanly_stopped_worker_leaves_the_list(broker_url: str, tmp_path: Path) -> None:
     env = worker_env(
         {
-            "VAULTQ_BROKER": _url(kind, tmp_path, request),
+            "VAULTQ_BROKER": broker_url,
             "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
             "VAULTQ_APP": "cli_apps:good",
         }
@@ -128,11 +120,10 @@ def test_a_cleanly_stopped_worker_leaves_the_list(
             proc.wait()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 def test_events_prints_the_newest_and_follows_new_ones_in_order(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    broker_url: str, tmp_path: Path
 ) -> None:
-    url = _url(kind, tmp_path, request)
+    url = broker_url
     app = vaultq.App("cli-good", broker=url, keyring=vaultq.Keyring.generate())
     env = worker_env({"VAULTQ_BROKER": url, "VAULTQ_APP": "cli_apps:good"})
 

@@ -41,11 +41,11 @@ never appear in anything a hook is given."""
 Outcome = vaultq.Outcome
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_clean"))
-    return f"sqlite:///{tmp_path}/vaultq.db"
+@pytest.fixture
+def url(broker_kind: str, broker_url: str, request: pytest.FixtureRequest) -> str:
+    if broker_kind == "redis":
+        request.getfixturevalue("redis_clean")  # the middleware app's name is fixed
+    return broker_url
 
 
 class Doc(msgspec.Struct, frozen=True):

@@ -8,7 +8,6 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import anyio
 import msgspec
@@ -18,26 +17,21 @@ from helpers import make_app, running_worker
 
 import vaultq
 import vaultq.monitor
+from vaultq.brokers import broker_from_url
 from vaultq.brokers.monitor import JobEvent, Monitoring, WorkerBeat, monitoring
 
-pytestmark = pytest.mark.anyio
+# The broker kinds implementing vaultq.brokers.monitor.Monitoring.
+pytestmark = [pytest.mark.anyio, pytest.mark.broker_kinds("sqlite", "redis")]
 
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
 
+@pytest.fixture
+def make_monitor(broker_url: str, unique_name: str) -> Callable[[str], Monitoring]:
+    def make(suffix: str) -> Monitoring:
+        made = monitoring(broker_from_url(broker_url, namespace=unique_name + suffix))
+        assert made is not None
+        return made
 
-@pytest.fixture(params=BROKERS)
-def make_monitor(
-    request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
-) -> Callable[[str], Monitoring]:
-    if request.param == "redis":
-        from vaultq.brokers.redis import RedisBroker
-
-        url = request.getfixturevalue("redis_url")
-        return lambda suffix: RedisBroker(url, namespace=unique_name + suffix)
-    from vaultq.brokers.sqlite import SqliteBroker
-
-    db = f"sqlite:///{tmp_path}/m.db"
-    return lambda suffix: SqliteBroker(db, namespace=unique_name + suffix)
+    return make
 
 
 @pytest.fixture
@@ -187,12 +181,10 @@ class Item(msgspec.Struct, frozen=True):
     n: int
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 async def test_a_running_worker_registers_counts_and_leaves(
-    kind: str, tmp_path: Path, unique_name: str, request: pytest.FixtureRequest
+    broker_url: str, unique_name: str
 ) -> None:
-    url = request.getfixturevalue("redis_url") if kind == "redis" else f"sqlite:///{tmp_path}/w.db"
-    app = make_app(unique_name, url)
+    app = make_app(unique_name, broker_url)
 
     @app.task(name="work", policy=vaultq.allow_all)
     async def work(job: Item) -> int:

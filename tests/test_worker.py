@@ -183,6 +183,7 @@ async def test_delayed_jobs_never_run_early(url: str, unique_name: str) -> None:
     await app.aclose()
 
 
+@pytest.mark.broker_kinds("sqlite", "redis")  # reads what they store
 async def test_nothing_readable_in_the_broker(url: str, unique_name: str, tmp_path: Path) -> None:
     app = new_app(url, unique_name)
     marker, who, out = "PAYLOAD-MARKER-81f2", "PRINCIPAL-MARKER-c3d9", "RESULT-MARKER-77aa"

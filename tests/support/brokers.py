@@ -7,6 +7,7 @@ ask for the ``broker_kind`` fixture (``conftest.py``), or for ``broker_url`` dir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,18 @@ THIRD_PARTY = "thirdparty"
 marked ``third_party_broker`` (the broker suites) run against it too."""
 
 
-def kind_params(*, other_processes: bool, third_party: bool) -> list[object]:
-    """``pytest.param`` per kind, Redis marked ``redis``."""
+def kind_params(
+    *, other_processes: bool, third_party: bool, only: Sequence[str] | None = None
+) -> list[object]:
+    """``pytest.param`` per kind, Redis marked ``redis``; ``only``: the kinds a test
+    reads the storage of (``@pytest.mark.broker_kinds("sqlite", "redis")``)."""
     kinds = [k for k in KINDS if not (other_processes and k in ONE_PROCESS_KINDS)]
     if third_party:
         kinds.append(THIRD_PARTY)
+    if only is not None:
+        unknown = set(only) - set(kinds)
+        assert not unknown, f"broker_kinds marker names unknown kinds {unknown}"
+        kinds = [k for k in kinds if k in only]
     return [pytest.param(k, marks=pytest.mark.redis) if k == "redis" else k for k in kinds]
 
 
