@@ -207,20 +207,14 @@ class Other(msgspec.Struct, frozen=True):
     name: str
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 @pytest.mark.parametrize(("job_version", "worker_version"), [(1, 2), (2, 1)])
 async def test_rejected_result_answers_in_the_jobs_version(
-    kind: str,
-    job_version: int,
-    worker_version: int,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    unique_name: str,
+    broker_url: str, job_version: int, worker_version: int, unique_name: str
 ) -> None:
     """A worker answers a job in the job's envelope version, REJECTED included: a v1
     producer (a vaultq that reads only v1) must be able to read why its job was refused,
     whatever version the worker itself seals (``envelope_version``)."""
-    url = _url(kind, tmp_path, request)
+    url = broker_url
     keys = vaultq.Keyring.generate()
     producer = make_app(unique_name, url, keyring=keys, envelope_version=job_version)
     worker = make_app(unique_name, url, keyring=keys, envelope_version=worker_version)
