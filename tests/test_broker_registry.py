@@ -77,6 +77,7 @@ def test_an_installed_package_cannot_take_a_builtin_scheme(
     )
     with installed(root), caplog.at_level(logging.WARNING, "vaultq.brokers"):
         assert isinstance(broker_from_url("redis://h:1/0", namespace="a"), RedisBroker)
+        assert caplog.text == ""  # the hijacking entry point was not even looked at
         assert registered_schemes()["redis"] == BUILTIN_BROKERS["redis"]
     assert "ignoring the vaultq.brokers entry point 'redis'" in caplog.text
 

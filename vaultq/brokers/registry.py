@@ -81,10 +81,22 @@ def _installed() -> dict[str, list[metadata.EntryPoint]]:
 
 def registered_schemes() -> dict[str, str]:
     """Every scheme a broker is registered for -> its ``module:attribute``: the built-in
-    table plus installed entry points (a built-in scheme keeps its built-in broker)."""
+    table plus installed entry points (a built-in scheme keeps its built-in broker; an
+    entry point claiming one is reported with a warning here)."""
     schemes = dict(BUILTIN_BROKERS)
     for scheme, eps in _installed().items():
-        if scheme not in schemes and _SCHEME.fullmatch(scheme):
+        if scheme in BUILTIN_BROKERS:
+            for ep in eps:
+                if ep.value != BUILTIN_BROKERS[scheme]:
+                    log.warning(
+                        "ignoring the %s entry point %r = %r: the %s:// scheme belongs to "
+                        "vaultq's built-in broker; register the broker under a scheme of its own",
+                        ENTRY_POINT_GROUP,
+                        ep.name,
+                        ep.value,
+                        scheme,
+                    )
+        elif _SCHEME.fullmatch(scheme):
             schemes[scheme] = " | ".join(sorted({ep.value for ep in eps}))
     return dict(sorted(schemes.items()))
 
@@ -100,18 +112,10 @@ def _load_target(target: str) -> BrokerFactory:
 
 
 def _factory_for(scheme: str) -> BrokerFactory:
-    eps = [ep for ep in _installed().get(scheme, []) if ep.value != BUILTIN_BROKERS.get(scheme)]
     if scheme in BUILTIN_BROKERS:
-        for ep in eps:
-            log.warning(
-                "ignoring the %s entry point %r = %r: the %s:// scheme belongs to vaultq's "
-                "built-in broker; register the broker under a scheme of its own",
-                ENTRY_POINT_GROUP,
-                ep.name,
-                ep.value,
-                scheme,
-            )
+        # Built-in schemes never consult installed packages (nor pay for the scan).
         return _load_target(BUILTIN_BROKERS[scheme])
+    eps = _installed().get(scheme, [])
     if not eps:
         known = ", ".join(f"{s}://" for s in registered_schemes())
         raise ConfigurationError(
