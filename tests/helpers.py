@@ -20,6 +20,17 @@ from vaultq.runtime.worker import Worker
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def broker_url(kind: str, tmp_path: Path, redis_url: str | None) -> str:
+    """Kept for tests written before the ``broker_kind``/``broker_url`` fixtures
+    (``tests/support/brokers.py``): use those instead."""
+    if kind == "redis":
+        assert redis_url is not None
+        return redis_url
+    if kind == "memory":
+        return "memory://"
+    return f"sqlite:///{tmp_path}/vaultq.db"
+
+
 def make_app(
     name: str, url: str, keyring: vaultq.Keyring | None = None, **options: Any
 ) -> vaultq.App:

@@ -38,12 +38,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
     InMemorySpanExporter,
 )
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from support.brokers import url_for  # noqa: E402
 
 from vaultq.brokers.monitor import JobEvent  # noqa: E402
 from vaultq.events import EventStream  # noqa: E402
 from vaultq.tracing import Tracing  # noqa: E402
-
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
 
 
 def free_port() -> int:
@@ -93,11 +92,7 @@ class Run:
 
     def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self.kind = kind
-        self.url = (
-            str(request.getfixturevalue("redis_url"))
-            if kind == "redis"
-            else f"sqlite:///{tmp_path}/q.db"
-        )
+        self.url = url_for(kind, tmp_path, request)
         self.name = "o" + uuid.uuid4().hex[:10]
         self.keys = vaultq.Keyring.generate()
         self.marker = "MARK" + uuid.uuid4().hex
@@ -177,9 +172,12 @@ def worker(run: Run, *args: str) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
-def test_metrics_traces_and_events_of_a_real_run(kind: str, run_of: Callable[[str], Run]) -> None:
-    run = run_of(kind)
+@pytest.mark.other_processes
+@pytest.mark.broker_kinds("sqlite", "redis")  # reads what they store
+def test_metrics_traces_and_events_of_a_real_run(
+    broker_kind: str, run_of: Callable[[str], Run]
+) -> None:
+    run = run_of(broker_kind)
     run.app.add_middleware(EventStream(run.app))
     task = run.app.get_task
     m = run.marker

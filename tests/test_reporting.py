@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
-from helpers import broker_url, make_app, running_worker
+from helpers import make_app, running_worker
 
 import vaultq
 from vaultq.reporting import FailureReport, ReportFailures, scrub_sentry_event
 
 pytestmark = pytest.mark.anyio
-
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
 
 
 class Card(msgspec.Struct, frozen=True):
@@ -25,13 +22,11 @@ class Card(msgspec.Struct, frozen=True):
     token: vaultq.Secret[str]
 
 
-@pytest.mark.parametrize("kind", BROKERS)
 @pytest.mark.parametrize("include_message", [False, True])
 async def test_failures_are_reported_without_plaintext(
-    kind: str, include_message: bool, tmp_path: Path, request: pytest.FixtureRequest
+    broker_url: str, include_message: bool
 ) -> None:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
-    app = make_app("r" + uuid.uuid4().hex[:10], broker_url(kind, tmp_path, redis_url))
+    app = make_app("r" + uuid.uuid4().hex[:10], broker_url)
     reports: list[FailureReport] = []
     app.add_middleware(ReportFailures(reports.append, include_message=include_message))
     owner = "OWNER" + uuid.uuid4().hex
