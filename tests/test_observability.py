@@ -371,9 +371,12 @@ def test_processes_share_one_metrics_port(run_of: Callable[[str], Run]) -> None:
         assert proc.poll() is None
 
 
-@pytest.mark.parametrize("kind", BROKERS)
-def test_events_follow_shows_a_live_run_in_order(kind: str, run_of: Callable[[str], Run]) -> None:
-    run = run_of(kind)
+@pytest.mark.other_processes
+@pytest.mark.broker_kinds("sqlite", "redis")  # Monitoring
+def test_events_follow_shows_a_live_run_in_order(
+    broker_kind: str, run_of: Callable[[str], Run]
+) -> None:
+    run = run_of(broker_kind)
     run.app.add_middleware(EventStream(run.app))
     with worker(run):
 

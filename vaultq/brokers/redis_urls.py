@@ -18,7 +18,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from vaultq.errors import ConfigurationError
 
-__all__ = ["URL_FORMS", "URL_SCHEMES", "Client", "client_from_url"]
+__all__ = ["URL_FORMS", "URL_SCHEMES", "Client", "block_limit", "client_from_url"]
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 """A single-node (or Sentinel-managed) client, or a Redis Cluster client."""
@@ -135,3 +135,22 @@ def _sentinel_client(
     master: aioredis.Redis = sentinel.master_for(service, redis_class=aioredis.Redis)
     helpers: list[aioredis.Redis] = list(sentinel.sentinels)
     return master, helpers
+
+
+_REDIS_PY_DEFAULT_SOCKET_TIMEOUT = 5.0
+"""What redis-py >= 8 uses when the URL sets no ``socket_timeout`` (earlier: none)."""
+
+
+def block_limit(client: Client) -> float:
+    """Longest blocking read that fits in the client's socket timeout (if it has one)."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.get_connection_kwargs()
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    # redis-py >= 8 gives connections a 5 s socket timeout without listing it in the pool's
+    # kwargs: an absent key must not be read as "no timeout", or every blocking read
+    # longer than 5 s (result(timeout=10), --wait) fails with a read timeout.
+    socket_timeout = kwargs.get("socket_timeout", _REDIS_PY_DEFAULT_SOCKET_TIMEOUT)
+    if not socket_timeout:
+        return float("inf")
+    return max(0.05, float(socket_timeout) / 2)

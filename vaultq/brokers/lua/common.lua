@@ -1,5 +1,5 @@
 -- Shared helpers, prepended to every vaultq script after the generated key header
--- (P, GROUP, STREAM, DELAYED, ... are defined there, from vaultq/brokers/redis.py).
+-- (P, GROUP, STREAM, DELAYED, ... are defined there, from QueueKeys in vaultq/brokers/redis_layout.py).
 -- Every key a script touches starts with P, the queue's prefix, so all of them share
 -- the queue's hash tag and live in one Redis Cluster slot.
 

@@ -1,0 +1,258 @@
+"""The Redis broker's data layout: every key name of a queue (:class:`QueueKeys`), the
+Lua scripts with the header naming the same keys, and the decoding of what is read
+back (stored fields are unauthenticated: whoever can write to Redis wrote them, so
+decoding never crashes on a crafted value).
+
+Internal to :mod:`vaultq.brokers.redis` (which re-exports ``GROUP`` and ``QueueKeys``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final
+
+from redis.crc import key_slot
+
+from vaultq.brokers.base import DeadLetter, Delivery
+from vaultq.errors import ConfigurationError
+
+__all__ = [
+    "GROUP",
+    "SCAN_PAGE",
+    "QueueKeys",
+    "as_bytes",
+    "attempt_of",
+    "check_name",
+    "dead_letter",
+    "fields",
+    "glob_escape",
+    "lease_args",
+    "load_script",
+    "ms",
+    "number",
+    "slot_groups",
+    "tag_entry",
+    "text",
+    "tick_arg",
+]
+
+GROUP: Final = "vaultq"
+"""Name of the consumer group every queue stream is read through."""
+
+
+class QueueKeys:
+    """Every Redis key name of one queue, in one place.
+
+    All names start with ``vaultq:{<namespace>:<queue>}:`` so they share a hash tag.
+    """
+
+    STREAM: Final = "stream"
+    DELAYED: Final = "delayed"
+    DELAYED_DATA: Final = "delayed:data"
+    DEAD: Final = "dead"
+    DONE: Final = "done"
+    RECLAIM: Final = "reclaim"
+    RESULT: Final = "result:"
+    CLAIM: Final = "claim:"
+    CANCEL: Final = "cancel:"
+    ENQUEUED: Final = "enq:"
+    JOB: Final = "job:"
+    COUNTERS: Final = "counters"
+    SCHEDULES: Final = "schedules"
+    UNIQUE: Final = "unique:"
+
+    __slots__ = ("prefix", "queue")
+
+    def __init__(self, namespace: str, queue: str) -> None:
+        check_name("queue", queue)
+        self.queue = queue
+        self.prefix = f"vaultq:{{{namespace}:{queue}}}:"
+
+    @property
+    def stream(self) -> str:
+        return self.prefix + self.STREAM
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set: member ``<job id>|<attempt>|<enqueued at>|<unique>``, score not-before."""
+        return self.prefix + self.DELAYED
+
+    @property
+    def delayed_data(self) -> str:
+        """Hash: delayed member -> sealed envelope."""
+        return self.prefix + self.DELAYED_DATA
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + self.DEAD
+
+    @property
+    def done_index(self) -> str:
+        """Sorted set of the hours that have a finished-id set."""
+        return self.prefix + self.DONE
+
+    def done(self, hour: int) -> str:
+        """Set of ids finished with a remember-until time in ``hour`` (Unix hours)."""
+        return f"{self.prefix}{self.DONE}:{hour}"
+
+    @property
+    def reclaim_cursor(self) -> str:
+        return self.prefix + self.RECLAIM
+
+    def result(self, job_id: str) -> str:
+        return self.prefix + self.RESULT + job_id
+
+    def claim(self, job_id: str) -> str:
+        return self.prefix + self.CLAIM + job_id
+
+    def cancel(self, job_id: str) -> str:
+        return self.prefix + self.CANCEL + job_id
+
+    def enqueued(self, job_id: str) -> str:
+        """Marker of a job id written in the last :data:`ENQUEUE_DEDUP_WINDOW` seconds."""
+        return self.prefix + self.ENQUEUED + job_id
+
+    def job(self, job_id: str) -> str:
+        """Reservation of an id written by ``enqueue_unique`` (until settled or expired)."""
+        return self.prefix + self.JOB + job_id
+
+    @property
+    def counters(self) -> str:
+        """Hash: reason -> entries removed without a dead letter (duplicates, replays)."""
+        return self.prefix + self.COUNTERS
+
+    @property
+    def schedules(self) -> str:
+        """Hash: ``m:<schedule>`` -> mark (newest tick claimed or passed over),
+        ``f:<schedule>`` -> newest tick that enqueued a job."""
+        return self.prefix + self.SCHEDULES
+
+    def unique(self, key: str) -> str:
+        """Lock of a unique key (a digest): the job id holding it (``enqueue_keyed``)."""
+        return self.prefix + self.UNIQUE + key
+
+    @classmethod
+    def lua_header(cls) -> str:
+        """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
+        names = {
+            "STREAM": "KEYS[1]",
+            "DELAYED": f"P .. '{cls.DELAYED}'",
+            "DELAYED_DATA": f"P .. '{cls.DELAYED_DATA}'",
+            "DEAD": f"P .. '{cls.DEAD}'",
+            "DONE": f"P .. '{cls.DONE}'",
+            "RECLAIM": f"P .. '{cls.RECLAIM}'",
+            "RESULT": f"P .. '{cls.RESULT}'",
+            "CLAIM": f"P .. '{cls.CLAIM}'",
+            "CANCEL": f"P .. '{cls.CANCEL}'",
+            "ENQUEUED": f"P .. '{cls.ENQUEUED}'",
+            "JOB": f"P .. '{cls.JOB}'",
+            "COUNTERS": f"P .. '{cls.COUNTERS}'",
+            "SCHEDULES": f"P .. '{cls.SCHEDULES}'",
+            "UNIQUE": f"P .. '{cls.UNIQUE}'",
+        }
+        lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
+        lines += [f"local {name} = {value}" for name, value in names.items()]
+        return "\n".join(lines) + "\n"
+
+
+def check_name(what: str, name: str) -> None:
+    # Braces would move the hash tag; ':' in a namespace would let "a"+"b:c" and
+    # "a:b"+"c" share keys; whitespace and control characters make redis-cli painful.
+    bad = set("{}") | ({":"} if what == "namespace" else set())
+    if not name or any(c in bad or c.isspace() or not c.isprintable() for c in name):
+        raise ConfigurationError(
+            f"invalid {what} name {name!r}: use a non-empty name without braces, "
+            f"whitespace{' or colons' if what == 'namespace' else ''}"
+        )
+
+
+def load_script(name: str) -> str:
+    lua = resources.files("vaultq.brokers").joinpath("lua")
+    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
+    body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return QueueKeys.lua_header() + common + body
+
+
+def text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def fields(raw: Any) -> dict[str, bytes]:
+    """A stream entry's fields (dict or flat list, depending on the reply parser)."""
+    if isinstance(raw, dict):
+        return {text(k): v for k, v in raw.items()}
+    items = list(raw)
+    return {text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def as_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def attempt_of(value: Any, *, least: int = 1) -> int:
+    """An entry's attempt count. Fields are written by whoever can write to Redis: a
+    value that is not a sane integer must not crash the worker (or ``vaultq dead list``)."""
+    try:
+        return max(least, int(value))
+    except (TypeError, ValueError):
+        return least
+
+
+def number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def tag_entry(tag: str) -> str:
+    """The stream entry id inside a delivery tag ``<entry id>/<nonce>``."""
+    return tag.partition("/")[0]
+
+
+def lease_args(deliveries: Sequence[Delivery]) -> list[str]:
+    """(entry id, tag, job id) of each delivery, flat: the extend script's arguments."""
+    return [a for d in deliveries for a in (tag_entry(d.tag), d.tag, d.job_id)]
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def slot_groups(keys: Sequence[str]) -> list[list[str]]:
+    """``keys`` grouped by Redis Cluster hash slot (first-seen order)."""
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key.encode()), []).append(key)
+    return list(groups.values())
+
+
+SCAN_PAGE: Final = 500
+"""Entries read per round trip by the operator tools' scans."""
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
+
+
+def dead_letter(queue: str, entry_id: Any, f: dict[str, bytes]) -> DeadLetter:
+    return DeadLetter(
+        queue=queue,
+        job_id=text(f.get("id", b"")),
+        reason=text(f.get("reason", b"")),
+        detail=text(f.get("detail", b"")),
+        attempt=attempt_of(f.get("att", b"0"), least=0),
+        at=number(f.get("at", b"0")),
+        tag=text(entry_id),
+    )
+
+
+def tick_arg(tick: float) -> str:
+    # Ticks are whole seconds; one spelling so Lua compares the numbers it stored.
+    return str(int(tick))

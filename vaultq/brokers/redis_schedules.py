@@ -1,0 +1,89 @@
+"""The Redis broker's scheduling operations: periodic ticks claimed once
+(:class:`~vaultq.brokers.base.TickStore`) and unique-key enqueues
+(:class:`~vaultq.brokers.base.UniqueKeys`), each one Lua script on the queue's slot,
+as a base class of :class:`~vaultq.brokers.redis.RedisBroker`.
+
+Internal to :mod:`vaultq.brokers.redis`; the names here are not public API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from vaultq.brokers.base import EnqueueItem, ScheduleMark
+from vaultq.brokers.redis_layout import QueueKeys, ms, number, text, tick_arg
+from vaultq.brokers.redis_urls import Client
+
+__all__ = ["RedisSchedules"]
+
+
+class RedisSchedules:
+    """Ticks and unique keys, through the broker's own scripts and error mapping
+    (declared here for the type checker)."""
+
+    if TYPE_CHECKING:
+
+        def keys(self, queue: str) -> QueueKeys: ...
+
+        async def _ready(self) -> Client: ...
+
+        def _boundary(self, operation: str) -> contextlib.AbstractContextManager[None]: ...
+
+        async def _run_batch(self, calls: list[tuple[str, QueueKeys, list[Any]]]) -> list[Any]: ...
+
+    # -- schedules (TickStore) ----------------------------------------------------------
+
+    async def claim_tick(
+        self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
+    ) -> bool:
+        args = [
+            schedule,
+            tick_arg(tick),
+            item.job_id,
+            item.envelope,
+            f"{time.time():.6f}",
+            ms(ttl),
+        ]
+        with self._boundary("claim_tick"):
+            (written,) = await self._run_batch([("claim_tick", self.keys(item.queue), args)])
+        return bool(written)
+
+    async def mark_schedule(
+        self, queue: str, schedule: str, tick: float, *, only_if_absent: bool = False
+    ) -> float:
+        args = [schedule, tick_arg(tick), "1" if only_if_absent else ""]
+        with self._boundary("mark_schedule"):
+            (mark,) = await self._run_batch([("mark_schedule", self.keys(queue), args)])
+        return number(mark)
+
+    async def enqueue_keyed(
+        self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
+    ) -> str:
+        nb = "" if item.not_before is None else repr(float(item.not_before))
+        args = [
+            key,
+            item.job_id,
+            item.envelope,
+            nb,
+            f"{time.time():.6f}",
+            secrets.token_hex(6),
+            ms(ttl),
+            ms(key_ttl),
+        ]
+        with self._boundary("enqueue"):
+            (holder,) = await self._run_batch([("enqueue_keyed", self.keys(item.queue), args)])
+        return text(holder)
+
+    async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
+        with self._boundary("schedule_marks"):
+            client = await self._ready()
+            raw = await client.hgetall(self.keys(queue).schedules)
+        fields = {text(k): number(v) for k, v in raw.items()}
+        return [
+            ScheduleMark(name=key[2:], mark=mark, fired=fields.get("f:" + key[2:]))
+            for key, mark in sorted(fields.items())
+            if key.startswith("m:")
+        ]
