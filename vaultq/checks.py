@@ -178,14 +178,14 @@ async def clock_findings(app: App) -> list[Finding]:
 def _broker(app: App, deploy: bool) -> list[Finding]:
     url = app.broker_url
     parts = urlsplit(url)
-    if parts.scheme == "memory":
+    if not app.broker_capabilities.durable:
         # Fine inside one process (tests); a deployment loses every job with it.
         return [
             Finding(
                 "error" if deploy else "warning",
                 "VQ205",
-                "the memory:// broker keeps jobs in this process only: they are lost when "
-                "it exits and no other process (a `vaultq worker`) sees them; use "
+                f"the {parts.scheme}:// broker keeps jobs in this process only: they are lost "
+                "when it exits and no other process (a `vaultq worker`) sees them; use "
                 "sqlite:/// for one host or redis:// for several",
             )
         ]
