@@ -13,27 +13,21 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from helpers import broker_url, make_app, running_worker
+from helpers import make_app, running_worker
 
 import vaultq
 from vaultq.runtime.scheduler import Scheduler, SchedulerMiddleware, scheduler_middleware
 
 pytestmark = pytest.mark.anyio
 
-KINDS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite", "memory"]
-
 
 class Tick(msgspec.Struct, frozen=True):
     note: str = ""
 
 
-@pytest.fixture(params=KINDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    if request.param == "memory":
-        return f"memory://{unique_name}"  # one store for every App of the test
-    return broker_url("sqlite", tmp_path, None)
+@pytest.fixture
+def url(broker_url: str) -> str:
+    return broker_url
 
 
 def utc(*args: int) -> float:
@@ -261,12 +255,12 @@ def test_verify_only_workers_do_not_schedule(
     tmp_path: Path, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     keyring = vaultq.Keyring.generate(signing="ed25519")
-    app = make_app(unique_name, broker_url("sqlite", tmp_path, None), keyring.public())
+    app = make_app(unique_name, f"sqlite:///{tmp_path}/vaultq.db", keyring.public())
     app.schedule(app.task(name="t")(_noop), every=60)
     caplog.set_level(logging.INFO, logger="vaultq.scheduler")
     assert scheduler_middleware(app, "w1") == []
     assert "vaultq scheduler MODULE" in caplog.text
-    signing = make_app(unique_name, broker_url("sqlite", tmp_path, None), keyring)
+    signing = make_app(unique_name, f"sqlite:///{tmp_path}/vaultq.db", keyring)
     assert scheduler_middleware(signing) == []  # no schedules
     signing.schedule(signing.task(name="t")(_noop), every=60)
     (m,) = scheduler_middleware(signing)

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, broker_url, start_worker_process, wait_until_serving, worker_env
+from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
 
-KINDS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
 RUN = 10.0
 
 
@@ -33,15 +32,14 @@ def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.other_processes
 def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
-    kind: str, tmp_path: Path, unique_name: str, request: pytest.FixtureRequest
+    broker_kind: str, broker_url: str, tmp_path: Path, unique_name: str
 ) -> None:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
     runs = tmp_path / "runs.log"
     env = worker_env(
         {
-            "VAULTQ_BROKER": broker_url(kind, tmp_path, redis_url),
+            "VAULTQ_BROKER": broker_url,
             "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
             "SCHED_APP": unique_name,
             "SCHED_LOG": str(runs),
@@ -81,4 +79,5 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
     missing = expected - set(ids)
     assert not missing, sorted(missing)
     pids = set(lines[1::2])
-    print(f"\n{kind}: {len(ids)} ticks in {stopped - started:.1f} s, run by {len(pids)} workers")
+    took = stopped - started
+    print(f"\n{broker_kind}: {len(ids)} ticks in {took:.1f} s, run by {len(pids)} workers")

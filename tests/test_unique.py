@@ -16,7 +16,6 @@ import msgspec
 import pytest
 from helpers import (
     ROOT,
-    broker_url,
     make_app,
     running_worker,
     start_worker_process,
@@ -29,21 +28,15 @@ from vaultq.middleware import EnqueueInfo, Middleware
 
 pytestmark = pytest.mark.anyio
 
-KINDS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite", "memory"]
-
 
 class Invoice(msgspec.Struct, frozen=True):
     invoice_id: int
     note: str = ""
 
 
-@pytest.fixture(params=KINDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    if request.param == "memory":
-        return f"memory://{unique_name}"
-    return broker_url("sqlite", tmp_path, None)
+@pytest.fixture
+def url(broker_url: str) -> str:
+    return broker_url
 
 
 def new_app(url: str, name: str) -> tuple[vaultq.App, vaultq.Task[Invoice, int]]:
@@ -139,7 +132,7 @@ async def test_enqueue_hooks_hear_of_a_duplicate(url: str, unique_name: str) -> 
 
 
 def test_bad_unique_options_are_refused(tmp_path: Path, unique_name: str) -> None:
-    app, send = new_app(broker_url("sqlite", tmp_path, None), unique_name)
+    app, send = new_app(f"sqlite:///{tmp_path}/vaultq.db", unique_name)
     with pytest.raises(vaultq.ConfigurationError, match="unique_for"):
         send.enqueue_sync(Invoice(1), unique_for=0)
     with pytest.raises(vaultq.ConfigurationError, match="on_duplicate"):
@@ -194,14 +187,13 @@ def produce(env: dict[str, str], count: int) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis), "sqlite"])
+@pytest.mark.other_processes
 def test_50_concurrent_enqueues_from_5_processes_make_one_job_released_by_settle_and_lease(
-    kind: str, tmp_path: Path, unique_name: str, request: pytest.FixtureRequest
+    broker_url: str, tmp_path: Path, unique_name: str
 ) -> None:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
     env = worker_env(
         {
-            "VAULTQ_BROKER": broker_url(kind, tmp_path, redis_url),
+            "VAULTQ_BROKER": broker_url,
             "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
             "UNIQUE_APP": unique_name,
             "UNIQUE_LOG": str(tmp_path / "runs.log"),

@@ -23,7 +23,10 @@ from vaultq.brokers.base import (
     JobInfo,
     QueuedEntry,
     QueueStats,
+    ScheduleMark,
     Settlement,
+    TickStore,
+    UniqueKeys,
 )
 from vaultq.brokers.sqlite import SqliteBroker
 from vaultq.errors import ConfigurationError
@@ -39,9 +42,10 @@ class ThirdPartyBroker:
             raise ConfigurationError(f"ThirdPartyBroker takes {SCHEME}:// URLs, not {url!r}")
         self._url = url
         self._options = options
-        self._store: Broker = SqliteBroker(
-            "sqlite" + url[len(SCHEME) :], namespace=namespace, **options
-        )
+        store = SqliteBroker("sqlite" + url[len(SCHEME) :], namespace=namespace, **options)
+        self._store: Broker = store
+        self._ticks: TickStore = store
+        self._unique: UniqueKeys = store
 
     @property
     def url(self) -> str:
@@ -137,3 +141,23 @@ class ThirdPartyBroker:
 
     async def counters(self, queue: str) -> dict[str, int]:
         return await self._store.counters(queue)
+
+    # -- the optional protocols it offers too: periodic ticks and unique keys --------------
+
+    async def claim_tick(
+        self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
+    ) -> bool:
+        return await self._ticks.claim_tick(item, schedule=schedule, tick=tick, ttl=ttl)
+
+    async def mark_schedule(
+        self, queue: str, schedule: str, tick: float, *, only_if_absent: bool = False
+    ) -> float:
+        return await self._ticks.mark_schedule(queue, schedule, tick, only_if_absent=only_if_absent)
+
+    async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
+        return await self._ticks.schedule_marks(queue)
+
+    async def enqueue_keyed(
+        self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
+    ) -> str:
+        return await self._unique.enqueue_keyed(item, key=key, key_ttl=key_ttl, ttl=ttl)
