@@ -82,10 +82,16 @@ class App:
     in-memory broker, a keyring that lives as long as the app). A shared broker (Redis)
     refuses to run without explicit keys.
 
-    Options (defaults in :mod:`vaultq.config`): ``default_policy`` (allow_all: any job
-    sealed by a trusted signer may run; ``vaultq check --deploy`` flags tasks relying on
-    it), ``queue``, ``clock_skew``, ``max_envelope_size``, ``policy_timeout``, ``lease``,
-    ``result_ttl``, and task defaults ``timeout``, ``retries``, ``expires``, ``backoff``.
+    ``default_policy``: allow_all (any job sealed by a trusted signer may run; ``vaultq
+    check --deploy`` flags tasks relying on it).
+
+    The other options are the fields of :class:`vaultq.AppSettings` (declared once there
+    with their defaults, rules and help): ``queue``, ``clock_skew``, ``max_envelope_size``,
+    ``policy_timeout``, ``lease``, ``result_ttl``, and the task defaults ``timeout``,
+    ``retries``, ``expires``, ``backoff``, ``max_backoff``. Give them as keywords or as
+    ``settings=AppSettings(...)`` (keywords win); ``app.settings`` holds them and
+    ``app.configure(...)`` changes them later. Tasks read the defaults they left unset from
+    ``app.settings`` when they run, so a later change reaches them.
 
     Envelope format (``docs/envelope.md``): ``envelope_version`` (2, XAES-256-GCM; 1 while
     workers that read only v1 remain) is the format new jobs are sealed with;
