@@ -68,7 +68,7 @@ from vaultq.policy import (
 )
 from vaultq.principal import Principal
 from vaultq.settings import AppSettings, WorkerSettings
-from vaultq.tasks import Task, TaskOptions
+from vaultq.tasks import NoArgs, Task, TaskOptions
 
 __version__ = "0.1.0"
 
@@ -105,6 +105,7 @@ __all__ = [
     "KeyringError",
     "MalformedEnvelope",
     "Middleware",
+    "NoArgs",
     "Outcome",
     "PayloadError",
     "Policy",

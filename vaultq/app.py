@@ -32,7 +32,7 @@ from vaultq.principal import Principal
 from vaultq.results import AppResults
 from vaultq.schedule import DEFAULT_SCHEDULE_GRACE, MissedTicks, Schedule
 from vaultq.settings import UNSET, AppSettings, UnsetType, environment
-from vaultq.tasks import Isolation, Task, TaskOptions, TaskOverrides
+from vaultq.tasks import Isolation, NoArgs, Task, TaskOptions, TaskOverrides
 
 __all__ = ["App"]
 
@@ -62,6 +62,10 @@ class _TaskDecorator:
     def __init__(self, register: Callable[[Callable[..., Any]], Task[Any, Any]]) -> None:
         self._register = register
 
+    @overload
+    def __call__(self, fn: Callable[[], Coroutine[Any, Any, R]], /) -> Task[NoArgs, R]: ...
+    @overload
+    def __call__(self, fn: Callable[[], R], /) -> Task[NoArgs, R]: ...
     @overload
     def __call__(self, fn: Callable[[P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload
@@ -316,6 +320,10 @@ class App:
     def get_task(self, name: str) -> Task[Any, Any] | None:
         return self._tasks.get(name)
 
+    @overload
+    def task(self, fn: Callable[[], Coroutine[Any, Any, R]], /) -> Task[NoArgs, R]: ...
+    @overload
+    def task(self, fn: Callable[[], R], /) -> Task[NoArgs, R]: ...
     @overload
     def task(self, fn: Callable[[P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload

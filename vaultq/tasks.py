@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from vaultq.principal import Principal
     from vaultq.settings import AppSettings
 
-__all__ = ["Isolation", "Task", "TaskOptions", "TaskOverrides"]
+__all__ = ["Isolation", "NoArgs", "Task", "TaskOptions", "TaskOverrides"]
 
 P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")
@@ -35,6 +36,16 @@ ExceptionClasses = tuple[type[BaseException], ...]
 _NEVER_BY_DEFAULT: ExceptionClasses = (PayloadError, msgspec.ValidationError)
 """Permanent by nature: the same input fails the same way on every attempt. Retried
 only when a task names them in ``retry_on``."""
+
+
+class NoArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The payload of a task that takes no argument (``def cleanup() -> None``).
+
+    ``@app.task`` gives a function without parameters this payload type, calls the
+    function without arguments, and ``task.enqueue()`` needs no payload. Its envelope
+    still carries a (sealed, signed) empty object, so a job of such a task is checked
+    like any other; an envelope carrying fields is refused (``forbid_unknown_fields``).
+    """
 
 
 class TaskOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,6 +208,11 @@ class Task(Generic[P, R]):
         self.policy = policy
         self.is_async = inspect.iscoroutinefunction(fn)
         self.payload_type, self.result_type = _signature_types(fn, name)
+        if self.payload_type is NoArgs and not _parameters(fn):
+            # The worker calls fn(payload) for every task: a function without parameters
+            # gets an adapter that drops the (empty) payload. functools.wraps keeps
+            # __module__/__qualname__, which process isolation uses to find the task.
+            self.fn = _without_payload(fn, self.is_async)
         self.payload_codec: Codec[P] = Codec(self.payload_type)
         self.result_codec: Codec[R] = Codec(self.result_type)
 
@@ -255,13 +271,24 @@ class Task(Generic[P, R]):
                 f"task {self.name!r}: {exc}; nothing was enqueued", field=exc.field
             ) from None
 
-    def __call__(self, payload: P) -> Awaitable[R] | R:
+    def __call__(self, payload: P | None = None) -> Awaitable[R] | R:
         """Call the function directly, in this process (for tests and composition)."""
-        return self.fn(payload)
+        return self.fn(self._payload(payload))
+
+    def _payload(self, payload: P | None) -> P:
+        """``payload``, or ``NoArgs()`` for a task without arguments given none."""
+        if payload is not None:
+            return payload
+        if self.payload_type is NoArgs:
+            return typing.cast("P", NoArgs())
+        raise PayloadError(
+            f"task {self.name!r} takes a {self.payload_type.__name__} payload and none was "
+            "given; nothing was enqueued"
+        )
 
     async def enqueue(
         self,
-        payload: P,
+        payload: P | None = None,
         *,
         principal: Principal | None = None,
         delay: float | None = None,
@@ -287,6 +314,8 @@ class Task(Generic[P, R]):
         or ``unique_for`` seconds after it was taken (default: the task's ``unique_for``,
         else the job's validity). See ``docs/scheduling.md``.
 
+        A task without arguments (``NoArgs``) is enqueued with no payload: ``enqueue()``.
+
         Raises ``PayloadError`` (the payload is not of the task's type, or a field's value
         is not of its declared type: see :meth:`check_payload`), ``AuthorizationDenied`` (the policy
         refused ``principal``), ``BrokerError``.
@@ -294,7 +323,7 @@ class Task(Generic[P, R]):
         handles = await enqueue_jobs(
             self.app,
             self,
-            [payload],
+            [self._payload(payload)],
             principal=principal,
             delay=delay,
             at=at,
@@ -337,7 +366,7 @@ class Task(Generic[P, R]):
 
     def enqueue_sync(
         self,
-        payload: P,
+        payload: P | None = None,
         *,
         principal: Principal | None = None,
         delay: float | None = None,
@@ -409,6 +438,15 @@ def _signature_types(fn: Callable[..., Any], name: str) -> tuple[Any, Any]:
     params = [
         p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
+    if not sig.parameters:
+        # `def cleanup() -> None`: the payload is NoArgs (Celery's argument-less task).
+        if "return" not in hints:
+            raise TaskDefinitionError(
+                f"task {name!r}: annotate the return type (use `-> None` when it returns nothing)"
+            )
+        result_type = None if hints["return"] is type(None) else hints["return"]
+        check_encodable(result_type)
+        return NoArgs, result_type
     required_rest = [
         p
         for p in list(sig.parameters.values())[1:]
@@ -417,7 +455,7 @@ def _signature_types(fn: Callable[..., Any], name: str) -> tuple[Any, Any]:
     if not params or required_rest:
         raise TaskDefinitionError(
             f"task {name!r}: a task takes exactly one argument, its payload: "
-            "`def task(job: MyPayload) -> Result`"
+            "`def task(job: MyPayload) -> Result`, or none: `def task() -> Result`"
         )
     first = params[0]
     payload_type = hints.get(first.name)
@@ -441,3 +479,25 @@ def _signature_types(fn: Callable[..., Any], name: str) -> tuple[Any, Any]:
     check_encodable(payload_type)
     check_encodable(result_type)
     return payload_type, result_type
+
+
+def _parameters(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` declares any parameter at all."""
+    return bool(inspect.signature(fn).parameters)
+
+
+def _without_payload(fn: Callable[..., Any], is_async: bool) -> Callable[[Any], Any]:
+    """``fn()`` called as ``fn(payload)``: the worker's calling convention."""
+    if is_async:
+
+        @functools.wraps(fn)
+        async def call_async(_payload: NoArgs) -> Any:
+            return await fn()
+
+        return call_async
+
+    @functools.wraps(fn)
+    def call(_payload: NoArgs) -> Any:
+        return fn()
+
+    return call
