@@ -51,3 +51,29 @@ def test_the_memory_broker_is_flagged_and_refused_for_deployment() -> None:
     assert (dev.level, deploy.level) == ("warning", "error")
     assert "lost when it exits" in deploy.message and "redis://" in deploy.message
     assert "VQ205" not in codes("sqlite:///x.db") | codes("rediss://:pw@h:6380/0")
+
+
+def test_tasks_retrying_only_because_of_the_app_default_are_named() -> None:
+    """VQ302: App(retries=3), the usual mistranslation of Celery's max_retries=3, retries
+    every task that did not choose; the check names those tasks, not the ones that chose."""
+    app = vaultq.App("checks", broker="memory://", keyring=vaultq.Keyring.generate(), retries=3)
+
+    @app.task(name="send_email")
+    def send_email() -> None: ...
+
+    @app.task(name="fetch_rates", retries=5)
+    def fetch_rates() -> None: ...
+
+    @app.task(name="charge", retries=0)
+    def charge() -> None: ...
+
+    (found,) = [f for f in check_app(app) if f.code == "VQ302"]
+    assert found.level == "warning"
+    assert "send_email" in found.message and "App(retries=3)" in found.message
+    assert "fetch_rates" not in found.message and "charge" not in found.message
+
+    # With the App default at 0 (the default), nothing relies on a retry default.
+    app.configure(retries=0)
+    assert "VQ302" not in {f.code for f in check_app(app)}
+    app.configure(retries=2)
+    assert "VQ302" in {f.code for f in check_app(app)}

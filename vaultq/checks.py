@@ -15,13 +15,15 @@ from vaultq.envelope import peek_header
 from vaultq.errors import EnvelopeError, VaultqError
 from vaultq.files import untrusted_reason
 from vaultq.policy import AllowAll
-from vaultq.settings import environment
+from vaultq.settings import UNSET, environment
+from vaultq.tasks import TaskOverrides
 
 __all__ = [
     "Finding",
     "check_app",
     "clock_findings",
     "dependency_findings",
+    "inherited_retries",
     "plaintext_off_host",
     "revoked_backlog",
 ]
@@ -49,8 +51,38 @@ def check_app(app: App, *, deploy: bool = False) -> list[Finding]:
         found += _policies(app)
     if not app.tasks:
         found.append(Finding("warning", "VQ301", "the app has no tasks registered"))
+    found += inherited_retries(app)
     found += dependency_findings()
     return found
+
+
+def inherited_retries(app: App) -> list[Finding]:
+    """VQ302: tasks that retry only because ``App(retries=N)`` says so.
+
+    A retry repeats the side effects of the failed attempt, so whether a task retries is
+    its author's call. ``App(retries=3)`` is the usual mistranslation of Celery's
+    ``max_retries=3`` (a cap for ``self.retry``, not a default retry): it silently retries
+    every task that did not choose, idempotent or not."""
+    n = app.settings.retries
+    if n <= 0:
+        return []
+    names = sorted(
+        name
+        for name, task in app.tasks.items()
+        if isinstance(task.overrides, TaskOverrides) and task.overrides.retries is UNSET
+    )
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [
+        Finding(
+            "warning",
+            "VQ302",
+            f"{len(names)} task(s) retry {n} time(s) only because of App(retries={n}): {shown}. "
+            "A retry repeats the failed attempt's side effects: give each idempotent task "
+            "its own @app.task(retries=...) and leave the App default at 0",
+        )
+    ]
 
 
 def dependency_findings() -> list[Finding]:
