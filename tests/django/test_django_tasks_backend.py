@@ -92,6 +92,20 @@ def test_enqueue_run_get_result(dj_worker: Any) -> None:
     assert os.getpid() in pids and len(pids) == 2
 
 
+def test_isolation_and_store_result_from_options_in_a_worker(dj_worker: Any) -> None:
+    """OPTIONS["TASKS"] ISOLATION="process" runs each attempt in its own child process;
+    STORE_RESULT=False keeps the outcome and no value (issue 18: every task option)."""
+    from vqtestapp.tasks import runner_pid, unstored
+
+    first, second = runner_pid.enqueue(1), runner_pid.enqueue(2)
+    pids = {finished(runner_pid, r.id).return_value for r in (first, second)}
+    assert len(pids) == 2 and all(isinstance(p, int) for p in pids), pids
+    assert not pids & {proc.pid for proc, _ in dj_worker.procs}
+    done = finished(unstored, unstored.enqueue(7).id)
+    assert done.status == compat.TaskResultStatus.SUCCESSFUL
+    assert done.return_value is None
+
+
 def test_async_task_and_aget_result(dj_worker: Any) -> None:
     from vqtestapp.tasks import greet
 
@@ -262,7 +276,10 @@ def test_every_task_option_is_accepted_in_options() -> None:
                 "RETRY_ON_TIMEOUT": True,
                 "RESULT_TTL": 600,
                 "MAX_TIMEOUT": 400,
-                "TASKS": {path: {"BACKOFF": 0.5, "RETRIES": 4, "RESULT_TTL": 60}},
+                "STORE_RESULT": False,
+                "TASKS": {
+                    path: {"BACKOFF": 0.5, "RETRIES": 4, "RESULT_TTL": 60, "ISOLATION": "process"}
+                },
             },
         },
     )
@@ -274,6 +291,7 @@ def test_every_task_option_is_accepted_in_options() -> None:
         assert opts.retry_on == (Transient, ConnectionError)
         assert opts.dont_retry_on == (ConnectionResetError,)
         assert opts.retry_on_timeout and opts.result_ttl == 60 and opts.max_timeout == 400
+        assert opts.store_result is False and opts.isolation == "process"
         # The verdict is taken in the binding, where the exception class is known.
         assert binding._raised(Transient("x")).retry is True
         assert binding._raised(ConnectionResetError()).retry is False
@@ -288,6 +306,29 @@ def test_every_task_option_is_accepted_in_options() -> None:
         )
     with pytest.raises(ImproperlyConfigured, match="BACKOF"):
         VaultqBackend("bad", {"OPTIONS": {"BACKOF": 1}})
+
+
+def test_every_app_task_option_has_a_key_in_options() -> None:
+    """Each option of ``@app.task`` can be set in the backend's OPTIONS, backend-wide and
+    per task (issue 18: BACKOFF was refused; STORE_RESULT and ISOLATION were missing).
+    Left out: ``name`` (the module path), ``queue`` (Django's ``queue_name``), ``unique``
+    and ``unique_for`` (a function of the payload, not a setting)."""
+    import inspect
+
+    from vaultq import App
+    from vaultq.django.backend import BackendOptions, TaskSettings
+
+    options = set(inspect.signature(App.task).parameters) - {
+        "self",
+        "fn",
+        "name",
+        "queue",
+        "unique",
+        "unique_for",
+    }
+    assert "backoff" in options and "isolation" in options
+    assert options - set(TaskSettings.__struct_fields__) == set()
+    assert options - set(BackendOptions.__struct_fields__) == set()
 
 
 def test_secret_arguments_reach_the_task_and_stay_masked(dj_worker: Any) -> None:

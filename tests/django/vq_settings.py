@@ -64,6 +64,8 @@ TASKS = {
         "OPTIONS": {
             "TASKS": {
                 "vqtestapp.tasks.add": {"TIMEOUT": 30},
+                "vqtestapp.tasks.runner_pid": {"ISOLATION": "process", "TIMEOUT": 60},
+                "vqtestapp.tasks.unstored": {"STORE_RESULT": False},
                 "vqtestapp.tasks.flaky": {
                     "RETRIES": 3,
                     "BACKOFF": 0.05,

@@ -15,6 +15,7 @@
                 "DONT_RETRY_ON": ["shop.errors.Declined"],  # never retried
                 "RETRY_ON_TIMEOUT": False,
                 "TIMEOUT": 300, "MAX_TIMEOUT": None, "EXPIRES": 86400, "RESULT_TTL": 86400,
+                "STORE_RESULT": True, "ISOLATION": "none",
                 "POLICY": "shop.policies.STAFF",  # default policy of this backend's tasks
                 "RESULT_POLICY": "shop.policies.STAFF",  # who else may read results
                 "TASKS": {                     # per task, by module path: the task options above
@@ -67,6 +68,7 @@ from vaultq.payload import Secret, check_encodable, split_error
 from vaultq.policy import Policy, ensure_policy, safe_id
 from vaultq.principal import Principal
 from vaultq.runtime.execute import TaskRaised
+from vaultq.tasks import Isolation
 from vaultq.tasks import Task as VaultqTask
 
 __all__ = ["Binding", "VaultqBackend", "exception_path"]
@@ -93,6 +95,8 @@ class TaskSettings(
     dont_retry_on: list[str] | None = None
     retry_on_timeout: bool | None = None
     result_ttl: float | None = None
+    store_result: bool | None = None
+    isolation: Isolation | None = None
 
 
 class BackendOptions(
@@ -110,6 +114,11 @@ class BackendOptions(
     dont_retry_on: list[str] | None = None
     retry_on_timeout: bool = False
     result_ttl: float | None = None
+    store_result: bool = True
+    """False: only the outcome is kept; ``TaskResult.return_value`` is None (Celery's
+    ``ignore_result``)."""
+    isolation: Isolation = "none"
+    """``"process"``: each attempt runs in a child process killed at its deadline."""
     policy: str | None = None
     result_policy: str | None = None
     tasks: dict[str, TaskSettings] = {}
@@ -483,6 +492,8 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
                 dont_retry_on=self._exceptions(pick("dont_retry_on") or [], where),
                 retry_on_timeout=pick("retry_on_timeout"),
                 result_ttl=pick("result_ttl"),
+                store_result=pick("store_result"),
+                isolation=pick("isolation"),
                 policy=policy,
             )(runner)
         except TaskDefinitionError as exc:

@@ -95,3 +95,17 @@ def flaky(context: Any, mode: str) -> int:
     if mode == "other":
         raise ValueError("not in RETRY_ON")
     return int(context.attempt)
+
+
+@task()
+def runner_pid(x: int) -> int:
+    """ISOLATION "process" in vq_settings: each attempt runs in a child process."""
+    import os
+
+    return os.getpid()
+
+
+@task()
+def unstored(x: int) -> int:
+    """STORE_RESULT False in vq_settings: only the outcome is kept (Celery's ignore_result)."""
+    return x
