@@ -23,8 +23,8 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import make_app, running_worker
 from support.brokers import url_for
+from support.workers import make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
@@ -481,7 +481,7 @@ def test_status_shows_what_was_counted_instead_of_stored(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    from helpers import ROOT, worker_env
+    from support.workers import ROOT, worker_env
 
     from vaultq.brokers.sqlite import SqliteBroker
 

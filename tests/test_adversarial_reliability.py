@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from helpers import ROOT, make_app, running_worker, worker_env
+from support.workers import ROOT, make_app, running_worker, worker_env
 
 import vaultq
 from vaultq.brokers.redis import RedisBroker

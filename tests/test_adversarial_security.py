@@ -22,8 +22,8 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import ROOT, make_app, running_worker
 from support.brokers import url_for
+from support.workers import ROOT, make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem

@@ -19,8 +19,8 @@ import msgspec
 import pytest
 import redis
 from e2e_app_policies import Refund, build, count
-from e2e_issue4 import dead_reasons, e2e_worker, settled
 from support.brokers import url_for
+from support.e2e_workers import dead_reasons, e2e_worker, settled
 
 import vaultq
 from vaultq.brokers.redis import QueueKeys

@@ -12,9 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 from e2e_app_deadlines import Nap, build, count
-from e2e_issue4 import dead_reasons, e2e_worker, settled
-from helpers import running_worker, worker_env
 from support.brokers import url_for
+from support.e2e_workers import dead_reasons, e2e_worker, settled
+from support.workers import running_worker, worker_env
 
 import vaultq
 from vaultq.brokers.base import CancelState

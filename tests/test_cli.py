@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, worker_env
+from support.workers import ROOT, worker_env
 
 import vaultq
 import vaultq.config

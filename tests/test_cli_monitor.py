@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
+from support.workers import ROOT, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
 from vaultq.brokers.monitor import JobEvent

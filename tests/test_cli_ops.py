@@ -20,7 +20,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from helpers import (
+from ops_app import SECRET_MARKER, Card, Receipt
+from support.brokers import url_for
+from support.workers import (
     ROOT,
     make_app,
     running_worker,
@@ -28,8 +30,6 @@ from helpers import (
     wait_until_serving,
     worker_env,
 )
-from ops_app import SECRET_MARKER, Card, Receipt
-from support.brokers import url_for
 
 import vaultq
 

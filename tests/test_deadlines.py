@@ -21,9 +21,9 @@ import msgspec
 import pytest
 from e2e_app_deadlines import Budget, Nap, build, count
 from e2e_app_isolated import build_isolated
-from e2e_issue4 import dead_reasons, e2e_worker, settled
-from helpers import running_worker
 from support.brokers import url_for
+from support.e2e_workers import dead_reasons, e2e_worker, settled
+from support.workers import running_worker
 
 import vaultq
 from vaultq.envelope import ResultBody

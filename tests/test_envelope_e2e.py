@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from helpers import make_app, running_worker
 from support.brokers import url_for
+from support.workers import make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem

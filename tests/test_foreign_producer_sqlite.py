@@ -12,9 +12,9 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from support.workers import running_worker
 
 import vaultq
-from tests.helpers import running_worker
 from vaultq.envelope import JobMeta, new_job_id, open_result, seal_job
 
 

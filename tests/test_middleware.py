@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import Release

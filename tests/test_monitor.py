@@ -13,7 +13,7 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 import vaultq.monitor

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from support.workers import ROOT, wait_until_serving, worker_env, worker_processes
 
 import vaultq
-from tests.helpers import ROOT, wait_until_serving, worker_env, worker_processes
 
 PRODUCER = ROOT / "examples" / "node_producer" / "producer.js"
 CHECK = PRODUCER.with_name("check_vectors.js")

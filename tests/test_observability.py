@@ -24,8 +24,8 @@ from typing import Any
 import anyio
 import pytest
 import redis
-from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
 from obs_app import Note, build, span_doc
+from support.workers import ROOT, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
 

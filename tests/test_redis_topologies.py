@@ -26,9 +26,9 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import make_app, running_worker
 from redis.cluster import RedisCluster as SyncCluster
 from redis.crc import key_slot
+from support.workers import make_app, running_worker
 
 # The conformance suite, run here against the cluster through the fixtures below.
 from test_broker_contract import *  # noqa: F403

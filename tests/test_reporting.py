@@ -9,7 +9,7 @@ import uuid
 import anyio
 import msgspec
 import pytest
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 from vaultq.reporting import FailureReport, ReportFailures, scrub_sentry_event

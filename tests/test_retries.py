@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 

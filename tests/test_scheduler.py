@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 from vaultq.runtime.scheduler import Scheduler, SchedulerMiddleware, scheduler_middleware

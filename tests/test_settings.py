@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import ROOT, worker_env
+from support.workers import ROOT, worker_env
 
 import vaultq
 from vaultq import config
@@ -496,7 +496,7 @@ def test_an_unset_task_option_follows_the_apps_default(tmp_path: Path) -> None:
 def test_a_task_default_changed_later_reaches_the_worker(tmp_path: Path) -> None:
     """End to end: the attempt's deadline is the app's timeout at run time."""
     import anyio
-    from helpers import running_worker
+    from support.workers import running_worker
 
     app = vaultq.App(
         "unset-run", broker=f"sqlite:///{tmp_path}/q.db", keyring=vaultq.Keyring.generate()

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from helpers import (
+from support.workers import (
     ROOT,
     make_app,
     running_worker,

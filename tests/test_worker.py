@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import redis
 import redis.asyncio
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 from vaultq.brokers.base import Bury, EnqueueItem

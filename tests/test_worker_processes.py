@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import ROOT, wait_until_serving, worker_env, worker_processes
+from support.workers import ROOT, wait_until_serving, worker_env, worker_processes
 
 import vaultq
 

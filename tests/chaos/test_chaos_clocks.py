@@ -9,7 +9,7 @@ import logging
 import anyio
 import msgspec
 import pytest
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 pytestmark = pytest.mark.anyio
 

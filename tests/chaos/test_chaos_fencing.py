@@ -14,7 +14,7 @@ import anyio
 import msgspec
 import pytest
 from chaos.conftest import RedisProcess, Runs
-from helpers import make_app, running_worker
+from support.workers import make_app, running_worker
 
 import vaultq
 

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 from chaos.conftest import RedisProcess
-from helpers import make_app
+from support.workers import make_app
 
 import vaultq
 

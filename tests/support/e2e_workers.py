@@ -1,4 +1,4 @@
-"""Helpers for the issue-4 end-to-end tests (authorization, deadlines, cancellation).
+"""Real worker processes for end-to-end tests (authorization, deadlines, cancellation).
 
 Worker processes are real: ``python -m vaultq worker MODULE:app`` with the broker, keys
 and test settings passed through the environment, logging to a file in the test's
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from helpers import worker_env
 
 import vaultq
+from support.workers import worker_env
 
 
 @dataclass
