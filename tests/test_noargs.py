@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -84,3 +87,18 @@ def test_no_args_envelopes_with_fields_are_refused() -> None:
     # A forged payload carrying fields does not decode as NoArgs.
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"x": 1}', type=vaultq.NoArgs)
+
+
+async def test_an_argument_less_task_runs_in_process_isolation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child process finds the task by name and calls it without arguments."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
+    import testkit_isolated_app as iso
+
+    worker = TestWorker(iso.app)
+    worker.clear()
+    handle = await iso.pid_noargs.enqueue()
+    (ran,) = await worker.run_pending()
+    assert (ran.task, ran.outcome) == ("pid_noargs", "succeeded")
+    assert await handle.result(timeout=1) != os.getpid()

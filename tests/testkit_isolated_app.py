@@ -25,3 +25,8 @@ def pid(job: Empty) -> int:
 def spin(job: Empty) -> None:
     while True:  # ignores every cancellation: only killing the process stops it
         pass
+
+
+@app.task(name="pid_noargs", isolation="process", timeout=30)
+def pid_noargs() -> int:  # no payload (vaultq.NoArgs): the child calls it without one
+    return os.getpid()
