@@ -918,3 +918,44 @@ async def test_enqueue_keyed_is_atomic_under_concurrency(broker: Broker, other: 
             tg.start_soon(one, broker if n % 2 else other, n)
     assert len(set(holders)) == 1
     assert [d.job_id for d in await fetch(broker)] == [holders[0]]
+
+
+# -- limits (Limits) ---------------------------------------------------------------------
+
+
+async def test_check_limits_counts_slots_by_live_claims(broker: Broker) -> None:
+    from vaultq.brokers.base import Limits
+
+    assert isinstance(broker, Limits)
+    await broker.enqueue([item("c1"), item("c2"), item("c3")])
+    d1, _d2, _d3 = await fetch(broker)  # each job id now has a live claim
+
+    async def check(job_id: str) -> float:
+        return await broker.check_limits(  # type: ignore[attr-defined, no-any-return]
+            Q, job_id, concurrency=("K", 2), rate=None, keep=60
+        )
+
+    assert await check("c1") == 0
+    assert await check("c2") == 0
+    assert await check("c3") == -1  # both slots held
+    assert await check("c1") == 0  # a holder keeps its slot
+    await broker.settle([ack(d1)])  # settled: its claim, and so its slot, is gone
+    assert await check("c3") == 0
+    assert await check("c1") == -1
+
+
+async def test_check_limits_rate_reserves_turns(broker: Broker) -> None:
+    async def check(job_id: str) -> float:
+        return await broker.check_limits(  # type: ignore[attr-defined, no-any-return]
+            Q, job_id, concurrency=None, rate=("R", 0.2), keep=60
+        )
+
+    assert await check("r1") == 0
+    w2 = await check("r2")
+    w3 = await check("r3")
+    assert 0.1 < w2 <= 0.2 and 0.3 < w3 <= 0.4
+    assert 0 < await check("r2") <= w2  # coming back early: the same turn, not a new one
+    assert 0.5 < await check("r4") <= 0.6
+    await anyio.sleep(w2 + 0.05)
+    assert await check("r2") == 0  # its turn came: it starts without taking another
+    assert await check("r2") > 0.2  # a second start is a new turn

@@ -26,6 +26,7 @@ from vaultq.errors import ConfigurationError, TaskDefinitionError
 from vaultq.jobs import JobHandle
 from vaultq.keyfile import load_or_create_keyfile, resolve_keyring
 from vaultq.keyring import Keyring
+from vaultq.limits import parse_rate
 from vaultq.middleware import CallWrappers, Hooks, Middleware
 from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
@@ -351,6 +352,9 @@ class App:
         isolation: Isolation = "none",
         unique: Callable[[Any], str | None] | None = None,
         unique_for: float | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        limit_key: Callable[[Any], str | None] | None = None,
     ) -> _TaskDecorator: ...
     def task(
         self,
@@ -374,6 +378,9 @@ class App:
         isolation: Isolation = "none",
         unique: Callable[[Any], str | None] | None = None,
         unique_for: float | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        limit_key: Callable[[Any], str | None] | None = None,
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a task: ``@app.task`` or ``@app.task(timeout=30, retries=3, policy=…)``.
 
@@ -385,6 +392,10 @@ class App:
         ``unique``: a function of the payload giving its unique key (or None): while a
         job with the key is queued or running, enqueueing another returns that job
         (``docs/scheduling.md``); ``unique_for``: seconds a key stays held at most.
+        ``max_concurrency`` (attempts running at once across all workers), ``rate_limit``
+        (``"100/m"``: starts spaced evenly) and ``limit_key`` (a function of the payload:
+        one limit per key) are enforced through the broker; a job over a limit waits,
+        handed back, without failing (``docs/scheduling.md``).
 
         Raises ``TaskDefinitionError`` for bad annotations, options or a taken name.
         """
@@ -427,6 +438,19 @@ class App:
                 )
             if unique_for is not None and not unique_for > 0:
                 raise TaskDefinitionError(f"task {task_name!r}: unique_for must be > 0 seconds")
+            if max_concurrency is not None and not (
+                isinstance(max_concurrency, int) and max_concurrency >= 1
+            ):
+                raise TaskDefinitionError(f"task {task_name!r}: max_concurrency must be >= 1")
+            if limit_key is not None and not callable(limit_key):
+                raise TaskDefinitionError(
+                    f"task {task_name!r}: limit_key= must be a function of the payload"
+                )
+            try:
+                interval = None if rate_limit is None else parse_rate(rate_limit)
+            except ConfigurationError as exc:
+                raise TaskDefinitionError(f"task {task_name!r}: {exc}") from None
+            del interval
             new = Task(
                 self,
                 func,
@@ -435,6 +459,9 @@ class App:
                 policy=policy,
                 unique=unique,
                 unique_for=unique_for,
+                max_concurrency=max_concurrency,
+                rate_limit=rate_limit,
+                limit_key=limit_key,
             )
             self._tasks[task_name] = new
             return new

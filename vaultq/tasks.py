@@ -15,6 +15,7 @@ from vaultq import config
 from vaultq.enqueue import OnDuplicate
 from vaultq.enqueue import enqueue as enqueue_jobs
 from vaultq.errors import Fatal, PayloadError, Retry, TaskDefinitionError
+from vaultq.limits import parse_rate
 from vaultq.payload import Codec, check_encodable
 
 if TYPE_CHECKING:
@@ -190,12 +191,22 @@ class Task(Generic[P, R]):
         policy: Policy | None,
         unique: Callable[[P], str | None] | None = None,
         unique_for: float | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        limit_key: Callable[[P], str | None] | None = None,
     ) -> None:
         self.app = app
         self.unique = unique
         """The unique key of a payload (``@app.task(unique=...)``), or None."""
         self.unique_for = unique_for
         """Seconds a unique key stays held at most (default: the job's validity)."""
+        self.max_concurrency = max_concurrency
+        """Attempts of this task running at once across every worker at most (per
+        ``limit_key``), or None (``vaultq/runtime/limits.py``)."""
+        self.rate_limit = rate_limit
+        self.rate_interval = None if rate_limit is None else parse_rate(rate_limit)
+        """Seconds between two starts under ``rate_limit`` (None: no rate limit)."""
+        self.limit_key = limit_key
         self.fn = fn
         self.name = name
         self._given = options

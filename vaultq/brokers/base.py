@@ -101,6 +101,7 @@ __all__ = [
     "Drop",
     "EnqueueItem",
     "JobInfo",
+    "Limits",
     "QueueStats",
     "Release",
     "Retry",
@@ -474,4 +475,27 @@ class UniqueKeys(Protocol):
         ``enqueue_unique`` with ``ttl``), lock ``key`` to it for ``key_ttl`` seconds and
         return ``item.job_id``. Returns '' when ``item.job_id`` itself exists already.
         A lock counts only while its job is live: settling the job frees the key."""
+        ...
+
+
+@runtime_checkable
+class Limits(Protocol):
+    """Concurrency and rate limits of tasks across workers (``vaultq/runtime/limits.py``),
+    offered by the built-in brokers. State lives beside the queue's keys."""
+
+    async def check_limits(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        concurrency: tuple[str, int] | None,
+        rate: tuple[str, float] | None,
+        keep: float,
+    ) -> float:
+        """One atomic check before ``job_id`` starts. ``concurrency=(key, n)``: take one of
+        ``n`` slots of ``key`` (a slot counts while its job's claim lives; a job holding
+        one keeps it). ``rate=(key, interval)``: GCRA, one start per ``interval`` seconds; a
+        job that must wait reserves its turn and starts at once when it comes back then.
+        Returns 0 (start), -1 (every slot held) or the seconds until its turn (the slot,
+        if taken, is given back). ``keep``: seconds the state outlives its last use."""
         ...

@@ -288,6 +288,55 @@ class MemoryBroker:
         await anyio.lowlevel.checkpoint()
         return holder
 
+    async def check_limits(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        concurrency: tuple[str, int] | None,
+        rate: tuple[str, float] | None,
+        keep: float,
+    ) -> float:
+        # The rules of vaultq/brokers/lua/limit.lua, under the store's lock.
+        store = self._store
+        with store.lock:
+            now = store.now()
+            space = store.space(self._namespace)
+            wait = 0.0
+            took = False
+            held: set[str] = set()
+            if concurrency is not None:
+                held = space.slots.setdefault((queue, concurrency[0]), set())
+                if job_id not in held:
+                    held -= {h for h in held if space.live_claim((queue, h), now) is None}
+                    if len(held) >= concurrency[1]:
+                        wait = -1.0
+                    else:
+                        held.add(job_id)
+                        took = True
+            if wait == 0.0 and rate is not None:
+                turn = space.turns.get((queue, job_id))
+                if turn is not None:
+                    wait = turn - now
+                else:
+                    tat = max(space.rates.get((queue, rate[0]), 0.0), now)
+                    space.rates[(queue, rate[0])] = tat + rate[1]
+                    wait = tat - now
+                if wait <= 0:
+                    gap = space.last_starts.get((queue, rate[0]), 0.0) + rate[1] - now
+                    if gap <= 0:
+                        space.last_starts[(queue, rate[0])] = now
+                        space.turns.pop((queue, job_id), None)
+                        wait = 0.0
+                    else:
+                        wait = gap
+                if wait > 0:
+                    space.turns[(queue, job_id)] = now + wait
+                    if took:
+                        held.discard(job_id)
+        await anyio.lowlevel.checkpoint()
+        return wait
+
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         store = self._store
         with store.lock:

@@ -122,6 +122,14 @@ class Space:
     """The entries of each (queue, job id), oldest first: ``find`` without a scan."""
     unique: dict[Key, tuple[str, float]] = field(default_factory=dict)
     """(queue, unique key) -> (job id holding it, until)."""
+    slots: dict[Key, set[str]] = field(default_factory=dict)
+    """(queue, concurrency key) -> job ids holding a slot (while their claim lives)."""
+    rates: dict[Key, float] = field(default_factory=dict)
+    """(queue, rate key) -> GCRA theoretical arrival time."""
+    last_starts: dict[Key, float] = field(default_factory=dict)
+    """(queue, rate key) -> the latest start (starts are one interval apart at least)."""
+    turns: dict[Key, float] = field(default_factory=dict)
+    """(queue, job id) -> the reserved start time of a job waiting for its turn."""
     schedules: dict[Key, list[float | None]] = field(default_factory=dict)
     """(queue, schedule name) -> [mark, newest fired tick] (periodic jobs)."""
     last_sweep: float = 0.0

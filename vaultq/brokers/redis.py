@@ -112,6 +112,7 @@ _SCRIPTS: Final = (
     "claim_tick",
     "mark_schedule",
     "enqueue_keyed",
+    "limit",
 )
 
 

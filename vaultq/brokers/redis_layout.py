@@ -61,6 +61,7 @@ class QueueKeys:
     COUNTERS: Final = "counters"
     SCHEDULES: Final = "schedules"
     UNIQUE: Final = "unique:"
+    LIMIT: Final = "limit:"
 
     __slots__ = ("prefix", "queue")
 
@@ -150,6 +151,7 @@ class QueueKeys:
             "COUNTERS": f"P .. '{cls.COUNTERS}'",
             "SCHEDULES": f"P .. '{cls.SCHEDULES}'",
             "UNIQUE": f"P .. '{cls.UNIQUE}'",
+            "LIMIT": f"P .. '{cls.LIMIT}'",
         }
         lines = ["local P = ARGV[1]", f"local GROUP = '{GROUP}'"]
         lines += [f"local {name} = {value}" for name, value in names.items()]

@@ -1,6 +1,7 @@
 """The Redis broker's scheduling operations: periodic ticks claimed once
-(:class:`~vaultq.brokers.base.TickStore`) and unique-key enqueues
-(:class:`~vaultq.brokers.base.UniqueKeys`), each one Lua script on the queue's slot,
+(:class:`~vaultq.brokers.base.TickStore`), unique-key enqueues
+(:class:`~vaultq.brokers.base.UniqueKeys`) and task limits
+(:class:`~vaultq.brokers.base.Limits`), each one Lua script on the queue's slot,
 as a base class of :class:`~vaultq.brokers.redis.RedisBroker`.
 
 Internal to :mod:`vaultq.brokers.redis`; the names here are not public API.
@@ -76,6 +77,30 @@ class RedisSchedules:
         with self._boundary("enqueue"):
             (holder,) = await self._run_batch([("enqueue_keyed", self.keys(item.queue), args)])
         return text(holder)
+
+    # -- limits (Limits) ----------------------------------------------------------------
+
+    async def check_limits(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        concurrency: tuple[str, int] | None,
+        rate: tuple[str, float] | None,
+        keep: float,
+    ) -> float:
+        args = [
+            job_id,
+            "" if concurrency is None else concurrency[0],
+            "0" if concurrency is None else str(int(concurrency[1])),
+            "" if rate is None else rate[0],
+            "0" if rate is None else str(ms(rate[1])),
+            ms(keep),
+        ]
+        with self._boundary("check_limits"):
+            (wait,) = await self._run_batch([("limit", self.keys(queue), args)])
+        wait_ms = int(wait)
+        return -1.0 if wait_ms < 0 else wait_ms / 1000
 
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         with self._boundary("schedule_marks"):

@@ -1,6 +1,7 @@
 """The SQLite broker's scheduling operations: periodic ticks claimed once
-(:class:`~vaultq.brokers.base.TickStore`, rows in ``sqlite_ticks.py``) and unique-key
-enqueues (:class:`~vaultq.brokers.base.UniqueKeys`, ``sqlite_unique.py``), each one
+(:class:`~vaultq.brokers.base.TickStore`, rows in ``sqlite_ticks.py``), unique-key
+enqueues (:class:`~vaultq.brokers.base.UniqueKeys`, ``sqlite_unique.py``) and task limits
+(:class:`~vaultq.brokers.base.Limits`, ``sqlite_limits.py``), each one
 transaction, as a base class of :class:`~vaultq.brokers.sqlite.SqliteBroker`.
 
 Internal to :mod:`vaultq.brokers.sqlite`; the names here are not public API.
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from vaultq.brokers import sqlite_ticks, sqlite_unique
+from vaultq.brokers import sqlite_limits, sqlite_ticks, sqlite_unique
 from vaultq.brokers.base import EnqueueItem, ScheduleMark
 from vaultq.brokers.sqlite_file import immediate
 
@@ -95,4 +96,29 @@ class SqliteSchedules:
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         return await self._run(
             "schedule_marks", partial(sqlite_ticks.schedule_marks, ns=self._namespace, queue=queue)
+        )
+
+    # -- limits (Limits) -------------------------------------------------------------
+
+    async def check_limits(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        concurrency: tuple[str, int] | None,
+        rate: tuple[str, float] | None,
+        keep: float,
+    ) -> float:
+        return await self._run(
+            "check_limits",
+            partial(
+                sqlite_limits.check_limits,
+                immediate=immediate,
+                ns=self._namespace,
+                queue=queue,
+                job_id=job_id,
+                concurrency=concurrency,
+                rate=rate,
+                keep=keep,
+            ),
         )

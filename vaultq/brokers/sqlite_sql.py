@@ -33,7 +33,7 @@ __all__ = [
     "UNCLAIM",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
 SCHEMA_V1 = (
@@ -139,7 +139,40 @@ SCHEMA_V4 = (
     )""",
     "CREATE INDEX vaultq_unique_until ON vaultq_unique (until)",
 )
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+# v5: concurrency and rate limits (vaultq/brokers/sqlite_limits.py).
+SCHEMA_V5 = (
+    """CREATE TABLE vaultq_limit_slots (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        PRIMARY KEY (namespace, queue, key, job_id)
+    )""",
+    """CREATE TABLE vaultq_limit_rates (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL,
+        tat REAL NOT NULL,
+        last REAL,
+        PRIMARY KEY (namespace, queue, key)
+    )""",
+    """CREATE TABLE vaultq_limit_turns (
+        namespace TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (namespace, queue, job_id)
+    )""",
+    "CREATE INDEX vaultq_limit_turns_until ON vaultq_limit_turns (until)",
+)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_V5,
+)
 
 CLEANUP = (
     "DELETE FROM vaultq_results WHERE rowid IN "
@@ -152,6 +185,8 @@ CLEANUP = (
     "(SELECT rowid FROM vaultq_claims WHERE until <= ? LIMIT ?)",
     "DELETE FROM vaultq_unique WHERE rowid IN "
     "(SELECT rowid FROM vaultq_unique WHERE until <= ? LIMIT ?)",
+    "DELETE FROM vaultq_limit_turns WHERE rowid IN "
+    "(SELECT rowid FROM vaultq_limit_turns WHERE until <= ? LIMIT ?)",
 )
 # Dead letters older than the age limit (the parameter is now - age).
 CLEANUP_DEAD = (

@@ -1,7 +1,8 @@
 """The fate of one delivery: open → checks → decode → authorize → run under a deadline.
 
 The order is fixed and every step before ``run`` fails closed. Nothing here calls the
-broker: the result is a :data:`Settlement` that the worker applies (batched, shielded).
+broker (but the :class:`~vaultq.limits.Limiter` the worker passes in, for limited tasks):
+the result is a :data:`Settlement` that the worker applies (batched, shielded).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from vaultq.policy import AUDIT_LOGGER, PolicyRequest, _safe_id, evaluate
 
 if TYPE_CHECKING:
     from vaultq.app import App
+    from vaultq.limits import Limiter
     from vaultq.runtime.isolation import ProcessPool
     from vaultq.tasks import Task
 
@@ -260,6 +262,7 @@ class Executor:
         thread_tokens: int,
         process_pool: ProcessPool | None = None,
         hooks: Hooks | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.app = app
         self.worker_id = worker_id
@@ -267,6 +270,8 @@ class Executor:
         self.process_pool = process_pool
         self._tasks = app.tasks
         self.hooks = app.hooks() if hooks is None else hooks
+        self.limiter = limiter
+        """Asks the broker whether a limited task's job may start (vaultq/limits.py)."""
         # Precomputed: with no middleware, no JobInfo is ever built.
         self._describe = self.hooks.jobs or self.hooks.wraps_sync or self.hooks.wraps_async
 
@@ -575,6 +580,15 @@ class Executor:
                 self.threads.abandoned,
             )
             return Release(delivery=delivery, not_before=self.app.clock.now() + 5.0)
+
+        if self.limiter is not None and (
+            task.max_concurrency is not None or task.rate_interval is not None
+        ):
+            # Last, once the job is known to be allowed: a job over its task's concurrency
+            # or rate limit is handed back until its turn, neither failed nor retried.
+            wait = await self.limiter.wait(task, payload, header.job_id, header.queue)
+            if wait > 0:
+                return Release(delivery=delivery, not_before=self.app.clock.now() + wait)
 
         return await self._attempt(slot, task, opened, payload)
 

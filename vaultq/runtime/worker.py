@@ -43,6 +43,7 @@ from vaultq.brokers.monitor import WorkerBeat, monitoring
 from vaultq.cancellation import cancel_requested, is_cancellation
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable
+from vaultq.limits import Limiter
 from vaultq.middleware import Hooks, JobInfo, Outcome, WorkerInfo
 from vaultq.policy import safe_id
 from vaultq.runtime.execute import Executor, JobSlot, Stop
@@ -208,6 +209,7 @@ class Worker:
             thread_tokens=self.concurrency + self._max_abandoned,
             process_pool=self._pool,
             hooks=hooks,
+            limiter=Limiter(broker),
         )
         await self._measure_clock(broker)
         keeper = self.keeper = self._make_keeper(broker)

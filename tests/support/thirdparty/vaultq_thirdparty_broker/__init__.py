@@ -21,6 +21,7 @@ from vaultq.brokers.base import (
     Delivery,
     EnqueueItem,
     JobInfo,
+    Limits,
     QueuedEntry,
     QueueStats,
     ScheduleMark,
@@ -45,6 +46,7 @@ class ThirdPartyBroker:
         store = SqliteBroker("sqlite" + url[len(SCHEME) :], namespace=namespace, **options)
         self._store: Broker = store
         self._ticks: TickStore = store
+        self._limits: Limits = store
         self._unique: UniqueKeys = store
 
     @property
@@ -142,7 +144,7 @@ class ThirdPartyBroker:
     async def counters(self, queue: str) -> dict[str, int]:
         return await self._store.counters(queue)
 
-    # -- the optional protocols it offers too: periodic ticks and unique keys --------------
+    # -- the optional protocols it offers too: periodic ticks, unique keys, limits --------
 
     async def claim_tick(
         self, item: EnqueueItem, *, schedule: str, tick: float, ttl: float
@@ -161,3 +163,16 @@ class ThirdPartyBroker:
         self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
     ) -> str:
         return await self._unique.enqueue_keyed(item, key=key, key_ttl=key_ttl, ttl=ttl)
+
+    async def check_limits(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        concurrency: tuple[str, int] | None,
+        rate: tuple[str, float] | None,
+        keep: float,
+    ) -> float:
+        return await self._limits.check_limits(
+            queue, job_id, concurrency=concurrency, rate=rate, keep=keep
+        )
