@@ -221,24 +221,12 @@ class MemoryBroker:
         with store.lock:
             now = store.now()
             space = store.space(self._namespace)
-            state = space.schedules.setdefault((item.queue, schedule), [None, None])
-            if state[0] is not None and state[0] >= tick:
-                written = False
-            else:
-                state[0] = tick
-                key = (item.queue, item.job_id)
-                if (
-                    space.find(*key) is not None
-                    or space.live(space.finished, key, now)
-                    or space.result(key, now) is not None
-                ):
-                    written = False
-                else:
-                    job = self._insert(space, item, now)
-                    store.record(self._namespace, job, deferred=False, unique=True)
-                    store.changed()
-                    state[1] = tick
-                    written = True
+            written = space.move_mark(item, schedule, tick, now)
+            if written:
+                job = self._insert(space, item, now)
+                store.record(self._namespace, job, deferred=False, unique=True)
+                store.changed()
+                space.schedules[(item.queue, schedule)][1] = tick
         await anyio.lowlevel.checkpoint()
         return written
 
@@ -263,21 +251,8 @@ class MemoryBroker:
         with store.lock:
             now = store.now()
             space = store.space(self._namespace)
-            lock = space.unique.get((item.queue, key))
-            ids = (item.queue, item.job_id)
-            existing = space.find(*ids)
-            if (
-                lock is not None
-                and lock[1] > now
-                and lock[0] != item.job_id
-                and space.find(item.queue, lock[0]) is not None
-            ):
-                holder = lock[0]
-            elif existing is not None:
-                holder = item.job_id if existing.envelope == item.envelope else ""
-            elif space.live(space.finished, ids, now) or space.result(ids, now) is not None:
-                holder = ""
-            else:
+            holder = space.key_holder(item, key, now)
+            if holder is None:
                 job = self._insert(space, item, now)
                 store.record(
                     self._namespace, job, deferred=item.not_before is not None, unique=True
@@ -297,43 +272,10 @@ class MemoryBroker:
         rate: tuple[str, float] | None,
         keep: float,
     ) -> float:
-        # The rules of vaultq/brokers/lua/limit.lua, under the store's lock.
         store = self._store
         with store.lock:
-            now = store.now()
             space = store.space(self._namespace)
-            wait = 0.0
-            took = False
-            held: set[str] = set()
-            if concurrency is not None:
-                held = space.slots.setdefault((queue, concurrency[0]), set())
-                if job_id not in held:
-                    held -= {h for h in held if space.live_claim((queue, h), now) is None}
-                    if len(held) >= concurrency[1]:
-                        wait = -1.0
-                    else:
-                        held.add(job_id)
-                        took = True
-            if wait == 0.0 and rate is not None:
-                turn = space.turns.get((queue, job_id))
-                if turn is not None:
-                    wait = turn - now
-                else:
-                    tat = max(space.rates.get((queue, rate[0]), 0.0), now)
-                    space.rates[(queue, rate[0])] = tat + rate[1]
-                    wait = tat - now
-                if wait <= 0:
-                    gap = space.last_starts.get((queue, rate[0]), 0.0) + rate[1] - now
-                    if gap <= 0:
-                        space.last_starts[(queue, rate[0])] = now
-                        space.turns.pop((queue, job_id), None)
-                        wait = 0.0
-                    else:
-                        wait = gap
-                if wait > 0:
-                    space.turns[(queue, job_id)] = now + wait
-                    if took:
-                        held.discard(job_id)
+            wait = space.check_limits(queue, job_id, concurrency, rate, store.now())
         await anyio.lowlevel.checkpoint()
         return wait
 

@@ -29,6 +29,7 @@ from vaultq.brokers.base import (
     DeadLetter,
     Delivery,
     Drop,
+    EnqueueItem,
     JobInfo,
     Release,
     Retry,
@@ -191,6 +192,77 @@ class Space:
     def holds_lease(self, d: Delivery, now: float) -> bool:
         claim = self.live_claim((d.queue, d.job_id), now)
         return claim is not None and claim.tag == d.tag
+
+    def move_mark(self, item: EnqueueItem, schedule: str, tick: float, now: float) -> bool:
+        """``TickStore.claim_tick``'s verdict: move the schedule's mark to ``tick`` when it
+        is below; True when, moreover, ``item``'s job id is free (write it)."""
+        state = self.schedules.setdefault((item.queue, schedule), [None, None])
+        if state[0] is not None and state[0] >= tick:
+            return False
+        state[0] = tick
+        ids = (item.queue, item.job_id)
+        return not (
+            self.find(*ids) is not None
+            or self.live(self.finished, ids, now)
+            or self.result(ids, now) is not None
+        )
+
+    def key_holder(self, item: EnqueueItem, key: str, now: float) -> str | None:
+        """``UniqueKeys.enqueue_keyed``'s verdict: the live job holding ``key``, '' when
+        ``item``'s own id exists, None when ``item`` is to be written."""
+        lock = self.unique.get((item.queue, key))
+        live = lock is not None and lock[1] > now and lock[0] != item.job_id
+        if live and lock is not None and self.find(item.queue, lock[0]) is not None:
+            return lock[0]
+        ids = (item.queue, item.job_id)
+        existing = self.find(*ids)
+        if existing is not None:
+            return item.job_id if existing.envelope == item.envelope else ""
+        if self.live(self.finished, ids, now) or self.result(ids, now) is not None:
+            return ""
+        return None
+
+    def check_limits(
+        self,
+        queue: str,
+        job_id: str,
+        concurrency: tuple[str, int] | None,
+        rate: tuple[str, float] | None,
+        now: float,
+    ) -> float:
+        """``Limits.check_limits`` under the store's lock, by the rules of
+        ``vaultq/brokers/lua/limit.lua``."""
+        took = False
+        held: set[str] = set()
+        if concurrency is not None:
+            held = self.slots.setdefault((queue, concurrency[0]), set())
+            if job_id not in held:
+                held -= {h for h in held if self.live_claim((queue, h), now) is None}
+                if len(held) >= concurrency[1]:
+                    return -1.0
+                held.add(job_id)
+                took = True
+        if rate is None:
+            return 0.0
+        key, interval = (queue, rate[0]), rate[1]
+        turn = self.turns.get((queue, job_id))
+        if turn is not None:
+            wait = turn - now
+        else:
+            tat = max(self.rates.get(key, 0.0), now)
+            self.rates[key] = tat + interval
+            wait = tat - now
+        if wait <= 0:
+            gap = self.last_starts.get(key, 0.0) + interval - now
+            if gap <= 0:
+                self.last_starts[key] = now
+                self.turns.pop((queue, job_id), None)
+                return 0.0
+            wait = gap
+        self.turns[(queue, job_id)] = now + wait
+        if took:
+            held.discard(job_id)
+        return wait
 
     def find(self, queue: str, job_id: str) -> Job | None:
         """The oldest entry of ``job_id`` in ``queue``."""
