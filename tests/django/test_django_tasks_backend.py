@@ -277,8 +277,15 @@ def test_every_task_option_is_accepted_in_options() -> None:
                 "RESULT_TTL": 600,
                 "MAX_TIMEOUT": 400,
                 "STORE_RESULT": False,
+                "MAX_CONCURRENCY": 3,
                 "TASKS": {
-                    path: {"BACKOFF": 0.5, "RETRIES": 4, "RESULT_TTL": 60, "ISOLATION": "process"}
+                    path: {
+                        "BACKOFF": 0.5,
+                        "RETRIES": 4,
+                        "RESULT_TTL": 60,
+                        "ISOLATION": "process",
+                        "RATE_LIMIT": "10/m",
+                    }
                 },
             },
         },
@@ -292,6 +299,8 @@ def test_every_task_option_is_accepted_in_options() -> None:
         assert opts.dont_retry_on == (ConnectionResetError,)
         assert opts.retry_on_timeout and opts.result_ttl == 60 and opts.max_timeout == 400
         assert opts.store_result is False and opts.isolation == "process"
+        task = binding.vaultq_task
+        assert (task.max_concurrency, task.rate_limit) == (3, "10/m")
         # The verdict is taken in the binding, where the exception class is known.
         assert binding._raised(Transient("x")).retry is True
         assert binding._raised(ConnectionResetError()).retry is False
@@ -312,7 +321,7 @@ def test_every_app_task_option_has_a_key_in_options() -> None:
     """Each option of ``@app.task`` can be set in the backend's OPTIONS, backend-wide and
     per task (issue 18: BACKOFF was refused; STORE_RESULT and ISOLATION were missing).
     Left out: ``name`` (the module path), ``queue`` (Django's ``queue_name``), ``unique``
-    and ``unique_for`` (a function of the payload, not a setting)."""
+    ``unique_for`` and ``limit_key`` (functions of the payload, not settings)."""
     import inspect
 
     from vaultq import App
@@ -325,6 +334,7 @@ def test_every_app_task_option_has_a_key_in_options() -> None:
         "queue",
         "unique",
         "unique_for",
+        "limit_key",
     }
     assert "backoff" in options and "isolation" in options
     assert options - set(TaskSettings.__struct_fields__) == set()

@@ -16,6 +16,7 @@
                 "RETRY_ON_TIMEOUT": False,
                 "TIMEOUT": 300, "MAX_TIMEOUT": None, "EXPIRES": 86400, "RESULT_TTL": 86400,
                 "STORE_RESULT": True, "ISOLATION": "none",
+                "MAX_CONCURRENCY": None, "RATE_LIMIT": None,  # "100/m", across all workers
                 "POLICY": "shop.policies.STAFF",  # default policy of this backend's tasks
                 "RESULT_POLICY": "shop.policies.STAFF",  # who else may read results
                 "TASKS": {                     # per task, by module path: the task options above
@@ -97,6 +98,8 @@ class TaskSettings(
     result_ttl: float | None = None
     store_result: bool | None = None
     isolation: Isolation | None = None
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
 
 
 class BackendOptions(
@@ -119,6 +122,10 @@ class BackendOptions(
     ``ignore_result``)."""
     isolation: Isolation = "none"
     """``"process"``: each attempt runs in a child process killed at its deadline."""
+    max_concurrency: int | None = None
+    """Attempts of one task running at once across all workers (docs/scheduling.md)."""
+    rate_limit: str | None = None
+    """``"100/m"``: starts of one task spaced evenly across all workers."""
     policy: str | None = None
     result_policy: str | None = None
     tasks: dict[str, TaskSettings] = {}
@@ -494,6 +501,8 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
                 result_ttl=pick("result_ttl"),
                 store_result=pick("store_result"),
                 isolation=pick("isolation"),
+                max_concurrency=pick("max_concurrency"),
+                rate_limit=pick("rate_limit"),
                 policy=policy,
             )(runner)
         except TaskDefinitionError as exc:
