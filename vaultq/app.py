@@ -321,6 +321,13 @@ class App:
     def get_task(self, name: str) -> Task[Any, Any] | None:
         return self._tasks.get(name)
 
+    @property
+    def queues(self) -> list[str]:
+        """Every queue this app's tasks use, the default queue first (what a worker
+        consumes when given no queues)."""
+        found = {t.queue for t in self._tasks.values()} | {self.default_queue}
+        return sorted(found, key=lambda q: (q != self.default_queue, q))
+
     @overload
     def task(self, fn: Callable[[], Coroutine[Any, Any, R]], /) -> Task[NoArgs, R]: ...
     @overload
@@ -570,6 +577,12 @@ class App:
         return self._broker_template.url
 
     @property
+    def configured_broker(self) -> Broker:
+        """The broker as configured (URL or instance), not connected: for reading its
+        settings. Use :meth:`broker` to talk to it."""
+        return self._broker_template
+
+    @property
     def shared_broker(self) -> bool:
         return self._broker_template.capabilities.shared
 
@@ -721,7 +734,7 @@ class App:
             decode=found.result_codec.decode,
         )
 
-    def _open_job(
+    def open_job(
         self,
         data: bytes,
         *,
@@ -750,13 +763,9 @@ class App:
         """Cancel a job by id (see ``JobHandle.cancel``). Without ``queue``, the marker is
         set on every queue this app's tasks use."""
         broker = await self.broker()
-        queues = (
-            [queue]
-            if queue
-            else sorted({t.queue for t in self._tasks.values()} | {self.default_queue})
-        )
+        queues = [queue] if queue else self.queues
         states = [
-            await broker.cancel(q, job_id, ttl=self._defaults.expires + self.clock_skew)
+            await broker.cancel(q, job_id, ttl=self.task_defaults.expires + self.clock_skew)
             for q in queues
         ]
         if CancelState.FINISHED in states:

@@ -93,7 +93,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _revoked_backlog(app: Any) -> list[Any]:
     """VQ104 findings: jobs still queued under revoked keys (an existing broker only)."""
     from vaultq.checks import has_revoked_keys, revoked_backlog
-    from vaultq.runtime.worker import _queues_of
 
     if not has_revoked_keys(app):
         return []
@@ -104,7 +103,7 @@ def _revoked_backlog(app: Any) -> list[Any]:
 
     async def go() -> list[Any]:
         try:
-            return await revoked_backlog(app, _queues_of(app))
+            return await revoked_backlog(app, app.queues)
         finally:
             await app.aclose()
 
@@ -174,10 +173,8 @@ def _add_optional_commands(sub: Any) -> None:
     add_keys_parser(sub)
     add_health_parser(sub)
     add_scheduler_parser(sub)
-    try:
-        from vaultq.demo import add_demo_parser
-    except ImportError:  # pragma: no cover - demo lands with the quickstart
-        return
+    from vaultq.demo import add_demo_parser
+
     add_demo_parser(sub)
 
 

@@ -134,7 +134,7 @@ def load_cli_app(spec: str | None, broker: str | None = None) -> Any:
 
 def existing_broker(app: Any) -> Any:
     """For read-only commands: refuse to create an empty embedded database on a typo."""
-    path = getattr(app._broker_template, "path", None)
+    path = getattr(app.configured_broker, "path", None)
     if path is not None and not path.exists():
         raise VaultqError(
             f"no vaultq database at {path}: check --broker / VAULTQ_BROKER and the "

@@ -50,9 +50,7 @@ def _find_task(app: Any, name: str) -> Any:
 def _app_queues(app: Any) -> list[str]:
     """Every queue the app uses: its tasks' and default queue, plus (Django) the queues of
     its settings and Tasks backends."""
-    from vaultq.runtime.worker import _queues_of
-
-    found = list(_queues_of(app))
+    found = list(app.queues)
     extra = getattr(app, "extra_queues", None)
     if callable(extra):
         found += [q for q in extra() if q not in found]
@@ -69,7 +67,7 @@ def _when(value: float | None) -> str:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from vaultq.operations import _masked
+    from vaultq.operations import mask_secrets
     from vaultq.principal import Principal
 
     app = load_cli_app(args.app, args.broker)
@@ -106,7 +104,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         except JobError as exc:
             print(f"vaultq: {exc}", file=sys.stderr)
             return EXIT_NO
-        print(msgspec.json.encode(value, enc_hook=_masked).decode())
+        print(msgspec.json.encode(value, enc_hook=mask_secrets).decode())
         return EXIT_OK
 
     code: int = run_interruptibly(go)

@@ -40,6 +40,7 @@ from vaultq.errors import (
     EnvelopeExpired,
     EnvelopeNotYetValid,
     EnvelopeTooLarge,
+    InvalidArgument,
     KeyringError,
     MalformedEnvelope,
     RevokedKey,
@@ -112,6 +113,9 @@ class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields
 
 class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     parent_id: str | None = None
+    """A wire slot of the envelope format (docs/envelope.md) that vaultq neither fills nor
+    reads: declared so that envelopes from producers that set it still open (unknown
+    fields are refused), not for any behaviour."""
     trace: dict[str, str] | None = None
     # Checked on decode: a zero or negative deadline is no deadline a producer meant.
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
@@ -246,7 +250,9 @@ def _seal_job(
 def _nonce_size(version: int) -> int:
     size = _NONCE_SIZES.get(version)
     if size is None:
-        raise ValueError(f"envelope version must be one of {VERSIONS}")
+        raise InvalidArgument(
+            f"envelope version {version!r} is not one vaultq seals: use one of {VERSIONS}"
+        )
     return size
 
 

@@ -8,7 +8,8 @@ payload value, plaintext, a principal's attributes or key bytes.
 
     VaultqError
     ├── ConfigurationError           bad settings, broker URL, app lookup
-    │   └── TaskDefinitionError      a task cannot be registered as written
+    │   ├── TaskDefinitionError      a task cannot be registered as written
+    │   └── InvalidArgument          an argument out of range (also a ValueError)
     ├── KeyringError                 a keyring cannot be loaded, saved or used
     │   └── InsecureKeyFile          key file others could read or replace
     ├── PayloadError                 wrong payload type, field or value shape
@@ -30,6 +31,7 @@ payload value, plaintext, a principal's attributes or key bytes.
     │   └── Replayed
     ├── Retry                        raised by a task: run me again (counts against retries)
     ├── Fatal                        raised by a task: fail now, never retry
+    ├── TaskRaised                   an attempt failed; its exception is reported, not at hand
     ├── BrokerError                  the broker failed or is unreachable
     │   └── BrokerUnavailable
     └── JobError                     a job ended without a result (from handle.result())
@@ -60,6 +62,7 @@ __all__ = [
     "EnvelopeTooLarge",
     "Fatal",
     "InsecureKeyFile",
+    "InvalidArgument",
     "JobCancelled",
     "JobDenied",
     "JobError",
@@ -75,6 +78,7 @@ __all__ = [
     "Retry",
     "RevokedKey",
     "TaskDefinitionError",
+    "TaskRaised",
     "UnknownKey",
     "UnknownTask",
     "UnsupportedVersion",
@@ -94,6 +98,11 @@ class ConfigurationError(VaultqError):
 
 class TaskDefinitionError(ConfigurationError):
     """A task function cannot be registered as written (annotations, name, options)."""
+
+
+class InvalidArgument(ConfigurationError, ValueError):
+    """An argument is out of its range (``Worker(concurrency=0)``, a pool size, an
+    envelope version). A ``ValueError`` too, for callers that caught the builtin."""
 
 
 class KeyringError(VaultqError):
@@ -219,6 +228,29 @@ class Fatal(VaultqError):
     ends ``FAILED`` with ``error_type`` ``vaultq.errors.Fatal``."""
 
 
+class TaskRaised(VaultqError):
+    """An attempt failed where the exception itself is not at hand: a process-isolated
+    child, an integration's task wrapper (the Django Tasks backend), vaultq's own checks
+    of a result. It carries what the worker records: the exception's class path
+    (``error_type``), a message that is safe to store (``message``), and the retry
+    verdict taken where the class was known (``retry``: None judges it as an unknown
+    error, see ``TaskOptions.retries_unknown_errors``; ``delay``: an exact wait)."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retry: bool | None = None,
+        delay: float | None = None,
+    ) -> None:
+        super().__init__(error_type)
+        self.error_type = error_type
+        self.message = message
+        self.retry = retry
+        self.delay = delay
+
+
 class DuplicateJob(VaultqError):
     """``enqueue(job_id=...)`` named an id that is queued, delayed, running or remembered
     as finished: nothing was enqueued. ``job_id`` names it; ``app.job(job_id)`` is the
@@ -238,14 +270,20 @@ class BrokerUnavailable(BrokerError):
 
 
 class JobError(VaultqError):
-    """A job ended without a result. ``job_id`` names it; ``status`` is its final state."""
+    """A job ended without a result. ``job_id`` names it; ``status`` is its final state.
+
+    ``detail`` is the error text the worker stored (the task's exception message, capped):
+    kept out of the message because it may quote payload values."""
 
     status = "failed"
 
-    def __init__(self, message: str, *, job_id: str = "", reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, job_id: str = "", reason: str = "", detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.reason = reason
+        self.detail = detail
 
 
 class JobFailed(JobError):
@@ -254,9 +292,15 @@ class JobFailed(JobError):
     status = "failed"
 
     def __init__(
-        self, message: str, *, job_id: str = "", reason: str = "", error_type: str = ""
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        reason: str = "",
+        error_type: str = "",
+        detail: str = "",
     ) -> None:
-        super().__init__(message, job_id=job_id, reason=reason)
+        super().__init__(message, job_id=job_id, reason=reason, detail=detail)
         self.error_type = error_type
 
 

@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from vaultq.policy import Policy
     from vaultq.principal import Principal
 
-__all__ = ["JobContext", "JobHandle", "JobStatus", "ResultSource", "current_job"]
+__all__ = [
+    "JobContext",
+    "JobHandle",
+    "JobStatus",
+    "ResultSource",
+    "current_job",
+    "reset_current_job",
+    "set_current_job",
+]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -102,13 +110,12 @@ def outcome_error(job_id: str, body: ResultBody) -> JobError:
         what += f" ({body.error_type})"
     if body.attempts:
         what += f" after {body.attempts} attempt(s)"
-    err: JobError
+    detail = body.error or ""
     if cls is JobFailed:
-        err = JobFailed(what, job_id=job_id, reason=status, error_type=body.error_type or "")
-    else:
-        err = cls(what, job_id=job_id, reason=body.error_type or status)
-    err.detail = body.error or ""  # type: ignore[attr-defined]
-    return err
+        return JobFailed(
+            what, job_id=job_id, reason=status, error_type=body.error_type or "", detail=detail
+        )
+    return cls(what, job_id=job_id, reason=body.error_type or status, detail=detail)
 
 
 class _Anyone(enum.Enum):
@@ -303,9 +310,11 @@ def current_job() -> JobContext:
         ) from None
 
 
-def _set_current(ctx: JobContext) -> contextvars.Token[JobContext]:
+def set_current_job(ctx: JobContext) -> contextvars.Token[JobContext]:
+    """Make ``ctx`` what :func:`current_job` returns (the runtime, around one attempt)."""
     return _current.set(ctx)
 
 
-def _reset_current(token: contextvars.Token[JobContext]) -> None:
+def reset_current_job(token: contextvars.Token[JobContext]) -> None:
+    """Undo :func:`set_current_job`."""
     _current.reset(token)

@@ -2,6 +2,11 @@
 
 This is the only place vaultq imports by name, and the name always comes from the
 operator (CLI argument or settings), never from a message.
+
+A module that needs setting up before its App exists (a framework integration) says so
+itself: when the imported module defines ``vaultq_load_app(attr) -> App``, that hook
+builds the App (``vaultq.django`` runs ``django.setup()`` there). The core never imports
+a framework; the framework registers how it is loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import sys
 from vaultq.app import App
 from vaultq.errors import ConfigurationError
 
-__all__ = ["load_app"]
+__all__ = ["LOAD_HOOK", "load_app"]
+
+LOAD_HOOK = "vaultq_load_app"
+"""The module-level function a module defines to build its App itself (see above)."""
 
 
 def load_app(spec: str) -> App:
@@ -25,12 +33,6 @@ def load_app(spec: str) -> App:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    if module_name == "vaultq.django":
-        # Django integration: django.setup() from DJANGO_SETTINGS_MODULE, then the App
-        # configured in settings.VAULTQ (vaultq.django.apps.load_django_app).
-        from vaultq.django.apps import load_django_app
-
-        return load_django_app(attr)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -47,6 +49,12 @@ def load_app(spec: str) -> App:
             f"cannot import {module_name!r}: it imports {exc.name!r}, which is not installed "
             "here. Install it in this environment (or fix the import), then start again"
         ) from exc
+    hook = getattr(module, LOAD_HOOK, None)
+    if callable(hook):
+        loaded = hook(attr)
+        if not isinstance(loaded, App):
+            raise ConfigurationError(f"{module_name}.{LOAD_HOOK}() did not return a vaultq.App")
+        return loaded
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, App):

@@ -210,11 +210,11 @@ def _add_result(
             )
             return
         report.result = msgspec.json.decode(
-            msgspec.json.encode(task.result_codec.decode(bytes(body.value)), enc_hook=_masked)
+            msgspec.json.encode(task.result_codec.decode(bytes(body.value)), enc_hook=mask_secrets)
         )
 
 
-def _masked(obj: Any) -> Any:
+def mask_secrets(obj: Any) -> Any:
     """Results are shown with every ``Secret`` masked, never revealed."""
     if isinstance(obj, Secret):
         return repr(obj)
@@ -246,7 +246,7 @@ async def cancel_job(app: App, job_id: str, queues: Sequence[str]) -> CancelOutc
     producer see it cancelled without waiting for a worker (or for a delay to pass).
     """
     broker = await app.broker()
-    ttl = app._defaults.expires + app.clock_skew
+    ttl = app.task_defaults.expires + app.clock_skew
     states = [await broker.cancel(q, job_id, ttl=ttl) for q in queues]
     if any(state == "finished" for state in states):
         return CancelOutcome.FINISHED
@@ -274,7 +274,7 @@ async def _drop(app: App, broker: Any, info: JobInfo) -> bool:
     authenticate is left to the worker, which rejects it."""
     now = time.time()
     try:
-        opened = app._open_job(
+        opened = app.open_job(
             info.envelope,
             tasks=app.tasks,
             now=now,
@@ -296,7 +296,7 @@ async def _drop(app: App, broker: Any, info: JobInfo) -> bool:
         result = seal_result(app.keyring, header, body, now=now)
     except KeyringError:
         return False
-    ttl = task.options.result_ttl if task is not None else app._defaults.result_ttl
+    ttl = task.options.result_ttl if task is not None else app.task_defaults.result_ttl
     dropped: bool = await broker.cancel_queued(
         info,
         result=result,

@@ -546,9 +546,6 @@ def safe_id(value: str) -> str:
     return value.encode("unicode_escape").decode("ascii")
 
 
-_safe_id = safe_id  # the older private name, still imported by the CLI and the executor
-
-
 def _audit(
     logger: logging.Logger,
     decision: Decision,
@@ -567,10 +564,10 @@ def _audit(
         "decision": "allow" if decision.allowed else "deny",
         "policy": decision.policy,
         "reason": decision.reason,
-        "job_id": _safe_id(request.job_id),
-        "task": _safe_id(request.task),
-        "principal": _safe_id(principal.id) if principal is not None else "-",
-        "signer_id": _safe_id(request.signer_id) or "-",
+        "job_id": safe_id(request.job_id),
+        "task": safe_id(request.task),
+        "principal": safe_id(principal.id) if principal is not None else "-",
+        "signer_id": safe_id(request.signer_id) or "-",
         "attempt": request.attempt,
         "stage": request.stage,
     }

@@ -41,6 +41,7 @@ __all__ = [
     "get_app",
     "principal_from_request",
     "principal_from_user",
+    "vaultq_load_app",
 ]
 
 
@@ -49,6 +50,14 @@ def get_app() -> DjangoApp:
     from vaultq.django.apps import get_app as _get_app
 
     return _get_app()
+
+
+def vaultq_load_app(attr: str = "") -> DjangoApp:
+    """``vaultq worker vaultq.django``: the loader's hook (:data:`vaultq.loader.LOAD_HOOK`).
+    Sets Django up from ``DJANGO_SETTINGS_MODULE`` and returns the configured App."""
+    from vaultq.django.apps import load_django_app
+
+    return load_django_app(attr)
 
 
 def __getattr__(name: str) -> Any:

@@ -73,7 +73,8 @@ class VaultqConfig(AppConfig):  # type: ignore[misc]
     def __init__(self, app_name: str, app_module: Any) -> None:
         super().__init__(app_name, app_module)
         self._app: DjangoApp | None = None
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
+        """Guards the app's creation and ``bindings`` (the Tasks backend registers under it)."""
         self.bindings: dict[str, Binding] = {}
         """Django Tasks run by vaultq, by module path: the worker's allowlist for them."""
         self.worker_mode = False
@@ -85,7 +86,7 @@ class VaultqConfig(AppConfig):  # type: ignore[misc]
     def app(self) -> DjangoApp:
         """The configured App, built once from ``settings.VAULTQ``."""
         if self._app is None:
-            with self._lock:
+            with self.lock:
                 if self._app is None:
                     self._app = build_app()
         return self._app
@@ -177,9 +178,9 @@ def get_app() -> DjangoApp:
     return get_config().app
 
 
-def load_django_app(attr: str = "") -> App:
+def load_django_app(attr: str = "") -> DjangoApp:
     """``vaultq worker vaultq.django``: set Django up from ``DJANGO_SETTINGS_MODULE`` and
-    return the configured App (called by :func:`vaultq.loader.load_app`)."""
+    return the configured App (through the hook ``vaultq.django.vaultq_load_app``)."""
     if attr not in ("", "app"):
         raise ConfigurationError("use `vaultq.django` (or `vaultq.django:app`)")
     if not apps.ready:

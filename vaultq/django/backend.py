@@ -63,12 +63,12 @@ from asgiref.sync import sync_to_async
 from vaultq import config
 from vaultq.django import compat
 from vaultq.envelope import ResultBody, new_job_id
-from vaultq.errors import PayloadError, TaskDefinitionError, VaultqError
+from vaultq.errors import PayloadError, TaskDefinitionError, TaskRaised, VaultqError
 from vaultq.jobs import JobStatus, current_job
-from vaultq.payload import Secret, check_encodable, split_error
+from vaultq.operations import mask_secrets
+from vaultq.payload import check_encodable, split_error
 from vaultq.policy import Policy, ensure_policy, safe_id
 from vaultq.principal import Principal
-from vaultq.runtime.execute import TaskRaised
 from vaultq.tasks import Isolation
 from vaultq.tasks import Task as VaultqTask
 
@@ -140,12 +140,6 @@ def _options(alias: str, raw: Any) -> BackendOptions:
         return msgspec.convert(dict(raw or {}), BackendOptions, strict=True)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS'] is invalid: {exc}") from None
-
-
-def _masked(obj: Any) -> Any:
-    if isinstance(obj, Secret):
-        return repr(obj)  # Secret('***')
-    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
 def _tag(module_path: str, queue: str) -> str:
@@ -441,7 +435,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         """The Binding of ``task``, registering its vaultq task on first sight."""
         config = self._config
         path = str(task.module_path)
-        with config._lock:
+        with config.lock:
             existing: Binding | None = config.bindings.get(path)
             if existing is not None:
                 if existing.task.func is not task.func:
@@ -546,8 +540,8 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             last_attempted_at=None,
             # The caller's own arguments, Secrets masked: a TaskResult is handed around
             # (and printed) by code that must not see them.
-            args=msgspec.to_builtins(list(args), enc_hook=_masked),
-            kwargs=msgspec.to_builtins(dict(kwargs), enc_hook=_masked),
+            args=msgspec.to_builtins(list(args), enc_hook=mask_secrets),
+            kwargs=msgspec.to_builtins(dict(kwargs), enc_hook=mask_secrets),
             backend=self.alias,
             errors=[],
             worker_ids=[],

@@ -11,6 +11,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from vaultq.errors import InvalidArgument
 from vaultq.policy import PolicyRequest, Rule, rule
 
 __all__ = ["require_django_permission"]
@@ -36,7 +37,10 @@ def require_django_permission(*perms: str) -> Rule:
     """Allow when the principal's user exists, is active and has every permission in
     ``perms`` right now, per Django's auth backends (``user.has_perms``)."""
     if not perms or not all(isinstance(p, str) and "." in p for p in perms):
-        raise ValueError("give permissions as 'app_label.codename' strings")
+        raise InvalidArgument(
+            "require_django_permission() takes permissions as 'app_label.codename' strings, "
+            "e.g. require_django_permission('orders.refund')"
+        )
     names = ", ".join(repr(p) for p in perms)
 
     @rule(name=f"require_django_permission({names})")

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from vaultq.errors import PayloadError, VaultqError
-from vaultq.jobs import JobContext, _reset_current, _set_current
+from vaultq.jobs import JobContext, reset_current_job, set_current_job
 from vaultq.middleware import Hooks, JobInfo
 from vaultq.principal import Principal
 
@@ -175,7 +175,7 @@ def run_request(app: App, request: Request, hooks: Hooks | None = None) -> Reply
     if hooks is None:
         hooks = app.hooks()
     job = _describe(app, task, request) if hooks.wraps_sync or hooks.wraps_async else None
-    token = _set_current(ctx)
+    token = set_current_job(ctx)
     try:
         result = _call(hooks, task, payload, job)
     except Exception as exc:
@@ -183,7 +183,7 @@ def run_request(app: App, request: Request, hooks: Hooks | None = None) -> Reply
         retry, delay = task.options.retry_verdict(exc)
         return _fail(type_path(exc), _error_text(exc), retry=retry, delay=delay)
     finally:
-        _reset_current(token)
+        reset_current_job(token)
     if task.result_type is None and result is not None:
         return _fail(
             "vaultq.PayloadError",

@@ -39,10 +39,10 @@ from vaultq.errors import (
     UnknownTask,
     VaultqError,
 )
-from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
+from vaultq.jobs import JobContext, JobStatus, reset_current_job, set_current_job
 from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
 from vaultq.middleware import Hooks, JobInfo, Outcome
-from vaultq.policy import AUDIT_LOGGER, PolicyRequest, _safe_id, evaluate
+from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate, safe_id
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -314,7 +314,7 @@ class Executor:
             # a record, result() would wait until its timeout and status() stay PENDING.
             body = msgspec.structs.replace(body, value=None)
         result = self._result(header, body)
-        ttl = task.options.result_ttl if task else self.app._defaults.result_ttl
+        ttl = task.options.result_ttl if task else self.app.task_defaults.result_ttl
         remember = self._remember_until(header)
         if status == JobStatus.SUCCEEDED:
             return Ack(delivery=delivery, result=result, result_ttl=ttl, remember_until=remember)
@@ -337,7 +337,7 @@ class Executor:
         reason = exc.reason if isinstance(exc, EnvelopeError) else "payload"
         # The broker-given id is unauthenticated: escape and cap it so a crafted id
         # cannot forge audit lines or flood the log.
-        job_id = _safe_id(delivery.job_id)
+        job_id = safe_id(delivery.job_id)
         audit.warning(
             "job %s rejected on queue %s: %s (attempt %d)",
             job_id,
@@ -362,7 +362,7 @@ class Executor:
                 reason=f"rejected:{reason}",
                 detail=f"envelope rejected: {reason}",
                 result=None,
-                result_ttl=self.app._defaults.result_ttl,
+                result_ttl=self.app.task_defaults.result_ttl,
                 remember_until=None,
             )
         if not authenticated and not isinstance(exc, PayloadError | UnknownKey | DecryptionFailed):
@@ -374,7 +374,7 @@ class Executor:
                 reason=UNAUTHENTICATED,
                 detail="envelope rejected before authentication",
                 result=None,
-                result_ttl=self.app._defaults.result_ttl,
+                result_ttl=self.app.task_defaults.result_ttl,
                 remember_until=None,
                 keep_envelope=False,
             )
@@ -406,7 +406,7 @@ class Executor:
             reason=f"rejected:{reason}",
             detail=f"envelope rejected: {reason}",
             result=self._result(header, body),
-            result_ttl=self.app._defaults.result_ttl,
+            result_ttl=self.app.task_defaults.result_ttl,
             remember_until=None,
         )
 
@@ -415,7 +415,7 @@ class Executor:
         if delivery.redelivered:
             # Settled before a crash and delivered again: not an attack.
             return Drop(delivery=delivery, reason="finished")
-        job_id = _safe_id(delivery.job_id)
+        job_id = safe_id(delivery.job_id)
         audit.warning(
             "entry for finished job %s on queue %s dropped (a copy of a job that already "
             "ran: replayed or re-inserted)",
@@ -442,7 +442,7 @@ class Executor:
         middleware needs it) before its settlement is returned."""
         app = self.app
         try:
-            return app._open_job(
+            return app.open_job(
                 delivery.envelope,
                 tasks=self._tasks,
                 now=now,
@@ -453,7 +453,7 @@ class Executor:
         except (EnvelopeExpired, EnvelopeNotYetValid) as exc:
             # Only an authentic envelope earns EXPIRED (or a wait): check everything but time.
             try:
-                opened = app._open_job(
+                opened = app.open_job(
                     delivery.envelope,
                     tasks=self._tasks,
                     now=now,
@@ -487,7 +487,7 @@ class Executor:
             # signer sealed for a task this worker lacks is answered REJECTED under its
             # signed id (the producer hears it); anything else stays unauthenticated junk.
             try:
-                app._open_job(
+                app.open_job(
                     delivery.envelope,
                     tasks=_EVERY_TASK,
                     now=now,
@@ -804,14 +804,14 @@ class Executor:
                         "vaultq.PayloadError", f"the task's return value: {exc}", retry=False
                     ) from None
             return self._fits(encoded)
-        token = _set_current(ctx)
+        token = set_current_job(ctx)
         try:
             if task.is_async:
                 result = await self._call_async(task, payload, job)
             else:
                 result = await self._call_sync(task, payload, ctx, job)
         finally:
-            _reset_current(token)
+            reset_current_job(token)
         if task.result_type is None and result is not None:
             raise TaskRaised(
                 "vaultq.PayloadError",
@@ -845,11 +845,11 @@ class Executor:
         self, task: Task[Any, Any], payload: Any, ctx: JobContext, job: JobInfo | None
     ) -> Any:
         def call() -> Any:
-            token = _set_current(ctx)
+            token = set_current_job(ctx)
             try:
                 return task.fn(payload)
             finally:
-                _reset_current(token)
+                reset_current_job(token)
 
         run: Callable[[], Any] = call
         if job is not None and self.hooks.wraps_sync:

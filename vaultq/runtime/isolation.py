@@ -37,9 +37,9 @@ from anyio.abc import ByteSendStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from vaultq.config import mask_url
-from vaultq.errors import ConfigurationError
+from vaultq.errors import ConfigurationError, InvalidArgument, TaskRaised
 from vaultq.runtime.child import MAX_FRAME, Hello, Reply, Request
-from vaultq.runtime.execute import AttemptTimedOut, TaskRaised
+from vaultq.runtime.execute import AttemptTimedOut
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -112,9 +112,11 @@ class ProcessPool:
         kill_grace: float = 2.0,
     ) -> None:
         if size < 1:
-            raise ValueError("size must be >= 1")
+            raise InvalidArgument(f"process pool size={size!r}: give at least 1 child process")
         if max_jobs_per_child < 1:
-            raise ValueError("max_jobs_per_child must be >= 1")
+            raise InvalidArgument(
+                f"max_jobs_per_child={max_jobs_per_child!r}: give at least 1 job per child"
+            )
         self.app = app
         self.size = size
         self.max_jobs_per_child = max_jobs_per_child

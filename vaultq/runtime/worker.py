@@ -42,7 +42,7 @@ from vaultq.brokers.base import Ack, Broker, Bury, Drop, Release, Retry, Settlem
 from vaultq.brokers.monitor import WorkerBeat, monitoring
 from vaultq.cancellation import cancel_requested, is_cancellation
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
-from vaultq.errors import BrokerError, BrokerUnavailable
+from vaultq.errors import BrokerError, BrokerUnavailable, InvalidArgument
 from vaultq.limits import Limiter
 from vaultq.middleware import Hooks, JobInfo, Outcome, WorkerInfo
 from vaultq.policy import safe_id
@@ -107,9 +107,12 @@ class Worker:
         schedules: bool = True,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+            raise InvalidArgument(
+                f"concurrency={concurrency!r}: a worker runs at least one job at a time; "
+                "give concurrency >= 1"
+            )
         self.app = app
-        self.queues = list(queues) if queues else _queues_of(app)
+        self.queues = list(queues) if queues else app.queues
         self.concurrency = concurrency
         self.grace = grace
         self.lease = app.lease if lease is None else lease
@@ -639,6 +642,3 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _queues_of(app: App) -> list[str]:
-    queues = {t.queue for t in app.tasks.values()} | {app.default_queue}
-    return sorted(queues, key=lambda q: (q != app.default_queue, q))

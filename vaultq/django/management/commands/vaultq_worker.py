@@ -31,7 +31,6 @@ class Command(BaseCommand):  # type: ignore[misc]
 
     def handle(self, *args: Any, **options: Any) -> None:
         from vaultq.cli_worker import run_worker
-        from vaultq.runtime.worker import _queues_of
 
         config = get_config()
         config.worker_mode = True
@@ -44,7 +43,7 @@ class Command(BaseCommand):  # type: ignore[misc]
             os.environ[DEBUG_WARNED] = "1"
         s = config.app.vaultq_settings
         from_settings: dict[str, Any] = {
-            "queues": tuple(s.queues or _default_queues(config, _queues_of)),
+            "queues": tuple(s.queues or _default_queues(config)),
             "concurrency": s.concurrency,
             "grace": s.grace,
             "metrics_port": s.metrics_port,
@@ -69,11 +68,11 @@ class Command(BaseCommand):  # type: ignore[misc]
             raise CommandError(f"vaultq worker exited with code {code}")
 
 
-def _default_queues(config: Any, queues_of: Any) -> list[str]:
+def _default_queues(config: Any) -> list[str]:
     """The App's task queues plus the QUEUES of every vaultq Tasks backend."""
     from django.conf import settings
 
-    found = list(queues_of(config.app))
+    found = list(config.app.queues)
     for params in (getattr(settings, "TASKS", None) or {}).values():
         if str(params.get("BACKEND", "")).startswith("vaultq.django"):
             found += [q for q in params.get("QUEUES", ()) if q not in found]
