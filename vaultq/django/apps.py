@@ -20,7 +20,7 @@ from vaultq.keyring import Keyring
 from vaultq.policy import allow_all, ensure_policy
 
 if TYPE_CHECKING:
-    from vaultq.django.backend import Binding
+    from vaultq.django.binding import Binding
     from vaultq.django.conf import VaultqSettings
 
 __all__ = ["DjangoApp", "VaultqConfig", "get_app", "get_config", "load_django_app"]

@@ -45,16 +45,9 @@ use separate queues for urgent work.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
-import os
-import socket
 import sys
-import traceback
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -62,21 +55,23 @@ from asgiref.sync import sync_to_async
 
 from vaultq import config
 from vaultq.django import compat
+from vaultq.django.binding import (
+    ID_TAG,
+    TRACEBACK_HEAD,
+    Binding,
+    aware,
+    derive_args,
+    job_time,
+)
 from vaultq.envelope import ResultBody, new_job_id
-from vaultq.errors import PayloadError, TaskDefinitionError, TaskRaised, VaultqError
-from vaultq.jobs import JobStatus, current_job
+from vaultq.errors import TaskDefinitionError, VaultqError
+from vaultq.jobs import JobStatus
 from vaultq.operations import mask_secrets
-from vaultq.payload import check_encodable, split_error
 from vaultq.policy import Policy, ensure_policy, safe_id
 from vaultq.principal import Principal
 from vaultq.tasks import Isolation
-from vaultq.tasks import Task as VaultqTask
 
 __all__ = ["Binding", "VaultqBackend", "exception_path"]
-
-_TRACEBACK_HEAD = "Traceback (most recent call last):\n"
-_MAX_TRACEBACK = 1900
-_ID_TAG = 10
 
 
 class TaskSettings(
@@ -140,248 +135,6 @@ def _options(alias: str, raw: Any) -> BackendOptions:
         return msgspec.convert(dict(raw or {}), BackendOptions, strict=True)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS'] is invalid: {exc}") from None
-
-
-def _tag(module_path: str, queue: str) -> str:
-    digest = hashlib.sha256(f"{module_path}\0{queue}".encode()).hexdigest()
-    return digest[:_ID_TAG]
-
-
-def _class_path(cls: type[BaseException]) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def safe_traceback(exc: BaseException, *, skip_file: str = __file__) -> str:
-    """A traceback with file, line, function and source line of each frame, and the
-    exception's class, but not its message (which may quote payload values) nor locals."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != skip_file]
-    lines = [_TRACEBACK_HEAD]
-    for frame in frames:
-        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n')
-        if frame.line:
-            lines.append(f"    {frame.line.strip()}\n")
-    tail = f"{_class_path(type(exc))}: (message withheld: it may contain payload values)\n"
-    text = "".join(lines)
-    if len(text) + len(tail) > _MAX_TRACEBACK:
-        text = _TRACEBACK_HEAD + "  ...\n" + text[-(_MAX_TRACEBACK - len(tail) - 40) :]
-    return text + tail
-
-
-def _aware(ts: float | None) -> datetime | None:
-    if ts is None:
-        return None
-    from django.conf import settings
-    from django.utils import timezone
-
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt if settings.USE_TZ else timezone.make_naive(dt)
-
-
-def _job_time(job_id: str) -> float | None:
-    try:
-        return int(job_id[:12], 16) / 1000
-    except ValueError:
-        return None
-
-
-def _worker_label() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(eq=False)
-class Binding:
-    """One Django Task bound to its internal vaultq task."""
-
-    task: Any
-    """The Django Task first validated for this function (``result.task``)."""
-    vaultq_task: VaultqTask[Any, Any]
-    args_type: type[msgspec.Struct]
-    positional_only: tuple[str, ...]
-    params: tuple[str, ...]
-    backend_class: type[Any]
-    signature: inspect.Signature
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def module_path(self) -> str:
-        return str(self.task.module_path)
-
-    # -- producer side ------------------------------------------------------------------
-
-    def convert(self, args: Any, kwargs: Any) -> msgspec.Struct:
-        """Strictly convert a call's args/kwargs into the args Struct (raises PayloadError)."""
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise PayloadError(
-                f"task {self.module_path!r}: the arguments do not match its signature ({exc})"
-            ) from None
-        try:
-            payload = msgspec.convert(dict(bound.arguments), self.args_type, strict=True)
-        except msgspec.ValidationError as exc:
-            # Rewritten like every payload error: some msgspec messages quote the value.
-            path, problem = split_error(exc)
-            raise PayloadError(
-                f"task {self.module_path!r}: wrong argument type at {path}: {problem}",
-                field=path,
-            ) from None
-        # convert() passes Struct instances through unchecked (msgspec Structs are not
-        # validated when built): the task's typed check sees every field, at any depth.
-        self.vaultq_task.check_payload(payload)
-        return payload
-
-    def tag(self, queue: str) -> str:
-        tag = self.tags.get(queue)
-        if tag is None:
-            tag = self.tags[queue] = _tag(self.module_path, queue)
-        return tag
-
-    # -- worker side --------------------------------------------------------------------
-
-    def _split(self, job: msgspec.Struct) -> tuple[list[Any], dict[str, Any]]:
-        args = [getattr(job, name) for name in self.positional_only]
-        kwargs = {
-            name: getattr(job, name) for name in self.params if name not in self.positional_only
-        }
-        return args, kwargs
-
-    def _running(self) -> Any:
-        ctx = current_job()
-        now = _aware(datetime.now(UTC).timestamp())
-        result = compat.TaskResult(
-            task=self.task,
-            id=f"{ctx.job_id}-{self.tag(ctx.queue)}",
-            status=compat.TaskResultStatus.RUNNING,
-            enqueued_at=_aware(_job_time(ctx.job_id)),
-            started_at=now,
-            finished_at=None,
-            last_attempted_at=now,
-            args=[],
-            kwargs={},
-            backend=self.task.backend,
-            errors=[],
-            worker_ids=[_worker_label()] * max(1, ctx.attempt),
-        )
-        return result
-
-    def _finished(self, result: Any, value: Any, exc: BaseException | None) -> None:
-        object.__setattr__(result, "finished_at", _aware(datetime.now(UTC).timestamp()))
-        if exc is None:
-            object.__setattr__(result, "status", compat.TaskResultStatus.SUCCESSFUL)
-            object.__setattr__(result, "_return_value", msgspec.to_builtins(value))
-        else:
-            object.__setattr__(result, "status", compat.TaskResultStatus.FAILED)
-            result.errors.append(
-                compat.TaskError(
-                    exception_class_path=_class_path(type(exc)), traceback=safe_traceback(exc)
-                )
-            )
-
-    def _call_args(self, result: Any, job: msgspec.Struct) -> tuple[list[Any], dict[str, Any]]:
-        args, kwargs = self._split(job)
-        if self.task.takes_context:
-            args.insert(0, compat.TaskContext(task_result=result))
-        return args, kwargs
-
-    def _raised(self, exc: Exception) -> TaskRaised:
-        # Judged here, where the exception's class is known (RETRY_ON, Retry, Fatal).
-        retry, delay = self.vaultq_task.options.retry_verdict(exc)
-        return TaskRaised(_class_path(type(exc)), safe_traceback(exc), retry=retry, delay=delay)
-
-    def run_sync(self, job: msgspec.Struct) -> Any:
-        try:
-            result = self._running()
-            compat.task_started.send(sender=self.backend_class, task_result=result)
-            args, kwargs = self._call_args(result, job)
-            try:
-                value = self.task.func(*args, **kwargs)
-            except Exception as exc:
-                self._finished(result, None, exc)
-                compat.task_finished.send(sender=self.backend_class, task_result=result)
-                raise
-            self._finished(result, value, None)
-            compat.task_finished.send(sender=self.backend_class, task_result=result)
-            return value
-        except Exception as exc:
-            raise self._raised(exc) from None
-
-    async def run_async(self, job: msgspec.Struct) -> Any:
-        send_started = sync_to_async(compat.task_started.send)
-        send_finished = sync_to_async(compat.task_finished.send)
-        try:
-            result = self._running()
-            await send_started(sender=self.backend_class, task_result=result)
-            args, kwargs = self._call_args(result, job)
-            try:
-                value = await self.task.func(*args, **kwargs)
-            except Exception as exc:
-                self._finished(result, None, exc)
-                await send_finished(sender=self.backend_class, task_result=result)
-                raise
-            self._finished(result, value, None)
-            await send_finished(sender=self.backend_class, task_result=result)
-            return value
-        except Exception as exc:
-            raise self._raised(exc) from None
-
-
-def _derive_args(
-    func: Callable[..., Any], name: str, takes_context: bool
-) -> tuple[type[msgspec.Struct], tuple[str, ...], tuple[str, ...], inspect.Signature, Any]:
-    invalid = compat.InvalidTask
-    try:
-        sig = inspect.signature(func)
-        hints = typing.get_type_hints(func, include_extras=True)
-    except (NameError, TypeError, ValueError) as exc:
-        raise invalid(
-            f"task {name!r}: its annotations cannot be resolved ({type(exc).__name__}); "
-            "define the argument types at module level"
-        ) from None
-    params = list(sig.parameters.values())
-    if takes_context:
-        params = params[1:]
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    positional_only: list[str] = []
-    for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise invalid(
-                f"task {name!r}: *args/**kwargs ({p.name}) are not supported by vaultq; "
-                "declare each parameter with its type"
-            )
-        if p.name not in hints:
-            raise invalid(
-                f"task {name!r}: annotate parameter {p.name!r} with a type msgspec "
-                "supports (int, str, list[int], a msgspec.Struct...); vaultq converts "
-                "arguments strictly to it at enqueue"
-            )
-        if p.kind == p.POSITIONAL_ONLY:
-            positional_only.append(p.name)
-        tp = hints[p.name]
-        fields.append((p.name, tp) if p.default is p.empty else (p.name, tp, p.default))
-    try:
-        args_type = msgspec.defstruct(
-            f"{func.__qualname__}_args",
-            fields,
-            kw_only=True,
-            frozen=True,
-            forbid_unknown_fields=True,
-            module=func.__module__,
-        )
-        check_encodable(args_type)
-        result_type: Any = hints.get("return", Any)
-        if result_type is type(None):
-            result_type = None
-        check_encodable(result_type)
-    except (TaskDefinitionError, TypeError, ValueError) as exc:
-        raise invalid(f"task {name!r}: {exc}") from None
-    params_sig = sig.replace(parameters=params)
-    return (
-        args_type,
-        tuple(positional_only),
-        tuple(p.name for p in params),
-        params_sig,
-        result_type,
-    )
 
 
 class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
@@ -449,7 +202,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         app = config.app
         opts = self.vaultq_options
         per_task = opts.tasks.get(path, TaskSettings())
-        args_type, positional_only, params, sig, result_type = _derive_args(
+        args_type, positional_only, params, sig, result_type = derive_args(
             task.func, path, task.takes_context
         )
         policy = self._policy(
@@ -534,7 +287,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             task=task,
             id=f"{job_id}-{binding.tag(task.queue_name)}",
             status=compat.TaskResultStatus.READY,
-            enqueued_at=_aware(_job_time(job_id)),
+            enqueued_at=aware(job_time(job_id)),
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
@@ -596,7 +349,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
 
     def _locate(self, result_id: str) -> tuple[Binding, str, str]:
         job_id, _, tag = str(result_id).partition("-")
-        if len(job_id) == 32 and len(tag) == _ID_TAG:
+        if len(job_id) == 32 and len(tag) == ID_TAG:
             queues = set(self.queues) | {config.DEFAULT_QUEUE}
             for binding in list(self._config.bindings.values()):
                 for queue in queues | {binding.task.queue_name}:
@@ -654,7 +407,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         if body is None:
             state = status.RUNNING if running else status.READY
         else:
-            started, finished = _aware(body.started_at), _aware(body.finished_at)
+            started, finished = aware(body.started_at), aware(body.finished_at)
             if body.worker_id:
                 workers = [body.worker_id] * max(1, body.attempts)
             if body.status == JobStatus.SUCCEEDED:
@@ -674,7 +427,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             task=binding.task,
             id=result_id,
             status=state,
-            enqueued_at=_aware(_job_time(job_id)),
+            enqueued_at=aware(job_time(job_id)),
             started_at=started,
             finished_at=finished,
             last_attempted_at=started,
@@ -718,7 +471,7 @@ def _task_error(body: ResultBody, *, task_module: str, allowed: frozenset[str]) 
     named = error_type if "." in error_type else f"builtins.{error_type}"
     path = exception_path(error_type, task_module=task_module, allowed=allowed)
     text = body.error or ""
-    if text.startswith(_TRACEBACK_HEAD):
+    if text.startswith(TRACEBACK_HEAD):
         tb = text  # built by Binding.run_*: frames and class, no message
     elif error_type.startswith("vaultq.") or error_type == "TimeoutError":
         tb = f"{path}: {text}\n"  # vaultq's own reasons (denied, timed out, rejected...)

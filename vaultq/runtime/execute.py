@@ -7,14 +7,9 @@ the result is a :data:`Settlement` that the worker applies (batched, shielded).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
 import logging
 import math
-import queue
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,26 +18,29 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-import msgspec
 
-from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Release, Retry, Settlement
+from vaultq.brokers.base import Delivery, Release, Retry, Settlement
 from vaultq.cancellation import issued
-from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result, tag_version
+from vaultq.envelope import Header, OpenedJob
 from vaultq.errors import (
-    DecryptionFailed,
     EnvelopeError,
     EnvelopeExpired,
     EnvelopeNotYetValid,
     PayloadError,
-    RevokedKey,
-    UnknownKey,
+    TaskRaised,
     UnknownTask,
-    VaultqError,
 )
 from vaultq.jobs import JobContext, JobStatus, reset_current_job, set_current_job
-from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
 from vaultq.middleware import Hooks, JobInfo, Outcome
-from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate, safe_id
+from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
+from vaultq.runtime.outcomes import (
+    UNAUTHENTICATED,
+    Outcomes,
+    log_traceback,
+    safe_text,
+    type_path,
+)
+from vaultq.runtime.threads import ThreadGuard
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -50,25 +48,24 @@ if TYPE_CHECKING:
     from vaultq.runtime.isolation import ProcessPool
     from vaultq.tasks import Task
 
-__all__ = ["AttemptTimedOut", "Executor", "JobSlot", "Stop", "TaskRaised"]
+__all__ = [
+    "UNAUTHENTICATED",
+    "AttemptTimedOut",
+    "Executor",
+    "JobSlot",
+    "Stop",
+    "TaskRaised",
+    "ThreadGuard",
+]
 
 log = logging.getLogger("vaultq.worker")
 audit = logging.getLogger(AUDIT_LOGGER)
-tracebacks = logging.getLogger(TRACEBACKS_LOGGER)
 
-UNAUTHENTICATED = "rejected:unauthenticated"
-"""The one dead-letter reason for every envelope refused before (or by) the signature
-check: distinct reasons would let anyone who can write to the broker, without keys,
-probe which task names, apps and queues exist. The audit log keeps the precise reason."""
-
-_MAX_ERROR_TEXT = 2000
 _RESULT_OVERHEAD = 1024
 """Room left for the sealed result's header, metadata and signature."""
 _MIN_DEFER_BACKOFF = 1.0
 _MAX_DEFER_BACKOFF = 60.0
 """Backoff added to the remaining time of a job that is not valid yet."""
-_IDLE_THREAD_SECONDS = 10.0
-"""An idle sync thread exits after this long without work."""
 
 
 class _EveryTask:
@@ -124,132 +121,6 @@ class AttemptTimedOut(Exception):
     """The attempt hit its deadline."""
 
 
-class TaskRaised(Exception):
-    """An attempt failed where the exception itself is not at hand (a child process, the
-    Django binding, vaultq's own result checks): its class path and message, and the
-    retry verdict taken where the class was known (None: judge it as an unknown error,
-    see ``TaskOptions.retries_unknown_errors``)."""
-
-    def __init__(
-        self,
-        error_type: str,
-        message: str,
-        *,
-        retry: bool | None = None,
-        delay: float | None = None,
-    ) -> None:
-        super().__init__(error_type)
-        self.error_type = error_type
-        self.message = message
-        self.retry = retry
-        self.delay = delay
-
-
-class _DaemonThread(threading.Thread):
-    """A reusable thread for sync attempts. A daemon, unlike anyio's worker threads: an
-    abandoned attempt (``time.sleep(3600)``) must not keep the worker process alive at
-    exit, since the interpreter joins every non-daemon thread before it exits."""
-
-    def __init__(self, guard: ThreadGuard) -> None:
-        super().__init__(name="vaultq-sync", daemon=True)
-        self.guard = guard
-        self.work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-
-    def run(self) -> None:
-        while True:
-            try:
-                job = self.work.get(timeout=_IDLE_THREAD_SECONDS)
-            except queue.Empty:
-                if self.guard._retire(self):
-                    return
-                continue  # taken from the idle list just now: its job is on the way
-            job()
-            self.guard._rest(self)
-
-
-class ThreadGuard:
-    """Runs sync attempts in reused daemon threads; counts attempts abandoned at their
-    deadline whose threads still run."""
-
-    def __init__(self, limit: int, tokens: int) -> None:
-        self.limit = limit
-        self.limiter = anyio.CapacityLimiter(tokens)
-        self._lock = threading.Lock()
-        self._idle: list[_DaemonThread] = []
-        self.abandoned = 0
-
-    def _submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            thread = self._idle.pop() if self._idle else None
-        if thread is None:
-            thread = _DaemonThread(self)
-            thread.start()
-        thread.work.put(job)
-
-    def _retire(self, thread: _DaemonThread) -> bool:
-        with self._lock:
-            if thread in self._idle:
-                self._idle.remove(thread)
-                return True
-            return False
-
-    def _rest(self, thread: _DaemonThread) -> None:
-        with self._lock:
-            self._idle.append(thread)
-
-    @property
-    def full(self) -> bool:
-        return self.abandoned >= self.limit
-
-    async def run(self, fn: Callable[[], Any], label: str) -> Any:
-        """Call ``fn`` in a daemon thread and wait for it; on cancellation, abandon it."""
-        state = {"done": False, "abandoned": False}
-        outcome: list[tuple[bool, Any]] = []
-        finished = anyio.Event()
-        token = anyio.lowlevel.current_token()
-
-        def call() -> None:
-            try:
-                outcome.append((True, fn()))
-            except BaseException as exc:  # handed to the awaiting task, as to_thread does
-                outcome.append((False, exc))
-            finally:
-                with self._lock:
-                    state["done"] = True
-                    abandoned = state["abandoned"]
-                    if abandoned:
-                        self.abandoned -= 1
-                if abandoned:
-                    log.info("abandoned thread of %s has finished", label)
-                else:
-                    # RuntimeError: the event loop is gone, so nobody is waiting any more.
-                    with contextlib.suppress(RuntimeError):
-                        anyio.from_thread.run_sync(finished.set, token=token)
-
-        async with self.limiter:
-            self._submit(functools.partial(contextvars.copy_context().run, call))
-            try:
-                await finished.wait()
-            except anyio.get_cancelled_exc_class():
-                with self._lock:
-                    if not state["done"]:
-                        state["abandoned"] = True
-                        self.abandoned += 1
-                        log.warning(
-                            "sync attempt of %s was stopped (deadline or cancel); its thread "
-                            "keeps running (abandoned threads: %d of at most %d). Use "
-                            "isolation='process' for code that must stop",
-                            label,
-                            self.abandoned,
-                            self.limit,
-                        )
-                raise
-        ok, value = outcome[0]
-        if ok:
-            return value
-        raise value
-
-
 class Executor:
     """Runs deliveries for one worker process."""
 
@@ -267,6 +138,7 @@ class Executor:
         self.app = app
         self.worker_id = worker_id
         self.threads = ThreadGuard(max_abandoned_threads, thread_tokens)
+        self.outcomes = Outcomes(app, worker_id)
         self.process_pool = process_pool
         self._tasks = app.tasks
         self.hooks = app.hooks() if hooks is None else hooks
@@ -274,163 +146,6 @@ class Executor:
         """Asks the broker whether a limited task's job may start (vaultq/limits.py)."""
         # Precomputed: with no middleware, no JobInfo is ever built.
         self._describe = self.hooks.jobs or self.hooks.wraps_sync or self.hooks.wraps_async
-
-    # -- outcomes -----------------------------------------------------------------------
-
-    def _result(self, header: Header, body: ResultBody) -> bytes:
-        return seal_result(self.app.keyring, header, body, now=time.time())
-
-    def _remember_until(self, header: Header) -> float:
-        return header.expires_at / 1000 + self.app.clock_skew
-
-    def _finish(
-        self,
-        delivery: Delivery,
-        opened: OpenedJob,
-        status: JobStatus,
-        *,
-        task: Task[Any, Any] | None,
-        started: float | None,
-        value: bytes | None = None,
-        error_type: str | None = None,
-        error: str | None = None,
-        reason: str | None = None,
-    ) -> Settlement:
-        body = ResultBody(
-            status=status.value,
-            value=msgspec.Raw(value) if value is not None else None,
-            error_type=error_type,
-            error=error[:_MAX_ERROR_TEXT] if error else None,
-            attempts=delivery.attempt,
-            started_at=started,
-            finished_at=time.time(),
-            worker_id=self.worker_id,
-            # Sealed into the result so a reader can be checked against the job's principal.
-            principal_id=opened.body.principal.id if opened.body.principal else None,
-        )
-        header = opened.header
-        if task is not None and not task.options.store_result and status == JobStatus.SUCCEEDED:
-            # store_result=False keeps the value out of the broker, not the outcome: without
-            # a record, result() would wait until its timeout and status() stay PENDING.
-            body = msgspec.structs.replace(body, value=None)
-        result = self._result(header, body)
-        ttl = task.options.result_ttl if task else self.app.task_defaults.result_ttl
-        remember = self._remember_until(header)
-        if status == JobStatus.SUCCEEDED:
-            return Ack(delivery=delivery, result=result, result_ttl=ttl, remember_until=remember)
-        return Bury(
-            delivery=delivery,
-            reason=reason or status.value,
-            detail=f"{status.value}: {error_type}" if error_type else status.value,
-            result=result,
-            result_ttl=ttl,
-            remember_until=remember,
-        )
-
-    def _reject(
-        self,
-        delivery: Delivery,
-        exc: EnvelopeError | PayloadError,
-        *,
-        authenticated: bool = False,
-    ) -> Settlement:
-        reason = exc.reason if isinstance(exc, EnvelopeError) else "payload"
-        # The broker-given id is unauthenticated: escape and cap it so a crafted id
-        # cannot forge audit lines or flood the log.
-        job_id = safe_id(delivery.job_id)
-        audit.warning(
-            "job %s rejected on queue %s: %s (attempt %d)",
-            job_id,
-            delivery.queue,
-            reason,
-            delivery.attempt,
-            extra={
-                "vaultq": {
-                    "job_id": job_id,
-                    "queue": delivery.queue,
-                    "decision": "rejected",
-                    "reason": reason,
-                }
-            },
-        )
-        if isinstance(exc, RevokedKey):
-            # Refused for naming a revoked key (incident response, docs/keys.md): the
-            # operator needs these listed under their own reason, envelope kept. Still
-            # unauthenticated, so nothing is written under the id they name.
-            return Bury(
-                delivery=delivery,
-                reason=f"rejected:{reason}",
-                detail=f"envelope rejected: {reason}",
-                result=None,
-                result_ttl=self.app.task_defaults.result_ttl,
-                remember_until=None,
-            )
-        if not authenticated and not isinstance(exc, PayloadError | UnknownKey | DecryptionFailed):
-            # Not authenticated: the id it names means nothing. Nothing is written under
-            # it (no result, no memory, no reservation), so junk cannot make an honest
-            # producer waiting on that id give up; the dead letter is a stub.
-            return Bury(
-                delivery=delivery,
-                reason=UNAUTHENTICATED,
-                detail="envelope rejected before authentication",
-                result=None,
-                result_ttl=self.app.task_defaults.result_ttl,
-                remember_until=None,
-                keep_envelope=False,
-            )
-        # A trusted signer vouched for this header (the payload or the key is what is
-        # wrong): the producer hears REJECTED, sealed under the signed job id, in the
-        # job's own format version (its producer may read no other).
-        header = Header(
-            version=tag_version(delivery.envelope) or self.app.envelope_version,
-            job_id=delivery.job_id,
-            app=self.app.name,
-            task="",
-            queue=delivery.queue,
-            issued_at=int(time.time() * 1000),
-            not_before=0,
-            expires_at=0,
-            key_id="",
-            signer_id="",
-        )
-        body = ResultBody(
-            status=JobStatus.REJECTED.value,
-            error_type=f"vaultq.{type(exc).__name__}",
-            error=reason,
-            attempts=delivery.attempt,
-            finished_at=time.time(),
-            worker_id=self.worker_id,
-        )
-        return Bury(
-            delivery=delivery,
-            reason=f"rejected:{reason}",
-            detail=f"envelope rejected: {reason}",
-            result=self._result(header, body),
-            result_ttl=self.app.task_defaults.result_ttl,
-            remember_until=None,
-        )
-
-    def _finished(self, delivery: Delivery) -> Settlement:
-        """An entry naming a job id that already has an outcome: dropped, counted."""
-        if delivery.redelivered:
-            # Settled before a crash and delivered again: not an attack.
-            return Drop(delivery=delivery, reason="finished")
-        job_id = safe_id(delivery.job_id)
-        audit.warning(
-            "entry for finished job %s on queue %s dropped (a copy of a job that already "
-            "ran: replayed or re-inserted)",
-            job_id,
-            delivery.queue,
-            extra={
-                "vaultq": {
-                    "job_id": job_id,
-                    "queue": delivery.queue,
-                    "decision": "rejected",
-                    "reason": "replayed",
-                }
-            },
-        )
-        return Drop(delivery=delivery, reason="replayed")
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -462,7 +177,7 @@ class Executor:
                     skew=math.inf,
                 )
             except EnvelopeError as inner:
-                return self._reject(delivery, inner)
+                return self.outcomes.reject(delivery, inner)
             known = self._tasks.get(opened.header.task)
             if slot is not None and self._describe and known is not None:
                 slot.job = self.describe(delivery, opened, known)
@@ -475,7 +190,7 @@ class Executor:
                 delivery.attempt,
                 extra={"vaultq": {"job_id": delivery.job_id, "decision": "expired"}},
             )
-            return self._finish(
+            return self.outcomes.finish(
                 delivery,
                 opened,
                 JobStatus.EXPIRED,
@@ -496,10 +211,10 @@ class Executor:
                     skew=math.inf,
                 )
             except EnvelopeError as inner:
-                return self._reject(delivery, inner)
-            return self._reject(delivery, exc, authenticated=True)
+                return self.outcomes.reject(delivery, inner)
+            return self.outcomes.reject(delivery, exc, authenticated=True)
         except EnvelopeError as exc:
-            return self._reject(delivery, exc)
+            return self.outcomes.reject(delivery, exc)
 
     def _defer(self, delivery: Delivery, header: Header, now: float) -> Settlement:
         """A job not yet valid (its producer's clock runs ahead of the broker's by more
@@ -526,7 +241,7 @@ class Executor:
         # (re-inserted after its expiry, say) must not earn EXPIRED, REJECTED or any
         # outcome that would stand beside the real one. The broker is write-once too.
         if delivery.completed:
-            return self._finished(delivery)
+            return self.outcomes.finished(delivery)
         # Time checks and requeue times use the broker's clock (see vaultq/clock.py).
         now = self.app.clock.now()
         opened = self.open(delivery, now, slot)
@@ -539,14 +254,18 @@ class Executor:
             slot.job = self.describe(delivery, opened, task)
 
         if delivery.cancel_requested or slot.stop == Stop.CANCELLED:
-            return self._finish(delivery, opened, JobStatus.CANCELLED, task=task, started=None)
+            return self.outcomes.finish(
+                delivery, opened, JobStatus.CANCELLED, task=task, started=None
+            )
         if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
-            return self._finish(delivery, opened, JobStatus.EXPIRED, task=task, started=None)
+            return self.outcomes.finish(
+                delivery, opened, JobStatus.EXPIRED, task=task, started=None
+            )
 
         try:
             payload = task.payload_codec.decode(bytes(body.payload))
         except PayloadError as exc:
-            return self._reject(delivery, exc)
+            return self.outcomes.reject(delivery, exc)
 
         decision = await evaluate(
             task.policy or self.app.default_policy,
@@ -562,7 +281,7 @@ class Executor:
             timeout=self.app.policy_timeout,
         )
         if not decision.allowed:
-            return self._finish(
+            return self.outcomes.finish(
                 delivery,
                 opened,
                 JobStatus.DENIED,
@@ -670,9 +389,9 @@ class Executor:
                         retry = task.options.retries_unknown_errors
                     verdict = (retry, exc.delay)
                 except Exception as exc:
-                    failure = (_type_path(exc), _safe_text(exc))
+                    failure = (type_path(exc), safe_text(exc))
                     verdict = task.options.retry_verdict(exc)
-                    _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
+                    log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
                 except BaseException as exc:
                     # SystemExit (sys.exit() in task code), KeyboardInterrupt or a custom
                     # BaseException is the task failing, not the worker stopping: it must
@@ -682,9 +401,9 @@ class Executor:
                     # is a failed attempt.
                     if issued(exc, scope):
                         raise
-                    failure = (_type_path(exc), _safe_text(exc))
+                    failure = (type_path(exc), safe_text(exc))
                     verdict = task.options.retry_verdict(exc)
-                    _log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
+                    log_traceback(exc, header.job_id, task.name, delivery.attempt, payload)
         except BaseException:
             # Cancelled from outside this attempt's scope (the worker torn down).
             if job is not None:
@@ -705,7 +424,7 @@ class Executor:
                 log.info("job %s handed back at shutdown", header.job_id)
                 return Release(delivery=delivery, not_before=self.app.clock.now())
             if slot.stop == Stop.CANCELLED:
-                return self._finish(
+                return self.outcomes.finish(
                     delivery, opened, JobStatus.CANCELLED, task=task, started=started
                 )
             timed_out = True
@@ -720,7 +439,7 @@ class Executor:
             )
             if task.options.retry_on_timeout and delivery.attempt < task.max_attempts:
                 return self._retry(delivery, task)
-            return self._finish(
+            return self.outcomes.finish(
                 delivery,
                 opened,
                 JobStatus.TIMED_OUT,
@@ -743,7 +462,7 @@ class Executor:
             retry, delay = verdict
             if retry and delivery.attempt < task.max_attempts:
                 return self._retry(delivery, task, delay)
-            return self._finish(
+            return self.outcomes.finish(
                 delivery,
                 opened,
                 JobStatus.FAILED,
@@ -753,7 +472,7 @@ class Executor:
                 error=message,
                 reason="failed",
             )
-        return self._finish(
+        return self.outcomes.finish(
             delivery, opened, JobStatus.SUCCEEDED, task=task, started=started, value=value
         )
 
@@ -887,35 +606,3 @@ def _plainly_typed(value: Any, declared: Any) -> bool:
     if declared is None:
         return value is None
     return declared in (int, str, float, bytes) and type(value) is declared
-
-
-def _log_traceback(exc: BaseException, job_id: str, task: str, attempt: int, payload: Any) -> None:
-    """The operator's view of a task that raised: frames without locals, Secret values
-    of the payload masked (see ``vaultq.logs.render_traceback``)."""
-    if tracebacks.isEnabledFor(logging.WARNING):
-        tracebacks.warning(
-            "job %s (%s) attempt %d raised:\n%s",
-            job_id,
-            task,
-            attempt,
-            render_traceback(exc, payload),
-            extra={"vaultq": {"job_id": job_id, "task": task, "attempt": attempt}},
-        )
-
-
-def _type_path(exc: BaseException) -> str:
-    cls = type(exc)
-    module = cls.__module__
-    if module == "builtins":
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
-
-
-def _safe_text(exc: BaseException) -> str:
-    """The exception's own message: stored only inside the sealed result, never logged."""
-    if isinstance(exc, VaultqError):
-        return str(exc)
-    try:
-        return str(exc)[:_MAX_ERROR_TEXT]
-    except Exception:
-        return type(exc).__name__

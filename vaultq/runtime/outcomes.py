@@ -1,0 +1,256 @@
+"""Settlements from outcomes: the sealed result and broker instruction for how a job ended.
+
+The executor decides *what* happened to a delivery; this module turns that into the
+:data:`~vaultq.brokers.base.Settlement` the worker applies: a result sealed for the
+producer (or none, for junk nobody vouched for), the dead-letter reason, how long the
+result and the job id are remembered. Nothing here calls the broker or runs task code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Settlement
+from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result, tag_version
+from vaultq.errors import (
+    DecryptionFailed,
+    EnvelopeError,
+    PayloadError,
+    RevokedKey,
+    UnknownKey,
+    VaultqError,
+)
+from vaultq.jobs import JobStatus
+from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
+from vaultq.policy import AUDIT_LOGGER, safe_id
+
+if TYPE_CHECKING:
+    from vaultq.app import App
+    from vaultq.tasks import Task
+
+__all__ = [
+    "MAX_ERROR_TEXT",
+    "UNAUTHENTICATED",
+    "Outcomes",
+    "log_traceback",
+    "safe_text",
+    "type_path",
+]
+
+audit = logging.getLogger(AUDIT_LOGGER)
+tracebacks = logging.getLogger(TRACEBACKS_LOGGER)
+
+UNAUTHENTICATED = "rejected:unauthenticated"
+"""The one dead-letter reason for every envelope refused before (or by) the signature
+check: distinct reasons would let anyone who can write to the broker, without keys,
+probe which task names, apps and queues exist. The audit log keeps the precise reason."""
+
+MAX_ERROR_TEXT = 2000
+"""The most of an error's text a result keeps (it is sealed, never logged)."""
+
+
+class Outcomes:
+    """Builds one worker's settlements (results are sealed with the app's keys and
+    carry the worker's id)."""
+
+    def __init__(self, app: App, worker_id: str) -> None:
+        self.app = app
+        self.worker_id = worker_id
+
+    def seal(self, header: Header, body: ResultBody) -> bytes:
+        """The result sealed for the producer, bound to the job's header."""
+        return seal_result(self.app.keyring, header, body, now=time.time())
+
+    def remember_until(self, header: Header) -> float:
+        """Until when the job id stays known as finished: its validity plus the skew."""
+        return header.expires_at / 1000 + self.app.clock_skew
+
+    def finish(
+        self,
+        delivery: Delivery,
+        opened: OpenedJob,
+        status: JobStatus,
+        *,
+        task: Task[Any, Any] | None,
+        started: float | None,
+        value: bytes | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> Settlement:
+        """An opened job ended with ``status``: Ack (succeeded) or Bury, with its result."""
+        body = ResultBody(
+            status=status.value,
+            value=msgspec.Raw(value) if value is not None else None,
+            error_type=error_type,
+            error=error[:MAX_ERROR_TEXT] if error else None,
+            attempts=delivery.attempt,
+            started_at=started,
+            finished_at=time.time(),
+            worker_id=self.worker_id,
+            # Sealed into the result so a reader can be checked against the job's principal.
+            principal_id=opened.body.principal.id if opened.body.principal else None,
+        )
+        header = opened.header
+        if task is not None and not task.options.store_result and status == JobStatus.SUCCEEDED:
+            # store_result=False keeps the value out of the broker, not the outcome: without
+            # a record, result() would wait until its timeout and status() stay PENDING.
+            body = msgspec.structs.replace(body, value=None)
+        result = self.seal(header, body)
+        ttl = task.options.result_ttl if task else self.app.task_defaults.result_ttl
+        remember = self.remember_until(header)
+        if status == JobStatus.SUCCEEDED:
+            return Ack(delivery=delivery, result=result, result_ttl=ttl, remember_until=remember)
+        return Bury(
+            delivery=delivery,
+            reason=reason or status.value,
+            detail=f"{status.value}: {error_type}" if error_type else status.value,
+            result=result,
+            result_ttl=ttl,
+            remember_until=remember,
+        )
+
+    def reject(
+        self,
+        delivery: Delivery,
+        exc: EnvelopeError | PayloadError,
+        *,
+        authenticated: bool = False,
+    ) -> Settlement:
+        reason = exc.reason if isinstance(exc, EnvelopeError) else "payload"
+        # The broker-given id is unauthenticated: escape and cap it so a crafted id
+        # cannot forge audit lines or flood the log.
+        job_id = safe_id(delivery.job_id)
+        audit.warning(
+            "job %s rejected on queue %s: %s (attempt %d)",
+            job_id,
+            delivery.queue,
+            reason,
+            delivery.attempt,
+            extra={
+                "vaultq": {
+                    "job_id": job_id,
+                    "queue": delivery.queue,
+                    "decision": "rejected",
+                    "reason": reason,
+                }
+            },
+        )
+        if isinstance(exc, RevokedKey):
+            # Refused for naming a revoked key (incident response, docs/keys.md): the
+            # operator needs these listed under their own reason, envelope kept. Still
+            # unauthenticated, so nothing is written under the id they name.
+            return Bury(
+                delivery=delivery,
+                reason=f"rejected:{reason}",
+                detail=f"envelope rejected: {reason}",
+                result=None,
+                result_ttl=self.app.task_defaults.result_ttl,
+                remember_until=None,
+            )
+        if not authenticated and not isinstance(exc, PayloadError | UnknownKey | DecryptionFailed):
+            # Not authenticated: the id it names means nothing. Nothing is written under
+            # it (no result, no memory, no reservation), so junk cannot make an honest
+            # producer waiting on that id give up; the dead letter is a stub.
+            return Bury(
+                delivery=delivery,
+                reason=UNAUTHENTICATED,
+                detail="envelope rejected before authentication",
+                result=None,
+                result_ttl=self.app.task_defaults.result_ttl,
+                remember_until=None,
+                keep_envelope=False,
+            )
+        # A trusted signer vouched for this header (the payload or the key is what is
+        # wrong): the producer hears REJECTED, sealed under the signed job id, in the
+        # job's own format version (its producer may read no other).
+        header = Header(
+            version=tag_version(delivery.envelope) or self.app.envelope_version,
+            job_id=delivery.job_id,
+            app=self.app.name,
+            task="",
+            queue=delivery.queue,
+            issued_at=int(time.time() * 1000),
+            not_before=0,
+            expires_at=0,
+            key_id="",
+            signer_id="",
+        )
+        body = ResultBody(
+            status=JobStatus.REJECTED.value,
+            error_type=f"vaultq.{type(exc).__name__}",
+            error=reason,
+            attempts=delivery.attempt,
+            finished_at=time.time(),
+            worker_id=self.worker_id,
+        )
+        return Bury(
+            delivery=delivery,
+            reason=f"rejected:{reason}",
+            detail=f"envelope rejected: {reason}",
+            result=self.seal(header, body),
+            result_ttl=self.app.task_defaults.result_ttl,
+            remember_until=None,
+        )
+
+    def finished(self, delivery: Delivery) -> Settlement:
+        """An entry naming a job id that already has an outcome: dropped, counted."""
+        if delivery.redelivered:
+            # Settled before a crash and delivered again: not an attack.
+            return Drop(delivery=delivery, reason="finished")
+        job_id = safe_id(delivery.job_id)
+        audit.warning(
+            "entry for finished job %s on queue %s dropped (a copy of a job that already "
+            "ran: replayed or re-inserted)",
+            job_id,
+            delivery.queue,
+            extra={
+                "vaultq": {
+                    "job_id": job_id,
+                    "queue": delivery.queue,
+                    "decision": "rejected",
+                    "reason": "replayed",
+                }
+            },
+        )
+        return Drop(delivery=delivery, reason="replayed")
+
+
+# -- how a failure is recorded ------------------------------------------------------------
+
+
+def log_traceback(exc: BaseException, job_id: str, task: str, attempt: int, payload: Any) -> None:
+    """The operator's view of a task that raised: frames without locals, Secret values
+    of the payload masked (see ``vaultq.logs.render_traceback``)."""
+    if tracebacks.isEnabledFor(logging.WARNING):
+        tracebacks.warning(
+            "job %s (%s) attempt %d raised:\n%s",
+            job_id,
+            task,
+            attempt,
+            render_traceback(exc, payload),
+            extra={"vaultq": {"job_id": job_id, "task": task, "attempt": attempt}},
+        )
+
+
+def type_path(exc: BaseException) -> str:
+    """The error type a result records: ``ValueError`` for builtins, else ``module.Qual``."""
+    cls = type(exc)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def safe_text(exc: BaseException) -> str:
+    """The exception's own message: stored only inside the sealed result, never logged."""
+    if isinstance(exc, VaultqError):
+        return str(exc)
+    try:
+        return str(exc)[:MAX_ERROR_TEXT]
+    except Exception:
+        return type(exc).__name__
