@@ -4,7 +4,8 @@
 # Installs come from the hashed lock requirements/dev.txt (pip --require-hashes), then
 # vaultq itself with --no-deps: the same versions on every machine. Refresh the lock with
 # requirements/refresh.sh; .ci/latest.sh tries the newest releases instead (not a gate).
-# Gates: ruff check, ruff format --check, mypy --strict vaultq, bandit, a grep for
+# Gates: ruff check, ruff format --check, mypy --strict vaultq, bandit, lint-imports
+# (the import contracts in .importlinter), a grep for
 # pickle/eval/exec in vaultq/, hadolint on the Dockerfile (warnings fail), pip-audit of the
 # locks (SKIPPED, said out loud, where no vulnerability service answers), pytest (Python
 # 3.11 + Django 5.2 with the django-tasks backport), and a Django 6 leg on Python >= 3.12
@@ -68,6 +69,7 @@ say "ruff check";          .venv/bin/ruff check vaultq tests benchmarks examples
 say "ruff format --check"; .venv/bin/ruff format --check vaultq tests benchmarks examples
 say "mypy --strict vaultq"; .venv/bin/mypy --strict vaultq
 say "bandit";              .venv/bin/bandit -q -r vaultq
+say "lint-imports (.importlinter: the layering contracts)"; .venv/bin/lint-imports
 say "no pickle/eval/exec in vaultq/"
 if grep -rnE --include='*.py' 'import pickle|pickle\.loads?\(|(^|[^_.a-zA-Z])(eval|exec)\(' vaultq; then
   echo "vaultq/ must not use pickle, eval or exec" >&2
