@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Settlement
+from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Release, Retry, Settlement
 from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result, tag_version
 from vaultq.errors import (
     DecryptionFailed,
@@ -26,10 +26,12 @@ from vaultq.errors import (
 )
 from vaultq.jobs import JobStatus
 from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
+from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, safe_id
 
 if TYPE_CHECKING:
     from vaultq.app import App
+    from vaultq.runtime.execute import JobSlot
     from vaultq.tasks import Task
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "UNAUTHENTICATED",
     "Outcomes",
     "log_traceback",
+    "report_settlement",
     "safe_text",
     "type_path",
 ]
@@ -254,3 +257,59 @@ def safe_text(exc: BaseException) -> str:
         return str(exc)[:MAX_ERROR_TEXT]
     except Exception:
         return type(exc).__name__
+
+
+# -- what the middleware hears once a settlement is written --------------------------------
+
+
+_BURIED = {
+    "failed": Outcome.FAILED,
+    "timed_out": Outcome.TIMED_OUT,
+    "denied": Outcome.DENIED,
+    "expired": Outcome.EXPIRED,
+    "cancelled": Outcome.CANCELLED,
+    "internal_error": Outcome.INTERNAL_ERROR,
+}
+
+
+def report_settlement(
+    hooks: Hooks, slot: JobSlot, settlement: Settlement, *, app: str, worker_id: str
+) -> None:
+    """Report one written settlement to the middleware (``settled``, or ``rejected`` for
+    an entry that did not open). The worker's settler calls it, and so does the test
+    kit's ``TestWorker``, so middleware sees the same events under test."""
+    job = slot.job
+    if job is None:
+        # Never opened: only the broker's (unauthenticated) claims are known.
+        delivery = slot.delivery
+        job = JobInfo(
+            job_id=safe_id(delivery.job_id),
+            queue=delivery.queue,
+            attempt=delivery.attempt,
+            app=app,
+            worker_id=worker_id,
+        )
+    outcome, reason = _settled_outcome(settlement)
+    if outcome is None:
+        hooks.rejected(job, reason or "unauthenticated")
+    else:
+        hooks.settled(job, outcome, reason)
+
+
+def _settled_outcome(settlement: Settlement) -> tuple[Outcome | None, str | None]:
+    """The outcome a written settlement reports, and its reason; outcome None for a
+    rejection (``rejected`` hook), whose reason is then the dead letter's code."""
+    if isinstance(settlement, Ack):
+        return Outcome.SUCCEEDED, None
+    if isinstance(settlement, Retry):
+        return Outcome.RETRYING, None
+    if isinstance(settlement, Release):
+        return Outcome.RELEASED, None
+    if isinstance(settlement, Drop):
+        if settlement.reason == "finished":
+            return Outcome.DROPPED, "finished"
+        return None, settlement.reason
+    reason = settlement.reason
+    if reason.startswith("rejected:"):
+        return None, reason.removeprefix("rejected:")
+    return _BURIED.get(reason, Outcome.FAILED), reason

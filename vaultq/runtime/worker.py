@@ -38,19 +38,19 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vaultq import config
-from vaultq.brokers.base import Ack, Broker, Bury, Drop, Release, Retry, Settlement
+from vaultq.brokers.base import Broker, Bury, Release, Retry, Settlement
 from vaultq.brokers.monitor import WorkerBeat, monitoring
 from vaultq.cancellation import cancel_requested, is_cancellation
 from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable, InvalidArgument
 from vaultq.limits import Limiter
-from vaultq.middleware import Hooks, JobInfo, Outcome, WorkerInfo
-from vaultq.policy import safe_id
+from vaultq.middleware import Hooks, WorkerInfo
 from vaultq.runtime.execute import Executor, JobSlot, Stop
 from vaultq.runtime.health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from vaultq.runtime.health import keep_beating
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.leases import LeaseKeeper
+from vaultq.runtime.outcomes import report_settlement
 from vaultq.runtime.presence import keep_registered
 from vaultq.runtime.scheduler import scheduler_middleware
 
@@ -566,58 +566,6 @@ otherwise log the lease keeper and cancel watcher every few hundred ms)."""
 
 _STOP_HOOKS_TIMEOUT = 5.0
 """Seconds the ``worker_stopped`` hooks get, together, at exit."""
-
-_BURIED = {
-    "failed": Outcome.FAILED,
-    "timed_out": Outcome.TIMED_OUT,
-    "denied": Outcome.DENIED,
-    "expired": Outcome.EXPIRED,
-    "cancelled": Outcome.CANCELLED,
-    "internal_error": Outcome.INTERNAL_ERROR,
-}
-
-
-def report_settlement(
-    hooks: Hooks, slot: JobSlot, settlement: Settlement, *, app: str, worker_id: str
-) -> None:
-    """Report one written settlement to the middleware (``settled``, or ``rejected`` for
-    an entry that did not open). The worker's settler calls it, and so does the test
-    kit's ``TestWorker``, so middleware sees the same events under test."""
-    job = slot.job
-    if job is None:
-        # Never opened: only the broker's (unauthenticated) claims are known.
-        delivery = slot.delivery
-        job = JobInfo(
-            job_id=safe_id(delivery.job_id),
-            queue=delivery.queue,
-            attempt=delivery.attempt,
-            app=app,
-            worker_id=worker_id,
-        )
-    outcome, reason = _settled_outcome(settlement)
-    if outcome is None:
-        hooks.rejected(job, reason or "unauthenticated")
-    else:
-        hooks.settled(job, outcome, reason)
-
-
-def _settled_outcome(settlement: Settlement) -> tuple[Outcome | None, str | None]:
-    """The outcome a written settlement reports, and its reason; outcome None for a
-    rejection (``rejected`` hook), whose reason is then the dead letter's code."""
-    if isinstance(settlement, Ack):
-        return Outcome.SUCCEEDED, None
-    if isinstance(settlement, Retry):
-        return Outcome.RETRYING, None
-    if isinstance(settlement, Release):
-        return Outcome.RELEASED, None
-    if isinstance(settlement, Drop):
-        if settlement.reason == "finished":
-            return Outcome.DROPPED, "finished"
-        return None, settlement.reason
-    reason = settlement.reason
-    if reason.startswith("rejected:"):
-        return None, reason.removeprefix("rejected:")
-    return _BURIED.get(reason, Outcome.FAILED), reason
 
 
 def _internal_error(slot: JobSlot, now: float) -> Settlement:
