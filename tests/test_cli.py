@@ -197,3 +197,27 @@ def test_max_abandoned_threads_flag_reaches_the_worker() -> None:
     assert "--max-abandoned-threads" in run("worker", "--help").stdout
     out = run("worker", "cli_apps", "--max-abandoned-threads=0")
     assert out.returncode == 2 and "at least 1" in out.stderr
+
+
+def test_a_module_builds_its_app_through_the_loader_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module that defines ``vaultq_load_app(attr)`` builds its App itself (what
+    vaultq.django does after django.setup()); the loader knows no framework."""
+    (tmp_path / "hooked_app.py").write_text(
+        "import vaultq\n"
+        "calls = []\n"
+        "def vaultq_load_app(attr):\n"
+        "    calls.append(attr)\n"
+        "    return vaultq.App('hooked', broker='memory://hooked')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = load_app("hooked_app:main")
+    assert app.name == "hooked"
+    import hooked_app  # type: ignore[import-not-found]
+
+    assert hooked_app.calls == ["main"]
+    (tmp_path / "bad_hook.py").write_text("def vaultq_load_app(attr):\n    return 42\n")
+    with pytest.raises(vaultq.ConfigurationError, match="did not return a vaultq.App"):
+        load_app("bad_hook")

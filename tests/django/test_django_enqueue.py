@@ -249,3 +249,24 @@ def test_typed_at_the_call_every_django_entry_point(queue: str) -> None:
         asyncio.run(paint.aenqueue(Color.BLUE, Point(1, marker)))  # type: ignore[arg-type]
     after = queue_stats("default")
     assert (after.ready, after.delayed) == (before.ready, before.delayed)
+
+
+def test_the_core_checks_run_at_the_call_inside_a_transaction(queue: str) -> None:
+    """enqueue_on_commit runs the core's own enqueue checks (vaultq.enqueue.check_call)
+    before the transaction can commit: a schedule the core refuses is refused at the
+    call, not later from the committing ``atomic`` block."""
+    from django.db import transaction
+    from vqtestapp.jobs import Report, report
+
+    from vaultq.django import enqueue_on_commit
+    from vaultq.enqueue import MAX_DEFER
+    from vaultq.errors import ConfigurationError
+
+    p = Principal("user:1", permissions={"vqtestapp.run_report"})
+    with transaction.atomic():
+        with pytest.raises(ConfigurationError, match="delay must be"):
+            enqueue_on_commit(report, Report(note_id=1), principal=p, delay=MAX_DEFER * 2)
+        with pytest.raises(ConfigurationError, match="finite time"):
+            enqueue_on_commit(report, Report(note_id=1), principal=p, at=float("inf"))
+    stats = queue_stats(queue)
+    assert (stats.ready, stats.delayed) == (0, 0)
