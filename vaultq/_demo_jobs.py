@@ -29,7 +29,10 @@ __all__ = [
     "ReportRequest",
     "Sale",
     "build",
+    "charge_card",
+    "flaky_fetch",
     "render_report",
+    "slow_export",
 ]
 
 # -- payloads and results -------------------------------------------------------------------

@@ -23,6 +23,7 @@ __all__ = [
     "check_app",
     "clock_findings",
     "dependency_findings",
+    "has_revoked_keys",
     "inherited_retries",
     "plaintext_off_host",
     "revoked_backlog",

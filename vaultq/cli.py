@@ -35,7 +35,7 @@ from vaultq.cli_worker import add_worker_parser
 from vaultq.errors import VaultqError
 from vaultq.logs import setup_logging
 
-__all__ = ["main"]
+__all__ = ["build_parser", "cmd_check", "main"]
 
 log = logging.getLogger("vaultq")
 

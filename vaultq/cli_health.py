@@ -15,7 +15,7 @@ from vaultq.options import options_of
 from vaultq.runtime.health import check_health, default_health_file
 from vaultq.settings import WorkerSettings, environment
 
-__all__ = ["add_health_parser"]
+__all__ = ["add_health_parser", "cmd_health"]
 
 # The same text as the worker's --health-file (declared on WorkerSettings).
 _FILE_HELP = next(o.help for o in options_of(WorkerSettings) if o.name == "health_file")

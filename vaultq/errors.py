@@ -146,34 +146,50 @@ class EnvelopeError(VaultqError):
 
 
 class EnvelopeTooLarge(EnvelopeError):
+    """The envelope is over the app's ``max_envelope_size``: refused before parsing."""
+
     reason = "too_large"
 
 
 class UnsupportedVersion(EnvelopeError):
+    """The envelope's format version is not one this app reads (see ``accept_envelope_v1``)."""
+
     reason = "unsupported_version"
 
 
 class MalformedEnvelope(EnvelopeError):
+    """The envelope is not well-formed (framing, JSON, field types or ranges)."""
+
     reason = "malformed"
 
 
 class WrongDestination(EnvelopeError):
+    """The envelope was sealed for another app, queue, task or job id than where it was found."""
+
     reason = "wrong_destination"
 
 
 class UnknownTask(EnvelopeError):
+    """The envelope names a task this worker has not registered."""
+
     reason = "unknown_task"
 
 
 class EnvelopeExpired(EnvelopeError):
+    """The job's ``expires_at`` (plus the allowed clock skew) has passed."""
+
     reason = "expired"
 
 
 class EnvelopeNotYetValid(EnvelopeError):
+    """The job was issued (or may start) further in the future than the clock skew allows."""
+
     reason = "not_yet_valid"
 
 
 class UntrustedSigner(EnvelopeError):
+    """The envelope's signer is not among the keyring's trusted signers."""
+
     reason = "untrusted_signer"
 
 
@@ -185,18 +201,26 @@ class RevokedKey(EnvelopeError):
 
 
 class BadSignature(EnvelopeError):
+    """The signature does not verify: the envelope was altered or forged."""
+
     reason = "bad_signature"
 
 
 class UnknownKey(EnvelopeError):
+    """The envelope was encrypted under a key id this keyring does not hold."""
+
     reason = "unknown_key"
 
 
 class DecryptionFailed(EnvelopeError):
+    """The ciphertext does not decrypt under its key (altered, or the wrong key)."""
+
     reason = "decryption_failed"
 
 
 class Replayed(EnvelopeError):
+    """A job id that already ran was delivered again: dropped, never run twice."""
+
     reason = "replayed"
 
 
@@ -305,10 +329,14 @@ class JobFailed(JobError):
 
 
 class JobDenied(JobError):
+    """A policy refused the job at run time, before its task was called."""
+
     status = "denied"
 
 
 class JobTimedOut(JobError):
+    """The last attempt hit its deadline (``timeout``) and was cancelled."""
+
     status = "timed_out"
 
 
@@ -321,10 +349,14 @@ class JobRejected(JobError):
 
 
 class JobExpired(JobError):
+    """The job was not started before its ``expires_at``."""
+
     status = "expired"
 
 
 class JobCancelled(JobError):
+    """The job was cancelled (``handle.cancel()``, ``vaultq cancel``) before it finished."""
+
     status = "cancelled"
 
 

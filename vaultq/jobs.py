@@ -34,6 +34,7 @@ __all__ = [
     "JobStatus",
     "ResultSource",
     "current_job",
+    "outcome_error",
     "reset_current_job",
     "set_current_job",
 ]

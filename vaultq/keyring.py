@@ -46,7 +46,16 @@ from vaultq.payload_errors import split_error
 from vaultq.strictjson import has_duplicate_keys
 from vaultq.xaes import Xaes256Gcm
 
-__all__ = ["FORMAT_VERSION", "Keyring", "SigningAlgorithm", "load_or_create_file"]
+__all__ = [
+    "FORMAT_VERSION",
+    "EncryptionSection",
+    "KeyEntry",
+    "Keyring",
+    "KeyringDoc",
+    "SigningAlgorithm",
+    "SigningSection",
+    "load_or_create_file",
+]
 
 SigningAlgorithm = Literal["hmac-sha256", "ed25519"]
 

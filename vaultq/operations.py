@@ -42,6 +42,7 @@ __all__ = [
     "cancel_job",
     "check_job_id",
     "inspect_job",
+    "mask_secrets",
     "operator",
     "purge_dead",
     "retry_dead",

@@ -103,6 +103,7 @@ __all__ = [
     "JobInfo",
     "Limits",
     "QueueStats",
+    "QueuedEntry",
     "Release",
     "Retry",
     "ScheduleMark",

@@ -35,7 +35,18 @@ if TYPE_CHECKING:
     from vaultq.app import App
     from vaultq.tasks import Task
 
-__all__ = ["MAX_FRAME", "Hello", "Reply", "Request", "main", "read_frame", "write_frame"]
+__all__ = [
+    "MAX_FRAME",
+    "FrameError",
+    "Hello",
+    "Reply",
+    "Request",
+    "main",
+    "read_frame",
+    "run_request",
+    "type_path",
+    "write_frame",
+]
 
 MAX_FRAME = 64 * 1024 * 1024
 """Largest frame either side accepts (a payload or a result, plus a little framing)."""

@@ -42,6 +42,7 @@ __all__ = [
     "default_health_file",
     "default_max_age",
     "keep_beating",
+    "prepare",
     "write_beat",
 ]
 

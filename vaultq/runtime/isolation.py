@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from vaultq.jobs import JobContext
     from vaultq.tasks import Task
 
-__all__ = ["CHILD_DIED", "ProcessPool", "child_environment"]
+__all__ = ["CHILD_DIED", "ProcessPool", "child_environment", "find_import_spec"]
 
 log = logging.getLogger("vaultq.worker")
 
