@@ -33,4 +33,4 @@ def _dies(*_: object) -> None:
     raise asyncio.CancelledError  # not issued by vaultq: a bug's stray cancellation
 
 
-worker_module.log_outcome = _dies  # type: ignore[assignment]
+worker_module.log_outcome = _dies  # type: ignore[attr-defined,assignment]

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -49,7 +50,7 @@ async def _queued_envelopes(app: vaultq.App, broker_kind: str, tmp_path: Path) -
         finally:
             con.close()
         return [bytes(r[0]) for r in rows]
-    raw = redis.Redis.from_url(broker.url)
+    raw: Any = redis.Redis.from_url(broker.url)  # bytes replies; redis-py types bytes | str
     try:
         entries = raw.xrange(broker.keys("default").stream)  # type: ignore[attr-defined]
     finally:

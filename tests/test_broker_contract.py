@@ -448,7 +448,9 @@ async def test_bury_without_memory_or_result(broker: Broker) -> None:
 
 def _twin(broker: Broker, suffix: str, **options: Any) -> Broker:
     """A broker of the same kind and store with other options (new namespace)."""
-    made: Broker = type(broker)(broker.url, namespace=broker.namespace + suffix, **options)
+    # Every broker class takes (url, namespace=, **options); the protocol does not say so.
+    cls: Any = type(broker)
+    made: Broker = cls(broker.url, namespace=broker.namespace + suffix, **options)
     return made
 
 

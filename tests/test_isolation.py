@@ -210,7 +210,7 @@ async def test_results_and_exceptions_cross_as_typed_json(iso: ModuleType) -> No
         with pytest.raises(JobFailed) as info:
             await (await iso.fail.enqueue(iso.Text("boom"))).result(timeout=30)
         assert info.value.error_type == "tests.isolation_app.IsolatedError"
-        assert info.value.detail == "boom"  # type: ignore[attr-defined]
+        assert info.value.detail == "boom"
 
         with pytest.raises(JobFailed) as info:
             await (await iso.fail_builtin.enqueue(iso.Text("bad"))).result(timeout=30)
@@ -229,7 +229,7 @@ async def test_crashing_child_fails_the_attempt_and_is_replaced(
         with pytest.raises(JobFailed) as info:
             await (await iso.crash.enqueue(iso.PidFile(str(pidfile)))).result(timeout=30)
         assert info.value.error_type == CHILD_DIED
-        assert "exit code 3" in info.value.detail  # type: ignore[attr-defined]
+        assert "exit code 3" in info.value.detail
         crashed = int(pidfile.read_text())
         assert not alive(crashed)
         fresh = await (await iso.whoami.enqueue(iso.Empty())).result(timeout=30)

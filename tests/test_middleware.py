@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -30,6 +30,9 @@ import vaultq
 from vaultq.brokers.base import Release
 from vaultq.envelope import open_job
 from vaultq.middleware import Hooks
+
+if TYPE_CHECKING:
+    from middleware_app import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +66,7 @@ PRINCIPAL = vaultq.Principal(
 )
 
 
-def recorder_class() -> type[vaultq.Middleware]:
+def recorder_class() -> type[Recorder]:
     from middleware_app import Recorder
 
     return Recorder

@@ -39,7 +39,8 @@ from vaultq.brokers.redis import QueueKeys, RedisBroker
 from vaultq.errors import BrokerUnavailable, ConfigurationError
 from vaultq.jobs import JobStatus
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+# Replaces the imported modules mark (one mark there, a list here).
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]  # type: ignore[assignment]
 
 SERVICE = "vqmaster"
 PASSWORD = "m4ster-pw"
@@ -246,7 +247,7 @@ def sentinel_url(sentinel_setup: SentinelSetup) -> str:
 # -- the conformance suite on the cluster --------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture  # type: ignore[no-redef]  # overrides the imported fixture on purpose
 def make_broker(cluster_url: str, unique_name: str) -> Callable[[str], Broker]:
     """Overrides test_broker_contract's: every imported contract test runs on the cluster."""
     return lambda suffix: RedisBroker(cluster_url, namespace=unique_name + suffix)

@@ -191,7 +191,7 @@ def test_options_are_checked_and_retry_delay_validated() -> None:
     app = vaultq.App("retryopts", broker="sqlite:///:memory:", keyring=vaultq.Keyring.generate())
     with pytest.raises(vaultq.TaskDefinitionError, match="retry_on must be an exception class"):
 
-        @app.task(name="a", retry_on="ValueError")  # type: ignore[arg-type]
+        @app.task(name="a", retry_on="ValueError")  # type: ignore[call-overload]
         async def a(job: Step) -> None: ...
 
     with pytest.raises(vaultq.TaskDefinitionError, match="dont_retry_on"):

@@ -59,10 +59,13 @@ async def put(b: SqliteBroker, queue: str = "q", *, job_id: str | None = None, *
     return job_id
 
 
-async def take(b: SqliteBroker, queues: list[str] | None = None, count: int = 10, **kw: float):  # type: ignore[no-untyped-def]
-    opts: dict[str, float] = {"lease": 30.0, "block": 0.0}
-    opts.update(kw)
-    return await b.fetch(queues or ["q"], count, consumer=C, **opts)
+async def take(
+    b: SqliteBroker, queues: list[str] | None = None, count: int = 10, **kw: float
+) -> list[Delivery]:
+    lease = kw.pop("lease", 30.0)
+    block = kw.pop("block", 0.0)
+    assert not kw, f"take() passes only lease and block, not {sorted(kw)}"
+    return await b.fetch(queues or ["q"], count, consumer=C, lease=lease, block=block)
 
 
 def slow_polls(monkeypatch: pytest.MonkeyPatch) -> None:

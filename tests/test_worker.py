@@ -109,7 +109,7 @@ async def test_retries_follow_backoff_then_dead_letter(url: str, unique_name: st
     assert all(gap < 0.2 + 1.5 for gap in gaps)
     assert info.value.error_type == "ValueError"
     assert "s3cr3t" not in str(info.value)
-    assert info.value.detail == "card s3cr3t declined"  # type: ignore[attr-defined]
+    assert info.value.detail == "card s3cr3t declined"
     broker = await app.broker()
     dead = await broker.dead_letters("default")
     assert [(d.job_id, d.reason, d.attempt) for d in dead] == [(handle.id, "failed", 3)]
@@ -229,7 +229,8 @@ def _dump_broker(url: str) -> bytes:
             )
         finally:
             con.close()
-    client = redis.Redis.from_url(url)
+    # Any: redis-py types replies bytes | str; this client (no decode_responses) gets bytes.
+    client: Any = redis.Redis.from_url(url)
     parts: list[bytes] = []
     try:
         for key in client.scan_iter(count=1000):
@@ -438,7 +439,7 @@ async def test_bytes_written_straight_into_the_redis_stream(
 
     real = await raw.enqueue(Order(order_id=1, note="", card=vaultq.Secret("x")))
     stream = f"vaultq:{{{unique_name}:default}}:stream"
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client: Any = redis.asyncio.Redis.from_url(redis_url)  # bytes replies (see above)
     try:
         ((_, entries),) = await client.xread({stream: "0-0"}, count=1)
         envelope = bytearray(entries[0][1][b"env"])
@@ -517,7 +518,7 @@ async def test_size_limits_are_enforced_at_both_ends(tmp_path: Path, unique_name
         with pytest.raises(vaultq.JobFailed) as info:
             await (await big.enqueue(Order(5000, "", vaultq.Secret("x")))).result(timeout=10)
     assert info.value.error_type == "vaultq.PayloadError"
-    assert "too large" in info.value.detail  # type: ignore[attr-defined]
+    assert "too large" in info.value.detail
     await app.aclose()
 
 

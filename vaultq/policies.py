@@ -360,7 +360,9 @@ class Rule(PolicyBase, frozen=True):
 
 
 @overload
-def rule(fn: Callable[[PolicyRequest], bool | Awaitable[bool]], /) -> Rule: ...
+def rule(
+    fn: Callable[[PolicyRequest], bool | Awaitable[bool]], /, *, name: str | None = None
+) -> Rule: ...
 @overload
 def rule(
     *, name: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import anyio
 import msgspec
@@ -13,6 +14,7 @@ from chaos.conftest import RedisProcess
 from support.workers import make_app
 
 import vaultq
+from vaultq.brokers.redis import RedisBroker
 
 pytestmark = pytest.mark.anyio
 
@@ -52,8 +54,10 @@ async def test_enqueue_rides_out_a_redis_restart(
     thread.join()
     client = dedicated_redis.client()
     try:
-        keys = app._broker_template.keys("default")  # type: ignore[attr-defined]
-        entries = client.xrange(keys.stream)
+        broker = app.configured_broker
+        assert isinstance(broker, RedisBroker)
+        # Any: redis-py types replies bytes | str; this client gets bytes.
+        entries: Any = client.xrange(broker.keys("default").stream)
     finally:
         client.close()
     stored = [fields[b"id"].decode() for _, fields in entries]
@@ -102,8 +106,10 @@ async def test_enqueue_rides_out_a_failover(
         thread.start()
         handle = await tick.enqueue(Tick(1))  # never BrokerUnavailable nor BrokerError
         thread.join()
-        keys = app._broker_template.keys("default")  # type: ignore[attr-defined]
-        stored = [f[b"id"].decode() for _, f in admin.xrange(keys.stream)]
+        broker = app.configured_broker
+        assert isinstance(broker, RedisBroker)
+        raw: Any = admin.xrange(broker.keys("default").stream)  # bytes replies
+        stored = [f[b"id"].decode() for _, f in raw]
         assert stored.count(handle.id) == 1
     finally:
         admin.replicaof("NO", "ONE")

@@ -131,7 +131,7 @@ def test_outside_a_transaction_enqueues_at_once(queue: str) -> None:
         assert queue_stats(queue).ready == 1  # not before commit
     assert queue_stats(queue).ready == 2
     with pytest.raises(PayloadError):
-        enqueue_on_commit(report, {"note_id": 1}, principal=p, queue=queue)  # type: ignore[arg-type]
+        enqueue_on_commit(report, {"note_id": 1}, principal=p, queue=queue)
 
 
 def test_principal_mapping() -> None:

@@ -388,7 +388,7 @@ def test_exception_class_is_never_imported_on_a_results_say_so(
     assert error.exception_class.__name__ == "JobFailed"
     assert "vq_side_effect.Boom" in error.traceback  # still named, as text
     assert not marker.exists()
-    allowed = frozenset()
+    allowed: frozenset[str] = frozenset()
     assert exception_path("os.system", task_module="os", allowed=allowed).endswith("JobFailed")
     assert exception_path("builtins.print", task_module="x", allowed=allowed).endswith("JobFailed")
     assert exception_path("ValueError", task_module="x", allowed=allowed) == "builtins.ValueError"

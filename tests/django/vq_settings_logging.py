@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from vq_settings import *  # noqa: F403
 
-LOGGING_CONFIG = "logging.config.dictConfig"
+LOGGING_CONFIG = "logging.config.dictConfig"  # type: ignore[assignment]  # None in vq_settings
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
