@@ -288,7 +288,7 @@ def _job_header(
     # What open_job would refuse is never sealed: the job would wait for a result forever.
     problem = _header_problem(header)
     if problem is not None:
-        raise ValueError(f"cannot seal this job: {problem}")
+        raise InvalidArgument(f"cannot seal this job: {problem}")
     return header
 
 
