@@ -169,12 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: Any) -> None:
     from vaultq.cli_keys import add_keys_parser
     from vaultq.cli_schedule import add_scheduler_parser
+    from vaultq.demo import add_demo_parser
 
     add_keys_parser(sub)
     add_health_parser(sub)
     add_scheduler_parser(sub)
-    from vaultq.demo import add_demo_parser
-
     add_demo_parser(sub)
 
 

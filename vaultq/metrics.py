@@ -200,7 +200,7 @@ class PrometheusMetrics(Middleware):
             # the supervisor's directory is removed: counters are what to alert on).
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call,unused-ignore]
 
     def attempt_started(self, job: JobInfo) -> None:
         self._child(self.in_flight, job.task, job.queue).inc()
@@ -255,7 +255,7 @@ def multiprocess_registry() -> CollectorRegistry:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call,unused-ignore]
     return registry
 
 
