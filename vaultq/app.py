@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import threading
-import weakref
-from collections.abc import Awaitable, Callable, Container, Coroutine, Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -16,24 +14,34 @@ import msgspec
 
 from vaultq import config
 from vaultq._loop import LoopThread
+from vaultq.appschedules import AppSchedules
+from vaultq.appsettings import AppSettingsView
 from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Broker, BrokerCapabilities, CancelState
 from vaultq.clock import Clock
+from vaultq.connections import LoopBrokers
 from vaultq.enqueue import authorize
 from vaultq.enqueue import enqueue as enqueue_jobs
 from vaultq.envelope import OpenedJob, open_job
-from vaultq.errors import ConfigurationError, TaskDefinitionError
+from vaultq.errors import ConfigurationError
 from vaultq.jobs import JobHandle
 from vaultq.keyfile import load_or_create_keyfile, resolve_keyring
 from vaultq.keyring import Keyring
-from vaultq.limits import parse_rate
 from vaultq.middleware import CallWrappers, Hooks, Middleware
 from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
+from vaultq.registration import (
+    ExceptionSpec,
+    TaskDecorator,
+    check_limit_options,
+    check_unique_options,
+    exception_classes,
+    task_name_for,
+)
 from vaultq.results import AppResults
-from vaultq.schedule import DEFAULT_SCHEDULE_GRACE, MissedTicks, Schedule
+from vaultq.schedule import Schedule
 from vaultq.settings import UNSET, AppSettings, UnsetType, environment
-from vaultq.tasks import Isolation, NoArgs, Task, TaskOptions, TaskOverrides
+from vaultq.tasks import Isolation, NoArgs, Task, TaskOverrides
 
 __all__ = ["App"]
 
@@ -44,38 +52,8 @@ R = TypeVar("R")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-ExceptionSpec = type[BaseException] | tuple[type[BaseException], ...] | list[type[BaseException]]
-"""What ``retry_on=``/``dont_retry_on=`` take: one exception class, or several."""
 
-
-class _LoopBroker:
-    __slots__ = ("broker", "connected", "lock")
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.connected = False
-        self.lock = asyncio.Lock()
-
-
-class _TaskDecorator:
-    """What ``@app.task(...)`` returns: applied to the function, it registers the task."""
-
-    def __init__(self, register: Callable[[Callable[..., Any]], Task[Any, Any]]) -> None:
-        self._register = register
-
-    @overload
-    def __call__(self, fn: Callable[[], Coroutine[Any, Any, R]], /) -> Task[NoArgs, R]: ...
-    @overload
-    def __call__(self, fn: Callable[[], R], /) -> Task[NoArgs, R]: ...
-    @overload
-    def __call__(self, fn: Callable[[P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[[P], R], /) -> Task[P, R]: ...
-    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
-        return self._register(fn)
-
-
-class App:
+class App(AppSettingsView, AppSchedules):
     """One application: its tasks, keys and broker.
 
     ``broker``: a URL (``redis://…``, ``rediss://…``, ``unix://…``, ``sqlite:///…``,
@@ -178,14 +156,12 @@ class App:
         env = environment() if left_out else None
         self._keys_in_env = keyring is None and env is not None and env.keys is not None
         if broker is not None and not isinstance(broker, str):
-            self._broker_template: Broker = broker  # an instance: not a settings value
+            template: Broker = broker  # an instance: not a settings value
         else:
             url = self._settings.broker or (env.broker if env else None)
-            self._broker_template = broker_from_url(
-                url or config.DEFAULT_BROKER_URL, namespace=name
-            )
-        self._task_defaults: tuple[AppSettings, TaskOptions] | None = None
-        self._template_taken = False
+            template = broker_from_url(url or config.DEFAULT_BROKER_URL, namespace=name)
+        self._connections = LoopBrokers(template)
+        self._task_defaults = None
         self._keyring = keyring
         self._keyring_lock = threading.Lock()
         self.keyring_source = "given" if keyring is not None else ""
@@ -194,9 +170,6 @@ class App:
         """This host's clock and its measured offset to the broker's (vaultq/clock.py)."""
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._schedules: dict[str, Schedule] = {}
-        self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBroker] = (
-            weakref.WeakKeyDictionary()
-        )
         self._loop_thread = LoopThread(f"vaultq-{name}-sync")
         self.around_async: list[Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]] = []
         """Wrappers around each async task call: ``async def wrap(call): return await
@@ -217,72 +190,6 @@ class App:
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, broker={self.broker_url!r}, tasks={len(self._tasks)})"
-
-    # -- settings -----------------------------------------------------------------------
-
-    @property
-    def settings(self) -> AppSettings:
-        """The app's options (:class:`vaultq.settings.AppSettings`, frozen)."""
-        return self._settings
-
-    def configure(self, **changes: Any) -> None:
-        """Change options after construction: ``app.configure(timeout=60, retries=3)``.
-
-        Checked like the constructor's (``ConfigurationError``). Task defaults reach every
-        task that left the option unset, including tasks defined before the change (they
-        hold "not given", not a copy). The broker is not changed here: use
-        :meth:`set_broker` before first use."""
-        if "broker" in changes:
-            raise ConfigurationError("change the broker with app.set_broker(url) before use")
-        self._settings = msgspec.structs.replace(self._settings, **changes)
-
-    @property
-    def task_defaults(self) -> TaskOptions:
-        """The options of a task that sets none (the app's defaults)."""
-        cached = self._task_defaults
-        # Read per job by the worker: built once per settings object (frozen, so the
-        # same object means the same defaults; configure() makes a new one).
-        if cached is None or cached[0] is not self._settings:
-            options = TaskOverrides().resolve(self._settings, f"{self.name} defaults")
-            cached = self._task_defaults = (self._settings, options)
-        return cached[1]
-
-    @property
-    def _defaults(self) -> TaskOptions:
-        # The old private name; integrations read it (use task_defaults).
-        return self.task_defaults
-
-    @property
-    def default_queue(self) -> str:
-        return self._settings.queue
-
-    @property
-    def clock_skew(self) -> float:
-        return self._settings.clock_skew
-
-    @property
-    def max_envelope_size(self) -> int:
-        return self._settings.max_envelope_size
-
-    @property
-    def policy_timeout(self) -> float:
-        return self._settings.policy_timeout
-
-    @property
-    def lease(self) -> float:
-        return self._settings.lease
-
-    @property
-    def enqueue_retry(self) -> float:
-        return self._settings.enqueue_retry
-
-    @property
-    def envelope_version(self) -> int:
-        return self._settings.envelope_version
-
-    @property
-    def accept_envelope_v1(self) -> bool:
-        return self._settings.accept_envelope_v1
 
     # -- middleware ---------------------------------------------------------------------
 
@@ -362,7 +269,7 @@ class App:
         max_concurrency: int | None = None,
         rate_limit: str | None = None,
         limit_key: Callable[[Any], str | None] | None = None,
-    ) -> _TaskDecorator: ...
+    ) -> TaskDecorator: ...
     def task(
         self,
         fn: Callable[..., Any] | None = None,
@@ -388,7 +295,7 @@ class App:
         max_concurrency: int | None = None,
         rate_limit: str | None = None,
         limit_key: Callable[[Any], str | None] | None = None,
-    ) -> Task[Any, Any] | _TaskDecorator:
+    ) -> Task[Any, Any] | TaskDecorator:
         """Register a task: ``@app.task`` or ``@app.task(timeout=30, retries=3, policy=…)``.
 
         The function takes one argument annotated with a ``msgspec.Struct`` subclass (the
@@ -416,8 +323,8 @@ class App:
             retries=UNSET if retries is None else retries,
             backoff=UNSET if backoff is None else backoff,
             max_backoff=UNSET if max_backoff is None else max_backoff,
-            retry_on=None if retry_on is None else _exception_classes(retry_on),
-            dont_retry_on=_exception_classes(dont_retry_on),
+            retry_on=None if retry_on is None else exception_classes(retry_on),
+            dont_retry_on=exception_classes(dont_retry_on),
             retry_on_timeout=retry_on_timeout,
             store_result=store_result,
             result_ttl=UNSET if result_ttl is None else result_ttl,
@@ -425,39 +332,9 @@ class App:
         )
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or f"{func.__module__}.{func.__qualname__}"
-            if not isinstance(task_name, str) or not task_name or len(task_name) > 200:
-                raise TaskDefinitionError("task names are non-empty strings of at most 200 chars")
-            if "<locals>" in task_name and name is None:
-                raise TaskDefinitionError(
-                    f"task {task_name!r} is defined inside a function: give it a stable "
-                    "name with @app.task(name='...')"
-                )
-            if task_name in self._tasks:
-                raise TaskDefinitionError(
-                    f"task name {task_name!r} is already registered in app {self.name!r}; "
-                    "pick another with @app.task(name='...')"
-                )
-            if unique is not None and not callable(unique):
-                raise TaskDefinitionError(
-                    f"task {task_name!r}: unique= must be a function of the payload "
-                    "returning its key (a string) or None"
-                )
-            if unique_for is not None and not unique_for > 0:
-                raise TaskDefinitionError(f"task {task_name!r}: unique_for must be > 0 seconds")
-            if max_concurrency is not None and not (
-                isinstance(max_concurrency, int) and max_concurrency >= 1
-            ):
-                raise TaskDefinitionError(f"task {task_name!r}: max_concurrency must be >= 1")
-            if limit_key is not None and not callable(limit_key):
-                raise TaskDefinitionError(
-                    f"task {task_name!r}: limit_key= must be a function of the payload"
-                )
-            try:
-                interval = None if rate_limit is None else parse_rate(rate_limit)
-            except ConfigurationError as exc:
-                raise TaskDefinitionError(f"task {task_name!r}: {exc}") from None
-            del interval
+            task_name = task_name_for(func, name, taken=self._tasks, app=self.name)
+            check_unique_options(task_name, unique, unique_for)
+            check_limit_options(task_name, max_concurrency, rate_limit, limit_key)
             new = Task(
                 self,
                 func,
@@ -475,121 +352,28 @@ class App:
 
         if fn is not None:
             return register(fn)
-        return _TaskDecorator(register)
-
-    # -- schedules (periodic jobs: vaultq/schedule.py, docs/scheduling.md) --------------
-
-    @property
-    def schedules(self) -> dict[str, Schedule]:
-        """Registered schedules by name (a copy)."""
-        return dict(self._schedules)
-
-    def schedule(
-        self,
-        task: Task[P, Any],
-        *,
-        cron: str | None = None,
-        every: timedelta | float | None = None,
-        tz: str | None = None,
-        payload: P | None = None,
-        name: str | None = None,
-        principal: Principal | None = None,
-        permissions: Iterable[str] = (),
-        missed: MissedTicks = "skip",
-        grace: float = DEFAULT_SCHEDULE_GRACE,
-    ) -> Schedule:
-        """Run ``task`` periodically: ``cron="*/5 * * * *"`` (with ``tz=``) or
-        ``every=timedelta(minutes=5)``. Every worker holding a signing key (and
-        ``vaultq scheduler MODULE``) enqueues each tick exactly once, however many run.
-
-        ``payload`` defaults to the payload type built with no arguments. Jobs are sealed
-        under ``principal`` (default: ``vaultq:scheduler:<name>`` with role
-        ``vaultq:scheduler`` and ``permissions``) and pass the task's policy like any job.
-        ``missed``: ``"skip"`` or ``"run_once"`` for ticks older than ``grace`` seconds
-        (the scheduler was down). ``name`` (default: the task's name) identifies the
-        schedule in the broker: keep it stable across deploys.
-
-        Raises ``ConfigurationError`` (bad shape, zone, name taken, croniter missing for
-        ``cron=``) and ``PayloadError``.
-        """
-        if not isinstance(task, Task) or task.app is not self:
-            raise ConfigurationError(
-                f"app {self.name!r}: schedule() takes a task registered on this app "
-                "(put @app.periodic(...) above @app.task)"
-            )
-        new = Schedule(
-            task,
-            payload=payload,
-            cron=cron,
-            every=every,
-            tz=tz,
-            name=name,
-            principal=principal,
-            permissions=permissions,
-            missed=missed,
-            grace=grace,
-        )
-        if new.name in self._schedules:
-            raise ConfigurationError(
-                f"schedule name {new.name!r} is already taken in app {self.name!r}; give "
-                "another with name='...'"
-            )
-        self._schedules[new.name] = new
-        return new
-
-    def periodic(
-        self,
-        *,
-        cron: str | None = None,
-        every: timedelta | float | None = None,
-        tz: str | None = None,
-        payload: Any = None,
-        name: str | None = None,
-        principal: Principal | None = None,
-        permissions: Iterable[str] = (),
-        missed: MissedTicks = "skip",
-        grace: float = DEFAULT_SCHEDULE_GRACE,
-    ) -> Callable[[Task[P, R]], Task[P, R]]:
-        """``@app.periodic(every=timedelta(minutes=5))`` above ``@app.task``: the
-        decorator form of :meth:`schedule` (same options); returns the task unchanged."""
-
-        def register(task: Task[P, R]) -> Task[P, R]:
-            self.schedule(
-                task,
-                cron=cron,
-                every=every,
-                tz=tz,
-                payload=payload,
-                name=name,
-                principal=principal,
-                permissions=permissions,
-                missed=missed,
-                grace=grace,
-            )
-            return task
-
-        return register
+        return TaskDecorator(register)
 
     # -- keys and broker --------------------------------------------------------------
 
     @property
     def broker_url(self) -> str:
-        return self._broker_template.url
+        return self._connections.template.url
 
     @property
     def configured_broker(self) -> Broker:
         """The broker as configured (URL or instance), not connected: for reading its
         settings. Use :meth:`broker` to talk to it."""
-        return self._broker_template
+        return self._connections.template
 
     @property
     def shared_broker(self) -> bool:
-        return self._broker_template.capabilities.shared
+        return self._connections.template.capabilities.shared
 
     @property
     def broker_capabilities(self) -> BrokerCapabilities:
         """What the app's broker declares it is (see ``BrokerCapabilities``)."""
-        return self._broker_template.capabilities
+        return self._connections.template.capabilities
 
     @property
     def keyring(self) -> Keyring:
@@ -603,7 +387,7 @@ class App:
     def _resolve_keyring(self) -> Keyring:
         # A hook: vaultq.django's app looks in settings.VAULTQ first, then here.
         keyring, self.keyring_source = resolve_keyring(
-            self.name, self._broker_template, keys_in_env=self._keys_in_env
+            self.name, self._connections.template, keys_in_env=self._keys_in_env
         )
         return keyring
 
@@ -614,9 +398,7 @@ class App:
 
     def set_broker(self, broker: str | Broker) -> None:
         """Replace the broker before first use (``vaultq worker --broker URL``)."""
-        if self._template_taken:
-            raise ConfigurationError("set_broker() must be called before the app is used")
-        self._broker_template = (
+        self._connections.replace(
             broker_from_url(broker, namespace=self.name) if isinstance(broker, str) else broker
         )
 
@@ -625,45 +407,19 @@ class App:
         had (pass that back to switch back). For tests (``vaultq.testing``): from here on
         every event loop gets its own clone of ``broker``; brokers the app connected in
         other loops are forgotten, not closed."""
-        previous = self._broker_template
-        self._broker_template = (
+        previous = self._connections.swap(
             broker_from_url(broker, namespace=self.name) if isinstance(broker, str) else broker
         )
-        # Clones only: the instance given may be connected in another loop already.
-        self._template_taken = True
-        self._brokers = weakref.WeakKeyDictionary()
         self.clock.measured_at = None  # measure the new broker's clock on first use
         return previous
 
-    def _broker_for_new_loop(self) -> Broker:
-        # The first event loop gets the configured instance; every other loop (the sync
-        # facade's thread, a second asyncio.run) gets its own clone, since connections are
-        # bound to the loop that opened them.
-        if not self._template_taken:
-            self._template_taken = True
-            return self._broker_template
-        return self._broker_template.clone()
-
     async def broker(self) -> Broker:
         """The broker for the running event loop, connected (one per loop)."""
-        loop = asyncio.get_running_loop()
-        entry = self._brokers.get(loop)
-        if entry is None:
-            entry = _LoopBroker(self._broker_for_new_loop())
-            self._brokers[loop] = entry
-        if not entry.connected:
-            async with entry.lock:
-                if not entry.connected:
-                    await entry.broker.connect()
-                    entry.connected = True
-        return entry.broker
+        return await self._connections.current()
 
     async def aclose(self) -> None:
         """Close the broker of the running loop."""
-        loop = asyncio.get_running_loop()
-        entry = self._brokers.pop(loop, None)
-        if entry is not None and entry.connected:
-            await entry.broker.close()
+        await self._connections.close_current()
 
     def close(self) -> None:
         """Close the sync facade's loop and its broker connections."""
@@ -721,18 +477,7 @@ class App:
     ) -> JobHandle[Any]:
         """A handle for a job enqueued elsewhere. Give ``task`` (a Task or its name) to get
         its result typed; without it the result decodes as plain JSON values."""
-        found = self._tasks.get(task) if isinstance(task, str) else task
-        if isinstance(task, str) and found is None:
-            raise ConfigurationError(f"no task {task!r} in app {self.name!r}")
-        if found is None:
-            return JobHandle(self.results, job_id, queue=queue or self.default_queue)
-        return JobHandle(
-            self.results,
-            job_id,
-            queue=queue or found.queue,
-            task_name=found.name,
-            decode=found.result_codec.decode,
-        )
+        return self.results.handle(job_id, queue=queue, task=task)
 
     def open_job(
         self,
@@ -763,19 +508,10 @@ class App:
         """Cancel a job by id (see ``JobHandle.cancel``). Without ``queue``, the marker is
         set on every queue this app's tasks use."""
         broker = await self.broker()
+        ttl = self.task_defaults.expires + self.clock_skew
         queues = [queue] if queue else self.queues
-        states = [
-            await broker.cancel(q, job_id, ttl=self.task_defaults.expires + self.clock_skew)
-            for q in queues
-        ]
-        if CancelState.FINISHED in states:
-            return CancelState.FINISHED
-        return CancelState.REQUESTED
+        states = [await broker.cancel(q, job_id, ttl=ttl) for q in queues]
+        return CancelState.FINISHED if CancelState.FINISHED in states else CancelState.REQUESTED
 
     def cancel_sync(self, job_id: str, *, queue: str | None = None) -> CancelState:
         return self.run_sync(self.cancel, job_id, queue=queue)
-
-
-def _exception_classes(spec: ExceptionSpec) -> tuple[type[BaseException], ...]:
-    # Checked by TaskOptions.validate, which names the task.
-    return tuple(spec) if isinstance(spec, list | tuple) else (spec,)

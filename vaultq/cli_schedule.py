@@ -25,7 +25,13 @@ from vaultq.runtime.scheduler import Scheduler, tick_store
 if TYPE_CHECKING:
     from vaultq.app import App
 
-__all__ = ["ScheduleRow", "add_scheduler_parser", "cmd_scheduler", "schedule_rows"]
+__all__ = [
+    "ScheduleRow",
+    "add_scheduler_parser",
+    "cmd_scheduler",
+    "print_schedule_rows",
+    "schedule_rows",
+]
 
 log = logging.getLogger("vaultq")
 

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from vaultq.envelope import ResultBody, open_result
-from vaultq.jobs import JobStatus
+from vaultq.errors import ConfigurationError
+from vaultq.jobs import JobHandle, JobStatus
 
 if TYPE_CHECKING:
     from vaultq.app import App
     from vaultq.brokers.base import CancelState
+    from vaultq.tasks import Task
 
 __all__ = ["AppResults"]
 
@@ -37,6 +39,24 @@ class AppResults:
 
     def __init__(self, app: App) -> None:
         self._app = app
+
+    def handle(
+        self, job_id: str, *, queue: str | None = None, task: Task[Any, Any] | str | None = None
+    ) -> JobHandle[Any]:
+        """``app.job()``: a handle on ``job_id``, typed when ``task`` (or its name) is given."""
+        app = self._app
+        found = app.get_task(task) if isinstance(task, str) else task
+        if isinstance(task, str) and found is None:
+            raise ConfigurationError(f"no task {task!r} in app {app.name!r}")
+        if found is None:
+            return JobHandle(self, job_id, queue=queue or app.default_queue)
+        return JobHandle(
+            self,
+            job_id,
+            queue=queue or found.queue,
+            task_name=found.name,
+            decode=found.result_codec.decode,
+        )
 
     @property
     def policy_timeout(self) -> float:

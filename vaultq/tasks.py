@@ -25,7 +25,13 @@ if TYPE_CHECKING:
     from vaultq.principal import Principal
     from vaultq.settings import AppSettings
 
-__all__ = ["Isolation", "NoArgs", "Task", "TaskOptions", "TaskOverrides"]
+__all__ = [
+    "Isolation",
+    "NoArgs",
+    "Task",
+    "TaskOptions",
+    "TaskOverrides",
+]
 
 P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")

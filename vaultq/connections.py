@@ -1,0 +1,77 @@
+"""One connected broker per event loop, all made from the app's configured broker.
+
+Connections belong to the loop that opened them, so every loop gets its own: the first
+loop the configured instance itself, every later one (the sync facade's thread, a second
+``asyncio.run``) a clone. Loops are held weakly: a finished loop's broker goes with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from vaultq.brokers.base import Broker
+from vaultq.errors import ConfigurationError
+
+__all__ = ["LoopBrokers"]
+
+
+class _LoopBroker:
+    __slots__ = ("broker", "connected", "lock")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.connected = False
+        self.lock = asyncio.Lock()
+
+
+class LoopBrokers:
+    """The configured broker (``template``) and the connected one of each event loop."""
+
+    def __init__(self, template: Broker) -> None:
+        self.template = template
+        self._taken = False
+        self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBroker] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def replace(self, broker: Broker) -> None:
+        """Use ``broker`` instead, before any loop took the configured one."""
+        if self._taken:
+            raise ConfigurationError("set_broker() must be called before the app is used")
+        self.template = broker
+
+    def swap(self, broker: Broker) -> Broker:
+        """Use ``broker`` from now on, even after use; return the previous template.
+        Brokers connected in other loops are forgotten, not closed."""
+        previous, self.template = self.template, broker
+        # Clones only: the instance given may be connected in another loop already.
+        self._taken = True
+        self._brokers = weakref.WeakKeyDictionary()
+        return previous
+
+    def _for_new_loop(self) -> Broker:
+        if not self._taken:
+            self._taken = True
+            return self.template
+        return self.template.clone()
+
+    async def current(self) -> Broker:
+        """The running loop's broker, connected on first use."""
+        loop = asyncio.get_running_loop()
+        entry = self._brokers.get(loop)
+        if entry is None:
+            entry = _LoopBroker(self._for_new_loop())
+            self._brokers[loop] = entry
+        if not entry.connected:
+            async with entry.lock:
+                if not entry.connected:
+                    await entry.broker.connect()
+                    entry.connected = True
+        return entry.broker
+
+    async def close_current(self) -> None:
+        """Close and forget the running loop's broker, if it has one."""
+        entry = self._brokers.pop(asyncio.get_running_loop(), None)
+        if entry is not None and entry.connected:
+            await entry.broker.close()
