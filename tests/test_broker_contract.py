@@ -848,8 +848,11 @@ async def test_claim_tick_moves_the_mark_and_writes_the_job_once(broker: Broker)
 
 
 async def test_claim_tick_writes_no_second_job_for_an_existing_id(broker: Broker) -> None:
+    from vaultq.brokers.base import TickStore
+
     # A schedule whose mark was lost or renamed cannot enqueue a tick whose job is queued,
     # running or remembered as finished: the id guards it too. The mark still moves.
+    assert isinstance(broker, TickStore)
     assert await broker.enqueue_unique(item("tick:s:200"), ttl=60)
     assert not await broker.claim_tick(item("tick:s:200"), schedule="s", tick=200, ttl=60)
     (d,) = await fetch(broker)

@@ -45,6 +45,12 @@ from vaultq.events import EventStream  # noqa: E402
 from vaultq.tracing import Tracing  # noqa: E402
 
 
+def task_of(app: vaultq.App, name: str) -> vaultq.Task[Any, Any]:
+    found = app.get_task(name)
+    assert found is not None, name
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,7 +185,12 @@ def test_metrics_traces_and_events_of_a_real_run(
 ) -> None:
     run = run_of(broker_kind)
     run.app.add_middleware(EventStream(run.app))
-    task = run.app.get_task
+
+    def task(name: str) -> vaultq.Task[Any, Any]:
+        found = run.app.get_task(name)
+        assert found is not None, name
+        return found
+
     m = run.marker
     handles: dict[str, list[Any]] = {}
 
@@ -195,7 +206,9 @@ def test_metrics_traces_and_events_of_a_real_run(
         handles["later"] = [await task("ok").enqueue(note, principal=p, delay=300)]
         # Sealed with keys the worker does not trust: rejected, never run.
         stranger = build(run.name, broker=run.url, keyring=vaultq.Keyring.generate())
-        handles["stranger"] = [await stranger.get_task("ok").enqueue(note, principal=p)]
+        stranger_ok = stranger.get_task("ok")
+        assert stranger_ok is not None
+        handles["stranger"] = [await stranger_ok.enqueue(note, principal=p)]
         await stranger.aclose()
         await anyio.sleep(0.5)  # let the producer's event flush finish
         await run.app.aclose()
@@ -262,7 +275,10 @@ def test_metrics_traces_and_events_of_a_real_run(
 
         # -- the trace context is sealed: nowhere in the broker's raw bytes -------------
         later = handles["later"][0]
-        send = {s.attributes["messaging.message.id"]: s for s in run.exporter.get_finished_spans()}
+        send = {
+            (s.attributes or {})["messaging.message.id"]: s
+            for s in run.exporter.get_finished_spans()
+        }
         raw = run.raw_broker_bytes()
         assert later.id.encode() in raw  # the delayed job's entry is there...
         later_trace = f"{send[later.id].context.trace_id:032x}"
@@ -300,7 +316,7 @@ def test_metrics_traces_and_events_of_a_real_run(
     assert flaky[0]["status"] == "ERROR" and flaky[0]["description"] is None
     sent_ok = send[handles["ok"][0].id]
     assert sent_ok.kind.name == "PRODUCER" and sent_ok.name == "send default"
-    assert sent_ok.attributes["messaging.operation.type"] == "send"
+    assert (sent_ok.attributes or {})["messaging.operation.type"] == "send"
     everything = json.dumps(spans) + repr([span_doc(s) for s in run.exporter.get_finished_spans()])
     assert m not in everything and "example.com" not in everything
 
@@ -346,7 +362,7 @@ def test_processes_share_one_metrics_port(run_of: Callable[[str], Run]) -> None:
         )
 
         async def produce() -> None:
-            handles = [await run.app.get_task("ok").enqueue(Note(text="x")) for _ in range(20)]
+            handles = [await task_of(run.app, "ok").enqueue(Note(text="x")) for _ in range(20)]
             for h in handles:
                 assert await h.result(timeout=60) == "x"
             await run.app.aclose()
@@ -407,7 +423,7 @@ def test_events_follow_shows_a_live_run_in_order(
             assert json.loads(lines.get(timeout=60))["job_id"] == "sentinel"
 
             async def produce() -> str:
-                handle = await run.app.get_task("flaky").enqueue(Note(text=run.marker, n=2))
+                handle = await task_of(run.app, "flaky").enqueue(Note(text=run.marker, n=2))
                 assert await handle.result(timeout=60) == 2
                 await run.app.aclose()
                 return handle.id

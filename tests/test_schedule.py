@@ -19,8 +19,10 @@ class Needs(msgspec.Struct, frozen=True):
     n: int
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> float:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC).timestamp()
 
 
 def iso(t: float) -> str:
@@ -170,7 +172,7 @@ def test_a_schedule_name_is_taken_once(app: vaultq.App) -> None:
         app.schedule(app.tasks["job"], every=120)
     other = vaultq.App("other", broker="sqlite:///unused.db")
     with pytest.raises(vaultq.ConfigurationError, match="registered on this app"):
-        other.schedule(app.tasks["job"], every=60)  # type: ignore[arg-type]
+        other.schedule(app.tasks["job"], every=60)
 
 
 def test_a_name_too_long_for_a_job_id_must_be_given(app: vaultq.App) -> None:

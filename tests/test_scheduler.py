@@ -30,8 +30,10 @@ def url(broker_url: str) -> str:
     return broker_url
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> float:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC).timestamp()
 
 
 def new_app(url: str, name: str, keyring: vaultq.Keyring, **schedule: object) -> vaultq.App:
