@@ -902,6 +902,9 @@ async def test_enqueue_keyed_holds_the_key_while_the_job_lives(broker: Broker) -
 
 
 async def test_enqueue_keyed_lock_lapses_after_key_ttl(broker: Broker) -> None:
+    from vaultq.brokers.base import UniqueKeys
+
+    assert isinstance(broker, UniqueKeys)
     assert await broker.enqueue_keyed(item("t1"), key="K", key_ttl=0.2, ttl=60) == "t1"
     await anyio.sleep(0.4)
     assert await broker.enqueue_keyed(item("t2"), key="K", key_ttl=60, ttl=60) == "t2"

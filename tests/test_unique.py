@@ -140,7 +140,7 @@ def test_bad_unique_options_are_refused(tmp_path: Path, unique_name: str) -> Non
     with pytest.raises(vaultq.ConfigurationError, match="unique key is a non-empty string"):
         send.enqueue_sync(Invoice(1), unique_key="")
     with pytest.raises(vaultq.TaskDefinitionError, match="unique= must be a function"):
-        app.task(name="bad", unique="invoice")(lambda p: None)  # type: ignore[arg-type]
+        app.task(name="bad", unique="invoice")(lambda p: None)  # type: ignore[call-overload]
     app.close()
 
 
