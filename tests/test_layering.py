@@ -28,7 +28,6 @@ TEMPORARY_OVERSIZE_ALLOWED = {
     "vaultq/brokers/memory.py",
     "vaultq/keyring.py",
     "vaultq/brokers/sqlite.py",
-    "vaultq/brokers/redis.py",
 }
 
 FOREIGN_PRIVATE_ATTRIBUTES = {

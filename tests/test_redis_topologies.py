@@ -39,8 +39,8 @@ from vaultq.brokers.redis import QueueKeys, RedisBroker
 from vaultq.errors import BrokerUnavailable, ConfigurationError
 from vaultq.jobs import JobStatus
 
-# Replaces the imported modules mark (one mark there, a list here).
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]  # type: ignore[assignment]
+# Replaces the imported module's marks.
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 SERVICE = "vqmaster"
 PASSWORD = "m4ster-pw"
