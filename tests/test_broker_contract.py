@@ -939,9 +939,7 @@ async def test_check_limits_counts_slots_by_live_claims(broker: Broker) -> None:
     d1, _d2, _d3 = await fetch(broker)  # each job id now has a live claim
 
     async def check(job_id: str) -> float:
-        return await broker.check_limits(  # type: ignore[attr-defined, no-any-return]
-            Q, job_id, concurrency=("K", 2), rate=None, keep=60
-        )
+        return await broker.check_limits(Q, job_id, concurrency=("K", 2), rate=None, keep=60)
 
     assert await check("c1") == 0
     assert await check("c2") == 0
@@ -954,7 +952,7 @@ async def test_check_limits_counts_slots_by_live_claims(broker: Broker) -> None:
 
 async def test_check_limits_rate_reserves_turns(broker: Broker) -> None:
     async def check(job_id: str) -> float:
-        return await broker.check_limits(  # type: ignore[attr-defined, no-any-return]
+        return await broker.check_limits(  # type: ignore[attr-defined]
             Q, job_id, concurrency=None, rate=("R", 0.2), keep=60
         )
 

@@ -60,7 +60,7 @@ def test_bad_limits_are_refused_at_definition(tmp_path: Path, unique_name: str) 
     with pytest.raises(vaultq.TaskDefinitionError, match="N/s"):
         app.task(name="b", rate_limit="fast")(_noop)
     with pytest.raises(vaultq.TaskDefinitionError, match="limit_key"):
-        app.task(name="c", limit_key="user")(_noop)  # type: ignore[arg-type]
+        app.task(name="c", limit_key="user")(_noop)  # type: ignore[call-overload]
 
 
 def _noop(p: Work) -> None: ...

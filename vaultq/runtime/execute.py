@@ -12,7 +12,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +39,7 @@ from vaultq.runtime.outcomes import (
     safe_text,
     type_path,
 )
+from vaultq.runtime.slots import JobSlot, Stop
 from vaultq.runtime.threads import ThreadGuard
 
 if TYPE_CHECKING:
@@ -78,43 +78,6 @@ class _EveryTask:
 
 
 _EVERY_TASK = _EveryTask()
-
-
-class Stop:
-    """Why a running attempt's scope was cancelled from outside."""
-
-    CANCELLED = "cancelled"
-    SHUTDOWN = "shutdown"
-    LEASE_LOST = "lease_lost"
-    """The worker can no longer prove the delivery's lease: stop, and never settle."""
-
-
-@dataclass(slots=True)
-class JobSlot:
-    """A delivery in flight; the worker keeps one per running job."""
-
-    delivery: Delivery
-    scope: anyio.CancelScope | None = None
-    stop: str | None = None
-    started: float = field(default_factory=time.time)
-    task: str = ""
-    """The task name once the envelope opened (for the finished-job log line)."""
-    fence_at: float = math.inf
-    """``time.monotonic()`` after which the lease is no longer proven (see runtime/leases.py)."""
-    lost: str | None = None
-    """Why the lease is lost (set by the lease keeper's thread); such a slot never settles."""
-    settling: bool = False
-    """Its settlement is on the way to the broker: a renewal that finds the claim gone may
-    simply have raced the settle (the job finished), so it is no reason to warn."""
-    job: JobInfo | None = None
-    """What middleware may know of it, once the envelope opened (only when some
-    middleware needs it)."""
-
-    def request_stop(self, why: str) -> None:
-        if self.stop is None:
-            self.stop = why
-        if self.scope is not None:
-            self.scope.cancel()
 
 
 class AttemptTimedOut(Exception):
