@@ -168,12 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: Any) -> None:
+    from vaultq.cli_dashboard import add_dashboard_parser
     from vaultq.cli_keys import add_keys_parser
     from vaultq.cli_schedule import add_scheduler_parser
 
     add_keys_parser(sub)
     add_health_parser(sub)
     add_scheduler_parser(sub)
+    add_dashboard_parser(sub)
     try:
         from vaultq.demo import add_demo_parser
     except ImportError:  # pragma: no cover - demo lands with the quickstart
