@@ -31,7 +31,7 @@ from pathlib import Path
 import anyio
 import pytest
 from dash_app import Note, build
-from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
+from helpers import ROOT, running_worker, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
 from vaultq.brokers.base import EnqueueItem
@@ -53,7 +53,11 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 HOSTILE = "<script>window.__pwned=1</script>\"'><img src=x onerror=window.__pwned=2>\x1b[31m\x07"
-PASSWORD = {"op": "op-" + uuid.uuid4().hex, "viewer": "view-" + uuid.uuid4().hex}
+PASSWORD = {
+    "op": "op-" + uuid.uuid4().hex,
+    "viewer": "view-" + uuid.uuid4().hex,
+    "dec": "dec-" + uuid.uuid4().hex,
+}
 
 
 def free_port() -> int:
@@ -73,6 +77,7 @@ def users_file(tmp_path: Path) -> Path:
     path.write_text(
         f"op:view,operate:{hash_password(PASSWORD['op'])}\n"
         f"viewer:view:{hash_password(PASSWORD['viewer'])}\n"
+        f"dec:view,decrypt:{hash_password(PASSWORD['dec'])}\n"
     )
     path.chmod(0o600)
     return path
@@ -407,6 +412,44 @@ def test_auth_and_csrf_on_every_page_and_action(tmp_path: Path) -> None:
         forged = Client(base)
         forged.cookies["vaultq_session"] = cookie[:-2] + ("AA" if cookie[-2:] != "AA" else "BB")
         assert forged.request("GET", "")[0] == 303
+
+
+def test_decryption_is_off_by_default_and_masks_secrets_when_allowed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/vaultq.db"
+    name = "dash" + uuid.uuid4().hex[:8]
+    keys = vaultq.Keyring.generate()
+    env = make_env(url, name, keys)
+    app = build(name, broker=url, keyring=keys)
+    shown, hidden = "SHOWN-" + uuid.uuid4().hex, "HIDDEN-" + uuid.uuid4().hex
+
+    async def run() -> str:
+        handle = await app.tasks["ok"].enqueue(Note(text=shown, secret=vaultq.Secret(hidden)))
+        async with running_worker(app):
+            await handle.result(timeout=30)
+        await app.aclose()
+        return handle.id
+
+    job_id = anyio.run(run)
+    reveal = "jobs?" + urllib.parse.urlencode({"id": job_id, "reveal": "1"})
+    # Off by default: even a user holding 'decrypt' sees no value.
+    with dashboard(env, tmp_path) as base:
+        dec = Client(base)
+        dec.login("dec")
+        status, _, body = dec.request("GET", "jobs?" + urllib.parse.urlencode({"id": job_id}))
+        assert status == 200 and shown not in body and "reveal=1" not in body
+        assert dec.request("GET", reveal)[0] == 403
+    with dashboard(env, tmp_path, "--allow-decrypt") as base:
+        op = Client(base)
+        op.login("op")  # operate, but not decrypt
+        assert op.request("GET", reveal)[0] == 403
+        dec = Client(base)
+        dec.login("dec")
+        status, _, body = dec.request("GET", reveal)
+        assert status == 200 and shown in body, body
+        assert hidden not in body and "Secret(&#x27;***&#x27;)" in body
+    logs = "".join(p.read_text() for p in tmp_path.glob("dashboard-*.log"))
+    assert f"dashboard decrypt: job={job_id}" in logs and "user=dec" in logs
+    assert hidden not in logs and shown not in logs
 
 
 def test_non_loopback_bind_without_tls_is_refused(tmp_path: Path) -> None:
