@@ -203,6 +203,7 @@ def test_browser_session_in_django(workers: Workers, tmp_path: Path) -> None:
                 assert "purged" in page.locator("#outcome").inner_text()
                 page.goto(root + BASE + "jobs?id=" + ids[0])
                 assert "succeeded" in page.locator("#job").inner_text()
+                assert "reveal=1" not in page.content()  # no decrypt permission
             finally:
                 browser.close()
     finally:
@@ -210,6 +211,27 @@ def test_browser_session_in_django(workers: Workers, tmp_path: Path) -> None:
     assert len(responses) > 8
     for address, body in responses:
         assert marker.encode() not in body, f"the plaintext marker leaked in {address}"
+
+
+def test_decrypt_needs_the_setting_and_the_permission(workers: Workers) -> None:
+    from django.conf import settings
+    from django.test import override_settings
+    from vqtestapp.jobs import DashNote, dash
+
+    shown, hidden = "SHOWN-" + uuid.uuid4().hex, "HIDDEN-" + uuid.uuid4().hex
+    handle = dash.enqueue_sync(DashNote(text=shown, secret=Secret(hidden)))
+    workers.start("--queues", "dash")
+    handle.result_sync(timeout=60)
+    reveal = BASE + "jobs?id=" + handle.id + "&reveal=1"
+    dec = _client(_user("dec", perms=("view_dashboard", "decrypt_job")))
+    op = _client(_user("op", perms=("view_dashboard", "operate_dashboard")))
+    assert dec.get(reveal).status_code == 403  # the setting is off
+    with override_settings(VAULTQ={**settings.VAULTQ, "DASHBOARD_ALLOW_DECRYPT": True}):
+        assert op.get(reveal).status_code == 403  # no decrypt permission
+        reply = dec.get(reveal)
+    body = reply.content.decode()
+    assert reply.status_code == 200 and shown in body
+    assert hidden not in body and "Secret(&#x27;***&#x27;)" in body
 
 
 async def _dead_count(app: Any) -> int:

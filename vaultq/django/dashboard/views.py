@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
@@ -31,8 +30,9 @@ def _reply(r: views.Reply) -> HttpResponse:
 
 
 def _allow_decrypt() -> bool:
-    conf: dict[str, Any] = getattr(settings, "VAULTQ", None) or {}
-    return conf.get("DASHBOARD_ALLOW_DECRYPT") is True
+    from vaultq.django.conf import read_settings
+
+    return read_settings().dashboard_allow_decrypt
 
 
 # csrf_protect: enforced here even when the site runs without CsrfViewMiddleware.
