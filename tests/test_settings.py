@@ -320,6 +320,7 @@ ENVIRON_READERS = {
     "vaultq/operations.py": "$SUDO_USER names the operator in audit lines",
     "vaultq/keyring.py": "Keyring.from_env(var): the caller names the variable",
     "vaultq/cli_monitor.py": "the command line (an edge): the metrics supervisor's children",
+    "vaultq/cli_dashboard.py": "the command line (an edge): $VAULTQ_DASHBOARD_USERS",
     "vaultq/metrics.py": "$PROMETHEUS_MULTIPROC_DIR, prometheus_client's own multiprocess switch",
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"the dashboard needs the dashboard extra: pip install 'vaultq[dashboard]' ({exc})"
         ) from None
-    from vaultq.dashboard.auth import load_users
+    from vaultq.dashboard.auth import USERS_ENV, load_users
 
     host, port = args.bind
     tls = bool(args.tls_cert and args.tls_key)
     # Before loading anything: a refused bind should fail fast and say why.
     check_bind(host, tls=tls, behind_tls_proxy=args.behind_tls_proxy)
-    users = load_users(args.users)
+    users = load_users(args.users, os.environ.get(USERS_ENV))
     key = None
     if args.session_key_file:
         key = Path(args.session_key_file).read_bytes().strip()

@@ -129,8 +129,9 @@ def parse_users(text: str, *, source: str) -> dict[str, User]:
     return users
 
 
-def load_users(path: str | None) -> dict[str, User]:
-    """Users from ``path`` or, without one, from ``$VAULTQ_DASHBOARD_USERS``."""
+def load_users(path: str | None, env_text: str | None = None) -> dict[str, User]:
+    """Users from ``path`` or, without one, from ``env_text`` (the value of
+    ``$VAULTQ_DASHBOARD_USERS``, read by the command line)."""
     if path:
         file = Path(path)
         if not file.is_file():
@@ -140,7 +141,7 @@ def load_users(path: str | None) -> dict[str, User]:
                 f"{path} is readable by other users: chmod 600 it (it holds password hashes)"
             )
         return parse_users(file.read_text(encoding="utf-8"), source=path)
-    text = os.environ.get(USERS_ENV)
+    text = env_text
     if not text:
         raise ConfigurationError(
             f"the dashboard needs users: --users FILE or ${USERS_ENV} (lines "
