@@ -4,14 +4,15 @@ Every function here costs a fixed number of broker round trips whatever the numb
 jobs: per queue one ``stats`` (counters the brokers keep: Redis ``XLEN``/``XPENDING``/
 ``ZCARD``, SQLite indexed counts), the newest ``EVENT_WINDOW`` events of the bounded event
 stream, the worker heartbeats, the newest ``DEAD_LIMIT`` dead letters. Nothing scans the
-queued jobs. A job page adds ``job_info`` (documented by the brokers as an operator tool)
-for the one id asked for.
+queued jobs. A job page reads that id's result and claim, and searches its queue
+(``job_info``, an operator tool) only while the queue holds at most ``JOB_SEARCH_MAX``
+waiting entries.
 
 What it never reads into a page: payload values, result values, a principal's roles,
 permissions or attributes, exception messages (``ResultBody.error``), ``Secret`` fields.
 The job page opens a stored result with the app's keyring for its *metadata* (status,
-attempts, worker, error type, principal id) -- :func:`vaultq.operations.inspect_job`
-without ``with_result`` -- and never keeps its value. Every string is broker data that
+attempts, worker, error type, principal id), as ``vaultq job`` without ``--result``
+does, and never decodes its value. Every string is broker data that
 anyone with write access to the broker could have written: :mod:`vaultq.dashboard.html`
 escapes it.
 """
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from vaultq.brokers.base import RETRYABLE_REASONS, DeadLetter
+from vaultq.brokers.base import RETRYABLE_REASONS, Broker, DeadLetter
 from vaultq.brokers.monitor import JobEvent, monitoring
 from vaultq.envelope import JOB_ID_FORM, open_result, peek_header
 from vaultq.errors import EnvelopeError, KeyringError, VaultqError
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEAD_LIMIT",
     "EVENT_WINDOW",
+    "JOB_SEARCH_MAX",
     "Bucket",
     "DeadRow",
     "JobPage",
@@ -284,31 +286,15 @@ async def dead_rows(
 
 
 async def job_page(app: App, job_id: str, queues: Sequence[str] | None = None) -> JobPage:
-    """One job's metadata and timeline. Never a payload or result value."""
-    from vaultq.operations import inspect_job
-
+    """One job's metadata and timeline, never a payload or result value, at a bounded cost:
+    its stored result, its job-id claim, the newest dead letters, the newest events -- and
+    a search of the queue itself (``job_info``, O(queue length) on Redis) only for queues
+    of at most ``JOB_SEARCH_MAX`` waiting entries."""
     if not JOB_ID_FORM.fullmatch(job_id):
         return JobPage(job_id=job_id, found=False, note="not a job id")
     queues = list(queues or app_queues(app))
-    report = await inspect_job(app, job_id, queues, with_result=False)
-    page = JobPage(
-        job_id=job_id,
-        found=report.queue is not None,
-        queue=report.queue,
-        status=report.status,
-        state=report.state,
-        task=report.task,
-        attempts=report.attempts,
-        enqueued_at=report.enqueued_at,
-        started_at=report.started_at,
-        finished_at=report.finished_at,
-        worker=report.worker,
-        reason=report.reason,
-        error_type=report.error_type,
-        note=report.note,
-    )
-    events = await _recent_events(app, EVENT_WINDOW * 5)
-    page.timeline = [
+    events = [e for e in await _recent_events(app, EVENT_WINDOW * 5) or () if e.job_id == job_id]
+    timeline = [
         TimelineEntry(
             at=e.at,
             kind=e.kind,
@@ -317,49 +303,111 @@ async def job_page(app: App, job_id: str, queues: Sequence[str] | None = None) -
             duration=e.duration,
             worker=e.worker,
         )
-        for e in events or ()
-        if e.job_id == job_id
+        for e in events
     ]
-    if page.timeline and not page.found:
-        page.found = True
-        page.queue = next((e.queue for e in events or () if e.job_id == job_id), None)
-    if page.queue is not None:
-        await _headers(app, page)
-    return page
-
-
-async def _headers(app: App, page: JobPage) -> None:
-    """Signer, key and principal ids: from the queued envelope's header (unauthenticated,
-    said so on the page) or the stored result (opened with the app's keys for metadata)."""
-    if page.queue is None:
-        return
     broker = await app.broker()
-    info = await broker.job_info(page.queue, page.job_id)
-    if info.dead is not None:
-        page.dead_tag = info.dead.tag
-        page.retryable = info.dead.reason in RETRYABLE_REASONS and info.state == "absent"
+    notes = []
+    for queue in queues:
+        page = JobPage(job_id=job_id, found=False, queue=queue, timeline=timeline)
+        data = await broker.get_result(queue, job_id)
+        if data is not None:
+            page.found = True
+            _result_metadata(app, page, data)
+        if await broker.is_running(queue, job_id):
+            page.found, page.state, page.status = True, "running", "running"
+        letter = next(
+            (d for d in await broker.dead_letters(queue, limit=DEAD_LIMIT) if d.job_id == job_id),
+            None,
+        )
+        if letter is not None and page.state != "running":
+            page.found = True
+            page.reason = letter.reason
+            page.attempts = page.attempts or letter.attempt
+            page.finished_at = page.finished_at or letter.at or None
+            page.dead_tag = letter.tag
+            page.retryable = letter.reason in RETRYABLE_REASONS
+            if page.status == "unknown":
+                page.status = (
+                    "failed"
+                    if letter.reason in RETRYABLE_REASONS
+                    else letter.reason.partition(":")[0]
+                )
+        if not page.found or page.state == "absent":
+            await _search_queue(app, broker, page)
+        if page.found or any(e.queue == queue for e in events):
+            page.found = True
+            if page.status == "unknown" and events:
+                page.status = _status_of_event(events[-1].kind)
+                page.task = page.task or events[-1].task or None
+            return page
+        if page.note:
+            notes.append(page.note)
+    return JobPage(job_id=job_id, found=False, note="; ".join(notes) or None)
+
+
+JOB_SEARCH_MAX = 2000
+"""Waiting entries up to which a job page looks for a queued job in its queue."""
+
+
+def _status_of_event(kind: str) -> str:
+    return {
+        "enqueued": "pending",
+        "started": "running",
+        "retried": "pending",
+        "handed_back": "pending",
+        "succeeded": "succeeded",
+        "dead": "failed",
+        "cancelled": "cancelled",
+    }.get(kind, "unknown")
+
+
+async def _search_queue(app: App, broker: Broker, page: JobPage) -> None:
+    """A waiting job's place and envelope header, when its queue is short enough."""
+    queue = page.queue or ""
+    stats = await broker.stats(queue)
+    if stats.ready + stats.delayed + stats.running > JOB_SEARCH_MAX:
+        if not page.found:
+            page.note = (
+                f"queue {queue} holds more than {JOB_SEARCH_MAX} waiting jobs: waiting "
+                "jobs are not searched (use `vaultq job`); finished, running and dead jobs are "
+                "found"
+            )
+        return
+    info = await broker.job_info(queue, page.job_id)
+    if info.state == "absent":
+        return
+    page.found, page.state = True, info.state
+    page.status = "running" if info.state == "running" else "pending"
+    page.attempts = info.attempt
+    page.enqueued_at = info.enqueued_at or None
     if info.envelope:
         try:
             header = peek_header(info.envelope, max_size=app.max_envelope_size)
         except EnvelopeError:
+            page.note = "the queued entry is not a readable envelope; a worker rejects it"
             return
-        page.signer_id, page.key_id = header.signer_id, header.key_id
-        page.task = page.task or header.task
-    data = await broker.get_result(page.queue, page.job_id)
-    if data is None:
-        return
+        page.task, page.signer_id, page.key_id = header.task, header.signer_id, header.key_id
+
+
+def _result_metadata(app: App, page: JobPage, data: bytes) -> None:
+    """Status, times, worker, error type and principal id from the sealed result, opened
+    with the app's keys; its value is never decoded."""
+    queue = page.queue or ""
     try:
         body = open_result(
-            data,
-            app.keyring,
-            app=app.name,
-            job_id=page.job_id,
-            queue=page.queue,
+            data, app.keyring, app=app.name, job_id=page.job_id, queue=queue,
             max_size=app.max_envelope_size,
-        )
+        )  # fmt: skip
         header = peek_header(data, max_size=app.max_envelope_size)
-    except (EnvelopeError, KeyringError, VaultqError):
+    except (EnvelopeError, KeyringError, VaultqError) as exc:
+        page.note = f"a stored result does not open with this app's keys ({type(exc).__name__})"
         return
-    page.signer_id = page.signer_id or header.signer_id or None
-    page.key_id = page.key_id or header.key_id
+    page.status = body.status
+    page.attempts = body.attempts
+    page.started_at, page.finished_at = body.started_at, body.finished_at
+    page.worker, page.error_type = body.worker_id, body.error_type
     page.principal_id = body.principal_id
+    page.task = header.task or page.task
+    page.signer_id, page.key_id = header.signer_id or None, header.key_id
+    if body.status != "succeeded":
+        page.reason = body.error_type or body.status

@@ -271,6 +271,7 @@ def job_search_page(
                 " in this app's queues.",
                 class_="empty",
             ),
+            el("p", job.note, class_="note") if job.note else None,
         )
     fields = [
         ("job id", job.job_id),

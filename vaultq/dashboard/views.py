@@ -176,7 +176,9 @@ async def _job(
                 href=ctx.base + "jobs?" + _q(id=job_id, reveal="1"),
             ),
         )
-    poll = None if reveal is not None else "jobs?" + _q(id=job_id, partial="1")
+    # Not polled: finding a waiting job on Redis reads its queue (``job_info`` is an
+    # operator tool, O(queue length)), which is fine once per lookup, not every 2 s.
+    poll = None
     return _page(
         ctx,
         f"Job {safe_id(job_id)}",
