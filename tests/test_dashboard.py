@@ -408,6 +408,14 @@ def test_auth_and_csrf_on_every_page_and_action(tmp_path: Path) -> None:
             {"queue": "default", "confirm": "yes", "csrfmiddlewaretoken": token},
         )
         assert status == 200 and "purged" in body
+        # Signing out ends the session on the server too: a copy of its cookie is refused.
+        copied = Client(base)
+        copied.cookies["vaultq_session"] = cookie
+        assert copied.request("GET", "")[0] == 200
+        assert op.request("POST", "logout", {"csrfmiddlewaretoken": "forged"})[0] == 403
+        assert op.request("POST", "logout", {"csrfmiddlewaretoken": token})[0] == 303
+        assert "vaultq_session" not in op.cookies
+        assert copied.request("GET", "")[0] == 303
         # A forged or tampered session cookie is no session.
         forged = Client(base)
         forged.cookies["vaultq_session"] = cookie[:-2] + ("AA" if cookie[-2:] != "AA" else "BB")

@@ -161,6 +161,9 @@ class Sessions:
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key or secrets.token_bytes(32)
+        # Sessions signed out before they expire (by their CSRF token, unique per session):
+        # a copied cookie stops working at sign-out, in this process.
+        self._ended: dict[str, float] = {}
 
     def issue(self, user: str) -> tuple[str, Session]:
         session = Session(user, time.time() + _SESSION_SECONDS, secrets.token_urlsafe(24))
@@ -177,7 +180,16 @@ class Sessions:
             session = msgspec.json.decode(_unb64(body), type=Session)
         except (msgspec.DecodeError, ValueError):
             return None
-        return session if session.expires > time.time() else None
+        now = time.time()
+        if session.expires <= now or session.csrf in self._ended:
+            return None
+        return session
+
+    def end(self, session: Session) -> None:
+        """Sign ``session`` out for good (until it would have expired anyway)."""
+        now = time.time()
+        self._ended = {k: t for k, t in self._ended.items() if t > now}
+        self._ended[session.csrf] = session.expires
 
     def login_token(self, nonce: str) -> str:
         """CSRF token of the login form, bound to a pre-session cookie ``nonce``."""

@@ -148,6 +148,8 @@ def create_app(
             form.get("csrfmiddlewaretoken", ""), session.csrf
         ):
             return reply(views.Reply(403, b"CSRF check failed", "text/plain; charset=utf-8"))
+        sessions.end(session)
+        audit.warning("dashboard logout: user=%s", safe_id(session.user))
         resp: Response = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         resp.headers.update(views.security_headers())
