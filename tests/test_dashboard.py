@@ -40,7 +40,6 @@ from vaultq.dashboard import data
 from vaultq.dashboard.auth import hash_password, verify_password
 from vaultq.dashboard.html import el
 
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis), "sqlite"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -64,12 +63,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/vaultq.db"
-    return str(request.getfixturevalue("redis_clean"))
 
 
 def users_file(tmp_path: Path) -> Path:
@@ -155,12 +148,12 @@ def _playwright() -> object:
     return pytest.importorskip("playwright.sync_api")
 
 
-@pytest.mark.parametrize("kind", BROKERS)
-def test_browser_session(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.other_processes
+def test_browser_session(broker_kind: str, broker_url: str, tmp_path: Path) -> None:
     sync_api = _playwright()
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/test.sh does)")
-    url = _url(kind, tmp_path, request)
+    kind, url = broker_kind, broker_url
     name = "dash" + uuid.uuid4().hex[:8]
     keys = vaultq.Keyring.generate()
     env = make_env(url, name, keys)
@@ -494,11 +487,9 @@ def test_html_escapes_every_string() -> None:
 # -- speed -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", BROKERS)
-def test_overview_with_100000_queued_jobs(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    url = _url(kind, tmp_path, request)
+@pytest.mark.broker_kinds("sqlite", "redis")
+def test_overview_with_100000_queued_jobs(broker_kind: str, broker_url: str) -> None:
+    kind, url = broker_kind, broker_url
     app = build("dashspeed" + uuid.uuid4().hex[:6], broker=url, keyring=vaultq.Keyring.generate())
 
     job_times: list[float] = []
