@@ -538,3 +538,30 @@ def test_overview_page_counts_without_scanning(tmp_path: Path) -> None:
 
     view = anyio.run(go)
     assert [(q.queue, q.ready) for q in view.queues] == [("default", 1)]
+
+
+def test_schedules_page_shows_each_schedule_with_its_ticks(tmp_path: Path) -> None:
+    from vaultq.dashboard import pages
+
+    app = build("dashsched", broker=f"sqlite:///{tmp_path}/v.db", keyring=vaultq.Keyring.generate())
+    app.schedule(
+        app.tasks["nap"],
+        every=3600,
+        payload=Note(text="tick", secret=vaultq.Secret("s")),
+        name="hourly-nap",
+    )
+
+    async def go() -> list[data.ScheduleRow]:
+        try:
+            return await data.schedule_rows(app)
+        finally:
+            await app.aclose()
+
+    rows = anyio.run(go)
+    assert [(r.name, r.task, r.queue, r.last) for r in rows] == [
+        ("hourly-nap", "nap", "default", None)
+    ]
+    assert rows[0].next is not None and rows[0].next > time.time()
+    ctx = pages.Context(base="/", user="u", can_operate=False)
+    html = pages.schedules_page(ctx, rows)
+    assert "<td>hourly-nap</td>" in html and f"<td>{rows[0].shape}</td>" in html

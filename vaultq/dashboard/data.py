@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from vaultq.brokers.base import RETRYABLE_REASONS, Broker, DeadLetter
+from vaultq.brokers.base import (
+    RETRYABLE_REASONS,
+    Broker,
+    DeadLetter,
+    ScheduleMark,
+    TickStore,
+)
 from vaultq.brokers.monitor import JobEvent, monitoring
 from vaultq.envelope import JOB_ID_FORM, open_result, peek_header
 from vaultq.errors import EnvelopeError, KeyringError, VaultqError
@@ -44,12 +50,14 @@ __all__ = [
     "Overview",
     "QueueRow",
     "ReasonCount",
+    "ScheduleRow",
     "TimelineEntry",
     "WorkerRow",
     "app_queues",
     "dead_rows",
     "job_page",
     "overview",
+    "schedule_rows",
     "worker_rows",
 ]
 
@@ -143,6 +151,17 @@ class JobPage(msgspec.Struct, kw_only=True):
     timeline: list[TimelineEntry] = []
 
 
+class ScheduleRow(msgspec.Struct, frozen=True):
+    name: str
+    task: str
+    queue: str
+    shape: str
+    last: float | None
+    """The newest tick claimed or passed over (None: never ran)."""
+    last_fired: float | None
+    next: float | None
+
+
 class DeadRow(msgspec.Struct, frozen=True):
     queue: str
     job_id: str
@@ -163,6 +182,34 @@ def app_queues(app: App) -> list[str]:
     if callable(extra):
         found |= set(extra())
     return sorted(found, key=lambda q: (q != app.default_queue, q))
+
+
+async def schedule_rows(app: App) -> list[ScheduleRow]:
+    """The app's schedules with their last and next tick (one read of marks per queue)."""
+    schedules = list(app.schedules.values())
+    broker = await app.broker()
+    if not schedules or not isinstance(broker, TickStore):
+        return []
+    now = app.clock.now()
+    marks: dict[str, dict[str, ScheduleMark]] = {}
+    rows = []
+    for s in schedules:
+        if s.queue not in marks:
+            marks[s.queue] = {m.name: m for m in await broker.schedule_marks(s.queue)}
+        mark = marks[s.queue].get(s.name)
+        last = None if mark is None else mark.mark
+        rows.append(
+            ScheduleRow(
+                name=s.name,
+                task=s.task.name,
+                queue=s.queue,
+                shape=s.describe(),
+                last=last,
+                last_fired=None if mark is None else mark.fired,
+                next=s.next_after(max(now, last or now)),
+            )
+        )
+    return rows
 
 
 async def worker_rows(app: App) -> list[WorkerRow] | None:

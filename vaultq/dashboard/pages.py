@@ -22,6 +22,7 @@ from vaultq.dashboard.data import (
     DeadRow,
     JobPage,
     Overview,
+    ScheduleRow,
     WorkerRow,
 )
 from vaultq.dashboard.html import Markup, el, join
@@ -227,21 +228,13 @@ def workers_page(ctx: Context, rows: Sequence[WorkerRow] | None) -> Markup:
     return _workers_table(rows)
 
 
-def schedules_page(ctx: Context, rows: Sequence[object]) -> Markup:
+def schedules_page(ctx: Context, rows: Sequence[ScheduleRow]) -> Markup:
     if not rows:
         return el("p", "This app has no schedules.", class_="empty")
     return _table(
         ["schedule", "task", "queue", "shape", "last tick", "last fired", "next tick"],
         [
-            (
-                getattr(r, "name", ""),
-                getattr(r, "task", ""),
-                getattr(r, "queue", ""),
-                getattr(r, "shape", ""),
-                getattr(r, "last", None) or "-",
-                getattr(r, "last_fired", None) or "-",
-                getattr(r, "next", None) or "-",
-            )
+            (r.name, r.task, r.queue, r.shape, _when(r.last), _when(r.last_fired), _when(r.next))
             for r in rows
         ],
         id="schedules",

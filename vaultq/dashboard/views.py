@@ -133,9 +133,7 @@ async def handle(
                 ctx, "Workers", pages.workers_page(ctx, rows), partial, "workers?partial=1"
             )
         if path == "schedules":
-            from vaultq.cli_schedule import schedule_rows
-
-            rows2 = await schedule_rows(app)
+            rows2 = await data.schedule_rows(app)
             return _page(
                 ctx, "Schedules", pages.schedules_page(ctx, rows2), partial, "schedules?partial=1"
             )
