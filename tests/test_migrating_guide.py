@@ -138,7 +138,7 @@ def _flags(*command: str) -> set[str]:
 
 
 def test_every_flag_on_the_vaultq_side_exists() -> None:
-    known = _flags("worker") | _flags("check") | _flags("events")
+    known = _flags("worker") | _flags("check") | _flags("events") | _flags("dashboard")
     used = {
         flag
         for cell in vaultq_cells()
