@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -471,13 +472,104 @@ async def _write_with_retry(
     if unique_ttl is None:
         # Safe to send again: the broker skips a job whose same sealed bytes it already
         # took (a write that landed although its reply was lost).
+        coalescer = _coalescer(broker)
+
         async def write() -> bool:
-            await broker.enqueue(items)
+            await coalescer.enqueue(items)
             return True
 
         return await _retrying(app, write)
     # Idempotent too: the same envelope written again reports success.
     return await _retrying(app, lambda: broker.enqueue_unique(items[0], ttl=unique_ttl))
+
+
+class _Batch:
+    __slots__ = ("done", "failed", "items")
+
+    def __init__(self) -> None:
+        self.items: list[EnqueueItem] = []
+        self.done = anyio.Event()
+        self.failed = False
+
+
+class _Coalescer:
+    """Group commit for concurrent ``enqueue`` calls on one broker connection.
+
+    A write starts at once when none is in flight (a lone caller waits for nothing);
+    calls made while one is in flight join the next batch, which goes out as one
+    ``broker.enqueue`` (one pipeline) as soon as the in-flight write returns. When a
+    batch write fails, every caller in it writes its own jobs again alone, so each sees
+    its own outcome and error (and ``_retrying`` its own retries); writing the same
+    sealed bytes twice is a no-op in every broker, so a batch that landed although its
+    reply was lost creates no second job."""
+
+    __slots__ = ("broker", "busy", "free", "next")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.busy = False
+        self.next: _Batch | None = None
+        self.free = anyio.Event()
+
+    async def enqueue(self, items: list[EnqueueItem]) -> None:
+        if not self.busy:
+            self.busy = True
+            try:
+                await self.broker.enqueue(items)
+            finally:
+                self._release()
+            return
+        batch = self.next
+        if batch is not None:
+            batch.items.extend(items)
+            await batch.done.wait()
+            if batch.failed:
+                await self.broker.enqueue(items)
+            return
+        batch = self.next = _Batch()
+        batch.items.extend(items)
+        try:
+            await self.free.wait()  # _release hands the connection to this batch
+        except BaseException:
+            # Cancelled before its turn: the others write alone; a turn that was handed
+            # over already is passed on.
+            batch.failed = True
+            batch.done.set()
+            if self.next is batch:
+                self.next = None
+            else:
+                self._release()
+            raise
+        try:
+            await self.broker.enqueue(batch.items)
+        except BaseException:
+            batch.failed = True
+            raise
+        finally:
+            batch.done.set()
+            self._release()
+
+    def _release(self) -> None:
+        if self.next is not None:
+            # Handed straight to the waiting batch (busy stays set), so a new lone call
+            # cannot overtake jobs that were enqueued before it.
+            self.next = None
+            free, self.free = self.free, anyio.Event()
+            free.set()
+        else:
+            self.busy = False
+
+
+_COALESCERS: weakref.WeakKeyDictionary[Broker, _Coalescer] = weakref.WeakKeyDictionary()
+
+
+def _coalescer(broker: Broker) -> _Coalescer:
+    # Per broker object: App.broker() gives each event loop its own, so a coalescer's
+    # events never cross loops.
+    found = _COALESCERS.get(broker)
+    if found is None:
+        found = _COALESCERS[broker] = _Coalescer(broker)
+    return found
 
 
 async def _retrying(app: App, write: Callable[[], Awaitable[T]]) -> T:
