@@ -70,6 +70,7 @@ WORKER_DEFAULTS = {
     "metrics_port": None,
     "metrics_address": "127.0.0.1",
     "events": False,
+    "loop": "asyncio",
 }
 
 
@@ -203,6 +204,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "metrics_port": ("9108", 9108),
     "metrics_address": ("0.0.0.0", "0.0.0.0"),
     "events": ("", True),  # a switch: the flag alone
+    "loop": ("uvloop", "uvloop"),
 }
 
 
