@@ -48,3 +48,21 @@ def test_an_unknown_loop_is_a_usage_error() -> None:
     )
     assert out.returncode == 2
     assert "--loop" in out.stderr
+
+
+def test_loop_uvloop_without_uvloop_says_what_to_install(tmp_path: Path) -> None:
+    # uvloop hidden from this one process (a None entry in sys.modules fails its import)
+    code = (
+        "import sys; sys.modules['uvloop'] = None; sys.argv[0] = 'vaultq'; "
+        "from vaultq.cli import main; sys.exit(main())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "worker", "loop_app", "--loop", "uvloop", "--processes", "2"],
+        env=worker_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "vaultq[fast]" in out.stderr

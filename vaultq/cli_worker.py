@@ -74,6 +74,7 @@ def serve(settings: WorkerSettings) -> int:
             "for the app configured in settings.VAULTQ)"
         )
     settings = msgspec.structs.replace(settings, app=spec)
+    loop_options(settings.loop)  # a missing uvloop stops here, not in every child
     if settings.processes > 1:
         return _supervise(settings)
     return _serve_one(settings)
