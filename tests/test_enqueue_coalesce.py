@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 import redis
-from helpers import make_app
+from support.workers import make_app
 
 import vaultq
 from vaultq.testing import run_pending

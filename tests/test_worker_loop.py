@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import worker_env, worker_processes
+from support.workers import worker_env, worker_processes
 
 import vaultq
 
