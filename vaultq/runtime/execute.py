@@ -27,7 +27,7 @@ import msgspec
 
 from vaultq.brokers.base import Ack, Bury, Delivery, Drop, Release, Retry, Settlement
 from vaultq.cancellation import issued
-from vaultq.envelope import Header, OpenedJob, ResultBody, seal_result, tag_version
+from vaultq.envelope import FlowStep, Header, OpenedJob, ResultBody, seal_result, tag_version
 from vaultq.errors import (
     DecryptionFailed,
     EnvelopeError,
@@ -38,11 +38,13 @@ from vaultq.errors import (
     UnknownKey,
     UnknownTask,
     VaultqError,
+    WorkflowRefused,
 )
 from vaultq.jobs import JobContext, JobStatus, _reset_current, _set_current
 from vaultq.logs import TRACEBACKS_LOGGER, render_traceback
 from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, _safe_id, evaluate
+from vaultq.runtime import continuations
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -543,8 +545,27 @@ class Executor:
         if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
             return self._finish(delivery, opened, JobStatus.EXPIRED, task=task, started=None)
 
+        raw = bytes(body.payload)
+        flow = body.meta.flow
+        if flow is not None and flow.step > 0:
+            # A workflow step's payload is the previous step's sealed result.
+            fed = await continuations.feed(self.app, opened, flow)
+            if isinstance(fed, continuations.Waiting):
+                return Release(delivery=delivery, not_before=self.app.clock.now() + 1.0)
+            if isinstance(fed, continuations.Upstream):
+                return self._finish(
+                    delivery,
+                    opened,
+                    JobStatus.CANCELLED,
+                    task=task,
+                    started=None,
+                    error_type="vaultq.WorkflowRefused",
+                    error=fed.reason,
+                    reason="cancelled",
+                )
+            raw = fed.payload
         try:
-            payload = task.payload_codec.decode(bytes(body.payload))
+            payload = task.payload_codec.decode(raw)
         except PayloadError as exc:
             return self._reject(delivery, exc)
 
@@ -590,7 +611,28 @@ class Executor:
             if wait > 0:
                 return Release(delivery=delivery, not_before=self.app.clock.now() + wait)
 
-        return await self._attempt(slot, task, opened, payload)
+        settlement = await self._attempt(slot, task, opened, payload)
+        if flow is not None and flow.next is not None and isinstance(settlement, Ack):
+            return await self._forward(settlement, opened, flow)
+        return settlement
+
+    async def _forward(self, settlement: Ack, opened: OpenedJob, flow: FlowStep) -> Settlement:
+        """Enqueue the workflow's next step before this one settles (see
+        vaultq.runtime.continuations): a crash in between re-runs this step, and the
+        second write of the same job id is a no-op."""
+        try:
+            await continuations.forward(self.app, opened, flow)
+        except WorkflowRefused:
+            return settlement  # audited; the step itself did succeed
+        except Exception:
+            log.exception(
+                "workflow %s: could not enqueue step %d; step %d runs again",
+                flow.workflow,
+                flow.step + 1,
+                flow.step,
+            )
+            return Release(delivery=settlement.delivery, not_before=self.app.clock.now() + 5.0)
+        return settlement
 
     def describe(self, delivery: Delivery, opened: OpenedJob, task: Task[Any, Any]) -> JobInfo:
         """The safe fields of an opened job, for middleware (never payload or result)."""
