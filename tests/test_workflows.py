@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from flow_app import Order, Priced, Text, build
+from helpers import ROOT, start_worker_process, worker_env
 
 import vaultq
 from vaultq.envelope import FlowStep, JobMeta, open_job, seal_job
@@ -22,9 +24,6 @@ from vaultq.policy import AUDIT_LOGGER
 from vaultq.runtime import continuations
 from vaultq.testing import TestWorker
 from vaultq.workflows import WorkflowFailed
-
-from flow_app import Order, Priced, Text, build
-from helpers import ROOT, start_worker_process, worker_env
 
 pytestmark = pytest.mark.anyio
 
