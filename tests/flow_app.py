@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import anyio
 import msgspec
 
 import vaultq
@@ -43,6 +44,8 @@ def build(app: vaultq.App) -> Tasks:
 
     @app.task(name="price")
     async def price(p: Order) -> Priced:
+        # FLOW_SLEEP: the crash test's window for a kill -9 in the middle of a chain.
+        await anyio.sleep(float(os.environ.get("FLOW_SLEEP", "0")))
         return Priced(p.sku, p.qty * 250)
 
     @app.task(name="receipt")

@@ -6,6 +6,8 @@ SQLite (``docs/workflows.md``)."""
 from __future__ import annotations
 
 import logging
+import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from flow_app import Order, Priced, Text, build
-from helpers import ROOT, start_worker_process, worker_env
+from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
 from vaultq.envelope import FlowStep, JobMeta, open_job, seal_job
@@ -293,6 +295,53 @@ def test_a_chain_runs_on_real_worker_processes(
             with pytest.raises(WorkflowFailed) as caught:
                 denied.result_sync(timeout=60)
             assert (caught.value.step, caught.value.status) == (2, "denied")
+        finally:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(timeout=30)
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+@pytest.mark.other_processes
+def test_kill_9_workers_mid_chain_loses_no_step_and_every_chain_finishes(
+    broker_url: str, unique_name: str
+) -> None:
+    """Workers killed with SIGKILL at random while 20 chains run (a step may die after
+    writing the next step and before settling): every chain ends with its right result,
+    each step job id holds one outcome, and no step is left behind."""
+    keys = vaultq.Keyring.generate(signing="ed25519")
+    env = worker_env(
+        {
+            "VAULTQ_BROKER": broker_url,
+            "VAULTQ_KEYS": keys.public().to_json(),
+            "FLOW_APP": unique_name,
+            "FLOW_SLEEP": "0.3",
+        }
+    )
+    app = vaultq.App(unique_name, broker=broker_url, keyring=keys)
+    t = build(app)
+    rng = random.Random(16)  # noqa: S311  # nosec B311 -- a test's fault schedule
+    try:
+        handles = [
+            t.parse.s(Text(f"s{i}:{i + 1}")).then(t.price).then(t.receipt).enqueue_sync()
+            for i in range(20)
+        ]
+        workers = [start_worker_process("flow_app", env, "--lease", "2") for _ in range(3)]
+        try:
+            wait_until_serving(workers)
+            for _ in range(8):
+                time.sleep(rng.uniform(0.2, 0.8))
+                victim = rng.randrange(len(workers))
+                workers[victim].send_signal(signal.SIGKILL)
+                workers[victim].wait()
+                workers[victim] = start_worker_process("flow_app", env, "--lease", "2")
+            for i, handle in enumerate(handles):
+                assert handle.result_sync(timeout=120) == f"s{i}={(i + 1) * 250}"
+                steps = handle.steps_sync()
+                assert [s.status for s in steps] == [JobStatus.SUCCEEDED] * 3
         finally:
             for w in workers:
                 w.terminate()
