@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from flow_app import Order, Priced, Text, build
-from helpers import ROOT, start_worker_process, wait_until_serving, worker_env
+from support.workers import ROOT, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
 from vaultq.envelope import FlowStep, JobMeta, open_job, seal_job
