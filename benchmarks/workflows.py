@@ -27,7 +27,7 @@ from flow_app import Order, Priced, Text, build
 
 
 async def _measure(url: str, n: int, concurrency: int = 16) -> tuple[float, float, int]:
-    app = vaultq.App("bench-flow", broker=url)
+    app = vaultq.App("bench-flow", broker=url, keyring=vaultq.Keyring.generate())
     t = build(app)
     worker = TestWorker(app, concurrency=concurrency)
     try:
