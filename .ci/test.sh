@@ -42,6 +42,18 @@ if ! command -v node >/dev/null 2>&1 && ! command -v nodejs >/dev/null 2>&1; the
   fi
 fi
 
+# tests/test_dashboard.py drives the system's Chromium (Playwright pointed at
+# /usr/bin/chromium; no browser is ever downloaded by the tests).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (Debian package) for the dashboard's browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "chromium is not installed at /usr/bin/chromium: install it (e.g. 'sudo apt-get install chromium chromium-driver')" >&2
+    exit 2
+  fi
+fi
+
 # install_locked VENV: the locked tree with hashes, then vaultq itself (editable, no deps,
 # built by the locked setuptools so nothing unpinned is downloaded).
 # quiet CMD...: run CMD; show its output (less pip's notes on absent local index folders)

@@ -368,12 +368,20 @@ def main() -> None:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="vaultq's event loop"
+    )
     parser.add_argument("--drain", help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drain:
         elapsed, cpu = anyio.run(
-            drain_in_this_process, args.drain, os.environ["BENCH_KEYS"], args.n, args.concurrency
+            drain_in_this_process,
+            args.drain,
+            os.environ["BENCH_KEYS"],
+            args.n,
+            args.concurrency,
+            backend_options={"use_uvloop": args.loop == "uvloop"},
         )
         print(elapsed, cpu)
         return

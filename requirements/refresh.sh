@@ -36,6 +36,6 @@ compile requirements/dev.txt \
   "vaultq[dev] + build backend: .ci/test.sh (both legs), day-to-day development" \
   pyproject.toml requirements/build.in --extra dev "$@"
 compile requirements/runtime.txt \
-  "vaultq's runtime dependencies + build backend: the Dockerfile, production installs" \
-  pyproject.toml requirements/build.in "$@"
+  "vaultq[fast]'s runtime dependencies + build backend: the Dockerfile, production installs" \
+  pyproject.toml requirements/build.in --extra fast "$@"
 echo "refreshed requirements/dev.txt and requirements/runtime.txt"

@@ -46,7 +46,8 @@ def requirements(extra: str | None) -> list[Requirement]:
 
 
 @pytest.mark.parametrize(
-    ("lock", "extras"), [("runtime.txt", [None]), ("dev.txt", [None, "django", "dev"])]
+    ("lock", "extras"),
+    [("runtime.txt", [None, "fast"]), ("dev.txt", [None, "django", "dev", "fast"])],
 )
 def test_each_lock_pins_every_declared_dependency_inside_its_range(
     lock: str, extras: list[str | None]

@@ -138,7 +138,7 @@ def _flags(*command: str) -> set[str]:
 
 
 def test_every_flag_on_the_vaultq_side_exists() -> None:
-    known = _flags("worker") | _flags("check") | _flags("events")
+    known = _flags("worker") | _flags("check") | _flags("events") | _flags("dashboard")
     used = {
         flag
         for cell in vaultq_cells()
@@ -198,3 +198,18 @@ def test_links_point_to_files() -> None:
         if not (GUIDE.parent / target.split("#", 1)[0]).exists():
             missing.append(target)
     assert not missing, f"links to missing files: {missing}"
+
+
+def test_class_names_on_the_vaultq_side_exist() -> None:
+    """``JobFailed``, ``JobTimedOut``... written without ``vaultq.`` are vaultq's names
+    (or classes the guide's own code defines)."""
+    defined = set(re.findall(r"^class (\w+)", "\n".join(src for _, src in blocks()), re.M))
+    names = {
+        name
+        for cell in vaultq_cells()
+        for span in _CODE.findall(cell)
+        for name in re.findall(r"(?<![\w.])([A-Z][a-z]+[A-Z]\w*)", span)
+    }
+    assert "JobFailed" in names
+    missing = sorted(n for n in names - defined if not hasattr(vaultq, n))
+    assert not missing, f"names that vaultq does not export: {missing}"

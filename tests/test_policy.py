@@ -368,6 +368,41 @@ async def test_policys_own_timeout_error_is_an_error_not_a_timeout() -> None:
     assert (await decide(db_timeout)).reason == "error"
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt, "cancelled"])
+async def test_a_base_exception_from_policy_code_denies(kind: str, raised: Any) -> None:
+    # Sync policies run outside a cancel scope (evaluate's fast path), async ones inside
+    # one: either way a BaseException the policy raises itself, a CancelledError
+    # included, denies (fail closed) and does not escape into the worker.
+    exc_class = anyio.get_cancelled_exc_class() if raised == "cancelled" else raised
+
+    def sync(req: PolicyRequest) -> bool:
+        raise exc_class()
+
+    async def async_(req: PolicyRequest) -> bool:
+        raise exc_class()
+
+    decision = await decide(sync if kind == "sync" else async_)
+    assert (decision.allowed, decision.reason) == (False, "error")
+
+
+async def test_a_cancellation_from_outside_passes_through_a_sync_policy() -> None:
+    # The worker being torn down while a sync policy runs: not a denial, a cancellation.
+    seen: list[str] = []
+
+    def cancelling(req: PolicyRequest) -> bool:
+        scope.cancel()  # a cancel of the task around us, issued while the policy runs
+        seen.append("ran")
+        return True
+
+    with anyio.CancelScope() as scope:
+        await decide(cancelling)
+        await anyio.sleep(0)  # the cancellation lands at the next checkpoint
+        seen.append("not reached")
+    assert seen == ["ran"]
+    assert scope.cancelled_caught
+
+
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 async def test_timeout_must_be_positive(timeout: float) -> None:
     with pytest.raises(ConfigurationError):

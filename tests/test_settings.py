@@ -70,6 +70,7 @@ WORKER_DEFAULTS = {
     "metrics_port": None,
     "metrics_address": "127.0.0.1",
     "events": False,
+    "loop": "asyncio",
 }
 
 
@@ -203,6 +204,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "metrics_port": ("9108", 9108),
     "metrics_address": ("0.0.0.0", "0.0.0.0"),
     "events": ("", True),  # a switch: the flag alone
+    "loop": ("uvloop", "uvloop"),
 }
 
 
@@ -320,6 +322,7 @@ ENVIRON_READERS = {
     "vaultq/operations.py": "$SUDO_USER names the operator in audit lines",
     "vaultq/keyring.py": "Keyring.from_env(var): the caller names the variable",
     "vaultq/cli_monitor.py": "the command line (an edge): the metrics supervisor's children",
+    "vaultq/cli_dashboard.py": "the command line (an edge): $VAULTQ_DASHBOARD_USERS",
     "vaultq/metrics.py": "$PROMETHEUS_MULTIPROC_DIR, prometheus_client's own multiprocess switch",
 }
 

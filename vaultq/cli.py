@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: Any) -> None:
+    from vaultq.cli_dashboard import add_dashboard_parser
     from vaultq.cli_keys import add_keys_parser
     from vaultq.cli_schedule import add_scheduler_parser
     from vaultq.demo import add_demo_parser
@@ -174,6 +175,7 @@ def _add_optional_commands(sub: Any) -> None:
     add_keys_parser(sub)
     add_health_parser(sub)
     add_scheduler_parser(sub)
+    add_dashboard_parser(sub)
     add_demo_parser(sub)
 
 

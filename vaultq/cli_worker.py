@@ -25,7 +25,14 @@ from vaultq.errors import ConfigurationError, VaultqError
 from vaultq.logs import setup_logging
 from vaultq.settings import WorkerSettings, add_worker_flags, environment, settings_from_flags
 
-__all__ = ["add_worker_parser", "child_main", "cmd_worker", "run_worker", "serve"]
+__all__ = [
+    "add_worker_parser",
+    "child_main",
+    "cmd_worker",
+    "loop_options",
+    "run_worker",
+    "serve",
+]
 
 log = logging.getLogger("vaultq")
 
@@ -67,6 +74,7 @@ def serve(settings: WorkerSettings) -> int:
             "for the app configured in settings.VAULTQ)"
         )
     settings = msgspec.structs.replace(settings, app=spec)
+    loop_options(settings.loop)  # a missing uvloop stops here, not in every child
     if settings.processes > 1:
         return _supervise(settings)
     return _serve_one(settings)
@@ -92,7 +100,23 @@ def _supervise(settings: WorkerSettings) -> int:
         return supervise(settings, entry=[sys.executable, *CHILD_ENTRY])
 
 
+def loop_options(loop: str) -> dict[str, Any]:
+    """anyio's asyncio backend options for ``--loop``; ConfigurationError when uvloop is
+    asked for and not installed."""
+    if loop != "uvloop":
+        return {}
+    try:
+        import uvloop  # noqa: F401 - only whether it is installed
+    except ImportError:
+        raise ConfigurationError(
+            "--loop uvloop needs the uvloop package: pip install 'vaultq[fast]' (or leave "
+            "--loop out for asyncio's own loop)"
+        ) from None
+    return {"use_uvloop": True}
+
+
 def _serve_one(settings: WorkerSettings) -> int:
+    backend = loop_options(settings.loop)  # first: a missing uvloop is a usage error
     from vaultq.runtime.health import prepare
     from vaultq.runtime.worker import Worker
 
@@ -142,7 +166,7 @@ def _serve_one(settings: WorkerSettings) -> int:
             await worker.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(run)
+    anyio.run(run, backend_options=backend)
     # A worker that could no longer serve exits non-zero so its supervisor restarts it.
     if worker.failed:
         log.error("worker %s could not serve any more: exit status 1 (restart it)", worker.name)

@@ -13,22 +13,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import random
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import anyio
 import msgspec
 
 from vaultq.brokers.base import Broker, EnqueueItem, UniqueKeys
 from vaultq.clock import describe_offset
+from vaultq.enqueue_writes import retrying, write_with_retry
 from vaultq.envelope import JOB_ID_FORM, JobMeta, new_job_id, seal_job
 from vaultq.errors import (
     AuthorizationDenied,
     BrokerError,
-    BrokerUnavailable,
     ConfigurationError,
     DuplicateJob,
     PayloadError,
@@ -65,9 +62,6 @@ job's handle (default) or raise ``DuplicateJob``."""
 
 MAX_DEFER = 100 * 365 * 86400.0
 """The furthest ahead a job may be scheduled (seconds, ~100 years)."""
-
-_RETRY_FIRST_PAUSE = 0.05
-_RETRY_MAX_PAUSE = 0.5
 
 
 def check_call(
@@ -388,7 +382,7 @@ async def _seal_and_send(
             for job_id in ids
         ]
     if job_ids is None:
-        await _write_with_retry(app, broker, items)
+        await write_with_retry(app, broker, items)
     else:
         # A custom id may already exist: "enqueue unless it exists" is one atomic
         # broker step, so a duplicate never becomes a doomed second job (which the
@@ -396,7 +390,7 @@ async def _seal_and_send(
         # A retried write of the same envelope (the first reply was lost) is a no-op.
         reserve = task.options.expires + app.clock_skew + max(0.0, start - now)
         for item in items:
-            written = await _write_with_retry(app, broker, [item], unique_ttl=reserve)
+            written = await write_with_retry(app, broker, [item], unique_ttl=reserve)
             if not written:
                 raise DuplicateJob(
                     f"job id {item.job_id!r} is already queued, running or recently "
@@ -425,7 +419,7 @@ async def _write_keyed(
     """Write ``item`` under its unique key (or, without one, unless its id exists); the
     id of the job that holds the key afterwards."""
     if key is None:
-        written = await _write_with_retry(app, broker, [item], unique_ttl=reserve)
+        written = await write_with_retry(app, broker, [item], unique_ttl=reserve)
         holder = item.job_id if written else ""
     else:
         if not isinstance(broker, UniqueKeys):
@@ -437,7 +431,7 @@ async def _write_keyed(
         digest = unique_digest(task.name, key)
         key_ttl = reserve if unique.unique_for is None else unique.unique_for
         # Idempotent: the same envelope written again (a lost reply) returns its own id.
-        holder = await _retrying(
+        holder = await retrying(
             app, lambda: store.enqueue_keyed(item, key=digest, key_ttl=key_ttl, ttl=reserve)
         )
     if holder == "":
@@ -460,55 +454,6 @@ async def _write_keyed(
     if watch is not None:
         watch.sent_one()
     return holder
-
-
-async def _write_with_retry(
-    app: App, broker: Broker, items: list[EnqueueItem], *, unique_ttl: float | None = None
-) -> bool:
-    """``broker.enqueue`` that rides out a blip (see :func:`_retrying`). With
-    ``unique_ttl``, ``broker.enqueue_unique`` of the one item instead: False when its id
-    exists."""
-    if unique_ttl is None:
-        # Safe to send again: the broker skips a job whose same sealed bytes it already
-        # took (a write that landed although its reply was lost).
-        async def write() -> bool:
-            await broker.enqueue(items)
-            return True
-
-        return await _retrying(app, write)
-    # Idempotent too: the same envelope written again reports success.
-    return await _retrying(app, lambda: broker.enqueue_unique(items[0], ttl=unique_ttl))
-
-
-async def _retrying(app: App, write: Callable[[], Awaitable[T]]) -> T:
-    """``write()``, retried on ``BrokerUnavailable`` with full-jitter backoff until
-    ``app.enqueue_retry`` seconds have passed, then the error is raised."""
-    deadline = time.monotonic() + app.enqueue_retry
-    pause = _RETRY_FIRST_PAUSE
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            written = await write()
-        except BrokerUnavailable as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if tries > 1:
-                    raise BrokerUnavailable(
-                        f"{exc} (gave up after {tries} tries in {app.enqueue_retry:g} s; "
-                        "raise App(enqueue_retry=...) to wait longer)"
-                    ) from exc
-                raise
-            # Jitter spreads producers that all lost the broker at once; it protects
-            # nothing, so a plain PRNG is right here.
-            wait = min(left, random.uniform(pause / 2, pause))  # nosec B311
-            log.info("enqueue: broker unavailable (%s); retrying in %.2f s", exc, wait)
-            await anyio.sleep(wait)
-            pause = min(pause * 2, _RETRY_MAX_PAUSE)
-            continue
-        if tries > 1:
-            log.info("enqueue succeeded after %d tries", tries)
-        return written
 
 
 async def _check_clock(app: App, broker: Broker) -> None:

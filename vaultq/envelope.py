@@ -59,6 +59,7 @@ __all__ = [
     "MAGIC",
     "MAGIC_V2",
     "RESULT_DOMAIN",
+    "FlowStep",
     "Header",
     "JobBody",
     "JobMeta",
@@ -111,6 +112,25 @@ class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields
     signer_id: str
 
 
+class FlowStep(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A workflow step's place in its producer-signed plan (``docs/workflows.md``).
+
+    Sealed inside the step's own envelope, so the producer's signature covers it: a
+    worker cannot change which step comes next, its task or its principal."""
+
+    workflow: str
+    """The workflow id; step ``i``'s job id is ``f"{workflow}.{i}"``."""
+    step: Annotated[int, msgspec.Meta(ge=0, le=1023)]
+    steps: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+    input_task: str | None = None
+    """Task of the step whose SUCCEEDED result is this step's payload (None: the first
+    step, whose payload is sealed here)."""
+    input_queue: str | None = None
+    next: bytes | None = None
+    """The next step's complete envelope, sealed and signed by the producer: the only
+    job a worker finishing this step may enqueue."""
+
+
 class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     parent_id: str | None = None
     """A wire slot of the envelope format (docs/envelope.md) that vaultq neither fills nor
@@ -120,6 +140,8 @@ class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
     # Checked on decode: a zero or negative deadline is no deadline a producer meant.
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
     """Per-enqueue attempt timeout override (seconds), capped by the task's max_timeout."""
+    flow: FlowStep | None = None
+    """Set on the steps of a workflow (``vaultq.workflows``)."""
 
 
 class JobBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

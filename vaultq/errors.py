@@ -84,6 +84,7 @@ __all__ = [
     "UnsupportedVersion",
     "UntrustedSigner",
     "VaultqError",
+    "WorkflowRefused",
     "WrongDestination",
 ]
 
@@ -134,6 +135,12 @@ class AuthorizationDenied(VaultqError):
         super().__init__(message)
         self.task = task
         self.policy = policy
+
+
+class WorkflowRefused(AuthorizationDenied):
+    """A worker refused to move a workflow forward: the continuation it was asked to
+    enqueue is not the step the producer-signed plan names (another task, job id,
+    workflow or principal). Audited; nothing was enqueued (``docs/workflows.md``)."""
 
 
 class EnvelopeError(VaultqError):

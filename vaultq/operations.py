@@ -68,9 +68,12 @@ def operator() -> str:
     return f"{name} (sudo from {via})" if via and via != name else name
 
 
-def audit_operator(action: str, *, queue: str, job_id: str = "-", **fields: object) -> None:
-    """One audit line for an operator's change to the queue."""
-    user = operator()
+def audit_operator(
+    action: str, *, queue: str, job_id: str = "-", user: str | None = None, **fields: object
+) -> None:
+    """One audit line for an operator's change to the queue. ``user``: who acted, when it
+    is not this process's OS user (the dashboard passes its logged-in operator)."""
+    user = operator() if user is None else user
     safe_job = safe_id(job_id)
     extra: dict[str, object] = {
         "event": "operator",
@@ -319,7 +322,9 @@ class RetryOutcome(msgspec.Struct):
     message: str
 
 
-async def retry_dead(app: App, queue: str, *, job_id: str | None, limit: int) -> list[RetryOutcome]:
+async def retry_dead(
+    app: App, queue: str, *, job_id: str | None, limit: int, user: str | None = None
+) -> list[RetryOutcome]:
     """Re-enqueue dead letters of ``queue`` on purpose: the one(s) of ``job_id``, or
     (``job_id=None``) every retryable one among the newest ``limit``.
 
@@ -327,7 +332,8 @@ async def retry_dead(app: App, queue: str, *, job_id: str | None, limit: int) ->
     moved; REJECTED, DENIED, EXPIRED, CANCELLED and replayed ones are refused with the
     reason, since re-running them would bypass the check that stopped them. The sealed
     envelope goes back unchanged as attempt 1; a job whose envelope has expired is
-    refused (it could only end EXPIRED). Each retry is audited with the OS user.
+    refused (it could only end EXPIRED). Each retry is audited with the OS user (or
+    ``user``, for a web operator).
     """
     broker = await app.broker()
     letters: list[DeadLetter] = await broker.dead_letters(queue, limit=limit)
@@ -355,7 +361,9 @@ async def retry_dead(app: App, queue: str, *, job_id: str | None, limit: int) ->
         if moved is None:
             out.append(RetryOutcome(safe, reason, False, "refused: no longer in the dead letters"))
             continue
-        audit_operator("dead_retry", queue=queue, job_id=letter.job_id, reason=letter.reason)
+        audit_operator(
+            "dead_retry", queue=queue, job_id=letter.job_id, user=user, reason=letter.reason
+        )
         out.append(RetryOutcome(safe, reason, True, "re-enqueued as attempt 1"))
     return out
 
@@ -395,11 +403,11 @@ async def _expiry(app: App, broker: Any, queue: str, job_id: str) -> float | Non
     return header.expires_at / 1000 + app.clock_skew
 
 
-async def purge_dead(app: App, queue: str) -> int:
-    """Delete every dead letter of ``queue`` (audited)."""
+async def purge_dead(app: App, queue: str, *, user: str | None = None) -> int:
+    """Delete every dead letter of ``queue`` (audited, as ``user`` when given)."""
     broker = await app.broker()
     count: int = await broker.purge_dead(queue)
-    audit_operator("dead_purge", queue=queue, count=count)
+    audit_operator("dead_purge", queue=queue, user=user, count=count)
     return count
 
 

@@ -202,6 +202,7 @@ _HEALTH_FILE_HELP = (
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+LOOPS = ("asyncio", "uvloop")
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -350,6 +351,16 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             flag="--events",
         ),
     ] = False
+    loop: Annotated[
+        Literal["asyncio", "uvloop"],
+        option(
+            "event loop: asyncio (default) or uvloop (needs vaultq[fast]; less CPU per job, "
+            "see docs/performance.md)",
+            flag="--loop",
+            metavar="{asyncio,uvloop}",
+            choices=LOOPS,
+        ),
+    ] = "asyncio"
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from vaultq.policy import Policy
     from vaultq.principal import Principal
     from vaultq.settings import AppSettings
+    from vaultq.workflows import Chain
 
 __all__ = [
     "Isolation",
@@ -287,6 +288,13 @@ class Task(Generic[P, R]):
             raise PayloadError(
                 f"task {self.name!r}: {exc}; nothing was enqueued", field=exc.field
             ) from None
+
+    def s(self, payload: P | None = None) -> Chain[R]:
+        """A workflow of one step, ``payload`` sealed into it: chain more with
+        ``.then(task)`` and enqueue with ``.enqueue(principal=...)`` (docs/workflows.md)."""
+        from vaultq.workflows import Chain
+
+        return Chain.first(self, self._payload(payload))
 
     def __call__(self, payload: P | None = None) -> Awaitable[R] | R:
         """Call the function directly, in this process (for tests and composition)."""

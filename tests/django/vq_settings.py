@@ -20,6 +20,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     *([] if find_spec("django.tasks") else ["django_tasks"]),
     "vaultq.django",
+    "vaultq.django.dashboard",
     "vqtestapp",
 ]
 MIDDLEWARE = [

@@ -118,6 +118,9 @@ class VaultqSettings(
     metrics_address: str = "127.0.0.1"
     events: bool = False
     """``manage.py vaultq_worker`` records the job event stream (``vaultq events``)."""
+    dashboard_allow_decrypt: bool = False
+    """Let users with ``vaultq_dashboard.decrypt_job`` open one job's result in the
+    dashboard (``Secret`` fields masked, audited). Off: the dashboard shows no values."""
 
     def app_settings(self) -> AppSettings:
         """The App's options from these keys. ``BROKER_URL`` left out: ``$VAULTQ_BROKER``

@@ -18,9 +18,9 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from vaultq.brokers.base import Delivery, Release, Retry, Settlement
+from vaultq.brokers.base import Ack, Delivery, Release, Retry, Settlement
 from vaultq.cancellation import issued
-from vaultq.envelope import Header, OpenedJob
+from vaultq.envelope import FlowStep, OpenedJob
 from vaultq.errors import (
     EnvelopeError,
     EnvelopeExpired,
@@ -28,10 +28,12 @@ from vaultq.errors import (
     PayloadError,
     TaskRaised,
     UnknownTask,
+    WorkflowRefused,
 )
 from vaultq.jobs import JobContext, JobStatus, reset_current_job, set_current_job
 from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
+from vaultq.runtime import continuations
 from vaultq.runtime.outcomes import (
     UNAUTHENTICATED,
     Outcomes,
@@ -63,9 +65,6 @@ audit = logging.getLogger(AUDIT_LOGGER)
 
 _RESULT_OVERHEAD = 1024
 """Room left for the sealed result's header, metadata and signature."""
-_MIN_DEFER_BACKOFF = 1.0
-_MAX_DEFER_BACKOFF = 60.0
-"""Backoff added to the remaining time of a job that is not valid yet."""
 
 
 class _EveryTask:
@@ -145,7 +144,7 @@ class Executor:
             if slot is not None and self._describe and known is not None:
                 slot.job = self.describe(delivery, opened, known)
             if isinstance(exc, EnvelopeNotYetValid):
-                return self._defer(delivery, opened.header, now)
+                return self.outcomes.defer(delivery, opened.header, now)
             audit.warning(
                 "job %s expired before it could start (task %s, attempt %d)",
                 delivery.job_id,
@@ -179,24 +178,6 @@ class Executor:
         except EnvelopeError as exc:
             return self.outcomes.reject(delivery, exc)
 
-    def _defer(self, delivery: Delivery, header: Header, now: float) -> Settlement:
-        """A job not yet valid (its producer's clock runs ahead of the broker's by more
-        than the skew, beyond its delay): hand it back until it is valid, plus a backoff,
-        on the broker's clock, so it is never re-delivered in a hot loop."""
-        valid_at = max(header.not_before, header.issued_at) / 1000 - self.app.clock_skew
-        remaining = max(0.0, valid_at - now)
-        backoff = min(_MAX_DEFER_BACKOFF, max(_MIN_DEFER_BACKOFF, remaining / 10))
-        log.warning(
-            "job %s is not valid for another %.1f s by the broker's clock (its producer's "
-            "clock runs ahead by more than clock_skew=%g s); handing it back for %.1f s. "
-            "Fix the producer host's clock (NTP)",
-            delivery.job_id,
-            remaining,
-            self.app.clock_skew,
-            remaining + backoff,
-        )
-        return Release(delivery=delivery, not_before=now + remaining + backoff)
-
     async def run(self, slot: JobSlot) -> Settlement:
         """Everything that happens to one delivery; never raises (but cancellation)."""
         delivery = slot.delivery
@@ -225,8 +206,27 @@ class Executor:
                 delivery, opened, JobStatus.EXPIRED, task=task, started=None
             )
 
+        raw = bytes(body.payload)
+        flow = body.meta.flow
+        if flow is not None and flow.step > 0:
+            # A workflow step's payload is the previous step's sealed result.
+            fed = await continuations.feed(self.app, opened, flow)
+            if isinstance(fed, continuations.Waiting):
+                return Release(delivery=delivery, not_before=self.app.clock.now() + 1.0)
+            if isinstance(fed, continuations.Upstream):
+                return self.outcomes.finish(
+                    delivery,
+                    opened,
+                    JobStatus.CANCELLED,
+                    task=task,
+                    started=None,
+                    error_type="vaultq.WorkflowRefused",
+                    error=fed.reason,
+                    reason="cancelled",
+                )
+            raw = fed.payload
         try:
-            payload = task.payload_codec.decode(bytes(body.payload))
+            payload = task.payload_codec.decode(raw)
         except PayloadError as exc:
             return self.outcomes.reject(delivery, exc)
 
@@ -272,7 +272,28 @@ class Executor:
             if wait > 0:
                 return Release(delivery=delivery, not_before=self.app.clock.now() + wait)
 
-        return await self._attempt(slot, task, opened, payload)
+        settlement = await self._attempt(slot, task, opened, payload)
+        if flow is not None and flow.next is not None and isinstance(settlement, Ack):
+            return await self._forward(settlement, opened, flow)
+        return settlement
+
+    async def _forward(self, settlement: Ack, opened: OpenedJob, flow: FlowStep) -> Settlement:
+        """Enqueue the workflow's next step before this one settles (see
+        vaultq.runtime.continuations): a crash in between re-runs this step, and the
+        second write of the same job id is a no-op."""
+        try:
+            await continuations.forward(self.app, opened, flow)
+        except WorkflowRefused:
+            return settlement  # audited; the step itself did succeed
+        except Exception:
+            log.exception(
+                "workflow %s: could not enqueue step %d; step %d runs again",
+                flow.workflow,
+                flow.step + 1,
+                flow.step,
+            )
+            return Release(delivery=settlement.delivery, not_before=self.app.clock.now() + 5.0)
+        return settlement
 
     def describe(self, delivery: Delivery, opened: OpenedJob, task: Task[Any, Any]) -> JobInfo:
         """The safe fields of an opened job, for middleware (never payload or result)."""

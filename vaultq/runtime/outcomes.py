@@ -44,6 +44,7 @@ __all__ = [
     "type_path",
 ]
 
+log = logging.getLogger("vaultq.worker")
 audit = logging.getLogger(AUDIT_LOGGER)
 tracebacks = logging.getLogger(TRACEBACKS_LOGGER)
 
@@ -52,6 +53,9 @@ UNAUTHENTICATED = "rejected:unauthenticated"
 check: distinct reasons would let anyone who can write to the broker, without keys,
 probe which task names, apps and queues exist. The audit log keeps the precise reason."""
 
+MIN_DEFER_BACKOFF = 1.0
+MAX_DEFER_BACKOFF = 60.0
+"""Backoff added to the remaining time of a job that is not valid yet."""
 MAX_ERROR_TEXT = 2000
 """The most of an error's text a result keeps (it is sealed, never logged)."""
 
@@ -199,6 +203,24 @@ class Outcomes:
             result_ttl=self.app.task_defaults.result_ttl,
             remember_until=None,
         )
+
+    def defer(self, delivery: Delivery, header: Header, now: float) -> Settlement:
+        """A job not yet valid (its producer's clock runs ahead of the broker's by more
+        than the skew, beyond its delay): hand it back until it is valid, plus a backoff,
+        on the broker's clock, so it is never re-delivered in a hot loop."""
+        valid_at = max(header.not_before, header.issued_at) / 1000 - self.app.clock_skew
+        remaining = max(0.0, valid_at - now)
+        backoff = min(MAX_DEFER_BACKOFF, max(MIN_DEFER_BACKOFF, remaining / 10))
+        log.warning(
+            "job %s is not valid for another %.1f s by the broker's clock (its producer's "
+            "clock runs ahead by more than clock_skew=%g s); handing it back for %.1f s. "
+            "Fix the producer host's clock (NTP)",
+            delivery.job_id,
+            remaining,
+            self.app.clock_skew,
+            remaining + backoff,
+        )
+        return Release(delivery=delivery, not_before=now + remaining + backoff)
 
     def finished(self, delivery: Delivery) -> Settlement:
         """An entry naming a job id that already has an outcome: dropped, counted."""

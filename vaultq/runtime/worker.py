@@ -361,7 +361,16 @@ class Worker:
                         # start of a fetch that may have blocked waiting for work.
                         self.keeper.add(slot, delivery.leased_at or sent)
                     try:
-                        await send.send(slot)
+                        # Never full: the buffer holds `concurrency` slots and `free` counted
+                        # every slot not yet settled. Without a checkpoint per delivery the
+                        # whole batch reaches the consumers at once and their settlements
+                        # reach the settler as one batch (one pipeline, one next fetch);
+                        # `await send()` made the fetcher, a consumer and the settler take
+                        # turns per job, so batches shrank to ~2 jobs (docs/performance.md).
+                        try:
+                            send.send_nowait(slot)
+                        except anyio.WouldBlock:
+                            await send.send(slot)  # a slot left _slots early: wait for room
                     except anyio.BrokenResourceError:
                         # No consumer is left (see _consume): stop; the leases of what
                         # was fetched run out and the jobs go to another worker.
@@ -405,8 +414,9 @@ class Worker:
                                 self.keeper.running(task, None)
                     log_outcome(slot, settlement)
                     slot.settling = True
-                    with anyio.CancelScope(shield=True):
-                        await settle.send((slot, settlement))
+                    # Unbounded, so it never blocks, and without an await no cancellation
+                    # can drop the settlement here.
+                    settle.send_nowait((slot, settlement))
         finally:
             if not self._stop.is_set() and not cancel_requested():
                 # A consumer that ends while the worker still fetches leaves jobs unserved

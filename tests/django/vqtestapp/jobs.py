@@ -10,7 +10,7 @@ import msgspec
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 
-from vaultq import current_job
+from vaultq import Fatal, Secret, allow_all, current_job
 from vaultq.django import app
 from vaultq.django.policies import require_django_permission
 from vqtestapp.models import Note
@@ -96,3 +96,19 @@ class Beat(msgspec.Struct, frozen=True):
 @app.task(name="vqtestapp.beat", queue="beat")
 def beat(job: Beat) -> str:
     return job.kind
+
+
+class DashNote(msgspec.Struct, frozen=True):
+    """For the dashboard tests: ``text`` and ``secret`` carry a plaintext marker."""
+
+    text: str
+    secret: Secret[str]
+    fail: bool = False
+
+
+@app.task(name="vqtestapp.dash", queue="dash", retries=0, policy=allow_all)
+async def dash(job: DashNote) -> DashNote:
+    if job.fail:
+        raise Fatal("the dashboard test's failing job")
+    await anyio.sleep(0.02)
+    return job

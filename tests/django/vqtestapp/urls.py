@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from vqtestapp import views
 
@@ -6,4 +6,5 @@ urlpatterns = [
     path("report/", views.create_report),
     path("areport/", views.acreate_report),
     path("add/", views.django_add),
+    path("vaultq/", include("vaultq.django.dashboard")),
 ]
