@@ -322,4 +322,9 @@ function openResult(kr, data, want) { // every result body field, as the spec's 
   return body;
 }
 
-module.exports = { JOB_DOMAIN, loadKeyring, sealJob, openJob, openResult, roundHalfEven };
+// Redis stream fields (docs/redis.md): a worker dead-letters an entry with other forms.
+const ATT_FORM = /^[1-9][0-9]{0,8}$/;
+const AT_FORM = /^[0-9]{1,12}(\.[0-9]{1,9})?$/;
+const streamFieldsOk = (att, at) => typeof att === 'string' && ATT_FORM.test(att) && typeof at === 'string' && AT_FORM.test(at);
+
+module.exports = { JOB_DOMAIN, loadKeyring, sealJob, openJob, openResult, roundHalfEven, streamFieldsOk };

@@ -2,9 +2,10 @@
 
 Writes ``envelope_v1.json``, ``envelope_v2.json`` (same inputs, 24-byte nonces,
 XAES-256-GCM), the refusal vectors ``envelope_v1_refusals.json`` and
-``envelope_v2_refusals.json``, and ``keyring_refusals.json`` (keyrings that must not
-load). Only run this on purpose (a format change); the vectors pin the byte layouts,
-and the tests fail if sealing with the same inputs ever produces other bytes.
+``envelope_v2_refusals.json``, ``keyring_refusals.json`` (keyrings that must not
+load) and ``redis_stream_fields.json`` (stream ``att``/``at`` forms). Only run this on
+purpose (a format change); the vectors pin the byte layouts, and the tests fail if
+sealing with the same inputs ever produces other bytes.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def main() -> None:
     write_refusals()
     write_v2()
     write_keyring_refusals()
+    write_stream_fields()
 
 
 def time_rounding() -> list[dict[str, Any]]:
@@ -933,6 +935,59 @@ def keyring_refusals() -> list[dict[str, Any]]:
     add("encryption-key-whitespace", "bad_base64", enc_key(enc[:20] + " " + enc[20:]))
     add("encryption-key-impossible-length", "bad_base64", enc_key(enc + "AA"))
     return out
+
+
+def write_stream_fields() -> None:
+    """The Redis stream fields ``att`` and ``at`` (docs/redis.md): forms a worker delivers
+    and forms it dead-letters (``null``: the field is missing)."""
+    out = {
+        "comment": (
+            "Redis stream entry fields att and at (docs/redis.md, Enqueueing from another "
+            "language): a worker delivers an entry only when both are present and match; "
+            "null means the field is missing"
+        ),
+        "att": {
+            "accepted": ["1", "3", "999999999"],
+            "refused": [
+                None,
+                "",
+                "0",
+                "-7",
+                "+2",
+                " 2",
+                "2 ",
+                "01",
+                "1.0",
+                "1e3",
+                "0x10",
+                "nan",
+                "inf",
+                "1000000000",
+                "9" * 40,
+                "\u0667",
+            ],
+        },
+        "at": {
+            "accepted": ["0", "1700000000", "1700000000.123456", "999999999999.123456789"],
+            "refused": [
+                None,
+                "",
+                "-1700000000",
+                "1.7e9",
+                "0x10",
+                "nan",
+                "inf",
+                "1700000000.",
+                ".5",
+                "1700000000.1234567891",
+                "1" * 13,
+                " 1700000000",
+                "1700000000,5",
+            ],
+        },
+    }
+    text = json.dumps(out, indent=2, ensure_ascii=False) + "\n"
+    (HERE / "redis_stream_fields.json").write_text(text, encoding="utf-8")
 
 
 def write_keyring_refusals() -> None:
