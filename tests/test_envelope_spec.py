@@ -56,19 +56,25 @@ def words(t: mi.Type) -> set[str]:
     return {word} if word else set()  # Raw / Any: any JSON
 
 
+def _spell(n: int) -> str:
+    return "2^31−1" if n == 2**31 - 1 else str(n)
+
+
 def bounds(t: mi.Type) -> list[tuple[str, ...]]:
     """For each numeric bound the struct enforces, the spellings (one of which a row
-    must contain)."""
+    must contain): ``≥ 0`` / ``0 ≤`` / ``0..``, ``≤ N`` / ``..N``, ``> 0``."""
     if isinstance(t, mi.UnionType):
         return [b for member in t.types for b in bounds(member)]
-    out = []
+    out: list[tuple[str, ...]] = []
     if isinstance(t, mi.IntType | mi.FloatType):
-        if t.ge == 0:
-            out.append(("≥ 0", "0 ≤"))
-        if t.gt == 0:
-            out.append(("> 0",))
-        if t.le == 2**31 - 1:
-            out.append(("2^31−1",))
+        if t.ge is not None:
+            n = _spell(int(t.ge))
+            out.append((f"≥ {n}", f"{n} ≤", f"{n}.."))
+        if t.gt is not None:
+            out.append((f"> {_spell(int(t.gt))}",))
+        if t.le is not None:
+            n = _spell(int(t.le))
+            out.append((f"≤ {n}", f"..{n}"))
     return out
 
 

@@ -294,8 +294,14 @@ function principalOk(p, raw) { // docs/envelope.md, Body JSON: the principal row
     && (!('roles' in p) || strings(p.roles)) && (!('permissions' in p) || strings(p.permissions))
     && (!('attrs' in p) || (isObj(p.attrs) && Object.keys(p.attrs).every((k) => attrOk(p.attrs[k], raw.get(JSON.stringify(['principal', 'attrs', k]))))));
 }
+const intIn = (v, lo, hi) => Number.isInteger(v) && v >= lo && v <= hi;
+const strOrNull = (v) => v == null || typeof v === 'string';
+function flowOk(f) { // a workflow step (docs/workflows.md); `next` is a base64 envelope
+  return isObj(f) && only(f, ['workflow', 'step', 'steps', 'input_task', 'input_queue', 'next']) && typeof f.workflow === 'string'
+    && intIn(f.step, 0, 1023) && intIn(f.steps, 1, 1024) && ['input_task', 'input_queue', 'next'].every((k) => strOrNull(f[k]));
+}
 function metaOk(m) { // absent fields and nulls are unset; timeout > 0 seconds
-  return isObj(m) && only(m, ['parent_id', 'trace', 'timeout']) && (m.parent_id == null || typeof m.parent_id === 'string')
+  return isObj(m) && only(m, ['parent_id', 'trace', 'timeout', 'flow']) && (m.flow == null || flowOk(m.flow)) && strOrNull(m.parent_id)
     && (m.trace == null || (isObj(m.trace) && Object.values(m.trace).every((v) => typeof v === 'string')))
     && (m.timeout == null || (typeof m.timeout === 'number' && m.timeout > 0));
 }
