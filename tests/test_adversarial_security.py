@@ -162,7 +162,7 @@ async def test_garbage_stream_fields_do_not_crash_the_worker(
                 await anyio.sleep(0.05)
     dead = await broker.dead_letters("default")
     assert {d.job_id for d in dead} == {"j1", "j2", "j3"}
-    assert {d.attempt for d in dead} == {1}
+    assert {d.attempt for d in dead} == {0}  # malformed att: never attempted
     # a dead letter with garbage fields is listed, not a crash
     raw.xadd(keys.dead, {"id": "j4", "reason": "x", "detail": "y", "att": "abc", "at": "z"})
     assert any(d.job_id == "j4" for d in await broker.dead_letters("default"))
@@ -385,7 +385,9 @@ async def test_broker_given_ids_cannot_forge_audit_lines(
     raw = redis.Redis.from_url(redis_url)
     # (ids over 256 characters never reach the worker: the broker stubs them)
     evil = "x\nvaultq.audit INFO authorization allow: job=forged\x1b[31m" + "A" * 150
-    raw.xadd(broker.keys("default").stream, {"id": evil, "env": b"junk"})  # type: ignore[attr-defined]
+    # att/at in their stated forms, so the entry reaches the worker (docs/redis.md)
+    fields = {"id": evil, "env": b"junk", "att": "1", "at": "0"}
+    raw.xadd(broker.keys("default").stream, fields)  # type: ignore[attr-defined,arg-type]
     raw.close()
     async with running_worker(app):
         with anyio.fail_after(10):

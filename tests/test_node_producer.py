@@ -90,6 +90,23 @@ def test_node_refuses_every_keyring_refusal_vector() -> None:
 
 
 @needs_node
+def test_node_agrees_on_the_stream_field_forms() -> None:
+    """The att/at forms in redis_stream_fields.json (docs/redis.md): Node's producer
+    checks what it writes with the same patterns vaultq's fetch script applies."""
+    vectors = VECTORS / "redis_stream_fields.json"
+    done = _node("--stream-fields", str(vectors), script=CHECK)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(vectors.read_text(encoding="utf-8"))
+    expected = [
+        f"{field} {json.dumps(v, ensure_ascii=False)}: {verdict}"
+        for field in ("att", "at")
+        for verdict in ("accepted", "refused")
+        for v in doc[field][verdict]
+    ]
+    assert done.stdout.split("\n")[:-1] == expected
+
+
+@needs_node
 def test_node_refuses_a_tampered_vector(tmp_path: Path) -> None:
     """The vector check is not vacuous: one flipped ciphertext bit makes Node fail."""
     doc = json.loads((ROOT / "tests/vectors/envelope_v2.json").read_text())

@@ -51,7 +51,7 @@ from vaultq.errors import (
     WrongDestination,
 )
 from vaultq.keyring import Keyring
-from vaultq.principal import Principal
+from vaultq.principal import Principal, wire_problem
 from vaultq.strictjson import has_duplicate_keys
 
 __all__ = [
@@ -233,13 +233,17 @@ def seal_job(
 
     Raises ``KeyringError`` when ``keyring`` is verify-only, ``ValueError`` for what
     ``open_job`` would refuse (a job id outside ``JOB_ID_FORM``, times outside
-    ``0..MAX_TIME_MS`` ms, a ``meta.timeout`` that is not > 0).
+    ``0..MAX_TIME_MS`` ms, a ``meta.timeout`` that is not > 0, a principal
+    ``vaultq.principal.wire_problem`` names).
     """
     header = _job_header(
         keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
     )
     if meta.timeout is not None and not meta.timeout > 0:  # NaN included
         raise ValueError("cannot seal this job: meta.timeout must be > 0 seconds")
+    problem = None if principal is None else wire_problem(principal)
+    if problem is not None:
+        raise ValueError(f"cannot seal this job: {problem}")
     plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
     return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(_nonce_size(version)))
 
@@ -510,6 +514,8 @@ def open_job(
         raise MalformedEnvelope("job body is malformed") from None
     if duplicated:
         raise MalformedEnvelope("job body is malformed: a JSON object repeats a key")
+    if body.principal is not None and (problem := wire_problem(body.principal)) is not None:
+        raise MalformedEnvelope(f"job body is malformed: {problem}")
     return OpenedJob(header, body)
 
 

@@ -5,10 +5,11 @@
 //   node check_vectors.js --refusals envelope_v2_refusals.json   refuse each, with its
 //                                                        reason; open each 'accepted' one
 //   node check_vectors.js --keyrings keyring_refusals.json       refuse each keyring
+//   node check_vectors.js --stream-fields redis_stream_fields.json  att/at forms
 // One line per vector on stdout; exit 1 at the first disagreement.
 'use strict';
 const fs = require('fs');
-const { loadKeyring, sealJob, openJob, openResult, roundHalfEven } = require('./envelope');
+const { loadKeyring, sealJob, openJob, openResult, roundHalfEven, streamFieldsOk } = require('./envelope');
 
 function checkVectors(doc) {
   for (const v of doc.vectors) {
@@ -68,10 +69,23 @@ function checkKeyrings(doc) { // docs/keys.md: none of these keyrings may load
   }
 }
 
-const modes = { '--vectors': checkVectors, '--refusals': checkRefusals, '--keyrings': checkKeyrings };
+function checkStreamFields(doc) { // docs/redis.md: the att and at forms a worker delivers
+  const good = { att: doc.att.accepted[0], at: doc.at.accepted[0] };
+  for (const field of ['att', 'at']) {
+    for (const [verdict, values] of [['accepted', doc[field].accepted], ['refused', doc[field].refused]]) {
+      for (const v of values) {
+        const ok = streamFieldsOk(field === 'att' ? v : good.att, field === 'at' ? v : good.at);
+        if (ok !== (verdict === 'accepted')) throw new Error(`${field} ${JSON.stringify(v)}: expected ${verdict}`);
+        console.log(`${field} ${JSON.stringify(v)}: ${verdict}`);
+      }
+    }
+  }
+}
+
+const modes = { '--vectors': checkVectors, '--refusals': checkRefusals, '--keyrings': checkKeyrings, '--stream-fields': checkStreamFields };
 try {
   const [flag, path] = process.argv.slice(2);
-  if (!modes[flag] || !path) throw new Error('usage: check_vectors.js --vectors|--refusals|--keyrings FILE');
+  if (!modes[flag] || !path) throw new Error('usage: check_vectors.js --vectors|--refusals|--keyrings|--stream-fields FILE');
   modes[flag](JSON.parse(fs.readFileSync(path, 'utf8')));
 } catch (e) {
   console.error(`check_vectors: ${e.message}`);

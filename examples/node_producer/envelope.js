@@ -135,29 +135,34 @@ function loadKeyring(doc) { // JSON text or parsed; throws Error('<problem>: <wh
 
 // --- JSON: repeated keys are refused (docs/envelope.md, Body JSON) ----------------------
 // scanJson(text) walks valid JSON (parse it first): whether any object repeats a key
-// (compared unescaped), and the raw text of each top-level member's value.
+// (compared unescaped) or any string holds a lone surrogate, and the raw text of every
+// member's value by its path (raw.get(JSON.stringify(['principal', 'attrs', 'n']))).
 function scanJson(text) {
-  let i = 0; let dup = false; const top = {};
+  let i = 0; let dup = false; let lone = false; const raw = new Map();
   const ws = () => { while (i < text.length && ' \t\n\r'.includes(text[i])) i++; };
-  const str = () => { const s = i++; while (text[i] !== '"') i += text[i] === '\\' ? 2 : 1; i++; return JSON.parse(text.slice(s, i)); };
-  function value(depth) {
+  const str = () => {
+    const s = i++; while (text[i] !== '"') i += text[i] === '\\' ? 2 : 1; i++;
+    const v = JSON.parse(text.slice(s, i)); lone = lone || !v.isWellFormed(); return v;
+  };
+  function value(path) {
     ws();
     if (text[i] === '{' || text[i] === '[') {
       const close = text[i] === '{' ? '}' : ']'; const keys = new Set(); i++; ws();
       if (text[i] === close) { i++; return; }
-      for (;;) {
-        let k;
+      for (let n = 0; ; n++) {
+        let k = n;
         if (close === '}') { ws(); k = str(); dup = dup || keys.has(k); keys.add(k); ws(); i++; }
-        ws(); const start = i; value(depth + 1);
-        if (depth === 0 && k !== undefined) top[k] = text.slice(start, i);
+        ws(); const start = i; value([...path, k]);
+        raw.set(JSON.stringify([...path, k]), text.slice(start, i));
         ws(); if (text[i++] === close) return;
       }
     }
     if (text[i] === '"') { str(); return; }
     while (i < text.length && !',]} \t\n\r'.includes(text[i])) i++;
   }
-  value(0);
-  return { dup, top };
+  value([]);
+  const top = (k) => raw.get(JSON.stringify([k]));
+  return { dup: dup || lone, top, raw };
 }
 const hasDuplicateKeys = (text) => scanJson(text).dup;
 
@@ -269,17 +274,42 @@ function parseBody(plaintext) { // one JSON object, valid UTF-8, no repeated key
   try {
     const text = new TextDecoder('utf-8', { fatal: true }).decode(plaintext);
     const body = JSON.parse(text);
-    const { dup, top } = scanJson(text);
-    if (body && typeof body === 'object' && !Array.isArray(body) && !dup) return { body, top };
+    const { dup, top, raw } = scanJson(text);
+    if (isObj(body) && !dup) return { body, top, raw };
   } catch { /* refused below */ }
   throw new Error('malformed');
 }
-function openJob(kr, data, want) { // check 12, shallow: top-level fields and meta.timeout
+const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+const only = (o, keys) => Object.keys(o).every((k) => keys.includes(k));
+const strings = (v) => Array.isArray(v) && v.every((s) => typeof s === 'string');
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/; // C0, DEL, C1
+function attrOk(v, text) { // string, boolean, or a JSON integer within +-(2^53 - 1)
+  if (typeof v === 'string' || typeof v === 'boolean') return true;
+  return /^-?[0-9]+$/.test(text) && BigInt(text) <= 2n ** 53n - 1n && BigInt(text) >= 1n - 2n ** 53n;
+}
+function principalOk(p, raw) { // docs/envelope.md, Body JSON: the principal rows
+  if (!isObj(p) || !only(p, ['id', 'roles', 'permissions', 'attrs']) || typeof p.id !== 'string') return false;
+  const chars = [...p.id].length; // characters (code points), not UTF-16 units
+  return chars >= 1 && chars <= 256 && !CONTROL.test(p.id)
+    && (!('roles' in p) || strings(p.roles)) && (!('permissions' in p) || strings(p.permissions))
+    && (!('attrs' in p) || (isObj(p.attrs) && Object.keys(p.attrs).every((k) => attrOk(p.attrs[k], raw.get(JSON.stringify(['principal', 'attrs', k]))))));
+}
+const intIn = (v, lo, hi) => Number.isInteger(v) && v >= lo && v <= hi;
+const strOrNull = (v) => v == null || typeof v === 'string';
+function flowOk(f) { // a workflow step (docs/workflows.md); `next` is a base64 envelope
+  return isObj(f) && only(f, ['workflow', 'step', 'steps', 'input_task', 'input_queue', 'next']) && typeof f.workflow === 'string'
+    && intIn(f.step, 0, 1023) && intIn(f.steps, 1, 1024) && ['input_task', 'input_queue', 'next'].every((k) => strOrNull(f[k]));
+}
+function metaOk(m) { // absent fields and nulls are unset; timeout > 0 seconds
+  return isObj(m) && only(m, ['parent_id', 'trace', 'timeout', 'flow']) && (m.flow == null || flowOk(m.flow)) && strOrNull(m.parent_id)
+    && (m.trace == null || (isObj(m.trace) && Object.values(m.trace).every((v) => typeof v === 'string')))
+    && (m.timeout == null || (typeof m.timeout === 'number' && m.timeout > 0));
+}
+function openJob(kr, data, want) { // check 12: every job body field, as the spec's table says
   const opened = openEnvelope(kr, data, JOB_DOMAIN, want);
-  const { body } = parseBody(opened.plaintext);
-  if (!('payload' in body) || Object.keys(body).some((k) => !['payload', 'principal', 'meta'].includes(k))) throw new Error('malformed');
-  const timeout = body.meta && body.meta.timeout;
-  if (timeout != null && !(typeof timeout === 'number' && timeout > 0)) throw new Error('malformed');
+  const { body, raw } = parseBody(opened.plaintext);
+  if (!('payload' in body) || !only(body, ['payload', 'principal', 'meta'])
+    || (body.principal != null && !principalOk(body.principal, raw)) || ('meta' in body && !metaOk(body.meta))) throw new Error('malformed');
   return opened;
 }
 const RESULT_FIELDS = ['status', 'value', 'error_type', 'error', 'attempts', 'started_at', 'finished_at', 'worker_id', 'principal_id'];
@@ -290,7 +320,7 @@ function openResult(kr, data, want) { // every result body field, as the spec's 
   const timeOk = (k) => body[k] == null || (typeof body[k] === 'number' && body[k] >= 0);
   if (typeof body.status !== 'string' || Object.keys(body).some((k) => !RESULT_FIELDS.includes(k))
     || !['error_type', 'error', 'worker_id', 'principal_id'].every(strOrNull) || !['started_at', 'finished_at'].every(timeOk)
-    || ('attempts' in body && !(/^-?[0-9]+$/.test(top.attempts) && body.attempts >= 0 && body.attempts <= 2 ** 31 - 1))) {
+    || ('attempts' in body && !(/^-?[0-9]+$/.test(top('attempts')) && body.attempts >= 0 && body.attempts <= 2 ** 31 - 1))) {
     throw new Error('malformed'); // attempts must be a JSON integer: 1.0 is refused
   }
   // A task-less result is a worker's REJECTED record: accepted only as such, without a value.
@@ -298,4 +328,9 @@ function openResult(kr, data, want) { // every result body field, as the spec's 
   return body;
 }
 
-module.exports = { JOB_DOMAIN, loadKeyring, sealJob, openJob, openResult, roundHalfEven };
+// Redis stream fields (docs/redis.md): a worker dead-letters an entry with other forms.
+const ATT_FORM = /^[1-9][0-9]{0,8}$/;
+const AT_FORM = /^[0-9]{1,12}(\.[0-9]{1,9})?$/;
+const streamFieldsOk = (att, at) => typeof att === 'string' && ATT_FORM.test(att) && typeof at === 'string' && AT_FORM.test(at);
+
+module.exports = { JOB_DOMAIN, loadKeyring, sealJob, openJob, openResult, roundHalfEven, streamFieldsOk };

@@ -11,7 +11,7 @@
 const crypto = require('crypto');
 const fs = require('fs');
 const net = require('net');
-const { loadKeyring, sealJob, openResult } = require('./envelope');
+const { loadKeyring, sealJob, openResult, streamFieldsOk } = require('./envelope');
 
 // --- a tiny RESP client (docs/redis.md: wire layout) -------------------------------
 function redisCommand(url, args) {
@@ -67,7 +67,9 @@ async function produce() {
   };
   const prefix = `vaultq:{${arg('namespace', job.app)}:${job.queue}}:`;
   const redis = arg('redis');
-  await redisCommand(redis, ['XADD', `${prefix}stream`, '*', 'id', job.job_id, 'env', sealJob(kr, job, crypto.randomBytes(arg('envelope-version', '2') === '1' ? 12 : 24)), 'att', '1', 'at', (now / 1000).toFixed(6)]);
+  const at = (now / 1000).toFixed(6); // decimal seconds, never an exponent for real clocks
+  if (!streamFieldsOk('1', at)) throw new Error(`clock gives an enqueue time outside docs/redis.md's form: ${at}`);
+  await redisCommand(redis, ['XADD', `${prefix}stream`, '*', 'id', job.job_id, 'env', sealJob(kr, job, crypto.randomBytes(arg('envelope-version', '2') === '1' ? 12 : 24)), 'att', '1', 'at', at]);
   const key = `${prefix}result:${job.job_id}`;
   const deadline = Date.now() + Number(arg('timeout', '15')) * 1000;
   while (Date.now() < deadline) {

@@ -26,7 +26,8 @@ call_command("migrate", verbosity=0)
 import vaultq
 from vaultq.django import app
 from demoapp.models import Widget, WidgetCount
-from demoapp.tasks import Numbers, Pair, Remote, Rename, add, mul, rename_widget, sync_widget, xsum
+from demoapp.tasks import Numbers, Pair, Remote, Rename, Total, add, double, mul, rename_widget
+from demoapp.tasks import sync_widget, total, xsum
 from proj.jobs import debug_task
 
 w1 = Widget.objects.create(name="old")
@@ -38,6 +39,7 @@ h_rename = rename_widget.enqueue_sync(Rename(w1.id, "renamed"))
 h_missing = rename_widget.enqueue_sync(Rename(404, "nobody"))
 h_sync = sync_widget.enqueue_sync(Remote(w2.id, fail_first=2))
 h_debug = debug_task.enqueue_sync()
+h_chain = total.s(Numbers([1, 2, 3])).then(double).enqueue_sync()
 try:
     add.enqueue_sync(Pair("2", 2))
 except vaultq.PayloadError as exc:
@@ -53,6 +55,7 @@ try:
     assert h_add.result_sync(timeout=60) == 4
     assert h_mul.result_sync(timeout=60) == 12
     assert h_xsum.result_sync(timeout=60) == 6
+    assert h_chain.result_sync(timeout=60) == Total(12)  # chain(xsum.s(...), double.s())
     h_rename.result_sync(timeout=60)
     assert Widget.objects.get(id=w1.id).name == "renamed"
     try:

@@ -2,9 +2,10 @@
 
 Writes ``envelope_v1.json``, ``envelope_v2.json`` (same inputs, 24-byte nonces,
 XAES-256-GCM), the refusal vectors ``envelope_v1_refusals.json`` and
-``envelope_v2_refusals.json``, and ``keyring_refusals.json`` (keyrings that must not
-load). Only run this on purpose (a format change); the vectors pin the byte layouts,
-and the tests fail if sealing with the same inputs ever produces other bytes.
+``envelope_v2_refusals.json``, ``keyring_refusals.json`` (keyrings that must not
+load) and ``redis_stream_fields.json`` (stream ``att``/``at`` forms). Only run this on
+purpose (a format change); the vectors pin the byte layouts, and the tests fail if
+sealing with the same inputs ever produces other bytes.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def main() -> None:
     write_refusals()
     write_v2()
     write_keyring_refusals()
+    write_stream_fields()
 
 
 def time_rounding() -> list[dict[str, Any]]:
@@ -495,6 +497,10 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     ):
         body = plaintext.replace(b'"meta":{', b'"meta":{"timeout":' + timeout + b",", 1)
         add(name, "MalformedEnvelope", "malformed", frame(reseal(keyring, header, body, nonce)))
+    # Body field types and ranges (docs/envelope.md, *Body JSON*): one defect each, in
+    # the principal (whose id reaches audit lines and result bodies), meta and payload.
+    for name, body in body_defects(plaintext):
+        add(name, "MalformedEnvelope", "malformed", frame(reseal(keyring, header, body, nonce)))
     # Time rounding: now_ms = round(now_s * 1000), half to even (a double product). With
     # not_before odd, 1699999940000.5 ms rounds down to the even ...40000: 1 ms short of
     # valid (rounding half up would accept it).
@@ -509,6 +515,100 @@ def refusals(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     return out
 
 
+PRINCIPAL_JSON = (
+    b'"principal":{"id":"user:42","roles":["staff"],"permissions":["orders.refund"],"attrs":{}}'
+)
+
+
+def _principal(plaintext: bytes, principal: bytes) -> bytes:
+    assert PRINCIPAL_JSON in plaintext
+    return plaintext.replace(PRINCIPAL_JSON, b'"principal":' + principal, 1)
+
+
+def body_defects(plaintext: bytes) -> list[tuple[str, bytes]]:
+    """Job bodies that MUST be refused as malformed (check 12): each breaks one rule of
+    the body field table, the rest of the body as the positive vector has it."""
+    p = b'"roles":["staff"],"permissions":["orders.refund"]'
+    cases = [
+        ("body-principal-id-missing", b'{"roles":[],"permissions":[],"attrs":{}}'),
+        ("body-principal-id-not-string", b'{"id":42}'),
+        ("body-principal-id-null", b'{"id":null}'),
+        ("body-principal-id-empty", b'{"id":""}'),
+        ("body-principal-id-257-chars", b'{"id":"' + b"a" * 257 + b'"}'),
+        ("body-principal-id-control-char", b'{"id":"user:42\\u0000"}'),
+        ("body-principal-id-newline", b'{"id":"user:42\\nuser:1"}'),
+        ("body-principal-id-del", b'{"id":"user:42\\u007f"}'),
+        ("body-principal-id-c1-control", b'{"id":"user:42\\u0085"}'),
+        ("body-principal-id-invalid-utf8", b'{"id":"user:\xff42"}'),
+        ("body-principal-id-lone-surrogate", b'{"id":"user:\\ud800"}'),
+        ("body-principal-roles-null", b'{"id":"user:42","roles":null}'),
+        ("body-principal-roles-not-strings", b'{"id":"user:42","roles":[1]}'),
+        ("body-principal-permissions-null", b'{"id":"user:42","permissions":null}'),
+        ("body-principal-attrs-null", b'{"id":"user:42","attrs":null}'),
+        ("body-principal-attrs-float", b'{"id":"user:42","attrs":{"plan":1.5}}'),
+        ("body-principal-attrs-integral-float", b'{"id":"user:42","attrs":{"plan":1.0}}'),
+        ("body-principal-attrs-exponent", b'{"id":"user:42","attrs":{"plan":1e3}}'),
+        ("body-principal-attrs-null-value", b'{"id":"user:42","attrs":{"plan":null}}'),
+        ("body-principal-attrs-nested-object", b'{"id":"user:42","attrs":{"plan":{"a":1}}}'),
+        ("body-principal-attrs-array", b'{"id":"user:42","attrs":{"plan":["a"]}}'),
+        (
+            "body-principal-attrs-int-above-2^53-1",
+            b'{"id":"user:42","attrs":{"n":9007199254740992}}',
+        ),
+        (
+            "body-principal-attrs-int-below-minus-2^53-1",
+            b'{"id":"user:42","attrs":{"n":-9007199254740992}}',
+        ),
+        ("body-principal-unknown-field", b'{"id":"user:42",' + p + b',"name":"x"}'),
+        ("body-principal-not-object", b'"user:42"'),
+    ]
+    out = [(name, _principal(plaintext, value)) for name, value in cases]
+    meta = plaintext[plaintext.index(b',"meta":') :]
+    head = plaintext[: plaintext.index(b',"meta":')]
+    out += [
+        ("body-meta-null", head + b',"meta":null}'),
+        ("body-meta-unknown-field", head + b',"meta":{"retries":1}}'),
+        ("body-meta-trace-value-not-string", head + b',"meta":{"trace":{"a":1}}}'),
+        ("body-meta-parent-id-not-string", head + b',"meta":{"parent_id":7}}'),
+        ("body-meta-timeout-string", head + b',"meta":{"timeout":"5"}}'),
+        ("body-payload-missing", b"{" + plaintext[plaintext.index(b'"principal"') :]),
+        ("body-not-object", b"[" + plaintext[1:-1] + b"]"),
+        ("body-trailing-data", plaintext + b"{}"),
+    ]
+    assert all(body != plaintext for _, body in out) and meta
+    return out
+
+
+def body_accepted(plaintext: bytes) -> list[tuple[str, bytes]]:
+    """Job bodies on the accepting side of the same rules."""
+    cases = [
+        ("body-principal-null", b"null"),
+        ("body-principal-id-only", b'{"id":"user:42"}'),
+        ("body-principal-id-256-chars", b'{"id":"' + b"a" * 256 + b'"}'),
+        # 256 characters, 512 UTF-8 bytes: the limit counts characters (code points).
+        ("body-principal-id-256-non-ascii", b'{"id":"' + "é".encode() * 256 + b'"}'),
+        ("body-principal-id-space-and-unicode", '{"id":"Zoë Ünal 🙂"}'.encode()),
+        (
+            "body-principal-attrs-int-at-2^53-1",
+            b'{"id":"user:42","attrs":{"n":9007199254740991,"m":-9007199254740991}}',
+        ),
+        (
+            "body-principal-attrs-str-int-bool",
+            b'{"id":"user:42","attrs":{"plan":"pro","seats":3,"trial":false}}',
+        ),
+        ("body-principal-roles-repeated", b'{"id":"user:42","roles":["staff","staff"]}'),
+    ]
+    out = [(name, _principal(plaintext, value)) for name, value in cases]
+    head = plaintext[: plaintext.index(b',"meta":')]
+    out += [
+        ("body-meta-absent", head + b"}"),
+        ("body-meta-nulls", head + b',"meta":{"parent_id":null,"trace":null,"timeout":null}}'),
+        ("body-payload-null", b'{"payload":null' + plaintext[plaintext.index(b',"principal"') :]),
+        ("body-whitespace-around", b" \n" + plaintext + b" \n"),
+    ]
+    return out
+
+
 def accepted(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     """Envelopes that MUST open: the time boundaries (equality accepted) and ties."""
     header, nonce, ciphertext, signature = msgspec.msgpack.decode(job[3:])
@@ -520,6 +620,8 @@ def accepted(keyring: Keyring, job: bytes) -> list[dict[str, Any]]:
     def ok(name: str, data: bytes, **open_: Any) -> None:
         out.append({"name": name, "envelope": data.hex(), "open": open_})
 
+    for name, body in body_accepted(plaintext):
+        ok(name, frame(reseal(keyring, header, body, nonce)))
     ok("not-before-at-the-skew-boundary", job, now_ms=JOB["not_before_ms"] - skew)
     ok("expires-at-the-skew-boundary", job, now_ms=JOB["expires_at_ms"] + skew)
     # 1700086460000.5 ms rounds (half to even) to ...60000 = expires_at + skew: still runs.
@@ -833,6 +935,59 @@ def keyring_refusals() -> list[dict[str, Any]]:
     add("encryption-key-whitespace", "bad_base64", enc_key(enc[:20] + " " + enc[20:]))
     add("encryption-key-impossible-length", "bad_base64", enc_key(enc + "AA"))
     return out
+
+
+def write_stream_fields() -> None:
+    """The Redis stream fields ``att`` and ``at`` (docs/redis.md): forms a worker delivers
+    and forms it dead-letters (``null``: the field is missing)."""
+    out = {
+        "comment": (
+            "Redis stream entry fields att and at (docs/redis.md, Enqueueing from another "
+            "language): a worker delivers an entry only when both are present and match; "
+            "null means the field is missing"
+        ),
+        "att": {
+            "accepted": ["1", "3", "999999999"],
+            "refused": [
+                None,
+                "",
+                "0",
+                "-7",
+                "+2",
+                " 2",
+                "2 ",
+                "01",
+                "1.0",
+                "1e3",
+                "0x10",
+                "nan",
+                "inf",
+                "1000000000",
+                "9" * 40,
+                "\u0667",
+            ],
+        },
+        "at": {
+            "accepted": ["0", "1700000000", "1700000000.123456", "999999999999.123456789"],
+            "refused": [
+                None,
+                "",
+                "-1700000000",
+                "1.7e9",
+                "0x10",
+                "nan",
+                "inf",
+                "1700000000.",
+                ".5",
+                "1700000000.1234567891",
+                "1" * 13,
+                " 1700000000",
+                "1700000000,5",
+            ],
+        },
+    }
+    text = json.dumps(out, indent=2, ensure_ascii=False) + "\n"
+    (HERE / "redis_stream_fields.json").write_text(text, encoding="utf-8")
 
 
 def write_keyring_refusals() -> None:

@@ -61,7 +61,7 @@ from vaultq.brokers.redis_layout import (
     lease_args,
     load_script,
     ms,
-    number,
+    seconds_of,
     slot_groups,
     tag_entry,
     text,
@@ -491,7 +491,7 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring):
                         redelivered=bool(redelivered),
                         completed=bool(done),
                         cancel_requested=bool(cancel),
-                        enqueued_at=number(enqueued_at),
+                        enqueued_at=seconds_of(enqueued_at),
                         leased_at=sent,
                     )
                 )

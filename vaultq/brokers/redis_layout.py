@@ -8,6 +8,8 @@ Internal to :mod:`vaultq.brokers.redis` (which re-exports ``GROUP`` and ``QueueK
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final
@@ -196,20 +198,45 @@ def as_bytes(value: Any) -> bytes | None:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+_ATTEMPT: Final = re.compile(rb"[1-9][0-9]{0,8}")
+_SECONDS: Final = re.compile(rb"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+
+
+def _ascii(value: Any) -> bytes:
+    return value.encode("utf-8", "replace") if isinstance(value, str) else bytes(value)
+
+
 def attempt_of(value: Any, *, least: int = 1) -> int:
-    """An entry's attempt count. Fields are written by whoever can write to Redis: a
-    value that is not a sane integer must not crash the worker (or ``vaultq dead list``)."""
+    """An entry's attempt count, in the form docs/redis.md states (1-999999999, decimal
+    ASCII). The fetch script dead-letters a stream entry with any other ``att``; this
+    reads dead letters and listings, which anyone who can write to Redis may have
+    written too: another value is ``least``, never a crash (``int`` would also take
+    ``" 7"``, ``"+7"``, non-ASCII digits and unbounded digit strings)."""
     try:
-        return max(least, int(value))
+        raw = _ascii(value)
     except (TypeError, ValueError):
         return least
+    return max(least, int(raw)) if _ATTEMPT.fullmatch(raw) else least
+
+
+def seconds_of(value: Any) -> float:
+    """Unix seconds in the form docs/redis.md states (decimal ASCII, no sign, no
+    exponent); anything else (``float`` would take ``"nan"``, ``"inf"``, ``"-5"``,
+    ``"1e300"``) is 0.0."""
+    try:
+        raw = _ascii(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return float(raw) if _SECONDS.fullmatch(raw) else 0.0
 
 
 def number(value: Any) -> float:
+    """A number vaultq wrote itself (counters, sizes, marks): 0.0 when it is not one."""
     try:
-        return float(value)
+        result = float(value)
     except (TypeError, ValueError):
         return 0.0
+    return result if math.isfinite(result) else 0.0
 
 
 def tag_entry(tag: str) -> str:
@@ -250,7 +277,7 @@ def dead_letter(queue: str, entry_id: Any, f: dict[str, bytes]) -> DeadLetter:
         reason=text(f.get("reason", b"")),
         detail=text(f.get("detail", b"")),
         attempt=attempt_of(f.get("att", b"0"), least=0),
-        at=number(f.get("at", b"0")),
+        at=seconds_of(f.get("at", b"0")),
         tag=text(entry_id),
     )
 

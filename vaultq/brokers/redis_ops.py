@@ -34,6 +34,7 @@ from vaultq.brokers.redis_layout import (
     glob_escape,
     ms,
     number,
+    seconds_of,
     text,
 )
 from vaultq.brokers.redis_urls import Client, block_limit
@@ -135,7 +136,7 @@ class RedisOperatorTools:
                     reason=text(f.get("reason", b"")),
                     detail=text(f.get("detail", b"")),
                     attempt=attempt_of(f.get("att", b"0"), least=0),
-                    at=number(f.get("at", b"0")),
+                    at=seconds_of(f.get("at", b"0")),
                     tag=text(entry_id),
                     size=int(number(f.get("size", b"0"))),
                     stub="env" not in f,
@@ -184,7 +185,7 @@ class RedisOperatorTools:
                     base,
                     state="running" if claimed else "queued",
                     attempt=attempt_of(f.get("att", b"1")),
-                    enqueued_at=number(f.get("at", b"0")),
+                    enqueued_at=seconds_of(f.get("at", b"0")),
                     tag=entry_id,
                     envelope=as_bytes(f.get("env")) or b"",
                 )
@@ -197,7 +198,7 @@ class RedisOperatorTools:
                     base,
                     state="delayed",
                     attempt=attempt_of(attempt),
-                    enqueued_at=number(enqueued_at),
+                    enqueued_at=seconds_of(enqueued_at),
                     not_before=score,
                     tag=name,
                     envelope=as_bytes(envelope) or b"",
@@ -293,7 +294,7 @@ class RedisOperatorTools:
             reason=text(reason),
             detail=text(detail),
             attempt=attempt_of(attempt, least=0),
-            at=number(at),
+            at=seconds_of(at),
             tag=tag,
         )
 

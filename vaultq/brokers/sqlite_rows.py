@@ -62,6 +62,21 @@ def as_int(value: object, *, least: int) -> int:
 
 
 MAX_ID = 256
+MAX_ATTEMPT = 999_999_999
+"""The largest attempt number a row (or a Redis stream entry) may carry."""
+
+
+def valid_attempt(value: object) -> bool:
+    """An INTEGER 1..MAX_ATTEMPT: SQLite stores any type in any column, and a text,
+    real, zero or negative attempt is not one vaultq or a conforming producer wrote."""
+    return type(value) is int and 1 <= value <= MAX_ATTEMPT
+
+
+def valid_seconds(value: object) -> bool:
+    """Unix seconds as a finite INTEGER or REAL >= 0 (not text, not +-inf)."""
+    return type(value) in (int, float) and 0 <= value < 1e12  # type: ignore[operator]
+
+
 """Longer (unauthenticated) job ids are never used: the row is dead-lettered as a stub."""
 UNAUTHENTICATED = "rejected:unauthenticated"
 
@@ -132,9 +147,24 @@ def lease_row(
     if not isinstance(raw_id, str):
         # Settling matches the row by job id too: store the text the delivery carries.
         conn.execute("UPDATE vaultq_jobs SET job_id = ? WHERE id = ?", (job_id, row_id))
-    attempt = as_int(raw_attempt, least=1)
     deliveries = as_int(raw_seq, least=0)
-    enqueued_at = float(raw_at) if isinstance(raw_at, int | float) else 0.0
+    if not (valid_attempt(raw_attempt) and valid_seconds(raw_at)):
+        # docs/sqlite.md states both columns' forms; a guessed attempt could grant
+        # retries or skip them, so the row is never delivered: a stub, this transaction.
+        conn.execute("DELETE FROM vaultq_jobs WHERE id = ?", (row_id,))
+        dead.add(
+            queue,
+            job_id,
+            UNAUTHENTICATED,
+            "column attempt or enqueued_at malformed (docs/sqlite.md)",
+            0,
+            now,
+            None,
+            as_int(raw_size, least=0),
+        )
+        return None
+    attempt = as_int(raw_attempt, least=1)
+    enqueued_at = float(raw_at)  # type: ignore[arg-type]  # valid_seconds checked it
     if raw_envelope is None or len(job_id) > MAX_ID:
         # Oversized (SELECT_READY left it in the database): a stub, never a second copy.
         conn.execute("DELETE FROM vaultq_jobs WHERE id = ?", (row_id,))

@@ -25,6 +25,10 @@ class Rename(msgspec.Struct, frozen=True):
     name: str
 
 
+class Total(msgspec.Struct, frozen=True):
+    value: int
+
+
 class Remote(msgspec.Struct, frozen=True):
     widget_id: int
     fail_first: int = 0
@@ -92,3 +96,16 @@ def sync_widget(job: Remote) -> str:
         raise ConnectionError("the remote service is busy")
     Widget.objects.filter(id=job.widget_id).update(name="synced")
     return f"attempt {attempt}"
+
+
+# Celery's canvas: chain(xsum.s([1, 2, 3]), double.s()).apply_async()
+# vaultq: total.s(Numbers([1, 2, 3])).then(double).enqueue_sync(), typed: each step's
+# payload is the previous step's result, so results that feed a step are Structs.
+@app.task
+def total(job: Numbers) -> Total:
+    return Total(sum(job.numbers))
+
+
+@app.task
+def double(job: Total) -> Total:
+    return Total(job.value * 2)

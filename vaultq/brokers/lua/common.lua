@@ -116,6 +116,25 @@ end
 -- Unauthenticated job ids longer than this are never used as key names.
 local MAX_ID = 256
 
+-- The stream fields' forms (docs/redis.md, "Enqueueing from another language"):
+-- att is 1-999999999 in decimal without sign or leading zeros; at is Unix seconds,
+-- 1-12 digits with an optional point and 1-9 decimals. Lua's tonumber would also take
+-- "nan", "inf", "0x10", " 1" and "-5": those are refused by the patterns instead.
+local function valid_att(s)
+  return s ~= nil and #s <= 9 and string.find(s, '^[1-9]%d*$') ~= nil
+end
+
+local function valid_at(s)
+  if s == nil then
+    return false
+  end
+  local whole, point, decimals = string.match(s, '^(%d+)(%.?)(%d*)$')
+  if not whole or #whole > 12 or #decimals > 9 then
+    return false
+  end
+  return (point == '') == (decimals == '')
+end
+
 -- Write a dead letter and keep the stream bounded: at most max_len entries and none
 -- older than max_age_ms (exact trimming: one old entry goes per new one at the cap).
 -- The envelope is copied only when keep is true; its size is always recorded, so an

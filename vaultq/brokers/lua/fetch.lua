@@ -58,10 +58,21 @@ local function take(entry_id, fields, redelivered)
              field(fields, 'att'), envelope, false, dead_max, dead_age_ms)
     return
   end
+  local att, at = field(fields, 'att'), field(fields, 'at')
+  if not valid_att(att) or not valid_at(at) then
+    -- Whoever can write to Redis can write any bytes here; docs/redis.md states the
+    -- forms. Never delivered (a guessed attempt could grant extra retries or skip
+    -- them): a stub dead letter naming the fields, in this same atomic step.
+    redis.call('XACK', STREAM, GROUP, entry_id)
+    redis.call('XDEL', STREAM, entry_id)
+    add_dead(job_id, 'rejected:unauthenticated',
+             'stream field att or at missing or malformed (docs/redis.md)',
+             '0', envelope, false, dead_max, dead_age_ms)
+    return
+  end
   local tag = entry_id .. '/' .. nonce
   if redis.call('SET', CLAIM .. job_id, tag .. ' ' .. consumer, 'PX', lease_ms, 'NX') then
-    taken[#taken + 1] = {tag, job_id, envelope, field(fields, 'att') or '1',
-                         field(fields, 'at') or '0', redelivered}
+    taken[#taken + 1] = {tag, job_id, envelope, att, at, redelivered}
     return
   end
   local holder = redis.call('GET', CLAIM .. job_id)
