@@ -33,6 +33,7 @@ __all__ = [
     "load_script",
     "ms",
     "number",
+    "seconds_of",
     "slot_groups",
     "tag_entry",
     "text",

@@ -29,6 +29,8 @@ __all__ = [
     "parse_tag",
     "quarantine",
     "settle_one",
+    "valid_attempt",
+    "valid_seconds",
 ]
 
 logger = logging.getLogger("vaultq.brokers.sqlite")
