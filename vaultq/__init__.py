@@ -44,6 +44,7 @@ from vaultq.errors import (
     UnsupportedVersion,
     UntrustedSigner,
     VaultqError,
+    WorkflowRefused,
     WrongDestination,
 )
 from vaultq.jobs import JobContext, JobHandle, JobStatus, current_job
@@ -69,6 +70,7 @@ from vaultq.policy import (
 from vaultq.principal import Principal
 from vaultq.settings import AppSettings, WorkerSettings
 from vaultq.tasks import NoArgs, Task, TaskOptions
+from vaultq.workflows import Chain, WorkflowFailed, WorkflowHandle
 
 __version__ = "0.1.0"
 
@@ -79,6 +81,7 @@ __all__ = [
     "BadSignature",
     "BrokerError",
     "BrokerUnavailable",
+    "Chain",
     "ConfigurationError",
     "Decision",
     "DecryptionFailed",
@@ -126,6 +129,9 @@ __all__ = [
     "VaultqError",
     "WorkerInfo",
     "WorkerSettings",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowRefused",
     "WrongDestination",
     "__version__",
     "all_of",
