@@ -818,6 +818,9 @@ CONSUMER = textwrap.dedent(
             idle = 0 if ds else idle + 1
             seen += [d.job_id for d in ds]
             await b.settle([Ack(d, None, 60, time.time() + 60) for d in ds])
+            # SQLite's lock is not fair: without a pause between batches, one process
+            # on a loaded machine can drain the queue while the other waits to write
+            await anyio.sleep(0.005)
         await b.close()
         print(json.dumps(seen))
 
