@@ -57,31 +57,25 @@ def _iso(t: float | None) -> str | None:
 
 
 async def schedule_rows(app: App) -> list[ScheduleRow]:
-    """The app's schedules with their last and next tick, read from the broker."""
-    schedules = list(app.schedules.values())
-    if not schedules:
+    """The app's schedules with their last and next tick, read from the broker by the
+    dashboard's data layer (one read of marks per queue), times as ISO text."""
+    from vaultq.dashboard import data
+
+    if not app.schedules:
         return []
-    store = tick_store(await app.broker())
-    now = app.clock.now()
-    marks: dict[str, dict[str, Any]] = {}
-    rows = []
-    for s in schedules:
-        if s.queue not in marks:
-            marks[s.queue] = {m.name: m for m in await store.schedule_marks(s.queue)}
-        mark = marks[s.queue].get(s.name)
-        last = None if mark is None else mark.mark
-        rows.append(
-            ScheduleRow(
-                name=s.name,
-                task=s.task.name,
-                queue=s.queue,
-                shape=s.describe(),
-                last=_iso(last),
-                last_fired=_iso(None if mark is None else mark.fired),
-                next=_iso(s.next_after(max(now, last or now))),
-            )
+    tick_store(await app.broker())  # a broker that cannot schedule is an error here
+    return [
+        ScheduleRow(
+            name=r.name,
+            task=r.task,
+            queue=r.queue,
+            shape=r.shape,
+            last=_iso(r.last),
+            last_fired=_iso(r.last_fired),
+            next=_iso(r.next),
         )
-    return rows
+        for r in await data.schedule_rows(app)
+    ]
 
 
 def print_schedule_rows(rows: list[ScheduleRow]) -> None:
