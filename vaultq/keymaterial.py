@@ -1,8 +1,8 @@
 """Key material: its text form (canonical base64url), its checks, and the signer and
 verifier callables built from it once, at keyring load time.
 
-Split from ``keyring.py`` (which holds the document, the ``Keyring`` class and its
-loaders). Every check here raises ``KeyringError`` with a message that names the key's
+Split from ``keyring.py`` (the ``Keyring`` class and its loaders; the document is in
+``keydoc.py``). Every check here raises ``KeyringError`` with a message that names the key's
 place in the document (``verify.s1``), never its bytes.
 """
 

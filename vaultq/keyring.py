@@ -15,10 +15,9 @@ instead of raising, drop their key-holding locals, and only then raise a fresh
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -26,6 +25,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vaultq.errors import InsecureKeyFile, KeyringError
 from vaultq.files import untrusted_reason
+from vaultq.keydoc import (
+    DOC_DECODER,
+    DOC_ENCODER,
+    FORMAT_VERSION,
+    EncryptionSection,
+    KeyEntry,
+    KeyringDoc,
+    SigningAlgorithm,
+    SigningSection,
+    doc_error,
+    new_signing_entry,
+)
 from vaultq.keyio import create_exclusive, write_atomic
 from vaultq.keymaterial import (
     Signer,
@@ -38,11 +49,9 @@ from vaultq.keymaterial import (
     ed25519_verifier,
     hmac_signer,
     hmac_verifier,
-    new_ed25519_seed,
     new_id,
     random_key,
 )
-from vaultq.payload_errors import split_error
 from vaultq.strictjson import has_duplicate_keys
 from vaultq.xaes import Xaes256Gcm
 
@@ -57,9 +66,6 @@ __all__ = [
     "load_or_create_file",
 ]
 
-SigningAlgorithm = Literal["hmac-sha256", "ed25519"]
-
-FORMAT_VERSION = 1
 ENV_VAR = "VAULTQ_KEYS"
 
 _HMAC_VERIFY = (
@@ -72,54 +78,6 @@ _HMAC_SPLIT_TRUST = (
     "'verify-only' copy would still be able to sign jobs; split trust needs ed25519 "
     "signing keys: generate a keyring with `vaultq keys generate --signing ed25519`"
 )
-
-
-class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    alg: SigningAlgorithm
-    key: str
-    """base64url: the hmac secret, the ed25519 private seed (signing) or public key (verify)."""
-
-    def __repr__(self) -> str:  # the default repr would print the key
-        return f"KeyEntry(alg={self.alg!r}, key=<redacted>)"
-
-
-class EncryptionSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    active: str
-    keys: dict[str, str]
-
-    def __repr__(self) -> str:
-        return f"EncryptionSection(active={self.active!r}, keys=<{len(self.keys)} redacted>)"
-
-
-class SigningSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    active: str | None = None
-    keys: dict[str, KeyEntry] = {}
-
-    def __repr__(self) -> str:
-        return f"SigningSection(active={self.active!r}, keys=<{len(self.keys)} redacted>)"
-
-
-class KeyringDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The JSON text format (``docs/keys.md``)."""
-
-    version: int
-    encryption: EncryptionSection
-    signing: SigningSection = SigningSection()
-    verify: dict[str, KeyEntry] = {}
-    revoked: list[str] = []
-    """Ids never trusted again, for encryption, signing or verification, even if a key
-    with that id is still listed (``Keyring.revoke``). Omitted from the JSON when empty."""
-
-    def __repr__(self) -> str:
-        return (
-            f"KeyringDoc(version={self.version!r}, encryption={self.encryption!r}, "
-            f"signing={self.signing!r}, verify=<{len(self.verify)} redacted>, "
-            f"revoked={self.revoked!r})"
-        )
-
-
-_DOC_DECODER = msgspec.json.Decoder(KeyringDoc)
-_DOC_ENCODER = msgspec.json.Encoder()
 
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")
@@ -255,7 +213,7 @@ class Keyring:
             KeyringDoc(
                 version=FORMAT_VERSION,
                 encryption=EncryptionSection(active=enc_id, keys={enc_id: b64e(random_key())}),
-                signing=SigningSection(active=sign_id, keys={sign_id: _new_signing_entry(signing)}),
+                signing=SigningSection(active=sign_id, keys={sign_id: new_signing_entry(signing)}),
             )
         )
 
@@ -319,7 +277,7 @@ class Keyring:
 
     def to_json(self) -> str:
         """The keyring as JSON text, key material included: treat it as a secret."""
-        return msgspec.json.format(_DOC_ENCODER.encode(self.to_dict()), indent=2).decode() + "\n"
+        return msgspec.json.format(DOC_ENCODER.encode(self.to_dict()), indent=2).decode() + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         """The keyring as plain data (what :meth:`from_dict` reads). Contains key material."""
@@ -360,7 +318,7 @@ class Keyring:
                 ),
                 signing=SigningSection(
                     active=sign_id,
-                    keys={**doc.signing.keys, sign_id: _new_signing_entry(self._signer_alg)},
+                    keys={**doc.signing.keys, sign_id: new_signing_entry(self._signer_alg)},
                 ),
                 verify=dict(doc.verify),
                 revoked=list(doc.revoked),
@@ -405,7 +363,7 @@ class Keyring:
             enc_keys[enc_active] = b64e(random_key())
         if key_id == sign_active and self._signer_alg is not None:
             sign_active = new_id("s", (*taken, enc_active))
-            sign_keys[sign_active] = _new_signing_entry(self._signer_alg)
+            sign_keys[sign_active] = new_signing_entry(self._signer_alg)
         return Keyring(
             KeyringDoc(
                 version=FORMAT_VERSION,
@@ -570,12 +528,12 @@ def _attempt(build: Callable[[_Arg], _Result], arg: _Arg) -> _Result | str:
 
 def _from_json(text: str | bytes) -> Keyring:
     try:
-        doc = _DOC_DECODER.decode(text)
+        doc = DOC_DECODER.decode(text)
         # A repeated key ("revoked" twice, one id under two keys) would mean one keyring
         # to vaultq (the last wins) and another to a tool that keeps the first.
         duplicated = has_duplicate_keys(text.encode() if isinstance(text, str) else text)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8
-        raise _doc_error(exc) from None
+        raise doc_error(exc) from None
     if duplicated:
         raise KeyringError(
             "invalid keyring: a JSON object repeats a key; keep one of each (which one "
@@ -592,18 +550,5 @@ def _from_dict(data: Mapping[str, Any]) -> Keyring:
     try:
         doc = msgspec.convert(dict(data), KeyringDoc, strict=True)
     except msgspec.ValidationError as exc:
-        raise _doc_error(exc) from None
+        raise doc_error(exc) from None
     return Keyring(doc)
-
-
-def _new_signing_entry(alg: SigningAlgorithm) -> KeyEntry:
-    if alg == "hmac-sha256":
-        return KeyEntry(alg=alg, key=b64e(secrets.token_bytes(32)))
-    if alg == "ed25519":
-        return KeyEntry(alg=alg, key=b64e(new_ed25519_seed()))
-    raise KeyringError("signing must be 'hmac-sha256' or 'ed25519'")
-
-
-def _doc_error(exc: BaseException) -> KeyringError:
-    path, problem = split_error(exc)
-    return KeyringError(f"invalid keyring at {path}: {problem}")
