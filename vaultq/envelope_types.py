@@ -1,0 +1,143 @@
+"""The envelope format's data: version tags, domains, limits, and the msgspec structs of
+the header and of the job and result bodies (``docs/envelope.md`` specifies them; its
+tables are checked against these structs by ``tests/test_envelope_spec.py``).
+
+No cryptography here: sealing, opening and the checks between them are
+``vaultq.envelope``, which re-exports every name below. Code that only builds or reads
+these values (job metadata, workflow steps, result bodies, job ids) imports them from
+here or from ``vaultq.envelope``, whichever it already uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Annotated
+
+import msgspec
+
+from vaultq.principal import Principal
+
+__all__ = [
+    "JOB_DOMAIN",
+    "JOB_ID_FORM",
+    "MAGIC",
+    "MAGIC_V2",
+    "MAX_TIME_MS",
+    "NONCE_SIZE",
+    "NONCE_SIZE_V2",
+    "RESULT_DOMAIN",
+    "VERSION",
+    "VERSIONS",
+    "FlowStep",
+    "Header",
+    "JobBody",
+    "JobMeta",
+    "OpenedJob",
+    "ResultBody",
+    "new_job_id",
+]
+
+
+VERSION = 2
+"""The format version new envelopes are sealed with (unless told otherwise)."""
+VERSIONS = (1, 2)
+MAGIC = b"VQ\x01"
+"""Version tag of v1: ``b"VQ"`` followed by the format version byte."""
+MAGIC_V2 = b"VQ\x02"
+JOB_DOMAIN = b"vaultq/v1/job\x00"
+RESULT_DOMAIN = b"vaultq/v1/result\x00"
+NONCE_SIZE = 12
+"""v1 nonce size (AES-256-GCM)."""
+NONCE_SIZE_V2 = 24
+"""v2 nonce size (XAES-256-GCM)."""
+MAX_TIME_MS = 2**53 - 1
+"""Header times are integer milliseconds in ``0..MAX_TIME_MS``: every language's number
+type holds them exactly (a double's 53-bit mantissa), and no sane time is outside."""
+JOB_ID_FORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+"""The job ids vaultq seals and opens (full match): ``new_job_id``'s 32 lowercase hex
+characters, or a custom id of 1-128 letters, digits, ``_ . : -`` starting with a letter
+or digit (``app.enqueue(job_ids=...)``)."""
+
+
+# forbid_unknown_fields on the array-like wire structs: an array with more elements than
+# the spec lists is refused, not silently truncated (msgspec's default).
+class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    version: int
+    job_id: str
+    app: str
+    task: str
+    queue: str
+    issued_at: int
+    not_before: int
+    expires_at: int
+    key_id: str
+    signer_id: str
+
+
+class FlowStep(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A workflow step's place in its producer-signed plan (``docs/workflows.md``).
+
+    Sealed inside the step's own envelope, so the producer's signature covers it: a
+    worker cannot change which step comes next, its task or its principal."""
+
+    workflow: str
+    """The workflow id; step ``i``'s job id is ``f"{workflow}.{i}"``."""
+    step: Annotated[int, msgspec.Meta(ge=0, le=1023)]
+    steps: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+    input_task: str | None = None
+    """Task of the step whose SUCCEEDED result is this step's payload (None: the first
+    step, whose payload is sealed here)."""
+    input_queue: str | None = None
+    next: bytes | None = None
+    """The next step's complete envelope, sealed and signed by the producer: the only
+    job a worker finishing this step may enqueue."""
+
+
+class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    parent_id: str | None = None
+    """A wire slot of the envelope format (docs/envelope.md) that vaultq neither fills nor
+    reads: declared so that envelopes from producers that set it still open (unknown
+    fields are refused), not for any behaviour."""
+    trace: dict[str, str] | None = None
+    # Checked on decode: a zero or negative deadline is no deadline a producer meant.
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Per-enqueue attempt timeout override (seconds), capped by the task's max_timeout."""
+    flow: FlowStep | None = None
+    """Set on the steps of a workflow (``vaultq.workflows``)."""
+
+
+class JobBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    payload: msgspec.Raw
+    principal: Principal | None = None
+    meta: JobMeta = JobMeta()
+
+
+class OpenedJob(msgspec.Struct, frozen=True):
+    header: Header
+    body: JobBody
+
+
+class ResultBody(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    status: str
+    value: msgspec.Raw | None = None
+    error_type: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    principal_id: str | None = None
+    """Id of the job's principal (absent for jobs enqueued without one): sealed into the
+    result so a reader can be checked against it (``JobHandle.result(reader=...)``)."""
+
+
+_TIMESTAMP_MASK = (1 << 48) - 1
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A time-ordered 128-bit id: 48-bit milliseconds since the epoch then 80 random bits,
+    as 32 lowercase hex characters (ids sort by creation time to the millisecond)."""
+    ms = int((time.time() if now is None else now) * 1000) & _TIMESTAMP_MASK
+    return (ms.to_bytes(6, "big") + os.urandom(10)).hex()
