@@ -26,6 +26,7 @@ from vaultq.brokers.base import (
     Release,
     Retry,
 )
+from vaultq.brokers.chords import ChordStore, chord_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.third_party_broker]
 
@@ -965,3 +966,77 @@ async def test_check_limits_rate_reserves_turns(broker: Broker) -> None:
     await anyio.sleep(w2 + 0.05)
     assert await check("r2") == 0  # its turn came: it starts without taking another
     assert await check("r2") > 0.2  # a second start is a new turn
+
+
+# -- chords (ChordStore) ------------------------------------------------------------------
+
+
+async def test_chord_arrive_is_idempotent_per_member_and_says_when_all_arrived(
+    broker: Broker, make_broker: Callable[[str], Broker]
+) -> None:
+    assert isinstance(broker, ChordStore)
+    store = chord_store(broker)
+    until = await broker.time() + 60
+
+    async def arrive(member: int, result: bytes, chord: str = "wf1") -> bool:
+        return await store.chord_arrive(Q, chord, member, result, total=3, until=until)
+
+    assert await arrive(0, b"r0") is False
+    assert await arrive(0, b"r0-again") is False  # a re-run changes nothing
+    assert await arrive(2, b"r2") is False
+    assert await arrive(1, b"r1") is True  # the last arrival completes it
+    assert await arrive(1, b"r1-again") is True  # ...and a re-run of any member sees it
+    assert await store.chord_results(Q, "wf1") == {0: b"r0", 1: b"r1", 2: b"r2"}
+    # Another chord, another queue and another namespace are apart.
+    assert await arrive(0, b"x", chord="wf2") is False
+    assert await store.chord_results("elsewhere", "wf1") == {}
+    second = make_broker("-other-ns")
+    await second.connect()
+    try:
+        assert await chord_store(second).chord_results(Q, "wf1") == {}
+    finally:
+        await second.close()
+    with pytest.raises(ValueError, match="out of range"):
+        await arrive(3, b"r3")
+
+
+async def test_chord_state_expires_with_the_workflow(broker: Broker) -> None:
+    store = chord_store(broker)
+    until = await broker.time() + 0.4
+    assert await store.chord_arrive(Q, "wfx", 0, b"r0", total=2, until=until) is False
+    assert await store.chord_results(Q, "wfx") == {0: b"r0"}
+    await anyio.sleep(0.7)
+    assert await store.chord_results(Q, "wfx") == {}
+
+
+async def test_racing_last_members_complete_a_chord_exactly_once(
+    broker: Broker, other: Broker
+) -> None:
+    """The last two members finish at the same moment on two connections (two workers):
+    exactly one of them learns that the chord is complete, every time; and 40 members
+    arriving at once elect exactly one completer too."""
+    store, store2 = chord_store(broker), chord_store(other)
+    until = await broker.time() + 60
+    for round_ in range(15):
+        chord = f"race{round_}"
+        for member in range(3):
+            await store.chord_arrive(Q, chord, member, b"r", total=5, until=until)
+        seen: list[bool] = []
+
+        async def last(b: ChordStore, member: int, chord: str = chord) -> None:
+            seen.append(await b.chord_arrive(Q, chord, member, b"r", total=5, until=until))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(last, store, 3)
+            tg.start_soon(last, store2, 4)
+        assert sorted(seen) == [False, True], round_
+    done: list[bool] = []
+
+    async def arrive(b: ChordStore, i: int) -> None:
+        done.append(await b.chord_arrive(Q, "crowd", i, b"r%d" % i, total=40, until=until))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(arrive, store if i % 2 else store2, i)
+    assert done.count(True) == 1 and len(done) == 40
+    assert len(await store.chord_results(Q, "crowd")) == 40

@@ -50,6 +50,7 @@ from vaultq.brokers.base import (
     ScheduleMark,
     Settlement,
 )
+from vaultq.brokers.chords import MemoryChords
 from vaultq.brokers.memory_store import (
     MAX_ID,
     UNAUTHENTICATED,
@@ -77,7 +78,7 @@ SWEEP_INTERVAL = 30.0
 _CAPABILITIES = BrokerCapabilities(shared=False, durable=False)
 
 
-class MemoryBroker:
+class MemoryBroker(MemoryChords):
     """The in-memory broker: ``memory://`` (a fresh store) or ``memory://name`` (one
     store per name in this process). Not durable, not shared across processes: for
     tests and single-process use (see the module docstring).

@@ -53,6 +53,7 @@ from vaultq.brokers.base import (
     Retry,
     Settlement,
 )
+from vaultq.brokers.redis_chords import CHORD_SCRIPTS, RedisChords
 from vaultq.brokers.redis_layout import (
     GROUP,
     QueueKeys,
@@ -113,6 +114,7 @@ _SCRIPTS: Final = (
     "mark_schedule",
     "enqueue_keyed",
     "limit",
+    *CHORD_SCRIPTS,
 )
 
 
@@ -120,7 +122,7 @@ _CLUSTER_CALLS: Final = 16
 """Script calls of one batch in flight at once on a cluster client (no pipelining)."""
 
 
-class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring):
+class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChords):
     """Redis Streams broker (also works with Valkey).
 
     ``url`` is ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,

@@ -59,6 +59,7 @@ from vaultq.brokers.base import (
     Retry,
     Settlement,
 )
+from vaultq.brokers.sqlite_chords import SqliteChords
 from vaultq.brokers.sqlite_file import (
     MEMORY,
     immediate,
@@ -115,7 +116,7 @@ class _MemoryHolder:
         self.users = 0
 
 
-class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring):
+class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, SqliteChords):
     """The embedded broker: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``.
 
     ``sqlite:///:memory:`` keeps everything in one in-memory connection shared by the

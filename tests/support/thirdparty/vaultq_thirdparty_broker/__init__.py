@@ -29,6 +29,7 @@ from vaultq.brokers.base import (
     TickStore,
     UniqueKeys,
 )
+from vaultq.brokers.chords import ChordStore
 from vaultq.brokers.sqlite import SqliteBroker
 from vaultq.errors import ConfigurationError
 
@@ -48,6 +49,7 @@ class ThirdPartyBroker:
         self._ticks: TickStore = store
         self._limits: Limits = store
         self._unique: UniqueKeys = store
+        self._chords: ChordStore = store
 
     @property
     def url(self) -> str:
@@ -176,3 +178,13 @@ class ThirdPartyBroker:
         return await self._limits.check_limits(
             queue, job_id, concurrency=concurrency, rate=rate, keep=keep
         )
+
+    async def chord_arrive(
+        self, queue: str, chord: str, member: int, result: bytes, *, total: int, until: float
+    ) -> bool:
+        return await self._chords.chord_arrive(
+            queue, chord, member, result, total=total, until=until
+        )
+
+    async def chord_results(self, queue: str, chord: str) -> dict[int, bytes]:
+        return await self._chords.chord_results(queue, chord)
