@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,10 +37,16 @@ def utc(
     return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC).timestamp()
 
 
-def new_app(url: str, name: str, keyring: vaultq.Keyring, **schedule: object) -> vaultq.App:
+def new_app(
+    url: str,
+    name: str,
+    keyring: vaultq.Keyring,
+    middleware: Sequence[vaultq.Middleware] = (),
+    **schedule: object,
+) -> vaultq.App:
     """An app with one task ``job`` and one schedule ``s`` of it (each racer has its own
     App, so its own broker connection, like another process)."""
-    app = make_app(name, url, keyring)
+    app = make_app(name, url, keyring, middleware=middleware)
 
     @app.task(name="job", policy=vaultq.require_role("vaultq:scheduler"))
     def job(p: Tick) -> None: ...
@@ -270,3 +277,91 @@ def test_verify_only_workers_do_not_schedule(
 
 
 def _noop(p: Tick) -> None: ...
+
+
+# -- ticks go through the enqueue hooks, like task.enqueue ------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class Heard(vaultq.Middleware):
+    """Records the enqueue hooks and adds a trace context; notes each attempt's trace."""
+
+    def __init__(self) -> None:
+        self.enqueues: list[tuple[str, vaultq.EnqueueInfo, str | None]] = []
+        self.traces: dict[str, dict[str, str]] = {}
+
+    def before_enqueue(self, job: vaultq.EnqueueInfo, trace: dict[str, str]) -> None:
+        self.enqueues.append(("before", job, None))
+        trace["traceparent"] = TRACEPARENT
+
+    def after_enqueue(self, job: vaultq.EnqueueInfo, error: str | None) -> None:
+        self.enqueues.append(("after", job, error))
+
+    def attempt_started(self, job: vaultq.JobInfo) -> None:
+        self.traces[job.job_id] = dict(job.trace)
+
+    def heard(self, job_id: str) -> list[tuple[str, str | None]]:
+        return [(hook, error) for hook, info, error in self.enqueues if info.job_id == job_id]
+
+
+async def test_a_worker_s_ticks_run_the_enqueue_hooks_and_carry_their_trace(
+    url: str, unique_name: str
+) -> None:
+    # The schedule runs inside the worker (SchedulerMiddleware), on the real clock.
+    heard = Heard()
+    app = make_app(unique_name, url, middleware=[heard])
+    ran: list[str] = []
+
+    @app.periodic(every=timedelta(seconds=1), name="beat")
+    @app.task(name="beat", policy=vaultq.require_role("vaultq:scheduler"))
+    def beat(p: Tick) -> None:
+        ran.append(vaultq.current_job().job_id)
+
+    with anyio.fail_after(20):
+        async with running_worker(app):
+            while len(ran) < 2:
+                await anyio.sleep(0.1)
+    for job_id in ran:
+        assert heard.heard(job_id) == [("before", None), ("after", None)]
+        # before_enqueue's trace context was sealed into the tick's job and read back.
+        assert heard.traces[job_id] == {"traceparent": TRACEPARENT}
+    info = next(i for hook, i, _ in heard.enqueues if i.job_id == ran[0])
+    assert (info.task, info.queue, info.app) == ("beat", "default", unique_name)
+    assert info.principal_id == "vaultq:scheduler:beat"
+    assert info.not_before <= info.enqueued_at
+    await app.aclose()
+
+
+async def test_a_tick_claimed_elsewhere_is_a_duplicate_for_the_hooks(
+    url: str, unique_name: str
+) -> None:
+    keyring = vaultq.Keyring.generate()
+    heard = [Heard() for _ in range(3)]
+    apps = [new_app(url, unique_name, keyring, [h], every=10) for h in heard]
+    clock = Clock(utc(2026, 12, 1, 10, 0, 3))
+    schedulers = [Scheduler(a, clock=clock) for a in apps]
+    await schedulers[0].run_pass()  # the first start sets the mark
+    clock.t = utc(2026, 12, 1, 10, 0, 10, 200_000)
+    tick = "tick:s:20261201T100010Z"
+    async with anyio.create_task_group() as tg:  # racing for the tick on one loop
+        for s in schedulers:
+            tg.start_soon(s.run_pass)
+    heard_all = [pair for h in heard for pair in h.heard(tick)]
+    # Each racer that sealed the tick heard after_enqueue: one wrote it, the others lost.
+    assert heard_all.count(("after", None)) == 1
+    assert heard_all.count(("before", None)) == len([p for p in heard_all if p[0] == "after"])
+    assert {e for hook, e in heard_all if hook == "after"} <= {None, "DuplicateJob"}
+    assert await queued_ids(apps[0]) == [tick]
+    # The claim's second line of defence (the id exists already) is a duplicate too.
+    later = "tick:s:20261201T100020Z"
+    await (
+        apps[1]
+        .tasks["job"]
+        .enqueue(Tick(), job_id=later, principal=vaultq.schedule.scheduler_principal("s"))
+    )
+    clock.t += 10
+    assert await schedulers[2].run_pass() == []
+    assert heard[2].heard(later) == [("before", None), ("after", "DuplicateJob")]
+    for a in apps:
+        await a.aclose()

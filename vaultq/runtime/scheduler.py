@@ -30,8 +30,14 @@ import anyio
 
 from vaultq.brokers.base import Broker, EnqueueItem, TickStore
 from vaultq.envelope import JobMeta, seal_job
-from vaultq.errors import AuthorizationDenied, BrokerError, ConfigurationError, VaultqError
-from vaultq.middleware import Middleware, WorkerInfo
+from vaultq.errors import (
+    AuthorizationDenied,
+    BrokerError,
+    ConfigurationError,
+    DuplicateJob,
+    VaultqError,
+)
+from vaultq.middleware import EnqueueInfo, Middleware, WorkerInfo
 from vaultq.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -169,7 +175,12 @@ class Scheduler:
         return written
 
     async def _fire(self, store: TickStore, s: Schedule, tick: float, *, lateness: float) -> bool:
-        """Seal and claim one tick; True when this call wrote its job."""
+        """Seal and claim one tick; True when this call wrote its job.
+
+        The same steps, in the same order, as ``task.enqueue``: the policy, then the app's
+        ``before_enqueue`` hooks (their trace context is sealed into the job), the seal,
+        the write, and ``after_enqueue``. A tick another scheduler claimed first is, for
+        the hooks, a duplicate (``error="DuplicateJob"``), as for a held unique key."""
         app = self.app
         job_id = s.job_id(tick)
         try:
@@ -180,27 +191,67 @@ class Scheduler:
             log.error("schedule %s: tick %s not enqueued: %s", s.name, job_id, exc)
             await store.mark_schedule(s.queue, s.name, tick)
             return False
-        try:
-            envelope = self._seal(s, job_id, lateness)
-        except VaultqError as exc:
-            log.error("schedule %s: tick %s could not be sealed: %s", s.name, job_id, exc)
-            await store.mark_schedule(s.queue, s.name, tick)
-            return False
-        item = EnqueueItem(queue=s.queue, job_id=job_id, envelope=envelope)
-        # The id stays reserved for the job's validity, like a custom job id.
-        reserve = s.task.options.expires + app.clock_skew
-        written = await store.claim_tick(item, schedule=s.name, tick=tick, ttl=reserve)
-        if written:
-            log.info("schedule %s: enqueued tick %s", s.name, job_id)
-        return written
-
-    def _seal(self, s: Schedule, job_id: str, lateness: float) -> bytes:
-        app = self.app
-        task = s.task
         # Sealed times are this host's clock (its signed claims). A late tick's not-before
         # goes back to the tick (at most grace), so its expiry counts from the tick.
         now = app.clock.local()
         not_before = now - max(0.0, min(lateness, s.grace))
+        hooks = app.enqueue_hooks
+        if not hooks.enqueue:
+            missed = await self._seal_and_claim(store, s, tick, job_id, now, not_before, JobMeta())
+            return missed is None
+        info = EnqueueInfo(
+            job_id=job_id,
+            task=s.task.name,
+            queue=s.queue,
+            app=app.name,
+            principal_id=s.principal.id,
+            enqueued_at=now,
+            not_before=not_before,
+        )
+        trace = hooks.before_enqueue(info)
+        # Inside the seal, as for any job: trace context reveals call graphs.
+        meta = JobMeta() if trace is None else JobMeta(trace=trace)
+        try:
+            missed = await self._seal_and_claim(store, s, tick, job_id, now, not_before, meta)
+        except BaseException as exc:
+            hooks.after_enqueue(info, type(exc).__name__)
+            raise
+        hooks.after_enqueue(info, missed)
+        return missed is None
+
+    async def _seal_and_claim(
+        self,
+        store: TickStore,
+        s: Schedule,
+        tick: float,
+        job_id: str,
+        now: float,
+        not_before: float,
+        meta: JobMeta,
+    ) -> str | None:
+        """None when this call wrote the tick's job; otherwise why not, as an exception
+        class name for ``after_enqueue``."""
+        app = self.app
+        try:
+            envelope = self._seal(s, job_id, now, not_before, meta)
+        except VaultqError as exc:
+            log.error("schedule %s: tick %s could not be sealed: %s", s.name, job_id, exc)
+            await store.mark_schedule(s.queue, s.name, tick)
+            return type(exc).__name__
+        item = EnqueueItem(queue=s.queue, job_id=job_id, envelope=envelope)
+        # The id stays reserved for the job's validity, like a custom job id.
+        reserve = s.task.options.expires + app.clock_skew
+        written = await store.claim_tick(item, schedule=s.name, tick=tick, ttl=reserve)
+        if not written:
+            return DuplicateJob.__name__  # another scheduler claimed it first
+        log.info("schedule %s: enqueued tick %s", s.name, job_id)
+        return None
+
+    def _seal(
+        self, s: Schedule, job_id: str, now: float, not_before: float, meta: JobMeta
+    ) -> bytes:
+        app = self.app
+        task = s.task
         envelope = seal_job(
             app.keyring,
             job_id=job_id,
@@ -209,7 +260,7 @@ class Scheduler:
             queue=task.queue,
             payload=task.check_payload(s.payload),
             principal=s.principal,
-            meta=JobMeta(),
+            meta=meta,
             issued_at=now,
             not_before=not_before,
             expires_at=not_before + task.options.expires,
