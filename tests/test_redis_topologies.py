@@ -7,8 +7,9 @@ persistence, in a temporary directory; ``redis-server`` and ``redis-cli`` come f
 The cluster runs the whole broker conformance suite (imported from
 ``test_broker_contract``, with its ``make_broker`` fixture overridden below), plus the
 cluster-specific cases: enqueue batches and idle fetches across queues on different
-masters, and a worker serving two such queues end to end. Sentinel gets an end-to-end
-worker round trip through a ``redis+sentinel://`` URL.
+masters, a worker serving two such queues end to end, and concurrency/rate limits,
+unique keys and tick claims on two such queues (their keys in each queue's slot).
+Sentinel gets an end-to-end worker round trip through a ``redis+sentinel://`` URL.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,10 +36,12 @@ from support.workers import make_app, running_worker
 from test_broker_contract import *  # noqa: F403
 from test_broker_contract import Q, ack, fetch, item
 
+import vaultq
 from vaultq.brokers.base import Broker, EnqueueItem
 from vaultq.brokers.redis import QueueKeys, RedisBroker
 from vaultq.errors import BrokerUnavailable, ConfigurationError
 from vaultq.jobs import JobStatus
+from vaultq.runtime.scheduler import Scheduler
 
 # Replaces the imported module's marks.
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -385,6 +389,118 @@ async def test_worker_serves_two_queues_on_two_masters(
     assert _node_of(cluster_ports, QueueKeys(unique_name, qa).stream) != _node_of(
         cluster_ports, QueueKeys(unique_name, qb).stream
     )
+
+
+# -- issue 14's keys on the cluster: limits, unique keys, schedule marks ----------------------
+
+
+class Work(msgspec.Struct, frozen=True):
+    n: int = 0
+
+
+def _keys_under(ports: list[int], prefix: str) -> list[str]:
+    """Every key named ``<prefix>*`` across the cluster's masters."""
+    client = SyncCluster(host="127.0.0.1", port=ports[0])
+    try:
+        return sorted(k.decode() for k in client.scan_iter(match=prefix + "*", count=1000))
+    finally:
+        client.close()
+
+
+async def test_limits_unique_keys_and_ticks_on_queues_on_two_masters(
+    cluster_url: str, cluster_ports: list[int], unique_name: str, anyio_backend: str
+) -> None:
+    """The Lua scripts of max_concurrency slots, the GCRA rate, unique-key locks and tick
+    claims touch several keys each: all of them carry their queue's hash tag, so each
+    script runs in one slot, here with two queues on two masters."""
+    qa, qb = _two_queues_on_two_masters(cluster_ports, unique_name)
+    app = make_app(unique_name, cluster_url)
+    running = peak = 0
+    paced_starts: list[float] = []
+    ticks_ran: list[str] = []
+
+    @app.task(name="t.pair", queue=qa, max_concurrency=2)
+    async def pair(job: Work) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await anyio.sleep(0.1)
+        running -= 1
+        return job.n
+
+    @app.task(name="t.paced", queue=qb, rate_limit="20/s")
+    async def paced(job: Work) -> int:
+        paced_starts.append(time.monotonic())
+        return job.n
+
+    @app.task(name="t.once", queue=qb, unique=lambda job: f"invoice:{job.n}")
+    async def once(job: Work) -> int:
+        return job.n
+
+    @app.task(name="t.beat-a", queue=qa, policy=vaultq.require_role("vaultq:scheduler"))
+    async def beat_a(job: Work) -> None:
+        ticks_ran.append(vaultq.current_job().job_id)
+
+    @app.task(name="t.beat-b", queue=qb, policy=vaultq.require_role("vaultq:scheduler"))
+    async def beat_b(job: Work) -> None:
+        ticks_ran.append(vaultq.current_job().job_id)
+
+    app.schedule(beat_a, every=10, name="beat-a")
+    app.schedule(beat_b, every=10, name="beat-b")
+    try:
+        # Unique keys: a second enqueue while the first job is queued returns it.
+        first = await once.enqueue(Work(1))
+        assert (await once.enqueue(Work(1))).id == first.id
+        (lock,) = _keys_under(cluster_ports, QueueKeys(unique_name, qb).unique(""))
+        assert key_slot(lock.encode()) == key_slot(QueueKeys(unique_name, qb).stream.encode())
+
+        # Tick claims: two schedulers (two apps, two connections) race on a driven clock.
+        now = [datetime(2026, 12, 1, 10, 0, 3, tzinfo=UTC).timestamp()]
+        other = make_app(unique_name, cluster_url, app.keyring)
+        for task in (beat_a, beat_b):
+            other.schedule(
+                other.task(name=task.name, queue=task.queue)(_nothing),
+                every=10,
+                name=task.name.removeprefix("t."),
+            )
+        racers = [Scheduler(a, clock=lambda: now[0]) for a in (app, other)]
+        await racers[0].run_pass()  # first start: the marks are set
+        now[0] += 10
+        async with anyio.create_task_group() as tg:
+            for racer in racers:
+                tg.start_soon(racer.run_pass)
+        assert racers[0].fired + racers[1].fired == 2  # one tick per schedule, once
+        await other.aclose()
+
+        async with running_worker(app, queues=[qa, qb], concurrency=8, schedules=False):
+            pairs = await pair.enqueue_many([Work(n) for n in range(8)])
+            paceds = await paced.enqueue_many([Work(n) for n in range(10)])
+            assert [await h.result(timeout=30) for h in pairs] == list(range(8))
+            assert [await h.result(timeout=30) for h in paceds] == list(range(10))
+            assert await first.result(timeout=30) == 1
+            with anyio.fail_after(30):
+                while len(ticks_ran) < 2:
+                    await anyio.sleep(0.05)
+        # The settled job freed its key: the next enqueue makes a new job.
+        assert (await once.enqueue(Work(1))).id != first.id
+    finally:
+        await app.aclose()
+    assert peak == 2
+    gaps = [b - a for a, b in zip(paced_starts, paced_starts[1:])]
+    # 20/s: one start per 0.05 s (9 gaps; a little early is the clock estimate)
+    assert paced_starts[-1] - paced_starts[0] >= 0.4, gaps
+    assert sorted(ticks_ran) == ["tick:beat-a:20261201T100010Z", "tick:beat-b:20261201T100010Z"]
+    # Every key the features wrote sits in its queue's slot (on that queue's master).
+    for queue, kinds in ((qa, ("limit:c:", "schedules")), (qb, ("limit:r:", "schedules"))):
+        keys = QueueKeys(unique_name, queue)
+        home = key_slot(keys.stream.encode())
+        for kind in kinds:
+            found = _keys_under(cluster_ports, keys.prefix + kind)
+            assert found, (queue, kind)
+            assert {key_slot(k.encode()) for k in found} == {home}
+
+
+def _nothing(job: Work) -> None: ...
 
 
 # -- sentinel -------------------------------------------------------------------------------
