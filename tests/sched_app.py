@@ -3,18 +3,41 @@ sched_app`): one every=1s schedule whose task appends its job id to SCHED_LOG.
 
 Configured from the environment like a deployment: VAULTQ_BROKER, VAULTQ_KEYS, SCHED_APP
 (the app name, unique per test) and SCHED_LOG (O_APPEND writes of one short line are atomic).
+SCHED_STALL=<path>: once the file <path> exists, this process freezes inside its next tick
+(after the policy allowed it, before the seal and the claim) and writes the tick's job id to
+<path>.tick, for a test to kill -9 it there.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import msgspec
 
 import vaultq
 
-app = vaultq.App(os.environ.get("SCHED_APP", "sched"), lease=5.0)
+
+class Stall(vaultq.Middleware):
+    """Freezes the whole process (a blocking sleep on its event loop) mid-tick."""
+
+    def __init__(self, trigger: Path) -> None:
+        self.trigger = trigger
+
+    def before_enqueue(self, job: vaultq.EnqueueInfo, trace: dict[str, str]) -> None:
+        if job.job_id.startswith("tick:") and self.trigger.exists():
+            Path(f"{self.trigger}.tick").write_text(job.job_id)
+            time.sleep(3600)
+
+
+_stall = os.environ.get("SCHED_STALL")
+app = vaultq.App(
+    os.environ.get("SCHED_APP", "sched"),
+    lease=5.0,
+    middleware=[Stall(Path(_stall))] if _stall else [],
+)
 
 
 class Beat(msgspec.Struct, frozen=True):

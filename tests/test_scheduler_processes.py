@@ -1,7 +1,8 @@
 """Periodic jobs across real processes: three workers (which schedule too: they hold the
-signing key) and two `vaultq scheduler` processes run an every=1s schedule; one scheduler
-and one worker are killed with SIGKILL midway. Every tick runs exactly once, on Redis and
-on SQLite."""
+signing key) and two `vaultq scheduler` processes run an every=1s schedule. Midway, one
+scheduler is frozen inside a tick (its policy passed, the job not yet sealed nor claimed)
+and killed there with SIGKILL, and one worker is killed with SIGKILL whatever it is doing.
+Every tick runs exactly once (that tick too), on Redis and on SQLite."""
 
 from __future__ import annotations
 
@@ -45,16 +46,29 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
             "SCHED_LOG": str(runs),
         }
     )
+    stall = tmp_path / "stall"
     workers = [start_worker_process("sched_app", env, "--concurrency", "4") for _ in range(3)]
-    schedulers = [start_scheduler(env, tmp_path / f"scheduler-{i}.log") for i in range(2)]
+    schedulers = [
+        start_scheduler({**env, "SCHED_STALL": str(stall)}, tmp_path / "scheduler-0.log"),
+        start_scheduler(env, tmp_path / "scheduler-1.log"),
+    ]
     procs = [*workers, *schedulers]
     try:
         wait_until_serving(workers)
         started = time.time()
         time.sleep(RUN / 2)
-        # SIGKILL one scheduler and one (scheduling) worker, whatever they were doing.
+        # Scheduler 0 freezes inside its next tick; SIGKILL it there, and one (scheduling)
+        # worker whatever it was doing.
+        stall.touch()
+        frozen = Path(f"{stall}.tick")
+        deadline = time.monotonic() + 30
+        while not frozen.exists() or not frozen.read_text():
+            assert time.monotonic() < deadline, "scheduler 0 never reached a tick"
+            assert schedulers[0].poll() is None
+            time.sleep(0.02)
         schedulers[0].send_signal(signal.SIGKILL)
         workers[0].send_signal(signal.SIGKILL)
+        killed_in = frozen.read_text()
         time.sleep(RUN / 2)
         stopped = time.time()
         for p in procs:
@@ -78,6 +92,8 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
     }
     missing = expected - set(ids)
     assert not missing, sorted(missing)
+    # The tick the frozen scheduler was killed in ran once, enqueued by another process.
+    assert counts[killed_in] == 1, (killed_in, sorted(counts))
     pids = set(lines[1::2])
     took = stopped - started
     print(f"\n{broker_kind}: {len(ids)} ticks in {took:.1f} s, run by {len(pids)} workers")
