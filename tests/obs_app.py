@@ -8,13 +8,15 @@ middleware installed). Tests build the producer side with :func:`build`.
 
 The tasks cover every outcome the metrics count: ``ok`` succeeds, ``boom`` fails for
 good, ``flaky`` fails once then succeeds (a retry), ``slow`` times out, ``guarded`` is
-allowed at enqueue and denied in the worker.
+allowed at enqueue and denied in the worker; ``hog`` blocks the worker's event loop
+(a stuck worker, for the health checks).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -58,6 +60,12 @@ def build(
     @app.task(name="guarded", policy=only_at_enqueue)
     async def guarded(job: Note) -> None:
         return None
+
+    @app.task(name="hog", policy=vaultq.allow_all, retries=0)
+    async def hog(job: Note) -> None:
+        # A bug on purpose: a blocking call in a coroutine stalls the worker's event loop
+        # (and so its heartbeats) for job.n seconds: what `vaultq health` must catch.
+        time.sleep(job.n)  # noqa: ASYNC251
 
     @app.task(name="sync_ok", policy=vaultq.allow_all)
     def sync_ok(job: Note) -> int:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -170,3 +171,75 @@ def test_worker_refuses_a_health_file_it_cannot_write_before_starting(tmp_path: 
     assert out.returncode == 2
     assert "the health file's directory" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# -- the broker-heartbeat verdict (`vaultq health APP`); real processes: test_health_broker.py
+
+
+def beat(worker: str, *, host: str = "h1", pid: int = 10, at: float, started: float = 0.0) -> Any:
+    from vaultq.brokers.monitor import WorkerBeat
+
+    return WorkerBeat(
+        worker=worker, host=host, pid=pid, app="a", queues=("default",), concurrency=1,
+        in_flight=0, done=0, started_at=started, version="x", every=1.0, at=at,
+    )  # fmt: skip
+
+
+def test_gone_after_three_beat_periods_plus_one_second() -> None:
+    from vaultq.monitor import judge_health
+
+    one = [beat("w1", at=100.0)]
+    # every=1.0: alive up to 3 x 1 + 1 = 4 s after the last beat (broker clock), no longer.
+    assert judge_health(one, now=104.0, this_host="h1").healthy
+    late = judge_health(one, now=104.01, this_host="h1")
+    assert not late.healthy
+    assert "stopped beating 4.0 s ago (max 4 s)" in late.line
+    assert judge_health(one, now=104.01, this_host="h1", max_age=10).healthy
+    assert not judge_health(one, now=101.5, this_host="h1", max_age=1).healthy
+
+
+def test_a_silent_worker_counts_until_a_later_one_replaces_it() -> None:
+    from vaultq.monitor import judge_health
+
+    gone_pid = 2**22 + 12345  # above the default pid_max: no such process here
+    dead = beat("old", pid=gone_pid, at=100.0, started=50.0)
+    # Not replaced (nothing started after its last beat): unhealthy, whatever else beats.
+    sibling = beat("sib", pid=11, at=199.0, started=60.0)
+    verdict = judge_health([dead, sibling], now=200.0, this_host="h1")
+    assert not verdict.healthy and f"pid {gone_pid} is gone" in verdict.line
+    # Its process is gone and a worker started after its last beat: replaced.
+    new = beat("new", pid=12, at=199.0, started=150.0)
+    verdict = judge_health([dead, new], now=200.0, this_host="h1")
+    assert verdict.healthy and "1 earlier one(s) replaced" in verdict.line
+    # A clock offset (broker minus this host) moves the comparison: the new worker's
+    # start, in host time, is before the old beat once converted.
+    assert not judge_health([dead, new], now=200.0, offset=-60.0, this_host="h1").healthy
+    # Still running (this process's pid): stuck, not replaced...
+    stuck = beat("stuck", pid=os.getpid(), at=100.0, started=50.0)
+    verdict = judge_health([stuck, new], now=200.0, this_host="h1")
+    assert not verdict.healthy and "still exists: its event loop is blocked" in verdict.line
+    # ...unless a live worker now has that pid (a restarted container's pid 1).
+    reused = beat("again", pid=os.getpid(), at=199.0, started=150.0)
+    assert judge_health([stuck, reused], now=200.0, this_host="h1").healthy
+    # Another host's processes cannot be checked from here: a later worker replaces.
+    assert judge_health([stuck, new], now=200.0, this_host="elsewhere", host="h1").healthy
+    # --pid narrows the selection to one process.
+    assert judge_health([dead, new], now=200.0, this_host="h1", pid=12).healthy
+    assert not judge_health([dead, new], now=200.0, this_host="h1", pid=gone_pid).healthy
+
+
+def test_worker_any_and_empty_selections() -> None:
+    from vaultq.monitor import judge_health
+
+    beats = [beat("w1", at=100.0), beat("w2", host="h2", pid=20, at=80.0)]
+    assert judge_health(beats, now=101.0, worker="w1").healthy
+    assert not judge_health(beats, now=101.0, worker="w2").healthy
+    assert judge_health(beats, now=101.0, any_worker=True).healthy
+    assert not judge_health(beats, now=150.0, any_worker=True).healthy
+    nobody = judge_health(beats, now=101.0, worker="w\x1b[31m")
+    assert not nobody.healthy and "\x1b" not in nobody.line  # broker data is escaped
+    assert "no heartbeat from" in judge_health([], now=1.0, this_host="h1").line
+    with pytest.raises(VaultqError, match="give no worker/host/pid"):
+        judge_health(beats, now=1.0, any_worker=True, pid=3)
+    with pytest.raises(VaultqError, match="give no host/pid"):
+        judge_health(beats, now=1.0, worker="w1", host="h1")
