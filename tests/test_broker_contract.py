@@ -929,6 +929,66 @@ async def test_enqueue_keyed_is_atomic_under_concurrency(broker: Broker, other: 
     assert [d.job_id for d in await fetch(broker)] == [holders[0]]
 
 
+# -- tombstones (Tombstones) ------------------------------------------------------------
+
+
+async def test_tombstone_finishes_an_unwritten_id_and_refuses_an_existing_one(
+    broker: Broker,
+) -> None:
+    from vaultq.brokers.base import Tombstones
+
+    assert isinstance(broker, Tombstones)
+    later = time.time() + 3600
+
+    async def tomb(job_id: str, data: bytes = b"cancelled") -> bool:
+        return await broker.tombstone(Q, job_id, result=data, result_ttl=60, remember_until=later)
+
+    assert await tomb("t1")
+    assert await broker.get_result(Q, "t1") == b"cancelled"
+    assert not await broker.enqueue_unique(item("t1"), ttl=60)  # the tombstone holds the id
+    assert not await tomb("t1", b"second")  # write-once
+    assert await broker.get_result(Q, "t1") == b"cancelled"
+    # An id that exists is left alone: queued, delayed, running, finished.
+    assert await broker.enqueue_unique(item("t2"), ttl=60)
+    assert not await tomb("t2")
+    assert await broker.enqueue_unique(item("t3", at=time.time() + 60), ttl=120)
+    assert not await tomb("t3")
+    (d,) = await fetch(broker)
+    assert d.job_id == "t2"
+    assert not await tomb("t2")
+    await broker.settle([ack(d, b"done")])
+    assert not await tomb("t2")
+    assert await broker.get_result(Q, "t2") == b"done"
+    assert await broker.wait_result(Q, "t1", 0.5) == b"cancelled"
+
+
+async def test_tombstone_and_enqueue_unique_racing_for_one_id_have_one_winner(
+    broker: Broker, other: Broker
+) -> None:
+    for n in range(10):
+        job_id = f"race{n}"
+        won: list[str] = []
+
+        async def write(b: Broker) -> None:
+            if await b.enqueue_unique(item(job_id), ttl=60):
+                won.append("job")
+
+        async def tomb(b: Broker) -> None:
+            if await b.tombstone(  # type: ignore[attr-defined]
+                Q, job_id, result=b"x", result_ttl=60, remember_until=time.time() + 60
+            ):
+                won.append("tombstone")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, broker if n % 2 else other)
+            tg.start_soon(tomb, other if n % 2 else broker)
+        assert len(won) == 1, won
+        queued = [d.job_id for d in await fetch(broker)]
+        assert queued == ([job_id] if won == ["job"] else [])
+        if queued:
+            assert await broker.get_result(Q, job_id) is None
+
+
 # -- limits (Limits) ---------------------------------------------------------------------
 
 

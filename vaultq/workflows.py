@@ -24,6 +24,7 @@ from vaultq.jobs import JobHandle, JobStatus
 
 if TYPE_CHECKING:
     from vaultq.app import App
+    from vaultq.brokers.base import CancelState
     from vaultq.principal import Principal
     from vaultq.tasks import Task
 
@@ -218,6 +219,7 @@ class WorkflowHandle(Generic[R]):
     def __init__(self, app: App, workflow_id: str, tasks: Sequence[Task[Any, Any]]) -> None:
         self.app = app
         self.id = workflow_id
+        self.tasks: tuple[Task[Any, Any], ...] = tuple(tasks)
         self.handles: tuple[JobHandle[Any], ...] = tuple(
             JobHandle(
                 app.results,
@@ -279,6 +281,22 @@ class WorkflowHandle(Generic[R]):
     def steps_sync(self) -> list[StepStatus]:
         steps: list[StepStatus] = self.app.run_sync(self.steps)
         return steps
+
+    async def cancel(self) -> CancelState:
+        """Cancel the workflow: steps not enqueued yet never will be (the broker refuses
+        the forwarding write, even from a step finishing right now), a waiting step never
+        starts, a running one is cancelled at its next await. ``result()`` then raises
+        ``WorkflowFailed`` at the step that was stopped (status ``cancelled``). Returns
+        FINISHED (a no-op) when the workflow had already ended. See
+        ``vaultq.workflow_control``."""
+        from vaultq.workflow_control import cancel_workflow
+
+        return await cancel_workflow(self.app, self.id, self.tasks)
+
+    def cancel_sync(self) -> CancelState:
+        """:meth:`cancel` for synchronous code."""
+        state: CancelState = self.app.run_sync(self.cancel)
+        return state
 
 
 def _type_name(kind: Any) -> str:

@@ -72,6 +72,11 @@ Semantics every implementation keeps (the conformance suite in
 * **Finished-id memory.** ``remember_until`` (Unix seconds) says how long a finished id
   must be remembered; a broker may keep it longer (rounding up to the hour) but
   never shorter.
+* **Tombstones** (:class:`Tombstones`, optional). ``tombstone`` finishes a job id that
+  was never written: one atomic step that, when the id does not exist (as
+  ``enqueue_unique`` sees it), stores a sealed outcome under it and remembers it as
+  finished, so every later ``enqueue_unique`` of the id is refused. Of a tombstone and an
+  ``enqueue_unique`` racing for one id, exactly one wins (workflow cancellation).
 * **Cancellation.** ``cancel`` leaves a marker (kept at least ``ttl`` seconds) that
   fetch reports as ``cancel_requested`` and ``cancelled`` reports for running jobs.
 
@@ -109,6 +114,7 @@ __all__ = [
     "ScheduleMark",
     "Settlement",
     "TickStore",
+    "Tombstones",
     "UniqueKeys",
 ]
 
@@ -499,4 +505,28 @@ class Limits(Protocol):
         job that must wait reserves its turn and starts at once when it comes back then.
         Returns 0 (start), -1 (every slot held) or the seconds until its turn (the slot,
         if taken, is given back). ``keep``: seconds the state outlives its last use."""
+        ...
+
+
+@runtime_checkable
+class Tombstones(Protocol):
+    """Finishing a job id before it is written: what ``WorkflowHandle.cancel()`` needs so
+    that a step finishing at the same moment cannot start the next one (offered by the
+    built-in brokers). State lives beside the queue's keys (one Redis Cluster slot)."""
+
+    async def tombstone(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        result: bytes,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        """Atomically: when ``job_id`` is not pending, delayed, running, reserved by
+        ``enqueue_unique``, stored as a result nor remembered as finished in ``queue``,
+        store ``result`` (a sealed outcome) under it for ``result_ttl`` seconds, remember
+        it as finished until ``remember_until`` (Unix seconds) and return True: from then
+        on ``enqueue_unique`` of the id returns False. Otherwise change nothing and
+        return False (the id exists: cancel it as a job instead)."""
         ...

@@ -62,6 +62,7 @@ from vaultq.brokers.memory_store import (
     store_for,
     store_of,
 )
+from vaultq.brokers.memory_tombstones import MemoryTombstones
 
 __all__ = ["MemoryBroker", "MemoryStore", "RecordedEnqueue", "store_of"]
 
@@ -78,7 +79,7 @@ SWEEP_INTERVAL = 30.0
 _CAPABILITIES = BrokerCapabilities(shared=False, durable=False)
 
 
-class MemoryBroker(MemoryChords):
+class MemoryBroker(MemoryChords, MemoryTombstones):
     """The in-memory broker: ``memory://`` (a fresh store) or ``memory://name`` (one
     store per name in this process). Not durable, not shared across processes: for
     tests and single-process use (see the module docstring).

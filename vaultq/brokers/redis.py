@@ -115,6 +115,7 @@ _SCRIPTS: Final = (
     "enqueue_keyed",
     "limit",
     *CHORD_SCRIPTS,
+    "tombstone",
 )
 
 

@@ -280,6 +280,20 @@ class RedisOperatorTools:
             (done,) = await self._run_batch([("cancel_queued", keys, args)])
         return bool(int(done))
 
+    async def tombstone(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        result: bytes,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        args = [job_id, result, ms(result_ttl), repr(float(remember_until))]
+        with self._boundary("tombstone"):
+            (done,) = await self._run_batch([("tombstone", self.keys(queue), args)])
+        return bool(int(done))
+
     async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
         keys = self.keys(queue)
         reasons = ",".join(sorted(RETRYABLE_REASONS))

@@ -279,6 +279,38 @@ class SqliteOperatorTools:
             self._notify_results([(info.queue, info.job_id)])
         return done
 
+    async def tombstone(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        result: bytes,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        # The same checks as enqueue_unique, in one write transaction: of the two, the
+        # one that takes SQLite's write lock first wins.
+        ns = self._namespace
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with immediate(conn):
+                now = time.time()
+                key = (ns, queue, job_id)
+                if (
+                    conn.execute(sql.JOB_EXISTS, key).fetchone() is not None
+                    or conn.execute(sql.IS_FINISHED, (*key, now)).fetchone() is not None
+                    or conn.execute(sql.HAS_RESULT, (*key, now)).fetchone() is not None
+                ):
+                    return False
+                conn.execute(sql.PUT_RESULT, (*key, result, now + result_ttl, now))
+                conn.execute(sql.REMEMBER, (*key, remember_until))
+                return True
+
+        done = await self._run("tombstone", work)
+        if done:
+            self._notify_results([(queue, job_id)])
+        return done
+
     async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
         if not tag.isdigit():
             return None

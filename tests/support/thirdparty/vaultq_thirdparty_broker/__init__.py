@@ -27,6 +27,7 @@ from vaultq.brokers.base import (
     ScheduleMark,
     Settlement,
     TickStore,
+    Tombstones,
     UniqueKeys,
 )
 from vaultq.brokers.chords import ChordStore
@@ -50,6 +51,7 @@ class ThirdPartyBroker:
         self._limits: Limits = store
         self._unique: UniqueKeys = store
         self._chords: ChordStore = store
+        self._tombstones: Tombstones = store
 
     @property
     def url(self) -> str:
@@ -160,6 +162,19 @@ class ThirdPartyBroker:
 
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:
         return await self._ticks.schedule_marks(queue)
+
+    async def tombstone(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        result: bytes,
+        result_ttl: float,
+        remember_until: float,
+    ) -> bool:
+        return await self._tombstones.tombstone(
+            queue, job_id, result=result, result_ttl=result_ttl, remember_until=remember_until
+        )
 
     async def enqueue_keyed(
         self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float

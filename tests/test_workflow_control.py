@@ -1,0 +1,232 @@
+"""Controlling workflows (issue 16): ``WorkflowHandle.cancel()`` on every broker kind, the
+race between a step finishing and ``cancel()`` (the worker's own forwarding code against
+the broker's tombstone), and cancellation on real worker processes (Redis, SQLite)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from flow_app import Priced, Text, build
+from support.workers import start_worker_process, wait_until_serving, worker_env
+
+import vaultq
+from vaultq.brokers.base import CancelState
+from vaultq.envelope import OpenedJob, open_job, peek_header
+from vaultq.jobs import JobStatus
+from vaultq.runtime import continuations
+from vaultq.testing import TestWorker
+from vaultq.workflow_control import CANCELLED_ERROR
+from vaultq.workflows import WorkflowFailed
+
+pytestmark = pytest.mark.anyio
+
+
+def _opened(app: vaultq.App, envelope: bytes) -> OpenedJob:
+    header = peek_header(envelope)
+    return open_job(
+        envelope,
+        app.keyring,
+        app=app.name,
+        tasks=app.tasks,
+        now=time.time(),
+        queue=header.queue,
+        job_id=header.job_id,
+        skew=5,
+    )
+
+
+async def _take_step0(app: vaultq.App, workflow_id: str) -> OpenedJob:
+    """Lease step 0 as a worker would (its job id is now claimed: running)."""
+    broker = await app.broker()
+    with anyio.fail_after(10):
+        while True:
+            got = await broker.fetch(["default"], 1, consumer="w1", lease=30, block=0.2)
+            if got:
+                break
+    (delivery,) = got
+    assert delivery.job_id == f"{workflow_id}.0"
+    return _opened(app, delivery.envelope)
+
+
+async def test_cancel_before_anything_ran_stops_the_first_step(
+    broker_url: str, unique_name: str
+) -> None:
+    app = vaultq.App(unique_name, broker=broker_url, keyring=vaultq.Keyring.generate())
+    t = build(app)
+    try:
+        handle = await t.parse.s(Text("pen:3")).then(t.price).then(t.receipt).enqueue()
+        assert await handle.cancel() is CancelState.REQUESTED
+        assert await TestWorker(app).run_pending() == []
+        with pytest.raises(WorkflowFailed) as caught:
+            await handle.result(timeout=5)
+        assert (caught.value.step, caught.value.status) == (0, "cancelled")
+        statuses = [s.status for s in await handle.steps()]
+        assert statuses == [JobStatus.CANCELLED, JobStatus.PENDING, JobStatus.PENDING]
+    finally:
+        await app.aclose()
+
+
+async def test_a_step_finishing_after_cancel_does_not_enqueue_the_next_one(
+    broker_url: str, unique_name: str
+) -> None:
+    """The race, made deterministic: step 0 is running when ``cancel()`` comes; then it
+    succeeds and the worker's own forwarding code writes step 1. The tombstone got there
+    first, so the broker refuses the write: step 1 is never enqueued and never runs."""
+    app = vaultq.App(unique_name, broker=broker_url, keyring=vaultq.Keyring.generate())
+    t = build(app)
+    try:
+        handle = await t.parse.s(Text("pen:3")).then(t.price).enqueue(workflow_id="wf-race")
+        step0 = await _take_step0(app, "wf-race")
+        flow = step0.body.meta.flow
+        assert flow is not None
+        assert await handle.cancel() is CancelState.REQUESTED  # step 0 runs: goes on to 1
+        assert not await continuations.forward(app, step0, flow)  # refused: tombstone
+        broker = await app.broker()
+        assert [e.job_id for e in await broker.queued("default")] == ["wf-race.0"]
+        outcome = await handle.handles[1].outcome()
+        assert outcome is not None
+        assert (outcome.status, outcome.error_type) == ("cancelled", CANCELLED_ERROR)
+        assert outcome.started_at is None
+        assert await broker.cancelled("default", ["wf-race.0"]) == {"wf-race.0"}
+    finally:
+        await app.aclose()
+
+
+async def test_a_step_written_just_before_cancel_is_cancelled_before_it_starts(
+    broker_url: str, unique_name: str
+) -> None:
+    """The other order: the step finishing wrote the next step before ``cancel()``; the
+    walk finds that step waiting and dead-letters it with a CANCELLED outcome."""
+    app = vaultq.App(unique_name, broker=broker_url, keyring=vaultq.Keyring.generate())
+    t = build(app)
+    try:
+        handle = (
+            await t.parse.s(Text("pen:3"))
+            .then(t.price)
+            .then(t.receipt)
+            .enqueue(workflow_id="wf-late")
+        )
+        step0 = await _take_step0(app, "wf-late")
+        flow = step0.body.meta.flow
+        assert flow is not None
+        assert await continuations.forward(app, step0, flow)  # step 1 written
+        assert await handle.cancel() is CancelState.REQUESTED
+        broker = await app.broker()
+        assert [e.job_id for e in await broker.queued("default")] == ["wf-late.0"]
+        statuses = [s.status for s in await handle.steps()]
+        assert statuses[1:] == [JobStatus.CANCELLED, JobStatus.PENDING]
+    finally:
+        await app.aclose()
+
+
+async def test_cancel_of_a_finished_workflow_changes_nothing(unique_name: str) -> None:
+    app = vaultq.App(unique_name, broker=f"memory://{unique_name}")
+    t = build(app)
+    handle = await t.parse.s(Text("pen:3")).then(t.price).enqueue()
+    await TestWorker(app).run_pending(delayed=True)
+    assert await handle.cancel() is CancelState.FINISHED
+    assert await handle.result(timeout=5) == Priced("pen", 750)
+    failed = await t.parse.s(Text("cup:1")).then(t.explode).then(t.receipt).enqueue()
+    await TestWorker(app).run_pending(delayed=True)
+    assert failed.cancel_sync() is CancelState.FINISHED
+    statuses = [s.status for s in await failed.steps()]
+    assert statuses == [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.PENDING]
+
+
+@contextlib.contextmanager
+def _flow_workers(broker_url: str, name: str, sleep: float) -> Iterator[tuple[vaultq.App, Any]]:
+    """Two ``vaultq worker flow_app`` processes (verification keys only; ``price`` sleeps
+    ``sleep`` seconds) and the producer's app with its tasks."""
+    keys = vaultq.Keyring.generate(signing="ed25519")
+    env = worker_env(
+        {
+            "VAULTQ_BROKER": broker_url,
+            "VAULTQ_KEYS": keys.public().to_json(),
+            "FLOW_APP": name,
+            "FLOW_SLEEP": str(sleep),
+        }
+    )
+    app = vaultq.App(name, broker=broker_url, keyring=keys)
+    tasks = build(app)
+    workers = [start_worker_process("flow_app", env) for _ in range(2)]
+    try:
+        wait_until_serving(workers)
+        yield app, tasks
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=30)
+        app.close()
+
+
+@pytest.mark.other_processes
+def test_cancel_on_real_workers_cancels_the_running_step(broker_url: str, unique_name: str) -> None:
+    with _flow_workers(broker_url, unique_name, 5.0) as (app, t):
+        handle = t.parse.s(Text("pen:3")).then(t.price).then(t.receipt).enqueue_sync()
+        _wait_running(handle.handles[1])
+        assert handle.cancel_sync() is CancelState.REQUESTED
+        with pytest.raises(WorkflowFailed) as caught:
+            handle.result_sync(timeout=60)
+        assert (caught.value.step, caught.value.status) == (1, "cancelled")
+        running, after = handle.handles[1].outcome_sync(), handle.handles[2].outcome_sync()
+        assert running is not None and running.started_at is not None  # it had started
+        assert after is not None and after.error_type == CANCELLED_ERROR  # never enqueued
+        assert app.run_sync(_stats, app) == (0, 0, 0)
+
+
+@pytest.mark.other_processes
+def test_cancel_racing_steps_that_finish_on_real_workers(broker_url: str, unique_name: str) -> None:
+    """``price`` takes 0.4 s and the workers look for cancel marks every 0.5 s: sixteen
+    chains are cancelled at random moments around the end of ``price``, so cancels meet
+    steps that are finishing (and writing the next step). For each: once ``cancel()``
+    said REQUESTED the chain never completes, it stops at a CANCELLED step, no step after
+    a cancelled one ever started, and nothing is left in the queue."""
+    rng = random.Random(16)  # noqa: S311  # nosec B311 -- a test's schedule
+    kinds: Counter[str] = Counter()
+    with _flow_workers(broker_url, unique_name, 0.4) as (app, t):
+        for i in range(16):
+            handle = t.parse.s(Text(f"s{i}:1")).then(t.price).then(t.receipt).enqueue_sync()
+            _wait_running(handle.handles[1])
+            time.sleep(rng.uniform(0.25, 0.55))  # around the end of price's 0.4 s
+            if handle.cancel_sync() is CancelState.FINISHED:
+                assert handle.result_sync(timeout=60) == f"s{i}=250"
+                kinds["finished before cancel"] += 1
+                continue
+            with pytest.raises(WorkflowFailed) as caught:
+                handle.result_sync(timeout=60)
+            assert caught.value.status == "cancelled"
+            stop = caught.value.step
+            outcomes = [h.outcome_sync() for h in handle.handles]
+            assert all(o is not None and o.status == "succeeded" for o in outcomes[:stop])
+            for later in outcomes[stop + 1 :]:
+                assert later is None or (later.status == "cancelled" and later.started_at is None)
+            stopped = outcomes[stop]
+            assert stopped is not None
+            kinds[
+                f"stopped at step {stop}, " + ("running" if stopped.started_at else "never ran")
+            ] += 1
+        deadline = time.monotonic() + 30
+        while app.run_sync(_stats, app) != (0, 0, 0):  # every step written was settled
+            assert time.monotonic() < deadline, app.run_sync(_stats, app)
+            time.sleep(0.1)
+    print("cancel outcomes:", dict(kinds))
+
+
+async def _stats(app: vaultq.App) -> tuple[int, int, int]:
+    stats = await (await app.broker()).stats("default")
+    return stats.ready, stats.delayed, stats.running
+
+
+def _wait_running(handle: vaultq.JobHandle[object]) -> None:
+    deadline = time.monotonic() + 60
+    while handle.status_sync() is not JobStatus.RUNNING:
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.02)
