@@ -7,9 +7,9 @@ per line, from an OpenTelemetry SDK tracer provider with the vaultq ``Tracing``
 middleware installed). Tests build the producer side with :func:`build`.
 
 The tasks cover every outcome the metrics count: ``ok`` succeeds, ``boom`` fails for
-good, ``flaky`` fails once then succeeds (a retry), ``slow`` times out, ``guarded`` is
-allowed at enqueue and denied in the worker; ``hog`` blocks the worker's event loop
-(a stuck worker, for the health checks).
+good, ``flaky`` fails once then succeeds (a retry), ``slow`` times out, ``guarded`` and
+``guarded_role`` are allowed at enqueue and denied in the worker; ``hog`` blocks the
+worker's event loop (a stuck worker, for the health checks).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import anyio
 import msgspec
 
 import vaultq
+
+NEVER_A_LABEL = "role-that-must-never-be-a-label"
 
 
 class Note(msgspec.Struct, frozen=True):
@@ -59,6 +61,15 @@ def build(
 
     @app.task(name="guarded", policy=only_at_enqueue)
     async def guarded(job: Note) -> None:
+        return None
+
+    # Denied in the worker by a policy with arguments: the metric's policy label is its
+    # kind ("any_of"), never the role list (NEVER_A_LABEL) nor the principal's attributes.
+    @app.task(
+        name="guarded_role",
+        policy=vaultq.any_of(only_at_enqueue, vaultq.require_role(NEVER_A_LABEL)),
+    )
+    async def guarded_role(job: Note) -> None:
         return None
 
     @app.task(name="hog", policy=vaultq.allow_all, retries=0)

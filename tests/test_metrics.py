@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 from msgspec.structs import replace as msgspec_replace
 
@@ -27,6 +28,10 @@ SUFFIXES = {
     "histogram": ("_bucket", "_count", "_sum"),
     "gauge": ("",),
 }
+
+
+class Empty(msgspec.Struct, frozen=True):
+    pass
 
 
 def metrics() -> PrometheusMetrics:
@@ -105,3 +110,45 @@ async def test_reclaimed_leases_lost_leases_and_abandoned_threads_are_counted() 
     assert 'vaultq_leases_reclaimed_total{queue="default"} 2.0' in text
     assert "vaultq_leases_lost_total 2.0" in text
     assert "vaultq_abandoned_threads 3.0" in text
+
+
+def test_the_denial_policy_label_is_a_bounded_name_never_arguments() -> None:
+    from vaultq.metrics import policy_label
+
+    @vaultq.rule(name="orders.own")
+    def own(request: vaultq.PolicyRequest) -> bool:
+        return False
+
+    def plain(request: vaultq.PolicyRequest) -> bool:
+        return False
+
+    assert policy_label(vaultq.require_permission("perm-SECRETISH")) == "require_permission"
+    assert policy_label(vaultq.all_of(own, vaultq.require_role("r1"))) == "all_of"
+    assert policy_label(own) == "orders.own"
+    assert policy_label(plain).endswith(".<locals>.plain")
+    assert policy_label(vaultq.rule(plain, name='has spaces and "quotes"')) == "other"
+    assert policy_label(vaultq.rule(plain, name="x" * 101)) == "other"
+    assert policy_label(None) == "none"
+
+    # In the metric: the task's own policy, else the app's default; looked up by the
+    # authenticated task name only.
+    app = vaultq.App("m", broker="sqlite:///:memory:", default_policy=vaultq.deny_all)
+
+    @app.task(name="t.own", policy=vaultq.require_role("role-SECRETISH"))
+    async def with_own(job: Empty) -> None: ...
+
+    @app.task(name="t.default")
+    async def with_default(job: Empty) -> None: ...
+
+    m = PrometheusMetrics(app)
+    for task in ("t.own", "t.default", "t.gone"):
+        job = JobInfo(
+            job_id="j1", queue="q", attempt=1, app="m", worker_id="w", task=task,
+            authenticated=True,
+        )  # fmt: skip
+        m.settled(job, Outcome.DENIED, "denied")
+    text = generate_latest(m.registry).decode()
+    assert 'vaultq_denials_total{policy="require_role",queue="q",task="t.own"} 1.0' in text
+    assert 'vaultq_denials_total{policy="deny_all",queue="q",task="t.default"} 1.0' in text
+    assert 'vaultq_denials_total{policy="unknown",queue="q",task="t.gone"} 1.0' in text
+    assert "SECRETISH" not in text

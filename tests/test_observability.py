@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
-from obs_app import Note, build, span_doc
+from obs_app import NEVER_A_LABEL, Note, build, span_doc
 from support.workers import ROOT, start_worker_process, wait_until_serving, worker_env
 
 import vaultq
@@ -202,6 +202,7 @@ def test_metrics_traces_and_events_of_a_real_run(
         handles["flaky"] = [await task("flaky").enqueue(note, principal=p)]
         handles["slow"] = [await task("slow").enqueue(note, principal=p)]
         handles["guarded"] = [await task("guarded").enqueue(note, principal=p)]
+        handles["guarded_role"] = [await task("guarded_role").enqueue(note, principal=p)]
         handles["sync_ok"] = [await task("sync_ok").enqueue(note, principal=p)]
         handles["later"] = [await task("ok").enqueue(note, principal=p, delay=300)]
         # Sealed with keys the worker does not trust: rejected, never run.
@@ -225,6 +226,8 @@ def test_metrics_traces_and_events_of_a_real_run(
             await handles["slow"][0].result(timeout=60)
         with pytest.raises(vaultq.JobDenied):
             await handles["guarded"][0].result(timeout=60)
+        with pytest.raises(vaultq.JobDenied):
+            await handles["guarded_role"][0].result(timeout=60)
         await run.app.aclose()
 
     with worker(run) as proc:
@@ -236,7 +239,7 @@ def test_metrics_traces_and_events_of_a_real_run(
             f = samples(scrape(run.port))
             settled = sum(v for (name, _), v in f.items() if name == "vaultq_jobs_total")
             return (
-                settled == 10  # every settlement counted (just after it is written)
+                settled == 11  # every settlement counted (just after it is written)
                 and value(f, "vaultq_rejections_total", queue="default", reason="unauthenticated")
                 == 1
                 and value(f, "vaultq_queue_depth", queue="default", state="delayed") == 1
@@ -255,7 +258,12 @@ def test_metrics_traces_and_events_of_a_real_run(
         assert value(f, jobs, task="slow", queue=q, outcome="timed_out") == 1
         assert value(f, jobs, task="guarded", queue=q, outcome="denied") == 1
         assert value(f, "vaultq_retries_total", task="flaky", queue=q) == 1
-        assert value(f, "vaultq_denials_total", task="guarded", queue=q) == 1
+        assert value(f, jobs, task="guarded_role", queue=q, outcome="denied") == 1
+        # Denials by task and policy: a rule's name, a composite's kind (no arguments).
+        denials = "vaultq_denials_total"
+        assert value(f, denials, task="guarded", queue=q, policy="only_at_enqueue") == 1
+        assert value(f, denials, task="guarded_role", queue=q, policy="any_of") == 1
+        assert NEVER_A_LABEL not in text
         duration = "vaultq_attempt_duration_seconds_count"
         assert value(f, duration, task="ok", queue=q, outcome="succeeded") == 3
         assert value(f, duration, task="slow", queue=q, outcome="timed_out") == 1
@@ -268,7 +276,8 @@ def test_metrics_traces_and_events_of_a_real_run(
             assert secret not in text
         label_values = {v for (_, labels) in f for (k, v) in labels if k != "le"}
         assert label_values <= {
-            "ok", "sync_ok", "boom", "flaky", "slow", "guarded", "default", "",
+            "ok", "sync_ok", "boom", "flaky", "slow", "guarded", "guarded_role", "default", "",
+            "only_at_enqueue", "any_of",
             "succeeded", "failed", "retrying", "timed_out", "denied", "interrupted",
             "cancelled", "unauthenticated", "ready", "delayed", "running", "dead",
         }, label_values  # fmt: skip

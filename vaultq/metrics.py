@@ -6,8 +6,10 @@ serves ``/metrics``; in code, ``app.add_middleware(PrometheusMetrics(app))`` and
 
 Labels are bounded by construction: ``task`` (a registered task name, taken only from
 authenticated envelopes), ``queue`` (the worker's queues), ``outcome`` and ``reason``
-(vaultq's own codes). Never a job id, a principal, a payload value or anything an
-unauthenticated broker entry could choose.
+(vaultq's own codes), and ``policy`` on denials (:func:`policy_label`: the kind or rule
+name of the policy the task was registered with, one per task, never its arguments).
+Never a job id, a principal, a payload value or anything an unauthenticated broker
+entry could choose.
 
 With ``--processes N`` the metrics use prometheus-client's *multiprocess mode*: the
 supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to a private temporary directory before it
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,6 +30,7 @@ import anyio
 
 from vaultq.errors import BrokerError, ConfigurationError
 from vaultq.middleware import EnqueueInfo, JobInfo, Middleware, Outcome, WorkerInfo
+from vaultq.policies import Policy, policy_name
 
 try:
     import prometheus_client
@@ -44,6 +48,7 @@ __all__ = [
     "MULTIPROC_ENV",
     "PrometheusMetrics",
     "multiprocess_registry",
+    "policy_label",
     "serve_metrics",
 ]
 
@@ -56,6 +61,22 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 _DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _LATENCY_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
 _DEPTH_STATES: Final = ("ready", "delayed", "running", "dead")
+_LABEL_TEXT: Final = re.compile(r"[A-Za-z0-9_.:<>-]{1,100}")
+
+
+def policy_label(policy: Policy | None) -> str:
+    """The ``policy`` label of ``vaultq_denials_total``: a bounded, code-defined name.
+
+    The policy's kind for the built-in ones (``require_permission``, ``all_of``...), a
+    rule's name (``@rule(name="orders.own")``) or a function's qualname -- the audit
+    name (``policy_name``) cut before its arguments, so no role, permission or signer
+    list goes into a label (the audit log has them). Anything else -- a name with other
+    characters, longer than 100 -- is ``other``; ``none`` when there is no policy.
+    """
+    if policy is None:
+        return "none"
+    kind = policy_name(policy).split("(", 1)[0]
+    return kind if _LABEL_TEXT.fullmatch(kind) else "other"
 
 
 def _multiprocess() -> bool:
@@ -127,10 +148,11 @@ class PrometheusMetrics(Middleware):
         )
         self.denials = Counter(
             "vaultq_denials",
-            "Jobs the task's policy refused in the worker",
-            ["task", "queue"],
+            "Jobs the task's policy refused in the worker, by the policy's kind or rule name",
+            ["task", "queue", "policy"],
             registry=r,
         )
+        self._policies: dict[str, str] = {}
         self.depth = Gauge(
             "vaultq_queue_depth",
             f"Jobs in the queue by state ({', '.join(_DEPTH_STATES)}), read from the broker "
@@ -223,7 +245,20 @@ class PrometheusMetrics(Middleware):
         if outcome is Outcome.RETRYING:
             self._child(self.retries, task, job.queue).inc()
         elif outcome is Outcome.DENIED:
-            self._child(self.denials, task, job.queue).inc()
+            self._child(self.denials, task, job.queue, self._policy_of(task)).inc()
+
+    def _policy_of(self, task: str) -> str:
+        # The policy the worker evaluated: the task's own, else the app's default (the
+        # same app object the worker runs). Looked up once per task name.
+        label = self._policies.get(task)
+        if label is None:
+            found = self.app.get_task(task) if task else None
+            if found is None:
+                label = "unknown"
+            else:
+                label = policy_label(found.policy or self.app.default_policy)
+            self._policies[task] = label
+        return label
 
     def rejected(self, job: JobInfo, reason: str) -> None:
         if job.redelivered:
