@@ -6,6 +6,9 @@ Configured from the environment like a deployment: VAULTQ_BROKER, VAULTQ_KEYS, S
 SCHED_STALL=<path>: once the file <path> exists, this process freezes inside its next tick
 (after the policy allowed it, before the seal and the claim) and writes the tick's job id to
 <path>.tick, for a test to kill -9 it there.
+SCHED_RESTART=1: instead of "beat", two schedules of the same task, every=8s with grace=1s:
+"skip" (missed="skip") and "catchup" (missed="run_once"); SCHED_ENQ_LOG=<path> gets a line
+`<job id> <sealed issue time>` per tick job this process wrote.
 """
 
 from __future__ import annotations
@@ -32,11 +35,28 @@ class Stall(vaultq.Middleware):
             time.sleep(3600)
 
 
+class Enqueued(vaultq.Middleware):
+    """Appends each tick job this process wrote, with its sealed issue time."""
+
+    def after_enqueue(self, job: vaultq.EnqueueInfo, error: str | None) -> None:
+        if error is None:
+            _append(os.environ["SCHED_ENQ_LOG"], f"{job.job_id} {job.enqueued_at:.6f}")
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
 _stall = os.environ.get("SCHED_STALL")
+_restart = bool(os.environ.get("SCHED_RESTART"))
 app = vaultq.App(
     os.environ.get("SCHED_APP", "sched"),
     lease=5.0,
-    middleware=[Stall(Path(_stall))] if _stall else [],
+    middleware=[Stall(Path(_stall))] if _stall else [Enqueued()] if _restart else [],
 )
 
 
@@ -44,12 +64,13 @@ class Beat(msgspec.Struct, frozen=True):
     pass
 
 
-@app.periodic(every=timedelta(seconds=1), name="beat", grace=30)
 @app.task(name="beat", policy=vaultq.require_role("vaultq:scheduler"))
 def beat(p: Beat) -> None:
-    job = vaultq.current_job()
-    fd = os.open(os.environ["SCHED_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{job.job_id} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    _append(os.environ["SCHED_LOG"], f"{vaultq.current_job().job_id} {os.getpid()}")
+
+
+if _restart:
+    app.schedule(beat, every=timedelta(seconds=8), grace=1, missed="skip", name="skip")
+    app.schedule(beat, every=timedelta(seconds=8), grace=1, missed="run_once", name="catchup")
+else:
+    app.schedule(beat, every=timedelta(seconds=1), grace=30, name="beat")

@@ -97,3 +97,80 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
     pids = set(lines[1::2])
     took = stopped - started
     print(f"\n{broker_kind}: {len(ids)} ticks in {took:.1f} s, run by {len(pids)} workers")
+
+
+def _tick(name: str, t: float) -> str:
+    return f"tick:{name}:{datetime.fromtimestamp(t, UTC):%Y%m%dT%H%M%SZ}"
+
+
+def _sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+def _enqueued(path: Path) -> dict[str, list[float]]:
+    """Tick job id -> the sealed issue times of every write of it (one, if exactly once)."""
+    out: dict[str, list[float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            job_id, at = line.split()
+            out.setdefault(job_id, []).append(float(at))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.other_processes
+def test_a_worker_restarted_across_ticks_follows_each_missed_policy(
+    broker_kind: str, broker_url: str, tmp_path: Path, unique_name: str
+) -> None:
+    # Two schedules, every=8s with grace=1s: "skip" and "catchup" (run_once). Worker A fires
+    # tick T and is killed with SIGKILL; nothing runs through T+8 and T+16; worker B starts
+    # at T+17.1 (its first pass is well before T+24, so no tick is on time then).
+    enq = tmp_path / "enqueued.log"
+    env = worker_env(
+        {
+            "VAULTQ_BROKER": broker_url,
+            "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
+            "SCHED_APP": unique_name,
+            "SCHED_LOG": str(tmp_path / "runs.log"),
+            "SCHED_ENQ_LOG": str(enq),
+            "SCHED_RESTART": "1",
+        }
+    )
+    a = start_worker_process("sched_app", env)
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until_serving([a])
+        # The first tick after A surely runs its schedules (its first pass sets the marks).
+        t0 = (int(time.time() + 3) // 8 + 1) * 8
+        deadline = t0 + 30
+        while not {_tick("skip", t0), _tick("catchup", t0)} <= _enqueued(enq).keys():
+            assert time.time() < deadline and a.poll() is None, _enqueued(enq)
+            time.sleep(0.05)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        assert time.time() < t0 + 7, "worker A was killed too late for this test's timeline"
+        _sleep_until(t0 + 17.1)
+        b = start_worker_process("sched_app", env)
+        deadline = t0 + 60
+        while not {_tick("skip", t0 + 24), _tick("catchup", t0 + 24)} <= _enqueued(enq).keys():
+            assert time.time() < deadline and b.poll() is None, _enqueued(enq)
+            time.sleep(0.05)
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    written = _enqueued(enq)
+    assert all(len(at) == 1 for at in written.values()), written  # each tick once
+    first_pass = min(at[0] for at in written.values() if at[0] > t0 + 17)
+    assert first_pass < t0 + 23, f"worker B's first pass came late ({first_pass - t0:.1f} s)"
+    down = [t0 + 8, t0 + 16]
+    # skip: the ticks missed while no worker ran never run
+    assert [t for t in down if _tick("skip", t) in written] == []
+    # run_once: they collapse into one run, the newest missed tick's, at B's first pass
+    assert [t for t in down if _tick("catchup", t) in written] == [t0 + 16]
+    assert written[_tick("catchup", t0 + 16)][0] == pytest.approx(first_pass, abs=1.0)
+    print(
+        f"\n{broker_kind}: down {t0 + 8}..{t0 + 16} (every 8 s); catch-up of T+16 sealed "
+        f"{first_pass - t0 - 16:.2f} s after it; T+24 fired on time by both schedules"
+    )
