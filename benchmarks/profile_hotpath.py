@@ -217,7 +217,7 @@ async def one_round(url: str, keys: str, n: int, batch: int) -> dict[str, Stage]
         for d, o in zip(deliveries, opened, strict=True):
             done = JobStatus.SUCCEEDED
             settlements.append(
-                executor._finish(d, o, done, task=task, started=started, value=b"null")
+                executor.outcomes.finish(d, o, done, task=task, started=started, value=b"null")
             )
 
     out["worker: seal result"] = await timed(n, seal_result)

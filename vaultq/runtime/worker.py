@@ -2,7 +2,7 @@
 
 Layout (one anyio task group)::
 
-    fetch loop ──(memory stream, capacity-bounded)──> N consumers ──> settler (batches)
+    fetch loop ──(Dispatch, capacity-bounded)──> N consumers ──> settler (batches)
     cancel watcher: cancels the scopes of running jobs that were cancelled by id
     clock watcher: measures the offset to the broker's clock, warns when it is large
 
@@ -45,6 +45,7 @@ from vaultq.clock import MEASURE_INTERVAL, describe_offset
 from vaultq.errors import BrokerError, BrokerUnavailable, InvalidArgument
 from vaultq.limits import Limiter
 from vaultq.middleware import Hooks, WorkerInfo
+from vaultq.runtime.dispatch import Dispatch
 from vaultq.runtime.execute import Executor, JobSlot, Stop
 from vaultq.runtime.health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from vaultq.runtime.health import keep_beating
@@ -217,7 +218,7 @@ class Worker:
         await self._measure_clock(broker)
         keeper = self.keeper = self._make_keeper(broker)
         keeper.start()
-        send, recv = anyio.create_memory_object_stream[JobSlot](self.concurrency)
+        dispatch = Dispatch()
         settle_send, settle_recv = anyio.create_memory_object_stream[tuple[JobSlot, Settlement]](
             math.inf
         )
@@ -239,13 +240,15 @@ class Worker:
                     async with anyio.create_task_group() as consumers:
                         for _ in range(self.concurrency):
                             consumers.start_soon(
-                                self._consume, executor, recv.clone(), settle_send.clone()
+                                self._consume, executor, dispatch, settle_send.clone()
                             )
-                        recv.close()
                         settle_send.close()
                         if started is not None:
                             started.set()
-                        await self._fetch_loop(broker, send)
+                        try:
+                            await self._fetch_loop(broker, dispatch)
+                        finally:
+                            dispatch.close()
                         outer.start_soon(self._grace_timer)
                 # every consumer is done and every settlement handed to the settler
                 outer.cancel_scope.cancel()
@@ -325,70 +328,59 @@ class Worker:
 
     # -- fetching -------------------------------------------------------------------------
 
-    async def _fetch_loop(self, broker: Broker, send: MemoryObjectSendStream[JobSlot]) -> None:
+    async def _fetch_loop(self, broker: Broker, dispatch: Dispatch) -> None:
         failures = 0
-        async with send:
-            while not self._stop.is_set():
-                free = self.concurrency - len(self._slots)
-                if free <= 0:
-                    with anyio.move_on_after(1.0):
-                        await self._capacity.wait()
-                    self._capacity = anyio.Event()
-                    continue
-                sent = time.monotonic()
-                try:
-                    deliveries = await broker.fetch(
-                        self.queues,
-                        free,
-                        consumer=self.name,
-                        lease=self.lease,
-                        block=self.block,
-                        max_size=self.app.max_envelope_size,
-                    )
-                    failures = 0
-                except BrokerError as exc:
-                    failures += 1
-                    pause = min(5.0, 0.1 * 2**failures)
-                    log.warning("fetch failed (%s); retrying in %.1f s", type(exc).__name__, pause)
-                    with anyio.move_on_after(pause):
-                        await self._stop.wait()
-                    continue
-                for delivery in deliveries:
-                    slot = JobSlot(delivery)
-                    self._slots[delivery.tag] = slot
-                    if self.keeper is not None:
-                        # Counted from the round trip that took the lease, not from the
-                        # start of a fetch that may have blocked waiting for work.
-                        self.keeper.add(slot, delivery.leased_at or sent)
-                    try:
-                        # Never full: the buffer holds `concurrency` slots and `free` counted
-                        # every slot not yet settled. Without a checkpoint per delivery the
-                        # whole batch reaches the consumers at once and their settlements
-                        # reach the settler as one batch (one pipeline, one next fetch);
-                        # `await send()` made the fetcher, a consumer and the settler take
-                        # turns per job, so batches shrank to ~2 jobs (docs/performance.md).
-                        try:
-                            send.send_nowait(slot)
-                        except anyio.WouldBlock:
-                            await send.send(slot)  # a slot left _slots early: wait for room
-                    except anyio.BrokenResourceError:
-                        # No consumer is left (see _consume): stop; the leases of what
-                        # was fetched run out and the jobs go to another worker.
-                        return
+        while not self._stop.is_set():
+            free = self.concurrency - len(self._slots)
+            if free <= 0:
+                with anyio.move_on_after(1.0):
+                    await self._capacity.wait()
+                self._capacity = anyio.Event()
+                continue
+            sent = time.monotonic()
+            try:
+                deliveries = await broker.fetch(
+                    self.queues,
+                    free,
+                    consumer=self.name,
+                    lease=self.lease,
+                    block=self.block,
+                    max_size=self.app.max_envelope_size,
+                )
+                failures = 0
+            except BrokerError as exc:
+                failures += 1
+                pause = min(5.0, 0.1 * 2**failures)
+                log.warning("fetch failed (%s); retrying in %.1f s", type(exc).__name__, pause)
+                with anyio.move_on_after(pause):
+                    await self._stop.wait()
+                continue
+            slots = [JobSlot(delivery) for delivery in deliveries]
+            for slot in slots:
+                self._slots[slot.delivery.tag] = slot
+                if self.keeper is not None:
+                    # Counted from the round trip that took the lease, not from the
+                    # start of a fetch that may have blocked waiting for work.
+                    self.keeper.add(slot, slot.delivery.leased_at or sent)
+            # The whole batch at once, without a checkpoint per delivery: it runs and
+            # settles together (one settle pipeline, one next fetch). Handing it over job
+            # by job made the fetcher, a consumer and the settler take turns per job and
+            # batches shrank to ~2 jobs (docs/performance.md).
+            dispatch.put(slots)
 
     # -- running ----------------------------------------------------------------------------
 
     async def _consume(
         self,
         executor: Executor,
-        recv: MemoryObjectReceiveStream[JobSlot],
+        dispatch: Dispatch,
         settle: MemoryObjectSendStream[tuple[JobSlot, Settlement]],
     ) -> None:
         try:
-            async with recv, settle:
+            async with settle:
                 loop = _asyncio_loop()
                 task = asyncio.current_task(loop) if loop is not None else None
-                async for slot in recv:
+                while (slot := await dispatch.get()) is not None:
                     settlement: Settlement
                     if self._stop.is_set() or slot.lost is not None:
                         # A fenced slot never starts; its Release is dropped by the settler.

@@ -1,0 +1,197 @@
+"""How fast one worker process (or two) processes no-op jobs, and, with ed25519, how close
+it comes to the verification ceiling measured in the same run.
+
+    .venv/bin/python benchmarks/worker_ceiling.py [--n 20000] [--concurrency 50,200]
+        [--signing hmac|ed25519] [--processes 1,2] [--rounds 3] [--loop asyncio|uvloop]
+
+N no-op jobs are queued with ``enqueue_many`` on a private ``redis-server``; then P worker
+processes (``vaultq.Worker``, hmac or ed25519 keyring, every check on) are started and
+drain them. A job counts when its worker has settled it (result written, message acked):
+``Worker.processed``. The clock runs from the moment the first worker is ready to
+consume until the last job is settled, so interpreter start-up is not counted.
+
+With ``--signing ed25519`` the same run first measures the verification ceiling: raw
+``Ed25519PublicKey.verify`` calls over the signed bytes of real sealed envelopes, in
+one thread of this process. The ratio printed is jobs/s over that ceiling (issue 15
+asks for >= 0.70). ``--processes 1,2`` prints the scaling of two processes over one.
+
+Every figure is the median of ``--rounds``. Figures only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import throughput  # noqa: E402
+
+import vaultq  # noqa: E402
+from vaultq.envelope import JOB_DOMAIN, JobMeta, new_job_id, peek_header, seal_job  # noqa: E402
+from vaultq.runtime.worker import Worker  # noqa: E402
+
+IDLE_END = 1.0
+"""Seconds without progress after which a worker process reports and exits."""
+
+
+def keys_for(signing: str) -> str:
+    algorithm = "hmac-sha256" if signing == "hmac" else signing
+    return vaultq.Keyring.generate(signing=algorithm).to_json()
+
+
+def verification_ceiling(keys: str, n: int) -> float:
+    """Raw ed25519 verifications per second of one thread, over real envelopes."""
+    import msgspec
+
+    keyring = vaultq.Keyring.from_json(keys)
+    now = time.time()
+    signed: list[tuple[bytes, bytes]] = []
+    for i in range(n):
+        data = seal_job(
+            keyring,
+            job_id=new_job_id(),
+            app="bench",
+            task="bench.noop",
+            queue="default",
+            payload=json.dumps({"n": i}).encode(),
+            principal=None,
+            meta=JobMeta(),
+            issued_at=now,
+            not_before=now,
+            expires_at=now + 3600,
+        )
+        header_bytes, nonce, ciphertext, signature = msgspec.msgpack.decode(data[3:])
+        signed.append((b"".join((JOB_DOMAIN, header_bytes, nonce, ciphertext)), signature))
+    verify = keyring.verifier(peek_header(data).signer_id)
+    assert verify is not None
+    c0 = time.process_time()
+    for message, signature in signed:
+        if not verify(message, signature):
+            raise SystemExit("a freshly sealed envelope did not verify")
+    return n / (time.process_time() - c0)
+
+
+async def queue_jobs(url: str, keys: str, n: int) -> None:
+    app, noop = throughput.make_app(url, keys)
+    for s in range(0, n, 1000):
+        await noop.enqueue_many(throughput.Noop(i) for i in range(s, min(n, s + 1000)))
+    await app.aclose()
+
+
+async def serve_until_idle(url: str, keys: str, concurrency: int) -> dict[str, float]:
+    """One worker process: consume until nothing was settled for IDLE_END seconds."""
+    app, _ = throughput.make_app(url, keys)
+    worker = Worker(app, concurrency=concurrency, block=0.05, grace=1)
+    async with anyio.create_task_group() as tg:
+        started = anyio.Event()
+        tg.start_soon(lambda: worker.run(started=started))
+        await started.wait()
+        t0, c0 = time.monotonic(), time.process_time()
+        last, last_at, last_cpu = 0, t0, c0
+        while True:
+            await anyio.sleep(0.002)
+            now = time.monotonic()
+            if worker.processed != last:
+                last, last_at, last_cpu = worker.processed, now, time.process_time()
+            elif now - last_at > IDLE_END:
+                break
+        worker.stop()
+    await app.aclose()
+    return {"start": t0, "end": last_at, "jobs": last, "cpu": last_cpu - c0}
+
+
+def drain(url: str, keys: str, n: int, concurrency: int, processes: int, loop: str) -> dict:
+    anyio.run(queue_jobs, url, keys, n)
+    env = {**os.environ, "BENCH_KEYS": keys}
+    cmd = [sys.executable, __file__, "--serve", url, "--concurrency", str(concurrency)]
+    procs = [
+        subprocess.Popen([*cmd, "--loop", loop], env=env, stdout=subprocess.PIPE)
+        for _ in range(processes)
+    ]
+    reports = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+    jobs = sum(r["jobs"] for r in reports)
+    if jobs != n:
+        raise SystemExit(f"the workers settled {jobs} jobs of {n}")
+    wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    cpu = sum(r["cpu"] for r in reports)
+    return {"jobs_s": n / wall, "cpu_us": cpu / n * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--concurrency", default="50,200")
+    parser.add_argument("--signing", choices=("hmac", "ed25519"), default="hmac")
+    parser.add_argument("--processes", default="1")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        report = anyio.run(
+            serve_until_idle,
+            args.serve,
+            os.environ["BENCH_KEYS"],
+            int(args.concurrency),
+            backend_options={"use_uvloop": args.loop == "uvloop"},
+        )
+        print(json.dumps(report))
+        return
+    keys = keys_for(args.signing)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    process_counts = [int(p) for p in args.processes.split(",")]
+    results: dict[tuple[int, int], list[dict]] = {}
+    ceilings: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        redis_proc, url = throughput.start_redis(Path(tmp))
+        try:
+            for r in range(args.rounds):
+                if args.signing == "ed25519":
+                    ceilings.append(verification_ceiling(keys, 5000))
+                for c in concurrencies:
+                    for p in process_counts:
+                        throughput.flushall(url)
+                        got = drain(url, keys, args.n, c, p, args.loop)
+                        results.setdefault((c, p), []).append(got)
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait()
+    print(
+        f"\nworker throughput, {args.signing} signing, N={args.n}, loop {args.loop}, "
+        f"median of {args.rounds} rounds, {os.cpu_count()} cores (load "
+        f"{os.getloadavg()[0]:.1f})"
+    )
+    ceiling = statistics.median(ceilings) if ceilings else None
+    if ceiling is not None:
+        print(f"ed25519 verification ceiling (one thread): {ceiling:,.0f} verifications/s")
+    print(f"{'concurrency':>11} {'processes':>9} {'jobs/s':>9} {'cpu us/job':>11} {'note':>24}")
+    for (c, p), runs in results.items():
+        rate = statistics.median(x["jobs_s"] for x in runs)
+        cpu = statistics.median(x["cpu_us"] for x in runs)
+        notes = []
+        if ceiling is not None:
+            notes.append(f"{rate / ceiling:.2f}x ceiling")
+        one = results.get((c, 1))
+        if p > 1 and one is not None:
+            notes.append(f"{rate / statistics.median(x['jobs_s'] for x in one):.2f}x 1 proc")
+        print(f"{c:>11} {p:>9} {rate:>9,.0f} {cpu:>11.1f} {', '.join(notes):>24}")
+
+
+if __name__ == "__main__":
+    main()
