@@ -1,29 +1,32 @@
-"""Throughput and latency of vaultq, next to peer job queues measured in the same run.
+"""vaultq next to peer job queues, measured side by side in one run; figures and ratios.
 
-    .venv/bin/python benchmarks/throughput.py [--n 20000] [--peer-n 5000]
-        [--brokers redis,sqlite] [--peers arq,celery,dramatiq,huey-redis,huey-sqlite]
-        [--no-peers] [--concurrency 50]
+    .venv/bin/python benchmarks/throughput.py [--jobs 5000] [--modes defaults,equal]
+        [--systems vaultq,taskiq,...] [--concurrency 50] [--sleep-jobs 1000]
+        [--backlog 1000000] [--rss 100000] [--json out.json] [--chart out.png]
 
-Every system gets the same no-op task taking one int, on the same private
-``redis-server`` (started on a free loopback port for the run, FLUSHALLed between
-systems) or on its own SQLite file in one temporary directory:
+Every system runs the same task: its body does one ``INCR`` of a counter on the run's
+private ``redis-server`` (then sleeps 10 ms in the sleep workload), and completions are
+counted by polling that counter, the same way for every system. Per system and mode:
 
-* enqueue/s: N jobs enqueued one by one; bulk/s: N more through the bulk API, if any;
-* drain/s: those 2N jobs drained by ONE worker process started after they were queued;
-  the clock runs from the moment the worker is ready to consume until it has finished
-  (result stored, message acked) the last job, so interpreter start-up is not counted;
-* cpu us/job (vaultq only): CPU time (user + system, all threads) the worker process
-  spent per job over the same window. Unlike drain/s it barely moves when other
-  processes compete for the cores, so it is the figure to compare two builds with on a
-  busy machine (the broker's own CPU is not in it);
-* p50/p99 ms: end-to-end latency (enqueue -> result in the client) of single jobs, one
-  at a time, with an idle worker in its own process.
+* enqueue/s: N jobs one by one; sync/s: vaultq's ``enqueue_sync`` one by one from a plain
+  thread; c100/s: N vaultq ``enqueue`` calls from 100 coroutines at once; bulk/s: N more
+  through the bulk API, if any;
+* drain/s: the queued jobs (2N or more) run by ONE worker process started afterwards,
+  from its first completion to its last; cold/s: the same from the worker's spawn, so
+  interpreter and worker start-up are included; cpu us/job: that worker's CPU time;
+* sleep/s: ``--sleep-jobs`` jobs sleeping 10 ms each (I/O-bound), same clock as drain/s;
+* p50/p99 ms (equal mode): enqueue -> result, one job at a time, idle worker.
 
-The peers (arq, celery, dramatiq, huey) pin ``redis<6`` while vaultq's venv has redis 8,
-so they live in ``.venv-bench/`` (created here on first use from
-``benchmarks/peers/requirements.txt``) and their drivers in ``benchmarks/peers/`` run as
-subprocesses of that interpreter; see docs/benchmarks.md for how each one is set up.
-Figures only: nothing here asserts a time.
+Modes: ``defaults`` runs each system at its own default concurrency (vaultq also at 50
+and 100, for the choice of its default); ``equal`` runs every worker at ``--concurrency``.
+vaultq alone: ``--processes`` (the ``vaultq worker --processes 2`` CLI against 1, steady
+rates), memory per queued job against the sealed envelope, and the opt-in scale runs
+``--backlog N`` (throughput with N jobs queued against an empty queue) and ``--rss N``
+(worker RSS while it runs N jobs).
+
+The peers run under their own venvs in ``.bench-venvs/`` (created on first use from
+``benchmarks/peers/requirements*.txt``; gitignored), vaultq under this interpreter; see
+docs/benchmarks.md for how each one is set up. Figures only: nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -31,48 +34,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
+import redis
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 import vaultq  # noqa: E402
 from vaultq.runtime.worker import Worker  # noqa: E402
 
-PEERS_DIR = HERE / "peers"
-REQUIREMENTS = PEERS_DIR / "requirements.txt"
-BENCH_VENV = ROOT / ".venv-bench"
-# name -> (driver script, backend)
-PEERS: dict[str, tuple[str, str]] = {
-    "arq": ("arq_peer.py", "redis"),
-    "celery": ("celery_peer.py", "redis"),
-    "dramatiq": ("dramatiq_peer.py", "redis"),
-    "huey-redis": ("huey_peer.py", "redis"),
-    "huey-sqlite": ("huey_peer.py", "sqlite"),
-}
-COLUMNS = [
-    ("enqueue", "enqueue/s"),
-    ("bulk", "bulk/s"),
-    ("drain", "drain/s"),
-    ("cpu_us", "cpu us/job"),
-    ("p50_ms", "p50 ms"),
-    ("p99_ms", "p99 ms"),
-]
-LATENCY_SAMPLES = 300
-PHASE_TIMEOUT = 600.0
+try:
+    import bench_proc
+    import bench_report
+except ImportError:  # compare.py's copy of this file in an older checkout: --drain only
+    pass
+
+SLEEP_MS = 10.0
+
+
+# --- used by benchmarks/compare.py, options.py and profile_hotpath.py (``--drain``: one
+# worker process draining N jobs, printing "elapsed cpu"). compare.py copies this file into
+# older checkouts, so this part needs vaultq only.
 
 
 class Noop(msgspec.Struct, frozen=True):
@@ -158,228 +152,291 @@ async def serve_in_this_process(url: str, keys: str, concurrency: int) -> None:
         print("READY", flush=True)
 
 
-async def produce(url: str, keys: str, n: int) -> dict[str, float]:
-    app, noop = make_app(url, keys)
-    t0 = time.perf_counter()
-    for i in range(n):
-        await noop.enqueue(Noop(i))
-    single = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for start in range(0, n, 1000):
-        await noop.enqueue_many(Noop(i) for i in range(start, min(n, start + 1000)))
-    many = n / (time.perf_counter() - t0)
-    await app.aclose()
-    return {"enqueue": single, "bulk": many}
+class System(msgspec.Struct, frozen=True):
+    script: str
+    group: str | None  # the peers' venv group; None: vaultq, under this interpreter
+    backend: str  # redis or sqlite
+    default: str  # its default concurrency, as the table shows it
 
 
-async def latency(url: str, keys: str, samples: int) -> dict[str, float]:
-    app, noop = make_app(url, keys)
-    out: list[float] = []
-    for i in range(samples):
-        t0 = time.perf_counter()
-        handle = await noop.enqueue(Noop(i))
-        await handle.result(timeout=10)
-        out.append(time.perf_counter() - t0)
-    await app.aclose()
-    return percentiles(out)
+SYSTEMS: dict[str, System] = {
+    "vaultq": System("vaultq_peer.py", None, "redis", "10 async"),
+    "vaultq-sqlite": System("vaultq_peer.py", None, "sqlite", "10 async"),
+    "arq": System("arq_peer.py", "classic", "redis", "10 async, 0.5 s poll"),
+    "celery": System("celery_peer.py", "classic", "redis", "prefork, 1 child per CPU"),
+    "dramatiq": System("dramatiq_peer.py", "classic", "redis", "8 threads"),
+    "huey-redis": System("huey_peer.py", "classic", "redis", "1 thread"),
+    "huey-sqlite": System("huey_peer.py", "classic", "sqlite", "1 thread"),
+    "taskiq": System("taskiq_peer.py", "taskiq", "redis", "100 async"),
+    "saq": System("saq_peer.py", "saq", "redis", "10 async"),
+    "streaq": System("streaq_peer.py", "streaq", "redis", "16 async"),
+}
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    out = sorted(samples)
-    p99 = out[max(int(len(out) * 0.99) - 1, 0)]
-    return {"p50_ms": statistics.median(out) * 1000, "p99_ms": p99 * 1000}
+class Case(msgspec.Struct, frozen=True):
+    label: str
+    system: str
+    concurrency: int = 0  # 0: the system's default
+    signing: str = "hmac-sha256"
+    sync_enqueue: bool = False
 
 
-def run_vaultq(url: str, keys: str, n: int, concurrency: int) -> dict[str, float]:
-    figures = anyio.run(produce, url, keys, n)
-    # the queue now holds 2n jobs: drain them in ONE separate worker process
-    env = {**os.environ, "BENCH_KEYS": keys}
-    cmd = [sys.executable, __file__, "--drain", url, "--n", str(2 * n)]
-    out = subprocess.run(
-        [*cmd, "--concurrency", str(concurrency)],
-        env=env,
-        capture_output=True,
-        check=True,
-        timeout=PHASE_TIMEOUT,
-    )
-    elapsed, cpu = out.stdout.decode().strip().splitlines()[-1].split()
-    figures["drain"] = 2 * n / float(elapsed)
-    figures["cpu_us"] = float(cpu) / (2 * n) * 1e6
-    serve = [sys.executable, __file__, "--serve", url, "--concurrency", str(concurrency)]
-    with Server(serve, env):
-        figures.update(anyio.run(latency, url, keys, LATENCY_SAMPLES))
-    return figures
-
-
-# --- peers, in .venv-bench --------------------------------------------------------------
-
-
-class PeerFailed(Exception):
-    pass
-
-
-class Server:
-    """An idle worker in its own process for the latency phase; ready once it prints READY.
-
-    stdout is read to the end by a thread so chatty workers never block on a full pipe."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        self.cmd, self.env = cmd, env
-        self.ready = threading.Event()
-
-    def __enter__(self) -> Server:
-        self.proc = subprocess.Popen(
-            self.cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=self.env,
-            cwd=PEERS_DIR,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(60):
-            self.__exit__()
-            raise PeerFailed(f"worker {self.cmd[1]} did not report ready within 60 s")
-        return self
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.strip() == "READY":
-                self.ready.set()
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def bench_python() -> Path | None:
-    """The peers' interpreter, creating/updating ``.venv-bench`` when requirements changed."""
-    python = BENCH_VENV / "bin" / "python"
-    stamp = BENCH_VENV / ".requirements.txt"
-    wanted = REQUIREMENTS.read_text()
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    print(f"installing the peers into {BENCH_VENV} (once) ...", flush=True)
-    try:
-        if not python.exists():
-            subprocess.run(
-                [sys.executable, "-m", "venv", str(BENCH_VENV)],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        print(
-            f"NOTICE: could not set up {BENCH_VENV} ({exc}); no network or no registry?\n"
-            f"{detail.decode(errors='replace')[-1500:]}"
-            "Reporting vaultq only. Fix the install (or pass --no-peers) and run again.",
-            flush=True,
-        )
-        return None
-    stamp.write_text(wanted)
-    return python
-
-
-def peer_call(python: Path, script: str, mode: str, url: str, *extra: str) -> dict[str, Any]:
-    cmd = [str(python), script, mode, "--url", url, *extra]
-    try:
-        out = subprocess.run(
-            cmd, cwd=PEERS_DIR, capture_output=True, text=True, timeout=PHASE_TIMEOUT
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise PeerFailed(f"{script} {mode} did not finish within {PHASE_TIMEOUT:.0f} s") from exc
-    for line in reversed(out.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-            return result
-    raise PeerFailed(f"{script} {mode} exited {out.returncode}: {out.stderr[-1500:]}")
-
-
-def run_peer(python: Path, name: str, url: str, n: int, concurrency: int) -> dict[str, Any]:
-    script = PEERS[name][0]
-    c = ("--concurrency", str(concurrency))
-    figures = peer_call(python, script, "produce", url, "--n", str(n))
-    queued = int(figures.pop("queued"))
-    drained = peer_call(python, script, "drain", url, "--n", str(queued), *c)
-    figures["drain"] = queued / drained["drain_s"]
-    with Server([str(python), script, "serve", "--url", url, *c]):
-        figures.update(peer_call(python, script, "latency", url, "--samples", str(LATENCY_SAMPLES)))
-    return figures
-
-
-# --- report -----------------------------------------------------------------------------
-
-
-def fmt(value: float | None, key: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if key.endswith("_ms") else f"{value:.0f}"
-
-
-def print_table(rows: dict[str, dict[str, Any] | None]) -> None:
-    print(f"{'system':<14}" + "".join(f"{title:>11}" for _, title in COLUMNS))
-    for name, figures in rows.items():
-        if figures is None:
-            print(f"{name:<14}{'failed (see above)':>33}")
-            continue
-        print(f"{name:<14}" + "".join(f"{fmt(figures.get(k), k):>11}" for k, _ in COLUMNS))
-
-
-def print_ratios(mine: str, rows: dict[str, dict[str, Any] | None], peers: list[str]) -> None:
-    ours = rows.get(mine)
-    if ours is None:
-        return
-    parts = []
-    for key, title in COLUMNS:
-        candidates = [
-            (figures[key], name)
-            for name in peers
-            if (figures := rows.get(name)) is not None and figures.get(key) is not None
+def cases(mode: str, concurrency: int) -> list[Case]:
+    if mode == "defaults":
+        return [
+            Case("vaultq", "vaultq", sync_enqueue=True),
+            Case("vaultq-ed25519", "vaultq", signing="ed25519"),
+            Case("vaultq-c50", "vaultq", concurrency=50),
+            Case("vaultq-c100", "vaultq", concurrency=100),
+            *(Case(name, name) for name in ("taskiq", "dramatiq", "huey-redis", "saq")),
+            *(Case(name, name) for name in ("streaq", "arq", "celery")),
         ]
-        if ours.get(key) is None or not candidates:
-            continue
-        lower_is_better = key.endswith("_ms")
-        best, who = min(candidates) if lower_is_better else max(candidates)
-        parts.append(
-            f"  {title:<10} {ours[key] / best:>6.2f}x  (best peer: {who}, {fmt(best, key)})"
+    c = concurrency
+    return [
+        Case("vaultq", "vaultq", c, sync_enqueue=True),
+        Case("vaultq-ed25519", "vaultq", c, signing="ed25519"),
+        Case("vaultq-sqlite", "vaultq-sqlite", c),
+        *(Case(name, name, c) for name in SYSTEMS if not name.startswith("vaultq")),
+    ]
+
+
+class Run:
+    """One run: the private Redis, a temporary directory, the interpreters, the keys."""
+
+    def __init__(self, args: argparse.Namespace, redis_url: str, tmp: Path) -> None:
+        self.args, self.redis_url, self.tmp = args, redis_url, tmp
+        self.pythons: dict[str, Path | None] = {}
+        self.keys = {
+            s: vaultq.Keyring.generate(signing=s).to_json()  # type: ignore[arg-type]
+            for s in ("hmac-sha256", "ed25519")
+        }
+        self.phase = 0
+
+    def flush(self) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        client.flushall()
+        client.close()
+
+    def python(self, system: System) -> Path | None:
+        if system.group is None:
+            return Path(sys.executable)
+        if system.group not in self.pythons:
+            self.pythons[system.group] = bench_proc.group_python(system.group)
+        return self.pythons[system.group]
+
+    def url(self, case: Case) -> str:
+        """The broker URL of a fresh phase (a new SQLite file for sqlite systems)."""
+        self.flush()
+        self.phase += 1
+        if SYSTEMS[case.system].backend == "sqlite":
+            return f"sqlite:///{self.tmp}/{case.label}-{self.phase}.db"
+        return self.redis_url
+
+    def env(self, case: Case) -> dict[str, str]:
+        return {**os.environ, "BENCH_KEYS": self.keys[case.signing]}
+
+    def cmd(self, case: Case, mode: str, url: str, *extra: str) -> list[str]:
+        system = SYSTEMS[case.system]
+        python = self.python(system)
+        assert python is not None
+        loop = ("--loop", self.args.loop) if system.group is None else ()
+        return [
+            str(python),
+            system.script,
+            mode,
+            "--url",
+            url,
+            "--counter",
+            self.redis_url,
+            *loop,
+            *extra,
+        ]
+
+    def worker_cmd(self, case: Case, url: str, sleep_ms: float = 0.0) -> list[str]:
+        return self.cmd(
+            case,
+            "worker",
+            url,
+            "--concurrency",
+            str(case.concurrency),
+            "--sleep-ms",
+            str(sleep_ms),
         )
-    if parts:
-        print(f"{mine} / best of {', '.join(peers)}:")
-        print("\n".join(parts))
+
+    def measure(self, case: Case, latency: bool) -> dict[str, Any]:
+        n, env = self.args.jobs, self.env(case)
+        url = self.url(case)
+        sync = ("--sync",) if case.sync_enqueue else ()
+        figures = bench_proc.driver_call(self.cmd(case, "produce", url, "--n", str(n), *sync), env)
+        queued = int(figures.pop("queued"))
+        drain = bench_proc.count_drain(self.worker_cmd(case, url), env, self.redis_url, queued)
+        figures.update(
+            drain=drain.warm, cold=drain.cold, cpu_us=drain.cpu_us, startup_s=drain.startup_s
+        )
+        m = self.args.sleep_jobs
+        if m:
+            url = self.url(case)
+            bench_proc.driver_call(self.cmd(case, "fill", url, "--n", str(m)), env)
+            sleep = bench_proc.count_drain(
+                self.worker_cmd(case, url, SLEEP_MS), env, self.redis_url, m
+            )
+            figures.update(sleep=sleep.warm, sleep_cold=sleep.cold)
+        if latency and self.args.latency_samples:
+            url = self.url(case)
+            with bench_proc.idle_worker(self.worker_cmd(case, url), env) as tail:
+                samples = str(self.args.latency_samples)
+                try:
+                    figures.update(
+                        bench_proc.driver_call(
+                            self.cmd(case, "latency", url, "--samples", samples), env
+                        )
+                    )
+                except bench_proc.Failed as exc:
+                    raise bench_proc.Failed(f"{exc}\nworker: {tail()}") from exc
+        return figures
+
+    # --- vaultq alone -------------------------------------------------------------------
+
+    def cli_drain(self, processes: int, jobs: int) -> bench_proc.Drain:
+        """``vaultq worker --processes N`` (the real CLI and supervisor) over ``jobs``."""
+        case = Case("vaultq", "vaultq")
+        url = self.url(case)
+        env = self.env(case)
+        bench_proc.driver_call(self.cmd(case, "fill", url, "--n", str(jobs)), env)
+        env.update(BENCH_URL=url, BENCH_COUNTER=self.redis_url, BENCH_SLEEP_MS="0")
+        env["PYTHONPATH"] = os.pathsep.join([str(bench_proc.PEERS_DIR), str(bench_proc.ROOT)])
+        cmd = [
+            sys.executable,
+            "-m",
+            "vaultq",
+            "worker",
+            "vaultq_peer:app",
+            "--processes",
+            str(processes),
+            "--concurrency",
+            str(self.args.concurrency),
+            "--log-level",
+            "warning",
+            "--loop",
+            self.args.loop,
+            "--health-file",
+            str(self.tmp / f"health-{self.phase}"),
+        ]
+        return bench_proc.count_drain(cmd, env, self.redis_url, jobs)
+
+    def memory(self, jobs: int) -> dict[str, Any]:
+        """Redis memory per queued job (INFO memory delta, MEMORY USAGE) and the envelope."""
+        case = Case("vaultq", "vaultq")
+        url = self.url(case)
+        client = redis.Redis.from_url(self.redis_url)
+        before = int(client.info("memory")["used_memory"])
+        t0 = time.perf_counter()
+        bench_proc.driver_call(self.cmd(case, "fill", url, "--n", str(jobs)), self.env(case))
+        fill_s = time.perf_counter() - t0
+        after = int(client.info("memory")["used_memory"])
+        stream = next(k for k in client.scan_iter("vaultq:*:stream", count=1000))
+        entry = client.xrange(stream, count=1)[0][1]
+        envelope = len(entry[b"env"])
+        stream_usage = int(client.memory_usage(stream, samples=0) or 0)
+        marker = next(k for k in client.scan_iter("vaultq:*:enq:*", count=1000))
+        marker_usage = int(client.memory_usage(marker) or 0)
+        client.close()
+        return {
+            "jobs": jobs,
+            "fill_per_s": jobs / fill_s,
+            "envelope_bytes": envelope,
+            "info_delta_per_job": (after - before) / jobs,
+            "stream_usage_per_job": stream_usage / jobs,
+            "dedup_marker_usage": marker_usage,
+        }
+
+    def backlog(self, queued: int, jobs: int) -> dict[str, Any]:
+        """A one-worker drain of ``jobs`` with ``queued`` jobs waiting, against an empty
+        queue holding just those ``jobs``; both at vaultq's default concurrency."""
+        case = Case("vaultq", "vaultq")
+        out: dict[str, Any] = {"queued": queued, "jobs": jobs}
+        for name, fill in (("empty", jobs), ("backlog", queued)):
+            url = self.url(case)
+            print(f"  filling {fill} jobs ...", flush=True)
+            if name == "backlog":
+                out["memory"] = self.memory(queued)
+            else:
+                bench_proc.driver_call(
+                    self.cmd(case, "fill", url, "--n", str(fill)), self.env(case)
+                )
+            drain = bench_proc.count_drain(
+                self.worker_cmd(case, url), self.env(case), self.redis_url, jobs
+            )
+            out[name] = drain.warm
+        out["ratio"] = out["backlog"] / out["empty"]
+        return out
+
+    def rss(self, jobs: int) -> dict[str, Any]:
+        case = Case("vaultq", "vaultq")
+        url = self.url(case)
+        bench_proc.driver_call(self.cmd(case, "fill", url, "--n", str(jobs)), self.env(case))
+        drain = bench_proc.count_drain(
+            self.worker_cmd(case, url),
+            self.env(case),
+            self.redis_url,
+            jobs,
+            rss_every=max(jobs // 10, 1),
+        )
+        return {"jobs": jobs, "drain": drain.warm, "marks": drain.rss_marks}
 
 
-def main() -> None:
+def ed25519_ceiling(seconds: float = 1.0) -> float:
+    """Ed25519 verifications per second of one core (cryptography), on a 300-byte
+    message: the ceiling the ed25519 goal is measured against."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    message = os.urandom(300)
+    signature = key.sign(message)
+    public = key.public_key()
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
+        for _ in range(200):
+            public.verify(signature, message)
+        n += 200
+    return n / (time.process_time() - t0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=20_000, help="vaultq jobs per enqueue phase")
-    parser.add_argument("--peer-n", type=int, default=5_000, help="peer jobs per enqueue phase")
-    parser.add_argument("--brokers", default="redis,sqlite", help="vaultq brokers to measure")
-    parser.add_argument("--peers", default=",".join(PEERS))
-    parser.add_argument("--no-peers", action="store_true")
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--jobs", "--n", type=int, default=5000, help="N per enqueue phase")
+    parser.add_argument("--modes", default="defaults,equal", help="defaults and/or equal")
     parser.add_argument(
-        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="vaultq's event loop"
+        "--systems",
+        default="all",
+        help="labels to run (vaultq, vaultq-ed25519, vaultq-c50, vaultq-c100, vaultq-sqlite, "
+        f"{', '.join(s for s in SYSTEMS if not s.startswith('vaultq'))}); default all",
     )
+    parser.add_argument("--concurrency", type=int, default=50, help="the equal mode's")
+    parser.add_argument("--sleep-jobs", type=int, default=1000, help="10 ms jobs; 0: skip")
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--no-processes", action="store_true", help="skip --processes 2 vs 1")
+    parser.add_argument("--processes-jobs", type=int, default=20_000)
+    parser.add_argument("--memory-jobs", type=int, default=20_000, help="0: skip")
+    parser.add_argument("--backlog", type=int, default=0, help="jobs queued, e.g. 1000000")
+    parser.add_argument("--backlog-jobs", type=int, default=20_000)
+    parser.add_argument("--rss", type=int, default=0, help="jobs run while RSS is sampled")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--chart", type=Path, help="write a PNG chart here (matplotlib)")
     parser.add_argument("--drain", help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.drain:
         elapsed, cpu = anyio.run(
             drain_in_this_process,
             args.drain,
             os.environ["BENCH_KEYS"],
-            args.n,
+            args.jobs,
             args.concurrency,
             backend_options={"use_uvloop": args.loop == "uvloop"},
         )
@@ -388,67 +445,77 @@ def main() -> None:
     if args.serve:
         anyio.run(serve_in_this_process, args.serve, os.environ["BENCH_KEYS"], args.concurrency)
         return
+    run_harness(args, argv)
 
-    brokers = [b for b in args.brokers.split(",") if b]
-    for broker in brokers:
-        if broker not in ("redis", "sqlite"):
-            raise SystemExit(f"unknown broker {broker!r}: use redis and/or sqlite")
-    peers = [] if args.no_peers else [p for p in args.peers.split(",") if p]
-    for peer in peers:
-        if peer not in PEERS:
-            raise SystemExit(f"unknown peer {peer!r}: choose from {', '.join(PEERS)}")
-    python = bench_python() if peers else None
-    if python is None:
-        peers = []
 
-    keys = vaultq.Keyring.generate().to_json()
-    rows: dict[str, dict[str, Any] | None] = {}
+def run_harness(args: argparse.Namespace, argv: list[str] | None) -> None:
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        if mode not in ("defaults", "equal"):
+            raise SystemExit(f"unknown mode {mode!r}: use defaults and/or equal")
+    wanted = None if args.systems == "all" else set(args.systems.split(","))
+    known = {c.label for m in ("defaults", "equal") for c in cases(m, 1)}
+    if wanted is not None and wanted - known:
+        raise SystemExit(f"unknown systems {sorted(wanted - known)}: choose from {sorted(known)}")
+    vaultq_runs = wanted is None or "vaultq" in wanted
+
+    results: dict[str, Any] = {
+        "meta": {
+            "command": " ".join(["benchmarks/throughput.py", *(argv or sys.argv[1:])]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_start": bench_proc.loadavg(),
+            "jobs": args.jobs,
+            "sleep_jobs": args.sleep_jobs,
+            "concurrency": args.concurrency,
+            "defaults": {name: s.default for name, s in SYSTEMS.items()},
+        },
+        "modes": {},
+    }
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        redis_proc, redis_url = start_redis(Path(tmp))
-        try:
-            for broker in brokers:
-                name = f"vaultq-{broker}"
-                print(f"measuring {name} ...", flush=True)
-                url = redis_url if broker == "redis" else f"sqlite:///{tmp}/vaultq.db"
-                rows[name] = run_vaultq(url, keys, args.n, args.concurrency)
-            for peer in peers:
-                print(f"measuring {peer} ...", flush=True)
-                flushall(redis_url)
-                backend = PEERS[peer][1]
-                url = redis_url if backend == "redis" else f"sqlite:///{tmp}/{peer}.db"
-                assert python is not None
+    with tempfile.TemporaryDirectory() as tmp, bench_proc.private_redis(Path(tmp)) as url:
+        run = Run(args, url, Path(tmp))
+        for mode in modes:
+            rows: dict[str, dict[str, Any] | None] = {}
+            for case in cases(mode, args.concurrency):
+                if wanted is not None and case.label not in wanted:
+                    continue
+                if run.python(SYSTEMS[case.system]) is None:
+                    continue
+                print(f"[{mode}] measuring {case.label} ...", flush=True)
                 try:
-                    rows[peer] = run_peer(python, peer, url, args.peer_n, args.concurrency)
-                except PeerFailed as exc:
-                    print(f"NOTICE: {peer} failed: {exc}", flush=True)
-                    rows[peer] = None
-        finally:
-            redis_proc.terminate()
-            redis_proc.wait()
-
-    print()
-    print(
-        f"no-op jobs, worker concurrency {args.concurrency}; N={args.n} per enqueue phase for "
-        f"vaultq, {args.peer_n} for peers (drain = 2N); {LATENCY_SAMPLES} latency samples; "
-        f"{time.perf_counter() - started:.0f} s"
-    )
-    print_table(rows)
-    if peers:
-        print("ratios: rates >1 = vaultq faster; latencies <1 = vaultq faster")
-    redis_peers = [p for p in peers if PEERS[p][1] == "redis"]
-    if redis_peers:
-        print_ratios("vaultq-redis", rows, redis_peers)
-    if "huey-sqlite" in peers:
-        print_ratios("vaultq-sqlite", rows, ["huey-sqlite"])
-    if not peers and "vaultq-redis" in rows and "vaultq-sqlite" in rows:
-        r, s = rows["vaultq-redis"], rows["vaultq-sqlite"]
-        assert r is not None
-        assert s is not None
-        print(
-            f"sqlite/redis: enqueue {s['enqueue'] / r['enqueue']:.2f}x, "
-            f"bulk {s['bulk'] / r['bulk']:.2f}x, drain {s['drain'] / r['drain']:.2f}x"
-        )
+                    rows[case.label] = run.measure(case, latency=mode == "equal")
+                except bench_proc.Failed as exc:
+                    print(f"NOTICE: {case.label} failed: {exc}", flush=True)
+                    rows[case.label] = None
+            results["modes"][mode] = rows
+        if vaultq_runs and not args.no_processes:
+            print("measuring vaultq worker --processes 1 and 2 ...", flush=True)
+            p1 = run.cli_drain(1, args.processes_jobs)
+            p2 = run.cli_drain(2, args.processes_jobs)
+            results["processes"] = {"p1": msgspec.to_builtins(p1), "p2": msgspec.to_builtins(p2)}
+        if vaultq_runs and args.memory_jobs:
+            print("measuring Redis memory per queued job ...", flush=True)
+            results["memory"] = run.memory(args.memory_jobs)
+        if vaultq_runs and args.backlog:
+            print(f"measuring a drain with {args.backlog} jobs queued ...", flush=True)
+            results["backlog"] = run.backlog(args.backlog, args.backlog_jobs)
+        if vaultq_runs and args.rss:
+            print(f"measuring worker RSS over {args.rss} jobs ...", flush=True)
+            results["rss"] = run.rss(args.rss)
+        if vaultq_runs:
+            results["ed25519_ceiling"] = ed25519_ceiling()
+    results["meta"]["seconds"] = round(time.perf_counter() - started)
+    results["meta"]["loadavg_end"] = bench_proc.loadavg()
+    results["goals"] = bench_report.goals(results)
+    bench_report.print_all(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        print(f"wrote {args.json}")
+    if args.chart:
+        bench_report.chart(results, args.chart)
+        print(f"wrote {args.chart}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
-"""What every peer driver shares: the command line, the completion counter, the output.
+"""What every driver shares: the command line, the completion counter, the output.
 
-Peer drivers run under the separate ``.venv-bench`` interpreter (the peers' pins clash with
-vaultq's venv), so this module is standard library only. A driver is called once per phase:
+Drivers run under their own interpreters (``benchmarks/throughput.py`` makes one
+virtualenv per peer group, since the peers' pins clash with each other and with vaultq's
+venv), so this module is standard library only, plus redis-py imported where used (every
+peer venv has it). A driver is called once per phase:
 
-* ``produce --n N``: enqueue N no-op jobs one by one (timed), then N more with the peer's
-  bulk API when it has one (timed), else N more one by one (not timed), so the queue always
-  holds 2N jobs for the drain;
-* ``drain --n TOTAL``: run ONE worker process in this process; the clock starts when the
-  worker reports ready and stops when TOTAL jobs are done (see ``Completion``);
-* ``serve``: run the same worker idle, print ``READY`` once it consumes, until killed;
-* ``latency --samples S``: enqueue one job at a time and wait for its result.
+* ``produce --n N [--sync]``: enqueue N no-op jobs one by one (timed), then N more with
+  the system's bulk API when it has one (timed), else N more one by one (not timed);
+  vaultq with ``--sync`` also times N ``enqueue_sync`` calls. Prints how many it queued;
+* ``fill --n N``: queue N jobs, untimed (the sleep workload and the scale runs);
+* ``worker [--concurrency C] [--sleep-ms MS]``: run ONE worker process of the system in
+  this process until killed. ``--concurrency 0`` (the default) leaves the system's own
+  default. The parent counts completions and owns the clock;
+* ``latency --samples S``: one warm-up job (waits for the worker to be up), then S jobs
+  one at a time, each enqueued and its result awaited.
 
-Each phase prints one ``RESULT {json}`` line on stdout; the parent parses only that line.
+Completion is counted the same way for every system: the job body does one Redis
+``INCR`` of :data:`COUNTER_KEY` on the run's private Redis (``--counter``; sqlite-backed
+systems count there too), then sleeps ``--sleep-ms`` if asked. The parent polls that
+counter. ``produce``/``fill``/``latency`` print one ``RESULT {json}`` line on stdout.
 """
 
 from __future__ import annotations
@@ -20,81 +27,78 @@ import argparse
 import json
 import os
 import statistics
-import sys
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
+
+COUNTER_KEY = "bench:done"
+WARMUP_TIMEOUT = 120.0
+
+
+class Body:
+    """The job body's side effects: one INCR, then the optional sleep."""
+
+    counter_url = ""
+    sleep = 0.0
+    _sync: Any = None
+    _sync_pid = 0
+    _async: Any = None
+
+    @classmethod
+    def configure(cls, args: argparse.Namespace) -> None:
+        cls.counter_url = args.counter or args.url
+        cls.sleep = args.sleep_ms / 1000
+
+    @classmethod
+    def done_sync(cls) -> None:
+        # One client per process: celery's prefork children inherit the class from the
+        # parent, and a connection pool must not be shared across a fork.
+        if cls._sync is None or cls._sync_pid != os.getpid():
+            import redis
+
+            cls._sync, cls._sync_pid = redis.Redis.from_url(cls.counter_url), os.getpid()
+        cls._sync.incr(COUNTER_KEY)
+        if cls.sleep:
+            time.sleep(cls.sleep)
+
+    @classmethod
+    async def done_async(cls) -> None:
+        import asyncio
+
+        if cls._async is None:
+            import redis.asyncio
+
+            cls._async = redis.asyncio.Redis.from_url(cls.counter_url)
+        await cls._async.incr(COUNTER_KEY)
+        if cls.sleep:
+            await asyncio.sleep(cls.sleep)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["produce", "drain", "serve", "latency"])
+    parser.add_argument("mode", choices=["produce", "fill", "worker", "latency"])
     parser.add_argument("--url", required=True, help="redis://host:port/db or sqlite:///path")
+    parser.add_argument("--counter", default="", help="Redis URL of the completion counter")
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=50)
-    return parser.parse_args()
+    parser.add_argument("--concurrency", type=int, default=0, help="0: the system's default")
+    parser.add_argument("--sleep-ms", type=float, default=0.0)
+    parser.add_argument("--sync", action="store_true", help="vaultq: also time enqueue_sync")
+    parser.add_argument("--loop", default="asyncio", help="vaultq: asyncio or uvloop")
+    args = parser.parse_args()
+    Body.configure(args)
+    return args
 
 
 def emit(payload: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(payload), flush=True)
 
 
-def ready() -> None:
-    print("READY", flush=True)
-
-
 def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def percentiles(samples: list[float]) -> dict[str, float]:
-    """p50/p99 in ms, computed exactly like benchmarks/throughput.py does for vaultq."""
+    """p50/p99 in ms, computed the same way for every system."""
     out = sorted(samples)
     p99 = out[max(int(len(out) * 0.99) - 1, 0)]
     return {"p50_ms": statistics.median(out) * 1000, "p99_ms": p99 * 1000}
-
-
-class Completion:
-    """Counts finished jobs in the worker process and ends the drain at the target.
-
-    "Done" means the same thing for every peer as for vaultq's ``Worker.processed``: the
-    job ran and the broker was told (result stored and message acked/removed). Each driver
-    calls ``hit()`` from the peer's latest hook that still runs per job (arq
-    ``after_job_end``, dramatiq ``after_ack``, celery ``task_postrun``, huey
-    ``SIGNAL_COMPLETE``). When the target is reached the elapsed time since ``start()`` is
-    printed and the process exits at once: tearing the worker down is not measured.
-    """
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.t0 = 0.0
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._elapsed = 0.0
-        threading.Thread(target=self._exit_when_done, daemon=True).start()
-
-    def start(self) -> None:
-        if not self.t0:
-            self.t0 = time.perf_counter()
-
-    def hit(self) -> None:
-        with self._lock:
-            self.count += 1
-            if self.count == self.target:
-                self._elapsed = time.perf_counter() - self.t0
-                self._done.set()
-
-    def _exit_when_done(self) -> None:
-        self._done.wait()
-        emit({"drain_s": self._elapsed, "done": self.count})
-        sys.stdout.flush()
-        os._exit(0)

@@ -1,10 +1,12 @@
-"""arq on the private Redis: asyncio worker with ``max_jobs`` = vaultq's concurrency.
+"""arq on the private Redis: asyncio worker with ``max_jobs`` = ``--concurrency`` (arq's
+default, 10, with ``--concurrency 0``).
 
 JSON job/result serializer (arq's default is pickle). Results are kept (arq's default,
 ``keep_result=3600``), so every job writes a result key, as vaultq does. arq has no
-blocking read: its worker and ``Job.result`` poll, 0.5 s by default, which would make the
-drain wait on the poll timer and put ~0.5 s on every latency sample; both are set to
-``POLL`` here. arq has no bulk enqueue: the second N are enqueued one by one, untimed.
+blocking read: its worker and ``Job.result`` poll, 0.5 s by default. At a given
+concurrency both are set to ``POLL`` (5 ms), since the 0.5 s timer would otherwise be
+most of what is measured; in defaults mode the worker keeps arq's 0.5 s. arq has no bulk
+enqueue: the second N are enqueued one by one, untimed.
 """
 
 from __future__ import annotations
@@ -27,69 +29,61 @@ def dumps(obj: Any) -> bytes:
 
 
 async def noop(ctx: dict[str, Any], n: int) -> None:
-    return None
+    await _common.Body.done_async()
 
 
-def make_worker(url: str, concurrency: int, **hooks: Any) -> Worker:
-    return Worker(
-        functions=[noop],
-        redis_settings=RedisSettings.from_dsn(url),
-        max_jobs=concurrency,
-        poll_delay=POLL,
-        job_serializer=dumps,
-        job_deserializer=json.loads,
-        handle_signals=False,
-        log_results=False,
-        **hooks,
+async def pool(url: str) -> Any:
+    return await create_pool(
+        RedisSettings.from_dsn(url), job_serializer=dumps, job_deserializer=json.loads
     )
 
 
 async def produce(url: str, n: int) -> None:
-    pool = await create_pool(
-        RedisSettings.from_dsn(url), job_serializer=dumps, job_deserializer=json.loads
-    )
+    redis = await pool(url)
     t0 = time.perf_counter()
     for i in range(n):
-        await pool.enqueue_job("noop", i)
+        await redis.enqueue_job("noop", i)
     single = _common.rate(n, time.perf_counter() - t0)
     for i in range(n, 2 * n):
-        await pool.enqueue_job("noop", i)
-    await pool.aclose()
+        await redis.enqueue_job("noop", i)
+    await redis.aclose()
     _common.emit({"enqueue": single, "bulk": None, "queued": 2 * n})
 
 
-async def drain(url: str, n: int, concurrency: int) -> None:
-    done = _common.Completion(n)
-
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        done.start()
-
-    async def after_job_end(ctx: dict[str, Any]) -> None:
-        done.hit()
-
-    worker = make_worker(url, concurrency, on_startup=on_startup, after_job_end=after_job_end)
-    await worker.async_run()
+async def fill(url: str, n: int) -> None:
+    redis = await pool(url)
+    for i in range(n):
+        await redis.enqueue_job("noop", i)
+    await redis.aclose()
+    _common.emit({"queued": n})
 
 
-async def serve(url: str, concurrency: int) -> None:
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        _common.ready()
-
-    await make_worker(url, concurrency, on_startup=on_startup).async_run()
+async def worker(url: str, concurrency: int) -> None:
+    options: dict[str, Any] = {"max_jobs": concurrency, "poll_delay": POLL} if concurrency else {}
+    await Worker(
+        functions=[noop],
+        redis_settings=RedisSettings.from_dsn(url),
+        job_serializer=dumps,
+        job_deserializer=json.loads,
+        handle_signals=False,
+        log_results=False,
+        **options,
+    ).async_run()
 
 
 async def latency(url: str, samples: int) -> None:
-    pool = await create_pool(
-        RedisSettings.from_dsn(url), job_serializer=dumps, job_deserializer=json.loads
-    )
+    redis = await pool(url)
+    job = await redis.enqueue_job("noop", -1)
+    assert job is not None
+    await job.result(timeout=_common.WARMUP_TIMEOUT, poll_delay=POLL)
     out: list[float] = []
     for i in range(samples):
         t0 = time.perf_counter()
-        job = await pool.enqueue_job("noop", i)
+        job = await redis.enqueue_job("noop", i)
         assert job is not None
         await job.result(timeout=10, poll_delay=POLL)
         out.append(time.perf_counter() - t0)
-    await pool.aclose()
+    await redis.aclose()
     _common.emit(_common.percentiles(out))
 
 
@@ -97,10 +91,10 @@ def main() -> None:
     args = _common.parse_args()
     if args.mode == "produce":
         asyncio.run(produce(args.url, args.n))
-    elif args.mode == "drain":
-        asyncio.run(drain(args.url, args.n, args.concurrency))
-    elif args.mode == "serve":
-        asyncio.run(serve(args.url, args.concurrency))
+    elif args.mode == "fill":
+        asyncio.run(fill(args.url, args.n))
+    elif args.mode == "worker":
+        asyncio.run(worker(args.url, args.concurrency))
     else:
         asyncio.run(latency(args.url, args.samples))
 

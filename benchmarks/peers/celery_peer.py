@@ -1,13 +1,15 @@
 """Celery with the private Redis as broker and result backend, JSON serializer.
 
-One worker process: ``--pool threads --concurrency C`` (C = vaultq's concurrency), with
+At a given concurrency: one worker process, ``--pool threads --concurrency C``, with
 ``--without-gossip --without-mingle --without-heartbeat`` (no other workers to talk to)
 and default prefetch and early acks. Threads were picked over ``--pool solo`` (also one
-process) because solo runs one task at a time, unlike vaultq's 50, and over prefork with
-one child, which is two processes and pays a pipe hop per task. The env var
-``BENCH_CELERY_POOL`` switches the pool for comparison. Results are stored for every job.
-Celery has no bulk enqueue at the broker; ``group(...).apply_async()`` in chunks of 1000
-(what a user reaches for to send many) is timed as "bulk".
+process) because solo runs one task at a time, and over prefork with one child, which is
+two processes and pays a pipe hop per task. ``BENCH_CELERY_POOL`` switches the pool for
+comparison. With ``--concurrency 0`` (defaults mode) the worker runs celery's defaults:
+the prefork pool with one child per CPU, so it is the one system measured there with more
+than one process. Results are stored for every job. Celery has no bulk enqueue at the
+broker; ``group(...).apply_async()`` in chunks of 1000 (what a user reaches for to send
+many) is timed as "bulk".
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 
 import _common
 from celery import Celery, group
-from celery.signals import task_postrun, worker_ready
 
 POOL = os.environ.get("BENCH_CELERY_POOL", "threads")
 
@@ -37,12 +38,14 @@ def make_app(url: str) -> tuple[Celery, Any]:
 
     @app.task(name="bench.noop")
     def noop(n: int) -> None:
-        return None
+        _common.Body.done_sync()
 
     return app, noop
 
 
 def worker_argv(concurrency: int) -> list[str]:
+    if not concurrency:
+        return ["worker", "--loglevel=WARNING"]
     return [
         "worker",
         f"--pool={POOL}",
@@ -61,39 +64,27 @@ def produce(url: str, n: int) -> None:
         noop.delay(i)
     single = _common.rate(n, time.perf_counter() - t0)
     t0 = time.perf_counter()
-    for start in range(0, n, 1000):
-        group(noop.s(i) for i in range(start + n, min(n, start + 1000) + n)).apply_async()
+    for start in range(n, 2 * n, 1000):
+        group(noop.s(i) for i in range(start, min(2 * n, start + 1000))).apply_async()
     bulk = _common.rate(n, time.perf_counter() - t0)
     _common.emit({"enqueue": single, "bulk": bulk, "queued": 2 * n})
 
 
-def drain(url: str, n: int, concurrency: int) -> None:
+def fill(url: str, n: int) -> None:
+    _, noop = make_app(url)
+    for start in range(0, n, 1000):
+        group(noop.s(i) for i in range(start, min(n, start + 1000))).apply_async()
+    _common.emit({"queued": n})
+
+
+def worker(url: str, concurrency: int) -> None:
     app, _ = make_app(url)
-    done = _common.Completion(n)
-
-    @worker_ready.connect
-    def _ready(**kwargs: Any) -> None:
-        done.start()
-
-    @task_postrun.connect
-    def _postrun(**kwargs: Any) -> None:
-        done.hit()
-
-    app.worker_main(argv=worker_argv(concurrency))
-
-
-def serve(url: str, concurrency: int) -> None:
-    app, _ = make_app(url)
-
-    @worker_ready.connect
-    def _ready(**kwargs: Any) -> None:
-        _common.ready()
-
     app.worker_main(argv=worker_argv(concurrency))
 
 
 def latency(url: str, samples: int) -> None:
     _, noop = make_app(url)
+    noop.delay(-1).get(timeout=_common.WARMUP_TIMEOUT)
     out: list[float] = []
     for i in range(samples):
         t0 = time.perf_counter()
@@ -106,10 +97,10 @@ def main() -> None:
     args = _common.parse_args()
     if args.mode == "produce":
         produce(args.url, args.n)
-    elif args.mode == "drain":
-        drain(args.url, args.n, args.concurrency)
-    elif args.mode == "serve":
-        serve(args.url, args.concurrency)
+    elif args.mode == "fill":
+        fill(args.url, args.n)
+    elif args.mode == "worker":
+        worker(args.url, args.concurrency)
     else:
         latency(args.url, args.samples)
 

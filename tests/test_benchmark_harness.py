@@ -1,0 +1,62 @@
+"""benchmarks/throughput.py runs end to end in a tiny configuration (vaultq alone, no
+peer venvs), so the harness cannot rot. Nothing here looks at a timing: only that every
+phase ran, counted its jobs and reported a figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_throughput_harness_runs_vaultq_end_to_end(tmp_path: Path) -> None:
+    out_json, out_png = tmp_path / "results.json", tmp_path / "chart.png"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "throughput.py"),
+        "--jobs",
+        "200",
+        "--systems",
+        "vaultq",
+        "--modes",
+        "equal",
+        "--sleep-jobs",
+        "40",
+        "--latency-samples",
+        "5",
+        "--processes-jobs",
+        "300",
+        "--memory-jobs",
+        "300",
+        "--json",
+        str(out_json),
+    ]
+    try:
+        import matplotlib  # noqa: F401 - the chart is drawn only where it is installed
+    except ImportError:
+        pass
+    else:
+        cmd += ["--chart", str(out_png)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out_json.read_text())
+
+    row = results["modes"]["equal"]["vaultq"]
+    for key in ("enqueue", "enqueue_sync", "enqueue_c100", "bulk", "drain", "cold", "sleep"):
+        assert row[key] > 0, key
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    # --processes 1 and 2 went through the real CLI and both counted every job
+    assert results["processes"]["p1"]["jobs"] == results["processes"]["p2"]["jobs"] == 300
+    assert results["processes"]["p2"]["warm"] > 0
+    memory = results["memory"]
+    assert memory["envelope_bytes"] > 100
+    assert memory["info_delta_per_job"] > memory["envelope_bytes"] / 2
+    goals = {g["goal"]: g for g in results["goals"]}
+    assert "--processes 2 >= 1.6x one process" in goals
+    assert all(g["met"] in (True, False) for g in goals.values())
+    assert "issue 15 goals measured in this run" in done.stdout
+    if "--chart" in cmd:
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
