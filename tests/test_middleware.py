@@ -507,7 +507,8 @@ async def test_trace_added_before_enqueue_is_sealed_and_read_back_by_the_worker(
     if url.startswith("sqlite:///"):
         db = Path(url.removeprefix("sqlite:///"))
         for path in db.parent.glob(db.name + "*"):
-            assert b"4bf92f3577b34da6" not in path.read_bytes()
+            if path.is_file():  # not the -wake directory, which holds only sockets
+                assert b"4bf92f3577b34da6" not in path.read_bytes()
     opened = open_job(
         delivery.envelope,
         app.keyring,

@@ -18,6 +18,7 @@ from vaultq.appschedules import AppSchedules
 from vaultq.appsettings import AppSettingsView
 from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Broker, BrokerCapabilities, CancelState
+from vaultq.brokers.writer import SyncWriter
 from vaultq.clock import Clock
 from vaultq.connections import LoopBrokers
 from vaultq.enqueue import authorize
@@ -423,11 +424,17 @@ class App(AppSettingsView, AppSchedules):
 
     def close(self) -> None:
         """Close the sync facade's loop and its broker connections."""
+        self._connections.close_writer()
         if self._loop_thread is not None:
             try:
                 self.run_sync(self.aclose)
             finally:
                 self._loop_thread.stop()
+
+    def sync_writer(self) -> SyncWriter | None:
+        """The broker's synchronous writer in this process, for ``enqueue_sync`` (None:
+        this broker has none, and sync calls take the loop thread)."""
+        return self._connections.sync_writer()
 
     def run_sync(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
         """Run ``fn(*args, **kwargs)`` on this app's background loop and return its result

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ class Clock:
         sent = time.monotonic()
         before = self.local()
         remote = await reader()
+        return self._record(sent, before, remote)
+
+    def measure_sync(self, reader: Callable[[], float]) -> float:
+        """:meth:`measure` with a synchronous clock reader (``SyncWriter.time``)."""
+        sent = time.monotonic()
+        before = self.local()
+        return self._record(sent, before, reader())
+
+    def _record(self, sent: float, before: float, remote: float) -> float:
         rtt = time.monotonic() - sent
         self.broker_offset = remote - (before + rtt / 2)
         self.round_trip = rtt

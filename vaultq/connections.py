@@ -3,14 +3,21 @@
 Connections belong to the loop that opened them, so every loop gets its own: the first
 loop the configured instance itself, every later one (the sync facade's thread, a second
 ``asyncio.run``) a clone. Loops are held weakly: a finished loop's broker goes with it.
+
+Sync callers (``enqueue_sync``) write without a loop, through the configured broker's
+synchronous writer: one per process, made on first use, made again in a forked child
+and whenever the broker is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import weakref
 
 from vaultq.brokers.base import Broker
+from vaultq.brokers.writer import SyncWriter, SyncWrites
 from vaultq.errors import ConfigurationError
 
 __all__ = ["LoopBrokers"]
@@ -31,6 +38,8 @@ class LoopBrokers:
     def __init__(self, template: Broker) -> None:
         self.template = template
         self._taken = False
+        self._writer_lock = threading.Lock()
+        self._writer: tuple[Broker, int, SyncWriter | None] | None = None
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBroker] = (
             weakref.WeakKeyDictionary()
         )
@@ -40,6 +49,7 @@ class LoopBrokers:
         if self._taken:
             raise ConfigurationError("set_broker() must be called before the app is used")
         self.template = broker
+        self._writer = None
 
     def swap(self, broker: Broker) -> Broker:
         """Use ``broker`` from now on, even after use; return the previous template.
@@ -48,7 +58,31 @@ class LoopBrokers:
         # Clones only: the instance given may be connected in another loop already.
         self._taken = True
         self._brokers = weakref.WeakKeyDictionary()
+        self._writer = None  # forgotten, not closed, like the loops' brokers
         return previous
+
+    def sync_writer(self) -> SyncWriter | None:
+        """The configured broker's synchronous writer in this process (None: the broker
+        has none, so sync callers go through the loop thread)."""
+        made = self._writer
+        pid = os.getpid()
+        if made is not None and made[0] is self.template and made[1] == pid:
+            return made[2]
+        with self._writer_lock:
+            made = self._writer
+            if made is None or made[0] is not self.template or made[1] != pid:
+                # A forked child gets its own writer; the parent's is left alone.
+                template = self.template
+                writer = template.sync_writer() if isinstance(template, SyncWrites) else None
+                made = self._writer = (template, pid, writer)
+            return made[2]
+
+    def close_writer(self) -> None:
+        """Close this process's synchronous writer (the next sync call makes another)."""
+        with self._writer_lock:
+            made, self._writer = self._writer, None
+        if made is not None and made[1] == os.getpid() and made[2] is not None:
+            made[2].close()
 
     def _for_new_loop(self) -> Broker:
         if not self._taken:

@@ -13,14 +13,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
 from vaultq.brokers.base import Broker, EnqueueItem, UniqueKeys
-from vaultq.clock import describe_offset
+from vaultq.enqueue_steps import (
+    AwaitPolicy,
+    MeasureClock,
+    Step,
+    Write,
+    WriteKeyed,
+    WriteUnique,
+    warn_clock,
+)
 from vaultq.enqueue_writes import retrying, write_with_retry
 from vaultq.envelope import JOB_ID_FORM, JobMeta, new_job_id, seal_job
 from vaultq.errors import (
@@ -32,7 +40,15 @@ from vaultq.errors import (
 )
 from vaultq.jobs import JobHandle
 from vaultq.middleware import EnqueueInfo, Hooks
-from vaultq.policy import PolicyRequest, evaluate, safe_id
+from vaultq.policy import (
+    Decision,
+    PendingPolicy,
+    PolicyRequest,
+    evaluate,
+    finish_evaluation,
+    safe_id,
+    start_evaluation,
+)
 from vaultq.principal import Principal
 
 if TYPE_CHECKING:
@@ -41,11 +57,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DEFER",
+    "Flow",
     "OnDuplicate",
     "authorize",
+    "authorize_sync",
     "check_call",
     "check_job_id",
     "enqueue",
+    "flow",
     "not_before",
     "unique_digest",
 ]
@@ -169,24 +188,21 @@ def _unique_keys(
     return keys
 
 
-async def authorize(
+def _policy_request(
     app: App, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
-) -> None:
-    """Evaluate ``task``'s policy (else the app's default) for an enqueue, audited; raise
-    ``AuthorizationDenied`` when it refuses."""
-    decision = await evaluate(
-        task.policy or app.default_policy,
-        PolicyRequest(
-            principal=principal,
-            payload=payload,
-            task=task.name,
-            signer_id=app.keyring.signer_id or "",
-            attempt=0,
-            job_id=job_id,
-            stage="enqueue",
-        ),
-        timeout=app.policy_timeout,
+) -> PolicyRequest:
+    return PolicyRequest(
+        principal=principal,
+        payload=payload,
+        task=task.name,
+        signer_id=app.keyring.signer_id or "",
+        attempt=0,
+        job_id=job_id,
+        stage="enqueue",
     )
+
+
+def _check_decision(decision: Decision, task: Task[Any, Any], principal: Principal | None) -> None:
     if not decision.allowed:
         raise AuthorizationDenied(
             f"policy {decision.policy} denied task {task.name!r} for principal "
@@ -195,6 +211,38 @@ async def authorize(
             task=task.name,
             policy=decision.policy,
         )
+
+
+async def authorize(
+    app: App, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
+) -> None:
+    """Evaluate ``task``'s policy (else the app's default) for an enqueue, audited; raise
+    ``AuthorizationDenied`` when it refuses."""
+    decision = await evaluate(
+        task.policy or app.default_policy,
+        _policy_request(app, task, payload, principal, job_id),
+        timeout=app.policy_timeout,
+    )
+    _check_decision(decision, task, principal)
+
+
+def authorize_sync(
+    app: App, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str
+) -> None:
+    """:func:`authorize` in the calling thread: a sync policy (every built-in one) is
+    called here; an async one is awaited on the app's loop thread."""
+    started = start_evaluation(
+        task.policy or app.default_policy,
+        _policy_request(app, task, payload, principal, job_id),
+        timeout=app.policy_timeout,
+    )
+    if isinstance(started, PendingPolicy):
+        started = app.run_sync(finish_evaluation, started)
+    _check_decision(started, task, principal)
+
+
+Flow = Generator[Step, Any, list[JobHandle[R]]]
+"""An enqueue in progress (:func:`flow`): yields steps, returns the handles."""
 
 
 async def enqueue(
@@ -216,19 +264,110 @@ async def enqueue(
 
     With a unique key (``unique_key``, or the task's ``unique``), a payload whose key a
     live job holds is not written: its handle is that job's (``on_duplicate="return"``)
-    or ``DuplicateJob`` is raised naming it."""
+    or ``DuplicateJob`` is raised naming it.
+
+    The work is :func:`flow` (no I/O of its own), driven here on the running event loop;
+    ``vaultq.enqueue_sync`` drives the very same flow from a sync caller's thread."""
+    steps = flow(
+        app,
+        task,
+        payloads,
+        principal=principal,
+        delay=delay,
+        at=at,
+        queue=queue,
+        job_ids=job_ids,
+        timeout=timeout,
+        unique_key=unique_key,
+        unique_for=unique_for,
+        on_duplicate=on_duplicate,
+    )
+    broker: Broker | None = None
+    reply: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                handles: list[JobHandle[R]] = done.value
+                return handles
+            reply = error = None
+            try:
+                if isinstance(step, AwaitPolicy):
+                    reply = await finish_evaluation(step.pending)
+                    continue
+                if broker is None:
+                    broker = await app.broker()
+                reply = await _take_step(app, broker, step)
+            except BaseException as exc:  # handed to the flow (its hooks hear of it)
+                error = exc
+    finally:
+        steps.close()
+
+
+async def _take_step(app: App, broker: Broker, step: Step) -> Any:
+    if isinstance(step, Write):
+        return await write_with_retry(app, broker, step.items)
+    if isinstance(step, WriteUnique):
+        return await write_with_retry(app, broker, [step.item], unique_ttl=step.ttl)
+    if isinstance(step, WriteKeyed):
+        if not isinstance(broker, UniqueKeys):
+            raise ConfigurationError(
+                f"the broker {broker.url} cannot enqueue unique jobs (no enqueue_keyed): "
+                "use the Redis, SQLite or memory broker"
+            )
+        store = broker
+        # Idempotent: the same envelope written again (a lost reply) returns its own id.
+        return await retrying(
+            app,
+            lambda: store.enqueue_keyed(
+                step.item, key=step.key, key_ttl=step.key_ttl, ttl=step.ttl
+            ),
+        )
+    # MeasureClock: the last kind of Step.
+    try:
+        offset = await app.clock.measure(broker)
+    except BrokerError:
+        return None  # the enqueue itself will say what is wrong with the broker
+    warn_clock(app, offset)
+    return None
+
+
+def flow(
+    app: App,
+    task: Task[P, R],
+    payloads: Sequence[P],
+    *,
+    principal: Principal | None,
+    delay: float | None,
+    at: datetime | float | None,
+    queue: str | None,
+    job_ids: Sequence[str] | None,
+    timeout: float | None,
+    unique_key: str | None = None,
+    unique_for: float | None = None,
+    on_duplicate: OnDuplicate = "return",
+) -> Flow[R]:
+    """An enqueue as a generator: it checks, authorizes, seals and decides what to
+    write, and yields each step that needs I/O (:data:`Step`) for its driver to take,
+    receiving the step's reply (or its error, thrown in). Both drivers, async
+    (:func:`enqueue`) and sync (``vaultq.enqueue_sync``), run this one flow, so the
+    checks, hooks and write decisions cannot differ between them."""
     keys = _unique_keys(task, payloads, unique_key, unique_for, on_duplicate)
     unique = None if keys is None else _Unique(keys, unique_for, on_duplicate)
     hooks = app.enqueue_hooks
     if not hooks.enqueue:
-        return await _seal_and_send(
-            app, task, payloads, principal, delay, at, queue, job_ids, timeout, None, unique
+        return (
+            yield from _seal_and_send(
+                app, task, payloads, principal, delay, at, queue, job_ids, timeout, None, unique
+            )
         )
     # The one place enqueue hooks run: before_enqueue per job as it is sealed, then
     # after_enqueue once per job that had it, with the error that ended the call.
     watch = _EnqueueWatch(hooks)
     try:
-        handles = await _seal_and_send(
+        handles = yield from _seal_and_send(
             app, task, payloads, principal, delay, at, queue, job_ids, timeout, watch, unique
         )
     except BaseException as exc:
@@ -281,7 +420,7 @@ class _Unique:
         self.on_duplicate = on_duplicate
 
 
-async def _seal_and_send(
+def _seal_and_send(
     app: App,
     task: Task[P, R],
     payloads: Sequence[P],
@@ -293,7 +432,7 @@ async def _seal_and_send(
     timeout: float | None,
     watch: _EnqueueWatch | None,
     unique: _Unique | None = None,
-) -> list[JobHandle[R]]:
+) -> Flow[R]:
     # Sealed times are this producer's own clock: they are its signed claims.
     now = app.clock.local()
     start = check_call(task, principal=principal, delay=delay, at=at, timeout=timeout, now=now)
@@ -310,7 +449,14 @@ async def _seal_and_send(
                 raise
             raise PayloadError(f"payload {i} of {len(payloads)}: {exc}", field=exc.field) from None
         job_id = new_job_id(now) if job_ids is None else check_job_id(job_ids[i])
-        await authorize(app, task, payload, principal, job_id)
+        decision = start_evaluation(
+            task.policy or app.default_policy,
+            _policy_request(app, task, payload, principal, job_id),
+            timeout=app.policy_timeout,
+        )
+        if isinstance(decision, PendingPolicy):
+            decision = yield AwaitPolicy(decision)
+        _check_decision(decision, task, principal)
         job_meta = meta
         if watch is not None:
             trace = watch.before(
@@ -357,8 +503,8 @@ async def _seal_and_send(
                 not_before=start if start > now else None,
             )
         )
-    broker = await app.broker()
-    await _check_clock(app, broker)
+    if app.clock.due():
+        yield MeasureClock()
     offset = app.clock.broker_offset
     if offset and any(item.not_before is not None for item in items):
         # The broker keeps delayed jobs on its own clock.
@@ -373,16 +519,15 @@ async def _seal_and_send(
     if unique is not None:
         # One by one: each job holds its key (or finds it held) in one atomic step.
         reserve = task.options.expires + app.clock_skew + max(0.0, start - now)
-        ids = [
-            await _write_keyed(app, broker, task, item, key, reserve, unique, watch)
-            for item, key in zip(items, unique.keys, strict=True)
-        ]
+        ids: list[str] = []
+        for item, key in zip(items, unique.keys, strict=True):
+            ids.append((yield from _write_keyed(task, item, key, reserve, unique, watch)))
         return [
             JobHandle(results, job_id, queue=target, task_name=task.name, decode=decode)
             for job_id in ids
         ]
     if job_ids is None:
-        await write_with_retry(app, broker, items)
+        yield Write(items)
     else:
         # A custom id may already exist: "enqueue unless it exists" is one atomic
         # broker step, so a duplicate never becomes a doomed second job (which the
@@ -390,7 +535,7 @@ async def _seal_and_send(
         # A retried write of the same envelope (the first reply was lost) is a no-op.
         reserve = task.options.expires + app.clock_skew + max(0.0, start - now)
         for item in items:
-            written = await write_with_retry(app, broker, [item], unique_ttl=reserve)
+            written = yield WriteUnique(item, reserve)
             if not written:
                 raise DuplicateJob(
                     f"job id {item.job_id!r} is already queued, running or recently "
@@ -406,34 +551,23 @@ async def _seal_and_send(
     ]
 
 
-async def _write_keyed(
-    app: App,
-    broker: Broker,
+def _write_keyed(
     task: Task[Any, Any],
     item: EnqueueItem,
     key: str | None,
     reserve: float,
     unique: _Unique,
     watch: _EnqueueWatch | None,
-) -> str:
+) -> Generator[Step, Any, str]:
     """Write ``item`` under its unique key (or, without one, unless its id exists); the
     id of the job that holds the key afterwards."""
     if key is None:
-        written = await write_with_retry(app, broker, [item], unique_ttl=reserve)
+        written = yield WriteUnique(item, reserve)
         holder = item.job_id if written else ""
     else:
-        if not isinstance(broker, UniqueKeys):
-            raise ConfigurationError(
-                f"the broker {broker.url} cannot enqueue unique jobs (no enqueue_keyed): "
-                "use the Redis, SQLite or memory broker"
-            )
-        store = broker
         digest = unique_digest(task.name, key)
         key_ttl = reserve if unique.unique_for is None else unique.unique_for
-        # Idempotent: the same envelope written again (a lost reply) returns its own id.
-        holder = await retrying(
-            app, lambda: store.enqueue_keyed(item, key=digest, key_ttl=key_ttl, ttl=reserve)
-        )
+        holder = yield WriteKeyed(item, digest, key_ttl, reserve)
     if holder == "":
         raise DuplicateJob(
             f"job id {item.job_id!r} is already queued, running or recently finished: "
@@ -454,22 +588,3 @@ async def _write_keyed(
     if watch is not None:
         watch.sent_one()
     return holder
-
-
-async def _check_clock(app: App, broker: Broker) -> None:
-    """Measure the offset to the broker's clock now and then; warn when this host's
-    clock is off by more than half the skew the workers allow."""
-    if not app.clock.due():
-        return
-    try:
-        offset = await app.clock.measure(broker)
-    except BrokerError:
-        return  # the enqueue itself will say what is wrong with the broker
-    if abs(offset) > app.clock_skew / 2:
-        log.warning(
-            "this producer's clock is %s the broker's; workers refuse jobs sealed more "
-            "than clock_skew=%g s in the future (they wait) or past their expiry: fix "
-            "this host's clock (NTP)",
-            describe_offset(offset),
-            app.clock_skew,
-        )

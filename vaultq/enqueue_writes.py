@@ -23,7 +23,15 @@ from vaultq.errors import BrokerUnavailable
 if TYPE_CHECKING:
     from vaultq.app import App
 
-__all__ = ["Batch", "Coalescer", "coalescer_for", "retrying", "write_with_retry"]
+__all__ = [
+    "Backoff",
+    "Batch",
+    "Coalescer",
+    "coalescer_for",
+    "retrying",
+    "retrying_sync",
+    "write_with_retry",
+]
 
 log = logging.getLogger("vaultq")
 
@@ -142,32 +150,64 @@ def coalescer_for(broker: Broker) -> Coalescer:
     return found
 
 
+class Backoff:
+    """The retry schedule of one write: full-jitter backoff from ``RETRY_FIRST_PAUSE``
+    up to ``RETRY_MAX_PAUSE`` until ``app.enqueue_retry`` seconds have passed. Shared by
+    the async (:func:`retrying`) and the sync (:func:`retrying_sync`) writers."""
+
+    __slots__ = ("deadline", "pause", "retry", "tries")
+
+    def __init__(self, app: App) -> None:
+        self.retry = app.enqueue_retry
+        self.deadline = time.monotonic() + self.retry
+        self.pause = RETRY_FIRST_PAUSE
+        self.tries = 1
+
+    def wait(self, exc: BrokerUnavailable) -> float:
+        """Seconds to wait before the next try after ``exc``; raises when out of time."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            if self.tries > 1:
+                raise BrokerUnavailable(
+                    f"{exc} (gave up after {self.tries} tries in {self.retry:g} s; "
+                    "raise App(enqueue_retry=...) to wait longer)"
+                ) from exc
+            raise exc
+        # Jitter spreads producers that all lost the broker at once; it protects
+        # nothing, so a plain PRNG is right here.
+        wait = min(left, random.uniform(self.pause / 2, self.pause))  # nosec B311
+        log.info("enqueue: broker unavailable (%s); retrying in %.2f s", exc, wait)
+        self.pause = min(self.pause * 2, RETRY_MAX_PAUSE)
+        self.tries += 1
+        return wait
+
+    def done(self) -> None:
+        if self.tries > 1:
+            log.info("enqueue succeeded after %d tries", self.tries)
+
+
 async def retrying(app: App, write: Callable[[], Awaitable[T]]) -> T:
     """``write()``, retried on ``BrokerUnavailable`` with full-jitter backoff until
     ``app.enqueue_retry`` seconds have passed, then the error is raised."""
-    deadline = time.monotonic() + app.enqueue_retry
-    pause = RETRY_FIRST_PAUSE
-    tries = 0
+    backoff = Backoff(app)
     while True:
-        tries += 1
         try:
             written = await write()
         except BrokerUnavailable as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if tries > 1:
-                    raise BrokerUnavailable(
-                        f"{exc} (gave up after {tries} tries in {app.enqueue_retry:g} s; "
-                        "raise App(enqueue_retry=...) to wait longer)"
-                    ) from exc
-                raise
-            # Jitter spreads producers that all lost the broker at once; it protects
-            # nothing, so a plain PRNG is right here.
-            wait = min(left, random.uniform(pause / 2, pause))  # nosec B311
-            log.info("enqueue: broker unavailable (%s); retrying in %.2f s", exc, wait)
-            await anyio.sleep(wait)
-            pause = min(pause * 2, RETRY_MAX_PAUSE)
+            await anyio.sleep(backoff.wait(exc))
             continue
-        if tries > 1:
-            log.info("enqueue succeeded after %d tries", tries)
+        backoff.done()
+        return written
+
+
+def retrying_sync(app: App, write: Callable[[], T]) -> T:
+    """:func:`retrying` for the synchronous writers (the calling thread sleeps)."""
+    backoff = Backoff(app)
+    while True:
+        try:
+            written = write()
+        except BrokerUnavailable as exc:
+            time.sleep(backoff.wait(exc))
+            continue
+        backoff.done()
         return written

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Awaitable
 
 import anyio
 
@@ -65,6 +66,7 @@ __all__ = [
     "AnyOf",
     "Decision",
     "DenyAll",
+    "PendingPolicy",
     "Policy",
     "PolicyRequest",
     "RequireAnyPermission",
@@ -80,6 +82,7 @@ __all__ = [
     "deny_all",
     "ensure_policy",
     "evaluate",
+    "finish_evaluation",
     "policy_name",
     "require_any_permission",
     "require_any_role",
@@ -88,6 +91,7 @@ __all__ = [
     "require_role",
     "rule",
     "safe_id",
+    "start_evaluation",
 ]
 
 AUDIT_LOGGER = "vaultq.audit"
@@ -123,46 +127,114 @@ async def evaluate(
     Raises:
         ConfigurationError: ``timeout`` is not a positive number.
     """
+    started = start_evaluation(policy, request, timeout=timeout, logger=logger)
+    if isinstance(started, PendingPolicy):
+        return await finish_evaluation(started)
+    return started
+
+
+class PendingPolicy:
+    """An evaluation whose policy answered with an awaitable: :func:`finish_evaluation`
+    awaits it (on any event loop: a coroutine is bound to none until it starts)."""
+
+    __slots__ = ("logger", "name", "pending", "request", "started", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        request: PolicyRequest,
+        pending: Awaitable[object],
+        started: float,
+        timeout: float,
+        logger: logging.Logger | None,
+    ) -> None:
+        self.name = name
+        self.request = request
+        self.pending = pending
+        self.started = started
+        self.timeout = timeout
+        self.logger = logger
+
+
+def start_evaluation(
+    policy: Policy,
+    request: PolicyRequest,
+    *,
+    timeout: float,
+    logger: logging.Logger | None = None,
+) -> Decision | PendingPolicy:
+    """The synchronous part of :func:`evaluate`, callable without an event loop (a sync
+    caller's thread): call ``policy`` and, when it answers at once (every built-in
+    policy does), decide and audit; a :class:`PendingPolicy` when it answers with an
+    awaitable."""
     if not timeout > 0:  # also rejects NaN
         raise ConfigurationError("policy timeout must be a positive number of seconds")
     name = policy_name(policy)
-    allowed = False
-    reason = "error"
-    error = ""
-    member = ""
     # time.monotonic, not anyio.current_time: a sync policy (every built-in one) needs no
     # event-loop clock, and the backend lookup costs ~1 us twice per evaluation.
     started = time.monotonic()
-    scope: anyio.CancelScope | None = None
-    result: object = None
-    failed = True
     try:
         result = policy(request)
-        failed = False
     except BaseException as exc:
         # A sync call cannot be interrupted, so it runs outside any cancel scope (one
         # costs ~5 us per job, twice per job); only a cancellation issued from outside
         # passes through, as for an awaited one below.
         member, error = _failure(exc, None)
-    if not failed and inspect.isawaitable(result):
-        pending = result
-        failed = True  # until it answers (a swallowed timeout leaves it so)
-        remaining = timeout - (time.monotonic() - started)
-        with anyio.CancelScope(deadline=anyio.current_time() + remaining) as scope:
-            try:
-                result = await pending
-                failed = False
-            except BaseException as exc:
-                member, error = _failure(exc, scope)
-    if not failed:
+        late = time.monotonic() - started >= timeout
+        return _decide(name, request, logger, False, None, error, member, late)
+    if inspect.isawaitable(result):
+        return PendingPolicy(name, request, result, started, timeout, logger)
+    late = time.monotonic() - started >= timeout
+    return _decide(name, request, logger, True, result, "", "", late)
+
+
+async def finish_evaluation(started: PendingPolicy) -> Decision:
+    """Await the answer of a :class:`PendingPolicy` within what is left of its timeout;
+    decide and audit."""
+    member = error = ""
+    answered = False
+    result: object = None
+    remaining = started.timeout - (time.monotonic() - started.started)
+    with anyio.CancelScope(deadline=anyio.current_time() + remaining) as scope:
+        try:
+            result = await started.pending
+            answered = True
+        except BaseException as exc:
+            member, error = _failure(exc, scope)
+    late = time.monotonic() - started.started >= started.timeout
+    return _decide(
+        started.name,
+        started.request,
+        started.logger,
+        answered,
+        result,
+        error,
+        member,
+        scope.cancelled_caught or late,
+    )
+
+
+def _decide(
+    name: str,
+    request: PolicyRequest,
+    logger: logging.Logger | None,
+    answered: bool,
+    result: object,
+    error: str,
+    member: str,
+    timed_out: bool,
+) -> Decision:
+    allowed = False
+    reason = "error"
+    if answered:
         if isinstance(result, bool):
             allowed = result
             reason = "allowed" if result else "denied"
         else:
             error = non_bool_reason(result)
     # A policy that swallowed its cancellation, or a sync one that answered late,
-    # still missed the deadline: deny.
-    if (scope is not None and scope.cancelled_caught) or time.monotonic() - started >= timeout:
+    # still missed the deadline (``timed_out``): deny.
+    if timed_out:
         allowed, reason, error = False, "timeout", ""
     decision = Decision(allowed, name, reason)
     _audit(logger or _AUDIT_LOG, decision, request, error, member)
@@ -179,7 +251,9 @@ def _failure(exc: BaseException, scope: anyio.CancelScope | None) -> tuple[str, 
     if not isinstance(exc, Exception):
         if scope is not None and issued(exc, scope):
             raise exc
-        if scope is None and is_cancellation(exc) and cancel_requested():
+        # cancel_requested() first: it is False outside an event loop (a sync caller),
+        # where is_cancellation() could not ask anyio which exception cancels.
+        if scope is None and cancel_requested() and is_cancellation(exc):
             raise exc
     # The message may quote payload values: keep only the class name.
     return "", type(exc).__name__

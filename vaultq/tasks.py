@@ -14,6 +14,7 @@ import msgspec
 from vaultq import config
 from vaultq.enqueue import OnDuplicate
 from vaultq.enqueue import enqueue as enqueue_jobs
+from vaultq.enqueue_sync import enqueue_sync as enqueue_jobs_sync
 from vaultq.errors import Fatal, PayloadError, Retry, TaskDefinitionError
 from vaultq.limits import parse_rate
 from vaultq.payload import Codec, check_encodable
@@ -405,22 +406,27 @@ class Task(Generic[P, R]):
     ) -> JobHandle[R]:
         """``enqueue`` for sync code (Django views, scripts, threads).
 
-        Works with or without an event loop running in the calling thread; all sync calls
-        of an app share one background event loop and its broker connections.
+        Writes from the calling thread through the broker's synchronous writer (Redis,
+        SQLite files): the same checks, policy, hooks and sealing as ``enqueue``, no hop
+        onto an event loop. Thread-safe and fork-safe. An async policy is awaited on the
+        app's background loop thread; brokers without a synchronous writer (the memory
+        broker, a client handed in) run the whole call there.
         """
-        return self.app.run_sync(
-            self.enqueue,
-            payload,
+        handles = enqueue_jobs_sync(
+            self.app,
+            self,
+            [self._payload(payload)],
             principal=principal,
             delay=delay,
             at=at,
             queue=queue,
-            job_id=job_id,
+            job_ids=None if job_id is None else [job_id],
             timeout=timeout,
             unique_key=unique_key,
-            unique_for=unique_for,
+            unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
         )
+        return handles[0]
 
     def enqueue_many_sync(
         self,
@@ -434,16 +440,18 @@ class Task(Generic[P, R]):
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
     ) -> list[JobHandle[R]]:
-        """``enqueue_many`` for sync code."""
-        return self.app.run_sync(
-            self.enqueue_many,
+        """``enqueue_many`` for sync code, in the calling thread (see :meth:`enqueue_sync`)."""
+        return enqueue_jobs_sync(
+            self.app,
+            self,
             list(payloads),
             principal=principal,
             delay=delay,
             at=at,
             queue=queue,
+            job_ids=None,
             timeout=timeout,
-            unique_for=unique_for,
+            unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
         )
 

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -77,19 +77,20 @@ from vaultq.brokers.redis_urls import (
     block_limit,
     client_from_url,
 )
+from vaultq.brokers.redis_writes import (
+    ENQUEUE_DEDUP_WINDOW,
+    RedisSyncWriter,
+    boundary,
+    enqueue_calls,
+    unique_call,
+)
 from vaultq.config import mask_url
-from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from vaultq.errors import ConfigurationError
 
 __all__ = ["ENQUEUE_DEDUP_WINDOW", "GROUP", "QueueKeys", "RedisBroker"]
 
 logger = logging.getLogger("vaultq.brokers.redis")
 
-ENQUEUE_DEDUP_WINDOW: Final = 15.0
-"""Seconds ``enqueue`` remembers the digest of each job it wrote, so that sending the same
-sealed job again (a producer retrying after an unreadable reply) is a no-op. It covers a
-write that landed while its reply timed out (``socket_timeout``, 5 s) plus the retry budget
-(``enqueue_retry``, 2 s); the cost is one small key (~100 bytes) per job enqueued in the
-window."""
 _CAPABILITIES: Final = BrokerCapabilities(shared=True)
 _PROMOTE_LIMIT: Final = 500
 """Delayed jobs promoted per fetch call at most, to bound the time one script runs."""
@@ -257,36 +258,9 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
             for helper in helpers:
                 await helper.aclose()
 
-    @contextlib.contextmanager
-    def _boundary(self, operation: str) -> Iterator[None]:
+    def _boundary(self, operation: str) -> contextlib.AbstractContextManager[None]:
         """Map redis-py exceptions to the vaultq error tree."""
-        try:
-            yield
-        except (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            # A failover in progress: the node is a replica now (READONLY), or the cluster
-            # is moving slots (TRYAGAIN, CLUSTERDOWN). Transient, like a refused connection.
-            redis.exceptions.ReadOnlyError,
-            redis.exceptions.TryAgainError,
-            redis.exceptions.ClusterDownError,
-            OSError,
-        ) as exc:
-            raise BrokerUnavailable(
-                f"Redis at {self._url} is unavailable during {operation} "
-                f"({type(exc).__name__}: {str(exc)[:200]}); check the URL, the network "
-                "and credentials, then retry"
-            ) from exc
-        except redis.exceptions.NoPermissionError as exc:
-            raise BrokerError(
-                f"Redis refused {operation} for this ACL user ({str(exc)[:200]}); grant the "
-                "commands listed under ACLs in docs/redis.md"
-            ) from exc
-        except redis.exceptions.RedisError as exc:
-            raise BrokerError(
-                f"Redis {operation} failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                "check the server (Redis >= 7 or Valkey) and its logs"
-            ) from exc
+        return boundary(self._url, operation)
 
     async def _run_batch(self, calls: list[tuple[str, QueueKeys, list[Any]]]) -> list[Any]:
         """Run several scripts in one pipelined round trip.
@@ -351,34 +325,20 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
         skipped. The same job id sealed anew is written, as before."""
         if not items:
             return
-        by_queue: dict[str, list[Any]] = {}
-        for item in items:
-            not_before = "" if item.not_before is None else repr(float(item.not_before))
-            by_queue.setdefault(item.queue, []).extend(
-                (item.job_id, item.envelope, not_before, secrets.token_hex(6))
-            )
-        at = f"{time.time():.6f}"
-        window = ms(ENQUEUE_DEDUP_WINDOW)
-        calls = [
-            ("enqueue", self.keys(queue), [window, at, *args]) for queue, args in by_queue.items()
-        ]
         with self._boundary("enqueue"):
-            await self._run_batch(calls)
+            await self._run_batch(enqueue_calls(self.keys, items))
 
     async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
-        keys = self.keys(item.queue)
-        nb = "" if item.not_before is None else repr(float(item.not_before))
-        args = [
-            item.job_id,
-            item.envelope,
-            nb,
-            f"{time.time():.6f}",
-            secrets.token_hex(6),
-            ms(ttl),
-        ]
         with self._boundary("enqueue"):
-            (written,) = await self._run_batch([("enqueue_unique", keys, args)])
+            (written,) = await self._run_batch([unique_call(self.keys, item, ttl)])
         return bool(written)
+
+    def sync_writer(self) -> RedisSyncWriter | None:
+        """The synchronous enqueue writer for ``enqueue_sync`` (None when the client was
+        handed in: only a URL says how to make a synchronous twin of it)."""
+        if self._factory is not None or (self._client is not None and not self._owns_client):
+            return None
+        return RedisSyncWriter(self._raw_url, self._url, self._namespace)
 
     # -- worker side -----------------------------------------------------------------
 

@@ -10,13 +10,13 @@ Internal to :mod:`vaultq.brokers.redis`; the names here are not public API.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 from vaultq.brokers.base import EnqueueItem, ScheduleMark
 from vaultq.brokers.redis_layout import QueueKeys, ms, number, text, tick_arg
 from vaultq.brokers.redis_urls import Client
+from vaultq.brokers.redis_writes import keyed_call
 
 __all__ = ["RedisSchedules"]
 
@@ -63,19 +63,8 @@ class RedisSchedules:
     async def enqueue_keyed(
         self, item: EnqueueItem, *, key: str, key_ttl: float, ttl: float
     ) -> str:
-        nb = "" if item.not_before is None else repr(float(item.not_before))
-        args = [
-            key,
-            item.job_id,
-            item.envelope,
-            nb,
-            f"{time.time():.6f}",
-            secrets.token_hex(6),
-            ms(ttl),
-            ms(key_ttl),
-        ]
         with self._boundary("enqueue"):
-            (holder,) = await self._run_batch([("enqueue_keyed", self.keys(item.queue), args)])
+            (holder,) = await self._run_batch([keyed_call(self.keys, item, key, key_ttl, ttl)])
         return text(holder)
 
     # -- limits (Limits) ----------------------------------------------------------------

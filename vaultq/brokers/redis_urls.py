@@ -6,19 +6,33 @@ the URL forms are documented in ``docs/redis.md``.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import redis
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import SSLConnection, parse_url
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+import redis.asyncio.cluster
+import redis.asyncio.connection
+import redis.asyncio.retry
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.connection
+import redis.retry
+import redis.sentinel
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 
 from vaultq.errors import ConfigurationError
 
-__all__ = ["URL_FORMS", "URL_SCHEMES", "Client", "block_limit", "client_from_url"]
+__all__ = [
+    "URL_FORMS",
+    "URL_SCHEMES",
+    "Client",
+    "block_limit",
+    "client_from_url",
+    "sync_client_from_url",
+]
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 """A single-node (or Sentinel-managed) client, or a Redis Cluster client."""
@@ -40,9 +54,42 @@ URL_FORMS: Final = (
 
 _CONNECTION_RETRIES = 1
 
+# redis-py's asyncio and sync clients mirror each other class for class: one URL parser
+# below builds either from the same options.
+_ASYNC = SimpleNamespace(
+    Redis=aioredis.Redis,
+    RedisCluster=redis.asyncio.cluster.RedisCluster,
+    ClusterNode=redis.asyncio.cluster.ClusterNode,
+    Sentinel=redis.asyncio.sentinel.Sentinel,
+    Retry=redis.asyncio.retry.Retry,
+    SSLConnection=redis.asyncio.connection.SSLConnection,
+    parse_url=redis.asyncio.connection.parse_url,
+)
+_SYNC = SimpleNamespace(
+    Redis=redis.Redis,
+    RedisCluster=redis.cluster.RedisCluster,
+    ClusterNode=redis.cluster.ClusterNode,
+    Sentinel=redis.sentinel.Sentinel,
+    Retry=redis.retry.Retry,
+    SSLConnection=redis.connection.SSLConnection,
+    parse_url=redis.connection.parse_url,
+)
+
 
 def client_from_url(url: str, masked: str) -> tuple[Client, list[aioredis.Redis]]:
     """The client for ``url``, and helper clients to close with it (Sentinel's)."""
+    client, helpers = _from_url(_ASYNC, url, masked)
+    return client, helpers
+
+
+def sync_client_from_url(url: str, masked: str) -> tuple[Any, list[Any]]:
+    """:func:`client_from_url` with redis-py's synchronous classes (``redis.Redis``,
+    ``redis.cluster.RedisCluster``), for the synchronous enqueue writer: a thread-safe
+    client whose pool gives each calling thread its own connection."""
+    return _from_url(_SYNC, url, masked)
+
+
+def _from_url(kind: SimpleNamespace, url: str, masked: str) -> tuple[Any, list[Any]]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     options = {k.lower() for k, _ in parse_qsl(parts.query)}
@@ -57,15 +104,17 @@ def client_from_url(url: str, masked: str) -> tuple[Client, list[aioredis.Redis]
     # One quick retry on a connection error: after a server restart every pooled
     # connection is dead, and the first command on each would otherwise fail with
     # "Connection closed by server" although the server is back.
-    extra["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), _CONNECTION_RETRIES)
+    extra["retry"] = kind.Retry(
+        ExponentialWithJitterBackoff(base=0.05, cap=0.5), _CONNECTION_RETRIES
+    )
     try:
         if scheme in _PLAIN_SCHEMES:
-            return aioredis.Redis.from_url(url, decode_responses=False, **extra), []
+            return kind.Redis.from_url(url, decode_responses=False, **extra), []
         userinfo, _, hosts = parts.netloc.rpartition("@")
         tls = scheme.startswith("rediss")
         if scheme in _CLUSTER_SCHEMES:
-            return _cluster_client(userinfo, hosts, parts.path, parts.query, tls, extra), []
-        return _sentinel_client(userinfo, hosts, parts.path, parts.query, tls, extra)
+            return _cluster_client(kind, userinfo, hosts, parts.path, parts.query, tls, extra), []
+        return _sentinel_client(kind, userinfo, hosts, parts.path, parts.query, tls, extra)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(
             f"invalid Redis URL {masked} ({str(exc)[:200]}); use {URL_FORMS}"
@@ -88,37 +137,51 @@ def _host_list(hosts: str, default_port: int | None) -> list[tuple[str, int]]:
     return out
 
 
-def _connect_kwargs(userinfo: str, db: str, query: str, tls: bool) -> dict[str, Any]:
+def _connect_kwargs(
+    kind: SimpleNamespace, userinfo: str, db: str, query: str, tls: bool
+) -> dict[str, Any]:
     """redis-py connection options from the credentials, db and query of a URL (parsed
     by redis-py itself, so option names and types match ``redis://`` URLs)."""
     credentials = f"{userinfo}@" if userinfo else ""
     single = f"{'rediss' if tls else 'redis'}://{credentials}localhost/{db}?{query}"
-    kwargs: dict[str, Any] = dict(parse_url(single))
+    kwargs: dict[str, Any] = dict(kind.parse_url(single))
     kwargs.pop("host", None)
     kwargs.pop("port", None)
-    if kwargs.pop("connection_class", None) is SSLConnection:
+    if kwargs.pop("connection_class", None) is kind.SSLConnection:
         kwargs["ssl"] = True
     return kwargs
 
 
 def _cluster_client(
-    userinfo: str, hosts: str, path: str, query: str, tls: bool, extra: dict[str, Any]
-) -> RedisCluster:
-    kwargs = _connect_kwargs(userinfo, path.strip("/"), query, tls)
+    kind: SimpleNamespace,
+    userinfo: str,
+    hosts: str,
+    path: str,
+    query: str,
+    tls: bool,
+    extra: dict[str, Any],
+) -> Any:
+    kwargs = _connect_kwargs(kind, userinfo, path.strip("/"), query, tls)
     if kwargs.pop("db", 0):
         raise ValueError("Redis Cluster has only database 0")
-    nodes = [ClusterNode(host, port) for host, port in _host_list(hosts, None)]
+    nodes = [kind.ClusterNode(host, port) for host, port in _host_list(hosts, None)]
     # max_connections is per node on a cluster client.
-    return RedisCluster(startup_nodes=nodes, decode_responses=False, **extra, **kwargs)
+    return kind.RedisCluster(startup_nodes=nodes, decode_responses=False, **extra, **kwargs)
 
 
 def _sentinel_client(
-    userinfo: str, hosts: str, path: str, query: str, tls: bool, extra: dict[str, Any]
-) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
+    kind: SimpleNamespace,
+    userinfo: str,
+    hosts: str,
+    path: str,
+    query: str,
+    tls: bool,
+    extra: dict[str, Any],
+) -> tuple[Any, list[Any]]:
     service, _, db = unquote(path.strip("/")).partition("/")
     if not service:
         raise ValueError("the path must name the Sentinel service: /service_name[/db]")
-    kwargs = {**extra, **_connect_kwargs(userinfo, db, query, tls)}
+    kwargs = {**extra, **_connect_kwargs(kind, userinfo, db, query, tls)}
     # Credentials in the URL are the master's; Sentinels with their own ACL user or
     # password take ?sentinel_username= / ?sentinel_password=. Socket (and, for
     # rediss+sentinel, TLS) options apply to both.
@@ -129,11 +192,11 @@ def _sentinel_client(
         value = kwargs.pop(f"sentinel_{name}", None)
         if value:
             sentinel_kwargs[name] = value
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    sentinel = kind.Sentinel(
         _host_list(hosts, _SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, **kwargs
     )
-    master: aioredis.Redis = sentinel.master_for(service, redis_class=aioredis.Redis)
-    helpers: list[aioredis.Redis] = list(sentinel.sentinels)
+    master = sentinel.master_for(service, redis_class=kind.Redis)
+    helpers: list[Any] = list(sentinel.sentinels)
     return master, helpers
 
 

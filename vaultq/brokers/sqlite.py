@@ -21,7 +21,9 @@ SQLite has no blocking read across processes. ``fetch(block=...)`` and ``wait_re
 therefore wake at once on changes made through the same broker instance (anyio events)
 and otherwise poll with a gentle backoff from 2 ms to 100 ms, never past the next due delayed
 job; ``wait_result`` skips the query while ``PRAGMA data_version`` says no other
-connection committed anything.
+connection committed anything. A waiting fetch also wakes at once on an enqueue made by
+another process, through a Unix datagram socket beside the database
+(``sqlite_wake.py``); polling stays underneath in case a wake-up is lost.
 
 The code: this module (connection plumbing, enqueue, fetch, extend, settle, results),
 ``sqlite_rows.py`` (leasing, settling, dead letters, cleanup inside a transaction),
@@ -82,6 +84,8 @@ from vaultq.brokers.sqlite_rows import (
 )
 from vaultq.brokers.sqlite_schedules import SqliteSchedules
 from vaultq.brokers.sqlite_sql import SCHEMA_VERSION
+from vaultq.brokers.sqlite_wake import WakeChannel, WakeSender
+from vaultq.brokers.sqlite_writes import SqliteSyncWriter, insert_jobs, insert_unique
 from vaultq.errors import BrokerError
 
 __all__ = ["SCHEMA_VERSION", "SqliteBroker"]
@@ -148,6 +152,7 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         self._limiter: anyio.CapacityLimiter | None = None
         self._work_event: anyio.Event | None = None
         self._result_waiters: dict[tuple[str, str], list[anyio.Event]] = {}
+        self._wake = WakeChannel(self._path)
 
     def __repr__(self) -> str:
         return f"SqliteBroker(url={self._url!r}, namespace={self._namespace!r})"
@@ -281,6 +286,11 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
             self._work_event.set()
             self._work_event = None
 
+    def _notify_enqueued(self) -> None:
+        """A job was written: wake this instance's fetches, and other processes' too."""
+        self._notify_work()
+        self._wake.wake()
+
     def _notify_results(self, keys: Sequence[tuple[str, str]]) -> None:
         for key in keys:
             for event in self._result_waiters.pop(key, ()):
@@ -293,6 +303,7 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         await self._run("connect", lambda conn: None)
 
     async def close(self) -> None:
+        self._wake.close()
         db = self._db
         if db is None:
             return
@@ -318,61 +329,24 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         if not items:
             return
         ns = self._namespace
-
-        def work(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            rows = [
-                (
-                    ns,
-                    item.queue,
-                    item.job_id,
-                    item.envelope,
-                    now if item.not_before is None else item.not_before,
-                    now,
-                )
-                for item in items
-            ]
-            with immediate(conn):
-                conn.executemany(
-                    "INSERT INTO vaultq_jobs "
-                    "(namespace, queue, job_id, envelope, not_before, enqueued_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-
-        await self._run("enqueue", work)
-        self._notify_work()
+        await self._run("enqueue", lambda conn: insert_jobs(conn, ns, items))
+        self._notify_enqueued()
 
     async def enqueue_unique(self, item: EnqueueItem, *, ttl: float) -> bool:
-        # The rows are the reservation: a queued, delayed or running job has its row
-        # until it is settled, and then the finished-id memory (and result) take over.
         ns = self._namespace
-
-        def work(conn: sqlite3.Connection) -> bool:
-            with immediate(conn):
-                now = time.time()
-                key = (ns, item.queue, item.job_id)
-                queued = conn.execute(sql.JOB_EXISTS, key).fetchone()
-                if queued is not None:
-                    # This very envelope written before (a retry after a lost reply): no-op.
-                    return bool(queued[0] == item.envelope)
-                if (
-                    conn.execute(sql.IS_FINISHED, (*key, now)).fetchone() is not None
-                    or conn.execute(sql.HAS_RESULT, (*key, now)).fetchone() is not None
-                ):
-                    return False
-                conn.execute(
-                    "INSERT INTO vaultq_jobs "
-                    "(namespace, queue, job_id, envelope, not_before, enqueued_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (*key, item.envelope, now if item.not_before is None else item.not_before, now),
-                )
-                return True
-
-        written = await self._run("enqueue", work)
+        written = await self._run("enqueue", lambda conn: insert_unique(conn, ns, item))
         if written:
-            self._notify_work()
+            self._notify_enqueued()
         return written
+
+    def sync_writer(self) -> SqliteSyncWriter | None:
+        """The synchronous enqueue writer for ``enqueue_sync`` (None for ``:memory:``,
+        whose one connection belongs to the broker)."""
+        if self._path is None:
+            return None
+        return SqliteSyncWriter(
+            self._namespace, partial(self._connect_sync, str(self._path)), WakeSender(self._path)
+        )
 
     # -- worker side ------------------------------------------------------------------
 
@@ -391,6 +365,7 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         queues = list(queues)
         limit = max(0, int(max_size or 0))
         self._loop_state()  # before taking the event: it must belong to this loop
+        self._wake.listen(self._notify_work)  # other processes' enqueues wake this wait
         deadline = anyio.current_time() + max(block, 0.0)
         delay = POLL_MIN
         while True:

@@ -33,7 +33,7 @@ class SqliteSchedules:
 
         async def _run(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
-        def _notify_work(self) -> None: ...
+        def _notify_enqueued(self) -> None: ...
 
     # -- schedules (TickStore) -------------------------------------------------------
 
@@ -55,7 +55,7 @@ class SqliteSchedules:
             ),
         )
         if written:
-            self._notify_work()
+            self._notify_enqueued()
         return written
 
     async def mark_schedule(
@@ -90,7 +90,7 @@ class SqliteSchedules:
             ),
         )
         if holder == item.job_id:
-            self._notify_work()
+            self._notify_enqueued()
         return holder
 
     async def schedule_marks(self, queue: str) -> list[ScheduleMark]:

@@ -305,7 +305,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
         OPTIONS["DATABASE"] commits (ENQUEUE_ON_COMMIT, default) or at once."""
         from django.db import transaction
 
-        from vaultq.django.enqueue import check_enqueue
+        from vaultq.enqueue import authorize_sync
 
         binding, payload, extra = self._prepare(task, args, kwargs)
         vtask = binding.vaultq_task
@@ -324,7 +324,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             self.vaultq_options.enqueue_on_commit
             and transaction.get_connection(using).in_atomic_block
         ):
-            vtask.app.run_sync(check_enqueue, vtask, payload, principal, job_id)
+            authorize_sync(vtask.app, vtask, payload, principal, job_id)
             transaction.on_commit(push, using=using)
         else:
             push()

@@ -13,7 +13,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from vaultq.enqueue import authorize, check_call
+from vaultq.enqueue import authorize, authorize_sync, check_call
 from vaultq.envelope import new_job_id
 from vaultq.errors import ConfigurationError
 from vaultq.principal import Principal
@@ -87,7 +87,7 @@ def enqueue_on_commit(
         principal = current_principal()
     _check_call(task, payload, principal, delay, at, timeout)
     job_id = new_job_id()
-    task.app.run_sync(check_enqueue, task, payload, principal, job_id)
+    authorize_sync(task.app, task, payload, principal, job_id)  # in this thread, no loop hop
 
     def push() -> None:
         task.enqueue_sync(
