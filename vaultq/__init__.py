@@ -70,6 +70,17 @@ from vaultq.policy import (
 from vaultq.principal import Principal
 from vaultq.settings import AppSettings, WorkerSettings
 from vaultq.tasks import NoArgs, Task, TaskOptions
+from vaultq.workflow_groups import (
+    Chord,
+    Gathered,
+    Group,
+    GroupHandle,
+    MemberFailed,
+    MemberOutcomes,
+    MemberSucceeded,
+    chord,
+    group,
+)
 from vaultq.workflows import Chain, WorkflowFailed, WorkflowHandle
 
 __version__ = "0.1.0"
@@ -82,6 +93,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "Chain",
+    "Chord",
     "ConfigurationError",
     "Decision",
     "DecryptionFailed",
@@ -92,6 +104,9 @@ __all__ = [
     "EnvelopeNotYetValid",
     "EnvelopeTooLarge",
     "Fatal",
+    "Gathered",
+    "Group",
+    "GroupHandle",
     "InsecureKeyFile",
     "JobCancelled",
     "JobContext",
@@ -107,6 +122,9 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "MalformedEnvelope",
+    "MemberFailed",
+    "MemberOutcomes",
+    "MemberSucceeded",
     "Middleware",
     "NoArgs",
     "Outcome",
@@ -138,8 +156,10 @@ __all__ = [
     "allow_all",
     "allow_signers",
     "any_of",
+    "chord",
     "current_job",
     "deny_all",
+    "group",
     "require_any_permission",
     "require_any_role",
     "require_authenticated",

@@ -30,7 +30,9 @@ __all__ = [
     "RESULT_DOMAIN",
     "VERSION",
     "VERSIONS",
+    "ChordLink",
     "FlowStep",
+    "Gather",
     "Header",
     "JobBody",
     "JobMeta",
@@ -76,6 +78,36 @@ class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields
     signer_id: str
 
 
+class ChordLink(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """On a chord member: the callback the producer signed into the plan
+    (``vaultq.workflow_groups``). A worker that finishes the member records its sealed
+    result in the chord's broker state and, when every member has one, enqueues
+    ``callback`` -- this envelope, nothing else."""
+
+    callback: bytes
+    """The callback's complete envelope, sealed and signed by the producer."""
+    allow_failures: bool = False
+    """Members that did not succeed arrive too (the callback gets typed outcomes)."""
+
+
+class Gather(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """On a chord callback: the members whose sealed results are its payload, in order
+    (member ``i`` is job ``f"{workflow}.{i}"``)."""
+
+    members: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+    tasks: tuple[str, ...]
+    """Each member's task, or one name when every member runs the same task."""
+    queues: tuple[str, ...]
+    """Each member's queue, or one name when every member uses the same queue."""
+    allow_failures: bool = False
+
+    def task_of(self, member: int) -> str:
+        return self.tasks[member if len(self.tasks) > 1 else 0]
+
+    def queue_of(self, member: int) -> str:
+        return self.queues[member if len(self.queues) > 1 else 0]
+
+
 class FlowStep(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     """A workflow step's place in its producer-signed plan (``docs/workflows.md``).
 
@@ -93,6 +125,10 @@ class FlowStep(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_f
     next: bytes | None = None
     """The next step's complete envelope, sealed and signed by the producer: the only
     job a worker finishing this step may enqueue."""
+    chord: ChordLink | None = None
+    """Set on the members of a chord (``step`` is the member index, ``steps`` the count)."""
+    gather: Gather | None = None
+    """Set on a chord's callback (``step`` = ``steps - 1`` = the member count)."""
 
 
 class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):

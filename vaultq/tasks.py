@@ -226,7 +226,8 @@ class Task(Generic[P, R]):
         self._options = self._refresh(app.settings)
         self.policy = policy
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.payload_type, self.result_type = _signature_types(fn, name)
+        payload_type, self.result_type = _signature_types(fn, name)
+        self.payload_type: type[P] = payload_type
         if self.payload_type is NoArgs and not _parameters(fn):
             # The worker calls fn(payload) for every task: a function without parameters
             # gets an adapter that drops the (empty) payload. functools.wraps keeps

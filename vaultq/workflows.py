@@ -91,6 +91,11 @@ class Chain(Generic[R]):
     def tasks(self) -> tuple[Task[Any, Any], ...]:
         return tuple(step.task for step in self._steps)
 
+    @property
+    def payload(self) -> Any:
+        """The first step's payload (the one sealed at enqueue)."""
+        return self._steps[0].payload
+
     def __len__(self) -> int:
         return len(self._steps)
 

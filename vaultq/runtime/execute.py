@@ -33,7 +33,7 @@ from vaultq.errors import (
 from vaultq.jobs import JobContext, JobStatus, reset_current_job, set_current_job
 from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
-from vaultq.runtime import continuations
+from vaultq.runtime import chords, continuations
 from vaultq.runtime.outcomes import (
     UNAUTHENTICATED,
     Outcomes,
@@ -197,20 +197,21 @@ class Executor:
         if self._describe:
             slot.job = self.describe(delivery, opened, task)
 
+        flow = body.meta.flow
         if delivery.cancel_requested or slot.stop == Stop.CANCELLED:
-            return self.outcomes.finish(
+            end = self.outcomes.finish(
                 delivery, opened, JobStatus.CANCELLED, task=task, started=None
             )
+            return await self._settled(opened, flow, end)
         if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
-            return self.outcomes.finish(
-                delivery, opened, JobStatus.EXPIRED, task=task, started=None
-            )
+            end = self.outcomes.finish(delivery, opened, JobStatus.EXPIRED, task=task, started=None)
+            return await self._settled(opened, flow, end)
 
         raw = bytes(body.payload)
-        flow = body.meta.flow
         if flow is not None and flow.step > 0:
-            # A workflow step's payload is the previous step's sealed result.
-            fed = await continuations.feed(self.app, opened, flow)
+            # The previous step's sealed result (a chord callback: its members' results).
+            feed = chords.gather if flow.gather is not None else continuations.feed
+            fed = await feed(self.app, opened, flow)
             if isinstance(fed, continuations.Waiting):
                 return Release(delivery=delivery, not_before=self.app.clock.now() + 1.0)
             if isinstance(fed, continuations.Upstream):
@@ -244,7 +245,7 @@ class Executor:
             timeout=self.app.policy_timeout,
         )
         if not decision.allowed:
-            return self.outcomes.finish(
+            denied = self.outcomes.finish(
                 delivery,
                 opened,
                 JobStatus.DENIED,
@@ -254,6 +255,7 @@ class Executor:
                 error=f"denied by {decision.policy} ({decision.reason})",
                 reason="denied",
             )
+            return await self._settled(opened, flow, denied)
 
         if not task.is_async and task.options.isolation == "none" and self.threads.full:
             log.warning(
@@ -273,9 +275,15 @@ class Executor:
                 return Release(delivery=delivery, not_before=self.app.clock.now() + wait)
 
         settlement = await self._attempt(slot, task, opened, payload)
-        if flow is not None and flow.next is not None and isinstance(settlement, Ack):
-            return await self._forward(settlement, opened, flow)
-        return settlement
+        return await self._settled(opened, flow, settlement)
+
+    async def _settled(self, opened: OpenedJob, flow: FlowStep | None, s: Settlement) -> Settlement:
+        """Before ``s`` is applied: a chord member records its result (runtime.chords)."""
+        if flow is not None and flow.chord is not None:
+            return await chords.arrive(self.app, opened, flow, s)
+        if flow is not None and flow.next is not None and isinstance(s, Ack):
+            return await self._forward(s, opened, flow)
+        return s
 
     async def _forward(self, settlement: Ack, opened: OpenedJob, flow: FlowStep) -> Settlement:
         """Enqueue the workflow's next step before this one settles (see
