@@ -105,6 +105,31 @@ async def test_a_member_denied_at_run_time(unique_name: str) -> None:
     assert await lenient.result(timeout=5) == "ok=1 cents=200 bad=1:denied"
 
 
+async def test_cancelling_a_chord_stops_its_members_and_its_callback(
+    unique_name: str,
+) -> None:
+    app = _app(unique_name)
+    t = build(app)
+    members = vaultq.group(*[t.price.s(Order(f"x{i}", 1)) for i in range(3)])
+    strict = await vaultq.chord(members, t.total).enqueue()
+    lenient = await vaultq.chord(members, t.tally, allow_failures=True).enqueue()
+    assert await strict.cancel() == vaultq.brokers.CancelState.REQUESTED
+    assert await lenient.cancel() == vaultq.brokers.CancelState.REQUESTED
+    assert await TestWorker(app).run_pending(delayed=True) == []  # nothing runs
+    with pytest.raises(WorkflowFailed) as caught:
+        await strict.result(timeout=5)
+    assert (caught.value.step, caught.value.status) == (0, "cancelled")
+    with pytest.raises(WorkflowFailed) as caught:
+        await lenient.result(timeout=5)  # its callback was tombstoned: never enqueued
+    assert (caught.value.step, caught.value.status) == (3, "cancelled")
+    assert [s.status for s in await lenient.steps()] == [JobStatus.CANCELLED] * 4
+    assert await strict.cancel() == vaultq.brokers.CancelState.FINISHED
+    # A finished group: nothing to cancel.
+    done = await vaultq.group(t.price.s(Order("y", 1))).enqueue()
+    await TestWorker(app).run_pending()
+    assert await done.cancel() == vaultq.brokers.CancelState.FINISHED
+
+
 def test_the_builder_refuses_miswired_groups_and_chords(unique_name: str) -> None:
     app = _app(unique_name)
     t = build(app)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from vaultq.app import App
     from vaultq.tasks import Task
 
-__all__ = ["CANCELLED_ERROR", "cancel_workflow", "workflow_horizon"]
+__all__ = ["CANCELLED_ERROR", "cancel_workflow", "cancelled_result", "workflow_horizon"]
 
 audit = logging.getLogger(AUDIT_LOGGER)
 
@@ -135,3 +135,7 @@ def _cancelled_result(
         finished_at=now,
     )
     return seal_result(app.keyring, header, body, now=now)
+
+
+cancelled_result = _cancelled_result
+"""The tombstone outcome, for ``vaultq.workflow_groups`` (a chord's unwritten callback)."""

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, over
 
 import msgspec
 
-from vaultq.brokers.base import EnqueueItem
+from vaultq.brokers.base import CancelState, EnqueueItem
 from vaultq.brokers.chords import chord_store
 from vaultq.enqueue import authorize, check_call
 from vaultq.envelope import seal_job
 from vaultq.envelope_types import ChordLink, FlowStep, Gather, JobMeta, new_job_id
-from vaultq.errors import PayloadError, TaskDefinitionError
+from vaultq.errors import ConfigurationError, PayloadError, TaskDefinitionError
 from vaultq.jobs import JobStatus
 from vaultq.workflows import Chain, WorkflowFailed, WorkflowHandle
 
@@ -53,6 +53,10 @@ T = TypeVar("T")
 MAX_MEMBERS = 1000
 """Members of one group or chord at most (each member's envelope carries the callback,
 and the callback's plan names every member's task when they differ)."""
+
+
+_WRITES_IN_FLIGHT = 16
+"""Member writes in flight at once while a group is enqueued."""
 
 
 class Gathered(msgspec.Struct, Generic[T], frozen=True, forbid_unknown_fields=True):
@@ -302,18 +306,57 @@ class GroupHandle(WorkflowHandle[T]):
         chord allows failures), or the callback; ``TimeoutError`` after ``timeout``."""
         import anyio
 
+        values: list[Any] = []
         with anyio.fail_after(timeout):
             if not self.allow_failures:
                 for i in range(self.members):
-                    await self._succeeded(i, "member")
+                    values.append(await self._succeeded(i, "member"))
             if self.has_callback:
-                await self._succeeded(self.members, "callback")
-        if self.has_callback:
-            value: T = await self.handles[-1].result(timeout=1.0)
-            return value
-        return typing.cast("T", [await h.result(timeout=1.0) for h in self.handles])
+                return typing.cast("T", await self._succeeded(self.members, "callback"))
+        return typing.cast("T", values)
 
-    async def _succeeded(self, i: int, what: str) -> None:
+    async def cancel(self) -> CancelState:
+        """Cancel the group or chord: a chord's callback is never enqueued (a tombstone
+        under its id, which the broker then refuses to the member completing the chord,
+        even at this very moment; when it was enqueued already, it is cancelled as a
+        job), then every member that has not finished is cancelled (a waiting one never
+        starts, a running one stops at its next await). FINISHED when nothing was left
+        to cancel."""
+        from vaultq.brokers.base import Tombstones
+        from vaultq.operations import CancelOutcome, cancel_job
+        from vaultq.workflow_control import cancelled_result, workflow_horizon
+
+        app = self.app
+        requested = False
+        if self.has_callback:
+            broker = await app.broker()
+            task, job_id = self.tasks[-1], self.handles[-1].id
+            now = app.clock.now()
+            until = now + workflow_horizon(self.tasks) + app.clock_skew
+            tomb = cancelled_result(app, task, job_id, now, until)
+            if not isinstance(broker, Tombstones):
+                raise ConfigurationError(
+                    f"the broker {broker.url} cannot cancel workflows: it has no tombstone "
+                    "operation (vaultq.brokers.base.Tombstones); use a built-in broker"
+                )
+            if await broker.tombstone(
+                task.queue,
+                job_id,
+                result=tomb,
+                result_ttl=task.options.result_ttl,
+                remember_until=until,
+            ):
+                requested = True
+            else:
+                found = await cancel_job(app, job_id, [task.queue])
+                requested = found is not CancelOutcome.FINISHED
+        for i in range(self.members):
+            found = await cancel_job(app, self.handles[i].id, [self.tasks[i].queue])
+            requested = requested or found is not CancelOutcome.FINISHED
+        return CancelState.REQUESTED if requested else CancelState.FINISHED
+
+    async def _succeeded(self, i: int, what: str) -> Any:
+        """Step ``i``'s decoded result once it succeeded; ``WorkflowFailed`` otherwise."""
         handle = self.handles[i]
         body = await self.app.results.wait_outcome(handle.queue, handle.id, None, handle.task_name)
         if body.status != JobStatus.SUCCEEDED:
@@ -324,6 +367,8 @@ class GroupHandle(WorkflowHandle[T]):
                 step=i,
                 step_status=body.status,
             )
+        raw = bytes(body.value) if body.value is not None else b"null"
+        return self.tasks[i].result_codec.decode(raw)
 
 
 async def _enqueue(
@@ -399,8 +444,20 @@ async def _enqueue(
     broker = await app.broker()
     if callback is not None:
         chord_store(broker)  # a broker that cannot run chords fails before any write
-    for item, ttl in items:
-        await broker.enqueue_unique(item, ttl=ttl)
+    # Written concurrently (the round trips overlap on Redis); each write is atomic and
+    # idempotent, so a failure part-way is repaired by enqueueing the same workflow id
+    # again: the members already written are not written twice.
+    import anyio
+
+    limiter = anyio.CapacityLimiter(_WRITES_IN_FLIGHT)
+
+    async def write(item: EnqueueItem, ttl: float) -> None:
+        async with limiter:
+            await broker.enqueue_unique(item, ttl=ttl)
+
+    async with anyio.create_task_group() as tg:
+        for item, ttl in items:
+            tg.start_soon(write, item, ttl)
     return workflow
 
 
