@@ -6,7 +6,7 @@ Configured from the environment like a deployment: VAULTQ_BROKER, VAULTQ_KEYS, S
 SCHED_STALL=<path>: once the file <path> exists, this process freezes inside its next tick
 (after the policy allowed it, before the seal and the claim) and writes the tick's job id to
 <path>.tick, for a test to kill -9 it there.
-SCHED_RESTART=1: instead of "beat", two schedules of the same task, every=8s with grace=1s:
+SCHED_RESTART=1: instead of "beat", two schedules of the same task, every=10s with grace=1s:
 "skip" (missed="skip") and "catchup" (missed="run_once"); SCHED_ENQ_LOG=<path> gets a line
 `<job id> <sealed issue time>` per tick job this process wrote.
 """
@@ -70,7 +70,7 @@ def beat(p: Beat) -> None:
 
 
 if _restart:
-    app.schedule(beat, every=timedelta(seconds=8), grace=1, missed="skip", name="skip")
-    app.schedule(beat, every=timedelta(seconds=8), grace=1, missed="run_once", name="catchup")
+    app.schedule(beat, every=timedelta(seconds=10), grace=1, missed="skip", name="skip")
+    app.schedule(beat, every=timedelta(seconds=10), grace=1, missed="run_once", name="catchup")
 else:
     app.schedule(beat, every=timedelta(seconds=1), grace=30, name="beat")

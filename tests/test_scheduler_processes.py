@@ -117,14 +117,30 @@ def _enqueued(path: Path) -> dict[str, list[float]]:
     return out
 
 
+EVERY = 10  # the restart test's schedules: every=10s, grace=1s (tests/sched_app.py)
+
+
+def _first_tick_of_both(path: Path) -> float | None:
+    """The first tick both schedules wrote a job for, or None yet."""
+    written = _enqueued(path)
+    skips = [_tick_time(job_id) for job_id in written if job_id.startswith("tick:skip:")]
+    both = [t for t in skips if _tick("catchup", t) in written]
+    return min(both) if both else None
+
+
+def _tick_time(job_id: str) -> float:
+    stamp = job_id.rsplit(":", 1)[1]
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+
+
 @pytest.mark.slow
 @pytest.mark.other_processes
 def test_a_worker_restarted_across_ticks_follows_each_missed_policy(
     broker_kind: str, broker_url: str, tmp_path: Path, unique_name: str
 ) -> None:
-    # Two schedules, every=8s with grace=1s: "skip" and "catchup" (run_once). Worker A fires
-    # tick T and is killed with SIGKILL; nothing runs through T+8 and T+16; worker B starts
-    # at T+17.1 (its first pass is well before T+24, so no tick is on time then).
+    # Two schedules, every=10s with grace=1s: "skip" and "catchup" (run_once). Worker A
+    # fires tick T and is killed with SIGKILL; nothing runs through T+10 and T+20; worker B
+    # starts at T+21.1 (its first pass comes before T+30, so no tick is on time then).
     enq = tmp_path / "enqueued.log"
     env = worker_env(
         {
@@ -140,20 +156,19 @@ def test_a_worker_restarted_across_ticks_follows_each_missed_policy(
     b: subprocess.Popen[bytes] | None = None
     try:
         wait_until_serving([a])
-        # The first tick after A surely runs its schedules (its first pass sets the marks).
-        t0 = (int(time.time() + 3) // 8 + 1) * 8
-        deadline = t0 + 30
-        while not {_tick("skip", t0), _tick("catchup", t0)} <= _enqueued(enq).keys():
-            assert time.time() < deadline and a.poll() is None, _enqueued(enq)
+        deadline = time.monotonic() + 60
+        while (t0 := _first_tick_of_both(enq)) is None:
+            assert time.monotonic() < deadline and a.poll() is None, _enqueued(enq)
             time.sleep(0.05)
         a.send_signal(signal.SIGKILL)
         a.wait()
-        assert time.time() < t0 + 7, "worker A was killed too late for this test's timeline"
-        _sleep_until(t0 + 17.1)
+        assert time.time() < t0 + EVERY - 1, "worker A was killed too late for this timeline"
+        _sleep_until(t0 + 2 * EVERY + 1.1)
         b = start_worker_process("sched_app", env)
-        deadline = t0 + 60
-        while not {_tick("skip", t0 + 24), _tick("catchup", t0 + 24)} <= _enqueued(enq).keys():
-            assert time.time() < deadline and b.poll() is None, _enqueued(enq)
+        last = {_tick("skip", t0 + 3 * EVERY), _tick("catchup", t0 + 3 * EVERY)}
+        deadline = time.monotonic() + 60
+        while not last <= _enqueued(enq).keys():
+            assert time.monotonic() < deadline and b.poll() is None, _enqueued(enq)
             time.sleep(0.05)
     finally:
         for p in (a, b):
@@ -162,15 +177,17 @@ def test_a_worker_restarted_across_ticks_follows_each_missed_policy(
                 p.wait()
     written = _enqueued(enq)
     assert all(len(at) == 1 for at in written.values()), written  # each tick once
-    first_pass = min(at[0] for at in written.values() if at[0] > t0 + 17)
-    assert first_pass < t0 + 23, f"worker B's first pass came late ({first_pass - t0:.1f} s)"
-    down = [t0 + 8, t0 + 16]
+    first_pass = min(at[0] for at in written.values() if at[0] > t0 + 2 * EVERY)
+    assert first_pass < t0 + 3 * EVERY - 1, (
+        f"worker B's first pass came {first_pass - t0:.1f} s after T: too late for this test"
+    )
+    down = [t0 + EVERY, t0 + 2 * EVERY]
     # skip: the ticks missed while no worker ran never run
     assert [t for t in down if _tick("skip", t) in written] == []
     # run_once: they collapse into one run, the newest missed tick's, at B's first pass
-    assert [t for t in down if _tick("catchup", t) in written] == [t0 + 16]
-    assert written[_tick("catchup", t0 + 16)][0] == pytest.approx(first_pass, abs=1.0)
+    assert [t for t in down if _tick("catchup", t) in written] == [t0 + 2 * EVERY]
+    assert written[_tick("catchup", t0 + 2 * EVERY)][0] == pytest.approx(first_pass, abs=1.0)
     print(
-        f"\n{broker_kind}: down {t0 + 8}..{t0 + 16} (every 8 s); catch-up of T+16 sealed "
-        f"{first_pass - t0 - 16:.2f} s after it; T+24 fired on time by both schedules"
+        f"\n{broker_kind}: down over T+{EVERY} and T+{2 * EVERY}; the catch-up of T+{2 * EVERY} "
+        f"was sealed {first_pass - t0 - 2 * EVERY:.2f} s after it; T+{3 * EVERY} on time for both"
     )
