@@ -41,6 +41,7 @@ from vaultq.runtime.outcomes import (
     safe_text,
     type_path,
 )
+from vaultq.runtime.preopen import usable
 from vaultq.runtime.slots import JobSlot, Stop
 from vaultq.runtime.threads import ThreadGuard
 
@@ -118,6 +119,10 @@ class Executor:
         authentic job that is expired or not valid yet is described on ``slot`` (when
         middleware needs it) before its settlement is returned."""
         app = self.app
+        if slot is not None and slot.opened is not None:
+            pre, slot.opened = usable(slot.opened, now, app.clock_skew), None
+            if pre is not None:
+                return pre
         try:
             return app.open_job(
                 delivery.envelope,

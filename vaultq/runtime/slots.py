@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from vaultq.brokers.base import Delivery
+from vaultq.envelope import OpenedJob
 from vaultq.middleware import JobInfo
 
 __all__ = ["JobSlot", "Stop"]
@@ -45,6 +46,9 @@ class JobSlot:
     job: JobInfo | None = None
     """What middleware may know of it, once the envelope opened (only when some
     middleware needs it)."""
+    opened: OpenedJob | None = None
+    """The envelope, opened with every check when the batch was fetched (Ed25519
+    signers: runtime/preopen.py); the executor uses it while its time checks still pass."""
 
     def request_stop(self, why: str) -> None:
         if self.stop is None:

@@ -52,6 +52,7 @@ from vaultq.runtime.health import keep_beating
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.leases import LeaseKeeper
 from vaultq.runtime.outcomes import report_settlement
+from vaultq.runtime.preopen import BatchOpener, batch_opener
 from vaultq.runtime.presence import keep_registered
 from vaultq.runtime.scheduler import scheduler_middleware
 
@@ -140,6 +141,7 @@ class Worker:
         self.hooks = Hooks()
         """The app's middleware sorted per hook, taken when :meth:`run` starts."""
         self._executor: Executor | None = None
+        self._opener: BatchOpener | None = None
 
     def describe(self) -> str:
         """The one start line: app, broker (password masked), queues, concurrency, tasks,
@@ -219,6 +221,7 @@ class Worker:
         keeper = self.keeper = self._make_keeper(broker)
         keeper.start()
         dispatch = Dispatch()
+        opener = self._opener = batch_opener(self.app)
         settle_send, settle_recv = anyio.create_memory_object_stream[tuple[JobSlot, Settlement]](
             math.inf
         )
@@ -259,6 +262,8 @@ class Worker:
                     await hooks.worker_stopped(info)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(keeper.stop)
+            if opener is not None:
+                opener.close()
             if self._pool is not None:
                 await self._pool.aclose()
         log.info("worker %s stopped after %d jobs", self.name, self.processed)
@@ -366,6 +371,8 @@ class Worker:
             # settles together (one settle pipeline, one next fetch). Handing it over job
             # by job made the fetcher, a consumer and the settler take turns per job and
             # batches shrank to ~2 jobs (docs/performance.md).
+            if self._opener is not None:  # Ed25519 signers: verify on two cores
+                self._opener.open(slots, self.app.clock.now())
             dispatch.put(slots)
 
     # -- running ----------------------------------------------------------------------------
