@@ -116,6 +116,7 @@ def test_every_option_on_the_vaultq_side_is_a_real_option() -> None:
         JobHandle.result_sync,
         vaultq.Retry,
         django_enqueue.enqueue_on_commit,
+        vaultq.chord,
     )
     used: set[str] = set()
     for cell in vaultq_cells():
