@@ -70,7 +70,7 @@ def make_huey(url: str) -> tuple[Any, Any]:
     return huey, stamp
 
 
-def serve_vaultq(url: str, keys: str, polling_only: bool) -> None:
+def serve_vaultq(url: str, keys: str, polling_only: bool, uvloop: bool) -> None:
     if polling_only:
         from vaultq.brokers.sqlite_wake import WakeChannel
 
@@ -85,7 +85,7 @@ def serve_vaultq(url: str, keys: str, polling_only: bool) -> None:
             await started.wait()
             print("READY", flush=True)
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": uvloop})
 
 
 def serve_huey(url: str) -> None:
@@ -118,11 +118,13 @@ def sample(send: Any, samples: int) -> dict[str, float]:
 
 
 def run_variant(
-    kind: str, url: str, keys: str, samples: int, polling_only: bool
+    kind: str, url: str, keys: str, samples: int, polling_only: bool, uvloop: bool = False
 ) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--serve", kind, url]
     if polling_only:
         cmd.append("--polling-only")
+    if uvloop:
+        cmd += ["--loop", "uvloop"]
     env = {**os.environ, "BENCH_KEYS": keys}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
@@ -161,11 +163,17 @@ def main() -> None:
     parser.add_argument("--brokers", default="redis,sqlite")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--polling-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the vaultq workers' event loop (uvloop: pip install vaultq[fast])",
+    )
     args = parser.parse_args()
     if args.serve:
         kind, url = args.serve
         if kind == "vaultq":
-            serve_vaultq(url, os.environ["BENCH_KEYS"], args.polling_only)
+            serve_vaultq(url, os.environ["BENCH_KEYS"], args.polling_only, args.loop == "uvloop")
         else:
             serve_huey(url)
         return
@@ -179,13 +187,14 @@ def main() -> None:
     keys = vaultq.Keyring.generate().to_json()
     work = Path(tempfile.mkdtemp(prefix="vaultq-latency-"))
     brokers = args.brokers.split(",")
+    uv = args.loop == "uvloop"
     rows: list[tuple[str, str, dict[str, float]]] = []
     proc = None
     try:
         if "redis" in brokers:
             proc, redis_url = throughput.start_redis(work)
             rows.append(
-                ("redis", "vaultq", run_variant("vaultq", redis_url, keys, args.samples, False))
+                ("redis", "vaultq", run_variant("vaultq", redis_url, keys, args.samples, False, uv))
             )
             if have_huey:
                 throughput.flushall(redis_url)
@@ -196,7 +205,7 @@ def main() -> None:
             for name, polling in (("vaultq", False), ("vaultq polling only", True)):
                 url = f"sqlite:///{work}/{name.replace(' ', '-')}.db"
                 rows.append(
-                    ("sqlite", name, run_variant("vaultq", url, keys, args.samples, polling))
+                    ("sqlite", name, run_variant("vaultq", url, keys, args.samples, polling, uv))
                 )
             if have_huey:
                 url = f"sqlite:///{work}/huey.db"

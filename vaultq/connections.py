@@ -12,12 +12,11 @@ and whenever the broker is replaced.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import weakref
 
 from vaultq.brokers.base import Broker
-from vaultq.brokers.writer import SyncWriter, SyncWrites
+from vaultq.brokers.writer import SyncWriter, SyncWrites, fork_generation
 from vaultq.errors import ConfigurationError
 
 __all__ = ["LoopBrokers"]
@@ -65,23 +64,23 @@ class LoopBrokers:
         """The configured broker's synchronous writer in this process (None: the broker
         has none, so sync callers go through the loop thread)."""
         made = self._writer
-        pid = os.getpid()
-        if made is not None and made[0] is self.template and made[1] == pid:
+        generation = fork_generation()
+        if made is not None and made[0] is self.template and made[1] == generation:
             return made[2]
         with self._writer_lock:
             made = self._writer
-            if made is None or made[0] is not self.template or made[1] != pid:
+            if made is None or made[0] is not self.template or made[1] != generation:
                 # A forked child gets its own writer; the parent's is left alone.
                 template = self.template
                 writer = template.sync_writer() if isinstance(template, SyncWrites) else None
-                made = self._writer = (template, pid, writer)
+                made = self._writer = (template, generation, writer)
             return made[2]
 
     def close_writer(self) -> None:
         """Close this process's synchronous writer (the next sync call makes another)."""
         with self._writer_lock:
             made, self._writer = self._writer, None
-        if made is not None and made[1] == os.getpid() and made[2] is not None:
+        if made is not None and made[1] == fork_generation() and made[2] is not None:
             made[2].close()
 
     def _for_new_loop(self) -> Broker:

@@ -157,9 +157,9 @@ class Backoff:
 
     __slots__ = ("deadline", "pause", "retry", "tries")
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, started: float) -> None:
         self.retry = app.enqueue_retry
-        self.deadline = time.monotonic() + self.retry
+        self.deadline = started + self.retry
         self.pause = RETRY_FIRST_PAUSE
         self.tries = 1
 
@@ -189,7 +189,12 @@ class Backoff:
 async def retrying(app: App, write: Callable[[], Awaitable[T]]) -> T:
     """``write()``, retried on ``BrokerUnavailable`` with full-jitter backoff until
     ``app.enqueue_retry`` seconds have passed, then the error is raised."""
-    backoff = Backoff(app)
+    started = time.monotonic()
+    try:
+        return await write()  # the common case: no Backoff made
+    except BrokerUnavailable as exc:
+        backoff = Backoff(app, started)
+        await anyio.sleep(backoff.wait(exc))
     while True:
         try:
             written = await write()
@@ -202,7 +207,12 @@ async def retrying(app: App, write: Callable[[], Awaitable[T]]) -> T:
 
 def retrying_sync(app: App, write: Callable[[], T]) -> T:
     """:func:`retrying` for the synchronous writers (the calling thread sleeps)."""
-    backoff = Backoff(app)
+    started = time.monotonic()
+    try:
+        return write()  # the common case: no Backoff made
+    except BrokerUnavailable as exc:
+        backoff = Backoff(app, started)
+        time.sleep(backoff.wait(exc))
     while True:
         try:
             written = write()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import secrets
 import threading
 import time
@@ -23,6 +22,7 @@ import redis.exceptions
 from vaultq.brokers.base import EnqueueItem
 from vaultq.brokers.redis_layout import QueueKeys, load_script, ms, text
 from vaultq.brokers.redis_urls import sync_client_from_url
+from vaultq.brokers.writer import fork_generation
 from vaultq.errors import BrokerError, BrokerUnavailable
 
 __all__ = [
@@ -57,8 +57,11 @@ def enqueue_calls(keys: Callable[[str], QueueKeys], items: Sequence[EnqueueItem]
     ``keys`` maps a queue name to its :class:`QueueKeys` (``broker.keys``)."""
     by_queue: dict[str, list[Any]] = {}
     for item in items:
+        # The token only names a delayed job's entry in the delayed set: none is drawn
+        # (a getrandom call) for a job that goes straight to the stream.
+        token = "" if item.not_before is None else secrets.token_hex(6)
         by_queue.setdefault(item.queue, []).extend(
-            (item.job_id, item.envelope, _not_before(item), secrets.token_hex(6))
+            (item.job_id, item.envelope, _not_before(item), token)
         )
     at = f"{time.time():.6f}"
     window = ms(ENQUEUE_DEDUP_WINDOW)
@@ -150,7 +153,7 @@ class RedisSyncWriter:
         self._lock = threading.Lock()
         self._client: Any = None
         self._helpers: list[Any] = []
-        self._pid = 0
+        self._generation = -1
         self._direct = False
         self._idle: list[Any] = []
         self._scripts = {name: load_script(name) for name in _WRITE_SCRIPTS}
@@ -172,16 +175,16 @@ class RedisSyncWriter:
 
     def _ready(self) -> Any:
         client = self._client
-        if client is not None and self._pid == os.getpid():
+        if client is not None and self._generation == fork_generation():
             return client
         with self._lock:
-            if self._client is None or self._pid != os.getpid():
+            if self._client is None or self._generation != fork_generation():
                 # After a fork the parent's client is left alone (closing it would close
                 # the parent's sockets): the child starts its own.
                 self._client, self._helpers = sync_client_from_url(self._url, self._masked)
                 self._direct = type(self._client) is redis.Redis and not self._helpers
                 self._idle = []
-                self._pid = os.getpid()
+                self._generation = fork_generation()
             return self._client
 
     def _command(self, *args: Any) -> Any:
@@ -212,7 +215,7 @@ class RedisSyncWriter:
         except BaseException:
             conn.disconnect()  # mid-reply: unusable
             raise
-        if self._pid == os.getpid():
+        if self._generation == fork_generation():
             self._idle.append(conn)
         return reply
 
@@ -252,7 +255,7 @@ class RedisSyncWriter:
             client, self._client = self._client, None
             helpers, self._helpers = self._helpers, []
             idle, self._idle = self._idle, []
-            mine = self._pid == os.getpid()
+            mine = self._generation == fork_generation()
         if client is not None and mine:
             for conn in idle:
                 conn.disconnect()

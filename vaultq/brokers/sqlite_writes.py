@@ -10,7 +10,6 @@ processes (``sqlite_wake.py``).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -23,6 +22,7 @@ from vaultq.brokers import sqlite_unique
 from vaultq.brokers.base import EnqueueItem
 from vaultq.brokers.sqlite_file import immediate, map_error
 from vaultq.brokers.sqlite_wake import WakeSender
+from vaultq.brokers.writer import fork_generation
 
 __all__ = ["INSERT_JOB", "SqliteSyncWriter", "insert_jobs", "insert_unique"]
 
@@ -94,28 +94,28 @@ class SqliteSyncWriter:
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []
-        self._pid = os.getpid()
+        self._generation = fork_generation()
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            if self._pid != os.getpid():
+            if self._generation != fork_generation():
                 self._inherited.extend(self._idle)
                 self._idle = []
-                self._pid = os.getpid()
+                self._generation = fork_generation()
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = self._connect()
-        pid = os.getpid()
+        generation = fork_generation()
         try:
             yield conn
         finally:
             with self._lock:
-                keep = pid == self._pid and not conn.in_transaction
+                keep = generation == self._generation and not conn.in_transaction
                 if keep and len(self._idle) < _POOL_IDLE:
                     self._idle.append(conn)
                     conn = None
-            if conn is not None and pid == os.getpid():
+            if conn is not None and generation == fork_generation():
                 conn.close()
 
     def _write(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -154,7 +154,7 @@ class SqliteSyncWriter:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            mine = self._pid == os.getpid()
+            mine = self._generation == fork_generation()
         if mine:
             for conn in idle:
                 conn.close()

@@ -10,12 +10,30 @@ so the two paths cannot drift apart. Brokers that offer one implement
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from vaultq.brokers.base import EnqueueItem
 
-__all__ = ["SyncWriter", "SyncWrites"]
+__all__ = ["SyncWriter", "SyncWrites", "fork_generation"]
+
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def fork_generation() -> int:
+    """How many forks stand between this process and the first one: a writer made in
+    another generation belongs to an ancestor (whose sockets and database connections a
+    child must not use). Cheaper than ``os.getpid()``, a system call, on every write."""
+    return _generation
 
 
 @runtime_checkable
