@@ -18,9 +18,9 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from vaultq.brokers.base import Ack, Delivery, Release, Retry, Settlement
+from vaultq.brokers.base import Delivery, Release, Retry, Settlement
 from vaultq.cancellation import issued
-from vaultq.envelope import FlowStep, OpenedJob
+from vaultq.envelope import OpenedJob
 from vaultq.errors import (
     EnvelopeError,
     EnvelopeExpired,
@@ -28,12 +28,11 @@ from vaultq.errors import (
     PayloadError,
     TaskRaised,
     UnknownTask,
-    WorkflowRefused,
 )
 from vaultq.jobs import JobContext, JobStatus, reset_current_job, set_current_job
 from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
-from vaultq.runtime import chords, continuations
+from vaultq.runtime import chords, continuations, flowsettle
 from vaultq.runtime.outcomes import (
     UNAUTHENTICATED,
     Outcomes,
@@ -207,10 +206,10 @@ class Executor:
             end = self.outcomes.finish(
                 delivery, opened, JobStatus.CANCELLED, task=task, started=None
             )
-            return await self._settled(opened, flow, end)
+            return await flowsettle.before_settle(self.app, opened, flow, end)
         if delivery.attempt > 1 and now > header.expires_at / 1000 + self.app.clock_skew:
             end = self.outcomes.finish(delivery, opened, JobStatus.EXPIRED, task=task, started=None)
-            return await self._settled(opened, flow, end)
+            return await flowsettle.before_settle(self.app, opened, flow, end)
 
         raw = bytes(body.payload)
         if flow is not None and flow.step > 0:
@@ -260,7 +259,7 @@ class Executor:
                 error=f"denied by {decision.policy} ({decision.reason})",
                 reason="denied",
             )
-            return await self._settled(opened, flow, denied)
+            return await flowsettle.before_settle(self.app, opened, flow, denied)
 
         if not task.is_async and task.options.isolation == "none" and self.threads.full:
             log.warning(
@@ -280,33 +279,7 @@ class Executor:
                 return Release(delivery=delivery, not_before=self.app.clock.now() + wait)
 
         settlement = await self._attempt(slot, task, opened, payload)
-        return await self._settled(opened, flow, settlement)
-
-    async def _settled(self, opened: OpenedJob, flow: FlowStep | None, s: Settlement) -> Settlement:
-        """Before ``s`` is applied: a chord member records its result (runtime.chords)."""
-        if flow is not None and flow.chord is not None:
-            return await chords.arrive(self.app, opened, flow, s)
-        if flow is not None and flow.next is not None and isinstance(s, Ack):
-            return await self._forward(s, opened, flow)
-        return s
-
-    async def _forward(self, settlement: Ack, opened: OpenedJob, flow: FlowStep) -> Settlement:
-        """Enqueue the workflow's next step before this one settles (see
-        vaultq.runtime.continuations): a crash in between re-runs this step, and the
-        second write of the same job id is a no-op."""
-        try:
-            await continuations.forward(self.app, opened, flow)
-        except WorkflowRefused:
-            return settlement  # audited; the step itself did succeed
-        except Exception:
-            log.exception(
-                "workflow %s: could not enqueue step %d; step %d runs again",
-                flow.workflow,
-                flow.step + 1,
-                flow.step,
-            )
-            return Release(delivery=settlement.delivery, not_before=self.app.clock.now() + 5.0)
-        return settlement
+        return await flowsettle.before_settle(self.app, opened, flow, settlement)
 
     def describe(self, delivery: Delivery, opened: OpenedJob, task: Task[Any, Any]) -> JobInfo:
         """The safe fields of an opened job, for middleware (never payload or result)."""
