@@ -220,13 +220,14 @@ def test_mypy_rejects_a_mistyped_chord_and_accepts_a_typed_one(tmp_path: Path) -
     assert ':44: error: Cannot infer value of type parameter "R" of "chord"' in errors[0]
 
 
+@pytest.mark.broker_kinds("sqlite", "redis", "memory")
 async def test_a_verify_only_worker_enqueues_only_the_callback_the_producer_signed(
-    unique_name: str, caplog: pytest.LogCaptureFixture
+    broker_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys = vaultq.Keyring.generate(signing="ed25519")
-    producer = _app(unique_name, keys)
+    producer = vaultq.App("flowtest", broker=broker_url, keyring=keys)
     elsewhere = _app(unique_name + "-elsewhere", keys)  # the same producer, another store
-    worker_app = _app(unique_name, keys.public())
+    worker_app = vaultq.App("flowtest", broker=broker_url, keyring=keys.public())
     pt, et = build(producer), build(elsewhere)
     build(worker_app)
     mine = await vaultq.chord(vaultq.group(pt.price.s(Order("pen", 1))), pt.total).enqueue(
@@ -295,8 +296,10 @@ async def test_a_verify_only_worker_enqueues_only_the_callback_the_producer_sign
     assert await broker.get_result("default", "wf-mine.1") is None
 
     # The real plan completes on the verify-only worker.
-    await TestWorker(worker_app).run_pending(delayed=True)
+    await TestWorker(worker_app).run_pending()
     assert await mine.result(timeout=10) == 250
+    for app in (producer, elsewhere, worker_app):
+        await app.aclose()
 
 
 async def _envelope(broker: object, job_id: str) -> bytes:
@@ -362,6 +365,7 @@ def test_a_group_of_100_and_a_chord_over_100_on_real_workers(
             *[t.checked_price.s(Order(f"blocked{i}" if i == 3 else f"k{i}", 1)) for i in range(5)]
         )
         denied = vaultq.chord(blocked, t.total).enqueue_sync(principal=PLAIN)
+        lenient = vaultq.chord(blocked, t.tally, allow_failures=True).enqueue_sync(principal=PLAIN)
         workers = _run_workers(env, 2)
         try:
             results = grouped.result_sync(timeout=120)
@@ -372,6 +376,7 @@ def test_a_group_of_100_and_a_chord_over_100_on_real_workers(
             with pytest.raises(WorkflowFailed) as caught:
                 denied.result_sync(timeout=60)
             assert (caught.value.step, caught.value.status) == (3, "denied")
+            assert lenient.result_sync(timeout=60) == "ok=4 cents=400 bad=3:denied"
         finally:
             _stop(workers)
     finally:
