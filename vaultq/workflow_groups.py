@@ -450,14 +450,22 @@ async def _enqueue(
     import anyio
 
     limiter = anyio.CapacityLimiter(_WRITES_IN_FLIGHT)
+    errors: list[Exception] = []
 
     async def write(item: EnqueueItem, ttl: float) -> None:
         async with limiter:
-            await broker.enqueue_unique(item, ttl=ttl)
+            if errors:
+                return  # one write failed: the caller gets its error, not a group of them
+            try:
+                await broker.enqueue_unique(item, ttl=ttl)
+            except Exception as exc:  # re-raised below, outside the task group
+                errors.append(exc)
 
     async with anyio.create_task_group() as tg:
         for item, ttl in items:
             tg.start_soon(write, item, ttl)
+    if errors:
+        raise errors[0]
     return workflow
 
 
