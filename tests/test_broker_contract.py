@@ -1100,3 +1100,104 @@ async def test_racing_last_members_complete_a_chord_exactly_once(
             tg.start_soon(arrive, store if i % 2 else store2, i)
     assert done.count(True) == 1 and len(done) == 40
     assert len(await store.chord_results(Q, "crowd")) == 40
+
+
+# -- priorities (brokers declaring capabilities.priorities; vaultq/priority.py) ----------
+
+
+def leveled(job_id: str, level: int, *, at: float | None = None) -> EnqueueItem:
+    return EnqueueItem(
+        queue=Q, job_id=job_id, envelope=b"env-" + job_id.encode(), not_before=at, priority=level
+    )
+
+
+async def test_every_builtin_kind_declares_priorities(broker: Broker) -> None:
+    assert broker.capabilities.priorities
+
+
+async def test_a_high_job_behind_a_thousand_low_ones_is_in_the_next_fetch(broker: Broker) -> None:
+    await broker.enqueue([leveled(f"low{i}", -1) for i in range(1000)])
+    await broker.enqueue([leveled("urgent", 1)])
+    (first,) = await fetch(broker, 1)
+    assert first.job_id == "urgent"
+    assert first.envelope == b"env-urgent"
+    (then,) = await fetch(broker, 1)
+    assert then.job_id == "low0"  # FIFO within a level
+
+
+async def test_levels_are_fetched_highest_first_fifo_within_each(broker: Broker) -> None:
+    await broker.enqueue(
+        [leveled("n1", 0), leveled("l1", -1), leveled("h1", 1), leveled("n2", 0), leveled("h2", 1)]
+    )
+    got = await fetch(broker, 10)
+    assert [d.job_id for d in got] == ["h1", "h2", "n1", "n2", "l1"]
+    await broker.settle([ack(d) for d in got])
+
+
+async def test_lower_levels_progress_under_a_steady_high_load(broker: Broker) -> None:
+    # The anti-starvation rule, observed through the broker: one-job fetches with the
+    # high level never empty; the 10th delivering fetch boosts normal (empty here, so it
+    # serves high), the 20th boosts low: the low job is exactly the 20th delivery.
+    await broker.enqueue([leveled("low", -1)])
+    await broker.enqueue([leveled(f"h{i}", 1) for i in range(25)])
+    order: list[str] = []
+    for _ in range(21):
+        (d,) = await fetch(broker, 1)
+        order.append(d.job_id)
+        await broker.settle([ack(d)])
+    assert order.index("low") == 19
+    assert order[:19] == [f"h{i}" for i in range(19)]
+
+
+async def test_a_job_keeps_its_level_through_retry_and_lease_reclaim(
+    broker: Broker, other: Broker
+) -> None:
+    await broker.enqueue([leveled("h", 1)])
+    (d,) = await fetch(broker, 1)
+    await broker.enqueue([leveled(f"n{i}", 0) for i in range(3)])
+    await broker.settle([Retry(d, not_before=time.time() - 1)])
+    (again,) = await fetch(broker, 1)
+    assert (again.job_id, again.attempt) == ("h", 2)
+    # Its lease runs out unsettled: reclaimed by another consumer, still ahead of normal.
+    await anyio.sleep(LEASE + 0.2)
+    (reclaimed,) = await fetch(other, 1, consumer="c2")
+    assert (reclaimed.job_id, reclaimed.redelivered) == ("h", True)
+    await other.settle([ack(reclaimed)])
+    # A delayed high job, once due, also goes first.
+    await broker.enqueue([leveled("later", 1, at=time.time() + 0.3)])
+    await anyio.sleep(0.5)
+    (due,) = await fetch(broker, 1)
+    assert due.job_id == "later"
+
+
+async def test_operator_tools_see_every_level(broker: Broker) -> None:
+    now = time.time()
+    await broker.enqueue(
+        [leveled("h", 1), leveled("n", 0), leveled("l", -1), leveled("hd", 1, at=now + 60)]
+    )
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running) == (3, 1, 0)
+    assert {e.job_id for e in await broker.queued(Q)} == {"h", "n", "l", "hd"}
+    for job_id, state in (("h", "queued"), ("l", "queued"), ("hd", "delayed")):
+        info = await broker.job_info(Q, job_id)
+        assert (info.state, info.envelope) == (state, b"env-" + job_id.encode())
+    info = await broker.job_info(Q, "l")
+    assert await broker.cancel_queued(info, result=None, result_ttl=60, remember_until=now + 60)
+    assert (await broker.job_info(Q, "l")).state == "absent"
+    got = await fetch(broker, 10)
+    assert [d.job_id for d in got] == ["h", "n"]
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running, stats.dead) == (0, 1, 2, 1)
+
+
+async def test_a_dead_letter_goes_back_at_its_level(broker: Broker) -> None:
+    await broker.enqueue([leveled("h", 1)])
+    (d,) = await fetch(broker, 1)
+    await broker.settle(
+        [Bury(d, reason="failed", detail="boom", result=None, result_ttl=60, remember_until=None)]
+    )
+    (letter,) = await broker.dead_letters(Q)
+    await broker.enqueue([leveled(f"n{i}", 0) for i in range(3)])
+    assert await broker.retry_dead(Q, letter.tag) is not None
+    (first,) = await fetch(broker, 1)
+    assert (first.job_id, first.attempt) == ("h", 1)

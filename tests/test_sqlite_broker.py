@@ -53,9 +53,11 @@ def jid() -> str:
     return uuid.uuid4().hex
 
 
-async def put(b: SqliteBroker, queue: str = "q", *, job_id: str | None = None, **kw: float) -> str:
+async def put(
+    b: SqliteBroker, queue: str = "q", *, job_id: str | None = None, not_before: float | None = None
+) -> str:
     job_id = job_id or jid()
-    await b.enqueue([EnqueueItem(queue, job_id, b"env:" + job_id.encode(), **kw)])
+    await b.enqueue([EnqueueItem(queue, job_id, b"env:" + job_id.encode(), not_before)])
     return job_id
 
 

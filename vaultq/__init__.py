@@ -68,6 +68,7 @@ from vaultq.policy import (
     rule,
 )
 from vaultq.principal import Principal
+from vaultq.priority import Priority
 from vaultq.settings import AppSettings, WorkerSettings
 from vaultq.tasks import NoArgs, Task, TaskOptions
 from vaultq.workflow_groups import (
@@ -132,6 +133,7 @@ __all__ = [
     "Policy",
     "PolicyRequest",
     "Principal",
+    "Priority",
     "Replayed",
     "ResultUnavailable",
     "Retry",

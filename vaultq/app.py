@@ -31,6 +31,7 @@ from vaultq.keyring import Keyring
 from vaultq.middleware import CallWrappers, Hooks, Middleware
 from vaultq.policy import Policy, allow_all
 from vaultq.principal import Principal
+from vaultq.priority import Priority, PriorityLike
 from vaultq.registration import (
     ExceptionSpec,
     TaskDecorator,
@@ -270,6 +271,7 @@ class App(AppSettingsView, AppSchedules):
         max_concurrency: int | None = None,
         rate_limit: str | None = None,
         limit_key: Callable[[Any], str | None] | None = None,
+        priority: PriorityLike = Priority.NORMAL,
     ) -> TaskDecorator: ...
     def task(
         self,
@@ -296,6 +298,7 @@ class App(AppSettingsView, AppSchedules):
         max_concurrency: int | None = None,
         rate_limit: str | None = None,
         limit_key: Callable[[Any], str | None] | None = None,
+        priority: PriorityLike = Priority.NORMAL,
     ) -> Task[Any, Any] | TaskDecorator:
         """Register a task: ``@app.task`` or ``@app.task(timeout=30, retries=3, policy=…)``.
 
@@ -310,7 +313,9 @@ class App(AppSettingsView, AppSchedules):
         ``max_concurrency`` (attempts running at once across all workers), ``rate_limit``
         (``"100/m"``: starts spaced evenly) and ``limit_key`` (a function of the payload:
         one limit per key) are enforced through the broker; a job over a limit waits,
-        handed back, without failing (``docs/scheduling.md``).
+        handed back, without failing (``docs/scheduling.md``). ``priority``: the level of
+        its jobs within their queue when ``enqueue`` gives none (``"low"``, ``"normal"``,
+        ``"high"``; ``docs/scheduling.md``, "Priorities").
 
         Raises ``TaskDefinitionError`` for bad annotations, options or a taken name.
         """
@@ -347,6 +352,7 @@ class App(AppSettingsView, AppSchedules):
                 max_concurrency=max_concurrency,
                 rate_limit=rate_limit,
                 limit_key=limit_key,
+                priority=priority,
             )
             self._tasks[task_name] = new
             return new

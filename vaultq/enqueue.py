@@ -50,6 +50,7 @@ from vaultq.policy import (
     start_evaluation,
 )
 from vaultq.principal import Principal
+from vaultq.priority import PriorityLike, task_level
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -259,8 +260,12 @@ async def enqueue(
     unique_key: str | None = None,
     unique_for: float | None = None,
     on_duplicate: OnDuplicate = "return",
+    priority: PriorityLike | None = None,
 ) -> list[JobHandle[R]]:
     """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles.
+
+    ``priority`` (default: the task's): the jobs' level within their queue
+    (``vaultq/priority.py``); routing data beside the envelope, never sealed into it.
 
     With a unique key (``unique_key``, or the task's ``unique``), a payload whose key a
     live job holds is not written: its handle is that job's (``on_duplicate="return"``)
@@ -281,6 +286,7 @@ async def enqueue(
         unique_key=unique_key,
         unique_for=unique_for,
         on_duplicate=on_duplicate,
+        priority=priority,
     )
     broker: Broker | None = None
     reply: Any = None
@@ -348,6 +354,7 @@ def flow(
     unique_key: str | None = None,
     unique_for: float | None = None,
     on_duplicate: OnDuplicate = "return",
+    priority: PriorityLike | None = None,
 ) -> Flow[R]:
     """An enqueue as a generator: it checks, authorizes, seals and decides what to
     write, and yields each step that needs I/O (:data:`Step`) for its driver to take,
@@ -356,20 +363,16 @@ def flow(
     checks, hooks and write decisions cannot differ between them."""
     keys = _unique_keys(task, payloads, unique_key, unique_for, on_duplicate)
     unique = None if keys is None else _Unique(keys, unique_for, on_duplicate)
+    level = task_level(app, task, priority)
+    call = (app, task, payloads, principal, delay, at, queue, job_ids, timeout)
     hooks = app.enqueue_hooks
     if not hooks.enqueue:
-        return (
-            yield from _seal_and_send(
-                app, task, payloads, principal, delay, at, queue, job_ids, timeout, None, unique
-            )
-        )
+        return (yield from _seal_and_send(*call, None, unique, level))
     # The one place enqueue hooks run: before_enqueue per job as it is sealed, then
     # after_enqueue once per job that had it, with the error that ended the call.
     watch = _EnqueueWatch(hooks)
     try:
-        handles = yield from _seal_and_send(
-            app, task, payloads, principal, delay, at, queue, job_ids, timeout, watch, unique
-        )
+        handles = yield from _seal_and_send(*call, watch, unique, level)
     except BaseException as exc:
         watch.finish(type(exc).__name__)
         raise
@@ -432,6 +435,7 @@ def _seal_and_send(
     timeout: float | None,
     watch: _EnqueueWatch | None,
     unique: _Unique | None = None,
+    priority: int = 0,
 ) -> Flow[R]:
     # Sealed times are this producer's own clock: they are its signed claims.
     now = app.clock.local()
@@ -501,6 +505,7 @@ def _seal_and_send(
                 job_id=job_id,
                 envelope=envelope,
                 not_before=start if start > now else None,
+                priority=priority,
             )
         )
     if app.clock.due():

@@ -29,6 +29,7 @@ from vaultq.errors import BrokerError
 from vaultq.jobs import JobHandle
 from vaultq.policy import finish_evaluation
 from vaultq.principal import Principal
+from vaultq.priority import PriorityLike
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -54,6 +55,7 @@ def enqueue_sync(
     unique_key: str | None = None,
     unique_for: float | None = None,
     on_duplicate: OnDuplicate = "return",
+    priority: PriorityLike | None = None,
 ) -> list[JobHandle[R]]:
     """:func:`vaultq.enqueue.enqueue` for sync callers, in the calling thread."""
     writer = app.sync_writer()
@@ -72,6 +74,7 @@ def enqueue_sync(
             unique_key=unique_key,
             unique_for=unique_for,
             on_duplicate=on_duplicate,
+            priority=priority,
         )
         return handles
     steps = flow(
@@ -87,6 +90,7 @@ def enqueue_sync(
         unique_key=unique_key,
         unique_for=unique_for,
         on_duplicate=on_duplicate,
+        priority=priority,
     )
     reply: Any = None
     error: BaseException | None = None

@@ -15,9 +15,10 @@ from vaultq import config
 from vaultq.enqueue import OnDuplicate
 from vaultq.enqueue import enqueue as enqueue_jobs
 from vaultq.enqueue_sync import enqueue_sync as enqueue_jobs_sync
-from vaultq.errors import Fatal, PayloadError, Retry, TaskDefinitionError
+from vaultq.errors import Fatal, InvalidArgument, PayloadError, Retry, TaskDefinitionError
 from vaultq.limits import parse_rate
 from vaultq.payload import Codec, check_encodable
+from vaultq.priority import Priority, PriorityLike, parse_priority
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -202,8 +203,14 @@ class Task(Generic[P, R]):
         max_concurrency: int | None = None,
         rate_limit: str | None = None,
         limit_key: Callable[[P], str | None] | None = None,
+        priority: PriorityLike = Priority.NORMAL,
     ) -> None:
         self.app = app
+        try:
+            self.priority: Priority = parse_priority(priority)
+            """The level its jobs get when ``enqueue`` is not given ``priority=``."""
+        except InvalidArgument as exc:
+            raise TaskDefinitionError(f"task {name!r}: {exc}") from None
         self.unique = unique
         """The unique key of a payload (``@app.task(unique=...)``), or None."""
         self.unique_for = unique_for
@@ -326,6 +333,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
+        priority: PriorityLike | None = None,
     ) -> JobHandle[R]:
         """Seal ``payload`` and put it on the broker; returns a handle at once.
 
@@ -341,11 +349,16 @@ class Task(Generic[P, R]):
         or ``unique_for`` seconds after it was taken (default: the task's ``unique_for``,
         else the job's validity). See ``docs/scheduling.md``.
 
+        ``priority`` (default: the task's ``priority``, else normal): ``"low"``,
+        ``"normal"``, ``"high"`` or a :class:`vaultq.Priority`: a worker takes a queue's
+        higher levels first (``docs/scheduling.md``, "Priorities").
+
         A task without arguments (``NoArgs``) is enqueued with no payload: ``enqueue()``.
 
         Raises ``PayloadError`` (the payload is not of the task's type, or a field's value
         is not of its declared type: see :meth:`check_payload`), ``AuthorizationDenied`` (the policy
-        refused ``principal``), ``BrokerError``.
+        refused ``principal``), ``InvalidArgument`` (``priority`` is no level),
+        ``ConfigurationError`` (a priority on a broker without priorities), ``BrokerError``.
         """
         handles = await enqueue_jobs(
             self.app,
@@ -360,6 +373,7 @@ class Task(Generic[P, R]):
             unique_key=unique_key,
             unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
+            priority=priority,
         )
         return handles[0]
 
@@ -374,9 +388,11 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
+        priority: PriorityLike | None = None,
     ) -> list[JobHandle[R]]:
         """Enqueue many payloads in one pipelined broker call (all or nothing). With the
-        task's ``unique=``, one atomic write per payload instead (see :meth:`enqueue`)."""
+        task's ``unique=``, one atomic write per payload instead (see :meth:`enqueue`).
+        ``priority``: every job's level (see :meth:`enqueue`)."""
         return await enqueue_jobs(
             self.app,
             self,
@@ -389,6 +405,7 @@ class Task(Generic[P, R]):
             timeout=timeout,
             unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
+            priority=priority,
         )
 
     def enqueue_sync(
@@ -404,6 +421,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
+        priority: PriorityLike | None = None,
     ) -> JobHandle[R]:
         """``enqueue`` for sync code (Django views, scripts, threads).
 
@@ -426,6 +444,7 @@ class Task(Generic[P, R]):
             unique_key=unique_key,
             unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
+            priority=priority,
         )
         return handles[0]
 
@@ -440,6 +459,7 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
+        priority: PriorityLike | None = None,
     ) -> list[JobHandle[R]]:
         """``enqueue_many`` for sync code, in the calling thread (see :meth:`enqueue_sync`)."""
         return enqueue_jobs_sync(
@@ -454,6 +474,7 @@ class Task(Generic[P, R]):
             timeout=timeout,
             unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
+            priority=priority,
         )
 
 

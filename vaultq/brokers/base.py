@@ -51,6 +51,12 @@ Semantics every implementation keeps (the conformance suite in
   (a duplicate written into the queue while the original runs) is not returned: it is
   removed and counted under ``duplicate`` in :meth:`Broker.counters`, in the same pass,
   so any number of them cannot slow down recovery.
+* **Priorities** (brokers declaring ``capabilities.priorities``). ``EnqueueItem.priority``
+  is -1, 0 or 1; a fetch takes the ready entries of each queue in the order
+  :func:`vaultq.priority.fetch_plan` gives (highest level first, oldest first within a
+  level, every tenth delivering fetch one entry of a lower level first), counting its
+  fetches per broker object (:class:`vaultq.priority.FetchRotation`). An entry keeps its
+  level through retries, releases, lease reclaims and ``retry_dead``.
 * **Oversized entries.** When ``fetch`` is given ``max_size``, an entry whose envelope
   is larger is never returned (nor read into the worker): the broker dead-letters it
   as a stub (reason ``rejected:unauthenticated``, its size, no envelope).
@@ -137,6 +143,12 @@ class BrokerCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     """Jobs and results outlive the process that wrote them. False for the memory
     broker: nothing on it outlives the process, so an app without keys generates a
     keyring in memory instead of writing a key file."""
+    priorities: bool = False
+    """The broker honours :attr:`EnqueueItem.priority` (``vaultq/priority.py``): it fetches
+    ready jobs of a queue highest level first, FIFO within a level, with the
+    anti-starvation rule of :func:`vaultq.priority.fetch_plan`. False (the default for a
+    broker that does not say): the app refuses ``priority=`` other than normal with an
+    error instead of letting the broker ignore it."""
 
 
 class Delivery(msgspec.Struct, frozen=True):
@@ -166,6 +178,11 @@ class EnqueueItem(msgspec.Struct, frozen=True):
     job_id: str
     envelope: bytes
     not_before: float | None = None
+    priority: int = 0
+    """The job's level within its queue: -1 low, 0 normal, 1 high (``vaultq.Priority``).
+    Routing data beside the sealed envelope, kept across retries, releases and lease
+    reclaims. Only a broker whose capabilities say ``priorities`` is given another level
+    than 0."""
 
 
 class Ack(msgspec.Struct, frozen=True, tag="ack"):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 
 import anyio
@@ -38,48 +37,38 @@ import msgspec
 
 from vaultq import config
 from vaultq.brokers.base import (
-    RETRYABLE_REASONS,
     BrokerCapabilities,
-    CancelState,
-    DeadLetter,
     Delivery,
     EnqueueItem,
-    JobInfo,
-    QueuedEntry,
-    QueueStats,
     ScheduleMark,
     Settlement,
 )
 from vaultq.brokers.chords import MemoryChords
+from vaultq.brokers.memory_ops import POLL_MAX, POLL_MIN, MemoryOperatorTools
+from vaultq.brokers.memory_space import MAX_ID, UNAUTHENTICATED, Job, Space
 from vaultq.brokers.memory_store import (
-    MAX_ID,
-    UNAUTHENTICATED,
-    Job,
     MemoryStore,
     RecordedEnqueue,
-    Space,
     parse_url,
     store_for,
     store_of,
 )
 from vaultq.brokers.memory_tombstones import MemoryTombstones
+from vaultq.priority import FetchRotation, level_of
 
 __all__ = ["MemoryBroker", "MemoryStore", "RecordedEnqueue", "store_of"]
 
 logger = logging.getLogger("vaultq.brokers.memory")
 
 MIN_LEASE = 0.001
-POLL_MIN = 0.001
-POLL_MAX = 0.02
-"""Longest pause of a blocking read between two looks (changes from another thread)."""
 SWEEP_INTERVAL = 30.0
 """Seconds between two deletes of expired results, ids, markers and claims (in fetch)."""
 
 
-_CAPABILITIES = BrokerCapabilities(shared=False, durable=False)
+_CAPABILITIES = BrokerCapabilities(shared=False, durable=False, priorities=True)
 
 
-class MemoryBroker(MemoryChords, MemoryTombstones):
+class MemoryBroker(MemoryOperatorTools, MemoryChords, MemoryTombstones):
     """The in-memory broker: ``memory://`` (a fresh store) or ``memory://name`` (one
     store per name in this process). Not durable, not shared across processes: for
     tests and single-process use (see the module docstring).
@@ -101,6 +90,7 @@ class MemoryBroker(MemoryChords, MemoryTombstones):
         self._dead_max = max(1, int(dead_letter_max))
         self._dead_age = float(dead_letter_age)
         self._caps = (self._dead_max, self._dead_age)
+        self._rotation = FetchRotation()
 
     def __repr__(self) -> str:
         return f"MemoryBroker(url={self.url!r}, namespace={self._namespace!r})"
@@ -184,6 +174,7 @@ class MemoryBroker(MemoryChords, MemoryTombstones):
             envelope=bytes(item.envelope),
             not_before=now if item.not_before is None else item.not_before,
             enqueued_at=now,
+            priority=level_of(item.priority),
         )
         space.add(job)
         return job
@@ -344,22 +335,27 @@ class MemoryBroker(MemoryChords, MemoryTombstones):
         lease_until = now + max(lease, MIN_LEASE)
         out: list[Delivery] = []
         next_due: float | None = None
+        plan = self._rotation.plan(count)
         for queue in queues:
-            heap = space.heaps.get(queue, [])
-            while heap and len(out) < count:
-                at, seq, version = heap[0]
-                job = space.jobs.get(seq)
-                if job is None or job.version != version:
-                    heapq.heappop(heap)  # settled or moved since: a stale entry
-                    continue
-                if at > now:
-                    break
-                heapq.heappop(heap)
-                delivery = self._lease(space, job, consumer, now, lease_until, max_size)
-                if delivery is not None:
-                    out.append(msgspec.structs.replace(delivery, leased_at=sent))
-            if heap and (next_due is None or heap[0][0] < next_due):
-                next_due = heap[0][0]
+            for level, most in plan:
+                heap = space.heaps.get((queue, level), [])
+                took = 0
+                while heap and len(out) < count and took < most:
+                    at, seq, version = heap[0]
+                    job = space.jobs.get(seq)
+                    if job is None or job.version != version:
+                        heapq.heappop(heap)  # settled or moved since: a stale entry
+                        continue
+                    if at > now:
+                        break
+                    heapq.heappop(heap)
+                    delivery = self._lease(space, job, consumer, now, lease_until, max_size)
+                    if delivery is not None:
+                        out.append(msgspec.structs.replace(delivery, leased_at=sent))
+                        took += 1
+                if heap and (next_due is None or heap[0][0] < next_due):
+                    next_due = heap[0][0]
+        self._rotation.delivered(len(out))
         return out, next_due
 
     def _lease(
@@ -422,190 +418,3 @@ class MemoryBroker(MemoryChords, MemoryTombstones):
                 " ..." if len(refused) > 1 else "",
             )
         await anyio.lowlevel.checkpoint()
-
-    # -- results ----------------------------------------------------------------------
-
-    async def get_result(self, queue: str, job_id: str) -> bytes | None:
-        store = self._store
-        with store.lock:
-            data = store.space(self._namespace).result((queue, job_id), store.now())
-        await anyio.lowlevel.checkpoint()
-        return data
-
-    async def wait_result(self, queue: str, job_id: str, timeout: float) -> bytes | None:
-        store = self._store
-        deadline = anyio.current_time() + max(timeout, 0.0)
-        pause = POLL_MIN
-        while True:
-            with store.lock:
-                data = store.space(self._namespace).result((queue, job_id), store.now())
-                event = None if data is not None else store.waiter()
-            if event is None:
-                await anyio.lowlevel.checkpoint()
-                return data
-            try:
-                remaining = deadline - anyio.current_time()
-                if remaining <= 0:
-                    await anyio.lowlevel.checkpoint()
-                    return None
-                with anyio.move_on_after(min(pause, remaining)):
-                    await event.wait()
-            finally:
-                with store.lock:
-                    store.drop_waiter(event)
-            pause = min(pause * 2, POLL_MAX)
-
-    # -- job state --------------------------------------------------------------------
-
-    async def is_running(self, queue: str, job_id: str) -> bool:
-        store = self._store
-        with store.lock:
-            running = store.space(self._namespace).live_claim((queue, job_id), store.now())
-        await anyio.lowlevel.checkpoint()
-        return running is not None
-
-    async def cancel(self, queue: str, job_id: str, *, ttl: float) -> CancelState:
-        store = self._store
-        with store.lock:
-            space = store.space(self._namespace)
-            now = store.now()
-            key = (queue, job_id)
-            if space.live(space.finished, key, now) or space.result(key, now) is not None:
-                state = CancelState.FINISHED
-            else:
-                space.cancels[key] = max(now + max(ttl, 0.0), space.cancels.get(key, 0.0))
-                state = CancelState.REQUESTED
-        await anyio.lowlevel.checkpoint()
-        return state
-
-    async def cancelled(self, queue: str, job_ids: Sequence[str]) -> set[str]:
-        store = self._store
-        with store.lock:
-            space = store.space(self._namespace)
-            now = store.now()
-            found = {j for j in job_ids if space.live(space.cancels, (queue, j), now)}
-        await anyio.lowlevel.checkpoint()
-        return found
-
-    async def stats(self, queue: str) -> QueueStats:
-        store = self._store
-        with store.lock:
-            space = store.space(self._namespace)
-            now = store.now()
-            ready = delayed = running = 0
-            for job in space.jobs.values():
-                if job.queue != queue:
-                    continue
-                if job.not_before <= now:
-                    ready += 1
-                elif job.owner is None:
-                    delayed += 1
-                else:
-                    running += 1
-            letters = space.dead.get(queue, {})
-            space.trim_dead(letters, now, self._caps)
-            dead = len(letters)
-        await anyio.lowlevel.checkpoint()
-        return QueueStats(queue=queue, ready=ready, delayed=delayed, running=running, dead=dead)
-
-    # -- dead letters -----------------------------------------------------------------
-
-    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
-        store = self._store
-        with store.lock:
-            space = store.space(self._namespace)
-            letters = space.dead.get(queue, {})
-            space.trim_dead(letters, store.now(), self._caps)
-            newest = [d.letter for d in reversed(letters.values())][: max(limit, 0)]
-        await anyio.lowlevel.checkpoint()
-        return newest
-
-    async def purge_dead(self, queue: str) -> int:
-        store = self._store
-        with store.lock:
-            letters = store.space(self._namespace).dead.pop(queue, {})
-        await anyio.lowlevel.checkpoint()
-        return len(letters)
-
-    async def counters(self, queue: str) -> dict[str, int]:
-        store = self._store
-        with store.lock:
-            found = dict(store.space(self._namespace).counters.get(queue, Counter()))
-        await anyio.lowlevel.checkpoint()
-        return found
-
-    # -- operator tools ---------------------------------------------------------------
-
-    async def job_info(self, queue: str, job_id: str) -> JobInfo:
-        store = self._store
-        with store.lock:
-            info = store.space(self._namespace).job_info(queue, job_id, store.now())
-        await anyio.lowlevel.checkpoint()
-        return info
-
-    async def cancel_queued(
-        self,
-        info: JobInfo,
-        *,
-        result: bytes | None,
-        result_ttl: float,
-        remember_until: float,
-    ) -> bool:
-        if info.state not in ("queued", "delayed") or not info.tag.isdigit():
-            return False
-        store = self._store
-        with store.lock:
-            space = store.space(self._namespace)
-            now = store.now()
-            job = space.waiting(info, now)
-            if job is not None:
-                space.remove(job)
-                self._bury(
-                    space, job, "cancelled", "cancelled before it started", now, job.envelope
-                )
-                key = (info.queue, info.job_id)
-                if result is not None and space.result(key, now) is None:
-                    space.results[key] = (result, now + result_ttl)
-                space.finished[key] = max(remember_until, space.finished.get(key, 0.0))
-                store.changed()
-        await anyio.lowlevel.checkpoint()
-        return job is not None
-
-    async def retry_dead(self, queue: str, tag: str) -> DeadLetter | None:
-        if not tag.isdigit():
-            return None
-        store = self._store
-        moved: DeadLetter | None = None
-        with store.lock:
-            space = store.space(self._namespace)
-            letters = space.dead.get(queue, {})
-            found = letters.get(int(tag))
-            if (
-                found is not None
-                and found.letter.reason in RETRYABLE_REASONS
-                and found.envelope
-                and found.letter.job_id
-            ):
-                moved = found.letter
-                del letters[int(tag)]
-                key = (queue, moved.job_id)
-                # Forgotten: its replay memory, old outcome and cancel marker.
-                space.finished.pop(key, None)
-                space.results.pop(key, None)
-                space.cancels.pop(key, None)
-                now = store.now()
-                self._insert(space, EnqueueItem(queue, moved.job_id, found.envelope), now)
-                store.changed()
-        await anyio.lowlevel.checkpoint()
-        return moved
-
-    async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
-        store = self._store
-        with store.lock:
-            entries = [
-                QueuedEntry(job.queue, job.job_id, job.envelope)
-                for job in store.space(self._namespace).jobs.values()
-                if job.queue == queue
-            ][: max(limit, 0)]
-        await anyio.lowlevel.checkpoint()
-        return entries

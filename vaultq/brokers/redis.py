@@ -56,6 +56,7 @@ from vaultq.brokers.base import (
 from vaultq.brokers.redis_chords import CHORD_SCRIPTS, RedisChords
 from vaultq.brokers.redis_layout import (
     GROUP,
+    LEVEL_SUFFIX,
     QueueKeys,
     attempt_of,
     check_name,
@@ -65,6 +66,7 @@ from vaultq.brokers.redis_layout import (
     seconds_of,
     slot_groups,
     tag_entry,
+    tag_level,
     text,
 )
 from vaultq.brokers.redis_monitor import RedisMonitoring
@@ -86,12 +88,13 @@ from vaultq.brokers.redis_writes import (
 )
 from vaultq.config import mask_url
 from vaultq.errors import ConfigurationError
+from vaultq.priority import FetchRotation
 
 __all__ = ["ENQUEUE_DEDUP_WINDOW", "GROUP", "QueueKeys", "RedisBroker"]
 
 logger = logging.getLogger("vaultq.brokers.redis")
 
-_CAPABILITIES: Final = BrokerCapabilities(shared=True)
+_CAPABILITIES: Final = BrokerCapabilities(shared=True, priorities=True)
 _PROMOTE_LIMIT: Final = 500
 """Delayed jobs promoted per fetch call at most, to bound the time one script runs."""
 _SCRIPTS: Final = (
@@ -164,6 +167,7 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
         self._consumers: set[tuple[str, str]] = set()
         self._dead_max = max(1, int(dead_letter_max))
         self._dead_age_ms = ms(dead_letter_age)
+        self._rotation = FetchRotation()
 
     def __repr__(self) -> str:
         return f"RedisBroker({self._url!r}, namespace={self._namespace!r})"
@@ -242,10 +246,10 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
         if self._scripts and self._consumers:
             try:
                 for queue, consumer in sorted(self._consumers):
-                    keys = self.keys(queue)
-                    await self._scripts["forget_consumer"](
-                        keys=[keys.stream], args=[keys.prefix, consumer]
-                    )
+                    for keys in self.keys(queue).levels():
+                        await self._scripts["forget_consumer"](
+                            keys=[keys.stream], args=[keys.prefix, consumer]
+                        )
             except (redis.exceptions.RedisError, OSError) as exc:
                 logger.debug("could not tidy consumers on close: %s", type(exc).__name__)
         self._consumers.clear()
@@ -413,6 +417,8 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
         wait_ms = -1
         after: dict[str, str] = {}
         nonce = secrets.token_hex(6)
+        plan = [a for lv, most in self._rotation.plan(count) for a in (LEVEL_SUFFIX[lv], most)]
+        idle = True
         for queue in queues:
             want = count - len(out)
             if want <= 0:
@@ -432,14 +438,18 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
                     max_size,
                     self._dead_max,
                     self._dead_age_ms,
+                    *plan,
                 ],
             )
-            queue_more, queue_wait, last_id, flat = reply
+            queue_more, queue_wait, queue_after, flat = reply
             more = more or bool(queue_more)
             if queue_wait >= 0:
                 wait_ms = queue_wait if wait_ms < 0 else min(wait_ms, queue_wait)
-            if last_id:
-                after[keys.stream] = text(last_id)
+            if queue_after:
+                for i in range(0, len(queue_after) - 1, 2):
+                    after[text(queue_after[i])] = text(queue_after[i + 1])
+            else:
+                idle = False
             for i in range(0, len(flat), 8):
                 tag, job_id, envelope, attempt, enqueued_at, redelivered, done, cancel = flat[
                     i : i + 8
@@ -458,7 +468,8 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
                         leased_at=sent,
                     )
                 )
-        if len(after) < len(queues):
+        self._rotation.delivered(len(out))
+        if not idle:
             after = {}  # not idle: some queue gave entries, so no blocking read follows
         return out, more, wait_ms, after
 
@@ -467,13 +478,13 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
     ) -> set[str]:
         if not deliveries:
             return set()
-        by_queue: dict[str, list[Delivery]] = {}
+        by_queue: dict[tuple[str, int], list[Delivery]] = {}
         for d in deliveries:
-            by_queue.setdefault(d.queue, []).append(d)
+            by_queue.setdefault((d.queue, tag_level(d.tag)), []).append(d)
         calls = [
             (
                 "extend",
-                self.keys(queue),
+                self.keys(queue[0]).at(queue[1]),
                 [
                     consumer,
                     ms(lease),
@@ -513,7 +524,7 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
 
     def _settle_call(self, s: Settlement) -> tuple[str, QueueKeys, list[Any]]:
         d = s.delivery
-        keys = self.keys(d.queue)
+        keys = self.keys(d.queue).at(tag_level(d.tag))
         head: list[Any] = [tag_entry(d.tag), d.tag, d.job_id]
         if isinstance(s, Ack):
             has = s.result is not None

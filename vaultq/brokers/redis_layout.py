@@ -18,10 +18,13 @@ from redis.crc import key_slot
 
 from vaultq.brokers.base import DeadLetter, Delivery
 from vaultq.errors import ConfigurationError
+from vaultq.priority import LEVELS, level_of
 
 __all__ = [
     "GROUP",
+    "LEVEL_SUFFIX",
     "SCAN_PAGE",
+    "SUFFIX_LEVEL",
     "QueueKeys",
     "as_bytes",
     "attempt_of",
@@ -29,19 +32,26 @@ __all__ = [
     "dead_letter",
     "fields",
     "glob_escape",
+    "info_tag",
     "lease_args",
     "load_script",
     "ms",
     "number",
     "seconds_of",
     "slot_groups",
+    "split_info_tag",
     "tag_entry",
+    "tag_level",
     "text",
     "tick_arg",
 ]
 
 GROUP: Final = "vaultq"
 """Name of the consumer group every queue stream is read through."""
+
+LEVEL_SUFFIX: Final[dict[int, str]] = {1: ":high", 0: "", -1: ":low"}
+"""Priority level -> suffix of its stream, delayed set and reclaim cursor."""
+SUFFIX_LEVEL: Final[dict[str, int]] = {v: k for k, v in LEVEL_SUFFIX.items()}
 
 
 class QueueKeys:
@@ -66,26 +76,46 @@ class QueueKeys:
     UNIQUE: Final = "unique:"
     LIMIT: Final = "limit:"
 
-    __slots__ = ("prefix", "queue")
+    __slots__ = ("_levels", "level", "prefix", "queue", "suffix")
 
-    def __init__(self, namespace: str, queue: str) -> None:
+    def __init__(self, namespace: str, queue: str, level: int = 0) -> None:
         check_name("queue", queue)
         self.queue = queue
         self.prefix = f"vaultq:{{{namespace}:{queue}}}:"
+        self.level = int(level_of(level))
+        self.suffix = LEVEL_SUFFIX[self.level]
+        self._levels: dict[int, QueueKeys] = {self.level: self}
+
+    def at(self, level: int) -> QueueKeys:
+        """The keys of this queue at priority ``level`` (-1, 0, 1): its own stream,
+        delayed set and reclaim cursor (``stream:high`` ...); every other key (claims,
+        results, dead letters) is the queue's. Level 0 keeps the names of a queue
+        without priorities."""
+        found = self._levels.get(level)
+        if found is None:
+            level = int(level_of(level))  # an out-of-range number: the nearest level
+            namespace = self.prefix[len("vaultq:{") : -len(f":{self.queue}}}:")]
+            found = self._levels[level] = QueueKeys(namespace, self.queue, level)
+            found._levels = self._levels
+        return found
+
+    def levels(self) -> list[QueueKeys]:
+        """The keys of every level, highest first."""
+        return [self.at(level) for level in LEVELS]
 
     @property
     def stream(self) -> str:
-        return self.prefix + self.STREAM
+        return self.prefix + self.STREAM + self.suffix
 
     @property
     def delayed(self) -> str:
         """Sorted set: member ``<job id>|<attempt>|<enqueued at>|<unique>``, score not-before."""
-        return self.prefix + self.DELAYED
+        return self.prefix + self.DELAYED + self.suffix
 
     @property
     def delayed_data(self) -> str:
         """Hash: delayed member -> sealed envelope."""
-        return self.prefix + self.DELAYED_DATA
+        return self.prefix + self.DELAYED_DATA + self.suffix
 
     @property
     def dead(self) -> str:
@@ -102,7 +132,7 @@ class QueueKeys:
 
     @property
     def reclaim_cursor(self) -> str:
-        return self.prefix + self.RECLAIM
+        return self.prefix + self.RECLAIM + self.suffix
 
     def result(self, job_id: str) -> str:
         return self.prefix + self.RESULT + job_id
@@ -139,13 +169,16 @@ class QueueKeys:
     @classmethod
     def lua_header(cls) -> str:
         """Lua locals naming the same keys, prepended to every script (ARGV[1] = prefix)."""
+        # KEYS[1] is the stream of one priority level; LVL is its suffix ('' for level 0,
+        # ':high', ':low'), and the level's delayed set and cursor carry the same one.
         names = {
             "STREAM": "KEYS[1]",
-            "DELAYED": f"P .. '{cls.DELAYED}'",
-            "DELAYED_DATA": f"P .. '{cls.DELAYED_DATA}'",
+            "LVL": f"string.sub(KEYS[1], #P + {len(cls.STREAM) + 1})",
+            "DELAYED": f"P .. '{cls.DELAYED}' .. LVL",
+            "DELAYED_DATA": f"P .. '{cls.DELAYED_DATA}' .. LVL",
             "DEAD": f"P .. '{cls.DEAD}'",
             "DONE": f"P .. '{cls.DONE}'",
-            "RECLAIM": f"P .. '{cls.RECLAIM}'",
+            "RECLAIM": f"P .. '{cls.RECLAIM}' .. LVL",
             "RESULT": f"P .. '{cls.RESULT}'",
             "CLAIM": f"P .. '{cls.CLAIM}'",
             "CANCEL": f"P .. '{cls.CANCEL}'",
@@ -241,8 +274,28 @@ def number(value: Any) -> float:
 
 
 def tag_entry(tag: str) -> str:
-    """The stream entry id inside a delivery tag ``<entry id>/<nonce>``."""
-    return tag.partition("/")[0]
+    """The stream entry id inside a delivery tag ``<entry id>[<level suffix>]/<nonce>``."""
+    return tag.partition("/")[0].partition(":")[0]
+
+
+def tag_level(tag: str) -> int:
+    """The priority level of the stream a delivery tag names (0 without a suffix)."""
+    _, colon, name = tag.partition("/")[0].partition(":")
+    return SUFFIX_LEVEL.get(colon + name, 0)
+
+
+def info_tag(level: int, tag: str) -> str:
+    """``JobInfo.tag`` of a waiting entry at ``level``: the entry id or delayed member,
+    prefixed ``high/`` or ``low/`` off level 0 (a valid job id never holds ``/``)."""
+    suffix = LEVEL_SUFFIX[level]
+    return f"{suffix[1:]}/{tag}" if suffix else tag
+
+
+def split_info_tag(tag: str) -> tuple[int, str]:
+    """(level, entry id or delayed member) of a ``JobInfo.tag`` made by :func:`info_tag`."""
+    head, slash, rest = tag.partition("/")
+    level = SUFFIX_LEVEL.get(":" + head) if slash else None
+    return (level, rest) if level else (0, tag)
 
 
 def lease_args(deliveries: Sequence[Delivery]) -> list[str]:

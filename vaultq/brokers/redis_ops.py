@@ -32,9 +32,11 @@ from vaultq.brokers.redis_layout import (
     dead_letter,
     fields,
     glob_escape,
+    info_tag,
     ms,
     number,
     seconds_of,
+    split_info_tag,
     text,
 )
 from vaultq.brokers.redis_urls import Client, block_limit
@@ -109,16 +111,19 @@ class RedisOperatorTools:
     # -- inspection --------------------------------------------------------------------
 
     async def stats(self, queue: str) -> QueueStats:
-        keys = self.keys(queue)
+        # One stats call per priority level (each has its stream and delayed set).
+        calls: list[tuple[str, QueueKeys, list[Any]]] = [
+            ("stats", keys, []) for keys in self.keys(queue).levels()
+        ]
         with self._boundary("stats"):
-            ((length, pending, delayed, dead),) = await self._run_batch([("stats", keys, [])])
-        return QueueStats(
-            queue=queue,
-            ready=max(0, int(length) - int(pending)),
-            delayed=int(delayed),
-            running=int(pending),
-            dead=int(dead),
-        )
+            replies = await self._run_batch(calls)
+        ready = delayed = running = dead = 0
+        for length, pending, waiting, buried in replies:
+            ready += max(0, int(length) - int(pending))
+            delayed += int(waiting)
+            running += int(pending)
+            dead = int(buried)  # the queue's one dead-letter stream, the same in each
+        return QueueStats(queue=queue, ready=ready, delayed=delayed, running=running, dead=dead)
 
     async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         if limit <= 0:
@@ -178,31 +183,33 @@ class RedisOperatorTools:
                 finished=finished,
                 dead=dead,
             )
-            found = await self._find_in_stream(client, keys, job_id)
-            if found is not None:
-                entry_id, f = found
-                return msgspec.structs.replace(
-                    base,
-                    state="running" if claimed else "queued",
-                    attempt=attempt_of(f.get("att", b"1")),
-                    enqueued_at=seconds_of(f.get("at", b"0")),
-                    tag=entry_id,
-                    envelope=as_bytes(f.get("env")) or b"",
-                )
-            member = await self._find_delayed(client, keys, job_id)
-            if member is not None:
-                name, score = member
-                _, attempt, enqueued_at, _unique = name.rsplit("|", 3)
-                envelope = await client.hget(keys.delayed_data, name)
-                return msgspec.structs.replace(
-                    base,
-                    state="delayed",
-                    attempt=attempt_of(attempt),
-                    enqueued_at=seconds_of(enqueued_at),
-                    not_before=score,
-                    tag=name,
-                    envelope=as_bytes(envelope) or b"",
-                )
+            for at in keys.levels():
+                found = await self._find_in_stream(client, at, job_id)
+                if found is not None:
+                    entry_id, f = found
+                    return msgspec.structs.replace(
+                        base,
+                        state="running" if claimed else "queued",
+                        attempt=attempt_of(f.get("att", b"1")),
+                        enqueued_at=seconds_of(f.get("at", b"0")),
+                        tag=info_tag(at.level, entry_id),
+                        envelope=as_bytes(f.get("env")) or b"",
+                    )
+            for at in keys.levels():
+                member = await self._find_delayed(client, at, job_id)
+                if member is not None:
+                    name, score = member
+                    _, attempt, enqueued_at, _unique = name.rsplit("|", 3)
+                    envelope = await client.hget(at.delayed_data, name)
+                    return msgspec.structs.replace(
+                        base,
+                        state="delayed",
+                        attempt=attempt_of(attempt),
+                        enqueued_at=seconds_of(enqueued_at),
+                        not_before=score,
+                        tag=info_tag(at.level, name),
+                        envelope=as_bytes(envelope) or b"",
+                    )
             if claimed:
                 return msgspec.structs.replace(base, state="running")
         return base
@@ -265,11 +272,12 @@ class RedisOperatorTools:
     ) -> bool:
         if info.state not in ("queued", "delayed") or not info.tag:
             return False
-        keys = self.keys(info.queue)
+        level, tag = split_info_tag(info.tag)
+        keys = self.keys(info.queue).at(level)
         kind = "stream" if info.state == "queued" else "delayed"
         args = [
             kind,
-            info.tag,
+            tag,
             info.job_id,
             int(result is not None),
             result if result is not None else b"",
@@ -315,24 +323,28 @@ class RedisOperatorTools:
     async def queued(self, queue: str, *, limit: int = 1000) -> list[QueuedEntry]:
         if limit <= 0:
             return []
-        keys = self.keys(queue)
+        levels = self.keys(queue).levels()
+        out: list[QueuedEntry] = []
         with self._boundary("queued"):
             client = await self._ready()
-            entries = await client.xrange(keys.stream, count=limit)
-            out = [
-                QueuedEntry(queue, text(f.get("id", b"")), as_bytes(f.get("env")) or b"")
-                for f in (fields(raw) for _, raw in entries or [])
-            ]
-            if len(out) < limit:
-                # Delayed jobs and retries: member "<job id>|<attempt>|..." -> envelope.
-                members: list[Any] = list(
-                    await client.zrange(keys.delayed, 0, limit - len(out) - 1)
-                )
-                if members:
-                    envelopes = await client.hmget(keys.delayed_data, members)
-                    for member, env in zip(members, envelopes, strict=True):
-                        data = as_bytes(env)
-                        if data is not None:
-                            job_id = text(member).partition("|")[0]
-                            out.append(QueuedEntry(queue, job_id, data))
+            for keys in levels:  # the streams of every priority level, highest first
+                if len(out) < limit:
+                    entries = await client.xrange(keys.stream, count=limit - len(out))
+                    out += [
+                        QueuedEntry(queue, text(f.get("id", b"")), as_bytes(f.get("env")) or b"")
+                        for f in (fields(raw) for _, raw in entries or [])
+                    ]
+            for keys in levels:
+                if len(out) < limit:
+                    # Delayed jobs and retries: member "<job id>|<attempt>|..." -> envelope.
+                    members: list[Any] = list(
+                        await client.zrange(keys.delayed, 0, limit - len(out) - 1)
+                    )
+                    if members:
+                        envelopes = await client.hmget(keys.delayed_data, members)
+                        for member, env in zip(members, envelopes, strict=True):
+                            data = as_bytes(env)
+                            if data is not None:
+                                job_id = text(member).partition("|")[0]
+                                out.append(QueuedEntry(queue, job_id, data))
         return out

@@ -49,7 +49,9 @@ class RedisSchedules:
             ms(ttl),
         ]
         with self._boundary("claim_tick"):
-            (written,) = await self._run_batch([("claim_tick", self.keys(item.queue), args)])
+            (written,) = await self._run_batch(
+                [("claim_tick", self.keys(item.queue).at(item.priority), args)]
+            )
         return bool(written)
 
     async def mark_schedule(

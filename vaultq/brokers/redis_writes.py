@@ -53,19 +53,23 @@ def _not_before(item: EnqueueItem) -> str:
 
 
 def enqueue_calls(keys: Callable[[str], QueueKeys], items: Sequence[EnqueueItem]) -> list[Call]:
-    """The ``enqueue`` script calls writing ``items``: one per queue (atomic per queue).
-    ``keys`` maps a queue name to its :class:`QueueKeys` (``broker.keys``)."""
-    by_queue: dict[str, list[Any]] = {}
+    """The ``enqueue`` script calls writing ``items``: one per queue and priority level
+    (each level has its own stream; atomic per call). ``keys`` maps a queue name to its
+    :class:`QueueKeys` (``broker.keys``)."""
+    by_queue: dict[tuple[str, int], list[Any]] = {}
     for item in items:
         # The token only names a delayed job's entry in the delayed set: none is drawn
         # (a getrandom call) for a job that goes straight to the stream.
         token = "" if item.not_before is None else secrets.token_hex(6)
-        by_queue.setdefault(item.queue, []).extend(
+        by_queue.setdefault((item.queue, item.priority), []).extend(
             (item.job_id, item.envelope, _not_before(item), token)
         )
     at = f"{time.time():.6f}"
     window = ms(ENQUEUE_DEDUP_WINDOW)
-    return [("enqueue", keys(queue), [window, at, *args]) for queue, args in by_queue.items()]
+    return [
+        ("enqueue", keys(queue).at(level), [window, at, *args])
+        for (queue, level), args in by_queue.items()
+    ]
 
 
 def unique_call(keys: Callable[[str], QueueKeys], item: EnqueueItem, ttl: float) -> Call:
@@ -78,7 +82,7 @@ def unique_call(keys: Callable[[str], QueueKeys], item: EnqueueItem, ttl: float)
         secrets.token_hex(6),
         ms(ttl),
     ]
-    return ("enqueue_unique", keys(item.queue), args)
+    return ("enqueue_unique", keys(item.queue).at(item.priority), args)
 
 
 def keyed_call(
@@ -95,7 +99,7 @@ def keyed_call(
         ms(ttl),
         ms(key_ttl),
     ]
-    return ("enqueue_keyed", keys(item.queue), args)
+    return ("enqueue_keyed", keys(item.queue).at(item.priority), args)
 
 
 @contextlib.contextmanager

@@ -87,6 +87,7 @@ from vaultq.brokers.sqlite_sql import SCHEMA_VERSION
 from vaultq.brokers.sqlite_wake import WakeChannel, WakeSender
 from vaultq.brokers.sqlite_writes import SqliteSyncWriter, insert_jobs, insert_unique
 from vaultq.errors import BrokerError
+from vaultq.priority import FetchRotation
 
 __all__ = ["SCHEMA_VERSION", "SqliteBroker"]
 
@@ -142,6 +143,7 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         self._namespace = namespace
         self._dead_max = max(1, int(dead_letter_max))
         self._dead_age = float(dead_letter_age)
+        self._rotation = FetchRotation()
         self._path, self._synchronous, self._busy_timeout = parse_url(url)
         self._memory = _MemoryHolder() if self._path is None else None
         self._db: _Database | None = None
@@ -169,7 +171,7 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
     @property
     def capabilities(self) -> BrokerCapabilities:
         path = None if self._path is None else str(self._path)
-        return BrokerCapabilities(shared=False, local_path=path)
+        return BrokerCapabilities(shared=False, local_path=path, priorities=True)
 
     @property
     def shared(self) -> bool:
@@ -411,19 +413,25 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         with immediate(conn):
             now = time.time()
             lease_until = now + max(lease, MIN_LEASE)
+            plan = self._rotation.plan(count)
             for queue in queues:
                 quarantine(conn, dead, queue, now)
-                while len(out) < count:
-                    params = (max_size, ns, queue, now, count - len(out))
-                    batch = conn.execute(sql.SELECT_READY, params).fetchall()
-                    if not batch:
-                        break
-                    # Every row below leaves the ready range (leased, removed as a
-                    # duplicate or dead-lettered as oversized), so this loop ends.
-                    for row in batch:
-                        delivery = lease_row(conn, dead, queue, row, consumer, now, lease_until)
-                        if delivery is not None:
-                            out.append(msgspec.structs.replace(delivery, leased_at=sent))
+                for level, most in plan:
+                    took = 0
+                    while len(out) < count and took < most:
+                        want = min(count - len(out), most - took)
+                        params = (max_size, ns, queue, now, want, int(level))
+                        batch = conn.execute(sql.SELECT_READY, params).fetchall()
+                        if not batch:
+                            break
+                        # Every row below leaves the ready range (leased, removed as a
+                        # duplicate or dead-lettered as oversized), so this loop ends.
+                        for row in batch:
+                            delivery = lease_row(conn, dead, queue, row, consumer, now, lease_until)
+                            if delivery is not None:
+                                out.append(msgspec.structs.replace(delivery, leased_at=sent))
+                                took += 1
+            self._rotation.delivered(len(out))
             due_after = None if out else next_due_at(conn, ns, queues)
         return out, due_after
 

@@ -26,7 +26,7 @@ from vaultq.brokers.base import (
     QueueStats,
 )
 from vaultq.brokers.sqlite_file import immediate
-from vaultq.brokers.sqlite_rows import FORGET_ID, DeadLetters, as_int, as_text, dead_row
+from vaultq.brokers.sqlite_rows import FORGET_ID, DeadLetters, as_int, as_level, as_text, dead_row
 
 __all__ = ["SqliteOperatorTools"]
 
@@ -320,7 +320,8 @@ class SqliteOperatorTools:
         def work(conn: sqlite3.Connection) -> DeadLetter | None:
             with immediate(conn):
                 row = conn.execute(
-                    "SELECT id, job_id, reason, detail, attempt, at, envelope FROM vaultq_dead "
+                    "SELECT id, job_id, reason, detail, attempt, at, envelope, priority "
+                    "FROM vaultq_dead "
                     "WHERE id = ? AND namespace = ? AND queue = ?",
                     (dead_id, ns, queue),
                 ).fetchone()
@@ -339,12 +340,8 @@ class SqliteOperatorTools:
                 conn.execute("DELETE FROM vaultq_dead WHERE id = ?", (dead_id,))
                 for statement in FORGET_ID:
                     conn.execute(statement, (ns, queue, letter.job_id))
-                conn.execute(
-                    "INSERT INTO vaultq_jobs "
-                    "(namespace, queue, job_id, envelope, not_before, enqueued_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (ns, queue, letter.job_id, envelope, now, now),
-                )
+                level = as_level(row[7])
+                conn.execute(sql.INSERT_JOB, (ns, queue, letter.job_id, envelope, now, now, level))
                 return letter
 
         letter = await self._run("retry_dead", work)

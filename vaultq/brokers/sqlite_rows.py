@@ -14,12 +14,14 @@ from vaultq.brokers import sqlite_sql as sql
 from vaultq.brokers.base import Bury, DeadLetter, Delivery, Drop, Release, Retry, Settlement
 from vaultq.brokers.sqlite_file import immediate
 from vaultq.errors import BrokerError
+from vaultq.priority import level_of
 
 __all__ = [
     "CLEANUP_BATCH",
     "FORGET_ID",
     "DeadLetters",
     "as_int",
+    "as_level",
     "as_text",
     "cleanup",
     "dead_row",
@@ -63,6 +65,11 @@ def as_int(value: object, *, least: int) -> int:
     return max(least, value) if type(value) is int else least
 
 
+def as_level(value: object) -> int:
+    """A stored priority level (-1, 0, 1); a crafted value of another type is normal."""
+    return int(level_of(value)) if type(value) is int else 0
+
+
 MAX_ID = 256
 MAX_ATTEMPT = 999_999_999
 """The largest attempt number a row (or a Redis stream entry) may carry."""
@@ -103,8 +110,20 @@ class DeadLetters:
         now: float,
         envelope: bytes | None,
         size: int,
+        priority: int = 0,
     ) -> None:
-        row = (self.ns, queue, job_id[:MAX_ID], reason, detail, attempt, now, envelope, size)
+        row = (
+            self.ns,
+            queue,
+            job_id[:MAX_ID],
+            reason,
+            detail,
+            attempt,
+            now,
+            envelope,
+            size,
+            priority,
+        )
         self.conn.execute(sql.DEAD_INSERT, row)
         self.conn.execute(sql.DEAD_TRIM, (self.ns, queue, self.ns, queue, self.limit))
         self.conn.execute(sql.CLEANUP_DEAD, (now - self.age, CLEANUP_BATCH))
@@ -239,13 +258,19 @@ def settle_one(
         # At least as long as the result lives, so the write-once check outlives it.
         until = max(s.remember_until, now + s.result_ttl)
         conn.execute(sql.REMEMBER, (*key, until))
+    level = 0
+    if isinstance(s, Bury):
+        # The dead letter keeps the job's level, for ``retry_dead``.
+        found = conn.execute(sql.JOB_LEVEL, (row_id,)).fetchone()
+        level = as_level(found[0]) if found is not None else 0
     deleted = conn.execute(sql.DELETE_JOB, (row_id, ns, d.job_id)).rowcount
     conn.execute(sql.UNCLAIM, (ns, d.queue, d.job_id, d.tag))
     if isinstance(s, Bury) and deleted:
         # Only the settlement that removed the row writes the dead letter, so a repeated
         # Bury (a retried batch whose commit did land) does not bury twice.
         envelope = d.envelope if s.keep_envelope else None
-        dead.add(d.queue, d.job_id, s.reason, s.detail, d.attempt, now, envelope, len(d.envelope))
+        size = len(d.envelope)
+        dead.add(d.queue, d.job_id, s.reason, s.detail, d.attempt, now, envelope, size, level)
 
 
 def cleanup(conn: sqlite3.Connection, now: float, dead_age: float) -> bool:

@@ -17,9 +17,11 @@ __all__ = [
     "GET_RESULT",
     "HAS_RESULT",
     "HOLDS_LEASE",
+    "INSERT_JOB",
     "IS_CANCELLED",
     "IS_FINISHED",
     "JOB_EXISTS",
+    "JOB_LEVEL",
     "LIVE_CLAIM",
     "MARK_CANCEL",
     "MIGRATIONS",
@@ -33,7 +35,7 @@ __all__ = [
     "UNCLAIM",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
 SCHEMA_V1 = (
@@ -166,12 +168,22 @@ SCHEMA_V5 = (
     )""",
     "CREATE INDEX vaultq_limit_turns_until ON vaultq_limit_turns (until)",
 )
+# Priorities within a queue (vaultq/priority.py): -1 low, 0 normal, 1 high. The CHECK
+# keeps a hand-written row from holding a level no fetch reads (it would wait forever);
+# the fetch reads one level at a time through vaultq_jobs_level.
+SCHEMA_V6 = (
+    "ALTER TABLE vaultq_jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0 "
+    "CHECK (priority IN (-1, 0, 1))",
+    "CREATE INDEX vaultq_jobs_level ON vaultq_jobs (namespace, queue, priority, not_before, id)",
+    "ALTER TABLE vaultq_dead ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+)
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
     SCHEMA_V3,
     SCHEMA_V4,
     SCHEMA_V5,
+    SCHEMA_V6,
 )
 
 CLEANUP = (
@@ -199,7 +211,13 @@ SELECT_READY = (
     "SELECT id, job_id, "
     "CASE WHEN ?1 > 0 AND length(envelope) > ?1 THEN NULL ELSE envelope END, "
     "attempt, enqueued_at, lease_owner, deliveries, length(envelope) FROM vaultq_jobs "
-    "WHERE namespace = ?2 AND queue = ?3 AND not_before <= ?4 ORDER BY not_before, id LIMIT ?5"
+    "WHERE namespace = ?2 AND queue = ?3 AND priority = ?6 AND not_before <= ?4 "
+    "ORDER BY not_before, id LIMIT ?5"
+)
+JOB_LEVEL = "SELECT priority FROM vaultq_jobs WHERE id = ?"
+INSERT_JOB = (
+    "INSERT INTO vaultq_jobs (namespace, queue, job_id, envelope, not_before, enqueued_at, "
+    "priority) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 # Numbers sort before text and blobs in SQLite, and REAL affinity turns numeric text into
 # numbers on insert: a not_before of text or blob (a row written by hand) is never ready.
@@ -221,8 +239,8 @@ COUNT = (
 )
 DEAD_INSERT = (
     "INSERT INTO vaultq_dead "
-    "(namespace, queue, job_id, reason, detail, attempt, at, envelope, size) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(namespace, queue, job_id, reason, detail, attempt, at, envelope, size, priority) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Keep the newest N dead letters of a queue (parameters: ns, queue, ns, queue, N).
 DEAD_TRIM = (

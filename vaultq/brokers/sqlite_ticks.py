@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 
 from vaultq.brokers import sqlite_sql as sql
 from vaultq.brokers.base import EnqueueItem, ScheduleMark
+from vaultq.priority import level_of
 
 __all__ = ["claim_tick", "mark_schedule", "schedule_marks"]
 
@@ -27,10 +28,6 @@ _SET_MARK = (
 _SET_FIRED = "UPDATE vaultq_schedules SET fired = ? WHERE namespace = ? AND queue = ? AND name = ?"
 _ALL = (
     "SELECT name, mark, fired FROM vaultq_schedules WHERE namespace = ? AND queue = ? ORDER BY name"
-)
-_INSERT_JOB = (
-    "INSERT INTO vaultq_jobs (namespace, queue, job_id, envelope, not_before, enqueued_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -57,7 +54,7 @@ def claim_tick(
             or conn.execute(sql.HAS_RESULT, (*key, now)).fetchone() is not None
         ):
             return False
-        conn.execute(_INSERT_JOB, (*key, item.envelope, now, now))
+        conn.execute(sql.INSERT_JOB, (*key, item.envelope, now, now, level_of(item.priority)))
         conn.execute(_SET_FIRED, (tick, ns, item.queue, schedule))
         return True
 

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 
 from vaultq.brokers import sqlite_sql as sql
 from vaultq.brokers.base import EnqueueItem
+from vaultq.priority import level_of
 
 __all__ = ["enqueue_keyed"]
 
@@ -26,10 +27,6 @@ _SET_LOCK = (
     "INSERT INTO vaultq_unique (namespace, queue, key, job_id, until) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (namespace, queue, key) DO UPDATE SET job_id = excluded.job_id, "
     "until = excluded.until"
-)
-_INSERT_JOB = (
-    "INSERT INTO vaultq_jobs (namespace, queue, job_id, envelope, not_before, enqueued_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -63,6 +60,7 @@ def enqueue_keyed(
         ):
             return ""
         not_before = now if item.not_before is None else item.not_before
-        conn.execute(_INSERT_JOB, (*ids, item.envelope, not_before, now))
+        row = (*ids, item.envelope, not_before, now, level_of(item.priority))
+        conn.execute(sql.INSERT_JOB, row)
         conn.execute(_SET_LOCK, (ns, item.queue, key, item.job_id, now + key_ttl))
         return item.job_id

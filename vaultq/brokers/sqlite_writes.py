@@ -23,15 +23,14 @@ from vaultq.brokers.base import EnqueueItem
 from vaultq.brokers.sqlite_file import immediate, map_error
 from vaultq.brokers.sqlite_wake import WakeSender
 from vaultq.brokers.writer import fork_generation
+from vaultq.priority import level_of
 
 __all__ = ["INSERT_JOB", "SqliteSyncWriter", "insert_jobs", "insert_unique"]
 
 T = TypeVar("T")
 
-INSERT_JOB: Final = (
-    "INSERT INTO vaultq_jobs (namespace, queue, job_id, envelope, not_before, enqueued_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
+INSERT_JOB: Final = sql.INSERT_JOB
+"""Parameters: namespace, queue, job id, envelope, not_before, enqueued_at, priority."""
 _POOL_IDLE: Final = 8
 """Idle connections a sync writer keeps for the next calls (more are closed)."""
 
@@ -47,6 +46,7 @@ def insert_jobs(conn: sqlite3.Connection, ns: str, items: Sequence[EnqueueItem])
             item.envelope,
             now if item.not_before is None else item.not_before,
             now,
+            level_of(item.priority),
         )
         for item in items
     ]
@@ -71,7 +71,7 @@ def insert_unique(conn: sqlite3.Connection, ns: str, item: EnqueueItem) -> bool:
         ):
             return False
         not_before = now if item.not_before is None else item.not_before
-        conn.execute(INSERT_JOB, (*key, item.envelope, not_before, now))
+        conn.execute(INSERT_JOB, (*key, item.envelope, not_before, now, level_of(item.priority)))
         return True
 
 

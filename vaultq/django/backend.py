@@ -17,6 +17,7 @@
                 "TIMEOUT": 300, "MAX_TIMEOUT": None, "EXPIRES": 86400, "RESULT_TTL": 86400,
                 "STORE_RESULT": True, "ISOLATION": "none",
                 "MAX_CONCURRENCY": None, "RATE_LIMIT": None,  # "100/m", across all workers
+                "PRIORITY": "normal",          # "low" | "normal" | "high": tasks' default level
                 "POLICY": "shop.policies.STAFF",  # default policy of this backend's tasks
                 "RESULT_POLICY": "shop.policies.STAFF",  # who else may read results
                 "TASKS": {                     # per task, by module path: the task options above
@@ -38,8 +39,10 @@ only for the principal the task was enqueued for (``acting_as(request)`` around 
 or the running job's principal), or for a reader ``RESULT_POLICY`` allows; anyone else
 gets ``AuthorizationDenied``. A task enqueued without a principal is read without one.
 
-Priorities are not supported (``supports_priority = False``): vaultq queues are FIFO;
-use separate queues for urgent work.
+Priorities are supported (``supports_priority = True``): Django's integer priority
+(-100..100, default 0) maps onto vaultq's three levels by its sign: negative -> ``low``,
+0 -> the task's default (``PRIORITY``, else ``normal``), positive -> ``high``
+(``docs/scheduling.md``, "Priorities"). Within a level jobs run in FIFO order.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from vaultq.jobs import JobStatus
 from vaultq.operations import mask_secrets
 from vaultq.policy import Policy, ensure_policy, safe_id
 from vaultq.principal import Principal
+from vaultq.priority import django_priority
 from vaultq.tasks import Isolation
 
 __all__ = ["Binding", "VaultqBackend", "exception_path"]
@@ -95,6 +99,7 @@ class TaskSettings(
     isolation: Isolation | None = None
     max_concurrency: int | None = None
     rate_limit: str | None = None
+    priority: str | None = None
 
 
 class BackendOptions(
@@ -121,6 +126,8 @@ class BackendOptions(
     """Attempts of one task running at once across all workers (docs/scheduling.md)."""
     rate_limit: str | None = None
     """``"100/m"``: starts of one task spaced evenly across all workers."""
+    priority: str = "normal"
+    """The level of a task's jobs when its Django priority is the default 0."""
     policy: str | None = None
     result_policy: str | None = None
     tasks: dict[str, TaskSettings] = {}
@@ -143,7 +150,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
-    supports_priority = False
+    supports_priority = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -250,6 +257,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
                 isolation=pick("isolation"),
                 max_concurrency=pick("max_concurrency"),
                 rate_limit=pick("rate_limit"),
+                priority=pick("priority"),
                 policy=policy,
             )(runner)
         except TaskDefinitionError as exc:
@@ -280,7 +288,9 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             from django.utils import timezone
 
             at = timezone.make_aware(at)
-        return binding, payload, {"principal": current_principal(), "at": at}
+        # Django's -100..100 by its sign; 0 (Django's default) leaves the task's own level.
+        priority = None if task.priority == 0 else django_priority(task.priority)
+        return binding, payload, {"principal": current_principal(), "at": at, "priority": priority}
 
     def _new_result(self, task: Any, binding: Binding, job_id: str, args: Any, kwargs: Any) -> Any:
         return compat.TaskResult(
@@ -315,7 +325,12 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
 
         def push() -> None:
             vtask.enqueue_sync(
-                payload, principal=principal, at=extra["at"], queue=task.queue_name, job_id=job_id
+                payload,
+                principal=principal,
+                at=extra["at"],
+                queue=task.queue_name,
+                job_id=job_id,
+                priority=extra["priority"],
             )
             compat.task_enqueued.send(type(self), task_result=result)
 
@@ -341,6 +356,7 @@ class VaultqBackend(compat.BaseTaskBackend):  # type: ignore[misc]
             at=extra["at"],
             queue=task.queue_name,
             job_id=job_id,
+            priority=extra["priority"],
         )
         await sync_to_async(compat.task_enqueued.send)(type(self), task_result=result)
         return result

@@ -38,6 +38,7 @@ from vaultq.errors import (
     VaultqError,
 )
 from vaultq.middleware import EnqueueInfo, Middleware, WorkerInfo
+from vaultq.priority import task_level
 from vaultq.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -234,11 +235,12 @@ class Scheduler:
         app = self.app
         try:
             envelope = self._seal(s, job_id, now, not_before, meta)
+            level = task_level(app, s.task, None)
         except VaultqError as exc:
             log.error("schedule %s: tick %s could not be sealed: %s", s.name, job_id, exc)
             await store.mark_schedule(s.queue, s.name, tick)
             return type(exc).__name__
-        item = EnqueueItem(queue=s.queue, job_id=job_id, envelope=envelope)
+        item = EnqueueItem(queue=s.queue, job_id=job_id, envelope=envelope, priority=level)
         # The id stays reserved for the job's validity, like a custom job id.
         reserve = s.task.options.expires + app.clock_skew
         written = await store.claim_tick(item, schedule=s.name, tick=tick, ttl=reserve)

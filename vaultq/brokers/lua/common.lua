@@ -139,11 +139,18 @@ end
 -- older than max_age_ms (exact trimming: one old entry goes per new one at the cap).
 -- The envelope is copied only when keep is true; its size is always recorded, so an
 -- oversized or unauthenticated entry leaves a stub of ~100 bytes, never a second copy.
-local function add_dead(job_id, reason, detail, attempt, envelope, keep, max_len, max_age_ms)
+-- A job off priority level 0 keeps its level (field 'pri': ':high' or ':low') for
+-- `vaultq dead retry`; lvl defaults to the level of the script's stream.
+local function add_dead(job_id, reason, detail, attempt, envelope, keep, max_len, max_age_ms, lvl)
   local at_ms = now_ms()
   local fields = {'id', string.sub(job_id, 1, MAX_ID), 'reason', reason, 'detail', detail,
                   'att', string.sub(attempt or '1', 1, 20),
                   'at', string.format('%.3f', at_ms / 1000)}
+  lvl = lvl or LVL
+  if lvl ~= '' then
+    fields[#fields + 1] = 'pri'
+    fields[#fields + 1] = lvl
+  end
   if envelope then
     fields[#fields + 1] = 'size'
     fields[#fields + 1] = tostring(#envelope)

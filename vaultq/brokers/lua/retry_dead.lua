@@ -24,6 +24,11 @@ for _, hour in ipairs(redis.call('ZRANGE', DONE, 0, -1)) do
 end
 redis.call('DEL', RESULT .. job_id, CANCEL .. job_id)
 local at = string.format('%.6f', now_ms() / 1000)
-redis.call('XADD', STREAM, '*', 'id', job_id, 'env', envelope, 'att', '1', 'at', at)
+-- Back at its priority level ('pri' is unauthenticated: only the two known suffixes).
+local lvl = field(fields, 'pri')
+if lvl ~= ':high' and lvl ~= ':low' then
+  lvl = ''
+end
+redis.call('XADD', P .. 'stream' .. lvl, '*', 'id', job_id, 'env', envelope, 'att', '1', 'at', at)
 return {'ok', job_id, reason, field(fields, 'detail') or '', field(fields, 'att') or '0',
         field(fields, 'at') or '0'}
