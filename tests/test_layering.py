@@ -21,10 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vaultq"
 MAX_LINES = 600
 
-TEMPORARY_OVERSIZE_ALLOWED: set[str] = {
-    # Empty: every module is within MAX_LINES. Split a module along a real seam instead
-    # of adding it here.
-}
+# Empty: every module is within MAX_LINES. Split a module along a real seam instead of
+# adding it here.
+TEMPORARY_OVERSIZE_ALLOWED: set[str] = set()
 
 FOREIGN_PRIVATE_ATTRIBUTES = {
     # Underscored names that are other libraries' public API, not vaultq's privates.
