@@ -15,6 +15,11 @@ With ``--signing ed25519`` the same run first measures the verification ceiling:
 one thread of this process. The ratio printed is jobs/s over that ceiling (issue 15
 asks for >= 0.70). ``--processes 1,2`` prints the scaling of two processes over one.
 
+Columns: jobs/s (wall); cpu us/job of the worker processes (every thread); loop us/job,
+the event loop threads' CPU (the serial part of a worker: 1e6 / loop us is what one
+process reaches with a free core); redis us/job, the redis-server's CPU over the drain
+(it shares the cores: on 2 cores, worker CPU + redis CPU per job bounds the rate).
+
 Every figure is the median of ``--rounds``. Figures only: nothing here asserts a time.
 """
 
@@ -116,8 +121,17 @@ async def serve_until_idle(url: str, keys: str, concurrency: int) -> dict[str, f
     return {"start": t0, "end": last_at, "jobs": last, "cpu": last_cpu - c0, "loop": last_loop - l0}
 
 
-def drain(url: str, keys: str, n: int, concurrency: int, processes: int, loop: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drain(
+    url: str, keys: str, n: int, concurrency: int, processes: int, loop: str, redis_pid: int
+) -> dict:
     anyio.run(queue_jobs, url, keys, n)
+    redis_cpu = cpu_seconds(redis_pid)
     env = {**os.environ, "BENCH_KEYS": keys}
     cmd = [sys.executable, __file__, "--serve", url, "--concurrency", str(concurrency)]
     procs = [
@@ -134,7 +148,14 @@ def drain(url: str, keys: str, n: int, concurrency: int, processes: int, loop: s
     wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     cpu = sum(r["cpu"] for r in reports)
     loop = sum(r["loop"] for r in reports)
-    return {"jobs_s": n / wall, "cpu_us": cpu / n * 1e6, "loop_us": loop / n * 1e6}
+    # The server's CPU over the whole drain (its idle polling included: small).
+    redis_us = (cpu_seconds(redis_pid) - redis_cpu) / n * 1e6
+    return {
+        "jobs_s": n / wall,
+        "cpu_us": cpu / n * 1e6,
+        "loop_us": loop / n * 1e6,
+        "redis_us": redis_us,
+    }
 
 
 def main() -> None:
@@ -171,7 +192,7 @@ def main() -> None:
                 for c in concurrencies:
                     for p in process_counts:
                         throughput.flushall(url)
-                        got = drain(url, keys, args.n, c, p, args.loop)
+                        got = drain(url, keys, args.n, c, p, args.loop, redis_proc.pid)
                         results.setdefault((c, p), []).append(got)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
@@ -191,12 +212,13 @@ def main() -> None:
         )
     print(
         f"{'concurrency':>11} {'processes':>9} {'jobs/s':>9} {'cpu us/job':>11} "
-        f"{'loop us/job':>12}  note"
+        f"{'loop us/job':>12} {'redis us/job':>12}  note"
     )
     for (c, p), runs in results.items():
         rate = statistics.median(x["jobs_s"] for x in runs)
         cpu = statistics.median(x["cpu_us"] for x in runs)
         loop = statistics.median(x["loop_us"] for x in runs)
+        server = statistics.median(x["redis_us"] for x in runs)
         notes = []
         if ceiling is not None and cpu_ceiling is not None:
             notes.append(f"{rate / ceiling:.2f}x ceiling (wall)")
@@ -206,7 +228,8 @@ def main() -> None:
         one = results.get((c, 1))
         if p > 1 and one is not None:
             notes.append(f"{rate / statistics.median(x['jobs_s'] for x in one):.2f}x 1 proc")
-        print(f"{c:>11} {p:>9} {rate:>9,.0f} {cpu:>11.1f} {loop:>12.1f}  {', '.join(notes)}")
+        row = f"{c:>11} {p:>9} {rate:>9,.0f} {cpu:>11.1f} {loop:>12.1f} {server:>12.1f}"
+        print(f"{row}  {', '.join(notes)}")
 
 
 if __name__ == "__main__":
