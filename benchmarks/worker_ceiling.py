@@ -90,6 +90,39 @@ def verification_ceiling(keys: str, n: int) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.thread_time() - c0)
 
 
+def gil_check(seconds: float = 1.0) -> dict[str, float]:
+    """Does ``Ed25519PublicKey.verify`` release the GIL? Verifications/s of one thread,
+    of two threads at once, and of one thread while the main thread runs Python code
+    (what a helper verifying beside a busy event loop would get)."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    public, message = private.public_key(), os.urandom(200)
+    signature = private.sign(message)
+
+    def rate(verifiers: int, python_beside: bool) -> float:
+        counts = [0] * verifiers
+        stop = time.perf_counter() + seconds
+
+        def verify(i: int) -> None:
+            while time.perf_counter() < stop:
+                public.verify(signature, message)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=verify, args=(i,)) for i in range(verifiers)]
+        for t in threads:
+            t.start()
+        while python_beside and time.perf_counter() < stop:
+            sum(range(200))  # pure Python, holding the GIL like a busy event loop
+        for t in threads:
+            t.join()
+        return sum(counts) / seconds
+
+    return {"one": rate(1, False), "two": rate(2, False), "beside": rate(1, True)}
+
+
 async def queue_jobs(url: str, keys: str, n: int) -> None:
     app, noop = throughput.make_app(url, keys)
     for s in range(0, n, 1000):
@@ -183,6 +216,7 @@ def main() -> None:
     process_counts = [int(p) for p in args.processes.split(",")]
     results: dict[tuple[int, int], list[dict]] = {}
     ceilings: list[tuple[float, float]] = []
+    gil = gil_check() if args.signing == "ed25519" else None
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc, url = throughput.start_redis(Path(tmp))
         try:
@@ -205,6 +239,12 @@ def main() -> None:
     )
     ceiling = statistics.median(c[0] for c in ceilings) if ceilings else None
     cpu_ceiling = statistics.median(c[1] for c in ceilings) if ceilings else None
+    if gil is not None:
+        print(
+            f"ed25519 verify, threads: one {gil['one']:,.0f}/s, two at once {gil['two']:,.0f}/s "
+            f"({gil['two'] / gil['one']:.2f}x: the GIL is released), one beside a thread "
+            f"running Python {gil['beside']:,.0f}/s (waits for the GIL after each call)"
+        )
     if ceiling is not None and cpu_ceiling is not None:
         print(
             f"ed25519 verification ceiling (one thread): {ceiling:,.0f} verifications/s wall, "
