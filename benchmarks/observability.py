@@ -11,8 +11,12 @@ threads), which is the steadier figure on a shared machine.
 
 * ``plain``: no middleware (always measured: the baseline);
 * ``metrics``: :class:`vaultq.metrics.PrometheusMetrics`;
-* ``tracing``: :class:`vaultq.tracing.Tracing`, SDK tracer provider, every span sampled,
-  a simple processor into an in-memory exporter;
+* ``tracing``: :class:`vaultq.tracing.Tracing`, SDK tracer provider with its default
+  sampler (``ParentBased(ALWAYS_ON)``: every span sampled), a ``BatchSpanProcessor`` into
+  an exporter that drops the spans (what an OTLP exporter costs besides is its own);
+* ``tracing10``: the same with ``ParentBased(TraceIdRatioBased(0.1))``, a common
+  production set-up: the producer samples one trace in ten, the worker follows
+  (``tracingN``: N percent; ``tracing0``: tracing installed, nothing sampled);
 * ``events``: :class:`vaultq.events.EventStream` (three events per job, batched writes);
 * ``+``-joined names combine them.
 
@@ -24,6 +28,7 @@ has the measured table).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import subprocess
@@ -46,7 +51,31 @@ class Item(msgspec.Struct, frozen=True):
     n: int
 
 
-SETUPS = ("plain", "metrics", "tracing", "metrics+tracing", "events", "metrics+tracing+events")
+SETUPS = (
+    "plain",
+    "metrics",
+    "tracing",
+    "tracing10",
+    "metrics+tracing",
+    "metrics+tracing10",
+    "events",
+    "metrics+tracing+events",
+)
+
+
+def tracer_provider(ratio: float | None) -> object:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    class Dropping(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    sampler = None if ratio is None else ParentBased(TraceIdRatioBased(ratio))
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    return provider
 
 
 def make_app(name: str, url: str, keys: vaultq.Keyring, setup: str) -> vaultq.App:
@@ -61,15 +90,11 @@ def make_app(name: str, url: str, keys: vaultq.Keyring, setup: str) -> vaultq.Ap
 
         app.add_middleware(PrometheusMetrics(app))
     if "tracing" in setup:
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
         from vaultq.tracing import Tracing
 
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
-        app.add_middleware(Tracing(tracer_provider=provider))
+        percent = re.search(r"tracing(\d+)", setup)
+        provider = tracer_provider(None if percent is None else int(percent[1]) / 100)
+        app.add_middleware(Tracing(tracer_provider=provider))  # type: ignore[arg-type]
     if "events" in setup:
         from vaultq.events import EventStream
 
@@ -152,13 +177,16 @@ def main() -> None:
                         rate, per_job = anyio.run(one_round, url, setup, args.n, index)
                         best[setup] = max(best[setup], rate)
                         cpu[setup] = min(cpu[setup], per_job)
+                print(
+                    f"{broker}: best of {args.rounds} rounds, n={args.n}; 'ratio' is with/without"
+                    " (plain); CPU time per job is the steadier figure on a shared machine"
+                )
                 for setup in setups:
-                    # CPU time per job is steadier than jobs/s on a shared machine.
-                    change = (cpu[setup] / cpu["plain"] - 1) * 100
                     print(
-                        f"{broker:<7} {setup:<24} {best[setup]:>7.0f} jobs/s  "
-                        f"{cpu[setup]:>6.0f} CPU us/job ({change:+.1f}% vs plain; "
-                        f"best of {args.rounds}, n={args.n})"
+                        f"  {setup:<24} {best[setup]:>7.0f} jobs/s (ratio "
+                        f"{best[setup] / best['plain']:.2f})  {cpu[setup]:>6.0f} CPU us/job "
+                        f"(ratio {cpu[setup] / cpu['plain']:.2f}, "
+                        f"{(cpu[setup] / cpu['plain'] - 1) * 100:+.1f}%)"
                     )
         finally:
             if redis_proc is not None:

@@ -18,10 +18,19 @@ workers both have it), with a ``TracerProvider`` configured the usual way.
   id; plus ``vaultq.task``, ``vaultq.attempt`` and ``vaultq.outcome``. Never a payload
   value, a result, a principal or an exception message (those may quote payload values):
   a failed attempt is marked with status ERROR and ``error.type`` = the outcome.
+
+Cost (``benchmarks/observability.py``, ``docs/observability.md``): the hooks read and
+write the W3C headers directly (the propagator's generic getter/setter machinery cost
+more than the span), build the span's context once per attempt and attach it with one
+contextvar set per call, and -- when the producer's span was not sampled -- ask the
+tracer's sampler first and create no span at all when it would drop one (the task still
+runs in the unsampled trace, so its own spans are dropped alike). Export is the span
+processor's business: use a ``BatchSpanProcessor``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -31,7 +40,20 @@ from vaultq.middleware import EnqueueInfo, JobInfo, Middleware, Outcome
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
-    from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry.context import Context
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        ProxyTracerProvider,
+        Span,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        Tracer,
+        TracerProvider,
+        TraceState,
+    )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
@@ -43,6 +65,10 @@ __all__ = ["SYSTEM", "Tracing"]
 SYSTEM: Final = "vaultq"
 _FAILED: Final = frozenset({Outcome.FAILED, Outcome.TIMED_OUT})
 _MAX_OPEN: Final = 100_000
+# W3C trace context version 00, lowercase hex, as this module writes it. Anything else
+# (another version, upper case) goes through the generic propagator.
+_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ERROR: Final = Status(StatusCode.ERROR)
 
 
 class Tracing(Middleware):
@@ -52,16 +78,50 @@ class Tracing(Middleware):
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._propagator = TraceContextTextMapPropagator()
         self._sending: dict[str, Span] = {}
-        self._running: dict[tuple[str, int], Span] = {}
+        self._running: dict[tuple[str, int], tuple[Span, Context]] = {}
+        self._provider = tracer_provider
+        # With the global provider this is a proxy that follows a provider set later
+        # (after the app was built); _real_tracer() swaps it for the real one once set.
+        self._tracer: Tracer = trace.get_tracer("vaultq", tracer_provider=tracer_provider)
+        self._resolved = tracer_provider is not None
+        self._sampler: object = None
+        self._drops_unsampled = False
 
-        # Once: with the global provider this is a proxy that follows a provider set
-        # later (after the app was built), at no cost per span.
-        self._tracer = trace.get_tracer("vaultq", tracer_provider=tracer_provider)
+    def _real_tracer(self) -> Tracer:
+        if not self._resolved:
+            provider = trace.get_tracer_provider()
+            if not isinstance(provider, ProxyTracerProvider):
+                # The global provider can be set once only: from now on it is this one.
+                self._tracer = provider.get_tracer("vaultq")
+                self._resolved = True
+        return self._tracer
+
+    def _drops(self, tracer: Tracer) -> bool:
+        """Whether ``tracer`` has a sampler to ask before creating a span (an SDK
+        tracer's); sets ``_drops_unsampled`` True when that sampler is the SDK's
+        ``ParentBased`` with its default ``ALWAYS_OFF`` for unsampled remote parents,
+        whose answer is known without asking."""
+        sampler = getattr(tracer, "sampler", None)
+        if sampler is None:
+            return False
+        if self._sampler is not sampler:
+            self._sampler = sampler
+            self._drops_unsampled = False
+            try:
+                from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+                # A private attribute, read defensively: without it we ask each time.
+                self._drops_unsampled = isinstance(sampler, ParentBased) and (
+                    getattr(sampler, "_remote_parent_not_sampled", None) is ALWAYS_OFF
+                )
+            except ImportError:  # pragma: no cover - a tracer with a sampler but no SDK
+                pass
+        return True
 
     # -- producer -------------------------------------------------------------------------
 
     def before_enqueue(self, job: EnqueueInfo, trace_context: dict[str, str]) -> None:
-        span = self._tracer.start_span(
+        span = self._real_tracer().start_span(
             f"send {job.queue}",
             kind=SpanKind.PRODUCER,
             attributes={
@@ -73,7 +133,14 @@ class Tracing(Middleware):
                 "vaultq.task": job.task,
             },
         )
-        self._propagator.inject(trace_context, context=trace.set_span_in_context(span))
+        sc = span.get_span_context()
+        if sc.is_valid:
+            # What TraceContextTextMapPropagator.inject writes, without its setter calls.
+            trace_context["traceparent"] = (
+                f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+            )
+            if sc.trace_state:
+                trace_context["tracestate"] = sc.trace_state.to_header()
         _bounded(self._sending)
         self._sending[job.job_id] = span
 
@@ -83,68 +150,113 @@ class Tracing(Middleware):
             return
         if error is not None:
             span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR))
+            span.set_status(_ERROR)
         span.end()
 
     # -- worker ---------------------------------------------------------------------------
 
+    def _parent(self, carrier: dict[str, str]) -> Context | None:
+        header = carrier.get("traceparent")
+        if header is None:
+            return None
+        found = _TRACEPARENT.fullmatch(header)
+        if found is None:
+            return self._propagator.extract(carrier)  # another version, or invalid
+        trace_id, span_id = int(found[1], 16), int(found[2], 16)
+        if not trace_id or not span_id:
+            return None  # all zeros: invalid, as the propagator would say
+        state = carrier.get("tracestate")
+        sc = SpanContext(
+            trace_id,
+            span_id,
+            is_remote=True,
+            trace_flags=TraceFlags(int(found[3], 16)),
+            trace_state=TraceState.from_header([state]) if state else None,
+        )
+        return trace.set_span_in_context(NonRecordingSpan(sc))
+
     def attempt_started(self, job: JobInfo) -> None:
         # The producer's span is the parent (no link besides: the same trace, and a
         # link would cost a fifth of the span again).
-        parent = self._propagator.extract(job.trace) if job.trace else None
-        span = self._tracer.start_span(
-            f"process {job.queue}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": job.queue,
-                "messaging.message.id": job.job_id,
-                "vaultq.task": job.task,
-                "vaultq.attempt": job.attempt,
-            },
-        )
+        parent = self._parent(job.trace) if job.trace else None
+        tracer = self._real_tracer()
+        name = f"process {job.queue}"
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": job.queue,
+            "messaging.message.id": job.job_id,
+            "vaultq.task": job.task,
+            "vaultq.attempt": job.attempt,
+        }
+        span: Span | None = None
+        context: Context | None = None
+        if parent is not None:
+            remote = trace.get_current_span(parent).get_span_context()
+            if remote.is_valid and not remote.trace_flags.sampled and self._drops(tracer):
+                # The producer did not sample this trace and the sampler drops such spans:
+                # create none -- the attempt runs in the producer's unsampled context, so
+                # the spans the task starts are dropped alike.
+                sampler = tracer.sampler  # type: ignore[attr-defined]
+                if (
+                    self._drops_unsampled is True
+                    or not sampler.should_sample(
+                        parent, remote.trace_id, name, SpanKind.CONSUMER, attributes
+                    ).decision.is_recording()
+                ):
+                    span, context = NonRecordingSpan(remote), parent
+        if span is None:
+            span = tracer.start_span(
+                name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            )
         _bounded(self._running)
-        self._running[job.job_id, job.attempt] = span
+        if context is None:
+            context = trace.set_span_in_context(span)
+        # Built once: the context the task runs in (around_async/around_sync attach it).
+        self._running[job.job_id, job.attempt] = (span, context)
 
     def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
-        span = self._running.pop((job.job_id, job.attempt), None)
-        if span is None:
+        entry = self._running.pop((job.job_id, job.attempt), None)
+        if entry is None:
             return
-        span.set_attribute("vaultq.outcome", outcome.value)
-        if outcome in _FAILED:
-            span.set_attribute("error.type", outcome.value)
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        span = entry[0]
+        if span.is_recording():
+            span.set_attribute("vaultq.outcome", outcome.value)
+            if outcome in _FAILED:
+                span.set_attribute("error.type", outcome.value)
+                span.set_status(_ERROR)
+            span.end()
 
     async def around_async(self, job: JobInfo, call: Callable[[], Awaitable[None]]) -> None:
-        span = self._running.get((job.job_id, job.attempt))
-        if span is None:
+        entry = self._running.get((job.job_id, job.attempt))
+        if entry is None:
             await call()
             return
-        with trace.use_span(
-            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
+        # What trace.use_span does (with record_exception=False), without the generator
+        # context manager around it.
+        token = otel_context.attach(entry[1])
+        try:
             await call()
+        finally:
+            otel_context.detach(token)
 
     def around_sync(self, job: JobInfo, call: Callable[[], None]) -> None:
-        span = self._running.get((job.job_id, job.attempt))
-        if span is None:
+        entry = self._running.get((job.job_id, job.attempt))
+        if entry is None:
             call()
             return
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = otel_context.attach(entry[1])
         try:
             call()
         finally:
             otel_context.detach(token)
 
 
-def _bounded(spans: dict[Any, Span]) -> None:
+def _bounded(spans: dict[Any, Any]) -> None:
     # Spans whose closing hook never came (a lost lease is not settled): end and forget
     # them rather than grow.
     if len(spans) > _MAX_OPEN:
-        for span in spans.values():
-            span.end()
+        for entry in spans.values():
+            (entry[0] if isinstance(entry, tuple) else entry).end()
         spans.clear()

@@ -1,0 +1,158 @@
+"""``vaultq/tracing.py``'s hooks with the real OpenTelemetry SDK, in one process: the
+W3C context it writes and reads, and the spans it skips when the sampler would drop
+them (the end-to-end run across processes is tests/test_observability.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from vaultq.middleware import EnqueueInfo, JobInfo, Outcome
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import (  # noqa: E402
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+)
+from opentelemetry.trace.propagation.tracecontext import (  # noqa: E402
+    TraceContextTextMapPropagator,
+)
+
+from vaultq.tracing import Tracing  # noqa: E402
+
+
+class Setup:
+    def __init__(self, sampler: Sampler) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider(sampler=sampler)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracing = Tracing(tracer_provider=self.provider)
+
+    def send(self, job_id: str) -> dict[str, str]:
+        info = EnqueueInfo(
+            job_id=job_id, task="t", queue="q", app="a", principal_id=None,
+            enqueued_at=0.0, not_before=0.0,
+        )  # fmt: skip
+        carrier: dict[str, str] = {}
+        self.tracing.before_enqueue(info, carrier)
+        self.tracing.after_enqueue(info, None)
+        return carrier
+
+    def process(self, job_id: str, carrier: dict[str, str]) -> trace.SpanContext:
+        """One attempt; returns the span context of a span the task itself starts."""
+        job = JobInfo(
+            job_id=job_id, queue="q", attempt=1, app="a", worker_id="w", authenticated=True,
+            task="t", trace=carrier,
+        )  # fmt: skip
+        seen: list[trace.SpanContext] = []
+
+        async def task() -> None:
+            inner = self.provider.get_tracer("app").start_span("inner")
+            seen.append(inner.get_span_context())
+            inner.end()
+
+        self.tracing.attempt_started(job)
+        anyio.run(self.tracing.around_async, job, task)
+        self.tracing.attempt_finished(job, Outcome.SUCCEEDED, 0.0)
+        return seen[0]
+
+    def spans(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if s.name == name]
+
+
+def sampled_flag(carrier: dict[str, str]) -> bool:
+    # The last field's low bit (the SDK also sets 0x02, "random trace id").
+    return bool(int(carrier["traceparent"].rsplit("-", 1)[1], 16) & 1)
+
+
+@pytest.fixture
+def setups() -> Iterator[list[Setup]]:
+    made: list[Setup] = []
+    yield made
+    for s in made:
+        s.provider.shutdown()
+
+
+def test_a_sampled_trace_continues_in_the_worker_with_its_tracestate(
+    setups: list[Setup],
+) -> None:
+    s = Setup(ALWAYS_ON)
+    setups.append(s)
+    carrier = s.send("j1")
+    # The header the generic propagator reads back to the same context.
+    ctx = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+    (send,) = s.spans("send q")
+    assert ctx.get_span_context().span_id == send.context.span_id
+    assert sampled_flag(carrier)
+    carrier["tracestate"] = "vendor=abc"
+    inner = s.process("j1", carrier)
+    (process,) = s.spans("process q")
+    assert process.parent is not None and process.parent.span_id == send.context.span_id
+    assert process.context.trace_id == send.context.trace_id
+    assert process.parent.trace_state.get("vendor") == "abc"
+    assert dict(process.attributes or {}) == {
+        "messaging.system": "vaultq",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": "q",
+        "messaging.message.id": "j1",
+        "vaultq.task": "t",
+        "vaultq.attempt": 1,
+        "vaultq.outcome": "succeeded",
+    }
+    # The task's own span is a child of the process span.
+    (child,) = s.spans("inner")
+    assert child.parent is not None and child.parent.span_id == process.context.span_id
+    assert inner.trace_id == send.context.trace_id
+
+
+def test_an_unsampled_trace_creates_no_worker_span_and_stays_one_trace(
+    setups: list[Setup],
+) -> None:
+    # The producer samples nothing; the worker's ParentBased sampler (default) follows.
+    producer, worker = Setup(ParentBased(ALWAYS_OFF)), Setup(ParentBased(ALWAYS_ON))
+    setups += [producer, worker]
+    carrier = producer.send("j2")
+    assert not sampled_flag(carrier)
+    inner = worker.process("j2", carrier)
+    assert worker.exporter.get_finished_spans() == ()  # neither process nor inner
+    # The task ran in the producer's trace, unsampled: its spans are not new root traces
+    # (which the root sampler, ALWAYS_ON here, would have recorded).
+    assert inner.trace_id == int(carrier["traceparent"].split("-")[1], 16)
+    assert not inner.trace_flags.sampled
+
+
+def test_a_sampler_that_records_unsampled_parents_is_asked(setups: list[Setup]) -> None:
+    producer = Setup(ParentBased(ALWAYS_OFF))
+    worker = Setup(ParentBased(ALWAYS_OFF, remote_parent_not_sampled=ALWAYS_ON))
+    setups += [producer, worker]
+    carrier = producer.send("j3")
+    worker.process("j3", carrier)
+    (process,) = worker.spans("process q")
+    assert process.context.trace_id == int(carrier["traceparent"].split("-")[1], 16)
+
+
+def test_other_versions_go_through_the_propagator_and_invalid_ids_start_a_trace(
+    setups: list[Setup],
+) -> None:
+    s = Setup(ALWAYS_ON)
+    setups.append(s)
+    future = {"traceparent": "01-" + "ab" * 16 + "-" + "cd" * 8 + "-01-extra"}
+    s.process("j4", future)
+    zeros = {"traceparent": "00-" + "0" * 32 + "-" + "cd" * 8 + "-01"}
+    s.process("j5", zeros)
+    by_id = {(p.attributes or {})["messaging.message.id"]: p for p in s.spans("process q")}
+    assert by_id["j4"].context.trace_id == int("ab" * 16, 16)
+    assert by_id["j4"].parent is not None and by_id["j4"].parent.span_id == int("cd" * 8, 16)
+    assert by_id["j5"].parent is None  # invalid parent: a new trace
