@@ -8,8 +8,11 @@
 # lint-imports (the import contracts in .importlinter), a grep for pickle/eval/exec in
 # vaultq/, hadolint on the Dockerfile (warnings fail), pip-audit of the locks (SKIPPED,
 # said out loud, where no vulnerability service answers), pytest (Python 3.11 + Django 5.2
-# with the django-tasks backport), and a Django 6 leg on Python >= 3.12 when such an
-# interpreter is present.
+# with the django-tasks backport, every optional extra installed: a missing one fails),
+# a leg WITHOUT the optional extras (.venv-bare: requirements/runtime.txt less hiredis and
+# uvloop, plus pytest; the core tests on Redis and SQLite, the CLI's errors for a missing
+# extra, and the extras' tests skipping with their reason), and a Django 6 leg on
+# Python >= 3.12 when such an interpreter is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,7 +104,29 @@ say "pip-audit (requirements/dev.txt, requirements/runtime.txt)"
 .venv/bin/python .ci/audit.py requirements/dev.txt requirements/runtime.txt
 
 say "pytest (Python $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'))"
+# tests/conftest.py stops the session if an optional extra is missing here.
 .venv/bin/python -m pytest -q -p no:cacheprovider
+
+# `pip install vaultq` without extras: the same locks (hashes), none of the extras'
+# packages; tests/conftest.py stops the session if one is there after all.
+say "pytest without the optional extras (.venv-bare: requirements/runtime.txt less hiredis/uvloop, + pytest)"
+[ -x .venv-bare/bin/python ] || "$PYTHON" -m venv .venv-bare
+BARE_LOCK=.venv-bare/requirements-bare.txt
+{ .venv/bin/python .ci/pick_locked.py requirements/runtime.txt --drop hiredis,uvloop
+  .venv/bin/python .ci/pick_locked.py requirements/dev.txt \
+    --only pytest,pytest-timeout,iniconfig,packaging,pluggy,pygments,colorama
+} > "$BARE_LOCK"
+quiet .venv-bare/bin/python -m pip install -q --require-hashes -r "$BARE_LOCK" \
+  || { echo "pip could not install $BARE_LOCK into .venv-bare (see above)" >&2; exit 2; }
+quiet .venv-bare/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
+  || { echo "pip could not install vaultq into .venv-bare (see above)" >&2; exit 2; }
+# -rs: every skip says which extra it wanted. The extras' own tests (metrics, tracing,
+# observability) are listed to show they skip here, not fail.
+VAULTQ_TESTS_WITHOUT_EXTRAS=1 .venv-bare/bin/python -m pytest -q -p no:cacheprovider -rs \
+  tests/test_worker.py tests/test_enqueue_typed.py tests/test_broker_contract.py \
+  tests/test_envelope_e2e.py tests/test_cli.py tests/test_cli_monitor.py tests/test_monitor.py \
+  tests/test_health.py tests/test_health_broker.py tests/test_public_api.py \
+  tests/test_metrics.py tests/test_tracing.py tests/test_observability.py
 
 # Django 6 (django.tasks) needs Python >= 3.12: run the Django tests there when we can.
 PY6=""

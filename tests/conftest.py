@@ -3,10 +3,18 @@
 The machine's own Redis (127.0.0.1:6379) is never used: the session starts its own
 ``redis-server`` (from PATH, or ``$VAULTQ_TEST_REDIS_SERVER``) on a free loopback port,
 without persistence, in a temporary directory, and stops it at the end.
+
+The optional extras: the main test leg has all of them (requirements/dev.txt), and a
+missing one stops the session at once -- a test skipped for want of an extra must not
+pass silently there. ``.ci/test.sh``'s second leg sets ``VAULTQ_TESTS_WITHOUT_EXTRAS=1``
+in a venv holding none of them: there the tests that need one skip, saying which
+(``pytest.importorskip``), and an extra that *is* installed stops the session (the leg
+would prove nothing).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import socket
@@ -20,6 +28,47 @@ import pytest
 import redis
 from support.brokers import kind_params, url_for
 from support.packages import THIRDPARTY, installed
+
+EXTRA_PACKAGES = {
+    "prometheus-client": "metrics",
+    "opentelemetry-sdk": "otel",
+    "croniter": "cron",
+    "starlette": "dashboard",
+    "uvicorn": "dashboard",
+    "hiredis": "fast",
+    "uvloop": "fast",
+    "django": "django",
+}
+"""A distribution each optional extra of pyproject.toml installs -> the extra's name
+(distributions, not modules: tests/django would pass for an importable ``django``)."""
+WITHOUT_EXTRAS = os.environ.get("VAULTQ_TESTS_WITHOUT_EXTRAS") == "1"
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    present = {d: _installed(d) for d in EXTRA_PACKAGES}
+    if WITHOUT_EXTRAS:
+        there = [f"{m} (vaultq[{EXTRA_PACKAGES[m]}])" for m, ok in present.items() if ok]
+        if there:
+            raise pytest.UsageError(
+                f"VAULTQ_TESTS_WITHOUT_EXTRAS=1 but optional extras are installed: "
+                f"{', '.join(there)}; run this leg in a venv without them (see .ci/test.sh)"
+            )
+        return
+    missing = [f"{m} (vaultq[{EXTRA_PACKAGES[m]}])" for m, ok in present.items() if not ok]
+    if missing:
+        raise pytest.UsageError(
+            f"optional extras missing: {', '.join(missing)}; the tests needing them would "
+            "skip: install requirements/dev.txt (as .ci/test.sh does), or set "
+            "VAULTQ_TESTS_WITHOUT_EXTRAS=1 to run the leg without extras on purpose"
+        )
 
 
 @pytest.fixture(scope="session")
