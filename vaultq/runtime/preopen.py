@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from vaultq.envelope import OpenedJob
-from vaultq.errors import EnvelopeError
 from vaultq.runtime.slots import JobSlot
 
 if TYPE_CHECKING:
@@ -83,8 +82,10 @@ class BatchOpener:
                     job_id=delivery.job_id,
                     skew=app.clock_skew,
                 )
-            except EnvelopeError:
-                # The executor opens it again and answers it (reject, expire, defer).
+            except Exception:
+                # EnvelopeError: the executor opens it again and answers it (reject,
+                # expire, defer). Anything else (a bug) must not end the fetch loop: the
+                # executor's open meets it too, where the consumer records it per job.
                 slot.opened = None
 
     def close(self) -> None:
