@@ -186,9 +186,11 @@ def test_cancel_on_real_workers_cancels_the_running_step(broker_url: str, unique
 def test_cancel_racing_steps_that_finish_on_real_workers(broker_url: str, unique_name: str) -> None:
     """``price`` takes 0.4 s and the workers look for cancel marks every 0.5 s: sixteen
     chains are cancelled at random moments around the end of ``price``, so cancels meet
-    steps that are finishing (and writing the next step). For each: once ``cancel()``
-    said REQUESTED the chain never completes, it stops at a CANCELLED step, no step after
-    a cancelled one ever started, and nothing is left in the queue."""
+    steps that are finishing (and writing the next step). For each: no step is enqueued
+    after ``cancel()`` returned (a step not in the broker then never gets an outcome but
+    its tombstone); a chain that did not complete stops at a CANCELLED step and no step
+    after it ever started; a chain completes only when it ended before the cancel or its
+    last step was already in the broker; nothing is left in the queue."""
     rng = random.Random(16)  # noqa: S311  # nosec B311 -- a test's schedule
     kinds: Counter[str] = Counter()
     with _flow_workers(broker_url, unique_name, 0.4) as (app, t):
@@ -196,15 +198,27 @@ def test_cancel_racing_steps_that_finish_on_real_workers(broker_url: str, unique
             handle = t.parse.s(Text(f"s{i}:1")).then(t.price).then(t.receipt).enqueue_sync()
             _wait_running(handle.handles[1])
             time.sleep(rng.uniform(0.25, 0.55))  # around the end of price's 0.4 s
-            if handle.cancel_sync() is CancelState.FINISHED:
-                assert handle.result_sync(timeout=60) == f"s{i}=250"
-                kinds["finished before cancel"] += 1
-                continue
-            with pytest.raises(WorkflowFailed) as caught:
-                handle.result_sync(timeout=60)
-            assert caught.value.status == "cancelled"
-            stop = caught.value.step
+            state = handle.cancel_sync()
+            written = app.run_sync(_written, app, handle)  # the steps in the broker by now
+            try:
+                result = handle.result_sync(timeout=60)
+            except WorkflowFailed as exc:
+                failed: WorkflowFailed | None = exc
+            else:
+                failed = None
             outcomes = [h.outcome_sync() for h in handle.handles]
+            # The guarantee: once cancel() returned, no step is enqueued. A step not in
+            # the broker then has no outcome but the tombstone, ever.
+            for index, o in enumerate(outcomes):
+                assert index in written or o is None or o.error_type == CANCELLED_ERROR
+            if failed is None:
+                # It ended first (FINISHED), or its last step was already in the broker.
+                assert result == f"s{i}=250"
+                assert state is CancelState.FINISHED or len(outcomes) - 1 in written
+                kinds[f"completed ({state})"] += 1
+                continue
+            assert state is CancelState.REQUESTED and failed.status == "cancelled"
+            stop = failed.step
             assert all(o is not None and o.status == "succeeded" for o in outcomes[:stop])
             for later in outcomes[stop + 1 :]:
                 assert later is None or (later.status == "cancelled" and later.started_at is None)
@@ -218,6 +232,19 @@ def test_cancel_racing_steps_that_finish_on_real_workers(broker_url: str, unique
             assert time.monotonic() < deadline, app.run_sync(_stats, app)
             time.sleep(0.1)
     print("cancel outcomes:", dict(kinds))
+
+
+async def _written(app: vaultq.App, handle: vaultq.WorkflowHandle[Any]) -> set[int]:
+    """The steps of ``handle`` in the broker: waiting, running, or with an outcome that
+    is not a tombstone."""
+    broker = await app.broker()
+    found = set()
+    for i, step in enumerate(handle.handles):
+        outcome = await step.outcome()
+        ran = outcome is not None and outcome.error_type != CANCELLED_ERROR
+        if ran or (await broker.job_info(step.queue, step.id)).state != "absent":
+            found.add(i)
+    return found
 
 
 async def _stats(app: vaultq.App) -> tuple[int, int, int]:

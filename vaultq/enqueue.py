@@ -31,6 +31,7 @@ from vaultq.enqueue_steps import (
 )
 from vaultq.enqueue_writes import retrying, write_with_retry
 from vaultq.envelope import JOB_ID_FORM, JobMeta, new_job_id, seal_job
+from vaultq.envelope_types import Dependency
 from vaultq.errors import (
     AuthorizationDenied,
     BrokerError,
@@ -261,6 +262,7 @@ async def enqueue(
     unique_for: float | None = None,
     on_duplicate: OnDuplicate = "return",
     priority: PriorityLike | None = None,
+    depends: tuple[Dependency, ...] | None = None,
 ) -> list[JobHandle[R]]:
     """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles.
 
@@ -287,6 +289,7 @@ async def enqueue(
         unique_for=unique_for,
         on_duplicate=on_duplicate,
         priority=priority,
+        depends=depends,
     )
     broker: Broker | None = None
     reply: Any = None
@@ -355,6 +358,7 @@ def flow(
     unique_for: float | None = None,
     on_duplicate: OnDuplicate = "return",
     priority: PriorityLike | None = None,
+    depends: tuple[Dependency, ...] | None = None,
 ) -> Flow[R]:
     """An enqueue as a generator: it checks, authorizes, seals and decides what to
     write, and yields each step that needs I/O (:data:`Step`) for its driver to take,
@@ -364,7 +368,8 @@ def flow(
     keys = _unique_keys(task, payloads, unique_key, unique_for, on_duplicate)
     unique = None if keys is None else _Unique(keys, unique_for, on_duplicate)
     level = task_level(app, task, priority)
-    call = (app, task, payloads, principal, delay, at, queue, job_ids, timeout)
+    meta = JobMeta(timeout=timeout, depends=depends)  # depends: see vaultq.depends
+    call = (app, task, payloads, principal, delay, at, queue, job_ids, meta)
     hooks = app.enqueue_hooks
     if not hooks.enqueue:
         return (yield from _seal_and_send(*call, None, unique, level))
@@ -432,17 +437,16 @@ def _seal_and_send(
     at: datetime | float | None,
     queue: str | None,
     job_ids: Sequence[str] | None,
-    timeout: float | None,
+    meta: JobMeta,
     watch: _EnqueueWatch | None,
     unique: _Unique | None = None,
     priority: int = 0,
 ) -> Flow[R]:
     # Sealed times are this producer's own clock: they are its signed claims.
     now = app.clock.local()
-    start = check_call(task, principal=principal, delay=delay, at=at, timeout=timeout, now=now)
+    start = check_call(task, principal=principal, delay=delay, at=at, timeout=meta.timeout, now=now)
     keyring = app.keyring
     target = queue or task.queue
-    meta = JobMeta(timeout=timeout) if timeout is not None else JobMeta()
     items: list[EnqueueItem] = []
     for i, payload in enumerate(payloads):
         # Typed at the call: the JSON sealed below is the JSON proven to decode.

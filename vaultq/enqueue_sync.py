@@ -25,6 +25,7 @@ from vaultq.brokers.writer import SyncWriter
 from vaultq.enqueue import OnDuplicate, enqueue, flow
 from vaultq.enqueue_steps import AwaitPolicy, MeasureClock, Step, Write, WriteKeyed, warn_clock
 from vaultq.enqueue_writes import retrying_sync
+from vaultq.envelope_types import Dependency
 from vaultq.errors import BrokerError
 from vaultq.jobs import JobHandle
 from vaultq.policy import finish_evaluation
@@ -56,6 +57,7 @@ def enqueue_sync(
     unique_for: float | None = None,
     on_duplicate: OnDuplicate = "return",
     priority: PriorityLike | None = None,
+    depends: tuple[Dependency, ...] | None = None,
 ) -> list[JobHandle[R]]:
     """:func:`vaultq.enqueue.enqueue` for sync callers, in the calling thread."""
     writer = app.sync_writer()
@@ -75,6 +77,7 @@ def enqueue_sync(
             unique_for=unique_for,
             on_duplicate=on_duplicate,
             priority=priority,
+            depends=depends,
         )
         return handles
     steps = flow(
@@ -91,6 +94,7 @@ def enqueue_sync(
         unique_for=unique_for,
         on_duplicate=on_duplicate,
         priority=priority,
+        depends=depends,
     )
     reply: Any = None
     error: BaseException | None = None

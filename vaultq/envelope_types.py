@@ -31,6 +31,7 @@ __all__ = [
     "VERSION",
     "VERSIONS",
     "ChordLink",
+    "Dependency",
     "FlowStep",
     "Gather",
     "Header",
@@ -142,6 +143,19 @@ class JobMeta(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
     """Per-enqueue attempt timeout override (seconds), capped by the task's max_timeout."""
     flow: FlowStep | None = None
     """Set on the steps of a workflow (``vaultq.workflows``)."""
+    depends: (
+        Annotated[tuple[Dependency, ...], msgspec.Meta(min_length=1, max_length=256)] | None
+    ) = None
+    """``depends_on=``: jobs whose SUCCEEDED outcome this job waits for (``vaultq.depends``)."""
+
+
+class Dependency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A job another waits for, named by the producer inside the dependent's seal: its
+    outcome is read from ``queue`` and opened bound to ``job_id`` and ``task``."""
+
+    job_id: str
+    queue: str
+    task: str
 
 
 class JobBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

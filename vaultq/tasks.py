@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from vaultq import config
+from vaultq.depends import dependencies
 from vaultq.enqueue import OnDuplicate
 from vaultq.enqueue import enqueue as enqueue_jobs
 from vaultq.enqueue_sync import enqueue_sync as enqueue_jobs_sync
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from vaultq.policy import Policy
     from vaultq.principal import Principal
     from vaultq.settings import AppSettings
-    from vaultq.workflows import Chain
+    from vaultq.workflows import Chain, WorkflowHandle
 
 __all__ = [
     "Isolation",
@@ -334,6 +335,7 @@ class Task(Generic[P, R]):
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
         priority: PriorityLike | None = None,
+        depends_on: Sequence[JobHandle[Any] | WorkflowHandle[Any]] | None = None,
     ) -> JobHandle[R]:
         """Seal ``payload`` and put it on the broker; returns a handle at once.
 
@@ -355,6 +357,10 @@ class Task(Generic[P, R]):
 
         A task without arguments (``NoArgs``) is enqueued with no payload: ``enqueue()``.
 
+        ``depends_on`` (job and workflow handles): the job runs only after every one of
+        them succeeded, and ends ``cancelled`` (``vaultq.DependencyFailed``) without
+        running when one did not; the list is sealed with the job (``vaultq.depends``).
+
         Raises ``PayloadError`` (the payload is not of the task's type, or a field's value
         is not of its declared type: see :meth:`check_payload`), ``AuthorizationDenied`` (the policy
         refused ``principal``), ``InvalidArgument`` (``priority`` is no level),
@@ -374,6 +380,7 @@ class Task(Generic[P, R]):
             unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
             priority=priority,
+            depends=dependencies(depends_on),
         )
         return handles[0]
 
@@ -422,6 +429,7 @@ class Task(Generic[P, R]):
         unique_for: float | None = None,
         on_duplicate: OnDuplicate = "return",
         priority: PriorityLike | None = None,
+        depends_on: Sequence[JobHandle[Any] | WorkflowHandle[Any]] | None = None,
     ) -> JobHandle[R]:
         """``enqueue`` for sync code (Django views, scripts, threads).
 
@@ -445,6 +453,7 @@ class Task(Generic[P, R]):
             unique_for=self.unique_for if unique_for is None else unique_for,
             on_duplicate=on_duplicate,
             priority=priority,
+            depends=dependencies(depends_on),
         )
         return handles[0]
 

@@ -102,11 +102,14 @@ async def cancel_workflow(
         if found is CancelOutcome.FINISHED:
             status = await app.results.status(task.queue, job_id, task.name)
             if status is not JobStatus.SUCCEEDED:
-                break  # the chain stopped at this step by itself
+                return CancelState.FINISHED  # the chain stopped at this step by itself
+            requested = False
             continue
         # Running (or finishing right now): it may still succeed and write the next step
         # before it sees the cancel, so that one is stopped too.
         requested = True
+    # Past the last step: the workflow ended before the cancel (FINISHED), or its last
+    # step was running and is being cancelled (REQUESTED; it may still finish first).
     return CancelState.REQUESTED if requested else CancelState.FINISHED
 
 

@@ -219,7 +219,8 @@ class Chain(Generic[R]):
 
 class WorkflowHandle(Generic[R]):
     """The producer's handle on an enqueued workflow: per-step status, the final typed
-    result, and which step stopped the chain and why."""
+    result, which step stopped the chain and why, and ``cancel()``. Pass it (or a
+    ``JobHandle``) to ``task.enqueue(..., depends_on=[...])``."""
 
     def __init__(self, app: App, workflow_id: str, tasks: Sequence[Task[Any, Any]]) -> None:
         self.app = app

@@ -32,7 +32,7 @@ from vaultq.errors import (
 from vaultq.jobs import JobContext, JobStatus, reset_current_job, set_current_job
 from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, PolicyRequest, evaluate
-from vaultq.runtime import chords, continuations, flowsettle
+from vaultq.runtime import chords, continuations, dependencies, flowsettle
 from vaultq.runtime.outcomes import (
     UNAUTHENTICATED,
     Outcomes,
@@ -234,6 +234,9 @@ class Executor:
             payload = task.payload_codec.decode(raw)
         except PayloadError as exc:
             return self.outcomes.reject(delivery, exc)
+        # depends_on=: held until every job the producer named succeeded (runtime.dependencies)
+        if body.meta.depends and (held := await dependencies.gate(self, delivery, opened, task)):
+            return held
 
         decision = await evaluate(
             task.policy or self.app.default_policy,
