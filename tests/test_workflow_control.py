@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from flow_app import Priced, Text, build
 from support.workers import start_worker_process, wait_until_serving, worker_env
@@ -257,3 +258,63 @@ def _wait_running(handle: vaultq.JobHandle[object]) -> None:
     while handle.status_sync() is not JobStatus.RUNNING:
         assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.02)
+
+
+class Num(msgspec.Struct, frozen=True):
+    n: int
+
+
+def _two_queue_chain(app: vaultq.App) -> tuple[Any, Any]:
+    """``first`` (queue ``default``, result_ttl 1 s) feeding ``second`` (queue ``later``),
+    both with short windows so the workflow's horizon is small: expires 10 s, timeout
+    1 s, no retries (step 1's envelope expires 22 s after the enqueue)."""
+
+    @app.task(name="first", result_ttl=1, expires=10, timeout=1, max_timeout=1, retries=0)
+    def first(p: Num) -> Num:
+        return Num(p.n + 1)
+
+    @app.task(
+        name="second", queue="later", result_ttl=1, expires=10, timeout=1, max_timeout=1, retries=0
+    )
+    def second(p: Num) -> Num:
+        return Num(p.n * 10)
+
+    return first, second
+
+
+async def test_a_feeding_result_outlives_its_result_ttl_while_the_next_step_can_run(
+    broker_url: str, unique_name: str
+) -> None:
+    """Step 0's result_ttl is 1 s; step 1 waits 2.5 s in its queue (no worker for it):
+    the result that feeds it is kept until step 1's envelope expires, so it still runs."""
+    app = vaultq.App(unique_name, broker=broker_url, keyring=vaultq.Keyring.generate())
+    first, second = _two_queue_chain(app)
+    try:
+        handle = await first.s(Num(1)).then(second).enqueue()
+        ran = await TestWorker(app, queues=["default"]).run_pending()
+        assert [(r.task, r.outcome) for r in ran] == [("first", "succeeded")]
+        await anyio.sleep(2.5)  # past step 0's result_ttl
+        ran = await TestWorker(app, queues=["later"]).run_pending()
+        assert [(r.task, r.outcome) for r in ran] == [("second", "succeeded")]
+        assert await handle.result(timeout=5) == Num(20)
+    finally:
+        await app.aclose()
+
+
+async def test_feeding_results_expire_with_the_workflow(unique_name: str) -> None:
+    """On the memory broker's clock: a feeding result is still there while the step it
+    feeds may start (its envelope valid), and gone once that has expired; the last
+    step's result keeps its own result_ttl (1 s)."""
+    app = vaultq.App(unique_name, broker=f"memory://{unique_name}")
+    first, second = _two_queue_chain(app)
+    worker = TestWorker(app)
+    handle = await first.s(Num(1)).then(second).enqueue()
+    await worker.run_pending()
+    assert await handle.result(timeout=1) == Num(20)
+    broker = await app.broker()
+    step0, step1 = handle.handles[0].id, handle.handles[1].id
+    worker.store.advance(15)  # past result_ttl, before step 1's envelope expires (22 s)
+    assert await broker.get_result("default", step0) is not None
+    assert await broker.get_result("later", step1) is None
+    worker.store.advance(22 - 15 + app.clock_skew + 2)  # past step 1's expiry + skew
+    assert await broker.get_result("default", step0) is None

@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from vaultq.brokers.base import Ack, Release, Settlement
-from vaultq.envelope import FlowStep, OpenedJob
+from vaultq.envelope import FlowStep, OpenedJob, peek_header
 from vaultq.errors import WorkflowRefused
 from vaultq.runtime import chords, continuations
 
 if TYPE_CHECKING:
     from vaultq.app import App
 
-__all__ = ["before_settle"]
+__all__ = ["before_settle", "keep_for_next"]
 
 log = logging.getLogger("vaultq.worker")
 
@@ -51,4 +53,17 @@ async def before_settle(
             flow.step,
         )
         return Release(delivery=settlement.delivery, not_before=app.clock.now() + 5.0)
-    return settlement
+    return keep_for_next(app, settlement, flow.next)
+
+
+def keep_for_next(app: App, settlement: Ack, next_step: bytes) -> Ack:
+    """A result that feeds the next step expires with the workflow: it is kept until that
+    step can no longer start (its producer-signed expiry, which already counts the
+    earlier steps' windows), or its own ``result_ttl`` when longer; so a step that waited
+    long in its queue still finds its input, and the input does not outlive the
+    workflow. The finished-id memory is stretched to match (it outlives the result)."""
+    now = app.clock.now()
+    until = peek_header(next_step, max_size=app.max_envelope_size).expires_at / 1000
+    ttl = max(settlement.result_ttl, until - now + app.clock_skew)
+    remember = max(settlement.remember_until, now + ttl)
+    return msgspec.structs.replace(settlement, result_ttl=ttl, remember_until=remember)
