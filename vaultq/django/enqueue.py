@@ -8,18 +8,24 @@ the call, so a view can answer 400/403 before anything is committed.
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 
+from vaultq.django.workflows import Workflow, is_workflow, workflow_on_commit
 from vaultq.enqueue import authorize, authorize_sync, check_call
 from vaultq.envelope import new_job_id
 from vaultq.errors import ConfigurationError
 from vaultq.principal import Principal
 from vaultq.tasks import Task
+from vaultq.workflow_groups import Chord, Group, GroupHandle
+from vaultq.workflows import Chain, WorkflowHandle
 
 __all__ = ["aenqueue_on_commit", "check_enqueue", "enqueue_on_commit"]
+
+R = TypeVar("R")
 
 
 def _check_call(
@@ -48,6 +54,7 @@ async def check_enqueue(
     await authorize(task.app, task, payload, principal, job_id)
 
 
+@overload
 def enqueue_on_commit(
     task: Task[Any, Any],
     payload: Any,
@@ -60,8 +67,64 @@ def enqueue_on_commit(
     queue: str | None = None,
     timeout: float | None = None,
     robust: bool = False,
-) -> str:
+) -> str: ...
+
+
+@overload
+def enqueue_on_commit(
+    task: Chain[R],
+    *,
+    request: Any = None,
+    principal: Principal | None = None,
+    using: str | None = None,
+    robust: bool = False,
+    workflow_id: str | None = None,
+) -> WorkflowHandle[R]: ...
+
+
+@overload
+def enqueue_on_commit(
+    task: Group[R],
+    *,
+    request: Any = None,
+    principal: Principal | None = None,
+    using: str | None = None,
+    robust: bool = False,
+    workflow_id: str | None = None,
+) -> GroupHandle[list[R]]: ...
+
+
+@overload
+def enqueue_on_commit(
+    task: Chord[R],
+    *,
+    request: Any = None,
+    principal: Principal | None = None,
+    using: str | None = None,
+    robust: bool = False,
+    workflow_id: str | None = None,
+) -> GroupHandle[R]: ...
+
+
+def enqueue_on_commit(
+    task: Task[Any, Any] | Workflow,
+    payload: Any = None,
+    *,
+    request: Any = None,
+    principal: Principal | None = None,
+    using: str | None = None,
+    delay: float | None = None,
+    at: datetime | float | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    robust: bool = False,
+    workflow_id: str | None = None,
+) -> str | WorkflowHandle[Any]:
     """Enqueue ``payload`` for ``task`` when the current transaction on ``using`` commits.
+
+    ``task`` may also be a workflow (a ``Chain``, ``Group`` or ``Chord``, without a
+    payload): it is enqueued whole on commit, under a workflow id chosen now, and its
+    handle is returned at once (``vaultq.django.workflows``).
 
     The principal is ``principal``, else ``request.user``'s (see
     :func:`principal_from_request`), else the one set by :func:`acting_as`. Returns the
@@ -85,6 +148,19 @@ def enqueue_on_commit(
         principal = principal_from_request(request) if request is not None else None
     if principal is None:
         principal = current_principal()
+    if is_workflow(task):
+        if payload is not None or delay is not None or at is not None or queue or timeout:
+            raise ConfigurationError(
+                "enqueue_on_commit(workflow) takes no payload, delay, at, queue or timeout: "
+                "the workflow's steps carry their own"
+            )
+        workflow = typing.cast("Workflow", task)
+        return workflow_on_commit(
+            workflow, principal=principal, using=using, robust=robust, workflow_id=workflow_id
+        )
+    if workflow_id is not None:
+        raise ConfigurationError("workflow_id= is for workflows; a job takes job ids elsewhere")
+    task = typing.cast("Task[Any, Any]", task)
     _check_call(task, payload, principal, delay, at, timeout)
     job_id = new_job_id()
     authorize_sync(task.app, task, payload, principal, job_id)  # in this thread, no loop hop

@@ -112,3 +112,26 @@ async def dash(job: DashNote) -> DashNote:
         raise Fatal("the dashboard test's failing job")
     await anyio.sleep(0.02)
     return job
+
+
+class Counted(msgspec.Struct, frozen=True):
+    key: str
+    notes: int
+
+
+@app.task(
+    name="vqtestapp.flow_count",
+    queue="vqflow",
+    retries=0,
+    policy=require_django_permission("vqtestapp.run_report"),
+)
+def flow_count(job: Report) -> Counted:
+    """A workflow's first step (test_django_workflows.py): reads the note its view wrote
+    in the transaction that enqueued the workflow, so it only exists after the commit."""
+    note = Note.objects.get(pk=job.note_id)
+    return Counted(note.key, Note.objects.filter(key=note.key).count())
+
+
+@app.task(name="vqtestapp.flow_label", queue="vqflow", retries=0, policy=allow_all)
+def flow_label(job: Counted) -> str:
+    return f"{job.key}:{job.notes}"
