@@ -2,12 +2,14 @@
 enqueue figures of issue 15 (100 coroutines at once, ``enqueue_many``).
 
     .venv/bin/pip install -r benchmarks/requirements.txt   # huey, for the comparison
-    .venv/bin/python benchmarks/enqueue_sync.py [--n 3000] [--rounds 3] [--async-n 20000]
+    .venv/bin/python benchmarks/enqueue_sync.py [--n 5000] [--chunk 250] [--async-n 20000]
 
-Every variant runs in this process, one after the other, in alternating rounds; the
-figures are medians of the rounds: jobs/s (wall) and CPU µs per job (this process, every
+Every variant runs in this process. The one-by-one producers are set up once and take
+turns in chunks (250 calls each by default), so a burst of load on the shared machine
+hits them alike; their figures are totals over the chunks. The async variants run in
+rounds, medians reported. Figures: jobs/s (wall) and CPU µs per job (this process, every
 thread: ``time.process_time``). Redis is a private ``redis-server`` on a free port
-(FLUSHALLed between variants); SQLite is a fresh file per variant in a temporary
+(FLUSHALLed between the async rounds); SQLite is a fresh file per variant in a temporary
 directory, with each system's default durability (vaultq ``synchronous=full``; huey's
 SqliteHuey leaves SQLite's default, FULL) plus vaultq at ``synchronous=normal``.
 
@@ -61,34 +63,42 @@ def make_vaultq(url: str) -> tuple[vaultq.App, Any]:
     return app, noop
 
 
-def measure(n: int, fn: Callable[[int], Any]) -> tuple[float, float]:
-    """(jobs/s, CPU µs per job) of ``fn(i)`` for i in range(n)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(n):
-        fn(i)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return n / wall, cpu / n * 1e6
+class Producer:
+    """One variant's producer, set up once and called in chunks: ``call(i)`` enqueues
+    one job; ``close()`` tears it down. Wall and CPU time accumulate over the chunks."""
+
+    def __init__(self, call: Callable[[int], Any], close: Callable[[], Any]) -> None:
+        self.call, self.close = call, close
+        self.wall = self.cpu = 0.0
+        self.count = 0
+
+    def chunk(self, start: int, size: int) -> None:
+        call = self.call
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(start, start + size):
+            call(i)
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        self.count += size
+
+    def figures(self) -> tuple[float, float]:
+        """(jobs/s, CPU µs per job)."""
+        return self.count / self.wall, self.cpu / self.count * 1e6
 
 
-def vaultq_sync(url: str, n: int) -> tuple[float, float]:
+def vaultq_sync(url: str) -> Producer:
     app, task = make_vaultq(url)
     task.enqueue_sync(Item(-1))  # connect, load scripts, measure the clock
-    try:
-        return measure(n, lambda i: task.enqueue_sync(Item(i)))
-    finally:
-        app.close()
+    return Producer(lambda i: task.enqueue_sync(Item(i)), app.close)
 
 
-def vaultq_hop(url: str, n: int) -> tuple[float, float]:
+def vaultq_hop(url: str) -> Producer:
     app, task = make_vaultq(url)
     app.run_sync(task.enqueue, Item(-1))
-    try:
-        return measure(n, lambda i: app.run_sync(task.enqueue, Item(i)))
-    finally:
-        app.close()
+    return Producer(lambda i: app.run_sync(task.enqueue, Item(i)), app.close)
 
 
-def huey_call(url: str, n: int) -> tuple[float, float]:
+def huey_call(url: str) -> Producer:
     from huey import RedisHuey, SqliteHuey
 
     if url.startswith("sqlite:///"):
@@ -101,19 +111,16 @@ def huey_call(url: str, n: int) -> tuple[float, float]:
         return None
 
     noop(-1)
-    return measure(n, lambda i: noop(i))
+    return Producer(lambda i: noop(i), lambda: None)
 
 
-def lpush(url: str, n: int) -> tuple[float, float]:
+def lpush(url: str) -> Producer:
     import redis
 
     client = redis.Redis.from_url(url)
     body = b"x" * 100
     client.lpush("bench:floor", body)
-    try:
-        return measure(n, lambda i: client.lpush("bench:floor", body))
-    finally:
-        client.close()
+    return Producer(lambda i: client.lpush("bench:floor", body), client.close)
 
 
 def vaultq_concurrent(url: str, n: int, coroutines: int = 100) -> tuple[float, float]:
@@ -157,9 +164,10 @@ def vaultq_many(url: str, n: int, batch: int = 1000) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=3000, help="one-by-one enqueues per variant")
+    parser.add_argument("--n", type=int, default=5000, help="one-by-one enqueues per variant")
     parser.add_argument("--async-n", type=int, default=20000, help="jobs of the async variants")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the async variants")
+    parser.add_argument("--chunk", type=int, default=250, help="one-by-one calls per turn")
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--skip-async", action="store_true")
     args = parser.parse_args()
@@ -173,67 +181,62 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="vaultq-enqueue-sync-"))
     proc, redis_url = throughput.start_redis(work)
-    variants: list[tuple[str, str, Callable[[], tuple[float, float]]]] = []
-    n = args.n
-
-    def sqlite_url(tag: str, query: str = "") -> Callable[[], str]:
-        counter = iter(range(10**6))
-        return lambda: f"sqlite:///{work}/{tag}-{next(counter)}.db{query}"
-
-    def redis(fn: Callable[[str, int], tuple[float, float]], count: int) -> Any:
-        def run() -> tuple[float, float]:
-            throughput.flushall(redis_url)
-            return fn(redis_url, count)
-
-        return run
-
-    def sqlite(
-        fn: Callable[[str, int], tuple[float, float]], url: Callable[[], str]
-    ) -> Callable[[], tuple[float, float]]:
-        return lambda: fn(url(), n)
-
-    variants.append(("redis", "vaultq enqueue_sync", redis(vaultq_sync, n)))
-    variants.append(("redis", "vaultq via loop thread", redis(vaultq_hop, n)))
+    one_by_one: list[tuple[str, str, Callable[[str], Producer], str]] = [
+        ("redis", "vaultq enqueue_sync", vaultq_sync, redis_url),
+        ("redis", "vaultq via loop thread", vaultq_hop, redis_url),
+        ("redis", "redis-py LPUSH (floor)", lpush, redis_url),
+    ]
     if have_huey:
-        variants.append(("redis", "huey call", redis(huey_call, n)))
-    variants.append(("redis", "redis-py LPUSH (floor)", redis(lpush, n)))
+        one_by_one.append(("redis", "huey call", huey_call, redis_url))
     if not args.skip_sqlite:
-        variants.append(("sqlite", "vaultq enqueue_sync", sqlite(vaultq_sync, sqlite_url("v"))))
-        variants.append(
+        one_by_one += [
+            ("sqlite", "vaultq enqueue_sync", vaultq_sync, f"sqlite:///{work}/v.db"),
             (
                 "sqlite",
                 "vaultq enqueue_sync, synchronous=normal",
-                sqlite(vaultq_sync, sqlite_url("vn", "?synchronous=normal")),
-            )
-        )
-        variants.append(("sqlite", "vaultq via loop thread", sqlite(vaultq_hop, sqlite_url("h"))))
+                vaultq_sync,
+                f"sqlite:///{work}/vn.db?synchronous=normal",
+            ),
+            ("sqlite", "vaultq via loop thread", vaultq_hop, f"sqlite:///{work}/h.db"),
+        ]
         if have_huey:
-            variants.append(("sqlite", "huey call", sqlite(huey_call, sqlite_url("hu"))))
-    if not args.skip_async:
-        variants.append(
-            ("redis", "await enqueue x100 coroutines", redis(vaultq_concurrent, args.async_n))
-        )
-        variants.append(
-            ("redis", "enqueue_many (1,000 per call)", redis(vaultq_many, args.async_n))
-        )
-
+            one_by_one.append(("sqlite", "huey call", huey_call, f"sqlite:///{work}/hu.db"))
+    medians: dict[tuple[str, str], tuple[float, float]] = {}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        for r in range(args.rounds):
-            for broker, name, run in variants:
-                rate, cpu = run()
-                results.setdefault((broker, name), []).append((rate, cpu))
-                print(f"round {r + 1}: {broker:6} {name:40} {rate:9,.0f} jobs/s {cpu:7.1f} µs/job")
+        # Every producer is set up once; then they take turns, chunk by chunk, so a
+        # burst of load on the shared machine hits them all alike.
+        producers = [(b, name, make(url)) for b, name, make, url in one_by_one]
+        for start in range(0, args.n, args.chunk):
+            size = min(args.chunk, args.n - start)
+            for _, _, producer in producers:
+                producer.chunk(start, size)
+        for broker, name, producer in producers:
+            producer.close()
+            medians[(broker, name)] = producer.figures()
+        for r in range(args.rounds if not args.skip_async else 0):
+            for name, fn in (
+                ("await enqueue x100 coroutines", vaultq_concurrent),
+                ("enqueue_many (1,000 per call)", vaultq_many),
+            ):
+                throughput.flushall(redis_url)
+                rate, cpu = fn(redis_url, args.async_n)
+                print(f"round {r + 1}: redis  {name:40} {rate:9,.0f} jobs/s {cpu:7.1f} µs/job")
+                results.setdefault(("redis", name), []).append((rate, cpu))
     finally:
         proc.terminate()
         proc.wait()
+    for key, vals in results.items():
+        medians[key] = (
+            statistics.median(r for r, _ in vals),
+            statistics.median(c for _, c in vals),
+        )
 
-    print(f"\nmedians of {args.rounds} rounds (one-by-one n={n}, async n={args.async_n})")
+    print(
+        f"\none by one: {args.n} jobs per variant, taking turns in chunks of {args.chunk}; "
+        f"async: medians of {args.rounds} rounds of {args.async_n} jobs"
+    )
     print("| broker | variant | jobs/s | CPU µs/job | vs huey |\n|---|---|---:|---:|---:|")
-    medians = {
-        key: (statistics.median(r for r, _ in vals), statistics.median(c for _, c in vals))
-        for key, vals in results.items()
-    }
     for (broker, name), (rate, cpu) in medians.items():
         peer = medians.get((broker, "huey call"))
         ratio = f"{rate / peer[0]:.2f}x" if peer and "coroutines" not in name else "-"

@@ -164,6 +164,12 @@ def main() -> None:
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--polling-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="vaultq's SQLite durability (full, the default: an fsync per commit)",
+    )
+    parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -203,7 +209,8 @@ def main() -> None:
                 )
         if "sqlite" in brokers:
             for name, polling in (("vaultq", False), ("vaultq polling only", True)):
-                url = f"sqlite:///{work}/{name.replace(' ', '-')}.db"
+                query = "" if args.sqlite_synchronous == "full" else "?synchronous=normal"
+                url = f"sqlite:///{work}/{name.replace(' ', '-')}.db{query}"
                 rows.append(
                     ("sqlite", name, run_variant("vaultq", url, keys, args.samples, polling, uv))
                 )

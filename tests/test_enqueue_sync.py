@@ -263,3 +263,29 @@ async def test_a_forked_child_enqueues_on_its_own_connections(app: vaultq.App) -
     assert app.sync_writer() is parent_writer
     await run_pending(app)
     assert sorted(seen) == [1, 2, 100, 101, 102]
+
+
+@pytest.mark.broker_kinds("redis")
+async def test_a_pooled_connection_the_server_dropped_is_replaced(app: vaultq.App) -> None:
+    import redis
+
+    @app.task(name="sync.dropped")
+    def dropped(job: Item) -> None:
+        return None
+
+    first = dropped.enqueue_sync(Item(1))  # leaves an idle connection in the pool
+    url = str(app.broker_url)
+    admin = redis.Redis.from_url(url)
+    try:
+        # As a server restart or an idle timeout would: the writer's idle connection (its
+        # last command was the enqueue script) is cut off.
+        killed = 0
+        for client in admin.client_list():
+            if client.get("cmd") in ("evalsha", "eval"):
+                killed += admin.client_kill_filter(_id=client["id"])
+        assert killed >= 1
+    finally:
+        admin.close()
+    second = dropped.enqueue_sync(Item(2))
+    assert first.id != second.id
+    assert len(await run_pending(app)) == 2
