@@ -10,10 +10,11 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from depends_app import N, build
-from flow_app import Text
+from flow_app import Order, Text
 from flow_app import build as build_flow
 from support.workers import start_worker_process, wait_until_serving, worker_env
 
@@ -100,6 +101,32 @@ async def test_a_workflow_dependency_needs_every_step(unique_name: str) -> None:
     outcome = await after_bad.outcome()
     assert outcome is not None and outcome.error_type == DEPENDENCY_FAILED
     assert f"dependency {bad.id}.1 (explode) ended failed" == outcome.error
+
+
+async def test_group_and_chord_dependencies(unique_name: str) -> None:
+    """A group is every member; a chord with allow_failures=True is its callback (it
+    succeeded although a member was denied); a strict chord's denied member fails it."""
+    app = _app(unique_name)
+    flow = build_flow(app)
+    t = build(app)
+
+    def members() -> vaultq.Group[Any]:
+        return vaultq.group(
+            flow.checked_price.s(Order("pen", 2)), flow.checked_price.s(Order("blocked", 1))
+        )
+
+    good = await vaultq.group(flow.price.s(Order("pen", 1))).enqueue()
+    strict = await vaultq.chord(members(), flow.total).enqueue()
+    lenient = await vaultq.chord(members(), flow.tally, allow_failures=True).enqueue()
+    after_good, after_strict, after_lenient = [
+        await t.after.enqueue(N(i), depends_on=[h]) for i, h in enumerate((good, strict, lenient))
+    ]
+    await TestWorker(app).run_pending(delayed=True)
+    assert await after_good.result(timeout=5) == "after 0"
+    outcome = await after_strict.outcome()
+    assert outcome is not None and outcome.error_type == DEPENDENCY_FAILED
+    assert outcome.error == f"dependency {strict.id}.1 (checked_price) ended denied"
+    assert await after_lenient.result(timeout=5) == "after 2"
 
 
 async def test_an_outcome_that_does_not_open_never_releases_a_dependent(unique_name: str) -> None:

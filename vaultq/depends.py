@@ -43,18 +43,23 @@ def dependencies(
 ) -> tuple[Dependency, ...] | None:
     """The sealed form of ``depends_on``: a job handle is that job; a workflow handle is
     every step of the workflow (it succeeded when each did; a step that did not succeed
-    fails the dependent even though later steps never get an outcome). Raises
+    fails the dependent even though later steps never get an outcome), a group's or
+    chord's every member and callback, an ``allow_failures`` chord its callback. Raises
     ``ConfigurationError`` for anything else, a handle that does not know its task
     (``app.job(id, task=...)`` gives one), or more than ``MAX_DEPENDENCIES`` jobs."""
     if not depends_on:
         return None
     from vaultq.jobs import JobHandle
+    from vaultq.workflow_groups import GroupHandle
     from vaultq.workflows import WorkflowHandle
 
     out: dict[tuple[str, str], Dependency] = {}
     for target in depends_on:
-        if isinstance(target, WorkflowHandle):
-            handles: Sequence[JobHandle[Any]] = target.handles
+        if isinstance(target, GroupHandle) and target.has_callback and target.allow_failures:
+            # A chord that tolerates failed members succeeded when its callback did.
+            handles: Sequence[JobHandle[Any]] = target.handles[-1:]
+        elif isinstance(target, WorkflowHandle):
+            handles = target.handles
         elif isinstance(target, JobHandle):
             handles = (target,)
         else:
