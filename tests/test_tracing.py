@@ -5,10 +5,14 @@ them (the end-to-end run across processes is tests/test_observability.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
+from support.workers import make_app, running_worker
 
+import vaultq
 from vaultq.middleware import EnqueueInfo, JobInfo, Outcome
 
 pytest.importorskip("opentelemetry.sdk")
@@ -62,9 +66,11 @@ class Setup:
             seen.append(inner.get_span_context())
             inner.end()
 
+        # As the runtime does: the task runs in the context the attempt hooks run in.
         self.tracing.attempt_started(job)
-        anyio.run(self.tracing.around_async, job, task)
+        anyio.run(task)
         self.tracing.attempt_finished(job, Outcome.SUCCEEDED, 0.0)
+        assert trace.get_current_span() is trace.INVALID_SPAN  # detached again
         return seen[0]
 
     def spans(self, name: str) -> list[ReadableSpan]:
@@ -156,3 +162,51 @@ def test_other_versions_go_through_the_propagator_and_invalid_ids_start_a_trace(
     assert by_id["j4"].context.trace_id == int("ab" * 16, 16)
     assert by_id["j4"].parent is not None and by_id["j4"].parent.span_id == int("cd" * 8, 16)
     assert by_id["j5"].parent is None  # invalid parent: a new trace
+
+
+class Item(msgspec.Struct, frozen=True):
+    n: int
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_in_a_real_worker_the_tasks_own_spans_are_children_of_its_process_span(
+    kind: str, tmp_path: Path, setups: list[Setup]
+) -> None:
+    s = Setup(ALWAYS_ON)
+    setups.append(s)
+    app = make_app("tr", f"sqlite:///{tmp_path}/q.db")
+    app.add_middleware(s.tracing)
+    inner_tracer = s.provider.get_tracer("app")
+
+    if kind == "async":
+
+        @app.task(name="work", policy=vaultq.allow_all)
+        async def work_async(job: Item) -> int:
+            inner_tracer.start_span("inner").end()
+            return job.n
+
+    else:
+
+        @app.task(name="work", policy=vaultq.allow_all)
+        def work_sync(job: Item) -> int:  # in a worker thread
+            inner_tracer.start_span("inner").end()
+            return job.n
+
+    async def go() -> None:
+        task = app.get_task("work")
+        assert task is not None
+        async with running_worker(app):
+            handles = [await task.enqueue(Item(n)) for n in range(3)]
+            for n, handle in enumerate(handles):
+                assert await handle.result(timeout=60) == n
+        await app.aclose()
+
+    anyio.run(go)
+    process = {p.context.span_id: p for p in s.spans("process default")}
+    inner = s.spans("inner")
+    assert len(process) == 3 and len(inner) == 3
+    for span in inner:
+        assert span.parent is not None and span.parent.span_id in process
+    assert {p.parent.span_id for p in process.values() if p.parent} == {
+        x.context.span_id for x in s.spans("send default")
+    }

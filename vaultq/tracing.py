@@ -21,17 +21,18 @@ workers both have it), with a ``TracerProvider`` configured the usual way.
 
 Cost (``benchmarks/observability.py``, ``docs/observability.md``): the hooks read and
 write the W3C headers directly (the propagator's generic getter/setter machinery cost
-more than the span), build the span's context once per attempt and attach it with one
-contextvar set per call, and -- when the producer's span was not sampled -- ask the
-tracer's sampler first and create no span at all when it would drop one (the task still
-runs in the unsampled trace, so its own spans are dropped alike). Export is the span
-processor's business: use a ``BatchSpanProcessor``.
+more than the span), attach the span's context once per attempt in ``attempt_started``
+and detach it in ``attempt_finished`` (which run in the task's context: no
+``around_async``/``around_sync`` wrapper per job), and -- when the producer's span was
+not sampled -- ask the tracer's sampler first and create no span at all when it would
+drop one (the task still runs in the unsampled trace, so its own spans are dropped
+alike). Export is the span processor's business: use a ``BatchSpanProcessor``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from contextvars import Token
 from typing import Any, Final
 
 from vaultq.errors import ConfigurationError
@@ -78,7 +79,7 @@ class Tracing(Middleware):
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._propagator = TraceContextTextMapPropagator()
         self._sending: dict[str, Span] = {}
-        self._running: dict[tuple[str, int], tuple[Span, Context]] = {}
+        self._running: dict[tuple[str, int], tuple[Span, Token[Context]]] = {}
         self._provider = tracer_provider
         # With the global provider this is a proxy that follows a provider set later
         # (after the app was built); _real_tracer() swaps it for the real one once set.
@@ -213,44 +214,24 @@ class Tracing(Middleware):
         _bounded(self._running)
         if context is None:
             context = trace.set_span_in_context(span)
-        # Built once: the context the task runs in (around_async/around_sync attach it).
-        self._running[job.job_id, job.attempt] = (span, context)
+        # The task runs in this context: the runtime calls attempt_started and
+        # attempt_finished in the context the task's call runs in (a sync task's thread
+        # gets a copy of it), so one attach here and one detach there make the span
+        # current for the task -- no around_async/around_sync wrapper per job.
+        self._running[job.job_id, job.attempt] = (span, otel_context.attach(context))
 
     def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
         entry = self._running.pop((job.job_id, job.attempt), None)
         if entry is None:
             return
-        span = entry[0]
+        span, token = entry
+        otel_context.detach(token)
         if span.is_recording():
             span.set_attribute("vaultq.outcome", outcome.value)
             if outcome in _FAILED:
                 span.set_attribute("error.type", outcome.value)
                 span.set_status(_ERROR)
             span.end()
-
-    async def around_async(self, job: JobInfo, call: Callable[[], Awaitable[None]]) -> None:
-        entry = self._running.get((job.job_id, job.attempt))
-        if entry is None:
-            await call()
-            return
-        # What trace.use_span does (with record_exception=False), without the generator
-        # context manager around it.
-        token = otel_context.attach(entry[1])
-        try:
-            await call()
-        finally:
-            otel_context.detach(token)
-
-    def around_sync(self, job: JobInfo, call: Callable[[], None]) -> None:
-        entry = self._running.get((job.job_id, job.attempt))
-        if entry is None:
-            call()
-            return
-        token = otel_context.attach(entry[1])
-        try:
-            call()
-        finally:
-            otel_context.detach(token)
 
 
 def _bounded(spans: dict[Any, Any]) -> None:
