@@ -80,8 +80,10 @@ async def test_a_dependency_that_did_not_succeed_cancels_the_dependent(
     assert (outcome.status, outcome.error_type) == ("cancelled", DEPENDENCY_FAILED)
     assert outcome.started_at is None  # it never ran
     assert outcome.error == f"dependency {bad.id} ({bad.task_name}) ended {failing}"
-    with pytest.raises(vaultq.JobCancelled):
+    with pytest.raises(vaultq.DependencyFailed) as caught:
         await dependent.result(timeout=1)
+    assert isinstance(caught.value, vaultq.JobCancelled)
+    assert caught.value.detail == outcome.error
     (letter,) = [
         d for d in await (await app.broker()).dead_letters("default") if d.job_id == dependent.id
     ]

@@ -41,6 +41,7 @@ payload value, plaintext, a principal's attributes or key bytes.
         ├── JobRejected
         ├── JobExpired
         ├── JobCancelled
+        │   └── DependencyFailed     depends_on=: a job it waited for did not succeed
         └── ResultUnavailable        succeeded, value not stored (store_result=False)
 
 Waiting for a result longer than asked raises the builtin :class:`TimeoutError`.
@@ -55,6 +56,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
     "DecryptionFailed",
+    "DependencyFailed",
     "DuplicateJob",
     "EnvelopeError",
     "EnvelopeExpired",
@@ -365,6 +367,11 @@ class JobCancelled(JobError):
     """The job was cancelled (``handle.cancel()``, ``vaultq cancel``) before it finished."""
 
     status = "cancelled"
+
+
+class DependencyFailed(JobCancelled):
+    """The job was enqueued with ``depends_on=`` and one of the jobs it waited for did not
+    succeed: it never ran (status ``cancelled``; ``detail`` names the dependency)."""
 
 
 class ResultUnavailable(JobError):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from vaultq.errors import (
     AuthorizationDenied,
     ConfigurationError,
+    DependencyFailed,
     JobCancelled,
     JobDenied,
     JobError,
@@ -106,6 +107,8 @@ def outcome_error(job_id: str, body: ResultBody) -> JobError:
     """
     status = body.status
     cls = _ERRORS.get(status, JobFailed)
+    if cls is JobCancelled and body.error_type == "vaultq.DependencyFailed":
+        cls = DependencyFailed
     what = f"job {job_id} ended {status}"
     if body.error_type:
         what += f" ({body.error_type})"

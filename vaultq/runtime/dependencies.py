@@ -26,7 +26,8 @@ __all__ = ["DEPENDENCY_FAILED", "MAX_WAIT", "MIN_WAIT", "gate"]
 
 DEPENDENCY_FAILED = "vaultq.DependencyFailed"
 """``error_type`` of a dependent that ended ``cancelled`` because a dependency did not
-succeed (its dead-letter reason is ``dependency_failed``)."""
+succeed (its dead-letter reason is ``dependency_failed``; ``handle.result()`` raises
+``vaultq.DependencyFailed``)."""
 MIN_WAIT = 1.0
 MAX_WAIT = 30.0
 """Seconds before a waiting dependent is looked at again: a tenth of how long it has
