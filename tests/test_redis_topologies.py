@@ -582,3 +582,35 @@ async def test_sentinel_failover_moves_the_broker_to_the_new_master(
     finally:
         sentinel.close()
         await broker.close()
+
+
+# -- enqueue_sync through the synchronous writer ---------------------------------------------
+
+
+async def test_enqueue_sync_writes_through_cluster_and_sentinel_clients(
+    cluster_url: str, sentinel_url: str, unique_name: str, anyio_backend: str
+) -> None:
+    from vaultq.brokers.redis_writes import RedisSyncWriter
+
+    for url in (cluster_url, sentinel_url):
+        app = make_app(unique_name, url)
+
+        @app.task(name="t.sync_echo")
+        async def echo(job: Job) -> int:
+            return job.n + 1
+
+        try:
+            assert isinstance(app.sync_writer(), RedisSyncWriter)
+            one = echo.enqueue_sync(Job(1), unique_key="k")
+            same = echo.enqueue_sync(Job(2), unique_key="k")
+            assert one.id == same.id
+            many = echo.enqueue_many_sync([Job(n) for n in range(3)])
+            later = echo.enqueue_sync(Job(9), delay=3600)
+            async with running_worker(app):
+                results = [await h.result(timeout=10) for h in (one, *many)]
+            assert results == [2, 1, 2, 3]
+            stats = await (await app.broker()).stats(app.default_queue)
+            assert (stats.ready, stats.delayed) == (0, 1), later.id
+        finally:
+            await app.aclose()
+            app.close()
