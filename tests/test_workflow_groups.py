@@ -130,6 +130,40 @@ async def test_cancelling_a_chord_stops_its_members_and_its_callback(
     assert await done.cancel() == vaultq.brokers.CancelState.FINISHED
 
 
+async def test_the_callback_refuses_a_result_recorded_for_another_job(unique_name: str) -> None:
+    """A compromised worker (broker access, no signing key) records another workflow's
+    sealed member result under this chord's member 0 before that member runs: the
+    first recorded result stays, and the callback, which opens each result bound to
+    its own member's job id, refuses it and ends cancelled instead of running on it."""
+    app = _app(unique_name)
+    t = build(app)
+    done = vaultq.chord(vaultq.group(t.price.s(Order("a", 1))), t.total)
+    first = await done.enqueue(workflow_id="wf-a")
+    await TestWorker(app).run_pending()
+    assert await first.result(timeout=5) == 250
+    store = chord_store(await app.broker())
+    spliced = (await store.chord_results("default", "wf-a"))[0]
+    members = vaultq.group(t.price.s(Order("b", 4)), t.price.s(Order("c", 1)))
+    handle = await vaultq.chord(members, t.total).enqueue(workflow_id="wf-b")
+    assert not await store.chord_arrive(
+        "default", "wf-b", 0, spliced, total=2, until=time.time() + 60
+    )
+    ran = await TestWorker(app).run_pending()
+    assert [(r.task, r.outcome) for r in ran] == [
+        ("price", "succeeded"),
+        ("price", "succeeded"),
+        ("total", "cancelled"),
+    ]
+    with pytest.raises(WorkflowFailed) as caught:
+        await handle.result(timeout=5)
+    assert (caught.value.step, caught.value.status) == (2, "cancelled")
+    outcome = await handle.handles[2].outcome()
+    assert (
+        outcome is not None
+        and outcome.error == "the result of member 0 does not open: WrongDestination"
+    )
+
+
 def test_the_builder_refuses_miswired_groups_and_chords(unique_name: str) -> None:
     app = _app(unique_name)
     t = build(app)
