@@ -102,6 +102,7 @@ class PrometheusMetrics(Middleware):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.depth_interval = depth_interval
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._by_task: dict[tuple[str, str], _Series] = {}
         r = self.registry
         self.enqueued = Counter(
             "vaultq_jobs_enqueued", "Jobs enqueued by this process", ["task", "queue"], registry=r
@@ -192,6 +193,14 @@ class PrometheusMetrics(Middleware):
             multiprocess_mode="livesum",
         )
 
+    def _series(self, task: str, queue: str) -> _Series:
+        # The hot path (three hooks per attempt) looks up one bundle per (task, queue)
+        # instead of a child per metric and label tuple.
+        found = self._by_task.get((task, queue))
+        if found is None:
+            found = self._by_task[task, queue] = _Series(self, task, queue)
+        return found
+
     def _child(self, metric: Any, *labels: str) -> Any:
         # prometheus-client's labels() validates and locks on every call; the label sets
         # are few (tasks x queues x outcomes), so each child is looked up once.
@@ -225,27 +234,27 @@ class PrometheusMetrics(Middleware):
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call,unused-ignore]
 
     def attempt_started(self, job: JobInfo) -> None:
-        self._child(self.in_flight, job.task, job.queue).inc()
+        series = self._series(job.task, job.queue)
+        series.in_flight.inc()
         ready_at = max(job.enqueued_at, job.not_before)
         if ready_at > 0:
-            self._child(self.queue_latency, job.task, job.queue).observe(
-                max(0.0, time.time() - ready_at)
-            )
+            series.latency.observe(max(0.0, time.time() - ready_at))
 
     def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
-        self._child(self.in_flight, job.task, job.queue).dec()
-        self._child(self.attempt_duration, job.task, job.queue, outcome.value).observe(duration)
+        series = self._series(job.task, job.queue)
+        series.in_flight.dec()
+        series.duration(outcome).observe(duration)
 
     def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
         if job.redelivered:
             self._child(self.reclaimed, job.queue).inc()
         # An unopened delivery's task name is the broker's claim: never a label value.
-        task = job.task if job.authenticated else ""
-        self._child(self.jobs, task, job.queue, outcome.value).inc()
+        series = self._series(job.task if job.authenticated else "", job.queue)
+        series.settled(outcome).inc()
         if outcome is Outcome.RETRYING:
-            self._child(self.retries, task, job.queue).inc()
+            series.retries.inc()
         elif outcome is Outcome.DENIED:
-            self._child(self.denials, task, job.queue, self._policy_of(task)).inc()
+            self._child(self.denials, series.task, job.queue, self._policy_of(series.task)).inc()
 
     def _policy_of(self, task: str) -> str:
         # The policy the worker evaluated: the task's own, else the app's default (the
@@ -283,6 +292,53 @@ class PrometheusMetrics(Middleware):
                 for state in _DEPTH_STATES:
                     self.depth.labels(queue, state).set(getattr(stats, state))
             await anyio.sleep(self.depth_interval)
+
+
+class _Series:
+    """The children of one (task, queue), each made on first use (a series appears in
+    /metrics once it has something to say: no zero ``task=""`` in-flight gauge)."""
+
+    __slots__ = ("_durations", "_in_flight", "_latency", "_metrics", "_settled", "queue", "task")
+
+    def __init__(self, metrics: PrometheusMetrics, task: str, queue: str) -> None:
+        self._metrics = metrics
+        self.task, self.queue = task, queue
+        self._in_flight: Any = None
+        self._latency: Any = None
+        self._durations: dict[Outcome, Any] = {}
+        self._settled: dict[Outcome, Any] = {}
+
+    @property
+    def in_flight(self) -> Any:
+        if self._in_flight is None:
+            self._in_flight = self._metrics.in_flight.labels(self.task, self.queue)
+        return self._in_flight
+
+    @property
+    def latency(self) -> Any:
+        if self._latency is None:
+            self._latency = self._metrics.queue_latency.labels(self.task, self.queue)
+        return self._latency
+
+    @property
+    def retries(self) -> Any:
+        return self._metrics._child(self._metrics.retries, self.task, self.queue)
+
+    def duration(self, outcome: Outcome) -> Any:
+        found = self._durations.get(outcome)
+        if found is None:
+            found = self._durations[outcome] = self._metrics.attempt_duration.labels(
+                self.task, self.queue, outcome.value
+            )
+        return found
+
+    def settled(self, outcome: Outcome) -> Any:
+        found = self._settled.get(outcome)
+        if found is None:
+            found = self._settled[outcome] = self._metrics.jobs.labels(
+                self.task, self.queue, outcome.value
+            )
+        return found
 
 
 def multiprocess_registry() -> CollectorRegistry:

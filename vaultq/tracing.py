@@ -181,36 +181,40 @@ class Tracing(Middleware):
         # link would cost a fifth of the span again).
         parent = self._parent(job.trace) if job.trace else None
         tracer = self._real_tracer()
-        name = f"process {job.queue}"
-        attributes: dict[str, Any] = {
-            "messaging.system": SYSTEM,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": job.queue,
-            "messaging.message.id": job.job_id,
-            "vaultq.task": job.task,
-            "vaultq.attempt": job.attempt,
-        }
         span: Span | None = None
         context: Context | None = None
+        remote: SpanContext | None = None
         if parent is not None:
             remote = trace.get_current_span(parent).get_span_context()
-            if remote.is_valid and not remote.trace_flags.sampled and self._drops(tracer):
+            if not (remote.is_valid and not remote.trace_flags.sampled and self._drops(tracer)):
+                remote = None
+            elif self._drops_unsampled:
                 # The producer did not sample this trace and the sampler drops such spans:
                 # create none -- the attempt runs in the producer's unsampled context, so
                 # the spans the task starts are dropped alike.
-                sampler = tracer.sampler  # type: ignore[attr-defined]
-                if (
-                    self._drops_unsampled is True
-                    or not sampler.should_sample(
-                        parent, remote.trace_id, name, SpanKind.CONSUMER, attributes
-                    ).decision.is_recording()
-                ):
-                    span, context = NonRecordingSpan(remote), parent
+                span, context = NonRecordingSpan(remote), parent
         if span is None:
-            span = tracer.start_span(
-                name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-            )
+            name = f"process {job.queue}"
+            attributes: dict[str, Any] = {
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": job.queue,
+                "messaging.message.id": job.job_id,
+                "vaultq.task": job.task,
+                "vaultq.attempt": job.attempt,
+            }
+            if (
+                remote is not None
+                and not tracer.sampler.should_sample(  # type: ignore[attr-defined]
+                    parent, remote.trace_id, name, SpanKind.CONSUMER, attributes
+                ).decision.is_recording()
+            ):
+                span, context = NonRecordingSpan(remote), parent  # another sampler said so
+            else:
+                span = tracer.start_span(
+                    name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+                )
         _bounded(self._running)
         if context is None:
             context = trace.set_span_in_context(span)
