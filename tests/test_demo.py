@@ -85,7 +85,7 @@ def test_demo_in_process_every_job_ends_as_expected(tmp_path: Path) -> None:
     assert stat.S_IMODE((demo_dir / "vaultq.keys").stat().st_mode) == 0o600
     assert (demo_dir / "report.csv").read_text().splitlines()[:2] == ["region,total", "EU,8100.50"]
     assert (demo_dir / "report.svg").read_text().startswith("<svg ")
-    raw = b"".join(p.read_bytes() for p in demo_dir.glob("vaultq.db*"))
+    raw = b"".join(p.read_bytes() for p in demo_dir.glob("vaultq.db*") if p.is_file())
     for marker in (b"card_visa_4242424242424242", b"user:alice", b"Quarterly sales by region"):
         assert marker not in raw
 
@@ -172,7 +172,7 @@ def test_examples_on_the_embedded_broker_without_configuration(
     # the defaults: vaultq.db in the working directory, a 0600 key file beside it
     assert stat.S_IMODE((tmp_path / "vaultq.keys").stat().st_mode) == 0o600
     assert (tmp_path / "vaultq.db").exists()
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("vaultq.db*"))
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("vaultq.db*") if p.is_file())
     for marker in (b"tok_4242", b"ada@example.com", b"user:clerk-7", b"rf_"):
         assert marker not in raw
     worker = example_worker_factory[0]
