@@ -6,6 +6,10 @@ Configured from the environment like a deployment: VAULTQ_BROKER, VAULTQ_KEYS, S
 SCHED_STALL=<path>: once the file <path> exists, this process freezes inside its next tick
 (after the policy allowed it, before the seal and the claim) and writes the tick's job id to
 <path>.tick, for a test to kill -9 it there.
+SCHED_HOLD=<path> (the other processes of that test): while <path> exists and <path>.tick
+does not yet, a tick's enqueue waits (up to 2 s, under the 5 s lease) before its claim, so
+the stalling process reads the schedule's mark before anyone moves it and reaches the tick
+however late the loaded machine wakes it; the held tick is then claimed by one of these.
 SCHED_RESTART=1: instead of "beat", two schedules of the same task, every=10s with grace=1s:
 "skip" (missed="skip") and "catchup" (missed="run_once"); SCHED_ENQ_LOG=<path> gets a line
 `<job id> <sealed issue time>` per tick job this process wrote.
@@ -35,6 +39,23 @@ class Stall(vaultq.Middleware):
             time.sleep(3600)
 
 
+class Hold(vaultq.Middleware):
+    """Lets the SCHED_STALL process reach the next tick first (see the module docstring):
+    without it, whoever claims a tick first moves its mark, and a process that reads the
+    mark later never enters the tick, so on a loaded machine the stalling one may never."""
+
+    def __init__(self, trigger: Path) -> None:
+        self.trigger = trigger
+
+    def before_enqueue(self, job: vaultq.EnqueueInfo, trace: dict[str, str]) -> None:
+        frozen = Path(f"{self.trigger}.tick")
+        deadline = time.monotonic() + 2.0
+        while job.job_id.startswith("tick:") and self.trigger.exists() and not frozen.exists():
+            if time.monotonic() > deadline:
+                return  # the next tick holds again
+            time.sleep(0.01)
+
+
 class Enqueued(vaultq.Middleware):
     """Appends each tick job this process wrote, with its sealed issue time."""
 
@@ -52,12 +73,18 @@ def _append(path: str, line: str) -> None:
 
 
 _stall = os.environ.get("SCHED_STALL")
+_hold = os.environ.get("SCHED_HOLD")
 _restart = bool(os.environ.get("SCHED_RESTART"))
-app = vaultq.App(
-    os.environ.get("SCHED_APP", "sched"),
-    lease=5.0,
-    middleware=[Stall(Path(_stall))] if _stall else [Enqueued()] if _restart else [],
+_middleware: list[vaultq.Middleware] = (
+    [Stall(Path(_stall))]
+    if _stall
+    else [Hold(Path(_hold))]
+    if _hold
+    else [Enqueued()]
+    if _restart
+    else []
 )
+app = vaultq.App(os.environ.get("SCHED_APP", "sched"), lease=5.0, middleware=_middleware)
 
 
 class Beat(msgspec.Struct, frozen=True):

@@ -47,10 +47,14 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
         }
     )
     stall = tmp_path / "stall"
-    workers = [start_worker_process("sched_app", env, "--concurrency", "4") for _ in range(3)]
+    # The others hold a tick's claim until scheduler 0 froze in it (tests/sched_app.py):
+    # else on a loaded machine scheduler 0 may read each tick's mark after another process
+    # moved it, and never enter a tick at all.
+    hold = {**env, "SCHED_HOLD": str(stall)}
+    workers = [start_worker_process("sched_app", hold, "--concurrency", "4") for _ in range(3)]
     schedulers = [
         start_scheduler({**env, "SCHED_STALL": str(stall)}, tmp_path / "scheduler-0.log"),
-        start_scheduler(env, tmp_path / "scheduler-1.log"),
+        start_scheduler(hold, tmp_path / "scheduler-1.log"),
     ]
     procs = [*workers, *schedulers]
     try:
