@@ -105,7 +105,9 @@ def main() -> None:
                 order = [args.a, args.b] if r % 2 == 0 else [args.b, args.a]
                 for rev in order:
                     for broker in brokers:
-                        db = Path(tmp) / f"r{r}-{len(results)}.db"
+                        # One fresh file per run: a revision with a newer SQLite schema
+                        # must not leave its file to an older one (which refuses it).
+                        db = Path(tmp) / f"r{r}-{rev}-{broker}.db"
                         url = redis_url if broker == "redis" else f"sqlite:///{db}"
                         if broker == "redis":
                             throughput.flushall(redis_url)

@@ -67,6 +67,7 @@ BOOST_EVERY: Final = 10
 """Every this many fetches that deliver, the first delivery goes to a lower level."""
 
 _BOOSTED: Final = (Priority.NORMAL, Priority.LOW)
+_BY_VALUE: Final = {int(p): p for p in Priority}
 
 
 def parse_priority(value: object, *, what: str = "priority") -> Priority:
@@ -121,7 +122,8 @@ def task_level(app: App, task: Task[Any, Any], given: object) -> Priority:
 def level_of(value: int) -> Priority:
     """A broker's reading of ``EnqueueItem.priority``: the level, an out-of-range number
     clamped to the nearest one (the producer validated it; a broker never fails on it)."""
-    return Priority(max(-1, min(1, int(value))))
+    found = _BY_VALUE.get(value)  # once per job written: no enum call on the usual path
+    return found if found is not None else Priority(max(-1, min(1, int(value))))
 
 
 def django_priority(value: int) -> Priority:

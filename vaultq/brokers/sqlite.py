@@ -87,7 +87,7 @@ from vaultq.brokers.sqlite_sql import SCHEMA_VERSION
 from vaultq.brokers.sqlite_wake import WakeChannel, WakeSender
 from vaultq.brokers.sqlite_writes import SqliteSyncWriter, insert_jobs, insert_unique
 from vaultq.errors import BrokerError
-from vaultq.priority import FetchRotation
+from vaultq.priority import LEVELS, FetchRotation
 
 __all__ = ["SCHEMA_VERSION", "SqliteBroker"]
 
@@ -413,15 +413,22 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         with immediate(conn):
             now = time.time()
             lease_until = now + max(lease, MIN_LEASE)
+            # The anti-starvation step of the plan (one job of a lower level first) is a
+            # query of its own; the rest of the plan is the usual order: one query.
             plan = self._rotation.plan(count)
+            boost = list(plan[: len(plan) - len(LEVELS)])
             for queue in queues:
                 quarantine(conn, dead, queue, now)
-                for level, most in plan:
+                for level, most in [*boost, (None, count)]:
                     took = 0
                     while len(out) < count and took < most:
                         want = min(count - len(out), most - took)
-                        params = (max_size, ns, queue, now, want, int(level))
-                        batch = conn.execute(sql.SELECT_READY, params).fetchall()
+                        if level is None:
+                            params: tuple[object, ...] = (max_size, ns, queue, now, want)
+                            batch = conn.execute(sql.SELECT_READY_ALL, params).fetchall()
+                        else:
+                            params = (max_size, ns, queue, now, want, int(level))
+                            batch = conn.execute(sql.SELECT_READY, params).fetchall()
                         if not batch:
                             break
                         # Every row below leaves the ready range (leased, removed as a

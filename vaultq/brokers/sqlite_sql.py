@@ -32,10 +32,11 @@ __all__ = [
     "REQUEUE_JOB",
     "SCHEMA_VERSION",
     "SELECT_READY",
+    "SELECT_READY_ALL",
     "UNCLAIM",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Migrations: MIGRATIONS[v] takes a database from schema version v to v + 1.
 SCHEMA_V1 = (
@@ -177,6 +178,10 @@ SCHEMA_V6 = (
     "CREATE INDEX vaultq_jobs_level ON vaultq_jobs (namespace, queue, priority, not_before, id)",
     "ALTER TABLE vaultq_dead ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
 )
+# vaultq_jobs_level serves everything vaultq_jobs_fetch did (fetch, NEXT_DUE and
+# POISON_ROWS seek it once per level): one index per job row again, so a job without a
+# priority writes no more than before priorities.
+SCHEMA_V7 = ("DROP INDEX IF EXISTS vaultq_jobs_fetch",)
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -184,6 +189,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V4,
     SCHEMA_V5,
     SCHEMA_V6,
+    SCHEMA_V7,
 )
 
 CLEANUP = (
@@ -214,6 +220,28 @@ SELECT_READY = (
     "WHERE namespace = ?2 AND queue = ?3 AND priority = ?6 AND not_before <= ?4 "
     "ORDER BY not_before, id LIMIT ?5"
 )
+# Every level at once, highest first, FIFO within each (the usual fetch order): one
+# statement of three index seeks, so a fetch costs one round trip into SQLite whatever
+# the number of levels; the columns are SELECT_READY's.
+SELECT_READY_ALL = (
+    "SELECT id, job_id, env, attempt, enqueued_at, lease_owner, deliveries, size FROM ("
+    "SELECT * FROM (SELECT id, job_id, "
+    "CASE WHEN ?1 > 0 AND length(envelope) > ?1 THEN NULL ELSE envelope END AS env, "
+    "attempt, enqueued_at, lease_owner, deliveries, length(envelope) AS size, priority, "
+    "not_before FROM vaultq_jobs WHERE namespace = ?2 AND queue = ?3 AND priority = 1 "
+    "AND not_before <= ?4 ORDER BY not_before, id LIMIT ?5) UNION ALL "
+    "SELECT * FROM (SELECT id, job_id, "
+    "CASE WHEN ?1 > 0 AND length(envelope) > ?1 THEN NULL ELSE envelope END AS env, "
+    "attempt, enqueued_at, lease_owner, deliveries, length(envelope) AS size, priority, "
+    "not_before FROM vaultq_jobs WHERE namespace = ?2 AND queue = ?3 AND priority = 0 "
+    "AND not_before <= ?4 ORDER BY not_before, id LIMIT ?5) UNION ALL "
+    "SELECT * FROM (SELECT id, job_id, "
+    "CASE WHEN ?1 > 0 AND length(envelope) > ?1 THEN NULL ELSE envelope END AS env, "
+    "attempt, enqueued_at, lease_owner, deliveries, length(envelope) AS size, priority, "
+    "not_before FROM vaultq_jobs WHERE namespace = ?2 AND queue = ?3 AND priority = -1 "
+    "AND not_before <= ?4 ORDER BY not_before, id LIMIT ?5)"
+    ") ORDER BY priority DESC, not_before, id LIMIT ?5"
+)
 JOB_LEVEL = "SELECT priority FROM vaultq_jobs WHERE id = ?"
 INSERT_JOB = (
     "INSERT INTO vaultq_jobs (namespace, queue, job_id, envelope, not_before, enqueued_at, "
@@ -222,13 +250,19 @@ INSERT_JOB = (
 # Numbers sort before text and blobs in SQLite, and REAL affinity turns numeric text into
 # numbers on insert: a not_before of text or blob (a row written by hand) is never ready.
 # It is found with one index seek and quarantined.
+# One index seek per priority level (the CHECK allows no other), the least of them.
 NEXT_DUE = (
-    "SELECT MIN(not_before) FROM vaultq_jobs "
-    "WHERE namespace = ? AND queue = ? AND typeof(not_before) IN ('integer', 'real')"
+    "SELECT MIN(due) FROM ("
+    "SELECT MIN(not_before) AS due FROM vaultq_jobs WHERE namespace = ?1 AND queue = ?2 "
+    "AND priority = 1 AND typeof(not_before) IN ('integer', 'real') UNION ALL "
+    "SELECT MIN(not_before) FROM vaultq_jobs WHERE namespace = ?1 AND queue = ?2 "
+    "AND priority = 0 AND typeof(not_before) IN ('integer', 'real') UNION ALL "
+    "SELECT MIN(not_before) FROM vaultq_jobs WHERE namespace = ?1 AND queue = ?2 "
+    "AND priority = -1 AND typeof(not_before) IN ('integer', 'real'))"
 )
 POISON_ROWS = (
     "SELECT id, job_id, attempt, length(envelope) FROM vaultq_jobs "
-    "WHERE namespace = ? AND queue = ? AND not_before >= '' LIMIT 100"
+    "WHERE namespace = ? AND queue = ? AND priority IN (1, 0, -1) AND not_before >= '' LIMIT 100"
 )
 JOB_EXISTS = (
     "SELECT envelope FROM vaultq_jobs WHERE namespace = ? AND queue = ? AND job_id = ? LIMIT 1"
