@@ -61,7 +61,9 @@ def test_an_installed_package_registers_its_scheme() -> None:
         broker = broker_from_url("thirdparty:////tmp/x.db", namespace="a")
         assert type(broker).__name__ == "ThirdPartyBroker"
         assert broker.url == "thirdparty:////tmp/x.db"
-        assert broker.capabilities == BrokerCapabilities(shared=False, local_path="/tmp/x.db")
+        assert broker.capabilities == BrokerCapabilities(
+            shared=False, local_path="/tmp/x.db", priorities=True
+        )
     with pytest.raises(ConfigurationError, match="thirdparty"):
         broker_from_url("thirdparty:////tmp/x.db", namespace="a")
 
@@ -123,13 +125,14 @@ def test_a_factory_that_builds_no_broker_is_refused(tmp_path: Path) -> None:
 
 
 def test_capabilities_of_the_builtin_brokers(tmp_path: Path) -> None:
-    assert RedisBroker("redis://h/0", namespace="a").capabilities == BrokerCapabilities(shared=True)
+    redis_caps = RedisBroker("redis://h/0", namespace="a").capabilities
+    assert redis_caps == BrokerCapabilities(shared=True, priorities=True)
     db = tmp_path / "q.db"
     assert SqliteBroker(f"sqlite:///{db}", namespace="a").capabilities == BrokerCapabilities(
-        shared=False, local_path=str(db)
+        shared=False, local_path=str(db), priorities=True
     )
     memory = SqliteBroker("sqlite:///:memory:", namespace="a").capabilities
-    assert memory == BrokerCapabilities(shared=False, local_path=None)
+    assert memory == BrokerCapabilities(shared=False, local_path=None, priorities=True)
 
 
 def test_app_puts_the_key_file_beside_a_third_party_brokers_file(
