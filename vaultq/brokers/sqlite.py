@@ -65,6 +65,7 @@ from vaultq.brokers.sqlite_chords import SqliteChords
 from vaultq.brokers.sqlite_file import (
     MEMORY,
     immediate,
+    lease_commit,
     map_error,
     migrate,
     parse_url,
@@ -410,7 +411,7 @@ class SqliteBroker(SqliteOperatorTools, SqliteSchedules, SqliteMonitoring, Sqlit
         out: list[Delivery] = []
         dead = DeadLetters(conn, ns, self._dead_max, self._dead_age)
         sent = time.monotonic()  # the leases below start later: a safe proof (leased_at)
-        with immediate(conn):
+        with lease_commit(conn, self._synchronous), immediate(conn):
             now = time.time()
             lease_until = now + max(lease, MIN_LEASE)
             # The anti-starvation step of the plan (one job of a lower level first) is a
