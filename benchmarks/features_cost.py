@@ -3,15 +3,17 @@ none of them? Each feature landed in one commit; this compares that commit with 
 for a plain no-op task (no schedule, no unique key, no limit), on Redis and SQLite:
 
     .venv/bin/python benchmarks/features_cost.py [--rounds 4] [--n 10000] [--enqueues 3000]
-    .venv/bin/python benchmarks/features_cost.py --only limits
+    .venv/bin/python benchmarks/features_cost.py --only limits --only control
 
 It uses ``benchmarks/compare.py``'s harness: each revision's ``vaultq/`` is exported with
 ``git archive`` and run with this checkout's interpreter and ``throughput.py``, so only
 vaultq differs; the parent and the feature commit alternate round by round. Printed: CPU
 microseconds per job spent by the producer (single ``enqueue`` calls) and by the worker
 process (draining a pre-filled queue with one worker), medians over the rounds, and the
-change. On a shared machine the wall-clock rates swing by tens of percent; the CPU time per
-job barely moves, which is why it is the figure compared. Figures only: nothing asserts.
+change. ``control`` runs one tree against itself: the difference it shows is this machine's
+noise, to read the features' figures against. On a shared machine the wall-clock rates swing
+by tens of percent; the CPU time per job barely moves, which is why it is the figure
+compared. Figures only: nothing asserts.
 """
 
 from __future__ import annotations
@@ -31,11 +33,21 @@ import throughput  # noqa: E402
 
 import vaultq  # noqa: E402
 
+_LIMITS = "5d1f47dc1b1636dfcabfcda4ed40fe414b5c584b"
 FEATURES = {
-    # feature: the commit that added it (its parent is the "before")
-    "periodic": "4aca0b707b0c9bdb853ed603e278d4af378c4f58",
-    "unique": "7965d5d4131418efd10b2f6a342343cad0349717",
-    "limits": "5d1f47dc1b1636dfcabfcda4ed40fe414b5c584b",
+    # feature: (before, after): the parent of the commit that added it, and that commit
+    "periodic": (
+        "4aca0b707b0c9bdb853ed603e278d4af378c4f58^",
+        "4aca0b707b0c9bdb853ed603e278d4af378c4f58",
+    ),
+    "unique": (
+        "7965d5d4131418efd10b2f6a342343cad0349717^",
+        "7965d5d4131418efd10b2f6a342343cad0349717",
+    ),
+    "limits": (f"{_LIMITS}^", _LIMITS),
+    # The same tree on both sides (two exports of it): how far apart two medians of
+    # identical code land on this machine, the yardstick for the changes above.
+    "control": (f"{_LIMITS}^", f"{_LIMITS}^^{{commit}}"),
 }
 BROKERS = ("redis", "sqlite")
 
@@ -74,18 +86,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees: dict[str, Path] = {}
         for feature in features:
-            commit = FEATURES[feature]
-            for rev in (f"{commit}^", commit):
-                trees[rev] = compare.export(rev, Path(tmp))
+            for rev in FEATURES[feature]:
+                if rev not in trees:
+                    trees[rev] = compare.export(rev, Path(tmp))
         redis_proc, redis_url = throughput.start_redis(Path(tmp))
         runs = 0
         try:
             for r in range(args.rounds):
                 for feature in features:
-                    commit = FEATURES[feature]
-                    pair = [f"{commit}^", commit]
-                    for rev in pair if r % 2 == 0 else pair[::-1]:
-                        side = "before" if rev.endswith("^") else "after"
+                    before, after = FEATURES[feature]
+                    for side, rev in (
+                        [("before", before), ("after", after)]
+                        if r % 2 == 0
+                        else [("after", after), ("before", before)]
+                    ):
                         for broker in BROKERS:
                             runs += 1
                             url = redis_url if broker == "redis" else f"sqlite:///{tmp}/{runs}.db"
