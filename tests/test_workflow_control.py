@@ -237,13 +237,19 @@ def test_cancel_racing_steps_that_finish_on_real_workers(broker_url: str, unique
 
 async def _written(app: vaultq.App, handle: vaultq.WorkflowHandle[Any]) -> set[int]:
     """The steps of ``handle`` in the broker: waiting, running, or with an outcome that
-    is not a tombstone."""
+    is not a tombstone.
+
+    Where the step is comes first, its outcome second: a step can only leave the queue by
+    its ack, which stores its outcome in the same atomic step, so a step running now is
+    seen either way. (Outcome first raced: a step finishing between the two reads had no
+    outcome yet and was already absent, so it looked never written.)"""
     broker = await app.broker()
     found = set()
     for i, step in enumerate(handle.handles):
+        waiting_or_running = (await broker.job_info(step.queue, step.id)).state != "absent"
         outcome = await step.outcome()
         ran = outcome is not None and outcome.error_type != CANCELLED_ERROR
-        if ran or (await broker.job_info(step.queue, step.id)).state != "absent":
+        if waiting_or_running or ran:
             found.add(i)
     return found
 
