@@ -32,6 +32,8 @@ def test_throughput_harness_runs_vaultq_end_to_end(tmp_path: Path) -> None:
         "300",
         "--memory-jobs",
         "300",
+        "--dedup-wait",
+        "0",
         "--json",
         str(out_json),
     ]
@@ -52,6 +54,7 @@ def test_throughput_harness_runs_vaultq_end_to_end(tmp_path: Path) -> None:
     memory = results["memory"]
     assert memory["envelope_bytes"] > 100
     assert memory["info_delta_per_job"] > memory["envelope_bytes"] / 2
+    assert memory["dedup_markers"] == 300  # one per job, within the 15 s window
     goals = {g["goal"]: g for g in results["goals"]}
     assert "--processes 2 >= 1.6x one process" in goals
     assert all(g["met"] in (True, False) for g in goals.values())
