@@ -17,8 +17,8 @@ counted by polling that counter, the same way for every system. Per system and m
 * sleep/s: ``--sleep-jobs`` jobs sleeping 10 ms each (I/O-bound), same clock as drain/s;
 * p50/p99 ms (equal mode): enqueue -> result, one job at a time, idle worker.
 
-Modes: ``defaults`` runs each system at its own default concurrency (vaultq also at 50
-and 100, for the choice of its default); ``equal`` runs every worker at ``--concurrency``.
+Modes: ``defaults`` runs each system at its own default concurrency (vaultq also at 10,
+its default before issue 15, and 50); ``equal`` runs every worker at ``--concurrency``.
 vaultq alone: ``--processes`` (the ``vaultq worker --processes 2`` CLI against 1, steady
 rates), memory per queued job against the sealed envelope, and the opt-in scale runs
 ``--backlog N`` (throughput with N jobs queued against an empty queue) and ``--rss N``
@@ -160,8 +160,8 @@ class System(msgspec.Struct, frozen=True):
 
 
 SYSTEMS: dict[str, System] = {
-    "vaultq": System("vaultq_peer.py", None, "redis", "10 async"),
-    "vaultq-sqlite": System("vaultq_peer.py", None, "sqlite", "10 async"),
+    "vaultq": System("vaultq_peer.py", None, "redis", "100 async (10 with a sync task)"),
+    "vaultq-sqlite": System("vaultq_peer.py", None, "sqlite", "100 async"),
     "arq": System("arq_peer.py", "classic", "redis", "10 async, 0.5 s poll"),
     "celery": System("celery_peer.py", "classic", "redis", "prefork, 1 child per CPU"),
     "dramatiq": System("dramatiq_peer.py", "classic", "redis", "8 threads"),
@@ -186,8 +186,8 @@ def cases(mode: str, concurrency: int) -> list[Case]:
         return [
             Case("vaultq", "vaultq", sync_enqueue=True),
             Case("vaultq-ed25519", "vaultq", signing="ed25519"),
+            Case("vaultq-c10", "vaultq", concurrency=10),  # the default before issue 15
             Case("vaultq-c50", "vaultq", concurrency=50),
-            Case("vaultq-c100", "vaultq", concurrency=100),
             *(Case(name, name) for name in ("taskiq", "dramatiq", "huey-redis", "saq")),
             *(Case(name, name) for name in ("streaq", "arq", "celery")),
         ]
@@ -417,7 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default="all",
-        help="labels to run (vaultq, vaultq-ed25519, vaultq-c50, vaultq-c100, vaultq-sqlite, "
+        help="labels to run (vaultq, vaultq-ed25519, vaultq-c10, vaultq-c50, vaultq-sqlite, "
         f"{', '.join(s for s in SYSTEMS if not s.startswith('vaultq'))}); default all",
     )
     parser.add_argument("--concurrency", type=int, default=50, help="the equal mode's")

@@ -159,7 +159,7 @@ def test_check_flags_a_key_file_another_user_owns(tmp_path: Path) -> None:
 
 def test_parser_defaults_match_config() -> None:
     args = build_parser().parse_args(["worker", "x"])
-    assert args.concurrency == vaultq.config.DEFAULT_CONCURRENCY
+    assert args.concurrency is None  # the Worker picks it from the app's tasks
     assert args.grace == vaultq.config.DEFAULT_GRACE
 
 

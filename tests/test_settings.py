@@ -59,7 +59,7 @@ WORKER_DEFAULTS = {
     "log_level": "INFO",
     "log_format": "text",
     "queues": (),
-    "concurrency": config.DEFAULT_CONCURRENCY,
+    "concurrency": None,
     "processes": 1,
     "grace": config.DEFAULT_GRACE,
     "lease": None,

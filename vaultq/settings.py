@@ -256,14 +256,16 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         ),
     ] = ()
     concurrency: Annotated[
-        int,
+        int | None,
         option(
-            f"jobs at once per process (default {config.DEFAULT_CONCURRENCY})",
+            "jobs at once per process (default "
+            f"{config.DEFAULT_ASYNC_CONCURRENCY} when every task is async, else "
+            f"{config.DEFAULT_CONCURRENCY})",
             flag="--concurrency",
             metavar="N",
             at_least=1,
         ),
-    ] = config.DEFAULT_CONCURRENCY
+    ] = None
     processes: Annotated[
         int,
         option("supervised worker processes (1)", flag="--processes", metavar="N", at_least=1),

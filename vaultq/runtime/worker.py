@@ -79,7 +79,7 @@ _INTERNAL_ERROR_ATTEMPTS = 5
 
 
 class Worker:
-    """Runs jobs of ``app`` from ``queues`` with at most ``concurrency`` at once.
+    """Runs jobs of ``app`` from ``queues``, ``concurrency`` at once (config.default_concurrency).
 
     ``grace``: seconds running jobs get to finish after a stop request before they are
     cancelled and handed back to the broker (not lost, not dead-lettered).
@@ -97,7 +97,7 @@ class Worker:
         app: App,
         *,
         queues: Sequence[str] | None = None,
-        concurrency: int = config.DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
         grace: float = config.DEFAULT_GRACE,
         lease: float | None = None,
         block: float = 1.0,
@@ -108,6 +108,7 @@ class Worker:
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         schedules: bool = True,
     ) -> None:
+        concurrency = config.default_concurrency(app.tasks.values(), concurrency)
         if concurrency < 1:
             raise InvalidArgument(
                 f"concurrency={concurrency!r}: a worker runs at least one job at a time; "
