@@ -1,6 +1,7 @@
 """The report side of ``benchmarks/throughput.py``: the tables, the ratios, issue 15's goals
 marked met / not met with the figure, and the PNG chart (from the same JSON figures, so
-``python benchmarks/bench_report.py results.json chart.png`` redraws a saved run)."""
+``python benchmarks/bench_report.py results.json chart.png`` redraws a saved run, and
+``... results.json --markdown`` prints its tables for docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -238,7 +239,8 @@ def print_all(results: dict[str, Any]) -> None:
     print(
         f"{meta['date']}, {meta['cpus']} CPUs, load {meta['loadavg_start']} -> "
         f"{meta['loadavg_end']}, Python {meta['python']}, N={meta['jobs']}, "
-        f"{meta['sleep_jobs']} sleep jobs, {meta['seconds']} s"
+        f"{meta['sleep_jobs']} sleep jobs, median of {meta.get('rounds', 1)} round(s), "
+        f"{meta['seconds']} s"
     )
     for mode, rows in results["modes"].items():
         what = (
@@ -335,7 +337,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     meta = results["meta"]
     fig.suptitle(
         f"vaultq vs peers, one run, {meta['date']}, {meta['cpus']} shared cores "
-        f"(load {meta['loadavg_start'][0]}), N={meta['jobs']}",
+        f"(load {meta['loadavg_start'][0]}), N={meta['jobs']}, "
+        f"median of {meta.get('rounds', 1)} round(s)",
         fontsize=11,
     )
     fig.tight_layout()
@@ -343,5 +346,47 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The tables and the goals as Markdown, for docs/benchmarks.md."""
+    out: list[str] = []
+    defaults = results["meta"].get("defaults", {})
+    for mode, rows in results["modes"].items():
+        keys = [
+            (k, t) for k, t in COLUMNS if any(r and r.get(k) is not None for r in rows.values())
+        ]
+        what = (
+            "each at its default concurrency"
+            if mode == "defaults"
+            else (f"concurrency {results['meta']['concurrency']}")
+        )
+        out += [f"**{mode}** ({what})", ""]
+        head = [
+            "system",
+            *(["default concurrency"] if mode == "defaults" else []),
+            *(t for _, t in keys),
+        ]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("| --- |" + " ---: |" * (len(head) - 1))
+        for name, r in rows.items():
+            conc = []
+            if mode == "defaults":
+                base = name.split("-c")[0] if name.startswith("vaultq-c") else name
+                label = defaults.get(base.replace("-ed25519", ""), "")
+                conc = [name.rsplit("-c", 1)[1] if name.startswith("vaultq-c") else label]
+            cells = [fmt(r.get(k) if r else None, k) for k, _ in keys]
+            out.append("| " + " | ".join([name, *conc, *cells]) + " |")
+        out.append("")
+    out += ["| goal (issue 15) | this run | met |", "| --- | --- | --- |"]
+    for g in results["goals"]:
+        mark = {True: "**met**", False: "not met", None: "?"}[g["met"]]
+        out.append(f"| {g['goal']} | {g['figure']} | {mark} |")
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
-    chart(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+    saved = json.loads(Path(sys.argv[1]).read_text())
+    saved["goals"] = goals(saved)
+    if sys.argv[2] == "--markdown":
+        print(markdown(saved))
+    else:
+        chart(saved, Path(sys.argv[2]))

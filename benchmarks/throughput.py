@@ -37,6 +37,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -393,6 +394,19 @@ class Run:
         return {"jobs": jobs, "drain": drain.warm, "marks": drain.rss_marks}
 
 
+def median_row(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Per figure, the median over the rounds where the system ran."""
+    done = [r for r in runs if r is not None]
+    if not done:
+        return None
+    out: dict[str, Any] = {}
+    for key in done[0]:
+        values = [r[key] for r in done if isinstance(r.get(key), int | float)]
+        out[key] = statistics.median(values) if values else done[0][key]
+    out["rounds"] = len(done)
+    return out
+
+
 def ed25519_ceiling(seconds: float = 1.0) -> float:
     """Ed25519 verifications per second of one core (cryptography), on a 300-byte
     message: the ceiling the ed25519 goal is measured against."""
@@ -421,6 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{', '.join(s for s in SYSTEMS if not s.startswith('vaultq'))}); default all",
     )
     parser.add_argument("--concurrency", type=int, default=50, help="the equal mode's")
+    parser.add_argument("--rounds", type=int, default=1, help="median of this many rounds")
     parser.add_argument("--sleep-jobs", type=int, default=1000, help="10 ms jobs; 0: skip")
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--no-processes", action="store_true", help="skip --processes 2 vs 1")
@@ -479,6 +494,7 @@ def run_harness(args: argparse.Namespace, argv: list[str] | None) -> None:
             "loadavg_start": bench_proc.loadavg(),
             "jobs": args.jobs,
             "sleep_jobs": args.sleep_jobs,
+            "rounds": args.rounds,
             "concurrency": args.concurrency,
             "defaults": {name: s.default for name, s in SYSTEMS.items()},
         },
@@ -487,25 +503,37 @@ def run_harness(args: argparse.Namespace, argv: list[str] | None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, bench_proc.private_redis(Path(tmp)) as url:
         run = Run(args, url, Path(tmp))
-        for mode in modes:
-            rows: dict[str, dict[str, Any] | None] = {}
-            for case in cases(mode, args.concurrency):
-                if wanted is not None and case.label not in wanted:
-                    continue
-                if run.python(SYSTEMS[case.system]) is None:
-                    continue
-                print(f"[{mode}] measuring {case.label} ...", flush=True)
-                try:
-                    rows[case.label] = run.measure(case, latency=mode == "equal")
-                except bench_proc.Failed as exc:
-                    print(f"NOTICE: {case.label} failed: {exc}", flush=True)
-                    rows[case.label] = None
-            results["modes"][mode] = rows
+        # Rounds run every system once each, in turn, so that a burst of load from other
+        # processes on the machine falls on all of them; each figure is the median.
+        samples: dict[str, dict[str, list[dict[str, Any] | None]]] = {m: {} for m in modes}
+        drains: dict[str, list[dict[str, Any]]] = {"p1": [], "p2": []}
+        for r in range(1, args.rounds + 1):
+            for mode in modes:
+                for case in cases(mode, args.concurrency):
+                    if wanted is not None and case.label not in wanted:
+                        continue
+                    if run.python(SYSTEMS[case.system]) is None:
+                        continue
+                    print(f"[{mode}, round {r}/{args.rounds}] {case.label} ...", flush=True)
+                    figures: dict[str, Any] | None
+                    try:
+                        figures = run.measure(case, latency=mode == "equal")
+                    except bench_proc.Failed as exc:
+                        print(f"NOTICE: {case.label} failed: {exc}", flush=True)
+                        figures = None
+                    samples[mode].setdefault(case.label, []).append(figures)
+            if vaultq_runs and not args.no_processes:
+                print(f"[round {r}/{args.rounds}] vaultq worker --processes 1, 2 ...", flush=True)
+                for p in (1, 2):
+                    drain = run.cli_drain(p, args.processes_jobs)
+                    drains[f"p{p}"].append(msgspec.to_builtins(drain))
+        results["modes"] = {
+            mode: {label: median_row(runs) for label, runs in rows.items()}
+            for mode, rows in samples.items()
+        }
+        results["rounds"] = samples
         if vaultq_runs and not args.no_processes:
-            print("measuring vaultq worker --processes 1 and 2 ...", flush=True)
-            p1 = run.cli_drain(1, args.processes_jobs)
-            p2 = run.cli_drain(2, args.processes_jobs)
-            results["processes"] = {"p1": msgspec.to_builtins(p1), "p2": msgspec.to_builtins(p2)}
+            results["processes"] = {k: median_row(v) for k, v in drains.items()}
         if vaultq_runs and args.memory_jobs:
             print("measuring Redis memory per queued job ...", flush=True)
             results["memory"] = run.memory(args.memory_jobs)
