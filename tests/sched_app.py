@@ -11,8 +11,8 @@ does not yet, a tick's enqueue waits (up to 2 s, under the 5 s lease) before its
 the stalling process reads the schedule's mark before anyone moves it and reaches the tick
 however late the loaded machine wakes it; the held tick is then claimed by one of these.
 SCHED_RESTART=1: instead of "beat", two schedules of the same task, every=10s with grace=1s:
-"skip" (missed="skip") and "catchup" (missed="run_once"); SCHED_ENQ_LOG=<path> gets a line
-`<job id> <sealed issue time>` per tick job this process wrote.
+"skip" (missed="skip") and "catchup" (missed="run_once").
+SCHED_ENQ_LOG=<path>: a line `<job id> <sealed issue time>` per tick job this process wrote.
 """
 
 from __future__ import annotations
@@ -76,14 +76,10 @@ _stall = os.environ.get("SCHED_STALL")
 _hold = os.environ.get("SCHED_HOLD")
 _restart = bool(os.environ.get("SCHED_RESTART"))
 _middleware: list[vaultq.Middleware] = (
-    [Stall(Path(_stall))]
-    if _stall
-    else [Hold(Path(_hold))]
-    if _hold
-    else [Enqueued()]
-    if _restart
-    else []
+    [Stall(Path(_stall))] if _stall else [Hold(Path(_hold))] if _hold else []
 )
+if os.environ.get("SCHED_ENQ_LOG"):
+    _middleware.append(Enqueued())
 app = vaultq.App(os.environ.get("SCHED_APP", "sched"), lease=5.0, middleware=_middleware)
 
 

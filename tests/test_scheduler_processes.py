@@ -38,12 +38,14 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
     broker_kind: str, broker_url: str, tmp_path: Path, unique_name: str
 ) -> None:
     runs = tmp_path / "runs.log"
+    enq = tmp_path / "enqueued.log"
     env = worker_env(
         {
             "VAULTQ_BROKER": broker_url,
             "VAULTQ_KEYS": vaultq.Keyring.generate().to_json(),
             "SCHED_APP": unique_name,
             "SCHED_LOG": str(runs),
+            "SCHED_ENQ_LOG": str(enq),
         }
     )
     stall = tmp_path / "stall"
@@ -85,10 +87,21 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    # Each tick was written once (one job per tick, whoever claimed it) ...
+    written = _enqueued(enq)
+    assert written and all(len(at) == 1 for at in written.values()), sorted(written.items())[:3]
     lines = runs.read_text().split()
     ids = lines[0::2]
     counts = Counter(ids)
-    assert counts and all(n == 1 for n in counts.values()), counts.most_common(3)
+    # ... and ran once, except a job whose run was cut short by the worker killed with
+    # SIGKILL: delivery is at least once, so its lease ran out and another worker ran the
+    # same job (same tick id) again. Any other second run is a double-fire.
+    killed_pid = str(workers[0].pid)
+    runs_of: dict[str, list[str]] = {}
+    for job_id, pid in zip(ids, lines[1::2], strict=True):
+        runs_of.setdefault(job_id, []).append(pid)
+    again = {job_id: pids for job_id, pids in runs_of.items() if len(pids) > 1}
+    assert all(set(pids[:-1]) == {killed_pid} for pids in again.values()), (killed_pid, again)
     # Every second of the run fired (a margin at each end for start-up and the stop).
     expected = {
         f"tick:beat:{datetime.fromtimestamp(t, UTC):%Y%m%dT%H%M%SZ}"
@@ -96,8 +109,8 @@ def test_three_workers_two_schedulers_each_tick_once_through_kill_9(
     }
     missing = expected - set(ids)
     assert not missing, sorted(missing)
-    # The tick the frozen scheduler was killed in ran once, enqueued by another process.
-    assert counts[killed_in] == 1, (killed_in, sorted(counts))
+    # The tick the frozen scheduler was killed in ran, enqueued by another process.
+    assert killed_in in runs_of, (killed_in, sorted(counts))
     pids = set(lines[1::2])
     took = stopped - started
     print(f"\n{broker_kind}: {len(ids)} ticks in {took:.1f} s, run by {len(pids)} workers")
