@@ -152,3 +152,45 @@ def test_the_denial_policy_label_is_a_bounded_name_never_arguments() -> None:
     assert 'vaultq_denials_total{policy="deny_all",queue="q",task="t.default"} 1.0' in text
     assert 'vaultq_denials_total{policy="unknown",queue="q",task="t.gone"} 1.0' in text
     assert "SECRETISH" not in text
+
+
+async def test_the_in_flight_gauge_counts_running_attempts_in_a_real_worker(
+    tmp_path: Path, unique_name: str
+) -> None:
+    # One process: the gauge is read from a plain count when scraped (not written per
+    # attempt): it must still say how many attempts run now, per task and queue.
+    from support.workers import make_app, running_worker
+
+    app = make_app(unique_name, f"sqlite:///{tmp_path}/m.db")
+    m = PrometheusMetrics(app)
+    app.add_middleware(m)
+    entered = anyio.Event()
+    release = anyio.Event()
+
+    @app.task(name="met.hold")
+    async def hold(job: Empty) -> None:
+        entered.set()
+        await release.wait()
+
+    @app.task(name="met.quick")
+    async def quick(job: Empty) -> None:
+        return None
+
+    def in_flight(task: str) -> float | None:
+        labels = {"task": task, "queue": "default"}
+        return m.registry.get_sample_value("vaultq_jobs_in_flight", labels)
+
+    async with running_worker(app):
+        held = await hold.enqueue(Empty())
+        with anyio.fail_after(15):
+            await entered.wait()
+        assert in_flight("met.hold") == 1
+        await (await quick.enqueue(Empty())).result(timeout=15)
+        assert in_flight("met.quick") == 0
+        assert in_flight("met.hold") == 1
+        release.set()
+        await held.result(timeout=15)
+        assert in_flight("met.hold") == 0
+        text = generate_latest(m.registry).decode()
+        assert 'vaultq_jobs_in_flight{queue="default",task="met.hold"} 0.0' in text
+    await app.aclose()

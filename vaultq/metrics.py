@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -233,24 +234,32 @@ class PrometheusMetrics(Middleware):
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call,unused-ignore]
 
+    # The three per-attempt hooks below are the hot path: one dict lookup per hook for
+    # the (task, queue) bundle, then prebound methods of the label children (no property,
+    # no labels() call, no max() call per job).
+
     def attempt_started(self, job: JobInfo) -> None:
-        series = self._series(job.task, job.queue)
-        series.in_flight.inc()
-        ready_at = max(job.enqueued_at, job.not_before)
+        series = self._by_task.get((job.task, job.queue)) or self._series(job.task, job.queue)
+        start = series.start or series.bind_start()
+        start[0]()
+        enqueued_at, not_before = job.enqueued_at, job.not_before
+        ready_at = enqueued_at if enqueued_at > not_before else not_before
         if ready_at > 0:
-            series.latency.observe(max(0.0, time.time() - ready_at))
+            waited = time.time() - ready_at
+            start[1](waited if waited > 0.0 else 0.0)
 
     def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
-        series = self._series(job.task, job.queue)
-        series.in_flight.dec()
-        series.duration(outcome).observe(duration)
+        series = self._by_task.get((job.task, job.queue)) or self._series(job.task, job.queue)
+        (series.start or series.bind_start())[2]()
+        (series.durations.get(outcome) or series.bind_duration(outcome))(duration)
 
     def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
         if job.redelivered:
             self._child(self.reclaimed, job.queue).inc()
         # An unopened delivery's task name is the broker's claim: never a label value.
-        series = self._series(job.task if job.authenticated else "", job.queue)
-        series.settled(outcome).inc()
+        task = job.task if job.authenticated else ""
+        series = self._by_task.get((task, job.queue)) or self._series(task, job.queue)
+        (series.counts.get(outcome) or series.bind_count(outcome))()
         if outcome is Outcome.RETRYING:
             series.retries.inc()
         elif outcome is Outcome.DENIED:
@@ -296,49 +305,72 @@ class PrometheusMetrics(Middleware):
 
 class _Series:
     """The children of one (task, queue), each made on first use (a series appears in
-    /metrics once it has something to say: no zero ``task=""`` in-flight gauge)."""
+    /metrics once it has something to say: no zero ``task=""`` in-flight gauge), kept as
+    the bound methods the hooks call."""
 
-    __slots__ = ("_durations", "_in_flight", "_latency", "_metrics", "_settled", "queue", "task")
+    __slots__ = ("_metrics", "counts", "durations", "queue", "start", "task")
 
     def __init__(self, metrics: PrometheusMetrics, task: str, queue: str) -> None:
         self._metrics = metrics
         self.task, self.queue = task, queue
-        self._in_flight: Any = None
-        self._latency: Any = None
-        self._durations: dict[Outcome, Any] = {}
-        self._settled: dict[Outcome, Any] = {}
+        self.start: tuple[Callable[[], None], Callable[[float], None], Callable[[], None]] | None
+        self.start = None
+        """In-flight ``inc``, queue latency ``observe``, in-flight ``dec``."""
+        self.durations: dict[Outcome, Callable[[float], None]] = {}
+        """Attempt duration ``observe`` by outcome."""
+        self.counts: dict[Outcome, Callable[[], None]] = {}
+        """Settled deliveries' ``inc`` by outcome."""
 
-    @property
-    def in_flight(self) -> Any:
-        if self._in_flight is None:
-            self._in_flight = self._metrics.in_flight.labels(self.task, self.queue)
-        return self._in_flight
+    def bind_start(
+        self,
+    ) -> tuple[Callable[[], None], Callable[[float], None], Callable[[], None]]:
+        metrics = self._metrics
+        gauge = metrics.in_flight.labels(self.task, self.queue)
+        latency = metrics.queue_latency.labels(self.task, self.queue)
+        if _multiprocess():
+            # Each process writes its own value to the shared directory: a real gauge.
+            self.start = (gauge.inc, latency.observe, gauge.dec)
+        else:
+            # One process: the gauge reads a plain count when scraped, instead of taking
+            # prometheus-client's lock twice per attempt (the hooks run on one thread).
+            live = _Live()
+            gauge.set_function(live.value)
+            self.start = (live.inc, latency.observe, live.dec)
+        return self.start
 
-    @property
-    def latency(self) -> Any:
-        if self._latency is None:
-            self._latency = self._metrics.queue_latency.labels(self.task, self.queue)
-        return self._latency
+    def bind_duration(self, outcome: Outcome) -> Callable[[float], None]:
+        child = self._metrics.attempt_duration.labels(self.task, self.queue, outcome.value)
+        found: Callable[[float], None] = child.observe
+        self.durations[outcome] = found
+        return found
+
+    def bind_count(self, outcome: Outcome) -> Callable[[], None]:
+        child = self._metrics.jobs.labels(self.task, self.queue, outcome.value)
+        found: Callable[[], None] = child.inc
+        self.counts[outcome] = found
+        return found
 
     @property
     def retries(self) -> Any:
         return self._metrics._child(self._metrics.retries, self.task, self.queue)
 
-    def duration(self, outcome: Outcome) -> Any:
-        found = self._durations.get(outcome)
-        if found is None:
-            found = self._durations[outcome] = self._metrics.attempt_duration.labels(
-                self.task, self.queue, outcome.value
-            )
-        return found
 
-    def settled(self, outcome: Outcome) -> Any:
-        found = self._settled.get(outcome)
-        if found is None:
-            found = self._settled[outcome] = self._metrics.jobs.labels(
-                self.task, self.queue, outcome.value
-            )
-        return found
+class _Live:
+    """A count the worker's loop changes and a scrape reads (an int read is atomic)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def inc(self) -> None:
+        self.n += 1
+
+    def dec(self) -> None:
+        self.n -= 1
+
+    def value(self) -> float:
+        return float(self.n)
 
 
 def multiprocess_registry() -> CollectorRegistry:

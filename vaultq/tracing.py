@@ -156,13 +156,16 @@ class Tracing(Middleware):
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _parent(self, carrier: dict[str, str]) -> Context | None:
+    def _parent(self, carrier: dict[str, str]) -> tuple[Context, SpanContext, Span] | None:
+        """The producer's context, its span context and its (non-recording) span."""
         header = carrier.get("traceparent")
         if header is None:
             return None
         found = _TRACEPARENT.fullmatch(header)
         if found is None:
-            return self._propagator.extract(carrier)  # another version, or invalid
+            context = self._propagator.extract(carrier)  # another version, or invalid
+            span = trace.get_current_span(context)
+            return context, span.get_span_context(), span
         trace_id, span_id = int(found[1], 16), int(found[2], 16)
         if not trace_id or not span_id:
             return None  # all zeros: invalid, as the propagator would say
@@ -174,25 +177,27 @@ class Tracing(Middleware):
             trace_flags=TraceFlags(int(found[3], 16)),
             trace_state=TraceState.from_header([state]) if state else None,
         )
-        return trace.set_span_in_context(NonRecordingSpan(sc))
+        span = NonRecordingSpan(sc)
+        return trace.set_span_in_context(span), sc, span
 
     def attempt_started(self, job: JobInfo) -> None:
         # The producer's span is the parent (no link besides: the same trace, and a
         # link would cost a fifth of the span again).
-        parent = self._parent(job.trace) if job.trace else None
+        found = self._parent(job.trace) if job.trace else None
         tracer = self._real_tracer()
         span: Span | None = None
         context: Context | None = None
+        parent: Context | None = None
         remote: SpanContext | None = None
-        if parent is not None:
-            remote = trace.get_current_span(parent).get_span_context()
+        if found is not None:
+            parent, remote, remote_span = found
             if not (remote.is_valid and not remote.trace_flags.sampled and self._drops(tracer)):
                 remote = None
             elif self._drops_unsampled:
                 # The producer did not sample this trace and the sampler drops such spans:
                 # create none -- the attempt runs in the producer's unsampled context, so
                 # the spans the task starts are dropped alike.
-                span, context = NonRecordingSpan(remote), parent
+                span, context = remote_span, parent
         if span is None:
             name = f"process {job.queue}"
             attributes: dict[str, Any] = {
@@ -210,7 +215,7 @@ class Tracing(Middleware):
                     parent, remote.trace_id, name, SpanKind.CONSUMER, attributes
                 ).decision.is_recording()
             ):
-                span, context = NonRecordingSpan(remote), parent  # another sampler said so
+                span, context = remote_span, parent  # another sampler said so
             else:
                 span = tracer.start_span(
                     name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes

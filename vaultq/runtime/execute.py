@@ -287,6 +287,7 @@ class Executor:
     def describe(self, delivery: Delivery, opened: OpenedJob, task: Task[Any, Any]) -> JobInfo:
         """The safe fields of an opened job, for middleware (never payload or result)."""
         header, body = opened.header, opened.body
+        trace = body.meta.trace
         info = JobInfo(
             job_id=header.job_id,
             queue=header.queue,
@@ -302,10 +303,9 @@ class Executor:
             max_attempts=task.max_attempts,
             isolation=task.options.isolation,
             redelivered=delivery.redelivered,
+            # A copy: the opened envelope stays as it was.
+            trace=dict(trace) if trace else {},
         )
-        trace = body.meta.trace
-        if trace:
-            info.trace.update(trace)  # a copy: the opened envelope stays as it was
         return info
 
     async def _attempt(
