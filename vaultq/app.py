@@ -6,7 +6,6 @@ import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -23,6 +22,7 @@ from vaultq.clock import Clock
 from vaultq.connections import LoopBrokers
 from vaultq.enqueue import authorize
 from vaultq.enqueue import enqueue as enqueue_jobs
+from vaultq.enqueue_options import EnqueueOptions
 from vaultq.envelope import OpenedJob, open_job
 from vaultq.errors import ConfigurationError
 from vaultq.jobs import JobHandle
@@ -452,28 +452,10 @@ class App(AppSettingsView, AppSchedules):
     # -- producing ----------------------------------------------------------------------
 
     async def _enqueue(
-        self,
-        task: Task[P, R],
-        payloads: Sequence[P],
-        *,
-        principal: Principal | None,
-        delay: float | None,
-        at: datetime | float | None,
-        queue: str | None,
-        job_ids: Sequence[str] | None,
-        timeout: float | None,
+        self, task: Task[P, R], payloads: Sequence[P], **options: Any
     ) -> list[JobHandle[R]]:
-        return await enqueue_jobs(
-            self,
-            task,
-            payloads,
-            principal=principal,
-            delay=delay,
-            at=at,
-            queue=queue,
-            job_ids=job_ids,
-            timeout=timeout,
-        )
+        # The old private entry point (its keywords: EnqueueOptions' fields).
+        return await enqueue_jobs(self, task, payloads, EnqueueOptions(**options))
 
     async def authorize_enqueue(
         self, task: Task[Any, Any], payload: Any, principal: Principal | None, job_id: str

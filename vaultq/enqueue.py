@@ -15,11 +15,12 @@ import logging
 import math
 from collections.abc import Generator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from vaultq.brokers.base import Broker, EnqueueItem, UniqueKeys
+from vaultq.enqueue_options import EnqueueOptions, OnDuplicate
 from vaultq.enqueue_steps import (
     AwaitPolicy,
     MeasureClock,
@@ -31,7 +32,6 @@ from vaultq.enqueue_steps import (
 )
 from vaultq.enqueue_writes import retrying, write_with_retry
 from vaultq.envelope import JOB_ID_FORM, JobMeta, new_job_id, seal_job
-from vaultq.envelope_types import Dependency
 from vaultq.errors import (
     AuthorizationDenied,
     BrokerError,
@@ -51,7 +51,7 @@ from vaultq.policy import (
     start_evaluation,
 )
 from vaultq.principal import Principal
-from vaultq.priority import PriorityLike, task_level
+from vaultq.priority import task_level
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DEFER",
+    "EnqueueOptions",
     "Flow",
     "OnDuplicate",
     "authorize",
@@ -77,7 +78,6 @@ P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R")
 T = TypeVar("T")
 
-OnDuplicate = Literal["return", "raise"]
 """What an enqueue with a unique key does while a live job holds the key: return that
 job's handle (default) or raise ``DuplicateJob``."""
 
@@ -251,18 +251,7 @@ async def enqueue(
     app: App,
     task: Task[P, R],
     payloads: Sequence[P],
-    *,
-    principal: Principal | None,
-    delay: float | None,
-    at: datetime | float | None,
-    queue: str | None,
-    job_ids: Sequence[str] | None,
-    timeout: float | None,
-    unique_key: str | None = None,
-    unique_for: float | None = None,
-    on_duplicate: OnDuplicate = "return",
-    priority: PriorityLike | None = None,
-    depends: tuple[Dependency, ...] | None = None,
+    options: EnqueueOptions,
 ) -> list[JobHandle[R]]:
     """Check, authorize, seal and write ``payloads`` as jobs of ``task``; their handles.
 
@@ -275,22 +264,7 @@ async def enqueue(
 
     The work is :func:`flow` (no I/O of its own), driven here on the running event loop;
     ``vaultq.enqueue_sync`` drives the very same flow from a sync caller's thread."""
-    steps = flow(
-        app,
-        task,
-        payloads,
-        principal=principal,
-        delay=delay,
-        at=at,
-        queue=queue,
-        job_ids=job_ids,
-        timeout=timeout,
-        unique_key=unique_key,
-        unique_for=unique_for,
-        on_duplicate=on_duplicate,
-        priority=priority,
-        depends=depends,
-    )
+    steps = flow(app, task, payloads, options)
     broker: Broker | None = None
     reply: Any = None
     error: BaseException | None = None
@@ -347,29 +321,19 @@ def flow(
     app: App,
     task: Task[P, R],
     payloads: Sequence[P],
-    *,
-    principal: Principal | None,
-    delay: float | None,
-    at: datetime | float | None,
-    queue: str | None,
-    job_ids: Sequence[str] | None,
-    timeout: float | None,
-    unique_key: str | None = None,
-    unique_for: float | None = None,
-    on_duplicate: OnDuplicate = "return",
-    priority: PriorityLike | None = None,
-    depends: tuple[Dependency, ...] | None = None,
+    options: EnqueueOptions,
 ) -> Flow[R]:
     """An enqueue as a generator: it checks, authorizes, seals and decides what to
     write, and yields each step that needs I/O (:data:`Step`) for its driver to take,
     receiving the step's reply (or its error, thrown in). Both drivers, async
     (:func:`enqueue`) and sync (``vaultq.enqueue_sync``), run this one flow, so the
     checks, hooks and write decisions cannot differ between them."""
-    keys = _unique_keys(task, payloads, unique_key, unique_for, on_duplicate)
-    unique = None if keys is None else _Unique(keys, unique_for, on_duplicate)
-    level = task_level(app, task, priority)
-    meta = JobMeta(timeout=timeout, depends=depends)  # depends: see vaultq.depends
-    call = (app, task, payloads, principal, delay, at, queue, job_ids, meta)
+    o = options
+    keys = _unique_keys(task, payloads, o.unique_key, o.unique_for, o.on_duplicate)
+    unique = None if keys is None else _Unique(keys, o.unique_for, o.on_duplicate)
+    level = task_level(app, task, o.priority)
+    meta = JobMeta(timeout=o.timeout, depends=o.depends)  # depends: see vaultq.depends
+    call = (app, task, payloads, o, meta)
     hooks = app.enqueue_hooks
     if not hooks.enqueue:
         return (yield from _seal_and_send(*call, None, unique, level))
@@ -432,16 +396,14 @@ def _seal_and_send(
     app: App,
     task: Task[P, R],
     payloads: Sequence[P],
-    principal: Principal | None,
-    delay: float | None,
-    at: datetime | float | None,
-    queue: str | None,
-    job_ids: Sequence[str] | None,
+    options: EnqueueOptions,
     meta: JobMeta,
     watch: _EnqueueWatch | None,
     unique: _Unique | None = None,
     priority: int = 0,
 ) -> Flow[R]:
+    principal, delay, at = options.principal, options.delay, options.at
+    queue, job_ids = options.queue, options.job_ids
     # Sealed times are this producer's own clock: they are its signed claims.
     now = app.clock.local()
     start = check_call(task, principal=principal, delay=delay, at=at, timeout=meta.timeout, now=now)

@@ -16,21 +16,18 @@ third-party broker), for which the whole enqueue runs there as before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from vaultq.brokers.writer import SyncWriter
-from vaultq.enqueue import OnDuplicate, enqueue, flow
+from vaultq.enqueue import enqueue, flow
+from vaultq.enqueue_options import EnqueueOptions
 from vaultq.enqueue_steps import AwaitPolicy, MeasureClock, Step, Write, WriteKeyed, warn_clock
 from vaultq.enqueue_writes import retrying_sync
-from vaultq.envelope_types import Dependency
 from vaultq.errors import BrokerError
 from vaultq.jobs import JobHandle
 from vaultq.policy import finish_evaluation
-from vaultq.principal import Principal
-from vaultq.priority import PriorityLike
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -43,59 +40,14 @@ R = TypeVar("R")
 
 
 def enqueue_sync(
-    app: App,
-    task: Task[P, R],
-    payloads: Sequence[P],
-    *,
-    principal: Principal | None,
-    delay: float | None,
-    at: datetime | float | None,
-    queue: str | None,
-    job_ids: Sequence[str] | None,
-    timeout: float | None,
-    unique_key: str | None = None,
-    unique_for: float | None = None,
-    on_duplicate: OnDuplicate = "return",
-    priority: PriorityLike | None = None,
-    depends: tuple[Dependency, ...] | None = None,
+    app: App, task: Task[P, R], payloads: Sequence[P], options: EnqueueOptions
 ) -> list[JobHandle[R]]:
     """:func:`vaultq.enqueue.enqueue` for sync callers, in the calling thread."""
     writer = app.sync_writer()
     if writer is None:
-        handles: list[JobHandle[R]] = app.run_sync(
-            enqueue,
-            app,
-            task,
-            payloads,
-            principal=principal,
-            delay=delay,
-            at=at,
-            queue=queue,
-            job_ids=job_ids,
-            timeout=timeout,
-            unique_key=unique_key,
-            unique_for=unique_for,
-            on_duplicate=on_duplicate,
-            priority=priority,
-            depends=depends,
-        )
+        handles: list[JobHandle[R]] = app.run_sync(enqueue, app, task, payloads, options)
         return handles
-    steps = flow(
-        app,
-        task,
-        payloads,
-        principal=principal,
-        delay=delay,
-        at=at,
-        queue=queue,
-        job_ids=job_ids,
-        timeout=timeout,
-        unique_key=unique_key,
-        unique_for=unique_for,
-        on_duplicate=on_duplicate,
-        priority=priority,
-        depends=depends,
-    )
+    steps = flow(app, task, payloads, options)
     reply: Any = None
     error: BaseException | None = None
     try:

@@ -13,8 +13,8 @@ import msgspec
 
 from vaultq import config
 from vaultq.depends import dependencies
-from vaultq.enqueue import OnDuplicate
 from vaultq.enqueue import enqueue as enqueue_jobs
+from vaultq.enqueue_options import EnqueueOptions, OnDuplicate
 from vaultq.enqueue_sync import enqueue_sync as enqueue_jobs_sync
 from vaultq.errors import Fatal, InvalidArgument, PayloadError, Retry, TaskDefinitionError
 from vaultq.limits import parse_rate
@@ -370,17 +370,19 @@ class Task(Generic[P, R]):
             self.app,
             self,
             [self._payload(payload)],
-            principal=principal,
-            delay=delay,
-            at=at,
-            queue=queue,
-            job_ids=None if job_id is None else [job_id],
-            timeout=timeout,
-            unique_key=unique_key,
-            unique_for=self.unique_for if unique_for is None else unique_for,
-            on_duplicate=on_duplicate,
-            priority=priority,
-            depends=dependencies(depends_on),
+            EnqueueOptions(
+                principal=principal,
+                delay=delay,
+                at=at,
+                queue=queue,
+                job_ids=None if job_id is None else [job_id],
+                timeout=timeout,
+                unique_key=unique_key,
+                unique_for=self.unique_for if unique_for is None else unique_for,
+                on_duplicate=on_duplicate,
+                priority=priority,
+                depends=dependencies(depends_on),
+            ),
         )
         return handles[0]
 
@@ -404,15 +406,17 @@ class Task(Generic[P, R]):
             self.app,
             self,
             list(payloads),
-            principal=principal,
-            delay=delay,
-            at=at,
-            queue=queue,
-            job_ids=None,
-            timeout=timeout,
-            unique_for=self.unique_for if unique_for is None else unique_for,
-            on_duplicate=on_duplicate,
-            priority=priority,
+            EnqueueOptions(
+                principal=principal,
+                delay=delay,
+                at=at,
+                queue=queue,
+                job_ids=None,
+                timeout=timeout,
+                unique_for=self.unique_for if unique_for is None else unique_for,
+                on_duplicate=on_duplicate,
+                priority=priority,
+            ),
         )
 
     def enqueue_sync(
@@ -443,17 +447,19 @@ class Task(Generic[P, R]):
             self.app,
             self,
             [self._payload(payload)],
-            principal=principal,
-            delay=delay,
-            at=at,
-            queue=queue,
-            job_ids=None if job_id is None else [job_id],
-            timeout=timeout,
-            unique_key=unique_key,
-            unique_for=self.unique_for if unique_for is None else unique_for,
-            on_duplicate=on_duplicate,
-            priority=priority,
-            depends=dependencies(depends_on),
+            EnqueueOptions(
+                principal=principal,
+                delay=delay,
+                at=at,
+                queue=queue,
+                job_ids=None if job_id is None else [job_id],
+                timeout=timeout,
+                unique_key=unique_key,
+                unique_for=self.unique_for if unique_for is None else unique_for,
+                on_duplicate=on_duplicate,
+                priority=priority,
+                depends=dependencies(depends_on),
+            ),
         )
         return handles[0]
 
@@ -475,15 +481,17 @@ class Task(Generic[P, R]):
             self.app,
             self,
             list(payloads),
-            principal=principal,
-            delay=delay,
-            at=at,
-            queue=queue,
-            job_ids=None,
-            timeout=timeout,
-            unique_for=self.unique_for if unique_for is None else unique_for,
-            on_duplicate=on_duplicate,
-            priority=priority,
+            EnqueueOptions(
+                principal=principal,
+                delay=delay,
+                at=at,
+                queue=queue,
+                job_ids=None,
+                timeout=timeout,
+                unique_for=self.unique_for if unique_for is None else unique_for,
+                on_duplicate=on_duplicate,
+                priority=priority,
+            ),
         )
 
 
