@@ -24,19 +24,18 @@ See ``docs/workflows.md`` ("Groups and chords").
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
 from vaultq.brokers.base import Ack, Bury, EnqueueItem, Release, Settlement
 from vaultq.brokers.chords import chord_store
-from vaultq.envelope import Header, OpenedJob, open_job, open_result, peek_header
+from vaultq.envelope import Header, OpenedJob, open_result
 from vaultq.envelope_types import FlowStep
 from vaultq.errors import EnvelopeError, WorkflowRefused
 from vaultq.jobs import JobStatus
 from vaultq.policy import AUDIT_LOGGER
-from vaultq.runtime.continuations import Fed, Upstream, Waiting
+from vaultq.runtime.continuations import Fed, Upstream, Waiting, open_successor
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -47,14 +46,6 @@ log = logging.getLogger("vaultq.workflows")
 audit = logging.getLogger(AUDIT_LOGGER)
 
 
-class _AnyTask:
-    def __contains__(self, name: object) -> bool:
-        return True
-
-
-_ANY_TASK = _AnyTask()
-
-
 def check_callback(app: App, opened: OpenedJob, flow: FlowStep) -> tuple[Header, FlowStep]:
     """The callback's header and plan when ``flow.chord.callback`` is exactly this
     workflow's callback; raises ``WorkflowRefused`` (audited) otherwise."""
@@ -63,21 +54,7 @@ def check_callback(app: App, opened: OpenedJob, flow: FlowStep) -> tuple[Header,
     if link is None:
         _refuse(header, flow, "this job is not a chord member")
     try:
-        peek = peek_header(link.callback, max_size=app.max_envelope_size)
-        # Every check open_job makes but time and task registry: the callback starts its
-        # own validity window and may run on workers with other tasks than this one.
-        cb = open_job(
-            link.callback,
-            app.keyring,
-            app=header.app,
-            tasks=_ANY_TASK,
-            now=app.clock.now(),
-            queue=peek.queue,
-            job_id=peek.job_id,
-            skew=math.inf,
-            max_size=app.max_envelope_size,
-            accept_v1=app.accept_envelope_v1,
-        )
+        cb = open_successor(app, link.callback, header.app)
     except EnvelopeError as exc:
         _refuse(header, flow, f"the callback's envelope does not open ({type(exc).__name__})")
     cflow = cb.body.meta.flow

@@ -28,7 +28,7 @@ from vaultq.policy import AUDIT_LOGGER
 if TYPE_CHECKING:
     from vaultq.app import App
 
-__all__ = ["Fed", "Upstream", "Waiting", "check_next", "feed", "forward"]
+__all__ = ["Fed", "Upstream", "Waiting", "check_next", "feed", "forward", "open_successor"]
 
 log = logging.getLogger("vaultq.workflows")
 audit = logging.getLogger(AUDIT_LOGGER)
@@ -96,6 +96,26 @@ async def feed(app: App, opened: OpenedJob, flow: FlowStep) -> Fed | Waiting | U
     return Fed(bytes(body.value))
 
 
+def open_successor(app: App, envelope: bytes, app_name: str) -> OpenedJob:
+    """Open a job envelope sealed inside this one (a workflow's next step, a chord's
+    callback) with every check ``open_job`` makes (producer's signature, key, size,
+    form) but time and task registry: that job starts its own validity window and may
+    run on workers with other tasks than this one. Raises ``EnvelopeError``."""
+    peek = peek_header(envelope, max_size=app.max_envelope_size)
+    return open_job(
+        envelope,
+        app.keyring,
+        app=app_name,
+        tasks=_ANY_TASK,
+        now=app.clock.now(),
+        queue=peek.queue,
+        job_id=peek.job_id,
+        skew=math.inf,
+        max_size=app.max_envelope_size,
+        accept_v1=app.accept_envelope_v1,
+    )
+
+
 def check_next(app: App, opened: OpenedJob, flow: FlowStep) -> tuple[Header, bytes] | None:
     """The next step's envelope and header when the plan names one; raises
     ``WorkflowRefused`` (audited) when it is not exactly the step the plan names."""
@@ -104,22 +124,7 @@ def check_next(app: App, opened: OpenedJob, flow: FlowStep) -> tuple[Header, byt
         return None
     header = opened.header
     try:
-        # Every check open_job makes (producer's signature, key, size, form) but time
-        # and task registry: the next step starts its own validity window, and may run
-        # on workers with other tasks than this one.
-        peek = peek_header(envelope, max_size=app.max_envelope_size)
-        nxt = open_job(
-            envelope,
-            app.keyring,
-            app=header.app,
-            tasks=_ANY_TASK,
-            now=app.clock.now(),
-            queue=peek.queue,
-            job_id=peek.job_id,
-            skew=math.inf,
-            max_size=app.max_envelope_size,
-            accept_v1=app.accept_envelope_v1,
-        )
+        nxt = open_successor(app, envelope, header.app)
     except EnvelopeError as exc:
         _refuse(header, flow, f"the next step's envelope does not open ({type(exc).__name__})")
     nflow = nxt.body.meta.flow
