@@ -7,7 +7,7 @@ the URL forms are documented in ``docs/redis.md``.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
@@ -111,10 +111,10 @@ def _from_url(kind: SimpleNamespace, url: str, masked: str) -> tuple[Any, list[A
         if scheme in _PLAIN_SCHEMES:
             return kind.Redis.from_url(url, decode_responses=False, **extra), []
         userinfo, _, hosts = parts.netloc.rpartition("@")
-        tls = scheme.startswith("rediss")
+        multi = _MultiUrl(userinfo, hosts, parts.path, parts.query, scheme.startswith("rediss"))
         if scheme in _CLUSTER_SCHEMES:
-            return _cluster_client(kind, userinfo, hosts, parts.path, parts.query, tls, extra), []
-        return _sentinel_client(kind, userinfo, hosts, parts.path, parts.query, tls, extra)
+            return _cluster_client(kind, multi, extra), []
+        return _sentinel_client(kind, multi, extra)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(
             f"invalid Redis URL {masked} ({str(exc)[:200]}); use {URL_FORMS}"
@@ -137,13 +137,21 @@ def _host_list(hosts: str, default_port: int | None) -> list[tuple[str, int]]:
     return out
 
 
-def _connect_kwargs(
-    kind: SimpleNamespace, userinfo: str, db: str, query: str, tls: bool
-) -> dict[str, Any]:
-    """redis-py connection options from the credentials, db and query of a URL (parsed
+class _MultiUrl(NamedTuple):
+    """The parts of a Cluster or Sentinel URL (``hosts``: ``h1:p1,h2:p2``)."""
+
+    userinfo: str
+    hosts: str
+    path: str
+    query: str
+    tls: bool
+
+
+def _connect_kwargs(kind: SimpleNamespace, url: _MultiUrl, db: str) -> dict[str, Any]:
+    """redis-py connection options from the credentials, ``db`` and query of a URL (parsed
     by redis-py itself, so option names and types match ``redis://`` URLs)."""
-    credentials = f"{userinfo}@" if userinfo else ""
-    single = f"{'rediss' if tls else 'redis'}://{credentials}localhost/{db}?{query}"
+    credentials = f"{url.userinfo}@" if url.userinfo else ""
+    single = f"{'rediss' if url.tls else 'redis'}://{credentials}localhost/{db}?{url.query}"
     kwargs: dict[str, Any] = dict(kind.parse_url(single))
     kwargs.pop("host", None)
     kwargs.pop("port", None)
@@ -152,48 +160,36 @@ def _connect_kwargs(
     return kwargs
 
 
-def _cluster_client(
-    kind: SimpleNamespace,
-    userinfo: str,
-    hosts: str,
-    path: str,
-    query: str,
-    tls: bool,
-    extra: dict[str, Any],
-) -> Any:
-    kwargs = _connect_kwargs(kind, userinfo, path.strip("/"), query, tls)
+def _cluster_client(kind: SimpleNamespace, url: _MultiUrl, extra: dict[str, Any]) -> Any:
+    kwargs = _connect_kwargs(kind, url, url.path.strip("/"))
     if kwargs.pop("db", 0):
         raise ValueError("Redis Cluster has only database 0")
-    nodes = [kind.ClusterNode(host, port) for host, port in _host_list(hosts, None)]
+    nodes = [kind.ClusterNode(host, port) for host, port in _host_list(url.hosts, None)]
     # max_connections is per node on a cluster client.
     return kind.RedisCluster(startup_nodes=nodes, decode_responses=False, **extra, **kwargs)
 
 
 def _sentinel_client(
-    kind: SimpleNamespace,
-    userinfo: str,
-    hosts: str,
-    path: str,
-    query: str,
-    tls: bool,
-    extra: dict[str, Any],
+    kind: SimpleNamespace, url: _MultiUrl, extra: dict[str, Any]
 ) -> tuple[Any, list[Any]]:
-    service, _, db = unquote(path.strip("/")).partition("/")
+    service, _, db = unquote(url.path.strip("/")).partition("/")
     if not service:
         raise ValueError("the path must name the Sentinel service: /service_name[/db]")
-    kwargs = {**extra, **_connect_kwargs(kind, userinfo, db, query, tls)}
+    kwargs = {**extra, **_connect_kwargs(kind, url, db)}
     # Credentials in the URL are the master's; Sentinels with their own ACL user or
     # password take ?sentinel_username= / ?sentinel_password=. Socket (and, for
     # rediss+sentinel, TLS) options apply to both.
     sentinel_kwargs = {
-        k: v for k, v in kwargs.items() if k.startswith("socket_") or (tls and k.startswith("ssl"))
+        k: v
+        for k, v in kwargs.items()
+        if k.startswith("socket_") or (url.tls and k.startswith("ssl"))
     }
     for name in ("username", "password"):
         value = kwargs.pop(f"sentinel_{name}", None)
         if value:
             sentinel_kwargs[name] = value
     sentinel = kind.Sentinel(
-        _host_list(hosts, _SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, **kwargs
+        _host_list(url.hosts, _SENTINEL_PORT), sentinel_kwargs=sentinel_kwargs, **kwargs
     )
     master = sentinel.master_for(service, redis_class=kind.Redis)
     helpers: list[Any] = list(sentinel.sentinels)

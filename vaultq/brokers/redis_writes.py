@@ -72,16 +72,21 @@ def enqueue_calls(keys: Callable[[str], QueueKeys], items: Sequence[EnqueueItem]
     ]
 
 
-def unique_call(keys: Callable[[str], QueueKeys], item: EnqueueItem, ttl: float) -> Call:
-    """The ``enqueue_unique`` script call writing ``item`` unless its id exists."""
-    args = [
+def _job_args(item: EnqueueItem) -> list[Any]:
+    """The job's arguments of the one-job write scripts: id, envelope, not-before, the
+    time now and the token naming its entry."""
+    return [
         item.job_id,
         item.envelope,
         _not_before(item),
         f"{time.time():.6f}",
         secrets.token_hex(6),
-        ms(ttl),
     ]
+
+
+def unique_call(keys: Callable[[str], QueueKeys], item: EnqueueItem, ttl: float) -> Call:
+    """The ``enqueue_unique`` script call writing ``item`` unless its id exists."""
+    args = [*_job_args(item), ms(ttl)]
     return ("enqueue_unique", keys(item.queue).at(item.priority), args)
 
 
@@ -89,16 +94,7 @@ def keyed_call(
     keys: Callable[[str], QueueKeys], item: EnqueueItem, key: str, key_ttl: float, ttl: float
 ) -> Call:
     """The ``enqueue_keyed`` script call writing ``item`` under the unique key ``key``."""
-    args = [
-        key,
-        item.job_id,
-        item.envelope,
-        _not_before(item),
-        f"{time.time():.6f}",
-        secrets.token_hex(6),
-        ms(ttl),
-        ms(key_ttl),
-    ]
+    args = [key, *_job_args(item), ms(ttl), ms(key_ttl)]
     return ("enqueue_keyed", keys(item.queue).at(item.priority), args)
 
 
