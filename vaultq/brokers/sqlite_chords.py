@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from vaultq.brokers.chords import check_member
+from vaultq.brokers.sqlite_file import immediate, schema_once
 
 __all__ = ["SqliteChords"]
 
@@ -50,17 +50,6 @@ _CLEANUP: Final = (
 )
 
 
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 class SqliteChords:
     """``chord_arrive`` / ``chord_results``, mixed into SqliteBroker (its ``_run``: one
     connection, one thread at a time, sqlite3 errors mapped)."""
@@ -73,12 +62,7 @@ class SqliteChords:
     _chord_schema_on: int | None = None
 
     def _chord_schema(self, conn: sqlite3.Connection) -> None:
-        if self._chord_schema_on == id(conn):
-            return
-        with _immediate(conn):
-            for statement in SCHEMA:
-                conn.execute(statement)
-        self._chord_schema_on = id(conn)
+        self._chord_schema_on = schema_once(conn, SCHEMA, self._chord_schema_on)
 
     async def chord_arrive(
         self, queue: str, chord: str, member: int, result: bytes, *, total: int, until: float
@@ -88,7 +72,7 @@ class SqliteChords:
 
         def work(conn: sqlite3.Connection) -> bool:
             self._chord_schema(conn)
-            with _immediate(conn):
+            with immediate(conn):
                 now = time.time()
                 conn.execute(_CLEANUP, (now,))
                 conn.execute(_ARRIVE, (ns, queue, chord, member, bytes(result), until))

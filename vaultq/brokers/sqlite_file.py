@@ -10,7 +10,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -30,6 +30,7 @@ __all__ = [
     "migrate",
     "parse_url",
     "prepare_file",
+    "schema_once",
 ]
 
 logger = logging.getLogger("vaultq.brokers.sqlite")
@@ -52,6 +53,17 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def schema_once(conn: sqlite3.Connection, schema: Sequence[str], done_on: int | None) -> int:
+    """Run ``schema`` (CREATE ... IF NOT EXISTS statements, so concurrent first uses are
+    harmless) in one write transaction, unless ``done_on`` is already this connection's
+    id; returns the id to remember (once per connection)."""
+    if done_on != id(conn):
+        with immediate(conn):
+            for statement in schema:
+                conn.execute(statement)
+    return id(conn)
 
 
 @contextmanager

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -32,6 +31,7 @@ from vaultq.brokers.monitor import (
     decode_event,
     encode,
 )
+from vaultq.brokers.sqlite_file import immediate, schema_once
 
 __all__ = ["SCHEMA", "SqliteMonitoring"]
 
@@ -57,17 +57,6 @@ _POLL_MIN: Final = 0.05
 _POLL_MAX: Final = 0.25
 
 
-@contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 class SqliteMonitoring:
     """The :class:`~vaultq.brokers.monitor.Monitoring` operations, mixed into SqliteBroker.
 
@@ -83,13 +72,7 @@ class SqliteMonitoring:
     _monitor_schema_on: int | None = None
 
     def _monitor_schema(self, conn: sqlite3.Connection) -> None:
-        # Once per connection; IF NOT EXISTS makes concurrent first uses harmless.
-        if self._monitor_schema_on == id(conn):
-            return
-        with _write(conn):
-            for statement in SCHEMA:
-                conn.execute(statement)
-        self._monitor_schema_on = id(conn)
+        self._monitor_schema_on = schema_once(conn, SCHEMA, self._monitor_schema_on)
 
     async def beat(self, beat: WorkerBeat, *, forget: float = WORKER_FORGET) -> float:
         ns = self._namespace
@@ -97,7 +80,7 @@ class SqliteMonitoring:
         def work(conn: sqlite3.Connection) -> float:
             self._monitor_schema(conn)
             now = time.time()
-            with _write(conn):
+            with immediate(conn):
                 conn.execute(
                     "INSERT OR REPLACE INTO vaultq_workers (namespace, worker, beat, at) "
                     "VALUES (?, ?, ?, ?)",
@@ -116,7 +99,7 @@ class SqliteMonitoring:
 
         def work(conn: sqlite3.Connection) -> None:
             self._monitor_schema(conn)
-            with _write(conn):
+            with immediate(conn):
                 conn.execute(
                     "DELETE FROM vaultq_workers WHERE namespace = ? AND worker = ?", (ns, worker)
                 )
@@ -146,7 +129,7 @@ class SqliteMonitoring:
 
         def work(conn: sqlite3.Connection) -> None:
             self._monitor_schema(conn)
-            with _write(conn):
+            with immediate(conn):
                 conn.executemany("INSERT INTO vaultq_events (namespace, event) VALUES (?, ?)", rows)
                 newest = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                 conn.execute(
