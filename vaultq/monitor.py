@@ -41,6 +41,7 @@ __all__ = [
     "events",
     "follow_events",
     "judge_health",
+    "process_exists",
     "worker_health",
     "workers",
 ]
@@ -117,7 +118,8 @@ class WorkerHealth(msgspec.Struct, frozen=True):
     """The selected workers, as judged (``alive`` against ``max_age`` when given)."""
 
 
-def _pid_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (as any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -132,7 +134,7 @@ def _why_silent(status: WorkerStatus, limit: float, this_host: str) -> str:
     where = f"worker {safe_id(b.worker)} (pid {b.pid} on {safe_id(b.host)})"
     if b.host != this_host:
         cause = "killed, frozen, or cut off from the broker"
-    elif _pid_exists(b.pid):
+    elif process_exists(b.pid):
         cause = f"pid {b.pid} still exists: its event loop is blocked or the process is frozen"
     else:
         cause = f"pid {b.pid} is gone: killed or crashed"
@@ -220,7 +222,7 @@ def judge_health(
         later = any(a.beat.started_at > s.beat.at - offset for a in alive)
         if not later or s.beat.host != here:
             return later
-        return s.beat.pid in live_pids or not _pid_exists(s.beat.pid)
+        return s.beat.pid in live_pids or not process_exists(s.beat.pid)
 
     unreplaced = [s for s in judged if not s.alive and not replaced(s)]
     if unreplaced:

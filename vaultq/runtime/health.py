@@ -34,6 +34,7 @@ import msgspec
 
 from vaultq import config
 from vaultq.errors import VaultqError
+from vaultq.monitor import process_exists
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -136,16 +137,6 @@ async def keep_beating(path: Path, worker: str, interval: float = DEFAULT_INTERV
         _remove_if_ours(path, pid)
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    return True
-
-
 def check_health(
     path: Path, max_age: float | None = None, *, now: float | None = None
 ) -> tuple[bool, str]:
@@ -165,7 +156,7 @@ def check_health(
         return False, f"unhealthy: {path} is not a vaultq heartbeat file"
     limit = default_max_age(beat.every) if max_age is None else max_age
     age = (time.time() if now is None else now) - beat.at
-    if beat.host == socket.gethostname() and not _process_exists(beat.pid):
+    if beat.host == socket.gethostname() and not process_exists(beat.pid):
         return False, f"unhealthy: worker pid {beat.pid} is gone (last beat {age:.1f} s ago)"
     if age > limit:
         return False, (
