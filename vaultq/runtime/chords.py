@@ -35,7 +35,7 @@ from vaultq.envelope_types import FlowStep
 from vaultq.errors import EnvelopeError, WorkflowRefused
 from vaultq.jobs import JobStatus
 from vaultq.policy import AUDIT_LOGGER
-from vaultq.runtime.continuations import Fed, Upstream, Waiting, open_successor
+from vaultq.runtime.continuations import Fed, Upstream, Waiting, open_successor, refuse
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -78,17 +78,13 @@ def check_callback(app: App, opened: OpenedJob, flow: FlowStep) -> tuple[Header,
 
 
 def _refuse(header: Header, flow: FlowStep, why: str) -> NoReturn:
-    audit.warning(
-        "workflow %s member %d: callback refused: %s",
-        flow.workflow,
-        flow.step,
+    refuse(
+        header,
+        flow,
         why,
-        extra={
-            "vaultq": {"job_id": header.job_id, "decision": "refused", "workflow": flow.workflow}
-        },
-    )
-    raise WorkflowRefused(
-        f"workflow {flow.workflow} member {flow.step}: {why}; nothing was recorded or enqueued"
+        role="member",
+        refused="callback",
+        undone="nothing was recorded or enqueued",
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
@@ -28,7 +28,16 @@ from vaultq.policy import AUDIT_LOGGER
 if TYPE_CHECKING:
     from vaultq.app import App
 
-__all__ = ["Fed", "Upstream", "Waiting", "check_next", "feed", "forward", "open_successor"]
+__all__ = [
+    "Fed",
+    "Upstream",
+    "Waiting",
+    "check_next",
+    "feed",
+    "forward",
+    "open_successor",
+    "refuse",
+]
 
 log = logging.getLogger("vaultq.workflows")
 audit = logging.getLogger(AUDIT_LOGGER)
@@ -144,17 +153,33 @@ def check_next(app: App, opened: OpenedJob, flow: FlowStep) -> tuple[Header, byt
     return nxt.header, envelope
 
 
-def _refuse(header: Header, flow: FlowStep, why: str) -> None:
+def refuse(
+    header: Header,
+    flow: FlowStep,
+    why: str,
+    *,
+    role: str = "step",
+    refused: str = "continuation",
+    undone: str = "nothing was enqueued",
+) -> NoReturn:
+    """Audit a workflow job's refused successor (``refused``: what was refused, a
+    continuation or a chord callback) and raise ``WorkflowRefused``."""
     audit.warning(
-        "workflow %s step %d: continuation refused: %s",
+        "workflow %s %s %d: %s refused: %s",
         flow.workflow,
+        role,
         flow.step,
+        refused,
         why,
         extra={
             "vaultq": {"job_id": header.job_id, "decision": "refused", "workflow": flow.workflow}
         },
     )
-    raise WorkflowRefused(f"workflow {flow.workflow} step {flow.step}: {why}; nothing was enqueued")
+    raise WorkflowRefused(f"workflow {flow.workflow} {role} {flow.step}: {why}; {undone}")
+
+
+def _refuse(header: Header, flow: FlowStep, why: str) -> NoReturn:
+    refuse(header, flow, why)
 
 
 async def forward(app: App, opened: OpenedJob, flow: FlowStep) -> bool:
