@@ -122,6 +122,7 @@ __all__ = [
     "TickStore",
     "Tombstones",
     "UniqueKeys",
+    "entry_state",
 ]
 
 
@@ -296,6 +297,14 @@ class JobInfo(msgspec.Struct, frozen=True):
     """The id is remembered as finished (replay memory)."""
     dead: DeadLetter | None = None
     """The newest dead letter of this id among the newest ``JOB_INFO_DEAD_SCAN`` ones."""
+
+
+def entry_state(running: bool, not_before: float, now: float) -> str:
+    """:attr:`JobInfo.state` of a waiting entry: ``running`` (claimed or leased),
+    ``delayed`` (its not-before time is ahead) or ``queued``."""
+    if running:
+        return "running"
+    return "delayed" if not_before > now else "queued"
 
 
 JOB_INFO_DEAD_SCAN = 10_000

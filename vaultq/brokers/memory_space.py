@@ -24,6 +24,7 @@ from vaultq.brokers.base import (
     Release,
     Retry,
     Settlement,
+    entry_state,
 )
 from vaultq.errors import BrokerError
 
@@ -263,15 +264,9 @@ class Space:
         if job is None:
             return info
         leased = job.owner is not None and (job.lease_until or 0.0) > now
-        if claimed or leased:
-            state = "running"
-        elif job.not_before > now:
-            state = "delayed"
-        else:
-            state = "queued"
         return msgspec.structs.replace(
             info,
-            state=state,
+            state=entry_state(claimed or leased, job.not_before, now),
             attempt=job.attempt,
             enqueued_at=job.enqueued_at,
             not_before=job.not_before,

@@ -24,6 +24,7 @@ from vaultq.brokers.base import (
     JobInfo,
     QueuedEntry,
     QueueStats,
+    entry_state,
 )
 from vaultq.brokers.sqlite_file import immediate
 from vaultq.brokers.sqlite_rows import FORGET_ID, DeadLetters, as_int, as_level, as_text, dead_row
@@ -209,15 +210,10 @@ class SqliteOperatorTools:
             leased = (
                 owner is not None and isinstance(lease_until, int | float) and (lease_until > now)
             )
-            if claimed is not None or leased:
-                state = "running"
-            elif isinstance(not_before, int | float) and not_before > now:
-                state = "delayed"
-            else:
-                state = "queued"
+            due = not_before if isinstance(not_before, int | float) else now
             return msgspec.structs.replace(
                 info,
-                state=state,
+                state=entry_state(claimed is not None or leased, due, now),
                 attempt=as_int(attempt, least=1),
                 enqueued_at=enqueued_at if isinstance(enqueued_at, int | float) else 0.0,
                 not_before=not_before if isinstance(not_before, int | float) else 0.0,
