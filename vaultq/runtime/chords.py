@@ -30,12 +30,12 @@ import msgspec
 
 from vaultq.brokers.base import Ack, Bury, EnqueueItem, Release, Settlement
 from vaultq.brokers.chords import chord_store
-from vaultq.envelope import Header, OpenedJob, open_result
+from vaultq.envelope import Header, OpenedJob
 from vaultq.envelope_types import FlowStep
 from vaultq.errors import EnvelopeError, WorkflowRefused
 from vaultq.jobs import JobStatus
 from vaultq.policy import AUDIT_LOGGER
-from vaultq.runtime.continuations import Fed, Upstream, Waiting, open_successor, refuse
+from vaultq.runtime.continuations import Fed, Upstream, Waiting, open_input, open_successor, refuse
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -159,16 +159,8 @@ async def gather(app: App, opened: OpenedJob, flow: FlowStep) -> Fed | Waiting |
         if data is None:
             return Waiting()
         try:
-            body = open_result(
-                data,
-                app.keyring,
-                app=opened.header.app,
-                job_id=f"{flow.workflow}.{i}",
-                task=plan.task_of(i),
-                queue=plan.queue_of(i),
-                max_size=app.max_envelope_size,
-                accept_v1=app.accept_envelope_v1,
-            )
+            member = f"{flow.workflow}.{i}"
+            body = open_input(app, opened, data, member, plan.task_of(i), plan.queue_of(i))
         except EnvelopeError as exc:
             return Upstream(f"the result of member {i} does not open: {type(exc).__name__}")
         if body.principal_id != principal_id:

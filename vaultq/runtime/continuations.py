@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, NoReturn
 import msgspec
 
 from vaultq.brokers.base import EnqueueItem
-from vaultq.envelope import FlowStep, Header, OpenedJob, open_job, open_result, peek_header
+from vaultq.envelope import (
+    FlowStep,
+    Header,
+    OpenedJob,
+    ResultBody,
+    open_job,
+    open_result,
+    peek_header,
+)
 from vaultq.errors import EnvelopeError, WorkflowRefused
 from vaultq.jobs import JobStatus
 from vaultq.policy import AUDIT_LOGGER
@@ -35,6 +43,7 @@ __all__ = [
     "check_next",
     "feed",
     "forward",
+    "open_input",
     "open_successor",
     "refuse",
 ]
@@ -67,6 +76,24 @@ class Upstream(msgspec.Struct, frozen=True):
     reason: str
 
 
+def open_input(
+    app: App, opened: OpenedJob, data: bytes, job_id: str, task: str | None, queue: str | None
+) -> ResultBody:
+    """Open the result of ``job_id`` that ``opened`` consumes (a previous step's, a chord
+    member's, a dependency's) under the app's keyring, bound to that job's task and queue
+    and to this job's app. Raises ``EnvelopeError``."""
+    return open_result(
+        data,
+        app.keyring,
+        app=opened.header.app,
+        job_id=job_id,
+        task=task,
+        queue=queue,
+        max_size=app.max_envelope_size,
+        accept_v1=app.accept_envelope_v1,
+    )
+
+
 async def feed(app: App, opened: OpenedJob, flow: FlowStep) -> Fed | Waiting | Upstream:
     """This step's payload: the SUCCEEDED result of the step the producer's plan names.
 
@@ -85,16 +112,7 @@ async def feed(app: App, opened: OpenedJob, flow: FlowStep) -> Fed | Waiting | U
     if data is None:
         return Waiting()
     try:
-        body = open_result(
-            data,
-            app.keyring,
-            app=opened.header.app,
-            job_id=source,
-            task=flow.input_task,
-            queue=flow.input_queue,
-            max_size=app.max_envelope_size,
-            accept_v1=app.accept_envelope_v1,
-        )
+        body = open_input(app, opened, data, source, flow.input_task, flow.input_queue)
     except EnvelopeError as exc:
         return Upstream(f"the result of step {flow.step - 1} does not open: {type(exc).__name__}")
     principal = opened.body.principal

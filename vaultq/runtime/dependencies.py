@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vaultq.brokers.base import Delivery, Release, Settlement
-from vaultq.envelope import OpenedJob, open_result
+from vaultq.envelope import OpenedJob
 from vaultq.errors import EnvelopeError
 from vaultq.jobs import JobStatus
+from vaultq.runtime.continuations import open_input
 
 if TYPE_CHECKING:
     from vaultq.runtime.execute import Executor
@@ -49,16 +50,7 @@ async def gate(
             waiting = True  # not finished (or its outcome expired: see docs/workflows.md)
             continue
         try:
-            body = open_result(
-                data,
-                app.keyring,
-                app=opened.header.app,
-                job_id=dep.job_id,
-                task=dep.task,
-                queue=dep.queue,
-                max_size=app.max_envelope_size,
-                accept_v1=app.accept_envelope_v1,
-            )
+            body = open_input(app, opened, data, dep.job_id, dep.task, dep.queue)
         except EnvelopeError as exc:
             why = f"the outcome of dependency {dep.job_id} does not open ({type(exc).__name__})"
             return _failed(outcomes, delivery, opened, task, why)
