@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -194,3 +195,302 @@ async def test_the_in_flight_gauge_counts_running_attempts_in_a_real_worker(
         text = generate_latest(m.registry).decode()
         assert 'vaultq_jobs_in_flight{queue="default",task="met.hold"} 0.0' in text
     await app.aclose()
+
+
+# -- the lock-free per-attempt counts (vaultq/metrics_counts.py) --------------------------
+
+
+class Marked(msgspec.Struct, frozen=True):
+    text: str
+
+
+def scrape_http(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def parsed(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float | None:
+    return found.get((name, tuple(sorted(labels.items()))))
+
+
+def assert_histograms_consistent(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> int:
+    """Every histogram series: cumulative buckets never decrease, ``+Inf`` is ``_count``,
+    the sum is not negative. Returns how many series were checked."""
+    series: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[float, float]]] = {}
+    for (name, labels), v in found.items():
+        if name.endswith("_bucket"):
+            le = dict(labels)["le"]
+            rest = tuple(kv for kv in labels if kv[0] != "le")
+            series.setdefault((name[: -len("_bucket")], rest), []).append((float(le), v))
+    for (base, labels), buckets in series.items():
+        counts = [n for _, n in sorted(buckets)]
+        assert counts == sorted(counts), (base, labels, counts)
+        assert found[(f"{base}_count", labels)] == counts[-1]
+        assert found[(f"{base}_sum", labels)] >= 0
+    return len(series)
+
+
+@pytest.mark.broker_kinds("sqlite", "redis")
+async def test_counts_per_label_are_exact_for_500_concurrent_jobs_scraped_over_http(
+    broker_url: str, unique_name: str
+) -> None:
+    # 500 jobs, 50 at a time, over four tasks and five outcomes, scraped over HTTP while
+    # they run (a scrape reads what the worker's loop writes) and once drained.
+    import threading
+
+    from support.workers import make_app, running_worker
+
+    from vaultq.metrics import serve_metrics
+
+    marker = f"PLAINTEXT-{unique_name}"
+    app = make_app(unique_name, broker_url)
+    m = PrometheusMetrics(app)
+    app.add_middleware(m)
+
+    @app.task(name="c.ok", policy=vaultq.allow_all)
+    async def ok(job: Marked) -> str:
+        await anyio.sleep(0)
+        return job.text
+
+    @app.task(name="c.boom", policy=vaultq.allow_all, retries=0)
+    async def boom(job: Marked) -> None:
+        raise vaultq.Fatal(job.text)
+
+    @app.task(name="c.flaky", policy=vaultq.allow_all, retries=1, backoff=0.01)
+    def flaky(job: Marked) -> str:  # sync: its attempts run in threads
+        if vaultq.current_job().attempt == 1:
+            raise RuntimeError(job.text)
+        return job.text
+
+    @vaultq.rule(name="c.enqueue_only")
+    def enqueue_only(request: vaultq.PolicyRequest) -> bool:
+        return request.stage != "run"
+
+    @app.task(name="c.denied", policy=enqueue_only)
+    async def denied(job: Marked) -> None:
+        return None
+
+    port = free_port()
+    server = serve_metrics(port, "127.0.0.1", m.registry)
+    scrapes: list[str] = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            scrapes.append(scrape_http(port))
+            stop.wait(0.02)
+
+    plan: list[tuple[vaultq.Task[Any, Any], int]] = [
+        (ok, 200),
+        (boom, 150),
+        (flaky, 100),
+        (denied, 50),
+    ]
+    scraping = threading.Thread(target=scraper)
+    try:
+        async with running_worker(app, concurrency=50, block=0.05) as worker:
+            scraping.start()
+            for task, n in plan:
+                for start in range(0, n, 50):
+                    await task.enqueue_many([Marked(marker)] * min(50, n - start))
+            with anyio.fail_after(120):
+                while worker.processed < 600:  # 500 jobs + 100 retries settled
+                    await anyio.sleep(0.02)
+        stop.set()
+        scraping.join(timeout=30)
+        final = parsed(scrape_http(port))
+    finally:
+        stop.set()
+        server.shutdown()
+        await app.aclose()
+
+    jobs = "vaultq_jobs_total"
+    expected = {
+        ("c.ok", "succeeded"): 200,
+        ("c.boom", "failed"): 150,
+        ("c.flaky", "retrying"): 100,
+        ("c.flaky", "succeeded"): 100,
+        ("c.denied", "denied"): 50,
+    }
+    got = {
+        (dict(labels)["task"], dict(labels)["outcome"]): v
+        for (name, labels), v in final.items()
+        if name == jobs
+    }
+    assert got == expected
+    durations = "vaultq_attempt_duration_seconds_count"
+    assert sample(final, durations, task="c.ok", queue="default", outcome="succeeded") == 200
+    assert sample(final, durations, task="c.boom", queue="default", outcome="failed") == 150
+    assert sample(final, durations, task="c.flaky", queue="default", outcome="failed") == 100
+    assert sample(final, durations, task="c.flaky", queue="default", outcome="succeeded") == 100
+    assert sample(final, durations, task="c.denied", queue="default", outcome="denied") is None
+    latency = "vaultq_queue_latency_seconds_count"
+    assert sample(final, latency, task="c.ok", queue="default") == 200
+    assert sample(final, latency, task="c.flaky", queue="default") == 200  # both attempts
+    assert sample(final, latency, task="c.denied", queue="default") is None  # never started
+    for name in ("c.ok", "c.boom", "c.flaky"):
+        assert sample(final, "vaultq_jobs_in_flight", task=name, queue="default") == 0
+    assert sample(final, "vaultq_retries_total", task="c.flaky", queue="default") == 100
+    denials = "vaultq_denials_total"
+    assert sample(final, denials, task="c.denied", queue="default", policy="c.enqueue_only") == 50
+    assert assert_histograms_consistent(final) == 4 + 3  # durations + latencies
+
+    # Every scrape during the run was well formed and consistent, and counts only grew.
+    assert scrapes
+    previous = 0.0
+    for text in scrapes:
+        during = parsed(text)
+        assert_histograms_consistent(during)
+        settled = sum(v for (name, _), v in during.items() if name == jobs)
+        assert previous <= settled <= 600
+        previous = settled
+        in_flight = [v for (name, _), v in during.items() if name == "vaultq_jobs_in_flight"]
+        assert all(0 <= v <= 50 for v in in_flight), in_flight
+    for text in [*scrapes, scrape_text(final)]:
+        assert marker not in text and unique_name not in text.replace(f'app="{unique_name}"', "")
+
+
+def scrape_text(found: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> str:
+    return repr(found)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def observations(n: int) -> list[float]:
+    # Values on, just below and just above every bound, zero, huge and negative (a clock
+    # step): the ``le`` edge cases of both histograms.
+    from vaultq.metrics_counts import DURATION_BUCKETS, LATENCY_BUCKETS
+
+    edges = [float(b) for b in (*DURATION_BUCKETS, *LATENCY_BUCKETS)]
+    values = [0.0, -0.5, 1e9, *edges, *(b * 0.999 for b in edges), *(b * 1.001 for b in edges)]
+    return [values[i % len(values)] * (1 + (i // len(values)) * 1e-7) for i in range(n)]
+
+
+def test_histograms_match_what_prometheus_client_would_count() -> None:
+    # The same observations into the hooks and into prometheus-client's own Histogram:
+    # identical buckets and count, the same sum.
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from vaultq.metrics_counts import DURATION, DURATION_BUCKETS, LATENCY, LATENCY_BUCKETS
+
+    reference = CollectorRegistry()
+    ref_duration = Histogram(
+        *DURATION[:2], DURATION[2], buckets=DURATION_BUCKETS, registry=reference
+    )
+    ref_latency = Histogram(*LATENCY[:2], LATENCY[2], buckets=LATENCY_BUCKETS, registry=reference)
+    m = metrics()
+    now = 1_700_000_000.0
+    import time as real_time
+
+    values = observations(2000)
+    outcomes = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.TIMED_OUT)
+    for i, value in enumerate(values):
+        outcome = outcomes[i % 3]
+        job = JobInfo(
+            job_id=f"j{i}", queue=f"q{i % 2}", attempt=1, app="m", worker_id="w",
+            authenticated=True, task=f"t{i % 4}", enqueued_at=now, not_before=0.0,
+        )  # fmt: skip
+        m.attempt_finished(job, outcome, value)
+        ref_duration.labels(f"t{i % 4}", f"q{i % 2}", outcome.value).observe(value)
+    # Queue latency is measured against the clock: observe what the hook computes.
+    waits: list[float] = []
+    for i in range(300):
+        ready = real_time.time() - values[i % len(values)]
+        job = JobInfo(
+            job_id=f"l{i}", queue="q0", attempt=1, app="m", worker_id="w",
+            authenticated=True, task="lat", enqueued_at=ready, not_before=0.0,
+        )  # fmt: skip
+        m.attempt_started(job)
+        waits.append(max(real_time.time() - ready, 0.0))
+    ours = parsed(generate_latest(m.registry).decode())
+    ref = parsed(generate_latest(reference).decode())
+    for (name, labels), v in ref.items():
+        if name.startswith("vaultq_attempt_duration_seconds") and not name.endswith("_created"):
+            if name.endswith("_sum"):
+                assert ours[(name, labels)] == pytest.approx(v, rel=1e-12), (name, labels)
+            else:
+                assert ours[(name, labels)] == v, (name, labels)
+    duration_series = {k for k in ours if k[0] == "vaultq_attempt_duration_seconds_count"}
+    assert len(duration_series) == 4 * 3  # t0..t3 x their outcomes, nothing else
+    assert sample(ours, "vaultq_queue_latency_seconds_count", task="lat", queue="q0") == 300
+    assert sample(
+        ours, "vaultq_queue_latency_seconds_sum", task="lat", queue="q0"
+    ) == pytest.approx(sum(waits), rel=1e-3, abs=1.0)
+    assert sample(ours, "vaultq_jobs_in_flight", task="lat", queue="q0") == 300
+    # Both families carry prometheus-client's _created samples, like its own objects.
+    assert {n for n, _ in ref if n.endswith("_created")} <= {n for n, _ in ours}
+    del ref_latency
+
+
+def test_threads_counting_at_once_lose_nothing() -> None:
+    # Each thread that runs hooks (a second worker, the test kit in another thread)
+    # writes its own table: eight threads, 5000 attempts each, scraped meanwhile.
+    import threading
+
+    m = metrics()
+    per_thread, threads = 5000, 8
+    go = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        go.wait()
+        try:
+            for i in range(per_thread):
+                job = JobInfo(
+                    job_id=f"{n}-{i}", queue="default", attempt=1, app="m", worker_id="w",
+                    authenticated=True, task=f"t{i % 3}", enqueued_at=1.0, not_before=0.0,
+                )  # fmt: skip
+                m.attempt_started(job)
+                outcome = Outcome.SUCCEEDED if i % 2 else Outcome.FAILED
+                m.attempt_finished(job, outcome, 0.001 * (i % 7))
+                m.settled(job, outcome, None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    go.wait()
+    seen = 0.0
+    while any(t.is_alive() for t in workers):
+        found = parsed(generate_latest(m.registry).decode())
+        assert_histograms_consistent(found)
+        total = sum(v for (name, _), v in found.items() if name == "vaultq_jobs_total")
+        assert total >= seen
+        seen = total
+    for t in workers:
+        t.join()
+    assert not errors
+    found = parsed(generate_latest(m.registry).decode())
+    for task in ("t0", "t1", "t2"):
+        per_task = sum(1 for i in range(per_thread) if f"t{i % 3}" == task) * threads
+        ok = sum(1 for i in range(per_thread) if f"t{i % 3}" == task and i % 2) * threads
+        labels = {"task": task, "queue": "default"}
+        assert sample(found, "vaultq_jobs_total", **labels, outcome="succeeded") == ok
+        assert sample(found, "vaultq_jobs_total", **labels, outcome="failed") == per_task - ok
+        durations = "vaultq_attempt_duration_seconds_count"
+        assert sample(found, durations, **labels, outcome="succeeded") == ok
+        assert sample(found, "vaultq_queue_latency_seconds_count", **labels) == per_task
+        assert sample(found, "vaultq_jobs_in_flight", **labels) == 0

@@ -391,6 +391,14 @@ def test_processes_share_one_metrics_port(run_of: Callable[[str], Run]) -> None:
             ),
             "20 successes summed over both processes",
         )
+        # The per-attempt families of the children (prometheus-client's multiprocess
+        # files, not the one-process counts): histograms and the in-flight gauge summed.
+        f = samples(scrape(run.port))
+        labels = {"task": "ok", "queue": "default"}
+        duration = "vaultq_attempt_duration_seconds_count"
+        assert value(f, duration, **labels, outcome="succeeded") == 20
+        assert value(f, "vaultq_queue_latency_seconds_count", **labels) == 20
+        assert value(f, "vaultq_jobs_in_flight", **labels) == 0
         beats = json.loads(cli(run.env, "workers", "--json").stdout)["workers"]
         assert len([w for w in beats if w["alive"]]) == 2
         assert proc.poll() is None

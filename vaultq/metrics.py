@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -35,11 +35,20 @@ from vaultq.policies import Policy, policy_name
 
 try:
     import prometheus_client
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import CollectorRegistry, Counter, Gauge
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
         "Prometheus metrics need the prometheus-client package: pip install 'vaultq[metrics]'"
     ) from exc
+
+# Below the check above: both import prometheus-client.
+from vaultq.metrics_counts import (
+    DURATION_BUCKETS,
+    LATENCY_BUCKETS,
+    JobCounts,
+    Slot,
+)
+from vaultq.metrics_shared import SharedCounts
 
 if TYPE_CHECKING:
     from vaultq.app import App
@@ -59,8 +68,6 @@ DEPTH_INTERVAL: Final = 5.0
 """Seconds between two reads of the queue depths from the broker (never per scrape)."""
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
-_DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
 _DEPTH_STATES: Final = ("ready", "delayed", "running", "dead")
 _LABEL_TEXT: Final = re.compile(r"[A-Za-z0-9_.:<>-]{1,100}")
 
@@ -90,6 +97,14 @@ class PrometheusMetrics(Middleware):
     ``app``: the app whose broker the queue depths are read from (every
     ``depth_interval`` seconds, by each worker). ``registry``: where the metrics are
     registered (default: a private registry, served by :func:`serve_metrics`).
+
+    The per-attempt families (``vaultq_jobs``, ``vaultq_attempt_duration_seconds``,
+    ``vaultq_queue_latency_seconds``, ``vaultq_jobs_in_flight``) are plain numbers the
+    hooks bump without a lock, exposed at scrape time by a collector on ``registry``
+    (``vaultq/metrics_counts.py``); in a ``--processes`` child, prometheus-client's
+    multiprocess objects (``vaultq/metrics_shared.py``). The others change on rare
+    events (or in producers' threads: ``vaultq_jobs_enqueued``) and stay
+    prometheus-client objects.
     """
 
     def __init__(
@@ -103,38 +118,19 @@ class PrometheusMetrics(Middleware):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.depth_interval = depth_interval
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._by_task: dict[tuple[str, str], _Series] = {}
         r = self.registry
+        self.counts: JobCounts | None = None
+        """This process's per-attempt counts (None in a ``--processes`` child)."""
+        self.shared: SharedCounts | None = None
+        """The per-attempt metrics of a ``--processes`` child (None in one process)."""
+        if _multiprocess():
+            self.shared = SharedCounts(r)
+        else:
+            self.counts = JobCounts()
+            r.register(self.counts)
+        self._local = None if self.counts is None else self.counts.local
         self.enqueued = Counter(
             "vaultq_jobs_enqueued", "Jobs enqueued by this process", ["task", "queue"], registry=r
-        )
-        self.jobs = Counter(
-            "vaultq_jobs",
-            "Deliveries settled, by outcome (succeeded, failed, timed_out, cancelled, expired, "
-            "denied, retrying, released, dropped, internal_error)",
-            ["task", "queue", "outcome"],
-            registry=r,
-        )
-        self.attempt_duration = Histogram(
-            "vaultq_attempt_duration_seconds",
-            "Wall-clock time of one attempt (the task call), by outcome",
-            ["task", "queue", "outcome"],
-            buckets=_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.queue_latency = Histogram(
-            "vaultq_queue_latency_seconds",
-            "Seconds from when a job could start (enqueue or its delay) to its attempt's start",
-            ["task", "queue"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "vaultq_jobs_in_flight",
-            "Attempts running now",
-            ["task", "queue"],
-            registry=r,
-            multiprocess_mode="livesum",
         )
         self.retries = Counter(
             "vaultq_retries",
@@ -194,14 +190,6 @@ class PrometheusMetrics(Middleware):
             multiprocess_mode="livesum",
         )
 
-    def _series(self, task: str, queue: str) -> _Series:
-        # The hot path (three hooks per attempt) looks up one bundle per (task, queue)
-        # instead of a child per metric and label tuple.
-        found = self._by_task.get((task, queue))
-        if found is None:
-            found = self._by_task[task, queue] = _Series(self, task, queue)
-        return found
-
     def _child(self, metric: Any, *labels: str) -> Any:
         # prometheus-client's labels() validates and locks on every call; the label sets
         # are few (tasks x queues x outcomes), so each child is looked up once.
@@ -214,6 +202,8 @@ class PrometheusMetrics(Middleware):
     # -- producer -------------------------------------------------------------------------
 
     def after_enqueue(self, job: EnqueueInfo, error: str | None) -> None:
+        # Producers' threads (enqueue_sync, web servers) call this concurrently: a
+        # prometheus-client counter, whose lock makes that safe.
         if error is None:
             self._child(self.enqueued, job.task, job.queue).inc()
 
@@ -234,36 +224,59 @@ class PrometheusMetrics(Middleware):
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call,unused-ignore]
 
-    # The three per-attempt hooks below are the hot path: one dict lookup per hook for
-    # the (task, queue) bundle, then prebound methods of the label children (no property,
-    # no labels() call, no max() call per job).
+    # The three per-attempt hooks below are the hot path: in one process, one dict lookup
+    # in this thread's table for the (task, queue) slot, then plain int updates and a
+    # bisect for the histogram bucket -- no lock, no label work, no call per metric.
 
     def attempt_started(self, job: JobInfo) -> None:
-        series = self._by_task.get((job.task, job.queue)) or self._series(job.task, job.queue)
-        start = series.start or series.bind_start()
-        start[0]()
         enqueued_at, not_before = job.enqueued_at, job.not_before
         ready_at = enqueued_at if enqueued_at > not_before else not_before
+        local = self._local
+        if local is None:
+            waited = max(time.time() - ready_at, 0.0) if ready_at > 0 else None
+            self.shared.started(job.task, job.queue, waited)  # type: ignore[union-attr]
+            return
+        slot = local.slots.get((job.task, job.queue)) or self._slot(job.task, job.queue)
+        latency = slot.latency or slot.started()
+        slot.running += 1
         if ready_at > 0:
             waited = time.time() - ready_at
-            start[1](waited if waited > 0.0 else 0.0)
+            if waited < 0.0:
+                waited = 0.0
+            latency.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
+            latency.total += waited
 
     def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
-        series = self._by_task.get((job.task, job.queue)) or self._series(job.task, job.queue)
-        (series.start or series.bind_start())[2]()
-        (series.durations.get(outcome) or series.bind_duration(outcome))(duration)
+        local = self._local
+        if local is None:
+            self.shared.finished(job.task, job.queue, outcome, duration)  # type: ignore[union-attr]
+            return
+        slot = local.slots.get((job.task, job.queue)) or self._slot(job.task, job.queue)
+        if slot.latency is None:
+            slot.started()
+        slot.running -= 1
+        durations = slot.durations.get(outcome) or slot.duration(outcome)
+        durations.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        durations.total += duration
 
     def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
         if job.redelivered:
             self._child(self.reclaimed, job.queue).inc()
         # An unopened delivery's task name is the broker's claim: never a label value.
         task = job.task if job.authenticated else ""
-        series = self._by_task.get((task, job.queue)) or self._series(task, job.queue)
-        (series.counts.get(outcome) or series.bind_count(outcome))()
+        local = self._local
+        if local is None:
+            self.shared.settled(task, job.queue, outcome)  # type: ignore[union-attr]
+        else:
+            slot = local.slots.get((task, job.queue)) or self._slot(task, job.queue)
+            (slot.outcomes.get(outcome) or slot.outcome(outcome)).n += 1
         if outcome is Outcome.RETRYING:
-            series.retries.inc()
+            self._child(self.retries, task, job.queue).inc()
         elif outcome is Outcome.DENIED:
-            self._child(self.denials, series.task, job.queue, self._policy_of(series.task)).inc()
+            self._child(self.denials, task, job.queue, self._policy_of(task)).inc()
+
+    def _slot(self, task: str, queue: str) -> Slot:
+        return self.counts.slot(task, queue)  # type: ignore[union-attr]
 
     def _policy_of(self, task: str) -> str:
         # The policy the worker evaluated: the task's own, else the app's default (the
@@ -301,76 +314,6 @@ class PrometheusMetrics(Middleware):
                 for state in _DEPTH_STATES:
                     self.depth.labels(queue, state).set(getattr(stats, state))
             await anyio.sleep(self.depth_interval)
-
-
-class _Series:
-    """The children of one (task, queue), each made on first use (a series appears in
-    /metrics once it has something to say: no zero ``task=""`` in-flight gauge), kept as
-    the bound methods the hooks call."""
-
-    __slots__ = ("_metrics", "counts", "durations", "queue", "start", "task")
-
-    def __init__(self, metrics: PrometheusMetrics, task: str, queue: str) -> None:
-        self._metrics = metrics
-        self.task, self.queue = task, queue
-        self.start: tuple[Callable[[], None], Callable[[float], None], Callable[[], None]] | None
-        self.start = None
-        """In-flight ``inc``, queue latency ``observe``, in-flight ``dec``."""
-        self.durations: dict[Outcome, Callable[[float], None]] = {}
-        """Attempt duration ``observe`` by outcome."""
-        self.counts: dict[Outcome, Callable[[], None]] = {}
-        """Settled deliveries' ``inc`` by outcome."""
-
-    def bind_start(
-        self,
-    ) -> tuple[Callable[[], None], Callable[[float], None], Callable[[], None]]:
-        metrics = self._metrics
-        gauge = metrics.in_flight.labels(self.task, self.queue)
-        latency = metrics.queue_latency.labels(self.task, self.queue)
-        if _multiprocess():
-            # Each process writes its own value to the shared directory: a real gauge.
-            self.start = (gauge.inc, latency.observe, gauge.dec)
-        else:
-            # One process: the gauge reads a plain count when scraped, instead of taking
-            # prometheus-client's lock twice per attempt (the hooks run on one thread).
-            live = _Live()
-            gauge.set_function(live.value)
-            self.start = (live.inc, latency.observe, live.dec)
-        return self.start
-
-    def bind_duration(self, outcome: Outcome) -> Callable[[float], None]:
-        child = self._metrics.attempt_duration.labels(self.task, self.queue, outcome.value)
-        found: Callable[[float], None] = child.observe
-        self.durations[outcome] = found
-        return found
-
-    def bind_count(self, outcome: Outcome) -> Callable[[], None]:
-        child = self._metrics.jobs.labels(self.task, self.queue, outcome.value)
-        found: Callable[[], None] = child.inc
-        self.counts[outcome] = found
-        return found
-
-    @property
-    def retries(self) -> Any:
-        return self._metrics._child(self._metrics.retries, self.task, self.queue)
-
-
-class _Live:
-    """A count the worker's loop changes and a scrape reads (an int read is atomic)."""
-
-    __slots__ = ("n",)
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def inc(self) -> None:
-        self.n += 1
-
-    def dec(self) -> None:
-        self.n -= 1
-
-    def value(self) -> float:
-        return float(self.n)
 
 
 def multiprocess_registry() -> CollectorRegistry:
