@@ -77,6 +77,24 @@ def test_node_refuses_every_refusal_vector_with_its_reason(version: int) -> None
 
 
 @needs_node
+def test_node_verifies_batch_signed_jobs_and_refuses_every_batch_refusal() -> None:
+    """docs/envelope.md, *Batch signatures*: other implementations MUST accept both
+    forms. Node (which produces single signatures only) rebuilds every tree of the
+    vectors, opens every member of every batch, refuses every refusal vector with
+    vaultq's reason, opens the accepted ones and refuses a result carrying a proof."""
+    vectors = VECTORS / "envelope_batch.json"
+    done = _node("--batch", str(vectors), script=CHECK)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(vectors.read_text())
+    expected = [f"tree {t['count']}: ok" for t in doc["tree"]]
+    expected += [f"batch {b['name']}: ok" for b in doc["batches"]]
+    expected += [f"refusal {v['name']}: {v['reason']}" for v in doc["refusals"]]
+    expected += [f"accepted {v['name']}: ok" for v in doc["accepted"]]
+    expected += ["result with a proof: malformed"]
+    assert done.stdout.split("\n")[:-1] == expected
+
+
+@needs_node
 def test_node_refuses_every_keyring_refusal_vector() -> None:
     """Small-order and non-canonical Ed25519 verify keys, non-canonical base64url: Node
     refuses each keyring for the reason the vector names, as vaultq does."""

@@ -15,6 +15,7 @@ from vaultq import config
 from vaultq._loop import LoopThread
 from vaultq.appschedules import AppSchedules
 from vaultq.appsettings import AppSettingsView
+from vaultq.batchsig import RootCache
 from vaultq.brokers import broker_from_url
 from vaultq.brokers.base import Broker, BrokerCapabilities, CancelState
 from vaultq.brokers.writer import SyncWriter
@@ -81,7 +82,10 @@ class App(AppSettingsView, AppSchedules):
     Envelope format (``docs/envelope.md``): ``envelope_version`` (2, XAES-256-GCM; 1 while
     workers that read only v1 remain) is the format new jobs are sealed with;
     ``accept_envelope_v1`` (True during the migration window) set to False refuses v1 jobs
-    and results.
+    and results. ``batch_signatures`` (off by default) signs the jobs of one
+    ``enqueue_many`` call with one Ed25519 signature over a Merkle root instead of one each
+    (``docs/envelope.md``, *Batch signatures*): turn it on only once every worker runs a
+    vaultq that reads that form.
 
     ``enqueue_retry``: seconds an enqueue keeps retrying a broker that is briefly
     unreachable (restart, failover, a dropped pooled connection) with jittered backoff
@@ -117,6 +121,7 @@ class App(AppSettingsView, AppSchedules):
         max_backoff: float | UnsetType = UNSET,
         envelope_version: int | UnsetType = UNSET,
         accept_envelope_v1: bool | UnsetType = UNSET,
+        batch_signatures: bool | UnsetType = UNSET,
         enqueue_retry: float | UnsetType = UNSET,
         middleware: Sequence[Middleware] = (),
     ) -> None:
@@ -141,6 +146,7 @@ class App(AppSettingsView, AppSchedules):
                 ("max_backoff", max_backoff),
                 ("envelope_version", envelope_version),
                 ("accept_envelope_v1", accept_envelope_v1),
+                ("batch_signatures", batch_signatures),
                 ("enqueue_retry", enqueue_retry),
             )
             if value is not UNSET
@@ -166,6 +172,9 @@ class App(AppSettingsView, AppSchedules):
         self._task_defaults = None
         self._keyring = keyring
         self._keyring_lock = threading.Lock()
+        self.batch_roots = RootCache()
+        """Batch roots whose signature verified in this process (vaultq/batchsig.py): a
+        batch-signed job costs one Ed25519 verification per batch, not per job."""
         self.keyring_source = "given" if keyring is not None else ""
         self.default_policy = default_policy
         self.clock = Clock()
@@ -497,6 +506,7 @@ class App(AppSettingsView, AppSchedules):
             skew=skew,
             max_size=self.max_envelope_size,
             accept_v1=self.accept_envelope_v1,
+            roots=self.batch_roots,
         )
 
     async def cancel(self, job_id: str, *, queue: str | None = None) -> CancelState:

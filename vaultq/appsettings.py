@@ -90,3 +90,7 @@ class AppSettingsView:
     @property
     def accept_envelope_v1(self) -> bool:
         return self._settings.accept_envelope_v1
+
+    @property
+    def batch_signatures(self) -> bool:
+        return self._settings.batch_signatures

@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_ACCEPT_ENVELOPE_V1",
     "DEFAULT_ASYNC_CONCURRENCY",
     "DEFAULT_BACKOFF",
+    "DEFAULT_BATCH_SIGNATURES",
     "DEFAULT_BROKER_URL",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_CONCURRENCY",
@@ -71,6 +72,9 @@ DEFAULT_ENVELOPE_VERSION = 2
 """Format new job envelopes are sealed with (v2: XAES-256-GCM); docs/envelope.md."""
 DEFAULT_ACCEPT_ENVELOPE_V1 = True
 """Read v1 envelopes (the migration window); set False once no v1 envelope remains."""
+DEFAULT_BATCH_SIGNATURES = False
+"""Sign each ``enqueue_many`` call's jobs one by one; True signs one Merkle root per call
+(docs/envelope.md, *Batch signatures*), which workers older than the format refuse."""
 DEFAULT_HEALTH_INTERVAL = 5.0
 """Seconds between a worker's heartbeats (``--health-interval``)."""
 DEFAULT_STALL_WARNING = 1.0

@@ -21,6 +21,9 @@ tag, container and header shape (canonical encoding only), destination (app, que
 id), task registered, time window, signer trusted and signature valid, key id known and
 decryption, body shape. The replay check and the strict typed payload decode are the
 caller's next steps.
+
+A batch-signed job (5th container element: a proof, ``vaultq/batchsig.py``) differs only
+in "signature valid": its audit path must lead to a root whose signature is valid.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Annotated
 import msgspec
 from cryptography.exceptions import InvalidTag
 
+from vaultq import batchsig
 from vaultq.envelope_types import (
     JOB_DOMAIN,
     JOB_ID_FORM,
@@ -47,6 +51,7 @@ from vaultq.envelope_types import (
     Header,
     JobBody,
     JobMeta,
+    JobParts,
     OpenedJob,
     ResultBody,
     new_job_id,
@@ -88,6 +93,7 @@ __all__ = [
     "Header",
     "JobBody",
     "JobMeta",
+    "JobParts",
     "OpenedJob",
     "ResultBody",
     "new_job_id",
@@ -95,6 +101,7 @@ __all__ = [
     "open_result",
     "peek_header",
     "seal_job",
+    "seal_job_parts",
     "seal_result",
     "tag_version",
 ]
@@ -124,6 +131,8 @@ class _Container(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fi
     nonce: bytes
     ciphertext: bytes
     signature: bytes
+    # Present (a bin) only in a batch-signed job; a nil here fails the canonical length.
+    proof: bytes | None = None
 
 
 # Built once: these encoders/decoders hold no per-call state, and building them per call
@@ -164,13 +173,47 @@ def seal_job(
     header = _job_header(
         keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
     )
+    plaintext = _job_plaintext(payload, principal, meta)
+    return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(_nonce_size(version)))
+
+
+def _job_plaintext(payload: bytes, principal: Principal | None, meta: JobMeta) -> bytes:
     if meta.timeout is not None and not meta.timeout > 0:  # NaN included
         raise ValueError("cannot seal this job: meta.timeout must be > 0 seconds")
     problem = None if principal is None else wire_problem(principal)
     if problem is not None:
         raise ValueError(f"cannot seal this job: {problem}")
-    plaintext = _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
-    return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(_nonce_size(version)))
+    return _body_encode(JobBody(msgspec.Raw(payload), principal, meta))
+
+
+def seal_job_parts(
+    keyring: Keyring,
+    *,
+    job_id: str,
+    app: str,
+    task: str,
+    queue: str,
+    payload: bytes,
+    principal: Principal | None,
+    meta: JobMeta,
+    issued_at: float,
+    not_before: float,
+    expires_at: float,
+    version: int = VERSION,
+    nonce: bytes | None = None,
+) -> JobParts:
+    """``seal_job`` but the signature: what ``vaultq.envelope_batch.seal_batch`` signs as
+    one batch. Same arguments and errors (``nonce``: for test vectors only, never reused)."""
+    header = _job_header(
+        keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
+    )
+    plaintext = _job_plaintext(payload, principal, meta)
+    header_bytes = _msgpack_encode(header)
+    if nonce is None:
+        nonce = os.urandom(_nonce_size(version))
+    elif len(nonce) != _nonce_size(version):
+        raise InvalidArgument("the nonce does not have this envelope version's size")
+    return JobParts(version, header_bytes, nonce, _encrypt(keyring, header, plaintext, nonce))
 
 
 def _seal_job(
@@ -257,12 +300,16 @@ def _header_problem(header: Header) -> str | None:
     return None
 
 
-def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
+def _encrypt(keyring: Keyring, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
     header_bytes = _msgpack_encode(header)
     if header.version == 2:
-        ciphertext = keyring.active_xaes_cipher().encrypt(nonce, plaintext, header_bytes)
-    else:
-        ciphertext = keyring.active_cipher().encrypt(nonce, plaintext, header_bytes)
+        return keyring.active_xaes_cipher().encrypt(nonce, plaintext, header_bytes)
+    return keyring.active_cipher().encrypt(nonce, plaintext, header_bytes)
+
+
+def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
+    header_bytes = _msgpack_encode(header)
+    ciphertext = _encrypt(keyring, header, plaintext, nonce)
     signature = (
         keyring.sign(b"".join((domain, header_bytes, nonce, ciphertext)))
         if header.signer_id
@@ -271,8 +318,11 @@ def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, non
     return _MAGICS[header.version] + _msgpack_encode((header_bytes, nonce, ciphertext, signature))
 
 
-def _parse(data: bytes, max_size: int, accept_v1: bool = True) -> tuple[Header, _Container]:
-    """Size, version tag, container and header shape: the unauthenticated checks."""
+def _parse(
+    data: bytes, max_size: int, accept_v1: bool = True, *, batch_ok: bool = True
+) -> tuple[Header, _Container, batchsig.Proof | None]:
+    """Size, version tag, container and header shape (a batch proof's included): the
+    unauthenticated checks."""
     # Size first: nothing larger than the limit is parsed, let alone decrypted.
     if len(data) > max_size:
         raise EnvelopeTooLarge(
@@ -316,14 +366,22 @@ def _parse(data: bytes, max_size: int, accept_v1: bool = True) -> tuple[Header, 
         raise MalformedEnvelope(
             "envelope header has a job id or time outside the allowed forms and ranges"
         )
-    return header, container
+    if container.proof is None:
+        return header, container, None
+    if not batch_ok:
+        raise MalformedEnvelope("result envelopes are never batch-signed; this one has a proof")
+    proof = batchsig.decode_proof(container.proof)
+    if proof is None:
+        raise MalformedEnvelope("envelope batch proof is malformed (count, index or path)")
+    return header, container, proof
 
 
 def _canonical_size(box: _Container) -> int:
     """Bytes of the shortest msgpack encoding of the container: fixarray(4) then each
     bin with its shortest length prefix (bin8 < 256 B, bin16 < 64 KiB, else bin32)."""
     size = 1
-    for part in (box.header, box.nonce, box.ciphertext, box.signature):
+    parts = (box.header, box.nonce, box.ciphertext, box.signature)
+    for part in parts if box.proof is None else (*parts, box.proof):
         n = len(part)
         size += n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
     return size
@@ -344,7 +402,14 @@ def peek_header(data: bytes, *, max_size: int = 1024 * 1024) -> Header:
 
 
 def _authenticate(
-    keyring: Keyring, domain: bytes, header: Header, box: _Container, *, unsigned_ok: bool
+    keyring: Keyring,
+    domain: bytes,
+    header: Header,
+    box: _Container,
+    *,
+    unsigned_ok: bool,
+    proof: batchsig.Proof | None = None,
+    roots: batchsig.RootCache | None = None,
 ) -> None:
     signer = header.signer_id
     # A revoked key is refused for everything, whoever signed (docs/keys.md, Revocation).
@@ -373,7 +438,13 @@ def _authenticate(
         raise UntrustedSigner(
             "envelope signer is not trusted by this keyring; add its verify key if it should be"
         )
-    if not verify(b"".join((domain, box.header, box.nonce, box.ciphertext)), box.signature):
+    signed = b"".join((domain, box.header, box.nonce, box.ciphertext))
+    # Batch-signed: the path from this envelope's leaf must reach a root signed by signer.
+    if not (
+        verify(signed, box.signature)
+        if proof is None
+        else batchsig.proof_verifies(signed, proof, signer, box.signature, verify, roots)
+    ):
         raise BadSignature("envelope signature is invalid")
 
 
@@ -404,14 +475,17 @@ def open_job(
     skew: float = 60.0,
     max_size: int = 1024 * 1024,
     accept_v1: bool = True,
+    roots: batchsig.RootCache | None = None,
 ) -> OpenedJob:
     """Open a job envelope, raising the ``EnvelopeError`` subclass of the first failed
     check (see the module docstring for the order). ``now`` and ``skew`` are seconds.
     ``accept_v1=False`` refuses format v1 (``UnsupportedVersion``) once migration is over.
+    ``roots``: where batch roots already verified in this process are remembered (the
+    worker's); without it every batch-signed envelope is verified in full.
 
     The caller then checks replay and decodes ``body.payload`` with the task's codec.
     """
-    header, box = _parse(data, max_size, accept_v1)
+    header, box, proof = _parse(data, max_size, accept_v1)
     if (
         header.app != app
         or (queue is not None and header.queue != queue)
@@ -429,7 +503,7 @@ def open_job(
         raise EnvelopeNotYetValid("envelope is not valid yet (delayed job, or clocks disagree)")
     if not earliest <= header.expires_at:
         raise EnvelopeExpired("envelope expired before the job could start")
-    _authenticate(keyring, JOB_DOMAIN, header, box, unsigned_ok=False)
+    _authenticate(keyring, JOB_DOMAIN, header, box, unsigned_ok=False, proof=proof, roots=roots)
     plaintext = _decrypt(keyring, header, box)
     try:
         body = _job_body_decode(plaintext)
@@ -494,7 +568,7 @@ def open_result(
     names no task (``""``); it is accepted for any ``task`` only as a value-less REJECTED
     outcome. ``accept_v1=False`` refuses format v1 results (``UnsupportedVersion``).
     """
-    header, box = _parse(data, max_size, accept_v1)
+    header, box, _ = _parse(data, max_size, accept_v1, batch_ok=False)
     if (
         header.app != app
         or header.job_id != job_id

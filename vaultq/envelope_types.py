@@ -37,6 +37,7 @@ __all__ = [
     "Header",
     "JobBody",
     "JobMeta",
+    "JobParts",
     "OpenedJob",
     "ResultBody",
     "new_job_id",
@@ -162,6 +163,21 @@ class JobBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     payload: msgspec.Raw
     principal: Principal | None = None
     meta: JobMeta = JobMeta()
+
+
+class JobParts(msgspec.Struct, frozen=True):
+    """A job sealed but not yet signed (``vaultq.envelope.seal_job_parts``): what
+    ``vaultq.envelope_batch.seal_batch`` signs together with the rest of its batch."""
+
+    version: int
+    header: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+    @property
+    def signed(self) -> bytes:
+        """The string a single signature would cover: the batch tree's leaf input."""
+        return b"".join((JOB_DOMAIN, self.header, self.nonce, self.ciphertext))
 
 
 class OpenedJob(msgspec.Struct, frozen=True):

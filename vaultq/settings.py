@@ -139,6 +139,13 @@ class AppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         bool,
         option("read v1 jobs and results (the migration window); False refuses them"),
     ] = config.DEFAULT_ACCEPT_ENVELOPE_V1
+    batch_signatures: Annotated[
+        bool,
+        option(
+            "sign the jobs of one enqueue_many call with ONE ed25519 signature over a Merkle "
+            "root (docs/envelope.md, Batch signatures); upgrade every worker first"
+        ),
+    ] = config.DEFAULT_BATCH_SIGNATURES
     timeout: Annotated[
         float,
         option("default for tasks: seconds one attempt may run", above=0, seconds=True),

@@ -6,10 +6,13 @@
 //                                                        reason; open each 'accepted' one
 //   node check_vectors.js --keyrings keyring_refusals.json       refuse each keyring
 //   node check_vectors.js --stream-fields redis_stream_fields.json  att/at forms
+//   node check_vectors.js --batch envelope_batch.json    trees, batch-signed jobs (open
+//                                                        each), refusals, accepted ones
 // One line per vector on stdout; exit 1 at the first disagreement.
 'use strict';
 const fs = require('fs');
 const { loadKeyring, sealJob, openJob, openResult, roundHalfEven, streamFieldsOk } = require('./envelope');
+const { leafHash, treeRoot, auditPath, rootFromPath, rootMessage } = require('./batch');
 
 function checkVectors(doc) {
   for (const v of doc.vectors) {
@@ -82,10 +85,51 @@ function checkStreamFields(doc) { // docs/redis.md: the att and at forms a worke
   }
 }
 
-const modes = { '--vectors': checkVectors, '--refusals': checkRefusals, '--keyrings': checkKeyrings, '--stream-fields': checkStreamFields };
+function checkBatch(doc) { // docs/envelope.md, Batch signatures
+  const hex = (b) => b.toString('hex');
+  for (const t of doc.tree) {
+    const leaves = t.leaf_inputs.map((x) => leafHash(Buffer.from(x, 'hex')));
+    if (leaves.map(hex).join() !== t.leaf_hashes.join() || hex(treeRoot(leaves)) !== t.root) throw new Error(`tree ${t.count}: root differs`);
+    leaves.forEach((leaf, i) => {
+      const path = auditPath(leaves, i);
+      if (path.map(hex).join() !== t.paths[i].join()) throw new Error(`tree ${t.count}: path ${i} differs`);
+      const root = rootFromPath(leaf, i, t.count, path);
+      if (!root || hex(root) !== t.root) throw new Error(`tree ${t.count}: path ${i} does not lead to the root`);
+    });
+    console.log(`tree ${t.count}: ok`);
+  }
+  const kr = loadKeyring(doc.keyring);
+  for (const b of doc.batches) {
+    const root = treeRoot(b.members.map((m) => leafHash(Buffer.from(m.leaf_input, 'hex'))));
+    if (hex(root) !== b.root || hex(rootMessage('s00000001', b.count, root)) !== b.root_message) throw new Error(`${b.name}: root differs`);
+    for (const m of b.members) {
+      const opened = openJob(kr, Buffer.from(m.envelope, 'hex'), { ...doc.open, job_id: m.job.job_id });
+      if (JSON.parse(opened.plaintext).payload.order_id !== JSON.parse(m.job.payload).order_id) throw new Error(`${b.name}: payload differs`);
+    }
+    console.log(`batch ${b.name}: ok`);
+  }
+  for (const v of doc.refusals) {
+    let reason = 'opened';
+    try { openJob(loadKeyring(v.keyring || doc.keyring), Buffer.from(v.envelope, 'hex'), { ...doc.open, ...v.open }); } catch (e) { reason = e.message; }
+    if (reason !== v.reason) throw new Error(`refusal ${v.name}: expected ${v.reason}, got ${reason}`);
+    console.log(`refusal ${v.name}: ${reason}`);
+  }
+  for (const v of doc.accepted) {
+    openJob(kr, Buffer.from(v.envelope, 'hex'), { ...doc.open, ...v.open });
+    console.log(`accepted ${v.name}: ok`);
+  }
+  const want = { ...doc.open, job_id: doc.results.job_id, task: doc.open.tasks[0] };
+  openResult(kr, Buffer.from(doc.results.result_envelope, 'hex'), want);
+  let reason = 'opened';
+  try { openResult(kr, Buffer.from(doc.results.with_proof, 'hex'), want); } catch (e) { reason = e.message; }
+  if (reason !== 'malformed') throw new Error(`a result with a proof: expected malformed, got ${reason}`);
+  console.log('result with a proof: malformed');
+}
+
+const modes = { '--vectors': checkVectors, '--refusals': checkRefusals, '--keyrings': checkKeyrings, '--stream-fields': checkStreamFields, '--batch': checkBatch };
 try {
   const [flag, path] = process.argv.slice(2);
-  if (!modes[flag] || !path) throw new Error('usage: check_vectors.js --vectors|--refusals|--keyrings|--stream-fields FILE');
+  if (!modes[flag] || !path) throw new Error('usage: check_vectors.js --vectors|--refusals|--keyrings|--stream-fields|--batch FILE');
   modes[flag](JSON.parse(fs.readFileSync(path, 'utf8')));
 } catch (e) {
   console.error(`check_vectors: ${e.message}`);

@@ -4,6 +4,7 @@
 // producer.js (enqueue into Redis) and check_vectors.js (the test vectors).
 'use strict';
 const crypto = require('crypto');
+const { decodeProof, batchVerifies } = require('./batch');
 
 const JOB_DOMAIN = Buffer.from('vaultq/v1/job\0');
 const RESULT_DOMAIN = Buffer.from('vaultq/v1/result\0');
@@ -228,7 +229,9 @@ function openEnvelope(kr, data, domain, want) {
   let box, hb, h;
   try {
     box = mpDecode(data.subarray(3));
-    if (!Array.isArray(box) || box.length !== 4 || !box.every(Buffer.isBuffer)) throw new Error();
+    // 4 bins, or 5 for a batch-signed job (its proof last; results never carry one).
+    const sizes = domain === JOB_DOMAIN ? [4, 5] : [4];
+    if (!Array.isArray(box) || !sizes.includes(box.length) || !box.every(Buffer.isBuffer)) throw new Error();
     hb = box[0];
     h = mpDecode(hb);
     const isInt = (x) => typeof x === 'number' || typeof x === 'bigint';
@@ -243,6 +246,8 @@ function openEnvelope(kr, data, domain, want) {
   if (nonce.length !== NONCE[version]) throw new Error('malformed');
   const inRange = (t) => typeof t === 'number' && t >= 0 && t <= MAX_TIME_MS;
   if (!JOB_ID_FORM.test(h[1]) || !h.slice(5, 8).every(inRange)) throw new Error('malformed');
+  const proof = box.length === 5 ? decodeProof(box[4]) : null;
+  if (box.length === 5 && !proof) throw new Error('malformed');
   const header = { version, job_id: h[1], app: h[2], task: h[3], queue: h[4], issued_at: h[5], not_before: h[6], expires_at: h[7], key_id: h[8], signer_id: h[9] };
   if (header.app !== want.app || header.job_id !== want.job_id || header.queue !== want.queue) throw new Error('wrong_destination');
   if (domain === RESULT_DOMAIN) {
@@ -262,7 +267,9 @@ function openEnvelope(kr, data, domain, want) {
   } else {
     const verify = kr.verifiers[header.signer_id];
     if (!verify) throw new Error('untrusted_signer');
-    if (!verify(Buffer.concat([domain, hb, nonce, ct]), sig)) throw new Error('bad_signature');
+    const signed = Buffer.concat([domain, hb, nonce, ct]);
+    const ok = proof ? batchVerifies(signed, proof, header.signer_id, sig, verify) : verify(signed, sig);
+    if (!ok) throw new Error('bad_signature');
   }
   const key = kr.enc[header.key_id];
   if (!key) throw new Error('unknown_key');

@@ -67,6 +67,7 @@ APP_KEYS = (
     "enqueue_retry",
     "envelope_version",
     "accept_envelope_v1",
+    "batch_signatures",
     "timeout",
     "retries",
     "expires",
@@ -109,6 +110,7 @@ class VaultqSettings(
     max_envelope_size: int | UnsetType = UNSET
     envelope_version: int | UnsetType = UNSET
     accept_envelope_v1: bool | UnsetType = UNSET
+    batch_signatures: bool | UnsetType = UNSET
     enqueue_retry: float | UnsetType = UNSET
     task_module: str | tuple[str, ...] = ("jobs", "tasks")
     principal_mapper: str | None = None
