@@ -20,6 +20,8 @@ the same round.
   production set-up: the producer samples one trace in ten, the worker follows
   (``tracingN``: N percent; ``tracing0``: tracing installed, nothing sampled);
 * ``events``: :class:`vaultq.events.EventStream` (three events per job, batched writes);
+* ``nop``: a middleware whose three per-job hooks do nothing: what having any middleware
+  costs (each job's ``JobInfo``, the dispatch, reporting the settlement);
 * ``+``-joined names combine them.
 
 Redis runs on a private ``redis-server`` started on a free port. Figures only: nothing
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import vaultq  # noqa: E402
+from vaultq.middleware import JobInfo, Middleware, Outcome  # noqa: E402
 from vaultq.runtime.worker import Worker  # noqa: E402
 
 
@@ -82,6 +85,19 @@ def tracer_provider(ratio: float | None) -> object:
     return provider
 
 
+class Nop(Middleware):
+    """Watches every delivery and does nothing with it."""
+
+    def attempt_started(self, job: JobInfo) -> None:
+        pass
+
+    def attempt_finished(self, job: JobInfo, outcome: Outcome, duration: float) -> None:
+        pass
+
+    def settled(self, job: JobInfo, outcome: Outcome, reason: str | None) -> None:
+        pass
+
+
 def make_app(name: str, url: str, keys: vaultq.Keyring, setup: str) -> vaultq.App:
     app = vaultq.App(name, broker=url, keyring=keys)
 
@@ -89,6 +105,8 @@ def make_app(name: str, url: str, keys: vaultq.Keyring, setup: str) -> vaultq.Ap
     async def noop(job: Item) -> int:
         return job.n
 
+    if "nop" in setup.split("+"):
+        app.add_middleware(Nop())
     if "metrics" in setup:
         from vaultq.metrics import PrometheusMetrics
 
@@ -128,8 +146,6 @@ async def one_round(url: str, setup: str, n: int, index: int) -> tuple[float, fl
 
 
 def job_info(i: int, now: float, trace: dict[str, str]) -> Any:
-    from vaultq.middleware import JobInfo
-
     return JobInfo(
         job_id=f"j{i}", queue="default", attempt=1, app="hooks", worker_id="w",
         authenticated=True, task="noop", enqueued_at=now, trace=trace,
@@ -140,7 +156,7 @@ def hook_costs(setups: list[str], calls: int = 20_000) -> None:
     """CPU µs per job of the worker-side hooks alone (attempt_started, attempt_finished,
     settled through vaultq's dispatch), on jobs whose trace context a producer with the
     same set-up wrote: the steadier part of the figures above."""
-    from vaultq.middleware import EnqueueInfo, Hooks, Outcome
+    from vaultq.middleware import EnqueueInfo, Hooks
 
     print(f"worker hooks alone ({calls} jobs, CPU us/job):")
     for setup in setups:

@@ -70,6 +70,8 @@ _MAX_OPEN: Final = 100_000
 # (another version, upper case) goes through the generic propagator.
 _TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ERROR: Final = Status(StatusCode.ERROR)
+_FLAGS: Final = {"00": TraceFlags(0), "01": TraceFlags(1)}
+"""The two trace flags a W3C traceparent carries in practice, made once."""
 
 
 class Tracing(Middleware):
@@ -166,16 +168,18 @@ class Tracing(Middleware):
             context = self._propagator.extract(carrier)  # another version, or invalid
             span = trace.get_current_span(context)
             return context, span.get_span_context(), span
-        trace_id, span_id = int(found[1], 16), int(found[2], 16)
+        trace_hex, span_hex, flags = found.groups()
+        trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
         if not trace_id or not span_id:
             return None  # all zeros: invalid, as the propagator would say
         state = carrier.get("tracestate")
+        # Positional: SpanContext's keywords cost a third of its construction.
         sc = SpanContext(
             trace_id,
             span_id,
-            is_remote=True,
-            trace_flags=TraceFlags(int(found[3], 16)),
-            trace_state=TraceState.from_header([state]) if state else None,
+            True,  # is_remote
+            _FLAGS.get(flags) or TraceFlags(int(flags, 16)),
+            TraceState.from_header([state]) if state else None,
         )
         span = NonRecordingSpan(sc)
         return trace.set_span_in_context(span), sc, span
@@ -184,7 +188,7 @@ class Tracing(Middleware):
         # The producer's span is the parent (no link besides: the same trace, and a
         # link would cost a fifth of the span again).
         found = self._parent(job.trace) if job.trace else None
-        tracer = self._real_tracer()
+        tracer = self._tracer if self._resolved else self._real_tracer()
         span: Span | None = None
         context: Context | None = None
         parent: Context | None = None
@@ -220,7 +224,8 @@ class Tracing(Middleware):
                 span = tracer.start_span(
                     name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
                 )
-        _bounded(self._running)
+        if len(self._running) > _MAX_OPEN:
+            _bounded(self._running)
         if context is None:
             context = trace.set_span_in_context(span)
         # The task runs in this context: the runtime calls attempt_started and

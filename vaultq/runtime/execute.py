@@ -288,6 +288,7 @@ class Executor:
         """The safe fields of an opened job, for middleware (never payload or result)."""
         header, body = opened.header, opened.body
         trace = body.meta.trace
+        options = task.options  # a property: read once (it was twice per job)
         info = JobInfo(
             job_id=header.job_id,
             queue=header.queue,
@@ -300,8 +301,8 @@ class Executor:
             signer_id=header.signer_id,
             enqueued_at=header.issued_at / 1000,
             not_before=header.not_before / 1000,
-            max_attempts=task.max_attempts,
-            isolation=task.options.isolation,
+            max_attempts=options.retries + 1,
+            isolation=options.isolation,
             redelivered=delivery.redelivered,
             # A copy: the opened envelope stays as it was.
             trace=dict(trace) if trace else {},
