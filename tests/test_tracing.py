@@ -139,6 +139,34 @@ def test_an_unsampled_trace_creates_no_worker_span_and_stays_one_trace(
     assert not inner.trace_flags.sampled
 
 
+def test_an_unsampled_task_sees_the_producers_span_context_and_tracestate(
+    setups: list[Setup],
+) -> None:
+    # No worker span: the task's current span is the producer's, its context (built on
+    # first request from the sealed traceparent) exactly the one the producer sent.
+    producer, worker = Setup(ParentBased(ALWAYS_OFF)), Setup(ParentBased(ALWAYS_ON))
+    setups += [producer, worker]
+    carrier = producer.send("j6")
+    carrier["tracestate"] = "vendor=abc"
+    sent = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+    job = JobInfo(
+        job_id="j6", queue="q", attempt=1, app="a", worker_id="w", authenticated=True,
+        task="t", trace=carrier,
+    )  # fmt: skip
+    worker.tracing.attempt_started(job)
+    try:
+        current = trace.get_current_span()
+        assert not current.is_recording()
+        assert current.get_span_context() == sent.get_span_context()
+        assert current.get_span_context().is_remote
+        assert current.get_span_context().trace_state.get("vendor") == "abc"
+        assert f"{sent.get_span_context().span_id:016x}" in repr(current)
+    finally:
+        worker.tracing.attempt_finished(job, Outcome.SUCCEEDED, 0.0)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert worker.exporter.get_finished_spans() == ()
+
+
 def test_a_sampler_that_records_unsampled_parents_is_asked(setups: list[Setup]) -> None:
     producer = Setup(ParentBased(ALWAYS_OFF))
     worker = Setup(ParentBased(ALWAYS_OFF, remote_parent_not_sampled=ALWAYS_ON))

@@ -72,6 +72,8 @@ _TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2}
 _ERROR: Final = Status(StatusCode.ERROR)
 _FLAGS: Final = {"00": TraceFlags(0), "01": TraceFlags(1)}
 """The two trace flags a W3C traceparent carries in practice, made once."""
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
 
 
 class Tracing(Middleware):
@@ -158,8 +160,9 @@ class Tracing(Middleware):
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _parent(self, carrier: dict[str, str]) -> tuple[Context, SpanContext, Span] | None:
-        """The producer's context, its span context and its (non-recording) span."""
+    def _parent(self, carrier: dict[str, str]) -> tuple[Context, Span, bool] | None:
+        """The producer's context, its (non-recording) span, and whether that span is
+        valid and unsampled; None without a valid traceparent."""
         header = carrier.get("traceparent")
         if header is None:
             return None
@@ -167,22 +170,15 @@ class Tracing(Middleware):
         if found is None:
             context = self._propagator.extract(carrier)  # another version, or invalid
             span = trace.get_current_span(context)
-            return context, span.get_span_context(), span
+            sc = span.get_span_context()
+            return context, span, sc.is_valid and not sc.trace_flags.sampled
         trace_hex, span_hex, flags = found.groups()
-        trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-        if not trace_id or not span_id:
+        if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
             return None  # all zeros: invalid, as the propagator would say
-        state = carrier.get("tracestate")
-        # Positional: SpanContext's keywords cost a third of its construction.
-        sc = SpanContext(
-            trace_id,
-            span_id,
-            True,  # is_remote
-            _FLAGS.get(flags) or TraceFlags(int(flags, 16)),
-            TraceState.from_header([state]) if state else None,
-        )
-        span = NonRecordingSpan(sc)
-        return trace.set_span_in_context(span), sc, span
+        span = _RemoteSpan(trace_hex, span_hex, flags, carrier.get("tracestate"))
+        # The sampled flag is the low bit of the flags' last hex digit.
+        unsampled = flags[1] in "02468ace"
+        return trace.set_span_in_context(span), span, unsampled
 
     def attempt_started(self, job: JobInfo) -> None:
         # The producer's span is the parent (no link besides: the same trace, and a
@@ -192,11 +188,11 @@ class Tracing(Middleware):
         span: Span | None = None
         context: Context | None = None
         parent: Context | None = None
-        remote: SpanContext | None = None
+        remote_span: Span | None = None
         if found is not None:
-            parent, remote, remote_span = found
-            if not (remote.is_valid and not remote.trace_flags.sampled and self._drops(tracer)):
-                remote = None
+            parent, remote_span, unsampled = found
+            if not (unsampled and self._drops(tracer)):
+                remote_span = None
             elif self._drops_unsampled:
                 # The producer did not sample this trace and the sampler drops such spans:
                 # create none -- the attempt runs in the producer's unsampled context, so
@@ -214,9 +210,13 @@ class Tracing(Middleware):
                 "vaultq.attempt": job.attempt,
             }
             if (
-                remote is not None
+                remote_span is not None
                 and not tracer.sampler.should_sample(  # type: ignore[attr-defined]
-                    parent, remote.trace_id, name, SpanKind.CONSUMER, attributes
+                    parent,
+                    remote_span.get_span_context().trace_id,
+                    name,
+                    SpanKind.CONSUMER,
+                    attributes,
                 ).decision.is_recording()
             ):
                 span, context = remote_span, parent  # another sampler said so
@@ -255,3 +255,36 @@ def _bounded(spans: dict[Any, Any]) -> None:
         for entry in spans.values():
             (entry[0] if isinstance(entry, tuple) else entry).end()
         spans.clear()
+
+
+class _RemoteSpan(NonRecordingSpan):
+    """The producer's span, as the attempt's context carries it: the parent of the
+    spans the task starts, what ``trace.get_current_span()`` returns in the task.
+
+    Its ``SpanContext`` is built from the traceparent's fields when first asked for: an
+    unsampled job whose task starts no span (most jobs when 1 in 10 or fewer traces are
+    sampled) never pays for it. Built twice at worst (two threads asking at once), to
+    the same value."""
+
+    def __init__(self, trace_hex: str, span_hex: str, flags: str, state: str | None) -> None:
+        # NonRecordingSpan.__init__ is not called: its one field, _context, is
+        # get_span_context() here, and both methods that read it are overridden.
+        self._fields = (trace_hex, span_hex, flags, state)
+        self._built: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        built = self._built
+        if built is None:
+            trace_hex, span_hex, flags, state = self._fields
+            # Positional: SpanContext's keywords cost a third of its construction.
+            built = self._built = SpanContext(
+                int(trace_hex, 16),
+                int(span_hex, 16),
+                True,  # is_remote
+                _FLAGS.get(flags) or TraceFlags(int(flags, 16)),
+                TraceState.from_header([state]) if state else None,
+            )
+        return built
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
