@@ -162,6 +162,31 @@ def vaultq_many(url: str, n: int, batch: int = 1000) -> tuple[float, float]:
     return anyio.run(main)
 
 
+def reset_commandstats(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.config_resetstat()
+    client.close()
+
+
+def server_costs(url: str) -> dict[str, float]:
+    """redis-server µs per call of each command since the last reset (``INFO
+    commandstats``): ``evalsha`` is vaultq's enqueue script (both vaultq variants),
+    ``lpush`` huey's call and the floor's; commands run inside the script are listed
+    too (their time is part of the script's)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    stats = client.info("commandstats")
+    client.close()
+    return {
+        name.removeprefix("cmdstat_"): float(row["usec_per_call"])
+        for name, row in stats.items()
+        if row["calls"] >= 100
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="one-by-one enqueues per variant")
@@ -202,11 +227,13 @@ def main() -> None:
         if have_huey:
             one_by_one.append(("sqlite", "huey call", huey_call, f"sqlite:///{work}/hu.db"))
     medians: dict[tuple[str, str], tuple[float, float]] = {}
+    server: dict[str, float] = {}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
         # Every producer is set up once; then they take turns, chunk by chunk, so a
         # burst of load on the shared machine hits them all alike.
         producers = [(b, name, make(url)) for b, name, make, url in one_by_one]
+        reset_commandstats(redis_url)
         for start in range(0, args.n, args.chunk):
             size = min(args.chunk, args.n - start)
             for _, _, producer in producers:
@@ -214,6 +241,7 @@ def main() -> None:
         for broker, name, producer in producers:
             producer.close()
             medians[(broker, name)] = producer.figures()
+        server = server_costs(redis_url)
         for r in range(args.rounds if not args.skip_async else 0):
             for name, fn in (
                 ("await enqueue x100 coroutines", vaultq_concurrent),
@@ -236,6 +264,11 @@ def main() -> None:
         f"\none by one: {args.n} jobs per variant, taking turns in chunks of {args.chunk}; "
         f"async: medians of {args.rounds} rounds of {args.async_n} jobs"
     )
+    if server:
+        print(
+            "redis-server µs per call during the one-by-one turns (INFO commandstats): "
+            + ", ".join(f"{name} {usec:.2f}" for name, usec in sorted(server.items()))
+        )
     print("| broker | variant | jobs/s | CPU µs/job | vs huey |\n|---|---|---:|---:|---:|")
     for (broker, name), (rate, cpu) in medians.items():
         peer = medians.get((broker, "huey call"))

@@ -609,6 +609,106 @@ async def test_settle_batch(broker: Broker) -> None:
     assert await broker.get_result(Q, "b0") == b"ok"
 
 
+async def test_settle_batch_mixes_every_kind_and_fences_each_on_its_own(
+    broker: Broker, other: Broker
+) -> None:
+    # One batch: acks (with and without a result), a retry, a release, a dead letter, a
+    # drop, and two settlements whose leases ran out (one taken over by another worker,
+    # one not). Each is applied or refused on its own; the refused ones change nothing.
+    await broker.enqueue([item("stale-taken"), item("stale-lapsed")])
+    stale = {d.job_id: d for d in await fetch(broker, consumer="slow")}
+    names = ["ack", "ack-none", "retry", "release", "bury", "drop"]
+    await broker.enqueue([item(name) for name in names])
+    live = {d.job_id: d for d in await fetch(broker, 10, consumer="c1", lease=30)}
+    assert sorted(live) == sorted(names)
+    await anyio.sleep(LEASE + 0.2)  # the two short leases run out, the others hold
+    (taken,) = await fetch_until(other, 1, consumer="c2")  # reclaims one lapsed lease
+    assert taken.job_id in stale and taken.redelivered
+    assert await other.extend([taken], consumer="c2", lease=30) == set()
+    lapsed = next(d for d in stale.values() if d.job_id != taken.job_id)
+    now = time.time()
+    await broker.settle(
+        [
+            ack(live["ack"], b"ok"),
+            ack(stale[taken.job_id], b"late"),
+            Retry(live["retry"], now + 30),
+            ack(live["ack-none"], None),
+            Release(live["release"], now + 30),
+            Bury(live["bury"], "failed", "boom", b"dead-result", 60, now + 60),
+            Retry(lapsed, now),
+            Drop(live["drop"], reason="replayed"),
+        ]
+    )
+    assert await broker.get_result(Q, "ack") == b"ok"
+    assert await broker.get_result(Q, "ack-none") is None
+    assert await broker.get_result(Q, "bury") == b"dead-result"
+    assert await broker.get_result(Q, taken.job_id) is None  # the late ack was refused
+    assert [(x.job_id, x.reason, x.attempt) for x in await broker.dead_letters(Q)] == [
+        ("bury", "failed", 1)
+    ]
+    assert await broker.counters(Q) == {"replayed": 1}
+    stats = await broker.stats(Q)
+    # retry and release wait; the taken-over job runs on c2; the lapsed one is pending.
+    assert (stats.delayed, stats.dead) == (2, 1)
+    # The refused retry did not put the lapsed job back as attempt 2: it is delivered
+    # again, as attempt 1, to whoever reclaims it.
+    (again,) = await fetch_until(other, 1, consumer="c2")
+    assert (again.job_id, again.attempt, again.redelivered) == (lapsed.job_id, 1, True)
+    await other.settle([ack(taken, b"fresh"), ack(again, b"fresh")])
+    assert await broker.get_result(Q, taken.job_id) == b"fresh"
+    # Finished ids are remembered: a copy of each is delivered marked completed.
+    await broker.enqueue([item("ack", b"copy"), item("ack-none", b"copy")])
+    copies = await fetch(broker, 5)
+    assert sorted(d.job_id for d in copies) == ["ack", "ack-none"]
+    assert all(d.completed for d in copies)
+
+
+async def test_two_settlements_of_one_delivery_in_a_batch_settle_it_once(
+    broker: Broker,
+) -> None:
+    # The first settlement releases the claim; the second finds it gone, as it would
+    # if it came in a batch of its own.
+    await broker.enqueue([item("twice"), item("other")])
+    ds = {d.job_id: d for d in await fetch(broker, 5)}
+    now = time.time()
+    await broker.settle(
+        [ack(ds["twice"], b"first"), Retry(ds["twice"], now), ack(ds["other"], b"2nd")]
+    )
+    assert await broker.get_result(Q, "twice") == b"first"
+    assert await broker.get_result(Q, "other") == b"2nd"
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.delayed, stats.running) == (0, 0, 0)
+    assert await fetch(broker) == []
+
+
+async def test_large_batches_fetch_and_settle_whole(broker: Broker) -> None:
+    # More deliveries than one Redis command slice (1,000) in one fetch and one settle.
+    n = 1200
+    await broker.enqueue([item(f"j{i}") for i in range(n)])
+    await broker.cancel(Q, "j7", ttl=60)
+    got = await fetch_until(broker, n, lease=30)
+    assert len({d.job_id for d in got}) == n
+    assert [d.job_id for d in got if d.cancel_requested] == ["j7"]
+    await broker.settle([ack(d, d.job_id.encode()) for d in got])
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.running, stats.delayed) == (0, 0, 0)
+    assert await broker.get_result(Q, "j1199") == b"j1199"
+    await broker.enqueue([item("j0", b"copy"), item("j1199", b"copy")])
+    assert all(d.completed for d in await fetch(broker, 5))
+
+
+async def test_settle_batch_over_queues(broker: Broker) -> None:
+    # One settle call may hold deliveries of several queues (on a cluster: several
+    # slots): each queue's part is settled with its own keys.
+    await broker.enqueue([item("q1", queue=Q), item("q2", queue="other-q")])
+    got = await fetch(broker, 5, queues=(Q, "other-q"))
+    assert sorted(d.job_id for d in got) == ["q1", "q2"]
+    await broker.settle([ack(d, d.job_id.encode()) for d in got])
+    assert await broker.get_result(Q, "q1") == b"q1"
+    assert await broker.get_result("other-q", "q2") == b"q2"
+    assert (await broker.stats("other-q")).running == 0
+
+
 async def test_late_settle_of_a_lost_lease_changes_nothing(broker: Broker, other: Broker) -> None:
     await broker.enqueue([item("lost")])
     (stale,) = await fetch(broker, consumer="slow")

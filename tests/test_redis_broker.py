@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import socket
 import subprocess
@@ -15,9 +17,10 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from vaultq.brokers import broker_from_url
+from vaultq.brokers import broker_from_url, redis_layout
 from vaultq.brokers.base import Ack, Bury, Delivery, EnqueueItem, Retry
 from vaultq.brokers.redis import ENQUEUE_DEDUP_WINDOW, GROUP, QueueKeys, RedisBroker
+from vaultq.brokers.redis_layout import load_script
 from vaultq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -110,6 +113,31 @@ def test_key_names_are_built_in_one_place() -> None:
     # The Lua header derives the same names from the prefix.
     header = QueueKeys.lua_header()
     assert "'claim:'" in header and "'result:'" in header and f"'{GROUP}'" in header
+
+
+_DEFINES = re.compile(r"^local (?:function )?(\w+)", re.M)
+
+
+def test_scripts_carry_only_the_helpers_they_use() -> None:
+    # Redis runs a script's whole text on every call: the enqueue script (the one-by-one
+    # producer's whole server cost) carries none of the settlement helpers, and every
+    # helper or key name a script refers to is defined in it (Redis scripts cannot read
+    # undefined globals; each script also runs in this suite).
+    lua = Path(redis_layout.__file__).parent / "lua"
+    defined = set(_DEFINES.findall((lua / "common.lua").read_text(encoding="utf-8")))
+    defined |= set(_DEFINES.findall(QueueKeys.lua_header()))
+    enqueue = load_script("enqueue")
+    assert "add_dead" not in enqueue and "CLAIM" not in enqueue
+    assert "local function finished_flags" in enqueue
+    for path in sorted(lua.glob("*.lua")):
+        if path.name == "common.lua":
+            continue
+        body = path.read_text(encoding="utf-8")
+        text = load_script(path.stem)
+        assert text.endswith(body)
+        head = text[: len(text) - len(body)]
+        used = set(re.findall(r"[A-Za-z_]\w*", text)) & defined
+        assert used <= set(_DEFINES.findall(head)), path.name
 
 
 @pytest.mark.parametrize(
@@ -392,3 +420,26 @@ async def test_enqueue_is_idempotent_per_job_id(redis_url: str, unique_name: str
         assert (await broker.stats("q")).ready == 2
     finally:
         await broker.close()
+
+
+async def test_enqueue_retry_is_skipped_while_running_and_written_once_finished(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    # The marker holds the producer's digest of the sealed bytes (SHA-1, 20 bytes).
+    job = EnqueueItem(queue=Q, job_id="r1", envelope=b"sealed-bytes")
+    await broker.enqueue([job])
+    marker = broker.keys(Q).enqueued("r1")
+    assert raw.get(marker) == hashlib.sha1(b"sealed-bytes", usedforsecurity=False).digest()
+    d = await _one(broker)
+    await broker.enqueue([job])  # a retry while the job runs: no second entry
+    assert (await broker.stats(Q)).ready == 0
+    await broker.settle([Ack(d, b"res", 60, time.time() + 60)])
+    # A copy of the finished job is written, and the worker sees it as finished.
+    await broker.enqueue([job])
+    (copy,) = await broker.fetch([Q], 5, consumer="c1", lease=5, block=0)
+    assert copy.job_id == "r1" and copy.completed
+    # A delayed retry is skipped the same way, and written when sealed anew.
+    later = EnqueueItem(queue=Q, job_id="r2", envelope=b"x", not_before=time.time() + 60)
+    await broker.enqueue([later, later])
+    await broker.enqueue([EnqueueItem(Q, "r2", b"y", not_before=time.time() + 60)])
+    assert (await broker.stats(Q)).delayed == 2

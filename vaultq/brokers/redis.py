@@ -101,9 +101,7 @@ _SCRIPTS: Final = (
     "enqueue",
     "fetch",
     "extend",
-    "ack",
-    "requeue",
-    "bury",
+    "settle",
     "cancel",
     "cancelled",
     "stats",
@@ -111,7 +109,6 @@ _SCRIPTS: Final = (
     "forget_consumer",
     "cancel_queued",
     "retry_dead",
-    "drop",
     "enqueue_unique",
     "counters",
     "claim_tick",
@@ -507,12 +504,29 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
         return int(seconds) + int(micros) / 1_000_000
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:
+        """One ``settle`` script call per queue and priority level in the batch (any mix
+        of acks, retries, releases, dead letters and drops; each atomic with the rest of
+        its call and fenced by its own claim), pipelined when there are several."""
         if not settlements:
             return
-        calls = [self._settle_call(s) for s in settlements]
+        groups: dict[tuple[str, int], list[Settlement]] = {}
+        for s in settlements:
+            d = s.delivery
+            groups.setdefault((d.queue, tag_level(d.tag)), []).append(s)
+        calls: list[tuple[str, QueueKeys, list[Any]]] = []
+        for (queue, level), batch in groups.items():
+            args: list[Any] = [self._dead_max, self._dead_age_ms]
+            for s in batch:
+                args += settle_args(s)
+            calls.append(("settle", self.keys(queue).at(level), args))
         with self._boundary("settle"):
             replies = await self._run_batch(calls)
-        stale = [s.delivery.job_id for s, r in zip(settlements, replies, strict=True) if r == -1]
+        stale = [
+            s.delivery.job_id
+            for batch, flags in zip(groups.values(), replies, strict=True)
+            for s, flag in zip(batch, flags, strict=True)
+            if flag == -1
+        ]
         if stale:
             logger.warning(
                 "%d settlement(s) refused: the delivery no longer holds its lease (job %s%s); "
@@ -522,35 +536,34 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
                 " ..." if len(stale) > 1 else "",
             )
 
-    def _settle_call(self, s: Settlement) -> tuple[str, QueueKeys, list[Any]]:
-        d = s.delivery
-        keys = self.keys(d.queue).at(tag_level(d.tag))
-        head: list[Any] = [tag_entry(d.tag), d.tag, d.job_id]
-        if isinstance(s, Ack):
-            has = s.result is not None
-            result = s.result if s.result is not None else b""
-            args = [*head, int(has), result, ms(s.result_ttl), repr(float(s.remember_until))]
-            return ("ack", keys, args)
-        if isinstance(s, Retry | Release):
-            attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
-            args = [*head, attempt, repr(float(s.not_before)), secrets.token_hex(6)]
-            return ("requeue", keys, args)
-        if isinstance(s, Drop):
-            return ("drop", keys, [*head, s.reason])
-        bury: Bury = s
-        has = bury.result is not None
-        remember = "" if bury.remember_until is None else repr(float(bury.remember_until))
-        args = [
-            *head,
-            d.attempt,
-            bury.reason,
-            bury.detail,
-            int(has),
-            bury.result if bury.result is not None else b"",
-            ms(bury.result_ttl),
-            remember,
-            int(bury.keep_envelope),
-            self._dead_max,
-            self._dead_age_ms,
-        ]
-        return ("bury", keys, args)
+
+def settle_args(s: Settlement) -> list[Any]:
+    """One operation of the ``settle`` script: its kind and fields (``lua/settle.lua``)."""
+    d = s.delivery
+    tag = d.tag
+    head: list[Any] = [tag_entry(tag), tag, d.job_id]
+    if isinstance(s, Ack):
+        result = s.result
+        ttl = ms(s.result_ttl)
+        until = repr(float(s.remember_until))
+        if result is None:
+            return ["ack", *head, 0, b"", ttl, until]
+        return ["ack", *head, 1, result, ttl, until]
+    if isinstance(s, Retry | Release):
+        attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
+        return ["requeue", *head, attempt, repr(float(s.not_before)), secrets.token_hex(6)]
+    if isinstance(s, Drop):
+        return ["drop", *head, s.reason]
+    bury: Bury = s
+    return [
+        "bury",
+        *head,
+        d.attempt,
+        bury.reason,
+        bury.detail,
+        int(bury.result is not None),
+        bury.result if bury.result is not None else b"",
+        ms(bury.result_ttl),
+        "" if bury.remember_until is None else repr(float(bury.remember_until)),
+        int(bury.keep_envelope),
+    ]

@@ -205,11 +205,45 @@ def check_name(what: str, name: str) -> None:
         )
 
 
+_LUA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LUA_DEFINES: Final = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.M)
+
+
 def load_script(name: str) -> str:
+    """The script ``name`` as sent to Redis: the key header and the helpers of
+    ``common.lua`` it uses, then its body.
+
+    Only what the body refers to (directly or through another helper) is included:
+    Redis runs the whole text on every call, and the full header and helper set (a
+    dozen string concatenations, sixteen closures) cost ~1 µs of server CPU per call,
+    a third of an empty script's cost. Names are matched as words, comments included,
+    so a helper is never left out by mistake (a missing one fails at once: Redis
+    scripts cannot read undefined globals)."""
     lua = resources.files("vaultq.brokers").joinpath("lua")
     common = lua.joinpath("common.lua").read_text(encoding="utf-8")
     body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return QueueKeys.lua_header() + common + body
+    # One definition per line of the header, one per blank-line-separated block of
+    # common.lua (a block without a definition is a comment: left out).
+    parts: list[tuple[str, str]] = []
+    for line in QueueKeys.lua_header().splitlines(keepends=True):
+        found = _LUA_DEFINES.match(line)
+        if found:
+            parts.append((found.group(1), line))
+    for block in common.split("\n\n"):
+        found = _LUA_DEFINES.search(block)
+        if found:
+            parts.append((found.group(1), block.strip("\n") + "\n"))
+    used = set(_LUA_NAME.findall(body))
+    kept: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for defined, text_ in parts:
+            if defined in used and defined not in kept:
+                kept.add(defined)
+                used.update(_LUA_NAME.findall(text_))
+                grew = True
+    return "".join(text_ for defined, text_ in parts if defined in kept) + body
 
 
 def text(value: Any) -> str:

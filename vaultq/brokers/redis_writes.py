@@ -31,6 +31,7 @@ __all__ = [
     "RedisSyncWriter",
     "boundary",
     "enqueue_calls",
+    "enqueue_digest",
     "keyed_call",
     "unique_call",
 ]
@@ -48,6 +49,15 @@ Call: TypeAlias = "tuple[str, QueueKeys, list[Any]]"
 _WRITE_SCRIPTS: Final = ("enqueue", "enqueue_unique", "enqueue_keyed")
 
 
+def enqueue_digest(envelope: bytes) -> bytes:
+    """What the ``enqueue`` script's dedup marker holds for ``envelope``: its SHA-1
+    (20 bytes). It only tells a retry of the same sealed bytes from a new sealing (a
+    new random nonce, so new bytes); it protects nothing. Computed here so that Redis's
+    one thread does not hash every envelope (~0.5 µs for a small job, ~50 µs for
+    100 KB, on the server every producer and worker shares)."""
+    return hashlib.sha1(envelope, usedforsecurity=False).digest()
+
+
 def _not_before(item: EnqueueItem) -> str:
     return "" if item.not_before is None else repr(float(item.not_before))
 
@@ -62,7 +72,7 @@ def enqueue_calls(keys: Callable[[str], QueueKeys], items: Sequence[EnqueueItem]
         # (a getrandom call) for a job that goes straight to the stream.
         token = "" if item.not_before is None else secrets.token_hex(6)
         by_queue.setdefault((item.queue, item.priority), []).extend(
-            (item.job_id, item.envelope, _not_before(item), token)
+            (item.job_id, item.envelope, _not_before(item), token, enqueue_digest(item.envelope))
         )
     at = f"{time.time():.6f}"
     window = ms(ENQUEUE_DEDUP_WINDOW)
@@ -96,6 +106,16 @@ def keyed_call(
     """The ``enqueue_keyed`` script call writing ``item`` under the unique key ``key``."""
     args = [key, *_job_args(item), ms(ttl), ms(key_ttl)]
     return ("enqueue_keyed", keys(item.queue).at(item.priority), args)
+
+
+def _resp_args(args: Sequence[Any]) -> bytes:
+    """Bulk strings of ``args`` in RESP (bytes as they are; str as UTF-8; int and float
+    as their decimal text, as redis-py writes them)."""
+    parts: list[bytes] = []
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 @contextlib.contextmanager
@@ -163,6 +183,7 @@ class RedisSyncWriter:
             for name, body in self._scripts.items()
         }
         self._keys: dict[str, QueueKeys] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     def __repr__(self) -> str:
         return f"RedisSyncWriter({self._masked!r}, namespace={self._namespace!r})"
@@ -187,8 +208,10 @@ class RedisSyncWriter:
                 self._generation = fork_generation()
             return self._client
 
-    def _command(self, *args: Any) -> Any:
-        """One command and its reply, on a pooled connection (or through the client)."""
+    def _command(self, *args: Any, packed: bytes | None = None) -> Any:
+        """One command and its reply, on a pooled connection (or through the client).
+        ``packed``: the same command already in RESP (sent as is on a pooled
+        connection)."""
         client = self._ready()
         if not self._direct:
             return client.execute_command(*args)
@@ -200,7 +223,10 @@ class RedisSyncWriter:
             conn = pool.connection_class(**pool.connection_kwargs)
             fresh = True
         try:
-            conn.send_command(*args)
+            if packed is None:
+                conn.send_command(*args)
+            else:
+                conn.send_packed_command([packed])
             reply = conn.read_response()
         except redis.exceptions.ResponseError:
             self._idle.append(conn)  # an error reply: the connection is fine
@@ -211,7 +237,7 @@ class RedisSyncWriter:
                 raise
             # An idle connection the server dropped (a restart, an idle timeout): once
             # more on a new one, as redis-py's own client does. Writes are idempotent.
-            return self._command(*args)
+            return self._command(*args, packed=packed)
         except BaseException:
             conn.disconnect()  # mid-reply: unusable
             raise
@@ -227,11 +253,24 @@ class RedisSyncWriter:
 
     def _call(self, call: Call) -> Any:
         name, keys, args = call
+        head = (self._shas[name], 1, keys.stream, keys.prefix)
         try:
-            return self._command("EVALSHA", self._shas[name], 1, keys.stream, keys.prefix, *args)
+            packed = self._packed(name, keys, args) if self._direct else None
+            return self._command("EVALSHA", *head, *args, packed=packed)
         except redis.exceptions.NoScriptError:
             # EVAL loads the script into the cache as it runs it.
             return self._command("EVAL", self._scripts[name], 1, keys.stream, keys.prefix, *args)
+
+    def _packed(self, name: str, keys: QueueKeys, args: list[Any]) -> bytes:
+        """``EVALSHA <sha> 1 <stream> <prefix> *args`` in RESP. The part up to the
+        prefix is the same for every call of a script on a queue: packed once. redis-py
+        packs every argument anew, through a generic path (~2-3 µs per enqueue)."""
+        head = self._heads.get((name, keys.stream))
+        if head is None:
+            fixed = (b"EVALSHA", self._shas[name].encode(), b"1", keys.stream.encode())
+            head = _resp_args((*fixed, keys.prefix.encode()))
+            self._heads[(name, keys.stream)] = head
+        return b"*%d\r\n%b%b" % (5 + len(args), head, _resp_args(args))
 
     def enqueue(self, items: Sequence[EnqueueItem]) -> None:
         if items:

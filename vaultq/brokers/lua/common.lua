@@ -22,6 +22,29 @@ local function starts_with(s, prefix)
   return string.sub(s, 1, #prefix) == prefix
 end
 
+-- redis.call(cmd, head..., items...) for a list of any length: in slices of 1000, so
+-- no unpack exceeds Lua's C stack (~8000 values); the slices' array replies are
+-- concatenated (a batch of keys for MGET, ids for SMISMEMBER, entries for XACK ...).
+local function sliced(cmd, head, items)
+  local out = {}
+  for first = 1, #items, 1000 do
+    local args = {}
+    for k = 1, #head do
+      args[k] = head[k]
+    end
+    for k = first, math.min(#items, first + 999) do
+      args[#args + 1] = items[k]
+    end
+    local reply = redis.call(cmd, unpack(args))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
+
 -- The claim value is "<tag> <consumer>"; only the delivery holding the tag may extend
 -- or release it, so a late settle from a lost lease cannot free someone else's claim.
 local function claim_owned(job_id, tag)
@@ -63,19 +86,27 @@ end
 
 -- Finished ids live in one set per hour of their remember-until time; the set expires
 -- by itself an hour after that hour ends. DONE indexes the live hours so a lookup only
--- touches sets that still exist.
-local function remember(job_id, until_s)
-  local hour = math.floor(until_s / 3600)
-  local key = DONE .. ':' .. hour
-  redis.call('SADD', key, job_id)
-  redis.call('EXPIREAT', key, (hour + 2) * 3600)
-  redis.call('ZADD', DONE, hour, hour)
-  local now_hour = math.floor(now_ms() / 3600000)
+-- touches sets that still exist. by_hour maps each hour (Unix hours) to its ids, hours
+-- lists those hours; now is Redis's time in ms. One SADD per hour for a whole batch.
+local function remember_hours(by_hour, hours, now)
+  for _, hour in ipairs(hours) do
+    local key = DONE .. ':' .. hour
+    sliced('SADD', {key}, by_hour[hour])
+    redis.call('EXPIREAT', key, (hour + 2) * 3600)
+    redis.call('ZADD', DONE, hour, hour)
+  end
+  local now_hour = math.floor(now / 3600000)
   redis.call('ZREMRANGEBYSCORE', DONE, '-inf', '(' .. (now_hour - 1))
   local last = redis.call('ZRANGE', DONE, -1, -1)
   if last[1] then
     redis.call('EXPIREAT', DONE, (tonumber(last[1]) + 2) * 3600)
   end
+end
+
+-- Remember one id as finished until until_s (Unix seconds).
+local function remember(job_id, until_s)
+  local hour = math.floor(until_s / 3600)
+  remember_hours({[hour] = {job_id}}, {hour}, now_ms())
 end
 
 -- For each id in ids, true when it is remembered as finished.
@@ -90,7 +121,7 @@ local function finished_flags(ids)
   local now_hour = math.floor(now_ms() / 3600000)
   local hours = redis.call('ZRANGEBYSCORE', DONE, now_hour - 1, '+inf')
   for _, hour in ipairs(hours) do
-    local hits = redis.call('SMISMEMBER', DONE .. ':' .. hour, unpack(ids))
+    local hits = sliced('SMISMEMBER', {DONE .. ':' .. hour}, ids)
     for i = 1, #ids do
       if hits[i] == 1 then
         flags[i] = true

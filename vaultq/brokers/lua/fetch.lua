@@ -171,10 +171,14 @@ end
 
 local out = {}
 local ids = {}
+local cancel_keys = {}
 for i, t in ipairs(taken) do
   ids[i] = t[2]
+  cancel_keys[i] = CANCEL .. t[2]
 end
 local done = finished_flags(ids)
+-- The cancel flags of the whole batch in one read.
+local cancelled = sliced('MGET', {}, cancel_keys)
 for i, t in ipairs(taken) do
   out[#out + 1] = t[1]
   out[#out + 1] = t[2]
@@ -183,7 +187,7 @@ for i, t in ipairs(taken) do
   out[#out + 1] = t[5]
   out[#out + 1] = t[6]
   out[#out + 1] = done[i] and 1 or 0
-  out[#out + 1] = redis.call('EXISTS', CANCEL .. t[2])
+  out[#out + 1] = cancelled[i] and 1 or 0
 end
 
 local wait_ms = -1
