@@ -541,14 +541,19 @@ def settle_args(s: Settlement) -> list[Any]:
     """One operation of the ``settle`` script: its kind and fields (``lua/settle.lua``)."""
     d = s.delivery
     tag = d.tag
-    head: list[Any] = [tag_entry(tag), tag, d.job_id]
-    if isinstance(s, Ack):
+    if isinstance(s, Ack):  # one per job: built in one expression
         result = s.result
-        ttl = ms(s.result_ttl)
-        until = repr(float(s.remember_until))
-        if result is None:
-            return ["ack", *head, 0, b"", ttl, until]
-        return ["ack", *head, 1, result, ttl, until]
+        return [
+            "ack",
+            tag_entry(tag),
+            tag,
+            d.job_id,
+            0 if result is None else 1,
+            b"" if result is None else result,
+            ms(s.result_ttl),
+            repr(float(s.remember_until)),
+        ]
+    head: list[Any] = [tag_entry(tag), tag, d.job_id]
     if isinstance(s, Retry | Release):
         attempt = d.attempt + 1 if isinstance(s, Retry) else d.attempt
         return ["requeue", *head, attempt, repr(float(s.not_before)), secrets.token_hex(6)]
