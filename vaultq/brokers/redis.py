@@ -517,7 +517,7 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
         for (queue, level), batch in groups.items():
             args: list[Any] = [self._dead_max, self._dead_age_ms]
             for s in batch:
-                args += settle_args(s)
+                args += _settle_args(s)
             calls.append(("settle", self.keys(queue).at(level), args))
         with self._boundary("settle"):
             replies = await self._run_batch(calls)
@@ -537,7 +537,7 @@ class RedisBroker(RedisOperatorTools, RedisSchedules, RedisMonitoring, RedisChor
             )
 
 
-def settle_args(s: Settlement) -> list[Any]:
+def _settle_args(s: Settlement) -> list[Any]:
     """One operation of the ``settle`` script: its kind and fields (``lua/settle.lua``)."""
     d = s.delivery
     tag = d.tag
