@@ -3,6 +3,7 @@ it comes to the verification ceiling measured in the same run.
 
     .venv/bin/python benchmarks/worker_ceiling.py [--n 20000] [--concurrency 50,200]
         [--signing hmac|ed25519] [--processes 1,2] [--rounds 3] [--loop asyncio|uvloop]
+        [--batch-signatures [on|off|both]] [--worker-keys full|public]
 
 N no-op jobs are queued with ``enqueue_many`` on a private ``redis-server``; then P worker
 processes (``vaultq.Worker``, hmac or ed25519 keyring, every check on) are started and
@@ -14,6 +15,15 @@ With ``--signing ed25519`` the same run first measures the verification ceiling:
 ``Ed25519PublicKey.verify`` calls over the signed bytes of real sealed envelopes, in
 one thread of this process. The ratio printed is jobs/s over that ceiling (issue 15
 asks for >= 0.70). ``--processes 1,2`` prints the scaling of two processes over one.
+
+``--batch-signatures`` (ed25519 only) queues the jobs from an app with
+``batch_signatures=True``: each ``enqueue_many`` call of 1,000 jobs is signed once, over
+a Merkle root (docs/envelope.md, *Batch signatures*), and a worker verifies each batch
+once. ``--batch-signatures both`` drains single-signed and batch-signed jobs one after
+the other in every round (an A/B in one run, against the same ceiling).
+``--worker-keys public`` gives the workers the verify-only keyring (``vaultq keys
+public``: split trust, what an ed25519 deployment is for); they then seal results
+AEAD-only instead of signing each one.
 
 Columns: jobs/s (wall); cpu us/job of the worker processes (every thread); loop us/job,
 the event loop threads' CPU (the serial part of a worker: 1e6 / loop us is what one
@@ -123,8 +133,9 @@ def gil_check(seconds: float = 1.0) -> dict[str, float]:
     return {"one": rate(1, False), "two": rate(2, False), "beside": rate(1, True)}
 
 
-async def queue_jobs(url: str, keys: str, n: int) -> None:
+async def queue_jobs(url: str, keys: str, n: int, batch: bool) -> None:
     app, noop = throughput.make_app(url, keys)
+    app.configure(batch_signatures=batch)
     for s in range(0, n, 1000):
         await noop.enqueue_many(throughput.Noop(i) for i in range(s, min(n, s + 1000)))
     await app.aclose()
@@ -161,11 +172,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def drain(
-    url: str, keys: str, n: int, concurrency: int, processes: int, loop: str, redis_pid: int
+    url: str,
+    keys: str,
+    n: int,
+    concurrency: int,
+    processes: int,
+    loop: str,
+    redis_pid: int,
+    batch: bool = False,
+    worker_keys: str | None = None,
 ) -> dict:
-    anyio.run(queue_jobs, url, keys, n)
+    anyio.run(queue_jobs, url, keys, n, batch)
     redis_cpu = cpu_seconds(redis_pid)
-    env = {**os.environ, "BENCH_KEYS": keys}
+    env = {**os.environ, "BENCH_KEYS": worker_keys or keys}
     cmd = [sys.executable, __file__, "--serve", url, "--concurrency", str(concurrency)]
     procs = [
         subprocess.Popen([*cmd, "--loop", loop], env=env, stdout=subprocess.PIPE)
@@ -199,8 +218,24 @@ def main() -> None:
     parser.add_argument("--processes", default="1")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--batch-signatures",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "on", "both"),
+        help="ed25519: sign each enqueue_many call once (both: A/B in every round)",
+    )
+    parser.add_argument(
+        "--worker-keys",
+        choices=("full", "public"),
+        default="full",
+        help="the workers' keyring: the producers' (default) or its verify-only copy",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.batch_signatures != "off" and args.signing != "ed25519":
+        parser.error("--batch-signatures needs --signing ed25519 (hmac has nothing to amortize)")
     if args.serve:
         report = anyio.run(
             serve_until_idle,
@@ -212,9 +247,13 @@ def main() -> None:
         print(json.dumps(report))
         return
     keys = keys_for(args.signing)
+    public = (
+        vaultq.Keyring.from_json(keys).public().to_json() if args.worker_keys == "public" else None
+    )
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     process_counts = [int(p) for p in args.processes.split(",")]
-    results: dict[tuple[int, int], list[dict]] = {}
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.batch_signatures]
+    results: dict[tuple[int, int, bool], list[dict]] = {}
     ceilings: list[tuple[float, float]] = []
     gil = gil_check() if args.signing == "ed25519" else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,15 +264,19 @@ def main() -> None:
                     ceilings.append(verification_ceiling(keys, 5000))
                 for c in concurrencies:
                     for p in process_counts:
-                        throughput.flushall(url)
-                        got = drain(url, keys, args.n, c, p, args.loop, redis_proc.pid)
-                        results.setdefault((c, p), []).append(got)
+                        for batch in modes:
+                            throughput.flushall(url)
+                            got = drain(
+                                url, keys, args.n, c, p, args.loop, redis_proc.pid, batch, public
+                            )
+                            results.setdefault((c, p, batch), []).append(got)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             redis_proc.terminate()
             redis_proc.wait()
     print(
-        f"\nworker throughput, {args.signing} signing, N={args.n}, loop {args.loop}, "
+        f"\nworker throughput, {args.signing} signing, {args.worker_keys} keyring on workers, "
+        f"N={args.n}, loop {args.loop}, "
         f"median of {args.rounds} rounds, {os.cpu_count()} cores (load "
         f"{os.getloadavg()[0]:.1f})"
     )
@@ -252,9 +295,9 @@ def main() -> None:
         )
     print(
         f"{'concurrency':>11} {'processes':>9} {'jobs/s':>9} {'cpu us/job':>11} "
-        f"{'loop us/job':>12} {'redis us/job':>12}  note"
+        f"{'loop us/job':>12} {'redis us/job':>12} {'signatures':>10}  note"
     )
-    for (c, p), runs in results.items():
+    for (c, p, batch), runs in results.items():
         rate = statistics.median(x["jobs_s"] for x in runs)
         cpu = statistics.median(x["cpu_us"] for x in runs)
         loop = statistics.median(x["loop_us"] for x in runs)
@@ -265,10 +308,15 @@ def main() -> None:
             # Load-independent: the event loop's thread is the serial part, so one free
             # core for it bounds the worker at 1e6 / loop us per job.
             notes.append(f"{1e6 / loop / cpu_ceiling:.2f}x by CPU")
-        one = results.get((c, 1))
+            if len(runs) > 1:
+                # Each round against its own ceiling: the spread is the machine's noise.
+                per_round = [x["jobs_s"] / c_[0] for x, c_ in zip(runs, ceilings, strict=True)]
+                notes.append("rounds " + "/".join(f"{r:.2f}" for r in per_round))
+        one = results.get((c, 1, batch))
         if p > 1 and one is not None:
             notes.append(f"{rate / statistics.median(x['jobs_s'] for x in one):.2f}x 1 proc")
-        row = f"{c:>11} {p:>9} {rate:>9,.0f} {cpu:>11.1f} {loop:>12.1f} {server:>12.1f}"
+        sigs = "per batch" if batch else "per job"
+        row = f"{c:>11} {p:>9} {rate:>9,.0f} {cpu:>11.1f} {loop:>12.1f} {server:>12.1f} {sigs:>10}"
         print(f"{row}  {', '.join(notes)}")
 
 
