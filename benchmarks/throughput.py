@@ -180,6 +180,7 @@ class Case(msgspec.Struct, frozen=True):
     concurrency: int = 0  # 0: the system's default
     signing: str = "hmac-sha256"
     sync_enqueue: bool = False
+    batch_signatures: bool = False  # vaultq: App(batch_signatures=True), all jobs enqueue_many
 
 
 def cases(mode: str, concurrency: int) -> list[Case]:
@@ -187,6 +188,7 @@ def cases(mode: str, concurrency: int) -> list[Case]:
         return [
             Case("vaultq", "vaultq", sync_enqueue=True),
             Case("vaultq-ed25519", "vaultq", signing="ed25519"),
+            Case("vaultq-ed25519-batch", "vaultq", signing="ed25519", batch_signatures=True),
             Case("vaultq-c10", "vaultq", concurrency=10),  # the default before issue 15
             Case("vaultq-c50", "vaultq", concurrency=50),
             *(Case(name, name) for name in ("taskiq", "dramatiq", "huey-redis", "saq")),
@@ -196,6 +198,7 @@ def cases(mode: str, concurrency: int) -> list[Case]:
     return [
         Case("vaultq", "vaultq", c, sync_enqueue=True),
         Case("vaultq-ed25519", "vaultq", c, signing="ed25519"),
+        Case("vaultq-ed25519-batch", "vaultq", c, signing="ed25519", batch_signatures=True),
         Case("vaultq-sqlite", "vaultq-sqlite", c),
         *(Case(name, name, c) for name in SYSTEMS if not name.startswith("vaultq")),
     ]
@@ -234,7 +237,8 @@ class Run:
         return self.redis_url
 
     def env(self, case: Case) -> dict[str, str]:
-        return {**os.environ, "BENCH_KEYS": self.keys[case.signing]}
+        batch = {"BENCH_BATCH_SIGNATURES": "1"} if case.batch_signatures else {}
+        return {**os.environ, "BENCH_KEYS": self.keys[case.signing], **batch}
 
     def cmd(self, case: Case, mode: str, url: str, *extra: str) -> list[str]:
         system = SYSTEMS[case.system]
@@ -431,7 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default="all",
-        help="labels to run (vaultq, vaultq-ed25519, vaultq-c10, vaultq-c50, vaultq-sqlite, "
+        help="labels to run (vaultq, vaultq-ed25519, vaultq-ed25519-batch, vaultq-c10, "
+        "vaultq-c50, vaultq-sqlite, "
         f"{', '.join(s for s in SYSTEMS if not s.startswith('vaultq'))}); default all",
     )
     parser.add_argument("--concurrency", type=int, default=50, help="the equal mode's")

@@ -21,7 +21,7 @@ def test_throughput_harness_runs_vaultq_end_to_end(tmp_path: Path) -> None:
         "--jobs",
         "200",
         "--systems",
-        "vaultq",
+        "vaultq,vaultq-ed25519-batch",
         "--modes",
         "equal",
         "--sleep-jobs",
@@ -48,6 +48,11 @@ def test_throughput_harness_runs_vaultq_end_to_end(tmp_path: Path) -> None:
     for key in ("enqueue", "enqueue_sync", "enqueue_c100", "bulk", "drain", "cold", "sleep"):
         assert row[key] > 0, key
     assert 0 < row["p50_ms"] <= row["p99_ms"]
+    # batch signatures on: everything queued by enqueue_many (no one-by-one figures), as
+    # many jobs as the other vaultq rows, all drained and counted
+    batch = results["modes"]["equal"]["vaultq-ed25519-batch"]
+    assert batch["bulk"] > 0 and batch["drain"] > 0 and batch["cold"] > 0
+    assert "enqueue" not in batch and "enqueue_c100" not in batch
     # --processes 1 and 2 went through the real CLI and both counted every job
     assert results["processes"]["p1"]["jobs"] == results["processes"]["p2"]["jobs"] == 300
     assert results["processes"]["p2"]["warm"] > 0
@@ -57,6 +62,7 @@ def test_throughput_harness_runs_vaultq_end_to_end(tmp_path: Path) -> None:
     assert memory["dedup_markers"] == 300  # one per job, within the 15 s window
     goals = {g["goal"]: g for g in results["goals"]}
     assert "--processes 2 >= 1.6x one process" in goals
+    assert any("(batch signatures" in name for name in goals)
     assert all(g["met"] in (True, False) for g in goals.values())
     assert "issue 15 goals measured in this run" in done.stdout
     if "--chart" in cmd:

@@ -2,6 +2,11 @@
 ``benchmarks/throughput.py``), with the same phases as the peers' drivers.
 
 The keyring comes from ``$BENCH_KEYS`` (hmac-sha256 or ed25519, made by the parent).
+``$BENCH_BATCH_SIGNATURES=1`` (the ``vaultq-ed25519-batch`` row) turns on
+``App(batch_signatures=True)``: each ``enqueue_many`` call is signed once (a Merkle root);
+``produce`` then queues all its jobs through ``enqueue_many``, so that the drain is of
+batch-signed jobs only (one-by-one enqueues are signed one by one either way: their
+figures are the ``vaultq-ed25519`` row's).
 ``worker`` runs ``vaultq.Worker`` in this process at ``--concurrency`` or vaultq's
 default, with ``block=1.0`` as ``vaultq worker`` does. For ``--processes N`` the parent
 runs the real ``vaultq worker --processes N`` CLI with ``app`` below, which reads
@@ -31,9 +36,15 @@ class Noop(msgspec.Struct, frozen=True):
     n: int
 
 
+BATCH_SIGNATURES = os.environ.get("BENCH_BATCH_SIGNATURES") == "1"
+
+
 def make_app(url: str) -> tuple[vaultq.App, Any]:
     app = vaultq.App(
-        "bench", broker=url, keyring=vaultq.Keyring.from_json(os.environ["BENCH_KEYS"])
+        "bench",
+        broker=url,
+        keyring=vaultq.Keyring.from_json(os.environ["BENCH_KEYS"]),
+        batch_signatures=BATCH_SIGNATURES,
     )
 
     @app.task(name="bench.noop")
@@ -50,6 +61,8 @@ if os.environ.get("BENCH_URL"):  # `vaultq worker vaultq_peer:app` (the --proces
 
 
 async def produce(url: str, n: int) -> dict[str, Any]:
+    if BATCH_SIGNATURES:
+        return await produce_batches(url, n)
     app, noop = make_app(url)
     t0 = time.perf_counter()
     for i in range(n):
@@ -73,6 +86,18 @@ async def produce(url: str, n: int) -> dict[str, Any]:
     c100 = _common.rate(100 * per, time.perf_counter() - t0)
     await app.aclose()
     return {"enqueue": single, "bulk": bulk, "enqueue_c100": c100, "queued": 2 * n + 100 * per}
+
+
+async def produce_batches(url: str, n: int) -> dict[str, Any]:
+    """As many jobs as ``produce`` queues (3n), all through ``enqueue_many``, 1000 a call."""
+    app, noop = make_app(url)
+    total = 3 * n
+    t0 = time.perf_counter()
+    for start in range(0, total, 1000):
+        await noop.enqueue_many(Noop(i) for i in range(start, min(total, start + 1000)))
+    bulk = _common.rate(total, time.perf_counter() - t0)
+    await app.aclose()
+    return {"bulk": bulk, "queued": total}
 
 
 def produce_sync(url: str, n: int) -> float:
