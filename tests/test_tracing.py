@@ -238,3 +238,117 @@ def test_in_a_real_worker_the_tasks_own_spans_are_children_of_its_process_span(
     assert {p.parent.span_id for p in process.values() if p.parent} == {
         x.context.span_id for x in s.spans("send default")
     }
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["contextvar", "api"])
+def test_the_attempt_context_keeps_the_callers_values_and_is_restored(
+    setups: list[Setup], monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    # The worker sets OpenTelemetry's current context directly (one ContextVar.set/reset)
+    # instead of set_span_in_context + attach/detach: the context the task sees must
+    # still be the caller's plus the span (baggage kept), and the caller's afterwards.
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+
+    import vaultq.tracing as tracing_module
+
+    assert tracing_module._FAST is not None  # the stock runtime context: the fast path
+    if not fast:
+        monkeypatch.setattr(tracing_module, "_FAST", None)
+    for sampler in (ParentBased(ALWAYS_OFF), ParentBased(ALWAYS_ON)):
+        producer, worker = Setup(sampler), Setup(sampler)
+        setups += [producer, worker]
+        carrier = producer.send("j7")
+        job = JobInfo(
+            job_id="j7", queue="q", attempt=1, app="a", worker_id="w", authenticated=True,
+            task="t", trace=carrier,
+        )  # fmt: skip
+        outer = otel_context.attach(baggage.set_baggage("tenant", "t1"))
+        try:
+            before = otel_context.get_current()
+            worker.tracing.attempt_started(job)
+            try:
+                assert baggage.get_baggage("tenant") == "t1"
+                sc = trace.get_current_span().get_span_context()
+                assert f"{sc.trace_id:032x}" == carrier["traceparent"].split("-")[1]
+            finally:
+                worker.tracing.attempt_finished(job, Outcome.SUCCEEDED, 0.0)
+            assert otel_context.get_current() is before
+        finally:
+            otel_context.detach(outer)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_a_context_detached_elsewhere_is_logged_not_raised(
+    setups: list[Setup], caplog: pytest.LogCaptureFixture
+) -> None:
+    # attempt_finished in another context than attempt_started (a middleware stack run
+    # out of order): the token cannot be reset there; as OpenTelemetry's detach, log it.
+    import contextvars
+
+    producer, worker = Setup(ParentBased(ALWAYS_ON)), Setup(ParentBased(ALWAYS_ON))
+    setups += [producer, worker]
+    job = JobInfo(
+        job_id="j8", queue="q", attempt=1, app="a", worker_id="w", authenticated=True,
+        task="t", trace=producer.send("j8"),
+    )  # fmt: skip
+    contextvars.copy_context().run(worker.tracing.attempt_started, job)
+    with caplog.at_level("ERROR", logger="opentelemetry.context"):
+        worker.tracing.attempt_finished(job, Outcome.SUCCEEDED, 0.0)
+    assert "Failed to detach context" in caplog.text
+    assert len(worker.spans("process q")) == 1  # the span still ended
+
+
+def test_a_warm_worker_treats_every_traceparent_as_the_first_one(setups: list[Setup]) -> None:
+    # After its first job the worker knows its sampler drops unsampled remote parents and
+    # takes an inline path for them: the results must be those of the general path for
+    # unsampled, sampled, all-zero and malformed traceparents alike, job after job.
+    producer = Setup(ParentBased(ALWAYS_OFF))
+    sampled_producer = Setup(ParentBased(ALWAYS_ON))
+    worker = Setup(ParentBased(ALWAYS_ON))
+    setups += [producer, sampled_producer, worker]
+    worker.process("warm", producer.send("warm"))
+    assert worker.tracing._drops_unsampled  # the inline path is the one taken below
+    for i in range(3):
+        carrier = producer.send(f"u{i}")
+        carrier["tracestate"] = f"vendor=v{i}"
+        sent = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+        job = JobInfo(
+            job_id=f"u{i}", queue="q", attempt=1, app="a", worker_id="w", authenticated=True,
+            task="t", trace=carrier,
+        )  # fmt: skip
+        worker.tracing.attempt_started(job)
+        try:
+            current = trace.get_current_span()
+            assert not current.is_recording()
+            assert current.get_span_context() == sent.get_span_context()
+            assert current.get_span_context().trace_state.get("vendor") == f"v{i}"
+        finally:
+            worker.tracing.attempt_finished(job, Outcome.SUCCEEDED, 0.0)
+        assert trace.get_current_span() is trace.INVALID_SPAN
+        # A span the task starts joins the producer's trace, unsampled: dropped.
+        inner = worker.process(f"u{i}", carrier)
+        assert inner.trace_id == sent.get_span_context().trace_id
+        assert not inner.trace_flags.sampled
+    assert worker.spans("process q") == []
+    # A sampled producer's job still gets its process span, child of the producer's.
+    carrier = sampled_producer.send("s1")
+    worker.process("s1", carrier)
+    (process,) = worker.spans("process q")
+    assert f"{process.parent.span_id:016x}" == carrier["traceparent"].split("-")[2]
+    # All-zero ids and malformed values are no parent: the worker starts a new trace.
+    bad = [
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-00",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-00",
+        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+    ]
+    for n, value in enumerate(bad):
+        inner = worker.process(f"b{n}", {"traceparent": value})
+        assert inner.trace_id != 0x4BF92F3577B34DA6A3CE929D0E0E4736, value
+        assert inner.trace_flags.sampled, value  # a new trace, sampled by ALWAYS_ON
+    assert len(worker.spans("process q")) == 1 + len(bad)
