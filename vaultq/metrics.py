@@ -69,6 +69,9 @@ DEPTH_INTERVAL: Final = 5.0
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 _DEPTH_STATES: Final = ("ready", "delayed", "running", "dead")
+# Read per settled job: an enum member read from its class is a Python-level lookup on 3.11.
+_RETRYING: Final = Outcome.RETRYING
+_DENIED: Final = Outcome.DENIED
 _LABEL_TEXT: Final = re.compile(r"[A-Za-z0-9_.:<>-]{1,100}")
 
 
@@ -270,9 +273,9 @@ class PrometheusMetrics(Middleware):
         else:
             slot = local.slots.get((task, job.queue)) or self._slot(task, job.queue)
             (slot.outcomes.get(outcome) or slot.outcome(outcome)).n += 1
-        if outcome is Outcome.RETRYING:
+        if outcome is _RETRYING:
             self._child(self.retries, task, job.queue).inc()
-        elif outcome is Outcome.DENIED:
+        elif outcome is _DENIED:
             self._child(self.denials, task, job.queue, self._policy_of(task)).inc()
 
     def _slot(self, task: str, queue: str) -> Slot:

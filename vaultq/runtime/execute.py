@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.from_thread
@@ -65,6 +65,9 @@ audit = logging.getLogger(AUDIT_LOGGER)
 
 _RESULT_OVERHEAD = 1024
 """Room left for the sealed result's header, metadata and signature."""
+# Module constants: an enum member read from its class is a Python-level lookup on 3.11.
+_FAILED: Final = Outcome.FAILED
+_SUCCEEDED: Final = Outcome.SUCCEEDED
 
 
 class _EveryTask:
@@ -571,7 +574,7 @@ def _attempt_outcome(
         return Outcome.TIMED_OUT
     if timed_out:
         return Outcome.TIMED_OUT
-    return Outcome.FAILED if failure is not None else Outcome.SUCCEEDED
+    return _FAILED if failure is not None else _SUCCEEDED
 
 
 def _plainly_typed(value: Any, declared: Any) -> bool:

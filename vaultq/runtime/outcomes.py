@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -294,6 +294,13 @@ _BURIED = {
 }
 
 
+# Made once: an enum member read from its class costs a Python-level lookup on 3.11 (about
+# ten times a global's), on the path of every reported job.
+_ACKED: Final = (Outcome.SUCCEEDED, None)
+_RETRIED: Final = (Outcome.RETRYING, None)
+_RELEASED: Final = (Outcome.RELEASED, None)
+
+
 def report_settlement(
     hooks: Hooks, slot: JobSlot, settlement: Settlement, *, app: str, worker_id: str
 ) -> None:
@@ -322,11 +329,11 @@ def _settled_outcome(settlement: Settlement) -> tuple[Outcome | None, str | None
     """The outcome a written settlement reports, and its reason; outcome None for a
     rejection (``rejected`` hook), whose reason is then the dead letter's code."""
     if isinstance(settlement, Ack):
-        return Outcome.SUCCEEDED, None
+        return _ACKED
     if isinstance(settlement, Retry):
-        return Outcome.RETRYING, None
+        return _RETRIED
     if isinstance(settlement, Release):
-        return Outcome.RELEASED, None
+        return _RELEASED
     if isinstance(settlement, Drop):
         if settlement.reason == "finished":
             return Outcome.DROPPED, "finished"
