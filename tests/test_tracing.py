@@ -335,6 +335,7 @@ def test_a_warm_worker_treats_every_traceparent_as_the_first_one(setups: list[Se
     carrier = sampled_producer.send("s1")
     worker.process("s1", carrier)
     (process,) = worker.spans("process q")
+    assert process.parent is not None
     assert f"{process.parent.span_id:016x}" == carrier["traceparent"].split("-")[2]
     # All-zero ids and malformed values are no parent: the worker starts a new trace.
     bad = [
