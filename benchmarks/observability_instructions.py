@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/observability_instructions.py [--brokers sqlite,redis]
         [--setups nop,metrics,tracing0,...] [--n 500,2500]
+    .venv/bin/python benchmarks/observability_instructions.py --hooks [--setups ...]
 
 The wall-clock and CPU-time figures of ``benchmarks/observability.py`` move by ±10 points
 on a machine that other work shares (caches, a second hyperthread). Instructions do
@@ -13,6 +14,12 @@ too), start-up and imports cancelled out. Still not exact (polling loops and bat
 depend on timing: about ±2 % between runs), but far steadier than time. Needs valgrind;
 slow (about 40 s per set-up and broker). Redis runs on a private ``redis-server``.
 Figures only: nothing here asserts anything.
+
+``--hooks``: the worker-side hooks alone (``attempt_started``, ``attempt_finished``,
+``settled`` through vaultq's dispatch, as ``observability.py --hooks-only`` times them)
+for 1,000 and 5,000 jobs under cachegrind; no broker, no event loop, no polling, so the
+figure is the same from run to run (but for ``tracing10``: which of its 100 producer
+traces were sampled is random). Printed over ``nop`` (the dispatch and the loop).
 """
 
 from __future__ import annotations
@@ -74,7 +81,57 @@ def instructions(url: str, setup: str, n: int, keyfile: Path, workdir: Path) -> 
     return int(found[1])
 
 
+def run_hooks(setup: str, n: int) -> None:
+    """The hooks of ``n`` jobs, as ``observability.hook_costs`` runs them."""
+    import time
+
+    from vaultq.middleware import EnqueueInfo, Hooks, Outcome
+
+    app = bench.make_app("hooks", "sqlite:///:memory:", vaultq.Keyring.generate(), setup)
+    hooks = Hooks(app.middleware)
+    traces = []
+    for i in range(100):
+        sent = EnqueueInfo(
+            job_id=f"e{i}", task="noop", queue="default", app="hooks", principal_id=None,
+            enqueued_at=time.time(), not_before=0.0,
+        )  # fmt: skip
+        traces.append(hooks.before_enqueue(sent) or {})
+        hooks.after_enqueue(sent, None)
+    now = time.time()
+    for job in [bench.job_info(i, now, traces[i % 100]) for i in range(n)]:
+        hooks.attempt_started(job)
+        hooks.attempt_finished(job, Outcome.SUCCEEDED, 0.001)
+        hooks.settled(job, Outcome.SUCCEEDED, None)
+
+
+def hook_instructions(setups: list[str], workdir: Path) -> None:
+    low, high = 1000, 5000
+    per_job: dict[str, float] = {}
+    for setup in ["nop", *(s for s in setups if s not in ("nop", "plain"))]:
+        counts = []
+        for n in (low, high):
+            out = workdir / "cachegrind.out"
+            subprocess.run(
+                ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                 f"--cachegrind-out-file={out}", sys.executable, __file__, "--hooks-run",
+                 setup, str(n)],
+                check=True, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            found = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+            assert found is not None, "no cachegrind summary"
+            counts.append(int(found[1]))
+        per_job[setup] = (counts[1] - counts[0]) / (high - low)
+        print(
+            f"hooks   {setup:<20} {per_job[setup] - per_job['nop']:>9.0f} instructions/job "
+            "over nop",
+            flush=True,
+        )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--hooks-run"]:
+        run_hooks(sys.argv[2], int(sys.argv[3]))
+        return
     if sys.argv[1:2] == ["--drain"]:
         url, setup, n, keyfile = sys.argv[2:6]
         keys = vaultq.Keyring.from_json(Path(keyfile).read_text())
@@ -88,9 +145,14 @@ def main() -> None:
         "metrics+tracing",
     )
     parser.add_argument("--n", default="500,2500", help="the two job counts")
+    parser.add_argument("--hooks", action="store_true", help="the worker hooks alone")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found on PATH")
+    if args.hooks:
+        with tempfile.TemporaryDirectory() as tmp:
+            hook_instructions(args.setups.split(","), Path(tmp))
+        return
     low, high = (int(x) for x in args.n.split(","))
     setups = ["plain", *(s for s in args.setups.split(",") if s != "plain")]
     with tempfile.TemporaryDirectory() as tmp:
