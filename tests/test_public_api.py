@@ -30,6 +30,8 @@ MODULES = sorted(
 # (tests/conftest.py stops the main leg when an extra is missing).
 EXTRA_OF = {
     "vaultq.metrics": ("prometheus_client", "metrics"),
+    "vaultq.metrics_counts": ("prometheus_client", "metrics"),
+    "vaultq.metrics_shared": ("prometheus_client", "metrics"),
     "vaultq.tracing": ("opentelemetry", "otel"),
 }
 
