@@ -170,11 +170,21 @@ def seal_job(
     ``0..MAX_TIME_MS`` ms, a ``meta.timeout`` that is not > 0, a principal
     ``vaultq.principal.wire_problem`` names).
     """
-    header = _job_header(
-        keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
+    parts = seal_job_parts(
+        keyring,
+        job_id=job_id,
+        app=app,
+        task=task,
+        queue=queue,
+        payload=payload,
+        principal=principal,
+        meta=meta,
+        issued_at=issued_at,
+        not_before=not_before,
+        expires_at=expires_at,
+        version=version,
     )
-    plaintext = _job_plaintext(payload, principal, meta)
-    return _seal(keyring, JOB_DOMAIN, header, plaintext, os.urandom(_nonce_size(version)))
+    return _frame(parts, keyring.sign(parts.signed))
 
 
 def _job_plaintext(payload: bytes, principal: Principal | None, meta: JobMeta) -> bytes:
@@ -208,12 +218,11 @@ def seal_job_parts(
         keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
     )
     plaintext = _job_plaintext(payload, principal, meta)
-    header_bytes = _msgpack_encode(header)
     if nonce is None:
         nonce = os.urandom(_nonce_size(version))
     elif len(nonce) != _nonce_size(version):
         raise InvalidArgument("the nonce does not have this envelope version's size")
-    return JobParts(version, header_bytes, nonce, _encrypt(keyring, header, plaintext, nonce))
+    return _encrypt(keyring, header, plaintext, nonce)
 
 
 def _seal_job(
@@ -232,7 +241,8 @@ def _seal_job(
     nonce: bytes,
 ) -> bytes:
     """``seal_job`` with an explicit nonce: for test vectors only (never reuse a nonce).
-    The nonce's size picks the version (12 bytes: v1, 24 bytes: v2)."""
+    The nonce's size picks the version (12 bytes: v1, 24 bytes: v2). Unlike ``seal_job``
+    it encodes the body unchecked (no ``_job_plaintext``)."""
     version = 2 if len(nonce) == NONCE_SIZE_V2 else 1
     header = _job_header(
         keyring, version, job_id, app, task, queue, issued_at, not_before, expires_at
@@ -300,22 +310,33 @@ def _header_problem(header: Header) -> str | None:
     return None
 
 
-def _encrypt(keyring: Keyring, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
+def _encrypt(keyring: Keyring, header: Header, plaintext: bytes, nonce: bytes) -> JobParts:
+    """Every step of sealing but the signature (jobs and results alike): the header's
+    bytes, which are also the AEAD's associated data, the nonce and the ciphertext."""
     header_bytes = _msgpack_encode(header)
-    if header.version == 2:
-        return keyring.active_xaes_cipher().encrypt(nonce, plaintext, header_bytes)
-    return keyring.active_cipher().encrypt(nonce, plaintext, header_bytes)
+    aead = keyring.active_xaes_cipher() if header.version == 2 else keyring.active_cipher()
+    return JobParts(
+        header.version, header_bytes, nonce, aead.encrypt(nonce, plaintext, header_bytes)
+    )
 
 
 def _seal(keyring: Keyring, domain: bytes, header: Header, plaintext: bytes, nonce: bytes) -> bytes:
-    header_bytes = _msgpack_encode(header)
-    ciphertext = _encrypt(keyring, header, plaintext, nonce)
+    """Encrypt, sign over ``domain`` (unless ``header`` names no signer: an AEAD-only
+    result) and frame."""
+    parts = _encrypt(keyring, header, plaintext, nonce)
     signature = (
-        keyring.sign(b"".join((domain, header_bytes, nonce, ciphertext)))
+        keyring.sign(b"".join((domain, parts.header, nonce, parts.ciphertext)))
         if header.signer_id
         else b""
     )
-    return _MAGICS[header.version] + _msgpack_encode((header_bytes, nonce, ciphertext, signature))
+    return _frame(parts, signature)
+
+
+def _frame(parts: JobParts, signature: bytes) -> bytes:
+    """A single-signature envelope's bytes: version tag, then the four-bin container."""
+    return _MAGICS[parts.version] + _msgpack_encode(
+        (parts.header, parts.nonce, parts.ciphertext, signature)
+    )
 
 
 def _parse(
