@@ -765,3 +765,56 @@ async def test_an_expired_job_is_settled_expired_under_its_task_without_an_attem
     assert (outcome, reason) == (Outcome.EXPIRED, "expired")
     assert job.authenticated and job.task == "mw.stale" and job.principal_id == "user:7"
     await app.aclose()
+
+
+async def test_what_attempt_started_puts_in_the_context_dies_with_the_attempt(
+    url: str, unique_name: str
+) -> None:
+    """A middleware's context value (the tracing span) is freed when the attempt ends.
+
+    The attempt's deadline timer copies the task's context when it is made, and asyncio
+    keeps a cancelled timer until it purges its heap: were the timer made after
+    ``attempt_started``, every finished job's span would stay alive with it, and the
+    garbage collector ran a cycle every ~100 jobs at concurrency 50 for that alone."""
+    import contextvars
+    import gc
+    import weakref
+
+    current: contextvars.ContextVar[object] = contextvars.ContextVar("mw-test-current")
+
+    class Marker:
+        pass
+
+    alive: list[weakref.ref[Marker]] = []
+    tokens: dict[str, contextvars.Token[object]] = {}
+
+    class Current(vaultq.Middleware):
+        def attempt_started(self, job: vaultq.JobInfo) -> None:
+            marker = Marker()
+            alive.append(weakref.ref(marker))
+            tokens[job.job_id] = current.set(marker)
+
+        def attempt_finished(
+            self, job: vaultq.JobInfo, outcome: vaultq.Outcome, duration: float
+        ) -> None:
+            current.reset(tokens.pop(job.job_id))
+
+    app = make_app(unique_name, url, middleware=[Current()])
+
+    @app.task(name="mw.sees", timeout=600)
+    async def sees(job: Count) -> bool:
+        return isinstance(current.get(None), Marker)
+
+    gc.disable()  # only reference counting may free the markers here
+    try:
+        async with running_worker(app), anyio.create_task_group() as tg:
+            # A live timer due before the jobs' deadlines, as a busy worker always has:
+            # asyncio drops a cancelled timer only once it reaches the top of its heap.
+            tg.start_soon(anyio.sleep, 60)
+            handles = [await sees.enqueue(Count(str(i))) for i in range(5)]
+            assert [await h.result(timeout=15) for h in handles] == [True] * 5
+            assert len(alive) == 5 and not tokens  # every attempt_finished ran
+            assert [ref() for ref in alive] == [None] * 5
+            tg.cancel_scope.cancel()
+    finally:
+        gc.enable()

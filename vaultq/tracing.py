@@ -75,7 +75,14 @@ _FAILED: Final = frozenset({Outcome.FAILED, Outcome.TIMED_OUT})
 _MAX_OPEN: Final = 100_000
 # W3C trace context version 00, lowercase hex, as this module writes it. Anything else
 # (another version, upper case) goes through the generic propagator.
-_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+# The trace flags' last hex digit with the sampled bit (the low bit) clear.
+_UNSAMPLED: Final = frozenset("02468ace")
+# A valid traceparent of an unsampled span (ids not all zeros, sampled bit clear), in one
+# match: the worker's common case, checked per job.
+_UNSAMPLED_TRACEPARENT: Final = re.compile(
+    r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]"
+)
 _ERROR: Final = Status(StatusCode.ERROR)
 _FLAGS: Final = {"00": TraceFlags(0), "01": TraceFlags(1)}
 """The two trace flags a W3C traceparent carries in practice, made once."""
@@ -125,7 +132,8 @@ class Tracing(Middleware):
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._propagator = TraceContextTextMapPropagator()
         self._sending: dict[str, Span] = {}
-        self._running: dict[tuple[str, int], tuple[Span, Token[Context]]] = {}
+        # An attempt's token, with its span when there is one to end.
+        self._running: dict[tuple[str, int], tuple[Span, Token[Context]] | Token[Context]] = {}
         self._provider = tracer_provider
         # With the global provider this is a proxy that follows a provider set later
         # (after the app was built); _real_tracer() swaps it for the real one once set.
@@ -215,44 +223,43 @@ class Tracing(Middleware):
             span = trace.get_current_span(context)
             sc = span.get_span_context()
             return context, span, sc.is_valid and not sc.trace_flags.sampled
-        trace_hex, span_hex, flags = found.groups()
-        if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
+        if header.startswith(_ZERO_TRACE, 3) or header.startswith(_ZERO_SPAN, 36):
             return None  # all zeros: invalid, as the propagator would say
-        span = _RemoteSpan(trace_hex, span_hex, flags, carrier.get("tracestate"))
-        # The sampled flag is the low bit of the flags' last hex digit.
-        unsampled = flags[1] in "02468ace"
-        return _in_context(span), span, unsampled
+        span = _RemoteSpan(header, carrier.get("tracestate"))
+        return _in_context(span), span, header[54:] in _UNSAMPLED
 
     def attempt_started(self, job: JobInfo) -> None:
         carrier = job.trace
         if carrier and self._drops_unsampled and _FAST is not None:
             # The common case, inline (no helper calls): an unsampled producer's span,
             # a sampler known to drop such spans (the same one _drops() examined), the
-            # stock runtime context. Exactly what the general path below does then.
+            # stock runtime context. Exactly what the general path below does then,
+            # with fewer objects: no match groups, and only the token kept (nothing is
+            # ended for this span), since each object that lives as long as the
+            # attempt is one more for the garbage collector to walk.
             header = carrier.get("traceparent")
-            found = _TRACEPARENT.fullmatch(header) if header is not None else None
             if (
-                found is not None
+                header is not None
+                and _UNSAMPLED_TRACEPARENT.fullmatch(header) is not None
                 and self._resolved
                 and getattr(self._tracer, "sampler", None) is self._sampler
             ):
-                trace_hex, span_hex, flags = found.groups()
-                if (
-                    flags[1] in "02468ace"  # unsampled: the flags' low bit
-                    and trace_hex != _ZERO_TRACE
-                    and span_hex != _ZERO_SPAN
-                ):
-                    remote = _RemoteSpan(trace_hex, span_hex, flags, carrier.get("tracestate"))
-                    var, key = _FAST
-                    # set_span_in_context: a new Context, the current one's values plus
-                    # the span (set through dict: Context refuses item assignment, which
-                    # guards contexts already shared, not this one being built).
-                    context = Context(var.get())
+                var, key = _FAST
+                # set_span_in_context: a new Context, the current one's values plus the
+                # span (set through dict: Context refuses item assignment, which guards
+                # contexts already shared, not this one being built). The worker's own
+                # context is usually empty: then one literal, no copy.
+                remote = _RemoteSpan(header, carrier.get("tracestate"))
+                base = var.get()
+                if base:
+                    context = Context(base)
                     dict.__setitem__(context, key, remote)
-                    if len(self._running) > _MAX_OPEN:
-                        _bounded(self._running)
-                    self._running[job.job_id, job.attempt] = (remote, var.set(context))
-                    return
+                else:
+                    context = Context({key: remote})
+                if len(self._running) > _MAX_OPEN:
+                    _bounded(self._running)
+                self._running[job.job_id, job.attempt] = var.set(context)
+                return
         self._attempt_started(job)
 
     def _attempt_started(self, job: JobInfo) -> None:
@@ -314,7 +321,11 @@ class Tracing(Middleware):
         entry = self._running.pop((job.job_id, job.attempt), None)
         if entry is None:
             return
-        span, token = entry
+        span: Span | None = None
+        if isinstance(entry, tuple):
+            span, token = entry
+        else:
+            token = entry
         if _FAST is not None:
             try:
                 _FAST[0].reset(token)
@@ -322,7 +333,7 @@ class Tracing(Middleware):
                 log.exception("Failed to detach context")
         else:
             otel_context.detach(token)
-        if type(span) is not _RemoteSpan and span.is_recording():
+        if span is not None and type(span) is not _RemoteSpan and span.is_recording():
             span.set_attribute("vaultq.outcome", outcome.value)
             if outcome in _FAILED:
                 span.set_attribute("error.type", outcome.value)
@@ -345,7 +356,10 @@ def _bounded(spans: dict[Any, Any]) -> None:
     # them rather than grow.
     if len(spans) > _MAX_OPEN:
         for entry in spans.values():
-            (entry[0] if isinstance(entry, tuple) else entry).end()
+            if isinstance(entry, tuple):
+                entry[0].end()
+            elif isinstance(entry, Span):
+                entry.end()  # a producer's span; a bare token has no span to end
         spans.clear()
 
 
@@ -358,20 +372,28 @@ class _RemoteSpan(NonRecordingSpan):
     sampled) never pays for it. Built twice at worst (two threads asking at once), to
     the same value."""
 
-    def __init__(self, trace_hex: str, span_hex: str, flags: str, state: str | None) -> None:
+    _state: str | None = None
+    """The tracestate header, when there is one (a class default: most jobs have none)."""
+    _built: SpanContext | None = None
+    """get_span_context(), once asked."""
+
+    def __init__(self, traceparent: str, state: str | None) -> None:
         # NonRecordingSpan.__init__ is not called: its one field, _context, is
         # get_span_context() here, and both methods that read it are overridden.
-        self._fields = (trace_hex, span_hex, flags, state)
-        self._built: SpanContext | None = None
+        # ``traceparent`` matched _TRACEPARENT; its fields are sliced out when needed.
+        self._header = traceparent
+        if state is not None:
+            self._state = state
 
     def get_span_context(self) -> SpanContext:
         built = self._built
         if built is None:
-            trace_hex, span_hex, flags, state = self._fields
+            header, state = self._header, self._state
+            flags = header[53:55]
             # Positional: SpanContext's keywords cost a third of its construction.
             built = self._built = SpanContext(
-                int(trace_hex, 16),
-                int(span_hex, 16),
+                int(header[3:35], 16),
+                int(header[36:52], 16),
                 True,  # is_remote
                 _FLAGS.get(flags) or TraceFlags(int(flags, 16)),
                 TraceState.from_header([state]) if state else None,

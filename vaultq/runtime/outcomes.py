@@ -296,7 +296,8 @@ _BURIED = {
 
 # Made once: an enum member read from its class costs a Python-level lookup on 3.11 (about
 # ten times a global's), on the path of every reported job.
-_ACKED: Final = (Outcome.SUCCEEDED, None)
+_SUCCEEDED: Final = Outcome.SUCCEEDED
+_ACKED: Final = (_SUCCEEDED, None)
 _RETRIED: Final = (Outcome.RETRYING, None)
 _RELEASED: Final = (Outcome.RELEASED, None)
 
@@ -308,6 +309,9 @@ def report_settlement(
     an entry that did not open). The worker's settler calls it, and so does the test
     kit's ``TestWorker``, so middleware sees the same events under test."""
     job = slot.job
+    if job is not None and type(settlement) is Ack:
+        hooks.settled(job, _SUCCEEDED, None)  # the common case, first
+        return
     if job is None:
         # Never opened: only the broker's (unauthenticated) claims are known.
         delivery = slot.delivery

@@ -457,17 +457,15 @@ class Worker:
                     written = await self._apply(broker, batch)
                 if self.hooks.jobs:
                     # The one place settlements are reported: after they were written.
+                    hooks, app, name = self.hooks, self.app.name, self.name
                     for slot, settlement in written:
-                        self._report(slot, settlement)
+                        report_settlement(hooks, slot, settlement, app=app, worker_id=name)
                 for slot, _ in batch:
                     self._slots.pop(slot.delivery.tag, None)
                     if self.keeper is not None:
                         self.keeper.discard(slot)
                 self.processed += len(batch)
                 self._capacity.set()
-
-    def _report(self, slot: JobSlot, settlement: Settlement) -> None:
-        report_settlement(self.hooks, slot, settlement, app=self.app.name, worker_id=self.name)
 
     def _provable(
         self, batch: list[tuple[JobSlot, Settlement]]
