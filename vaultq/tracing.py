@@ -241,8 +241,9 @@ class Tracing(Middleware):
             if (
                 header is not None
                 and _UNSAMPLED_TRACEPARENT.fullmatch(header) is not None
-                and self._resolved
-                and getattr(self._tracer, "sampler", None) is self._sampler
+                # _drops_unsampled was set by _drops() on this tracer (resolved by then,
+                # never swapped after), so it has a sampler: still the one examined?
+                and self._tracer.sampler is self._sampler  # type: ignore[attr-defined]
             ):
                 var, key = _FAST
                 # set_span_in_context: a new Context, the current one's values plus the

@@ -292,7 +292,7 @@ class Executor:
         header, body = opened.header, opened.body
         trace = body.meta.trace
         options = task.options  # a property: read once (it was twice per job)
-        info = JobInfo(
+        return JobInfo(
             job_id=header.job_id,
             queue=header.queue,
             attempt=delivery.attempt,
@@ -310,7 +310,6 @@ class Executor:
             # A copy: the opened envelope stays as it was.
             trace=dict(trace) if trace else {},
         )
-        return info
 
     async def _attempt(
         self, slot: JobSlot, task: Task[Any, Any], opened: OpenedJob, payload: Any
@@ -394,13 +393,16 @@ class Executor:
                 hooks.attempt_finished(job, Outcome.INTERRUPTED, time.time() - started)
             raise
         slot.scope = None
+        cancelled = scope.cancelled_caught  # a property: read once
         if job is not None:
             hooks.attempt_finished(
                 job,
-                _attempt_outcome(scope.cancelled_caught, slot.stop, timed_out, failure),
+                _SUCCEEDED
+                if not (cancelled or timed_out or failure)
+                else _attempt_outcome(cancelled, slot.stop, timed_out, failure),
                 time.time() - started,
             )
-        if scope.cancelled_caught:
+        if cancelled:
             if slot.stop == Stop.LEASE_LOST:
                 # The worker drops this settlement (and the broker would refuse it).
                 return Release(delivery=delivery, not_before=self.app.clock.now())
