@@ -11,7 +11,8 @@ from pathlib import Path
 import msgspec.inspect as mi
 import pytest
 
-from vaultq.envelope import Header, JobBody, ResultBody, _ResultWire
+from vaultq.envelope import Header, JobBody, ResultBody
+from vaultq.envelope_types import ResultWire
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "envelope.md").read_text(encoding="utf-8")
 
@@ -123,12 +124,12 @@ def test_job_body_table_is_the_job_body_structs() -> None:
     check_body_table("Job body:", JobBody)
 
 
-@pytest.mark.parametrize("cls", [ResultBody, _ResultWire])
+@pytest.mark.parametrize("cls", [ResultBody, ResultWire])
 def test_result_body_table_is_the_result_structs(cls: type) -> None:
-    # ResultBody (sealing) and _ResultWire (opening) have the same fields; the wire twin
+    # ResultBody (sealing) and ResultWire (opening) have the same fields; the wire twin
     # carries the decode-side bounds the table states.
     fields = struct_fields(cls)
     rows = {name for row in table_after("Result body:") for name in names(row["field"])}
     assert rows == set(fields)
-    if cls is _ResultWire:
+    if cls is ResultWire:
         check_body_table("Result body:", cls)

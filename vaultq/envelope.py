@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Container
-from typing import Annotated
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -54,6 +53,8 @@ from vaultq.envelope_types import (
     JobParts,
     OpenedJob,
     ResultBody,
+    ResultWire,
+    WireContainer,
     new_job_id,
 )
 from vaultq.errors import (
@@ -110,41 +111,16 @@ _NONCE_SIZES = {1: NONCE_SIZE, 2: NONCE_SIZE_V2}
 _MAGICS = {1: MAGIC, 2: MAGIC_V2}
 
 
-class _ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Decode-side twin of ResultBody: msgspec cannot decode ``Raw | None`` as raw JSON
-    (the union only accepts null), so ``value`` is decoded as ``Raw`` (empty = absent)."""
-
-    status: str
-    value: msgspec.Raw = msgspec.Raw()
-    error_type: str | None = None
-    error: str | None = None
-    # Ranges a worker can produce: no negative counts or times (docs/envelope.md).
-    attempts: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
-    started_at: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    finished_at: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    worker_id: str | None = None
-    principal_id: str | None = None
-
-
-class _Container(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    header: bytes
-    nonce: bytes
-    ciphertext: bytes
-    signature: bytes
-    # Present (a bin) only in a batch-signed job; a nil here fails the canonical length.
-    proof: bytes | None = None
-
-
 # Built once: these encoders/decoders hold no per-call state, and building them per call
 # would dominate the cost of sealing a small job.
 _msgpack_encode = msgspec.msgpack.Encoder().encode
-_container_decode = msgspec.msgpack.Decoder(_Container).decode
+_container_decode = msgspec.msgpack.Decoder(WireContainer).decode
 _header_decode = msgspec.msgpack.Decoder(Header).decode
 # Deterministic order (sets and dicts sorted) so equal inputs seal to equal plaintexts;
 # the test vectors rely on it.
 _body_encode = msgspec.json.Encoder(order="deterministic").encode
 _job_body_decode = msgspec.json.Decoder(JobBody).decode
-_result_body_decode = msgspec.json.Decoder(_ResultWire).decode
+_result_body_decode = msgspec.json.Decoder(ResultWire).decode
 
 
 def seal_job(
@@ -341,7 +317,7 @@ def _frame(parts: JobParts, signature: bytes) -> bytes:
 
 def _parse(
     data: bytes, max_size: int, accept_v1: bool = True, *, batch_ok: bool = True
-) -> tuple[Header, _Container, batchsig.Proof | None]:
+) -> tuple[Header, WireContainer, batchsig.Proof | None]:
     """Size, version tag, container and header shape (a batch proof's included): the
     unauthenticated checks."""
     # Size first: nothing larger than the limit is parsed, let alone decrypted.
@@ -397,7 +373,7 @@ def _parse(
     return header, container, proof
 
 
-def _canonical_size(box: _Container) -> int:
+def _canonical_size(box: WireContainer) -> int:
     """Bytes of the shortest msgpack encoding of the container: fixarray(4) then each
     bin with its shortest length prefix (bin8 < 256 B, bin16 < 64 KiB, else bin32)."""
     size = 1
@@ -426,7 +402,7 @@ def _authenticate(
     keyring: Keyring,
     domain: bytes,
     header: Header,
-    box: _Container,
+    box: WireContainer,
     *,
     unsigned_ok: bool,
     proof: batchsig.Proof | None = None,
@@ -469,7 +445,7 @@ def _authenticate(
         raise BadSignature("envelope signature is invalid")
 
 
-def _decrypt(keyring: Keyring, header: Header, box: _Container) -> bytes:
+def _decrypt(keyring: Keyring, header: Header, box: WireContainer) -> bytes:
     aead = (
         keyring.xaes_cipher(header.key_id) if header.version == 2 else keyring.cipher(header.key_id)
     )

@@ -40,6 +40,8 @@ __all__ = [
     "JobParts",
     "OpenedJob",
     "ResultBody",
+    "ResultWire",
+    "WireContainer",
     "new_job_id",
 ]
 
@@ -207,3 +209,34 @@ def new_job_id(now: float | None = None) -> str:
     as 32 lowercase hex characters (ids sort by creation time to the millisecond)."""
     ms = int((time.time() if now is None else now) * 1000) & _TIMESTAMP_MASK
     return (ms.to_bytes(6, "big") + os.urandom(10)).hex()
+
+
+# The wire forms below are the envelope module's (vaultq/envelope.py), kept here with the
+# other structs of the format.
+
+
+class ResultWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Decode-side twin of ResultBody: msgspec cannot decode ``Raw | None`` as raw JSON
+    (the union only accepts null), so ``value`` is decoded as ``Raw`` (empty = absent)."""
+
+    status: str
+    value: msgspec.Raw = msgspec.Raw()
+    error_type: str | None = None
+    error: str | None = None
+    # Ranges a worker can produce: no negative counts or times (docs/envelope.md).
+    attempts: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+    started_at: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    finished_at: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    worker_id: str | None = None
+    principal_id: str | None = None
+
+
+class WireContainer(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """The msgpack array after the version tag (docs/envelope.md)."""
+
+    header: bytes
+    nonce: bytes
+    ciphertext: bytes
+    signature: bytes
+    # Present (a bin) only in a batch-signed job; a nil here fails the canonical length.
+    proof: bytes | None = None
