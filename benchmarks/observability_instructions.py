@@ -15,6 +15,10 @@ depend on timing: about ±2 % between runs), but far steadier than time. Needs v
 slow (about 40 s per set-up and broker). Redis runs on a private ``redis-server``.
 Figures only: nothing here asserts anything.
 
+A set-up written ``PRODUCER:WORKER`` enqueues with the first and drains with the second:
+``nop,tracing0:nop,tracing0`` splits tracing's cost into the sealed trace context (read
+by a worker that does not trace) and the worker's hooks.
+
 ``--hooks``: the worker-side hooks alone (``attempt_started``, ``attempt_finished``,
 ``settled`` through vaultq's dispatch, as ``observability.py --hooks-only`` times them)
 for 1,000 and 5,000 jobs under cachegrind; no broker, no event loop, no polling, so the
@@ -67,9 +71,13 @@ async def drain(url: str, setup: str, n: int, keys: vaultq.Keyring) -> None:
 
 
 def instructions(url: str, setup: str, n: int, keyfile: Path, workdir: Path) -> int:
-    """Instructions the worker process executed draining ``n`` jobs (cachegrind's Ir)."""
+    """Instructions the worker process executed draining ``n`` jobs (cachegrind's Ir).
+    ``setup`` may be ``PRODUCER:WORKER`` (e.g. ``tracing0:nop``: jobs sealed with a trace
+    context, drained by a worker without tracing) to tell the two costs apart."""
     keys = vaultq.Keyring.from_json(keyfile.read_text())
-    anyio.run(produce, url, setup, n, keys)
+    producer, _, worker = setup.rpartition(":")
+    setup = worker
+    anyio.run(produce, url, producer or worker, n, keys)
     out = workdir / "cachegrind.out"
     subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
@@ -176,7 +184,7 @@ def main() -> None:
                             client.close()
                             url = base
                         else:
-                            url = f"sqlite:///{tmp}/{setup}-{n}.db"
+                            url = f"sqlite:///{tmp}/{setup.replace(':', '-')}-{n}.db"
                         counts.append(instructions(url, setup, n, keyfile, workdir))
                     per_job[setup] = (counts[1] - counts[0]) / (high - low)
                     ratio = per_job[setup] / per_job["plain"]
