@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import observability as bench  # noqa: E402
 
 import vaultq  # noqa: E402
+from vaultq.cli_worker import freeze_startup_heap  # noqa: E402
 from vaultq.runtime.worker import Worker  # noqa: E402
 
 
@@ -59,6 +60,7 @@ async def produce(url: str, setup: str, n: int, keys: vaultq.Keyring) -> None:
 
 async def drain(url: str, setup: str, n: int, keys: vaultq.Keyring) -> None:
     app = bench.make_app("irbench", url, keys, setup)
+    freeze_startup_heap()  # as `vaultq worker` does once its app is loaded
     worker = Worker(app, concurrency=50, block=0.05)
     async with anyio.create_task_group() as tg:
         started = anyio.Event()

@@ -1,8 +1,10 @@
-"""An app whose task answers which event loop runs it (tests/test_worker_loop.py)."""
+"""An app whose tasks answer which event loop runs them and whether the worker froze its
+start-up heap (tests/test_worker_loop.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import msgspec
 
@@ -18,3 +20,8 @@ class Ask(msgspec.Struct, frozen=True):
 @app.task(name="loop.which")
 async def which(job: Ask) -> str:
     return type(asyncio.get_running_loop()).__module__
+
+
+@app.task(name="loop.frozen")
+async def frozen(job: Ask) -> int:
+    return gc.get_freeze_count()

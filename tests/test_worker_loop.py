@@ -66,3 +66,19 @@ def test_loop_uvloop_without_uvloop_says_what_to_install(tmp_path: Path) -> None
     )
     assert out.returncode == 2, out.stderr
     assert "vaultq[fast]" in out.stderr
+
+
+async def test_the_worker_process_freezes_its_start_up_heap(tmp_path: Path) -> None:
+    """``vaultq worker`` moves the objects of its start-up out of the collector's walks
+    (vaultq.cli_worker.freeze_startup_heap); a plain Python process freezes nothing."""
+    import loop_app
+
+    keys = vaultq.Keyring.generate()
+    url = f"sqlite:///{tmp_path}/frozen.db"
+    app = vaultq.App("loop", broker=url, keyring=keys)
+    frozen = app.task(name="loop.frozen")(loop_app.frozen.fn)
+    env = worker_env({"VAULTQ_BROKER": url, "VAULTQ_KEYS": keys.to_json()})
+    with worker_processes("loop_app", env, 1):
+        count = await (await frozen.enqueue(loop_app.Ask(1))).result(timeout=60)
+    await app.aclose()
+    assert isinstance(count, int) and count > 1000  # the modules, the app, the keys...

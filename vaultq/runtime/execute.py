@@ -341,14 +341,15 @@ class Executor:
         try:
             with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
                 if job is not None:
-                    # The one place attempts are reported, isolated ones included: the
-                    # parent reports them, so nothing is lost with the child. Inside the
-                    # scope, not before it: the scope's deadline timer keeps a copy of
-                    # the task's context, and asyncio keeps a cancelled timer in its heap
-                    # until it is purged -- made first, it does not keep alive what a
-                    # middleware puts in the context (the tracing span), which pushed
-                    # the collector into a cycle every ~100 jobs at concurrency 50.
-                    hooks.attempt_started(job)
+                    # The one place attempts are reported (isolated ones too: by the
+                    # parent). Inside the scope: its deadline timer copies the task's
+                    # context, and asyncio keeps a cancelled timer until purged -- made
+                    # first, it does not keep what a middleware sets there (a span) alive.
+                    for hook in hooks.on_attempt_started:  # hooks.attempt_started, inline
+                        try:
+                            hook(job)
+                        except Exception as exc:
+                            hooks.failed(hook, "attempt_started", exc)
                     reported = True
                 slot.scope = scope
                 if slot.stop is not None:
@@ -395,13 +396,17 @@ class Executor:
         slot.scope = None
         cancelled = scope.cancelled_caught  # a property: read once
         if job is not None:
-            hooks.attempt_finished(
-                job,
+            outcome = (
                 _SUCCEEDED
                 if not (cancelled or timed_out or failure)
-                else _attempt_outcome(cancelled, slot.stop, timed_out, failure),
-                time.time() - started,
+                else _attempt_outcome(cancelled, slot.stop, timed_out, failure)
             )
+            duration = time.time() - started
+            for hook in hooks.on_attempt_finished:  # hooks.attempt_finished, inline
+                try:
+                    hook(job, outcome, duration)
+                except Exception as exc:
+                    hooks.failed(hook, "attempt_finished", exc)
         if cancelled:
             if slot.stop == Stop.LEASE_LOST:
                 # The worker drops this settlement (and the broker would refuse it).

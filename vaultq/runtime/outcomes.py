@@ -30,6 +30,8 @@ from vaultq.middleware import Hooks, JobInfo, Outcome
 from vaultq.policy import AUDIT_LOGGER, safe_id
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from vaultq.app import App
     from vaultq.runtime.execute import JobSlot
     from vaultq.tasks import Task
@@ -40,6 +42,7 @@ __all__ = [
     "Outcomes",
     "log_traceback",
     "report_settlement",
+    "report_settlements",
     "safe_text",
     "type_path",
 ]
@@ -327,6 +330,23 @@ def report_settlement(
         hooks.rejected(job, reason or "unauthenticated")
     else:
         hooks.settled(job, outcome, reason)
+
+
+def report_settlements(
+    hooks: Hooks, written: Sequence[tuple[JobSlot, Settlement]], *, app: str, worker_id: str
+) -> None:
+    """``report_settlement`` for a batch the worker's settler wrote: an opened job that
+    succeeded (the common case) goes to the ``settled`` hooks without the per-job calls."""
+    for slot, settlement in written:
+        job = slot.job
+        if job is None or type(settlement) is not Ack:
+            report_settlement(hooks, slot, settlement, app=app, worker_id=worker_id)
+            continue
+        for hook in hooks.on_settled:
+            try:
+                hook(job, _SUCCEEDED, None)
+            except Exception as exc:
+                hooks.failed(hook, "settled", exc)
 
 
 def _settled_outcome(settlement: Settlement) -> tuple[Outcome | None, str | None]:

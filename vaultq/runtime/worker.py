@@ -51,7 +51,7 @@ from vaultq.runtime.health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from vaultq.runtime.health import keep_beating
 from vaultq.runtime.joblog import log_outcome
 from vaultq.runtime.leases import LeaseKeeper
-from vaultq.runtime.outcomes import report_settlement
+from vaultq.runtime.outcomes import report_settlement, report_settlements
 from vaultq.runtime.preopen import BatchOpener, batch_opener
 from vaultq.runtime.presence import keep_registered
 from vaultq.runtime.scheduler import scheduler_middleware
@@ -457,9 +457,7 @@ class Worker:
                     written = await self._apply(broker, batch)
                 if self.hooks.jobs:
                     # The one place settlements are reported: after they were written.
-                    hooks, app, name = self.hooks, self.app.name, self.name
-                    for slot, settlement in written:
-                        report_settlement(hooks, slot, settlement, app=app, worker_id=name)
+                    report_settlements(self.hooks, written, app=self.app.name, worker_id=self.name)
                 for slot, _ in batch:
                     self._slots.pop(slot.delivery.tag, None)
                     if self.keeper is not None:
